@@ -1,0 +1,93 @@
+"""Connecting to Redis at start-up: a bounded, capped-backoff wait that systemd can see.
+
+Choice (documented in README): while Redis is unreachable at start we retry with capped backoff
+for ``RQ_REDIS_STARTUP_WAIT`` seconds (default 30), telling systemd ``STATUS=waiting for Redis at …``
+and extending its start timeout; then we exit 69 (EX_UNAVAILABLE) and ``Restart=on-failure`` tries
+again later. That keeps ``systemctl start`` from blocking for the length of an outage, while a
+Redis that comes back within the window costs no restart. Wrong credentials are not a transient
+condition: exit 77 (EX_NOPERM) at once, listed in ``RestartPreventExitStatus=``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import redis
+
+from .config import RedisTarget
+from .notify import Notifier
+
+log = logging.getLogger("rq_worker_service.connection")
+
+CONNECT_TIMEOUT = 5.0
+MAX_BACKOFF = 10.0
+
+
+class RedisUnavailable(Exception):
+    """Redis did not answer within the start-up window."""
+
+
+class RedisAuthError(Exception):
+    """Redis refused our credentials (or our user may not run what a worker needs)."""
+
+
+def make_connection(target: RedisTarget) -> redis.Redis:
+    """A client for ``target``; timeouts so that no call can hang the main loop for long."""
+    return redis.Redis.from_url(target.url, socket_connect_timeout=CONNECT_TIMEOUT, socket_keepalive=True,
+                                health_check_interval=30)
+
+
+def _auth_error(target: RedisTarget, exc: Exception) -> RedisAuthError:
+    return RedisAuthError(f"Redis at {target.display} refused the login ({exc}); "
+                          "check REDIS_PASSWORD / REDIS_PASSWORD_FILE / REDIS_USERNAME")
+
+
+def wait_for_redis(connection: redis.Redis, target: RedisTarget, notifier: Notifier, wait: float,
+                   clock: Callable[[], float] = time.monotonic,
+                   sleep: Callable[[float], None] = time.sleep) -> None:
+    """Return once Redis answers PING; raise RedisUnavailable / RedisAuthError otherwise."""
+    deadline = clock() + wait
+    delay = 1.0
+    while True:
+        try:
+            connection.ping()
+            return
+        except (redis.exceptions.AuthenticationError, redis.exceptions.NoPermissionError) as exc:
+            raise _auth_error(target, exc) from None
+        except redis.exceptions.ResponseError as exc:
+            if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
+                raise _auth_error(target, exc) from None
+            raise
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            left = deadline - clock()
+            if left <= 0:
+                raise RedisUnavailable(f"Redis at {target.display} is unreachable ({exc}); gave up after "
+                                       f"{wait:g}s (RQ_REDIS_STARTUP_WAIT), exiting so that systemd retries") from None
+            status = f"waiting for Redis at {target.display}: {exc}"
+            log.warning("%s; retrying in %.1fs", status, min(delay, left))
+            notifier.status(status)
+            notifier.extend_timeout(min(delay, left) + CONNECT_TIMEOUT + 10)
+            notifier.watchdog()
+            sleep(min(delay, left))
+            delay = min(delay * 2, MAX_BACKOFF)
+
+
+def warn_if_not_persistent(connection: redis.Redis, target: RedisTarget) -> bool:
+    """Warn once when Redis keeps nothing on disk; returns True if it warned.
+
+    Jobs live only in Redis: without AOF or RDB save points a Redis restart loses every queued job.
+    A user whose ACL forbids CONFIG gets a debug line, not an error.
+    """
+    try:
+        aof = connection.config_get("appendonly").get("appendonly", "")
+        save = connection.config_get("save").get("save", "")
+    except redis.exceptions.ResponseError as exc:
+        log.debug("cannot check Redis persistence (CONFIG GET refused: %s)", exc)
+        return False
+    if str(aof).lower() == "no" and not str(save).strip():
+        log.warning("Redis at %s keeps nothing on disk (appendonly no, no save points): queued jobs are lost "
+                    "if Redis restarts; enable 'appendonly yes' or RDB 'save' in redis.conf", target.display)
+        return True
+    return False

@@ -1,0 +1,84 @@
+"""Logging: journald with structured fields under systemd, readable lines on a terminal.
+
+Every record carries the worker's and the current job's identity as journal fields (RQ_WORKER,
+RQ_QUEUE, RQ_JOB_ID, RQ_JOB_FUNC). The context lives in this module and is set by the main process
+right before it forks the work horse, so the job function's own ``logging`` calls in the horse carry
+the same fields and ``journalctl -u 'rq-worker@*' RQ_JOB_ID=<id>`` tells one job's whole story.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+IDENTIFIER = "rq-worker-service"
+FIELDS = ("RQ_WORKER", "RQ_QUEUE", "RQ_JOB_ID", "RQ_JOB_FUNC")
+
+_context: dict[str, str] = {}
+
+
+def set_worker(name: str) -> None:
+    _context["RQ_WORKER"] = name
+
+
+def set_job(job_id: str, func: str, queue: str) -> None:
+    _context.update(RQ_JOB_ID=job_id, RQ_JOB_FUNC=func, RQ_QUEUE=queue)
+
+
+def clear_job() -> None:
+    for key in ("RQ_JOB_ID", "RQ_JOB_FUNC", "RQ_QUEUE"):
+        _context.pop(key, None)
+
+
+class ContextFilter(logging.Filter):
+    """Copies the current worker/job context onto each record (explicit ``extra=`` wins)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in _context.items():
+            if not hasattr(record, key):
+                setattr(record, key, value)
+        return True
+
+
+class TerminalFormatter(logging.Formatter):
+    """Timestamped lines for a terminal or a plain log file, with the job id when there is one."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        job_id = getattr(record, "RQ_JOB_ID", None)
+        return f"{line} [job {job_id}]" if job_id else line
+
+
+def under_journald() -> bool:
+    """True when stderr is connected to the journal (systemd sets JOURNAL_STREAM=dev:inode for it)."""
+    stream = os.environ.get("JOURNAL_STREAM")
+    if not stream:
+        return False
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    return stream == f"{st.st_dev}:{st.st_ino}"
+
+
+def setup_logging(level: str = "INFO") -> None:
+    """Install our one handler on the root logger (rq then adds none of its own)."""
+    handler: logging.Handler
+    if under_journald():
+        from systemd.journal import JournalHandler
+
+        handler = JournalHandler(SYSLOG_IDENTIFIER=IDENTIFIER)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(TerminalFormatter())
+    handler.addFilter(ContextFilter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)

@@ -1,0 +1,168 @@
+"""Crash recovery: a restarted instance fails-and-retries what its dead predecessor was running.
+
+Stock RQ finds such a job only when the StartedJobRegistry entry has expired (≈90 s after the last
+heartbeat) *and* a worker runs its maintenance (every 10 minutes), so a job interrupted by
+``kill -9``, the OOM killer or a watchdog abort sat for ~14 minutes before it ran again. Our worker
+names are stable per host and instance, so the new process knows exactly whose record it inherits:
+if that record is on this host and its pid is gone, every job that worker was executing was cut
+off, and is handled at once — retried per its ``Retry`` (or the service's default policy), or
+failed with a reason that says what happened. Workers on other hosts keep RQ's heartbeat cleanup.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from redis import Redis
+from rq import Queue
+from rq.exceptions import AbandonedJobError, NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
+from rq.results import Result
+from rq.utils import as_text, parse_composite_key
+
+from .config import Settings
+
+log = logging.getLogger(__name__)
+
+WORKER_KEY_PREFIX = "rq:worker:"
+WORKERS_KEY = "rq:workers"
+WORKERS_BY_QUEUE_KEY = "rq:workers:%s"
+
+
+class WorkerNameInUse(Exception):
+    """Another live process on this host already runs as this worker name."""
+
+
+@dataclass(frozen=True)
+class Recovered:
+    job_id: str
+    retried: bool
+
+
+def apply_default_retry(job: Job, settings: Settings) -> bool:
+    """Give a job enqueued without ``Retry`` the service's default policy; True if it was applied.
+
+    Only called when the job's worker died under it (crash, kill, shutdown limit): such a failure
+    says nothing about the job itself, so running it again is what the operator expects.
+    """
+    if job.retries_left is not None or settings.retry_max <= 0:
+        return False
+    job.retries_left = settings.retry_max
+    job.retry_intervals = [settings.retry_delay]
+    return True
+
+
+def fail_or_retry(job: Job, queue: Queue, reason: str, worker_name: str, settings: Settings) -> bool:
+    """Retry (per the job's Retry or the default policy) or fail a job whose execution was cut off.
+
+    The interruption is recorded as a failed Result in both cases, so ``job.latest_result()`` and
+    ``rq-worker-service job <id>`` say what happened to that execution. Returns True if retried.
+    """
+    apply_default_retry(job, settings)
+    retry = job.should_retry
+    with job.connection.pipeline() as pipe:
+        if retry:
+            Result.create_failure(job, job.failure_ttl, exc_string=reason, worker_name=worker_name, pipeline=pipe)
+            job.retry(queue, pipe)
+        else:
+            job.set_status(JobStatus.FAILED, pipeline=pipe)
+            job._handle_failure(reason, pipe, worker_name=worker_name)
+        pipe.execute()
+    if not retry:
+        queue.enqueue_dependents(job)
+    return retry
+
+
+def process_is_worker(pid: int) -> bool:
+    """True if ``pid`` is alive and runs rq-worker-service (not merely a recycled pid)."""
+    if pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"rq_worker_service" in cmdline or b"rq-worker-service" in cmdline
+
+
+def _executions_of(connection: Redis, queue: Queue, worker_name: str) -> list[tuple[str, str]]:
+    """(job id, execution composite key) of every started execution owned by ``worker_name``."""
+    registry = StartedJobRegistry(queue.name, connection=connection)
+    found = []
+    for entry in connection.zrange(registry.key, 0, -1):
+        composite = as_text(entry)
+        job_id, execution_id = parse_composite_key(composite)
+        owner = connection.hget(f"rq:execution:{composite}", "worker_name")
+        if owner is None:
+            owner = connection.hget(Job.key_for(job_id), "worker_name")
+        if owner is not None and as_text(owner) == worker_name:
+            found.append((job_id, composite))
+    return found
+
+
+def recover_predecessor(connection: Redis, settings: Settings, hostname: str) -> list[Recovered]:
+    """Clean up the record a dead predecessor of this instance left, before we register.
+
+    Raises ``WorkerNameInUse`` when that predecessor is in fact alive.
+    """
+    key = WORKER_KEY_PREFIX + settings.name
+    record = {as_text(k): as_text(v) for k, v in connection.hgetall(key).items()}
+    if record and "death" not in record:
+        pid = int(record.get("pid") or 0)
+        host = record.get("hostname", "")
+        if host and host != hostname:
+            raise WorkerNameInUse(f"worker name {settings.name} is registered by host {host}; "
+                                  "give this worker another --name or --instance")
+        if process_is_worker(pid):
+            raise WorkerNameInUse(f"worker {settings.name} is already running as pid {pid} on this host; "
+                                  "stop it first, or start this one with another --instance")
+    queue_names = list(settings.queues)
+    for extra in filter(None, record.get("queues", "").split(",")):
+        if extra not in queue_names:
+            queue_names.append(extra)
+
+    recovered: list[Recovered] = []
+    pid = record.get("pid", "?")
+    for name in queue_names:
+        queue = Queue(name, connection=connection)
+        for job_id, composite in _executions_of(connection, queue, settings.name):
+            with connection.pipeline() as pipe:
+                pipe.zrem(queue.started_job_registry.key, composite)
+                pipe.delete(f"rq:execution:{composite}")
+                pipe.execute()
+            try:
+                job = Job.fetch(job_id, connection=connection)
+            except NoSuchJobError:
+                continue
+            if job.get_status() != JobStatus.STARTED:
+                continue
+            reason = (f"{AbandonedJobError.__name__}: worker {settings.name} (pid {pid}) died while running "
+                      "this job; recovered by its restarted instance")
+            try:
+                job.execute_failure_callback(queue.death_penalty_class, AbandonedJobError, AbandonedJobError(), None)
+            except Exception:  # the app's callback must not stop recovery
+                log.exception("failure callback of job %s raised during recovery", job_id)
+            retried = fail_or_retry(job, queue, reason, settings.name, settings)
+            log.warning("Recovered job %s (%s) from dead predecessor pid %s: %s", job_id, _func(job), pid,
+                        "retrying" if retried else "failed, no retries left",
+                        extra={"RQ_JOB_ID": job_id, "RQ_QUEUE": name, "RQ_JOB_FUNC": _func(job)})
+            recovered.append(Recovered(job_id, retried))
+
+    if record:
+        with connection.pipeline() as pipe:
+            pipe.delete(key)
+            pipe.srem(WORKERS_KEY, key)
+            for name in queue_names:
+                pipe.srem(WORKERS_BY_QUEUE_KEY % name, key)
+            pipe.execute()
+    return recovered
+
+
+def _func(job: Job) -> str:
+    try:
+        return job.func_name
+    except Exception:  # undeserializable job data must not break recovery or logging
+        return "?"

@@ -1,0 +1,120 @@
+"""``rq-worker-service run``: from configuration to a registered worker, and out again.
+
+Exit statuses (README lists them; the unit's RestartPreventExitStatus= names 77 and 78):
+
+====  ==============================================================================
+0     stopped on request (warm, or cold after the shutdown limit / a second signal)
+1     the worker loop ended on an error (see the log line before); systemd restarts
+69    Redis unreachable for RQ_REDIS_STARTUP_WAIT at start; systemd restarts later
+75    another live process already runs this worker name on this host
+77    Redis refused the credentials; fix them, then start again
+78    invalid configuration; the one log line names the variable
+====  ==============================================================================
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rq.exceptions import StopRequested
+
+from . import journal
+from .config import EX_CONFIG, ConfigError, Settings, load_settings, virtualenv_site_packages
+from .connection import RedisAuthError, RedisUnavailable, make_connection, wait_for_redis, warn_if_not_persistent
+from .envfiles import refresh_environment
+from .notify import Notifier
+from .recovery import WorkerNameInUse, recover_predecessor
+from .worker import REDIS_ERRORS, WORKER_CLASSES, ServiceWorkerMixin
+
+log = logging.getLogger("rq_worker_service")
+
+EX_UNAVAILABLE = 69
+EX_TEMPFAIL = 75
+EX_NOPERM = 77
+REEXEC_VAR = "RQ_WORKER_SERVICE_REEXEC"
+
+
+def _fail(notifier: Notifier, message: str, status: int, err: int) -> int:
+    log.error("%s", message)
+    notifier.error(message, err)
+    return status
+
+
+def extend_import_path(settings: Settings) -> None:
+    """RQ_APP_PATH first (the app's own modules win), the app's virtualenv after our packages."""
+    for path in reversed(settings.app_path):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    if settings.app_virtualenv:
+        site = str(virtualenv_site_packages(settings.app_virtualenv))
+        if site not in sys.path:
+            sys.path.append(site)
+
+
+def build_worker(settings: Settings, connection, notifier: Notifier) -> ServiceWorkerMixin:
+    cls = WORKER_CLASSES[settings.worker_class]
+    return cls(list(settings.queues), name=settings.name, connection=connection,  # type: ignore[call-arg]
+               default_result_ttl=settings.result_ttl, settings=settings, notifier=notifier)
+
+
+def run(overrides: dict, env_files: Sequence[str] = ()) -> int:
+    """Run one worker until it is stopped; returns the process exit status."""
+    journal.setup_logging("INFO")
+    notifier = Notifier()
+    refresh_environment(env_files, Path.cwd() / ".env")
+    try:
+        settings = load_settings(os.environ, overrides)
+    except ConfigError as exc:
+        return _fail(notifier, f"configuration error: {exc}", EX_CONFIG, errno.EINVAL)
+    journal.setup_logging(settings.log_level)
+    journal.set_worker(settings.name)
+    for warning in settings.warnings:
+        log.warning("%s", warning)
+    extend_import_path(settings)
+
+    reloaded = os.environ.pop(REEXEC_VAR, None) is not None
+    log.info("%s worker %s (%s) for queues %s on Redis %s", "Reloaded" if reloaded else "Starting", settings.name,
+             settings.worker_class, ", ".join(settings.queues), settings.redis.display)
+    connection = make_connection(settings.redis)
+    try:
+        wait_for_redis(connection, settings.redis, notifier, settings.redis_startup_wait)
+        warn_if_not_persistent(connection, settings.redis)
+        recovered = recover_predecessor(connection, settings, socket.gethostname())
+        if recovered:
+            log.warning("Recovered %d job(s) from this instance's previous run", len(recovered))
+        worker = build_worker(settings, connection, notifier)
+        worker.work(with_scheduler=settings.with_scheduler, logging_level=settings.log_level)  # type: ignore[attr-defined]
+    except RedisUnavailable as exc:
+        return _fail(notifier, str(exc), EX_UNAVAILABLE, errno.ECONNREFUSED)
+    except RedisAuthError as exc:
+        return _fail(notifier, str(exc), EX_NOPERM, errno.EACCES)
+    except WorkerNameInUse as exc:
+        return _fail(notifier, str(exc), EX_TEMPFAIL, errno.EEXIST)
+    except StopRequested:
+        return 0  # stopped during start-up, before the loop began
+    except REDIS_ERRORS as exc:
+        return _fail(notifier, f"lost Redis at {settings.redis.display}: {exc}; exiting so that systemd restarts "
+                     "this instance", EX_UNAVAILABLE, errno.ECONNRESET)
+
+    if worker.reload_requested:
+        reexec()
+    if worker.stop_signalled:
+        log.info("Stopped")
+        return 0
+    return _fail(notifier, "the worker loop ended without a stop request (see the error above); exiting so that "
+                 "systemd restarts this instance", 1, errno.EIO)
+
+
+def reexec() -> None:
+    """Replace this process with a fresh copy of itself: same pid, new config and app code."""
+    log.info("Re-executing in place to apply new configuration and code")
+    os.environ[REEXEC_VAR] = "1"
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os.execv(sys.executable, sys.orig_argv)

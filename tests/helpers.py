@@ -1,0 +1,168 @@
+"""Helpers shared by the integration tests: a real redis-server, a notify socket, worker processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+JOBS_DIR = ROOT / "tests" / "jobs"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class RedisServer:
+    """A throwaway redis-server on a free loopback port, in its own directory."""
+
+    def __init__(self, password: str | None = None) -> None:
+        if not shutil.which("redis-server"):
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        self.password = password
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="rqws-redis-")
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--dir", self.dir, "--logfile", ""]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = self.client()
+        wait_until(lambda: _pings(client), 10, what="redis-server to answer")
+        return self
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.exceptions.ConnectionError:
+        return False
+
+
+class NotifySocket:
+    """A datagram socket bound where NOTIFY_SOCKET points, recording what the worker tells systemd."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = str(directory / "notify.sock")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.setblocking(False)
+        self.messages: list[tuple[float, str]] = []
+
+    def drain(self) -> list[tuple[float, str]]:
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except BlockingIOError:
+                return self.messages
+            for line in data.decode().splitlines():
+                self.messages.append((time.monotonic(), line))
+
+    def lines(self, prefix: str = "") -> list[str]:
+        return [line for _, line in self.drain() if line.startswith(prefix)]
+
+    def wait_for(self, prefix: str, timeout: float = 15, contains: str = "", after: int = 0) -> str:
+        def found():
+            for line in self.lines(prefix)[after:]:
+                if contains in line:
+                    return line
+            return None
+        return wait_until(found, timeout, what=f"{prefix}{contains!r} on the notify socket")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class WorkerProcess:
+    """``python -m rq_worker_service run`` as systemd would start it, output captured to a file."""
+
+    def __init__(self, redis_url: str, instance: str, workdir: Path, notify: NotifySocket | None = None,
+                 env: dict[str, str] | None = None, args: list[str] | None = None) -> None:
+        self.instance = instance
+        self.log_path = workdir / f"worker-{instance}.log"
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith(("RQ_", "REDIS_", "NOTIFY_", "WATCHDOG_"))}
+        full_env.update({"REDIS_URL": redis_url, "RQ_APP_PATH": str(JOBS_DIR), "PYTHONUNBUFFERED": "1"})
+        if notify is not None:
+            full_env["NOTIFY_SOCKET"] = notify.path
+        full_env.update(env or {})
+        self.env = full_env
+        self.cmd = [sys.executable, "-m", "rq_worker_service", "run", "--instance", instance, *(args or [])]
+        self.workdir = workdir
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> WorkerProcess:
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.cmd, env=self.env, cwd=self.workdir, stdout=self._log,
+                                     stderr=subprocess.STDOUT)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, sig)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            try:
+                os.kill(self.proc.pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+            self.proc.kill()
+            self.proc.wait(10)
+        if hasattr(self, "_log"):
+            self._log.close()

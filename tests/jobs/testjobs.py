@@ -1,0 +1,39 @@
+"""Job functions the tests enqueue; the worker imports them through RQ_APP_PATH=tests/jobs.
+
+Each job counts its executions in Redis (``executions:<job id>``) so that tests can tell a job that
+ran once from one that ran twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from rq import get_current_job
+
+log = logging.getLogger("testjobs")
+
+
+def _count() -> int:
+    job = get_current_job()
+    return int(job.connection.incr(f"executions:{job.id}"))
+
+
+def sleep_job(seconds: float, tag: str = "") -> str:
+    n = _count()
+    log.info("sleep_job %s starting execution %d (%ss)", tag, n, seconds)
+    time.sleep(seconds)
+    log.info("sleep_job %s done", tag)
+    return f"slept {seconds}"
+
+
+def failing_job(times: int) -> str:
+    n = _count()
+    if n <= times:
+        raise RuntimeError(f"planned failure {n} of {times}")
+    return "ok"
+
+
+def quick_job(value: int) -> int:
+    _count()
+    return value * 2
