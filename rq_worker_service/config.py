@@ -15,7 +15,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit
 
 EX_CONFIG = 78
 """sysexits.h EX_CONFIG: the unit's ``RestartPreventExitStatus=`` keeps systemd from looping on it."""
@@ -49,13 +49,16 @@ class ConfigError(Exception):
 class RedisTarget:
     """Where Redis is and how to log in; ``display`` is safe to print, ``url`` is not."""
 
-    url: str
+    url: str = field(repr=False)
     username: str | None = None
     password: str | None = field(default=None, repr=False)
 
     @property
     def display(self) -> str:
         return mask_url(self.url)
+
+    def __repr__(self) -> str:
+        return f"RedisTarget({self.display!r})"
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,11 @@ class Settings:
     warnings: tuple[str, ...] = ()
 
 
+def _compose(scheme: str, userinfo: str, host: str, path: str, query: str) -> str:
+    """Reassemble a URL; unlike urlunsplit it keeps ``unix:///path`` (empty host) intact."""
+    return f"{scheme}://{userinfo}{host}{path}" + (f"?{query}" if query else "")
+
+
 def mask_url(url: str) -> str:
     """Return ``url`` with any password replaced by ``***`` (user names are kept: they help)."""
     try:
@@ -89,9 +97,8 @@ def mask_url(url: str) -> str:
         return MASK
     if parts.password is None:
         return url
-    userinfo = f"{parts.username or ''}:{MASK}@"
     host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit((parts.scheme, userinfo + host, parts.path, parts.query, parts.fragment))
+    return _compose(parts.scheme, f"{parts.username or ''}:{MASK}@", host, parts.path, parts.query)
 
 
 def _get(env: Mapping[str, str], name: str) -> str | None:
@@ -181,8 +188,7 @@ def _check_url(url: str, variable: str) -> tuple[str, str | None, str | None]:
     username = unquote(parts.username) if parts.username else None
     password = unquote(parts.password) if parts.password is not None else None
     host = parts.netloc.rsplit("@", 1)[-1]
-    clean = urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
-    return clean, username, password
+    return _compose(parts.scheme, "", host, parts.path, parts.query), username, password
 
 
 def redis_target(env: Mapping[str, str], url_override: str | None = None) -> tuple[RedisTarget, list[str]]:
@@ -215,13 +221,13 @@ def redis_target(env: Mapping[str, str], url_override: str | None = None) -> tup
     password = _password(env)
     if password is None:
         password = url_password
-    display_url = clean
+    url_with_login = clean
     if username or password:
         # Keep a URL-shaped form with the credentials for redis-py, masked wherever it is shown.
         parts = urlsplit(clean)
         userinfo = quote(username or "", safe="") + (":" + quote(password, safe="") if password else "") + "@"
-        display_url = urlunsplit((parts.scheme, userinfo + parts.netloc, parts.path, parts.query, parts.fragment))
-    return RedisTarget(url=display_url, username=username, password=password), warnings
+        url_with_login = _compose(parts.scheme, userinfo, parts.netloc, parts.path, parts.query)
+    return RedisTarget(url=url_with_login, username=username, password=password), warnings
 
 
 def parse_queues(raw: str, variable: str) -> tuple[str, ...]:

@@ -14,15 +14,20 @@ from collections.abc import Mapping
 
 import sdnotify
 
+SEND_TIMEOUT = 1.0
+
 
 class Notifier:
     """One process's channel to systemd's notification socket."""
 
-    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
-        env = os.environ if environ is None else environ
+    def __init__(self) -> None:
+        env = os.environ  # sdnotify itself reads NOTIFY_SOCKET from os.environ
         self._pid = os.getpid()
         self.enabled = bool(env.get("NOTIFY_SOCKET"))
         self._channel = sdnotify.SystemdNotifier() if self.enabled else None
+        if self._channel is not None and self._channel.socket is not None:
+            # A datagram queue that nobody drains blocks the sender; never let it hang the main loop.
+            self._channel.socket.settimeout(SEND_TIMEOUT)
         self.watchdog_usec = _watchdog_usec(env, self._pid)
         self._last_status: str | None = None
 

@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from datetime import timedelta
@@ -419,7 +420,18 @@ class ServiceWorker(ServiceWorkerMixin, Worker):
 
 
 class ServiceSpawnWorker(ServiceWorkerMixin, SpawnWorker):
-    """``RQ_WORKER_CLASS=spawn``: each job in a freshly spawned interpreter (rq's SpawnWorker)."""
+    """``RQ_WORKER_CLASS=spawn``: each job in a freshly spawned interpreter (``rq_worker_service.horse``)."""
+
+    def fork_work_horse(self, job: Job, queue: Queue) -> None:
+        env = dict(os.environ, REDIS_URL=self.settings.redis.url, RQ_APP_PATH=":".join(self.settings.app_path),
+                   RQ_LOG_LEVEL=self.settings.log_level, RQ_WORKER_ID=self.name)
+        for name in ("REDIS_PASSWORD", "REDIS_PASSWORD_FILE", "REDIS_HOST", "REDIS_PORT", "REDIS_DB"):
+            env.pop(name, None)  # the URL above already says it all, including flags' overrides
+        assert self.execution is not None
+        argv = [sys.executable, "-m", "rq_worker_service.horse", self.key, job.id, queue.name, self.execution.id,
+                str(os.getpid())]
+        self._horse_pid = os.spawnve(os.P_NOWAIT, sys.executable, argv, env)
+        self.procline(f"Spawned {self._horse_pid} at {time.time()}")
 
 
 class ServiceSimpleWorker(ServiceWorkerMixin, SimpleWorker):

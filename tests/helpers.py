@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -90,17 +91,27 @@ class NotifySocket:
         self.path = str(directory / "notify.sock")
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(self.path)
-        self.sock.setblocking(False)
+        self.sock.settimeout(0.2)
         self.messages: list[tuple[float, str]] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
-    def drain(self) -> list[tuple[float, str]]:
-        while True:
+    def _read(self) -> None:
+        """Drain continuously, as systemd does: an undrained datagram queue blocks the sender."""
+        while not self._closed:
             try:
                 data = self.sock.recv(65536)
-            except BlockingIOError:
-                return self.messages
-            for line in data.decode().splitlines():
-                self.messages.append((time.monotonic(), line))
+            except (TimeoutError, OSError):
+                continue
+            with self._lock:
+                for line in data.decode().splitlines():
+                    self.messages.append((time.monotonic(), line))
+
+    def drain(self) -> list[tuple[float, str]]:
+        with self._lock:
+            return list(self.messages)
 
     def lines(self, prefix: str = "") -> list[str]:
         return [line for _, line in self.drain() if line.startswith(prefix)]
@@ -114,6 +125,8 @@ class NotifySocket:
         return wait_until(found, timeout, what=f"{prefix}{contains!r} on the notify socket")
 
     def close(self) -> None:
+        self._closed = True
+        self._reader.join(2)
         self.sock.close()
 
 

@@ -1,0 +1,77 @@
+"""Operator mistakes end in one line and the right exit status; the password is never shown."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+from helpers import RedisServer, wait_until
+from rq import Queue
+from rq.job import Job, JobStatus
+from testjobs import sleep_job
+
+SECRET = "Tr0ub4dor-s3cret"
+
+
+@pytest.mark.parametrize("env, fragment", [
+    ({"RQ_QUEUES": "a,,b"}, "RQ_QUEUES='a,,b' is invalid"),
+    ({"RQ_WORKER_CLASS": "threads"}, "RQ_WORKER_CLASS='threads' is invalid: expected one of fork, simple, spawn"),
+    ({"RQ_SHUTDOWN_TIMEOUT": "-1"}, "RQ_SHUTDOWN_TIMEOUT='-1' is invalid"),
+    ({"RQ_APP_PATH": "/no/such/dir"}, "RQ_APP_PATH='/no/such/dir' is invalid"),
+    ({"REDIS_URL": f"http://:{SECRET}@h:1/0"}, "REDIS_URL='http://:***@h:1/0' is invalid"),
+    ({"RQ_JOB_RETRY_MAX": "many"}, "RQ_JOB_RETRY_MAX='many' is invalid"),
+])
+def test_bad_config_exits_78_with_one_line(start_worker, notify, env, fragment):
+    worker = start_worker("1", notify=notify, env=env)
+    assert worker.wait(15) == 78
+    out = worker.output()
+    assert fragment in out
+    assert "Traceback" not in out
+    assert len(out.strip().splitlines()) == 1
+    assert SECRET not in out
+    assert notify.wait_for("ERRNO=22")
+    assert fragment in notify.wait_for("STATUS=")
+
+
+@pytest.fixture(scope="module")
+def secured_redis():
+    server = RedisServer(password=SECRET).start()
+    yield server
+    server.cleanup()
+
+
+def test_wrong_password_exits_77_without_showing_it(start_worker, notify, secured_redis):
+    url = secured_redis.url.replace(SECRET, "wrong-" + SECRET)
+    worker = start_worker("1", notify=notify, url=url)
+    assert worker.wait(15) == 77
+    out = worker.output()
+    assert "refused the login" in out and "REDIS_PASSWORD" in out
+    assert SECRET not in out and "Traceback" not in out
+    assert all(SECRET not in line for line in notify.lines())
+
+
+def test_password_from_file_works_and_never_appears(start_worker, notify, secured_redis, tmp_path):
+    pw_file = tmp_path / "redis-password"
+    pw_file.write_text(SECRET + "\n")
+    url = secured_redis.url.replace(f":{SECRET}@", "")
+    worker = start_worker("1", notify=notify, url=url, env={"REDIS_PASSWORD_FILE": str(pw_file),
+                                                            "RQ_LOG_LEVEL": "DEBUG"})
+    notify.wait_for("READY=1")
+    client = secured_redis.client()
+    job = Queue(connection=client).enqueue(sleep_job, 0.2, job_id="pw-job")
+    wait_until(lambda: Job.fetch(job.id, connection=client).get_status() == JobStatus.FINISHED, 10, what="job")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(10) == 0
+    assert SECRET not in worker.output()
+    assert all(SECRET not in line for line in notify.lines())
+
+
+def test_job_log_lines_carry_the_job_id(start_worker, notify, rconn):
+    worker = start_worker("1", notify=notify)
+    notify.wait_for("READY=1")
+    job = Queue(connection=rconn).enqueue(sleep_job, 0.1, "tagged", job_id="log-job")
+    wait_until(lambda: Job.fetch(job.id, connection=rconn).get_status() == JobStatus.FINISHED, 10, what="job")
+    worker.signal(signal.SIGTERM)
+    worker.wait(10)
+    lines = [line for line in worker.output().splitlines() if "sleep_job tagged starting" in line]
+    assert lines and lines[0].endswith("[job log-job]")

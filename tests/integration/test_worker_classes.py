@@ -1,0 +1,55 @@
+"""RQ_WORKER_CLASS=simple and spawn keep the same stop/retry guarantees as fork."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+from helpers import wait_until
+from rq import Queue, Retry
+from rq.job import Job, JobStatus
+from testjobs import sleep_job
+
+
+def status(rconn, job_id):
+    return Job.fetch(job_id, connection=rconn).get_status()
+
+
+@pytest.mark.parametrize("worker_class", ["simple", "spawn"])
+def test_warm_stop_finishes_job(start_worker, notify, rconn, worker_class):
+    worker = start_worker("1", notify=notify, env={"RQ_WORKER_CLASS": worker_class, "WATCHDOG_USEC": "3000000"})
+    notify.wait_for("READY=1")
+    job = Queue(connection=rconn).enqueue(sleep_job, 3, job_id=f"{worker_class}-warm")
+    notify.wait_for("STATUS=", contains=f"Running job {worker_class}-warm")
+    time.sleep(1.5)
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(20) == 0
+    assert status(rconn, job.id) == JobStatus.FINISHED
+
+
+@pytest.mark.parametrize("worker_class", ["simple", "spawn"])
+def test_shutdown_limit_cuts_and_retries(start_worker, notify, rconn, worker_class):
+    worker = start_worker("1", notify=notify, env={"RQ_WORKER_CLASS": worker_class, "RQ_SHUTDOWN_TIMEOUT": "2",
+                                                   "WATCHDOG_USEC": "3000000"})
+    notify.wait_for("READY=1")
+    job = Queue(connection=rconn).enqueue(sleep_job, 60, job_id=f"{worker_class}-cut", retry=Retry(max=1))
+    notify.wait_for("STATUS=", contains=f"Running job {worker_class}-cut")
+    t0 = time.monotonic()
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(20) == 0
+    assert time.monotonic() - t0 < 6
+    job = Job.fetch(job.id, connection=rconn)
+    assert job.get_status() == JobStatus.QUEUED
+    assert "RQ_SHUTDOWN_TIMEOUT" in job.latest_result().exc_string
+
+
+def test_simple_worker_pings_watchdog_during_job_only_within_its_timeout(start_worker, notify, rconn):
+    start_worker("1", notify=notify, env={"RQ_WORKER_CLASS": "simple", "WATCHDOG_USEC": "3000000"})
+    notify.wait_for("READY=1")
+    Queue(connection=rconn).enqueue(sleep_job, 4, job_id="simple-wd")
+    notify.wait_for("STATUS=", contains="Running job simple-wd")
+    before = len(notify.lines("WATCHDOG=1"))
+    time.sleep(3.2)
+    assert len(notify.lines("WATCHDOG=1")) - before >= 2
+    wait_until(lambda: status(rconn, "simple-wd") == JobStatus.FINISHED, 10, what="job")

@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+import socket
+import sys
+
+import pytest
+
+from rq_worker_service.config import ConfigError, load_settings, mask_url, worker_name
+
+
+def load(**env):
+    return load_settings({k: str(v) for k, v in env.items()})
+
+
+def test_defaults():
+    s = load()
+    assert s.redis.url == "redis://localhost:6379/0"
+    assert s.queues == ("default",)
+    assert s.instance == "default"
+    assert s.name == f"{socket.gethostname()}.rq-worker@default"
+    assert (s.worker_class, s.with_scheduler, s.log_level) == ("fork", True, "INFO")
+    assert (s.shutdown_timeout, s.retry_max, s.retry_delay, s.result_ttl) == (600.0, 3, 60, 500)
+    assert s.job_timeout is None and s.failure_ttl is None
+
+
+def test_queues_in_priority_order_and_flags_override_env():
+    assert load(RQ_QUEUES=" high, default ,low").queues == ("high", "default", "low")
+    s = load_settings({"RQ_QUEUES": "a", "RQ_WORKER_CLASS": "simple"},
+                      {"queues": ["x", "y"], "worker_class": "spawn", "instance": "3"})
+    assert s.queues == ("x", "y")
+    assert s.worker_class == "spawn"
+    assert s.name.endswith(".rq-worker@3")
+
+
+def test_worker_name_is_stable_per_host_and_instance():
+    assert worker_name("2", "web1") == "web1.rq-worker@2"
+    assert load(RQ_WORKER_INSTANCE="7").name == load(RQ_WORKER_INSTANCE="7").name
+
+
+def test_split_redis_form_builds_url():
+    s = load(REDIS_HOST="10.0.0.5", REDIS_PORT="6380", REDIS_DB="1", REDIS_PASSWORD="pw")
+    assert s.redis.display == "redis://:***@10.0.0.5:6380/1"
+    assert s.redis.password == "pw"
+    assert "pw" in s.redis.url  # the real URL carries it for redis-py …
+    assert "pw" not in repr(s)  # … but no repr or display does
+
+
+def test_url_wins_over_split_form_with_a_warning():
+    s = load(REDIS_URL="redis://h:1/2", REDIS_HOST="other")
+    assert s.redis.display == "redis://h:1/2"
+    assert s.warnings == ("REDIS_URL is set, so REDIS_HOST is ignored",)
+
+
+def test_password_sources_in_order(tmp_path):
+    pw_file = tmp_path / "pw"
+    pw_file.write_text("from-file\n")
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    assert load(REDIS_URL="redis://:inurl@h/0").redis.password == "inurl"
+    assert load(REDIS_URL="redis://:inurl@h/0", REDIS_PASSWORD="var").redis.password == "var"
+    assert load(REDIS_PASSWORD="var", REDIS_PASSWORD_FILE=pw_file).redis.password == "from-file"
+    (creds / "redis-password").write_text("cred")
+    assert load(REDIS_PASSWORD_FILE=pw_file, CREDENTIALS_DIRECTORY=creds).redis.password == "cred"
+
+
+def test_special_characters_in_password_survive_the_url():
+    s = load(REDIS_URL="rediss://user@h:6380/0", REDIS_PASSWORD="p@ss:w/rd#1")
+    import redis
+
+    kwargs = redis.connection.parse_url(s.redis.url)
+    assert kwargs["password"] == "p@ss:w/rd#1"
+    assert kwargs["username"] == "user"
+    assert s.redis.display == "rediss://user:***@h:6380/0"
+
+
+def test_unix_socket_url():
+    s = load(REDIS_URL="unix:///run/redis/redis.sock?db=2")
+    assert s.redis.display == "unix:///run/redis/redis.sock?db=2"
+
+
+@pytest.mark.parametrize("env, variable", [
+    ({"REDIS_URL": "http://h:6379"}, "REDIS_URL"),
+    ({"REDIS_URL": "redis://h:99999/0"}, "REDIS_URL"),
+    ({"REDIS_URL": "redis://:/0"}, "REDIS_URL"),
+    ({"REDIS_URL": "redis://h:6379/x"}, "REDIS_URL"),
+    ({"REDIS_URL": "unix://"}, "REDIS_URL"),
+    ({"REDIS_PORT": "abc"}, "REDIS_PORT"),
+    ({"REDIS_PORT": "70000"}, "REDIS_PORT"),
+    ({"REDIS_DB": "-1"}, "REDIS_DB"),
+    ({"REDIS_HOST": "redis://h"}, "REDIS_HOST"),
+    ({"REDIS_PASSWORD_FILE": "/nonexistent/pw"}, "REDIS_PASSWORD_FILE"),
+    ({"RQ_QUEUES": "a,,b"}, "RQ_QUEUES"),
+    ({"RQ_QUEUES": "a,a"}, "RQ_QUEUES"),
+    ({"RQ_QUEUES": "a b"}, "RQ_QUEUES"),
+    ({"RQ_APP_PATH": "/nonexistent/app"}, "RQ_APP_PATH"),
+    ({"RQ_APP_VIRTUALENV": "/nonexistent/venv"}, "RQ_APP_VIRTUALENV"),
+    ({"RQ_WORKER_CLASS": "thread"}, "RQ_WORKER_CLASS"),
+    ({"RQ_JOB_TIMEOUT": "0"}, "RQ_JOB_TIMEOUT"),
+    ({"RQ_JOB_TIMEOUT": "1h"}, "RQ_JOB_TIMEOUT"),
+    ({"RQ_RESULT_TTL": "-5"}, "RQ_RESULT_TTL"),
+    ({"RQ_FAILURE_TTL": "0"}, "RQ_FAILURE_TTL"),
+    ({"RQ_WITH_SCHEDULER": "maybe"}, "RQ_WITH_SCHEDULER"),
+    ({"RQ_LOG_LEVEL": "verbose"}, "RQ_LOG_LEVEL"),
+    ({"RQ_SHUTDOWN_TIMEOUT": "0"}, "RQ_SHUTDOWN_TIMEOUT"),
+    ({"RQ_SHUTDOWN_TIMEOUT": "soon"}, "RQ_SHUTDOWN_TIMEOUT"),
+    ({"RQ_JOB_RETRY_MAX": "-1"}, "RQ_JOB_RETRY_MAX"),
+    ({"RQ_JOB_RETRY_DELAY": "1.5"}, "RQ_JOB_RETRY_DELAY"),
+    ({"RQ_REDIS_STARTUP_WAIT": "-3"}, "RQ_REDIS_STARTUP_WAIT"),
+    ({"RQ_WORKER_INSTANCE": "a/b"}, "--instance"),
+])
+def test_each_bad_value_names_variable_and_expectation(env, variable):
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    message = str(info.value)
+    assert message.startswith(variable)
+    assert "expected" in message or "readable" in message or ":" in message
+    assert "\n" not in message
+
+
+def test_bad_url_message_masks_password():
+    with pytest.raises(ConfigError) as info:
+        load(REDIS_URL="http://u:hunter2@h:6379")
+    assert "hunter2" not in str(info.value)
+    assert "***" in str(info.value)
+
+
+def test_virtualenv_of_other_python_is_rejected(tmp_path):
+    (tmp_path / "lib" / "python3.9" / "site-packages").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="python3.9"):
+        load(RQ_APP_VIRTUALENV=tmp_path)
+    minor = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    (tmp_path / "lib" / minor / "site-packages").mkdir(parents=True)
+    assert load(RQ_APP_VIRTUALENV=tmp_path).app_virtualenv == str(tmp_path)
+
+
+def test_boolean_and_special_values():
+    assert load(RQ_WITH_SCHEDULER="off").with_scheduler is False
+    assert load(RQ_JOB_TIMEOUT="-1").job_timeout == -1
+    assert load(RQ_RESULT_TTL="0").result_ttl == 0
+    assert load(RQ_JOB_RETRY_MAX="0").retry_max == 0
+    assert load(RQ_LOG_LEVEL="debug").log_level == "DEBUG"
+    assert load(RQ_QUEUES="  ").queues == ("default",)  # blank means unset, as in systemd units
+
+
+@pytest.mark.parametrize("url, masked", [
+    ("redis://:secret@h:6379/0", "redis://:***@h:6379/0"),
+    ("redis://user:secret@h/0", "redis://user:***@h/0"),
+    ("redis://user@h/0", "redis://user@h/0"),
+    ("redis://h/0", "redis://h/0"),
+])
+def test_mask_url(url, masked):
+    assert mask_url(url) == masked

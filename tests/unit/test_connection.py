@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import pytest
+import redis
+
+from rq_worker_service.config import load_settings
+from rq_worker_service.connection import RedisAuthError, RedisUnavailable, wait_for_redis, warn_if_not_persistent
+from rq_worker_service.notify import Notifier
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+        self.sleeps = []
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+class Flaky:
+    """PING fails ``failures`` times with ``exc``, then answers."""
+
+    def __init__(self, failures, exc):
+        self.failures, self.exc, self.calls = failures, exc, 0
+
+    def ping(self):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise self.exc
+        return True
+
+
+TARGET = load_settings({"REDIS_URL": "redis://:topsecret@db:6379/0"}).redis
+
+
+def test_waits_with_capped_backoff_until_redis_answers():
+    clock = FakeClock()
+    conn = Flaky(6, redis.exceptions.ConnectionError("refused"))
+    wait_for_redis(conn, TARGET, Notifier(), 60, clock=clock, sleep=clock.sleep)
+    assert clock.sleeps == [1, 2, 4, 8, 10, 10]
+
+
+def test_gives_up_after_the_window_with_masked_url():
+    clock = FakeClock()
+    with pytest.raises(RedisUnavailable) as info:
+        wait_for_redis(Flaky(99, redis.exceptions.ConnectionError("refused")), TARGET, Notifier(), 5,
+                       clock=clock, sleep=clock.sleep)
+    assert clock.now == pytest.approx(5)
+    assert "redis://:***@db:6379/0" in str(info.value)
+    assert "topsecret" not in str(info.value)
+
+
+@pytest.mark.parametrize("exc", [
+    redis.exceptions.AuthenticationError("invalid username-password pair"),
+    redis.exceptions.ResponseError("NOAUTH Authentication required."),
+])
+def test_wrong_credentials_fail_at_once(exc):
+    clock = FakeClock()
+    with pytest.raises(RedisAuthError, match="REDIS_PASSWORD"):
+        wait_for_redis(Flaky(1, exc), TARGET, Notifier(), 60, clock=clock, sleep=clock.sleep)
+    assert clock.sleeps == []
+
+
+class Configured:
+    def __init__(self, values=None, error=None):
+        self.values, self.error = values or {}, error
+
+    def config_get(self, name):
+        if self.error:
+            raise self.error
+        return {name: self.values[name]}
+
+
+def test_persistence_warning(caplog):
+    assert warn_if_not_persistent(Configured({"appendonly": "no", "save": ""}), TARGET) is True
+    assert "keeps nothing on disk" in caplog.text
+    assert warn_if_not_persistent(Configured({"appendonly": "yes", "save": ""}), TARGET) is False
+    assert warn_if_not_persistent(Configured({"appendonly": "no", "save": "3600 1"}), TARGET) is False
+    denied = redis.exceptions.NoPermissionError("NOPERM this user has no permissions to run the 'config' command")
+    assert warn_if_not_persistent(Configured(error=denied), TARGET) is False

@@ -1,0 +1,23 @@
+from rq_worker_service.envfiles import KEYS_VAR, refresh_environment
+
+
+def test_files_override_dotenv_does_not_and_removed_keys_disappear(tmp_path):
+    unit_file = tmp_path / "worker.env"
+    dotenv = tmp_path / ".env"
+    unit_file.write_text("RQ_QUEUES=a\nREDIS_URL=redis://x/0\n")
+    dotenv.write_text("APP_SETTING=1\nRQ_QUEUES=from-dotenv\nHOME=/nope\n")
+    env = {"HOME": "/root", "RQ_QUEUES": "from-unit-environment"}
+
+    refresh_environment([str(unit_file), str(tmp_path / "missing.env")], dotenv, env)
+    assert env["RQ_QUEUES"] == "a"  # the unit's files win, as in systemd
+    assert env["APP_SETTING"] == "1"
+    assert env["HOME"] == "/root"  # .env never overrides the real environment
+    assert set(env[KEYS_VAR].split(",")) == {"RQ_QUEUES", "REDIS_URL", "APP_SETTING"}
+
+    unit_file.write_text("RQ_QUEUES=a,b\n")  # REDIS_URL deleted from the file
+    dotenv.write_text("")
+    refresh_environment([str(unit_file)], dotenv, env)
+    assert env["RQ_QUEUES"] == "a,b"
+    assert "REDIS_URL" not in env
+    assert "APP_SETTING" not in env
+    assert env["HOME"] == "/root"

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from rq_worker_service import journal
+
+
+def make_record(msg="hello", **extra):
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, msg, None, None)
+    record.__dict__.update(extra)
+    return record
+
+
+def test_context_fields_are_added_and_explicit_ones_win():
+    journal.set_worker("w1")
+    journal.set_job("j1", "app.f", "q")
+    try:
+        record = make_record()
+        journal.ContextFilter().filter(record)
+        assert (record.RQ_WORKER, record.RQ_JOB_ID, record.RQ_JOB_FUNC, record.RQ_QUEUE) == ("w1", "j1", "app.f", "q")
+        record = make_record(RQ_JOB_ID="other")
+        journal.ContextFilter().filter(record)
+        assert record.RQ_JOB_ID == "other"
+    finally:
+        journal.clear_job()
+    record = make_record()
+    journal.ContextFilter().filter(record)
+    assert not hasattr(record, "RQ_JOB_ID")
+    assert record.RQ_WORKER == "w1"
+
+
+def test_terminal_lines_have_time_level_and_job():
+    line = journal.TerminalFormatter().format(make_record("working", RQ_JOB_ID="j9"))
+    assert "INFO" in line and line.endswith("working [job j9]")
+    assert line[:4].isdigit()
+
+
+def test_under_journald_only_when_stderr_is_the_journal_stream(monkeypatch):
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    assert not journal.under_journald()
+    st = os.fstat(sys.stderr.fileno())
+    monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+    assert journal.under_journald()
+    monkeypatch.setenv("JOURNAL_STREAM", "1:2")
+    assert not journal.under_journald()

@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import socket
+
+import fakeredis
+import pytest
+from rq import Queue, Retry, Worker
+from rq.job import Job, JobStatus
+from testjobs import quick_job
+
+from rq_worker_service.config import load_settings
+from rq_worker_service.recovery import WorkerNameInUse, apply_default_retry, recover_predecessor
+
+HOST = socket.gethostname()
+DEAD_PID = 4_000_000  # above pid_max: never a live process
+
+
+@pytest.fixture
+def conn():
+    return fakeredis.FakeRedis()
+
+
+def settings(**env):
+    return load_settings({"RQ_WORKER_INSTANCE": "1", "RQ_JOB_RETRY_DELAY": "0", **env})
+
+
+def predecessor_running(conn, job_kwargs, pid=DEAD_PID, host=HOST, name=None):
+    """Leave the record a worker killed mid-job leaves: registered, no death, job STARTED."""
+    s = settings()
+    queue = Queue("default", connection=conn)
+    job = queue.enqueue(quick_job, 1, **job_kwargs)
+    worker = Worker([queue], name=name or s.name, connection=conn)
+    worker.register_birth()
+    queue.pop_job_id()
+    worker.prepare_execution(job)
+    worker.prepare_job_execution(job)
+    conn.hset(worker.key, mapping={"pid": pid, "hostname": host})
+    assert job.get_status() == JobStatus.STARTED
+    return job, worker
+
+
+def test_dead_predecessor_job_is_retried_per_its_retry(conn):
+    job, worker = predecessor_running(conn, {"retry": Retry(max=2)})
+    recovered = recover_predecessor(conn, settings(), HOST)
+    assert [(r.job_id, r.retried) for r in recovered] == [(job.id, True)]
+    job = Job.fetch(job.id, connection=conn)
+    assert job.get_status() == JobStatus.QUEUED
+    assert job.retries_left == 1
+    assert "died while running" in job.latest_result().exc_string
+    assert Queue("default", connection=conn).started_job_registry.get_job_ids(cleanup=False) == []
+    assert not conn.exists(worker.key)
+    assert not conn.sismember("rq:workers", worker.key)
+
+
+def test_job_without_retry_gets_the_default_policy(conn):
+    job, _ = predecessor_running(conn, {})
+    recover_predecessor(conn, settings(RQ_JOB_RETRY_MAX="3"), HOST)
+    job = Job.fetch(job.id, connection=conn)
+    assert job.get_status() == JobStatus.QUEUED
+    assert job.retries_left == 2
+
+
+def test_default_policy_off_fails_the_job_with_a_reason(conn):
+    job, _ = predecessor_running(conn, {})
+    recovered = recover_predecessor(conn, settings(RQ_JOB_RETRY_MAX="0"), HOST)
+    assert recovered[0].retried is False
+    job = Job.fetch(job.id, connection=conn)
+    assert job.get_status() == JobStatus.FAILED
+    assert job in Queue("default", connection=conn).failed_job_registry
+    assert "died while running" in job.latest_result().exc_string
+
+
+def test_retry_with_interval_is_scheduled(conn):
+    job, _ = predecessor_running(conn, {"retry": Retry(max=3, interval=5)})
+    recover_predecessor(conn, settings(), HOST)
+    assert Job.fetch(job.id, connection=conn).get_status() == JobStatus.SCHEDULED
+    assert job.id in Queue("default", connection=conn).scheduled_job_registry
+
+
+def test_live_predecessor_is_not_touched(conn, monkeypatch):
+    job, _ = predecessor_running(conn, {"retry": Retry(max=2)}, pid=12345)
+    monkeypatch.setattr("rq_worker_service.recovery.process_is_worker", lambda pid: pid == 12345)
+    with pytest.raises(WorkerNameInUse, match="already running as pid 12345"):
+        recover_predecessor(conn, settings(), HOST)
+    assert Job.fetch(job.id, connection=conn).get_status() == JobStatus.STARTED
+
+
+def test_record_from_another_host_is_refused(conn):
+    job, _ = predecessor_running(conn, {}, host="otherhost")
+    with pytest.raises(WorkerNameInUse, match="otherhost"):
+        recover_predecessor(conn, settings(), HOST)
+    assert Job.fetch(job.id, connection=conn).get_status() == JobStatus.STARTED
+
+
+def test_other_workers_jobs_are_left_to_rq(conn):
+    job, _ = predecessor_running(conn, {"retry": Retry(max=2)}, name="otherhost.rq-worker@1")
+    assert recover_predecessor(conn, settings(), HOST) == []
+    assert Job.fetch(job.id, connection=conn).get_status() == JobStatus.STARTED
+
+
+def test_clean_previous_shutdown_needs_no_recovery(conn):
+    s = settings()
+    worker = Worker([Queue(connection=conn)], name=s.name, connection=conn)
+    worker.register_birth()
+    worker.register_death()
+    assert recover_predecessor(conn, s, HOST) == []
+    assert not conn.exists(worker.key)
+
+
+def test_apply_default_retry_leaves_jobs_with_their_own_retry_alone(conn):
+    job = Queue(connection=conn).enqueue(quick_job, 1, retry=Retry(max=1, interval=9))
+    assert apply_default_retry(job, settings()) is False
+    assert (job.retries_left, job.retry_intervals) == (1, [9])
+    job = Queue(connection=conn).enqueue(quick_job, 1)
+    assert apply_default_retry(job, settings(RQ_JOB_RETRY_MAX="4", RQ_JOB_RETRY_DELAY="7")) is True
+    assert (job.retries_left, job.retry_intervals) == (4, [7])
