@@ -45,6 +45,12 @@ log = logging.getLogger("rq_worker_service.worker")
 
 REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 HORSE_DIED = "Work-horse terminated unexpectedly"
+STUCK_IN_INTERMEDIATE = "Job was stuck in intermediate queue"
+MAINTENANCE_INTERVAL = 60
+"""Seconds between rq's registry maintenance (rq: 600). It is what rescues a job whose worker died
+between popping it and registering it as started (rq's intermediate queue, two sightings a minute
+apart) and the jobs of dead workers on other hosts; each queue's pass is done by one worker under
+rq's maintenance lock, so a shorter interval costs little."""
 STOP_GRACE = 15.0
 """Seconds of stop timeout we ask systemd for beyond the next tick: room for a cold shutdown."""
 SCHEDULER_RETRY = 15.0
@@ -110,6 +116,7 @@ class ServiceWorkerMixin:
         self._done = 0
         self._failed = 0
         kwargs.setdefault("job_monitoring_interval", int(self._tick))
+        kwargs.setdefault("maintenance_interval", MAINTENANCE_INTERVAL)
         super().__init__(*args, **kwargs)
         self.max_connection_wait_time = self._tick
         self.queue_class = _popping_queue_class(self, self.queue_class)
@@ -298,6 +305,8 @@ class ServiceWorkerMixin:
             reason, self._interrupt_reason = self._interrupt_reason, None
             if reason is None and exc_string.startswith(HORSE_DIED):
                 reason = f"the work horse died under the job ({exc_string.strip().rstrip(';')})"
+            elif reason is None and exc_string.startswith(STUCK_IN_INTERMEDIATE):
+                reason = "its worker died after taking it from the queue, before starting it"
         if reason is not None:
             if apply_default_retry(job, self.settings):
                 log.info("Job %s had no Retry: applying the default policy (RQ_JOB_RETRY_MAX=%d, "

@@ -1,0 +1,89 @@
+"""Test-side control inside the sandbox: enqueue jobs and report their state as JSON.
+
+Runs with the package's own interpreter (/usr/lib/rq-worker-service/bin/python3) and reads the
+Redis connection from /etc/rq-worker/worker.env with the package's own config loader.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from dotenv import dotenv_values
+from rq import Queue, Retry
+from rq.job import Job
+
+sys.path.insert(0, os.path.dirname(__file__))
+import e2ejobs  # noqa: E402,F401
+
+from rq_worker_service.config import load_settings  # noqa: E402
+from rq_worker_service.connection import make_connection  # noqa: E402
+
+
+def connect():
+    env = {k: v for k, v in dotenv_values("/etc/rq-worker/worker.env").items() if v is not None}
+    return make_connection(load_settings(env).redis)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("enqueue")
+    e.add_argument("func")
+    e.add_argument("args", nargs="*", type=float)
+    e.add_argument("--id")
+    e.add_argument("--queue", default="default")
+    e.add_argument("--retry", type=int, default=0)
+    e.add_argument("--interval", type=int, default=0)
+    e.add_argument("--count", type=int, default=1)
+    s = sub.add_parser("jobs")
+    s.add_argument("ids", nargs="*")
+    s.add_argument("--file")
+    r = sub.add_parser("registries")
+    r.add_argument("--queue", default="default")
+    sub.add_parser("flush")
+    a = p.parse_args()
+    conn = connect()
+    if a.cmd == "flush":
+        conn.flushall()
+        return
+    if a.cmd == "enqueue":
+        q = Queue(a.queue, connection=conn)
+        retry = Retry(max=a.retry, interval=a.interval) if a.retry else None
+        func = getattr(e2ejobs, a.func)
+        args = [int(x) if x == int(x) else x for x in a.args]
+        ids = []
+        for i in range(a.count):
+            job_id = a.id if a.count == 1 else (f"{a.id}-{i}" if a.id else None)
+            ids.append(q.enqueue(func, *args, job_id=job_id, retry=retry, result_ttl=3600).id)
+        print(json.dumps(ids))
+        return
+    if a.cmd == "jobs":
+        ids = a.ids or json.load(open(a.file))
+        out = {}
+        for job, job_id in zip(Job.fetch_many(ids, connection=conn), ids, strict=True):
+            execs = int(conn.get(f"executions:{job_id}") or 0)
+            if job is None:
+                out[job_id] = {"status": None, "executions": execs}
+                continue
+            latest = job.latest_result()
+            out[job_id] = {"status": job.get_status(), "executions": execs, "worker": job.worker_name,
+                           "retries_left": job.retries_left,
+                           "last_error": latest.exc_string if latest and latest.exc_string else None}
+        print(json.dumps(out))
+        return
+    if a.cmd == "registries":
+        q = Queue(a.queue, connection=conn)
+        print(json.dumps({
+            "queued": q.job_ids,
+            "started": q.started_job_registry.get_job_ids(cleanup=False),
+            "scheduled": q.scheduled_job_registry.get_job_ids(),
+            "failed": q.failed_job_registry.get_job_ids(),
+            "workers": sorted(w.name for w in __import__("rq").Worker.all(connection=conn)),
+        }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""Job functions for the e2e tests, installed in the sandbox at /srv/e2e-app (RQ_APP_PATH)."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import time
+
+from rq import get_current_job
+
+log = logging.getLogger("e2ejobs")
+
+
+def _count() -> int:
+    job = get_current_job()
+    return int(job.connection.incr(f"executions:{job.id}"))
+
+
+def sleep_job(seconds: float) -> str:
+    n = _count()
+    log.info("e2e job starting execution %d, %ss", n, seconds)
+    time.sleep(seconds)
+    log.info("e2e job done")
+    return "ok"
+
+
+def quick_job(value: int) -> int:
+    _count()
+    time.sleep(0.05)
+    return value
+
+
+def ffi_callback_job() -> list[int]:
+    """C code calling back into Python through a libffi closure, as C extensions with callbacks do:
+    the closure needs executable memory, which MemoryDenyWriteExecute= could forbid."""
+    _count()
+    values = (ctypes.c_int * 5)(5, 1, 4, 2, 3)
+    compare = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int))(
+        lambda a, b: a[0] - b[0])
+    ctypes.CDLL(None).qsort(values, len(values), ctypes.sizeof(ctypes.c_int), compare)
+    return list(values)

@@ -1,0 +1,107 @@
+"""Fixtures for the e2e layer: the built .deb, the cached rootfs, a booted sandbox with it installed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from sandbox import Sandbox, ensure_rootfs, missing_prerequisites
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = Path(__file__).resolve().parent / "app"
+PASSWORD = "e2e-Redis-pa55word"
+PY = "/usr/lib/rq-worker-service/bin/python3"
+
+_reason = missing_prerequisites()
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "tests/e2e/" in str(item.fspath):
+            item.add_marker(pytest.mark.e2e)
+            if _reason:
+                item.add_marker(pytest.mark.skip(reason=_reason))
+
+
+def build_deb(version: str | None = None) -> Path:
+    args = ["packaging/build-deb"] + (["--version", version] if version else [])
+    out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    if out.returncode != 0:
+        raise RuntimeError(f"packaging/build-deb failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return ROOT / out.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="session")
+def deb() -> Path:
+    """The freshly built package (RQWS_E2E_DEB names a prebuilt one, e.g. the one CI just built)."""
+    prebuilt = os.environ.get("RQWS_E2E_DEB")
+    return Path(prebuilt) if prebuilt else build_deb()
+
+
+@pytest.fixture(scope="session")
+def rootfs() -> Path:
+    return ensure_rootfs()
+
+
+def install(box: Sandbox, deb: Path) -> None:
+    box.copy_in(deb, f"/root/{deb.name}")
+    box.run(["apt-get", "install", "-y", f"/root/{deb.name}"], timeout=300)
+
+
+@pytest.fixture(scope="module")
+def box(rootfs, deb):
+    """A booted sandbox with the package installed as an operator would, and Redis with a password."""
+    with Sandbox(rootfs) as sandbox:
+        install(sandbox, deb)
+        for name in ("e2ejobs.py", "ctl.py"):
+            sandbox.copy_in(APP / name, f"/srv/e2e-app/{name}")
+        sandbox.run(f"echo 'requirepass {PASSWORD}' >> /etc/redis/redis.conf && systemctl restart redis-server")
+        with sandbox.path("/etc/rq-worker/worker.env").open("a") as f:
+            f.write(f"\n# e2e\nREDIS_PASSWORD={PASSWORD}\nRQ_APP_PATH=/srv/e2e-app\n")
+        yield sandbox
+        cgroups = list(sandbox.cgroups)
+    assert not any(p.exists() for p in cgroups), "sandbox cgroups left behind"
+
+
+def ctl(box: Sandbox, *args: str):
+    out = box.run([PY, "/srv/e2e-app/ctl.py", *args]).stdout.strip()
+    return json.loads(out) if out else None
+
+
+def jobs(box: Sandbox, ids: list[str]) -> dict:
+    if len(ids) > 50:
+        box.write("/tmp/ids.json", json.dumps(ids))
+        return ctl(box, "jobs", "--file", "/tmp/ids.json")
+    return ctl(box, "jobs", *ids)
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.3):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def systemctl(box: Sandbox, *args: str, check: bool = True):
+    return box.run(["systemctl", *args], check=check)
+
+
+def reset(box: Sandbox, *extra_dropin: str) -> None:
+    """Between tests: all instances stopped and reset, our drop-in replaced, Redis empty."""
+    systemctl(box, "stop", "rq-worker@*.service", check=False)
+    systemctl(box, "reset-failed", check=False)
+    dropin = "/etc/systemd/system/rq-worker@.service.d/e2e-test.conf"
+    if extra_dropin:
+        box.write(dropin, "[Service]\n" + "\n".join(extra_dropin) + "\n")
+    else:
+        box.run(["rm", "-f", dropin])
+    systemctl(box, "daemon-reload")
+    ctl(box, "flush")

@@ -1,0 +1,227 @@
+"""The package's promises, proven under a real systemd with real systemctl and journalctl."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+from conftest import PASSWORD, PY, ctl, jobs, reset, systemctl, wait_for
+
+HOST = "rqws-e2e"
+
+
+def name(instance: str) -> str:
+    return f"{HOST}.rq-worker@{instance}"
+
+
+def status_of(box, job_id: str) -> dict:
+    return jobs(box, [job_id])[job_id]
+
+
+def wait_status(box, job_id: str, status: str, timeout: float) -> dict:
+    return wait_for(lambda: (lambda j: j if j["status"] == status else None)(status_of(box, job_id)),
+                    timeout, f"job {job_id} to be {status}")
+
+
+def main_pid(box, unit: str) -> int:
+    return int(box.show(unit, "MainPID")["MainPID"])
+
+
+def test_enable_now_starts_registered_workers_that_share_jobs(box):
+    reset(box)
+    t0 = time.monotonic()
+    systemctl(box, "enable", "--now", "rq-worker@1", "rq-worker@2", "rq-worker@3")
+    started_in = time.monotonic() - t0
+    # systemctl returned: Type=notify means each worker had already sent READY=1, which it does
+    # only after registering in Redis.
+    assert ctl(box, "registries")["workers"] == [name("1"), name("2"), name("3")]
+    for i in "123":
+        props = box.show(f"rq-worker@{i}", "ActiveState", "StatusText")
+        assert props["ActiveState"] == "active"
+        assert "listening on default" in props["StatusText"]
+    ids = ctl(box, "enqueue", "sleep_job", "0.6", "--id", "spread", "--count", "12")
+    wait_for(lambda: all(j["status"] == "finished" for j in jobs(box, ids).values()), 30, "12 jobs to finish")
+    workers = {j["worker"] for j in jobs(box, ids).values()}
+    assert len(workers) >= 2, f"jobs were not spread over instances: {workers}"
+    print(f"\n3 instances started in {started_in:.1f}s; 12 jobs ran on {len(workers)} instances")
+    enabled = box.run(["ls", "/etc/systemd/system/rq-worker.target.wants"]).stdout.split()
+    assert enabled == ["rq-worker@1.service", "rq-worker@2.service", "rq-worker@3.service"]
+
+
+def test_target_restarts_and_stops_all_instances(box):
+    reset(box)
+    systemctl(box, "enable", "rq-worker@1", "rq-worker@2", "rq-worker@3")
+    systemctl(box, "stop", "rq-worker.target")
+    systemctl(box, "start", "rq-worker.target")  # enabled instances come up with the target
+    pids = {i: main_pid(box, f"rq-worker@{i}") for i in "123"}
+    assert all(pids.values())
+    systemctl(box, "restart", "rq-worker.target")
+    assert all(main_pid(box, f"rq-worker@{i}") not in (0, pids[i]) for i in "123")
+    systemctl(box, "stop", "rq-worker.target")
+    # The stop propagates to every instance (PartOf=); systemctl returns once the target is down,
+    # while the instances finish their warm stop.
+    wait_for(lambda: all(box.show(f"rq-worker@{i}", "ActiveState")["ActiveState"] == "inactive" for i in "123"),
+             15, "all instances to stop")
+    assert all(box.show(f"rq-worker@{i}", "Result")["Result"] == "success" for i in "123")
+
+
+def test_stop_waits_for_running_job_and_idle_stop_is_quick(box):
+    reset(box)
+    systemctl(box, "start", "rq-worker@1", "rq-worker@2")
+    ctl(box, "enqueue", "sleep_job", "10", "--id", "stop-job")
+    job = wait_status(box, "stop-job", "started", 10)
+    busy = job["worker"].rsplit("@", 1)[1]
+    idle = "2" if busy == "1" else "1"
+    t0 = time.monotonic()
+    systemctl(box, "stop", f"rq-worker@{idle}")
+    idle_stop = time.monotonic() - t0
+    t0 = time.monotonic()
+    systemctl(box, "stop", f"rq-worker@{busy}")
+    busy_stop = time.monotonic() - t0
+    job = status_of(box, "stop-job")
+    assert job["status"] == "finished" and job["executions"] == 1
+    assert idle_stop < 3, f"idle instance took {idle_stop:.1f}s to stop"
+    assert busy_stop > 5, "stop returned before the job could have finished"
+    assert box.show(f"rq-worker@{busy}", "Result")["Result"] == "success"
+    print(f"\nidle stop {idle_stop:.1f}s; stop during a 10 s job waited {busy_stop:.1f}s; job finished once")
+
+
+def test_job_longer_than_shutdown_limit_is_cut_and_retried_elsewhere(box):
+    reset(box, "Environment=RQ_SHUTDOWN_TIMEOUT=3 RQ_JOB_RETRY_DELAY=0")
+    systemctl(box, "start", "rq-worker@1", "rq-worker@2")
+    ctl(box, "enqueue", "sleep_job", "8", "--id", "limit-job")
+    first = wait_status(box, "limit-job", "started", 10)["worker"]
+    busy = first.rsplit("@", 1)[1]
+    t0 = time.monotonic()
+    systemctl(box, "stop", f"rq-worker@{busy}")
+    took = time.monotonic() - t0
+    assert took < 8, f"stop took {took:.1f}s with RQ_SHUTDOWN_TIMEOUT=3"
+    job = wait_status(box, "limit-job", "finished", 30)
+    assert job["executions"] == 2
+    assert job["worker"] != first
+    assert ctl(box, "registries")["started"] == []
+    log = box.run(["journalctl", "-u", f"rq-worker@{busy}", "--no-pager", "-o", "cat"]).stdout
+    assert "interrupted by shutdown" in log
+
+
+def test_kill_9_restarts_and_job_completes_within_15s(box):
+    reset(box)
+    systemctl(box, "start", "rq-worker@1")
+    ctl(box, "enqueue", "sleep_job", "3", "--id", "kill-job", "--retry", "3", "--interval", "1")
+    wait_status(box, "kill-job", "started", 10)
+    old = main_pid(box, "rq-worker@1")
+    t0 = time.monotonic()
+    systemctl(box, "kill", "-s", "KILL", "rq-worker@1")
+    job = wait_status(box, "kill-job", "finished", 30)
+    took = time.monotonic() - t0
+    assert job["executions"] == 2
+    assert main_pid(box, "rq-worker@1") not in (0, old)
+    assert took <= 15, f"job completed {took:.1f}s after kill -9"
+    print(f"\nkill -9 mid-job: restarted, job re-ran and completed {took:.1f}s after the kill")
+
+
+def test_reload_finishes_job_then_reexecs_with_new_config(box):
+    reset(box)
+    box.write("/etc/rq-worker/worker-1.env", "RQ_QUEUES=default\n")
+    try:
+        systemctl(box, "start", "rq-worker@1")
+        pid = main_pid(box, "rq-worker@1")
+        ctl(box, "enqueue", "sleep_job", "4", "--id", "reload-job")
+        wait_status(box, "reload-job", "started", 10)
+        box.write("/etc/rq-worker/worker-1.env", "RQ_QUEUES=default,extra\n")
+        systemctl(box, "reload", "rq-worker@1")
+        job = wait_status(box, "reload-job", "finished", 15)
+        assert job["executions"] == 1
+        wait_for(lambda: "extra" in box.show("rq-worker@1", "StatusText")["StatusText"], 15, "the new queue")
+        assert main_pid(box, "rq-worker@1") == pid
+        assert box.show("rq-worker@1", "ActiveState")["ActiveState"] == "active"
+        ctl(box, "enqueue", "quick_job", "7", "--id", "extra-job", "--queue", "extra")
+        wait_status(box, "extra-job", "finished", 15)
+    finally:
+        box.run(["rm", "-f", "/etc/rq-worker/worker-1.env"])
+
+
+def test_frozen_main_loop_is_aborted_by_watchdog_and_job_completes(box):
+    reset(box, "WatchdogSec=6s", "TimeoutAbortSec=2s")
+    systemctl(box, "start", "rq-worker@1")
+    ctl(box, "enqueue", "sleep_job", "15", "--id", "wd-job", "--retry", "3", "--interval", "1")
+    wait_status(box, "wd-job", "started", 10)
+    old = main_pid(box, "rq-worker@1")
+    box.run(["kill", "-STOP", str(old)])
+    wait_for(lambda: main_pid(box, "rq-worker@1") not in (0, old), 30, "the watchdog restart")
+    log = box.run(["journalctl", "-u", "rq-worker@1", "--no-pager", "-o", "cat"]).stdout
+    assert "Watchdog timeout" in log
+    job = wait_status(box, "wd-job", "finished", 40)
+    assert job["executions"] == 2
+
+
+def test_bad_config_fails_once_with_one_line_reason(box):
+    reset(box)
+    box.write("/etc/rq-worker/worker-1.env", "RQ_WORKER_CLASS=threads\n")
+    try:
+        result = systemctl(box, "start", "rq-worker@1", check=False)
+        assert result.returncode != 0
+        time.sleep(7)  # longer than RestartSec=5s: a restart would have happened by now
+        props = box.show("rq-worker@1", "ActiveState", "NRestarts", "ExecMainStatus")
+        assert props == {"ActiveState": "failed", "NRestarts": "0", "ExecMainStatus": "78"}
+        log = box.run(["journalctl", "-u", "rq-worker@1", "--no-pager", "-o", "cat", "-p", "err"]).stdout
+        assert "RQ_WORKER_CLASS='threads' is invalid: expected one of fork, simple, spawn" in log
+        assert "Traceback" not in log
+    finally:
+        box.run(["rm", "-f", "/etc/rq-worker/worker-1.env"])
+
+
+def test_journal_has_one_jobs_story_and_never_the_password(box):
+    reset(box)
+    systemctl(box, "start", "rq-worker@1", "rq-worker@2")
+    ctl(box, "enqueue", "sleep_job", "0.5", "--id", "story-job")
+    job = wait_status(box, "story-job", "finished", 15)
+    time.sleep(1)
+    out = box.run(["journalctl", "-u", "rq-worker@*", "RQ_JOB_ID=story-job", "-o", "json", "--no-pager"]).stdout
+    records = [json.loads(line) for line in out.splitlines()]
+    messages = [r["MESSAGE"] for r in records]
+    assert any("e2e job starting execution 1" in m for m in messages), messages  # the job function's own line
+    assert any("Successfully completed" in m for m in messages), messages  # rq's, from the horse
+    assert all(r["RQ_JOB_FUNC"] == "e2ejobs.sleep_job" and r["RQ_QUEUE"] == "default" for r in records)
+    assert {r["RQ_WORKER"] for r in records} == {job["worker"]}
+    assert {r["PRIORITY"] for r in records} >= {"6"}
+    # The whole journal, every field of every record (export format carries binary fields too).
+    hits = box.run(f"journalctl -o export --no-pager | grep -a -c -F '{PASSWORD}' || true").stdout.strip()
+    assert hits == "0"
+    status = box.run(["systemctl", "status", "rq-worker@1", "--no-pager", "-n", "50"], check=False).stdout
+    assert PASSWORD not in status
+    assert PASSWORD not in box.run(["cat", "/proc/" + str(main_pid(box, "rq-worker@1")) + "/cmdline"]).stdout
+
+
+def exposure(text: str) -> float:
+    return float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", text).group(1))
+
+
+def test_security_exposure_and_verify(box):
+    reset(box)
+    shipped = box.run(["cat", "/lib/systemd/system/rq-worker@.service"]).stdout
+    box.write("/tmp/offline/rq-worker@1.service", shipped)
+    offline = box.run(["systemd-analyze", "security", "--offline=yes", "/tmp/offline/rq-worker@1.service"],
+                      check=False)
+    score = exposure(offline.stdout + offline.stderr)
+    live = exposure(box.run(["systemd-analyze", "security", "rq-worker@1.service"], check=False).stdout)
+    print(f"\nsystemd-analyze security: shipped unit {score}, live in the sandbox (PrivateUsers=no) {live}")
+    assert score <= 1.5
+    verify = box.run(["systemd-analyze", "verify", "rq-worker@1.service", "rq-worker.target"], check=False)
+    assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr
+
+
+def test_c_extension_callbacks_work_under_the_hardening(box):
+    reset(box)
+    systemctl(box, "start", "rq-worker@1")
+    ctl(box, "enqueue", "ffi_callback_job", "--id", "ffi-job")
+    wait_status(box, "ffi-job", "finished", 15)
+
+
+def test_cli_runs_from_the_package(box):
+    out = box.run(["rq-worker-service", "--version"]).stdout
+    assert out.startswith("rq-worker-service ")
+    page = box.run(["man", "-P", "cat", "8", "rq-worker-service"]).stdout
+    assert "RQ_SHUTDOWN_TIMEOUT" in page and "EXIT STATUS" in page and "--shutdown-timeout" in page
+    assert box.run([PY, "-c", "import rq_worker_service, rq, redis, systemd.journal, sdnotify, dotenv"]).returncode == 0
