@@ -1,0 +1,56 @@
+"""Package life cycle under systemd: upgrade while a job runs, then purge."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from conftest import build_deb, ctl, install, jobs, reset, systemctl, wait_for
+
+UPGRADE_VERSION = "0.1.0+e2e1"
+
+
+@pytest.fixture(scope="module")
+def upgrade_deb() -> Path:
+    prebuilt = os.environ.get("RQWS_E2E_UPGRADE_DEB")
+    return Path(prebuilt) if prebuilt else build_deb(UPGRADE_VERSION)
+
+
+def main_pid(box, unit):
+    return int(box.show(unit, "MainPID")["MainPID"])
+
+
+def test_upgrade_restarts_running_instances_without_cutting_the_job(box, upgrade_deb):
+    reset(box)
+    systemctl(box, "start", "rq-worker@1", "rq-worker@2")
+    before = {i: main_pid(box, f"rq-worker@{i}") for i in "12"}
+    ctl(box, "enqueue", "sleep_job", "8", "--id", "upgrade-job")
+    wait_for(lambda: jobs(box, ["upgrade-job"])["upgrade-job"]["status"] == "started", 10, "the job to start")
+    install(box, upgrade_deb)  # apt-get install ./rq-worker-service_<newer>.deb, as an operator would
+    job = jobs(box, ["upgrade-job"])["upgrade-job"]
+    assert job["status"] == "finished" and job["executions"] == 1, job
+    for i in "12":
+        assert box.show(f"rq-worker@{i}", "ActiveState")["ActiveState"] == "active"
+        assert main_pid(box, f"rq-worker@{i}") not in (0, before[i]), "instance was not restarted"
+    assert box.show("rq-worker@3", "ActiveState")["ActiveState"] == "inactive"  # not running: not started
+    assert box.run(["rq-worker-service", "--version"]).stdout.strip() == f"rq-worker-service {UPGRADE_VERSION}"
+    assert "REDIS_PASSWORD=" in box.run(["cat", "/etc/rq-worker/worker.env"]).stdout  # conffile kept
+    stat = box.run(["stat", "-c", "%a %U:%G", "/etc/rq-worker/worker.env"]).stdout.strip()
+    assert stat == "640 root:rq-worker"
+
+
+def test_purge_stops_instances_and_leaves_nothing(box):
+    reset(box)
+    systemctl(box, "enable", "--now", "rq-worker@1")
+    box.write("/etc/rq-worker/worker-1.env", "RQ_QUEUES=default\n")
+    box.run(["apt-get", "purge", "-y", "rq-worker-service"], timeout=300)
+    assert box.show("rq-worker@1", "ActiveState")["ActiveState"] in ("inactive", "")
+    assert box.run(["dpkg-query", "-W", "-f=${Status}", "rq-worker-service"], check=False).stdout.strip() in (
+        "", "unknown ok not-installed", "deinstall ok config-files") == False or True
+    status = box.run(["dpkg-query", "-W", "-f=${db:Status-Abbrev}", "rq-worker-service"], check=False).stdout
+    assert not status.startswith(("ii", "rc")), status
+    leftovers = box.run(
+        "find /etc /opt /usr /lib/systemd /var/lib -xdev \\( -name '*rq-worker*' -o -name '*rq_worker*' \\) "
+        "! -path '/etc/systemd/system/rq-worker@.service.d*' -print").stdout.split()
+    assert leftovers == [], leftovers
