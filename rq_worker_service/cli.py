@@ -6,12 +6,28 @@ Every operator mistake ends in one line on stderr and a non-zero exit status, ne
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import __version__
 
 DESCRIPTION = "Run RQ workers as systemd services, and inspect them."
+DEFAULT_ENV_FILE = "/etc/rq-worker/worker.env"
+EX_USAGE = 64
+EX_UNAVAILABLE = 69
+EX_CONFIG = 78
+
+
+class CommandError(Exception):
+    """One line for stderr, and the exit status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
@@ -36,13 +52,205 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                         "EnvironmentFile= paths")
 
 
+def _connection_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-u", "--url", help="Redis URL (default: REDIS_URL, as the workers use it)")
+    p.add_argument("--env-file", default=DEFAULT_ENV_FILE, metavar="PATH",
+                   help=f"read the workers' settings from PATH (default {DEFAULT_ENV_FILE}); the environment "
+                        "and .env in the working directory are read too, and the environment wins")
+
+
+def _threshold(text: str):
+    from .status import Threshold
+
+    try:
+        return Threshold.parse(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number W or two numbers W,C") from None
+
+
+def _add_status(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "status", help="queues, workers and stuck jobs; a health check for monitoring",
+        description="Show queues (length, oldest job, registries), workers (unit, pid, job, heartbeat) and "
+                    "abandoned jobs, under a one-line verdict. With --check, exit 0 OK, 1 WARNING, 2 CRITICAL, "
+                    "3 UNKNOWN, as Nagios/Icinga plugins do. Thresholds are W or W,C (warning, critical).")
+    _connection_options(p)
+    p.add_argument("-q", "--queue", action="append", dest="queues", metavar="NAME",
+                   help="only this queue (repeatable; default: every queue in Redis)")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="machine-readable output")
+    fmt.add_argument("--prometheus", action="store_true", help="Prometheus text exposition format")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="write to FILE atomically (for node_exporter's textfile collector) instead of stdout")
+    p.add_argument("--check", action="store_true", help="exit with the verdict's status (0/1/2/3)")
+    p.add_argument("--max-queued", type=_threshold, metavar="W[,C]", help="queued jobs, all queues together")
+    p.add_argument("--max-age", type=_threshold, metavar="W[,C]", help="seconds the oldest queued job waits")
+    p.add_argument("--max-failed", type=_threshold, metavar="W[,C]", help="failed jobs, all queues together")
+    p.add_argument("--min-workers", type=_threshold, metavar="W[,C]", help="live workers")
+    p.add_argument("--max-heartbeat-age", type=_threshold, metavar="W[,C]",
+                   help="seconds since any worker's last heartbeat")
+
+
+def _add_jobs(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("job", help="one job: status, call, times, retries, worker, traceback",
+                       description="Show one job: status, queue, function and (truncated) arguments, times, "
+                                   "retries left, worker and the last failure's traceback.")
+    _connection_options(p)
+    p.add_argument("job_id", metavar="JOB_ID")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("requeue", help="send failed jobs back to their queue",
+                       description="Requeue failed jobs: the given ids, or with --queue every failed job of a "
+                                   "queue. --dry-run lists what would be requeued.")
+    _connection_options(p)
+    p.add_argument("job_ids", nargs="*", metavar="JOB_ID")
+    p.add_argument("--queue", metavar="NAME", help="every failed job of this queue")
+    p.add_argument("-n", "--dry-run", action="store_true", help="only list the jobs")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("cleanup", help="run registry maintenance now",
+                       description="Do now what a worker's maintenance does: expire registries, fail or "
+                                   "retry started jobs whose worker is gone, drop dead workers.")
+    _connection_options(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rq-worker-service", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _add_run(sub)
+    _add_status(sub)
+    _add_jobs(sub)
     return parser
+
+
+def _settings(args: argparse.Namespace):
+    """The workers' configuration as seen from a shell: environment > .env > the env file."""
+    from dotenv import dotenv_values
+
+    from .config import ConfigError, load_settings
+
+    env = dict(os.environ)
+    for path in (Path.cwd() / ".env", Path(args.env_file)):
+        if path.is_file() and os.access(path, os.R_OK):
+            for key, value in dotenv_values(path).items():
+                if value is not None:
+                    env.setdefault(key, value)
+        elif path == Path(args.env_file) and args.env_file != DEFAULT_ENV_FILE:
+            raise CommandError(f"cannot read --env-file {args.env_file}", EX_CONFIG)
+    try:
+        return load_settings(env, {"url": args.url})
+    except ConfigError as exc:
+        raise CommandError(f"configuration error: {exc}", EX_CONFIG) from None
+
+
+def _connect(args: argparse.Namespace):
+    """A Redis client that answered PING, or CommandError with a one-line reason."""
+    import redis
+
+    from .connection import make_connection
+
+    settings = _settings(args)
+    connection = make_connection(settings.redis)
+    try:
+        connection.ping()
+    except redis.exceptions.AuthenticationError as exc:
+        raise CommandError(f"Redis at {settings.redis.display} refused the login ({exc})", EX_UNAVAILABLE) from None
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        raise CommandError(f"cannot reach Redis at {settings.redis.display}: {exc}", EX_UNAVAILABLE) from None
+    return connection, settings
+
+
+def write_output(text: str, path: str | None) -> None:
+    """To stdout, or atomically to ``path`` (a reader never sees a half-written file)."""
+    if path is None:
+        sys.stdout.write(text)
+        return
+    target = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise CommandError(f"cannot write {path}: {exc.strerror}", 73) from None
+
+
+def _status(args: argparse.Namespace) -> int:
+    import redis
+
+    from .status import UNKNOWN, collect, evaluate, render_json, render_prometheus, render_text
+
+    try:
+        connection, settings = _connect(args)
+        report = collect(connection, settings.redis.display, args.queues)
+    except (CommandError, redis.exceptions.RedisError) as exc:
+        if args.prometheus:
+            write_output(render_prometheus(None), args.output)
+            print(f"rq-worker-service: {exc}", file=sys.stderr)
+            return 0  # rq_up 0 is the signal; a failing timer unit would only add noise
+        if args.check:
+            print(f"UNKNOWN: {exc}")
+            return UNKNOWN
+        raise CommandError(str(exc), getattr(exc, "status", EX_UNAVAILABLE)) from None
+    evaluate(report, max_queued=args.max_queued, max_age=args.max_age, max_failed=args.max_failed,
+             min_workers=args.min_workers, max_heartbeat_age=args.max_heartbeat_age)
+    if args.prometheus:
+        write_output(render_prometheus(report), args.output)
+    elif args.json:
+        write_output(render_json(report), args.output)
+    else:
+        write_output(render_text(report), args.output)
+    return report.level if args.check else 0
+
+
+def _job(args: argparse.Namespace) -> int:
+    from .jobs import JobsError, describe, render_job
+
+    connection, _ = _connect(args)
+    try:
+        info = describe(connection, args.job_id)
+    except JobsError as exc:
+        raise CommandError(str(exc), 1) from None
+    sys.stdout.write(json.dumps(info, indent=2, default=str) + "\n" if args.json else render_job(info))
+    return 0
+
+
+def _requeue(args: argparse.Namespace) -> int:
+    from .jobs import JobsError, requeue
+
+    if bool(args.job_ids) == bool(args.queue):
+        raise CommandError("give either job ids or --queue NAME (every failed job of that queue)", EX_USAGE)
+    connection, _ = _connect(args)
+    try:
+        done = requeue(connection, args.job_ids, args.queue, args.dry_run)
+    except JobsError as exc:
+        raise CommandError(str(exc), 1) from None
+    if args.json:
+        print(json.dumps([{"job_id": r.job_id, "queue": r.queue} for r in done]))
+    else:
+        verb = "would requeue" if args.dry_run else "requeued"
+        for r in done:
+            print(f"{verb} {r.job_id} on {r.queue}")
+        print(f"{len(done)} job(s) {verb}")
+    return 0
+
+
+def _cleanup(args: argparse.Namespace) -> int:
+    from .jobs import cleanup
+
+    connection, _ = _connect(args)
+    report = cleanup(connection)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for queue, c in sorted(report.items()):
+            print(f"{queue}: started {c['started_before']} -> {c['started_after']}, "
+                  f"failed {c['failed_before']} -> {c['failed_after']}")
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -62,13 +270,19 @@ def _run(args: argparse.Namespace) -> int:
         "shutdown_timeout": args.shutdown_timeout,
     }
     if args.shutdown_timeout is not None and not args.shutdown_timeout > 0:
-        print("rq-worker-service: --shutdown-timeout must be a number of seconds above 0", file=sys.stderr)
-        return 64
+        raise CommandError("--shutdown-timeout must be a number of seconds above 0", EX_USAGE)
     return run(overrides, env_files=args.env_file)
+
+
+COMMANDS = {"run": _run, "status": _status, "job": _job, "requeue": _requeue, "cleanup": _cleanup}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "run":
-        return _run(args)
-    raise AssertionError(args.command)
+    try:
+        return COMMANDS[args.command](args)
+    except CommandError as exc:
+        print(f"rq-worker-service: {exc}", file=sys.stderr)
+        return exc.status
+    except KeyboardInterrupt:
+        return 130

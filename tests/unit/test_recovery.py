@@ -31,7 +31,7 @@ def predecessor_running(conn, job_kwargs, pid=DEAD_PID, host=HOST, name=None):
     job = queue.enqueue(quick_job, 1, **job_kwargs)
     worker = Worker([queue], name=name or s.name, connection=conn)
     worker.register_birth()
-    queue.pop_job_id()
+    queue.remove(job)
     worker.prepare_execution(job)
     worker.prepare_job_execution(job)
     conn.hset(worker.key, mapping={"pid": pid, "hostname": host})

@@ -1,0 +1,114 @@
+"""``rq-worker-service job / requeue / cleanup``: look at one job, send failed jobs back, tidy up.
+
+Each function returns plain data (for ``--json``) and raises ``JobsError`` with a one-line message
+for an operator mistake (an unknown id, a queue that does not exist).
+"""
+
+from __future__ import annotations
+
+import reprlib
+from dataclasses import dataclass
+from datetime import datetime
+
+from redis import Redis
+from rq import Queue
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job
+from rq.registry import FailedJobRegistry, clean_registries
+from rq.worker_registration import clean_worker_registry
+
+ARG_REPR = reprlib.Repr()
+ARG_REPR.maxstring = 60
+ARG_REPR.maxother = 60
+ARG_REPR.maxlist = ARG_REPR.maxdict = ARG_REPR.maxtuple = 6
+
+
+class JobsError(Exception):
+    """An operator mistake; ``str()`` is the one line to print."""
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat(timespec="seconds") if value else None
+
+
+def describe(connection: Redis, job_id: str) -> dict:
+    try:
+        job = Job.fetch(job_id, connection=connection)
+    except NoSuchJobError:
+        raise JobsError(f"no job with id {job_id!r} (it never existed, or its result TTL has expired)") from None
+    try:
+        args = [ARG_REPR.repr(a) for a in job.args] + [f"{k}={ARG_REPR.repr(v)}" for k, v in job.kwargs.items()]
+        call = f"{job.func_name}({', '.join(args)})"
+    except Exception as exc:  # the job's data cannot be unpickled here (missing app module …)
+        call = f"<cannot decode the job's arguments: {type(exc).__name__}: {exc}>"
+    latest = job.latest_result()
+    return {
+        "id": job.id, "status": job.get_status().value, "queue": job.origin, "call": call,
+        "created_at": _iso(job.created_at), "enqueued_at": _iso(job.enqueued_at),
+        "started_at": _iso(job.started_at), "ended_at": _iso(job.ended_at),
+        "retries_left": job.retries_left, "timeout": job.timeout, "worker": job.worker_name or None,
+        "meta": job.meta,
+        "last_result": latest.type.name.lower() if latest else None,
+        "traceback": latest.exc_string if latest and latest.exc_string else None,
+    }
+
+
+def render_job(info: dict) -> str:
+    lines = [f"{key:<13}{'-' if info[key] is None else info[key]}" for key in
+             ("id", "status", "queue", "call", "created_at", "enqueued_at", "started_at", "ended_at",
+              "retries_left", "timeout", "worker", "meta", "last_result")]
+    if info["traceback"]:
+        lines += ["", info["traceback"].rstrip()]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Requeued:
+    job_id: str
+    queue: str
+
+
+def requeue(connection: Redis, job_ids: list[str], queue_name: str | None, dry_run: bool) -> list[Requeued]:
+    """Send failed jobs back to their queue: the given ids, or every failed job of ``queue_name``."""
+    if queue_name is not None:
+        if queue_name not in {q.name for q in Queue.all(connection=connection)}:
+            raise JobsError(f"no queue named {queue_name!r} in this Redis")
+        registry = FailedJobRegistry(queue_name, connection=connection)
+        targets = [(job_id, registry) for job_id in registry.get_job_ids()]
+    else:
+        targets = []
+        for job_id in job_ids:
+            try:
+                job = Job.fetch(job_id, connection=connection)
+            except NoSuchJobError:
+                raise JobsError(f"no job with id {job_id!r}") from None
+            registry = FailedJobRegistry(job.origin, connection=connection)
+            if job_id not in registry:
+                raise JobsError(f"job {job_id} is {job.get_status().value}, not failed: only failed jobs are requeued")
+            targets.append((job_id, registry))
+    done = []
+    for job_id, registry in targets:
+        if not dry_run:
+            try:
+                registry.requeue(job_id)
+            except InvalidJobOperation:
+                continue  # requeued by someone else meanwhile
+        done.append(Requeued(job_id, registry.name))
+    return done
+
+
+def cleanup(connection: Redis) -> dict[str, dict[str, int]]:
+    """What a worker's maintenance does, now: expire registries, fail abandoned jobs, drop dead workers.
+
+    Returns, per queue, how many entries the started and failed registries held before and after.
+    """
+    report = {}
+    for queue in Queue.all(connection=connection):
+        keys = (queue.started_job_registry.key, queue.failed_job_registry.key)
+        before = [connection.zcard(k) for k in keys]  # not registry.count: that cleans up first
+        clean_registries(queue)
+        clean_worker_registry(queue)
+        after = [connection.zcard(k) for k in keys]
+        report[queue.name] = {"started_before": before[0], "started_after": after[0],
+                              "failed_before": before[1], "failed_after": after[1]}
+    return report

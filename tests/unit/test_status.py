@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import fakeredis
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from rq import Queue, Worker
+from rq.utils import now, utcformat
+from testjobs import failing_job, quick_job
+
+from rq_worker_service.status import (
+    CRITICAL,
+    OK,
+    WARNING,
+    Threshold,
+    collect,
+    evaluate,
+    render_json,
+    render_prometheus,
+    render_text,
+    unit_of,
+)
+
+
+@pytest.fixture
+def conn():
+    return fakeredis.FakeRedis()
+
+
+def live_worker(conn, name, queue):
+    worker = Worker([queue], name=name, connection=conn)
+    worker.register_birth()
+    worker.set_state("idle")
+    return worker
+
+
+def started_by(conn, worker, queue, job):
+    queue.remove(job)
+    worker.prepare_execution(job)
+    worker.prepare_job_execution(job)
+
+
+def test_collects_queues_workers_and_abandoned_jobs(conn):
+    q = Queue("default", connection=conn)
+    for i in range(3):
+        q.enqueue(quick_job, i)
+    conn.hset(q.job_class.key_for(q.job_ids[0]), "enqueued_at", utcformat(now() - timedelta(seconds=90)))
+    failed = q.enqueue(failing_job, 1)
+    q.remove(failed)
+    q.failed_job_registry.add(failed, ttl=100, exc_string="boom")
+
+    busy = live_worker(conn, "h.rq-worker@1", q)
+    running = q.enqueue(quick_job, 9, job_id="running")
+    started_by(conn, busy, q, running)
+
+    dead = live_worker(conn, "h.rq-worker@2", q)
+    orphan = q.enqueue(quick_job, 8, job_id="orphan")
+    started_by(conn, dead, q, orphan)
+    old = utcformat(now() - timedelta(seconds=500))
+    conn.hset(dead.key, "last_heartbeat", old)  # missed its deadline long ago …
+    conn.expire(dead.key, 20)  # … its key is about to expire
+
+    report = collect(conn, "redis://x/0")
+    [queue] = report.queues
+    assert (queue.name, queue.queued, queue.started, queue.failed) == ("default", 3, 2, 1)
+    assert 85 < queue.oldest_age < 120
+    workers = {w.name: w for w in report.workers}
+    assert workers["h.rq-worker@1"].unit == "rq-worker@1.service"
+    assert workers["h.rq-worker@1"].job_id == "running"
+    assert workers["h.rq-worker@1"].job_func == "testjobs.quick_job"
+    assert not workers["h.rq-worker@1"].stale
+    assert workers["h.rq-worker@2"].stale
+    assert [(a.job_id, a.worker) for a in report.abandoned] == [("orphan", "h.rq-worker@2")]
+
+    evaluate(report)
+    assert report.level == WARNING
+    assert report.verdict.startswith("WARNING: ")
+    assert "stale" in report.verdict and "1 abandoned" in report.verdict
+    text = render_text(report)
+    assert text.splitlines()[0] == report.verdict
+    assert "running (testjobs.quick_job)" in text and "Abandoned jobs" in text
+    assert json.loads(render_json(report))["status"] == "WARNING"
+
+
+def test_thresholds_and_levels(conn):
+    q = Queue("default", connection=conn)
+    for i in range(5):
+        q.enqueue(quick_job, i)
+    live_worker(conn, "h.rq-worker@1", q)
+    report = collect(conn, "r")
+    assert evaluate(report).level == OK
+    assert evaluate(report, max_queued=Threshold(10)).level == OK
+    assert evaluate(report, max_queued=Threshold(4)).level == WARNING
+    assert evaluate(report, max_queued=Threshold(2, 4)).level == CRITICAL
+    assert evaluate(report, min_workers=Threshold(2)).level == WARNING
+    assert evaluate(report, min_workers=Threshold(3, 2)).level == CRITICAL
+    assert evaluate(report, max_age=Threshold(3600)).level == OK
+    assert "5 jobs queued (limit 2)" in evaluate(report, max_queued=Threshold(2, 4)).verdict
+
+
+def test_queued_jobs_without_any_worker_are_critical(conn):
+    Queue("default", connection=conn).enqueue(quick_job, 1)
+    assert evaluate(collect(conn, "r")).level == CRITICAL
+
+
+def test_threshold_parse():
+    assert Threshold.parse("5") == Threshold(5, None)
+    assert Threshold.parse("5,10") == Threshold(5, 10)
+    with pytest.raises(ValueError):
+        Threshold.parse("a")
+    with pytest.raises(ValueError):
+        Threshold.parse("1,2,3")
+
+
+def test_prometheus_output_parses_and_carries_the_figures(conn):
+    q = Queue('we"ird\\queue', connection=conn)
+    q.enqueue(quick_job, 1)
+    live_worker(conn, "h.rq-worker@1", q)
+    report = evaluate(collect(conn, "r"))
+    families = {f.name: f for f in text_string_to_metric_families(render_prometheus(report))}
+    assert families["rq_up"].samples[0].value == 1
+    queued = [s for s in families["rq_queue_jobs"].samples if s.labels["state"] == "queued"]
+    assert queued[0].labels["queue"] == 'we"ird\\queue' and queued[0].value == 1
+    assert families["rq_worker_busy"].samples[0].labels["unit"] == "rq-worker@1.service"
+    assert {s.labels["outcome"] for s in families["rq_worker_jobs"].samples} == {"successful", "failed"}
+    down = {f.name: f for f in text_string_to_metric_families(render_prometheus(None))}
+    assert down["rq_up"].samples[0].value == 0
+
+
+def test_unit_of():
+    assert unit_of("web1.example.rq-worker@3") == "rq-worker@3.service"
+    assert unit_of("some-uuid-worker") is None
