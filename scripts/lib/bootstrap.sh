@@ -23,7 +23,11 @@ bootstrap_venv() {
     fi
     if ! .venv/bin/python -c "import rq_worker_service, fakeredis, pytest" 2>/dev/null \
         || [ pyproject.toml -nt .venv/.installed ]; then
-        .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
+        echo "Installing the project and its test tools in ./.venv"
+        if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]" >.venv/pip.log 2>&1; then
+            cat .venv/pip.log >&2
+            return 1
+        fi
         touch .venv/.installed
     fi
 }

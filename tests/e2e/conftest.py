@@ -63,8 +63,10 @@ def box(rootfs, deb):
         with sandbox.path("/etc/rq-worker/worker.env").open("a") as f:
             f.write(f"\n# e2e\nREDIS_PASSWORD={PASSWORD}\nRQ_APP_PATH=/srv/e2e-app\n")
         yield sandbox
-        cgroups = list(sandbox.cgroups)
+        cgroups, directory = list(sandbox.cgroups), str(sandbox.dir)
     assert not any(p.exists() for p in cgroups), "sandbox cgroups left behind"
+    assert directory not in Path("/proc/self/mountinfo").read_text(), "sandbox mounts left behind"
+    assert not Path(directory).exists(), "sandbox files left behind"
 
 
 def ctl(box: Sandbox, *args: str):
