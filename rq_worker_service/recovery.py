@@ -88,18 +88,20 @@ def process_is_worker(pid: int) -> bool:
     return b"rq_worker_service" in cmdline or b"rq-worker-service" in cmdline
 
 
-def _executions_of(connection: Redis, queue: Queue, worker_name: str) -> list[tuple[str, str]]:
-    """(job id, execution composite key) of every started execution owned by ``worker_name``."""
-    registry = StartedJobRegistry(queue.name, connection=connection)
+def started_executions(connection: Redis, queue_name: str) -> list[tuple[str, str, str | None]]:
+    """(job id, execution composite key, owning worker name) of every entry in a StartedJobRegistry.
+
+    The owner comes from the execution's hash, or, once that has expired, from the job's hash.
+    """
+    registry = StartedJobRegistry(queue_name, connection=connection)
     found = []
     for entry in connection.zrange(registry.key, 0, -1):
         composite = as_text(entry)
-        job_id, execution_id = parse_composite_key(composite)
+        job_id, _ = parse_composite_key(composite)
         owner = connection.hget(f"rq:execution:{composite}", "worker_name")
         if owner is None:
             owner = connection.hget(Job.key_for(job_id), "worker_name")
-        if owner is not None and as_text(owner) == worker_name:
-            found.append((job_id, composite))
+        found.append((job_id, composite, as_text(owner) if owner is not None else None))
     return found
 
 
@@ -128,7 +130,9 @@ def recover_predecessor(connection: Redis, settings: Settings, hostname: str) ->
     pid = record.get("pid", "?")
     for name in queue_names:
         queue = Queue(name, connection=connection)
-        for job_id, composite in _executions_of(connection, queue, settings.name):
+        for job_id, composite, owner in started_executions(connection, name):
+            if owner != settings.name:
+                continue
             with connection.pipeline() as pipe:
                 pipe.zrem(queue.started_job_registry.key, composite)
                 pipe.delete(f"rq:execution:{composite}")

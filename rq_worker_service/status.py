@@ -14,8 +14,9 @@ from datetime import datetime
 from redis import Redis
 from rq import Queue, Worker
 from rq.job import Job
-from rq.registry import StartedJobRegistry
-from rq.utils import as_text, parse_composite_key, utcparse
+from rq.utils import as_text, utcparse
+
+from .recovery import started_executions
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 LEVELS = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
@@ -170,14 +171,8 @@ def _worker_info(connection: Redis, worker: Worker, now: datetime) -> WorkerInfo
 def _abandoned(connection: Redis, queue: Queue, live: set[str], now: datetime) -> list[AbandonedJob]:
     """Started jobs whose worker is gone (no record, dead record, or stale)."""
     found = []
-    registry = StartedJobRegistry(queue.name, connection=connection)
-    for entry in connection.zrange(registry.key, 0, -1):
-        composite = as_text(entry)
-        job_id, _ = parse_composite_key(composite)
-        owner = connection.hget(f"rq:execution:{composite}", "worker_name")
-        if owner is None:
-            owner = connection.hget(Job.key_for(job_id), "worker_name")
-        owner_name = as_text(owner) if owner else "?"
+    for job_id, _, owner in started_executions(connection, queue.name):
+        owner_name = owner or "?"
         if owner_name in live:
             continue
         job = Job.fetch(job_id, connection=connection) if connection.exists(Job.key_for(job_id)) else None

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
+from helpers import wait_until
 from sandbox import Sandbox, ensure_rootfs, missing_prerequisites
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,14 +82,7 @@ def jobs(box: Sandbox, ids: list[str]) -> dict:
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.3):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+    return wait_until(predicate, timeout, interval=interval, what=what)
 
 
 def systemctl(box: Sandbox, *args: str, check: bool = True):
