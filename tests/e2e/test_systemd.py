@@ -225,3 +225,18 @@ def test_cli_runs_from_the_package(box):
     page = box.run(["man", "-P", "cat", "8", "rq-worker-service"]).stdout
     assert "RQ_SHUTDOWN_TIMEOUT" in page and "EXIT STATUS" in page and "--shutdown-timeout" in page
     assert box.run([PY, "-c", "import rq_worker_service, rq, redis, systemd.journal, sdnotify, dotenv"]).returncode == 0
+
+
+def test_metrics_service_writes_prometheus_file_for_node_exporter(box):
+    reset(box)
+    systemctl(box, "start", "rq-worker@1")
+    ctl(box, "enqueue", "quick_job", "1", "--id", "metrics-job", "--queue", "reports")
+    box.run(["mkdir", "-p", "/var/lib/prometheus/node-exporter"])  # what prometheus-node-exporter creates
+    assert box.show("rq-worker-metrics.timer", "UnitFileState")["UnitFileState"] == "disabled"  # opt-in
+    systemctl(box, "start", "rq-worker-metrics.service")
+    text = box.run(["cat", "/var/lib/prometheus/node-exporter/rq-worker.prom"]).stdout
+    assert "rq_up 1" in text
+    assert 'rq_worker_busy{worker="rqws-e2e.rq-worker@1",host="rqws-e2e",unit="rq-worker@1.service"}' in text
+    assert PASSWORD not in text
+    systemctl(box, "start", "rq-worker-metrics.timer")
+    assert box.show("rq-worker-metrics.timer", "ActiveState")["ActiveState"] == "active"
