@@ -157,8 +157,14 @@ def _read_secret_file(path: str, variable: str) -> str:
 def _password(env: Mapping[str, str]) -> str | None:
     """The password from, in order: a systemd credential, REDIS_PASSWORD_FILE, REDIS_PASSWORD."""
     cred_dir = _get(env, "CREDENTIALS_DIRECTORY")
-    if cred_dir and (Path(cred_dir) / CREDENTIAL_NAME).is_file():
-        return _read_secret_file(str(Path(cred_dir) / CREDENTIAL_NAME), f"credential {CREDENTIAL_NAME}")
+    if cred_dir:
+        try:
+            present = (Path(cred_dir) / CREDENTIAL_NAME).is_file()
+        except OSError as exc:  # systemd set the credential up, but we may not read it
+            raise ConfigError(f"credential {CREDENTIAL_NAME}", str(Path(cred_dir) / CREDENTIAL_NAME),
+                              f"a credential this service's user can read ({exc.strerror})") from None
+        if present:
+            return _read_secret_file(str(Path(cred_dir) / CREDENTIAL_NAME), f"credential {CREDENTIAL_NAME}")
     path = _get(env, "REDIS_PASSWORD_FILE")
     if path:
         return _read_secret_file(path, "REDIS_PASSWORD_FILE")

@@ -6,6 +6,7 @@ import json
 import re
 import time
 
+import pytest
 from conftest import PASSWORD, PY, ctl, jobs, reset, systemctl, wait_for
 
 HOST = "rqws-e2e"
@@ -240,3 +241,34 @@ def test_metrics_service_writes_prometheus_file_for_node_exporter(box):
     assert PASSWORD not in text
     systemctl(box, "start", "rq-worker-metrics.timer")
     assert box.show("rq-worker-metrics.timer", "ActiveState")["ActiveState"] == "active"
+
+
+def credentials_reach_service_users(box) -> bool:
+    """Control experiment: can a bare User= unit read its LoadCredential= here at all?"""
+    box.write("/etc/e2e-control-secret", "x\n", mode=0o600)
+    box.write("/etc/systemd/system/e2e-credential-control.service",
+              "[Service]\nType=oneshot\nUser=rq-worker\nLoadCredential=c:/etc/e2e-control-secret\n"
+              "ExecStart=/bin/cat ${CREDENTIALS_DIRECTORY}/c\n")
+    systemctl(box, "daemon-reload")
+    return systemctl(box, "start", "e2e-credential-control", check=False).returncode == 0
+
+
+def test_password_from_a_systemd_credential_wins(box):
+    reset(box, "LoadCredential=redis-password:/etc/rq-worker/redis-password")
+    box.write("/etc/rq-worker/redis-password", PASSWORD + "\n", mode=0o600)
+    box.write("/etc/rq-worker/worker-1.env", "REDIS_PASSWORD=not-the-password\n")
+    try:
+        if not credentials_reach_service_users(box):
+            # Our side still holds: one line naming the credential, exit 78, no restart loop.
+            assert systemctl(box, "start", "rq-worker@1", check=False).returncode != 0
+            props = box.show("rq-worker@1", "ExecMainStatus", "NRestarts")
+            log = box.run(["journalctl", "-u", "rq-worker@1", "--no-pager", "-o", "cat", "-p", "err"]).stdout
+            assert props == {"ExecMainStatus": "78", "NRestarts": "0"}
+            assert "credential redis-password=" in log and "Traceback" not in log
+            pytest.skip("systemd in this sandbox cannot hand credentials to a non-root User= (a bare control "
+                        "unit fails the same way); checked the worker's one-line error instead")
+        systemctl(box, "start", "rq-worker@1")  # the variable's wrong password would give exit 77
+        ctl(box, "enqueue", "quick_job", "3", "--id", "cred-job")
+        wait_status(box, "cred-job", "finished", 15)
+    finally:
+        box.run(["rm", "-f", "/etc/rq-worker/worker-1.env", "/etc/rq-worker/redis-password"])

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import socket
 import sys
 
@@ -150,3 +151,28 @@ def test_boolean_and_special_values():
 ])
 def test_mask_url(url, masked):
     assert mask_url(url) == masked
+
+
+def test_unreadable_credential_is_one_line_error(tmp_path):
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "redis-password").write_text("x")
+    creds.chmod(0)
+    try:
+        if os.access(creds / "redis-password", os.R_OK):
+            pytest.skip("running with CAP_DAC_OVERRIDE: permissions are not enforced")
+        with pytest.raises(ConfigError, match="credential redis-password=.* this service's user can read"):
+            load(CREDENTIALS_DIRECTORY=creds)
+    finally:
+        creds.chmod(0o700)
+
+
+def test_unreadable_credential_errors_do_not_traceback(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "is_file", denied)
+    with pytest.raises(ConfigError, match="Permission denied"):
+        load(CREDENTIALS_DIRECTORY=tmp_path)
