@@ -8,7 +8,6 @@ Secrets are masked in every message this module produces.
 
 from __future__ import annotations
 
-import logging
 import re
 import socket
 import sys
@@ -342,6 +341,3 @@ def load_settings(env: Mapping[str, str], overrides: Mapping[str, object] | None
         warnings=tuple(warnings),
     )
 
-
-def log_level_number(settings: Settings) -> int:
-    return logging.getLevelName(settings.log_level)
