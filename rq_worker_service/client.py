@@ -28,11 +28,6 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
     return load_settings(os.environ if env is None else env)
 
 
-def connect(env: Mapping[str, str] | None = None) -> redis.Redis:
-    """A Redis client from the same variables as the workers (REDIS_URL or REDIS_HOST/…, password)."""
-    return make_connection(settings_from_env(env).redis)
-
-
 def enqueue(func: Callable | str, *args: Any, queue: str = "default", job_id: str | None = None,
             retry: Retry | None = _UNSET, connection: redis.Redis | None = None,
             env: Mapping[str, str] | None = None, **kwargs: Any) -> Job:

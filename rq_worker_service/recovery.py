@@ -56,17 +56,27 @@ def apply_default_retry(job: Job, settings: Settings) -> bool:
     return True
 
 
+def record_interruption(job: Job, reason: str, worker_name: str, settings: Settings, pipeline=None) -> bool:
+    """A job's execution was cut off under it: apply the default retry if it has none and, if it will
+    be retried, record that execution as a failed Result (rq records nothing for a retried failure,
+    so ``job.latest_result()`` would not say what happened). Returns True if it will be retried."""
+    if apply_default_retry(job, settings):
+        log.info("Job %s had no Retry: applying the default policy (RQ_JOB_RETRY_MAX=%d, RQ_JOB_RETRY_DELAY=%ds)",
+                 job.id, settings.retry_max, settings.retry_delay)
+    if job.should_retry:
+        Result.create_failure(job, job.failure_ttl, exc_string=reason, worker_name=worker_name, pipeline=pipeline)
+    return job.should_retry
+
+
 def fail_or_retry(job: Job, queue: Queue, reason: str, worker_name: str, settings: Settings) -> bool:
     """Retry (per the job's Retry or the default policy) or fail a job whose execution was cut off.
 
     The interruption is recorded as a failed Result in both cases, so ``job.latest_result()`` and
     ``rq-worker-service job <id>`` say what happened to that execution. Returns True if retried.
     """
-    apply_default_retry(job, settings)
-    retry = job.should_retry
     with job.connection.pipeline() as pipe:
+        retry = record_interruption(job, reason, worker_name, settings, pipeline=pipe)
         if retry:
-            Result.create_failure(job, job.failure_ttl, exc_string=reason, worker_name=worker_name, pipeline=pipe)
             job.retry(queue, pipe)
         else:
             job.set_status(JobStatus.FAILED, pipeline=pipe)

@@ -13,6 +13,7 @@ from datetime import datetime
 
 from redis import Redis
 from rq import Queue, Worker
+from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.utils import as_text, utcparse
 
@@ -127,6 +128,14 @@ def _func(job: Job | None) -> str:
         return "?"
 
 
+def _fetch(connection: Redis, job_id: str) -> Job | None:
+    """The job, or None once it is gone (finished with result_ttl 0, expired): one round trip."""
+    try:
+        return Job.fetch(job_id, connection=connection)
+    except NoSuchJobError:
+        return None
+
+
 def unit_of(worker_name: str) -> str | None:
     """``host.rq-worker@3`` → ``rq-worker@3.service`` (our naming); None for other workers."""
     if ".rq-worker@" in worker_name:
@@ -158,7 +167,7 @@ def _worker_info(connection: Redis, worker: Worker, now: datetime) -> WorkerInfo
         promised = heartbeat_age + ttl - HEARTBEAT_SLACK  # the interval it promised at its last beat
         stale = heartbeat_age > max(promised, 1)
     job_id = worker.get_current_job_id()
-    job = Job.fetch(job_id, connection=connection) if job_id and connection.exists(Job.key_for(job_id)) else None
+    job = _fetch(connection, job_id) if job_id else None
     return WorkerInfo(
         name=worker.name, host=worker.hostname or "?", unit=unit_of(worker.name), pid=worker.pid,
         state=worker.get_state(), queues=worker.queue_names(), job_id=job_id,
@@ -175,7 +184,7 @@ def _abandoned(connection: Redis, queue: Queue, live: set[str], now: datetime) -
         owner_name = owner or "?"
         if owner_name in live:
             continue
-        job = Job.fetch(job_id, connection=connection) if connection.exists(Job.key_for(job_id)) else None
+        job = _fetch(connection, job_id)
         since = _age(now, job.last_heartbeat) if job is not None else None
         found.append(AbandonedJob(job_id=job_id, queue=queue.name, func=_func(job), worker=owner_name, since=since))
     return found

@@ -32,14 +32,13 @@ from rq import SimpleWorker, SpawnWorker, Worker
 from rq.exceptions import StopRequested
 from rq.job import Job
 from rq.queue import Queue
-from rq.results import Result
 from rq.scheduler import RQScheduler
 from rq.utils import now
 
 from . import journal
 from .config import Settings
 from .notify import Notifier
-from .recovery import apply_default_retry
+from .recovery import record_interruption
 
 log = logging.getLogger("rq_worker_service.worker")
 
@@ -308,14 +307,10 @@ class ServiceWorkerMixin:
             elif reason is None and exc_string.startswith(STUCK_IN_INTERMEDIATE):
                 reason = "its worker died after taking it from the queue, before starting it"
         if reason is not None:
-            if apply_default_retry(job, self.settings):
-                log.info("Job %s had no Retry: applying the default policy (RQ_JOB_RETRY_MAX=%d, "
-                         "RQ_JOB_RETRY_DELAY=%ds)", job.id, self.settings.retry_max, self.settings.retry_delay)
             exc_string = f"JobInterrupted: {reason}"
-            if job.should_retry:
-                Result.create_failure(job, job.failure_ttl, exc_string=exc_string, worker_name=self.name)
+            retry = record_interruption(job, exc_string, self.name, self.settings)
             log.warning("Job %s (%s) %s; %s", job.id, job_func(job), reason,
-                        "it will be retried" if job.should_retry else "no retries left, it is failed")
+                        "it will be retried" if retry else "no retries left, it is failed")
         super().handle_job_failure(job, queue, started_job_registry=started_job_registry, exc_string=exc_string)
 
     # -- signals ------------------------------------------------------------------------------
