@@ -8,18 +8,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import __version__
+from . import __version__, exits
+from .variables import VARIABLES, Variable, boolean
 
 DESCRIPTION = "Run RQ workers as systemd services, and inspect them."
 DEFAULT_ENV_FILE = "/etc/rq-worker/worker.env"
-EX_USAGE = 64
-EX_UNAVAILABLE = 69
-EX_CONFIG = 78
 
 
 class CommandError(Exception):
@@ -30,26 +29,33 @@ class CommandError(Exception):
         self.status = status
 
 
+def _flag_help(var: Variable, what: str = "") -> str:
+    """A flag's help: what it does, its default and the variable it overrides (dramatiq's habit)."""
+    return f"{what or var.help} (default: {var.doc_default}) [{var.name}]".replace("%", "%%")
+
+
 def _add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run", help="run one worker in the foreground (what rq-worker@<i>.service starts)",
         description="Run one RQ worker until SIGTERM (warm shutdown), SIGHUP (reload) or SIGINT. "
-                    "Flags override the environment variables named in brackets.")
-    p.add_argument("queues", nargs="*", metavar="QUEUE", help="queues in priority order [RQ_QUEUES]")
-    p.add_argument("-q", "--queues", dest="queue_list", metavar="Q1,Q2", help="comma-separated queues [RQ_QUEUES]")
-    p.add_argument("-u", "--url", help="Redis URL: redis://, rediss:// or unix:// [REDIS_URL]")
-    p.add_argument("-i", "--instance", help="instance name, e.g. the systemd %%i [RQ_WORKER_INSTANCE]")
-    p.add_argument("-n", "--name", help="worker name (default <hostname>.rq-worker@<instance>)")
-    p.add_argument("-w", "--worker-class", choices=("fork", "simple", "spawn"), help="[RQ_WORKER_CLASS]")
-    p.add_argument("-l", "--log-level", help="DEBUG, INFO, WARNING, ERROR [RQ_LOG_LEVEL]")
-    p.add_argument("--with-scheduler", dest="with_scheduler", action="store_true", default=None,
-                   help="run rq's scheduler for Retry intervals and enqueue_in [RQ_WITH_SCHEDULER]")
-    p.add_argument("--without-scheduler", dest="with_scheduler", action="store_false")
-    p.add_argument("--shutdown-timeout", type=float, metavar="SECONDS",
-                   help="how long a stop waits for the running job [RQ_SHUTDOWN_TIMEOUT]")
+                    "Flags override the environment variables named in brackets; a flag accepts exactly "
+                    "what its variable does.")
+    p.add_argument("queue_args", nargs="*", metavar="QUEUE", help="queues in priority order, as --queues [RQ_QUEUES]")
+    for var in VARIABLES:
+        if var.flag is None:
+            continue
+        if var.parse is boolean:
+            p.add_argument(var.flag, dest=var.field, action="store_true", default=None, help=_flag_help(var))
+            p.add_argument(var.flag.replace("--with-", "--without-"), dest=var.field, action="store_false",
+                           help=f"the opposite of {var.flag}")
+            continue
+        names = [var.short, var.flag] if var.short else [var.flag]
+        p.add_argument(*names, dest=var.field or var.flag.lstrip("-"), metavar=var.metavar, help=_flag_help(var))
+    p.add_argument("-n", "--name", help="worker name (default: <hostname>.rq-worker@<instance>); it must be "
+                   "stable for crash recovery to find the previous run's jobs")
     p.add_argument("--env-file", action="append", default=[], metavar="PATH",
                    help="environment file to (re)apply at start and on every reload; the unit passes its "
-                        "EnvironmentFile= paths")
+                        "EnvironmentFile= paths (default: none)")
 
 
 def _connection_options(p: argparse.ArgumentParser) -> None:
@@ -128,38 +134,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _settings(args: argparse.Namespace):
     """The workers' configuration as seen from a shell: environment > .env > the env file."""
-    from dotenv import dotenv_values
-
     from .config import ConfigError, load_settings
+    from .envfiles import commands_environment
 
-    env = dict(os.environ)
-    for path in (Path.cwd() / ".env", Path(args.env_file)):
-        if path.is_file() and os.access(path, os.R_OK):
-            for key, value in dotenv_values(path).items():
-                if value is not None:
-                    env.setdefault(key, value)
-        elif path == Path(args.env_file) and args.env_file != DEFAULT_ENV_FILE:
-            raise CommandError(f"cannot read --env-file {args.env_file}", EX_CONFIG)
+    env_file = Path(args.env_file)
+    if args.env_file != DEFAULT_ENV_FILE and not os.access(env_file, os.R_OK):
+        raise CommandError(f"cannot read --env-file {args.env_file}: give a readable file", exits.CONFIG)
     try:
-        return load_settings(env, {"url": args.url})
+        return load_settings(commands_environment(env_file, Path.cwd() / ".env"), {"url": args.url})
     except ConfigError as exc:
-        raise CommandError(f"configuration error: {exc}", EX_CONFIG) from None
+        raise CommandError(f"configuration error: {exc}", exits.CONFIG) from None
 
 
 def _connect(args: argparse.Namespace):
     """A Redis client that answered PING, or CommandError with a one-line reason."""
-    import redis
-
-    from .connection import make_connection
+    from .connection import REDIS_ERRORS, RedisAuthError, make_connection, ping, unreachable
 
     settings = _settings(args)
     connection = make_connection(settings.redis)
     try:
-        connection.ping()
-    except redis.exceptions.AuthenticationError as exc:
-        raise CommandError(f"Redis at {settings.redis.display} refused the login ({exc})", EX_UNAVAILABLE) from None
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-        raise CommandError(f"cannot reach Redis at {settings.redis.display}: {exc}", EX_UNAVAILABLE) from None
+        ping(connection, settings.redis)
+    except RedisAuthError as exc:
+        raise CommandError(str(exc), exits.NOPERM) from None
+    except REDIS_ERRORS as exc:
+        raise CommandError(unreachable(settings.redis, exc), exits.UNAVAILABLE) from None
     return connection, settings
 
 
@@ -176,7 +174,7 @@ def write_output(text: str, path: str | None) -> None:
         os.chmod(tmp, 0o644)
         os.replace(tmp, target)
     except OSError as exc:
-        raise CommandError(f"cannot write {path}: {exc.strerror}", 73) from None
+        raise CommandError(f"cannot write {path}: {exc.strerror}", exits.CANT_CREATE) from None
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -195,7 +193,7 @@ def _status(args: argparse.Namespace) -> int:
         if args.check:
             print(f"UNKNOWN: {exc}")
             return UNKNOWN
-        raise CommandError(str(exc), getattr(exc, "status", EX_UNAVAILABLE)) from None
+        raise CommandError(str(exc), getattr(exc, "status", exits.UNAVAILABLE)) from None
     evaluate(report, max_queued=args.max_queued, max_age=args.max_age, max_failed=args.max_failed,
              min_workers=args.min_workers, max_heartbeat_age=args.max_heartbeat_age)
     if args.prometheus:
@@ -214,7 +212,7 @@ def _job(args: argparse.Namespace) -> int:
     try:
         info = describe(connection, args.job_id)
     except JobsError as exc:
-        raise CommandError(str(exc), 1) from None
+        raise CommandError(str(exc), exits.LOOP_ERROR) from None
     sys.stdout.write(json.dumps(info, indent=2, default=str) + "\n" if args.json else render_job(info))
     return 0
 
@@ -223,12 +221,12 @@ def _requeue(args: argparse.Namespace) -> int:
     from .jobs import JobsError, requeue
 
     if bool(args.job_ids) == bool(args.queue):
-        raise CommandError("give either job ids or --queue NAME (every failed job of that queue)", EX_USAGE)
+        raise CommandError("give either job ids or --queue NAME (every failed job of that queue)", exits.USAGE)
     connection, _ = _connect(args)
     try:
         done = requeue(connection, args.job_ids, args.queue, args.dry_run)
     except JobsError as exc:
-        raise CommandError(str(exc), 1) from None
+        raise CommandError(str(exc), exits.LOOP_ERROR) from None
     if args.json:
         print(json.dumps([{"job_id": r.job_id, "queue": r.queue} for r in done]))
     else:
@@ -256,21 +254,9 @@ def _cleanup(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from .service import run
 
-    queues = list(args.queues)
-    if args.queue_list:
-        queues += [q for q in args.queue_list.split(",")]
-    overrides = {
-        "queues": queues or None,
-        "url": args.url,
-        "instance": args.instance,
-        "name": args.name,
-        "worker_class": args.worker_class,
-        "log_level": args.log_level,
-        "with_scheduler": args.with_scheduler,
-        "shutdown_timeout": args.shutdown_timeout,
-    }
-    if args.shutdown_timeout is not None and not args.shutdown_timeout > 0:
-        raise CommandError("--shutdown-timeout must be a number of seconds above 0", EX_USAGE)
+    queues = [*args.queue_args, *([args.queues] if args.queues else [])]
+    overrides = {var.field: getattr(args, var.field) for var in VARIABLES if var.flag and var.field}
+    overrides.update(queues=",".join(queues) or None, url=args.url, name=args.name)
     return run(overrides, env_files=args.env_file)
 
 
@@ -285,4 +271,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"rq-worker-service: {exc}", file=sys.stderr)
         return exc.status
     except KeyboardInterrupt:
-        return 130
+        return 128 + signal.SIGINT

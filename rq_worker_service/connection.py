@@ -21,6 +21,8 @@ from .notify import Notifier
 
 log = logging.getLogger("rq_worker_service.connection")
 
+REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+"""What a Redis that is down or unreachable raises: waited out or retried, never fatal at once."""
 CONNECT_TIMEOUT = 5.0
 MAX_BACKOFF = 10.0
 
@@ -44,6 +46,27 @@ def _auth_error(target: RedisTarget, exc: Exception) -> RedisAuthError:
                           "check REDIS_PASSWORD / REDIS_PASSWORD_FILE / REDIS_USERNAME")
 
 
+def ping(connection: redis.Redis, target: RedisTarget) -> None:
+    """One PING, the one place that tells a refused login from an unreachable Redis.
+
+    Raises ``RedisAuthError`` for refused credentials (whatever form the server's refusal takes)
+    and lets redis-py's ConnectionError / TimeoutError through for the caller to wait or give up.
+    """
+    try:
+        connection.ping()
+    except (redis.exceptions.AuthenticationError, redis.exceptions.NoPermissionError) as exc:
+        raise _auth_error(target, exc) from None
+    except redis.exceptions.ResponseError as exc:
+        if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
+            raise _auth_error(target, exc) from None
+        raise
+
+
+def unreachable(target: RedisTarget, exc: Exception) -> str:
+    """The one-line message for a Redis that does not answer (the URL masked)."""
+    return f"cannot reach Redis at {target.display}: {exc}"
+
+
 def wait_for_redis(connection: redis.Redis, target: RedisTarget, notifier: Notifier, wait: float,
                    clock: Callable[[], float] = time.monotonic,
                    sleep: Callable[[float], None] = time.sleep) -> None:
@@ -52,19 +75,13 @@ def wait_for_redis(connection: redis.Redis, target: RedisTarget, notifier: Notif
     delay = 1.0
     while True:
         try:
-            connection.ping()
+            ping(connection, target)
             return
-        except (redis.exceptions.AuthenticationError, redis.exceptions.NoPermissionError) as exc:
-            raise _auth_error(target, exc) from None
-        except redis.exceptions.ResponseError as exc:
-            if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
-                raise _auth_error(target, exc) from None
-            raise
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        except REDIS_ERRORS as exc:
             left = deadline - clock()
             if left <= 0:
-                raise RedisUnavailable(f"Redis at {target.display} is unreachable ({exc}); gave up after "
-                                       f"{wait:g}s (RQ_REDIS_STARTUP_WAIT), exiting so that systemd retries") from None
+                raise RedisUnavailable(f"{unreachable(target, exc)}; gave up after {wait:g}s "
+                                       "(RQ_REDIS_STARTUP_WAIT), exiting so that systemd retries") from None
             status = f"waiting for Redis at {target.display}: {exc}"
             log.warning("%s; retrying in %.1fs", status, min(delay, left))
             notifier.status(status)

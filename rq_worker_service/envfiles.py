@@ -1,16 +1,22 @@
-"""Re-reading the unit's environment files, so that ``systemctl reload`` applies edited config.
+"""Environment files (``worker.env``, ``worker-<i>.env``, ``.env``): one merge, two precedences.
 
-systemd reads ``EnvironmentFile=`` only when it starts the process; a reload that re-executes us in
-place would otherwise keep the old values. So ``run --env-file PATH`` (the unit passes the same
-files) makes us apply those files ourselves before each re-exec, and ``.env`` in the working
-directory too. Keys that the files set last time and no longer set are removed, so deleting a line
-from a file takes effect as well.
+Who wins differs on purpose between the two callers, and ``merge`` takes it as an argument:
+
+* ``run`` (``refresh_environment``): systemd reads ``EnvironmentFile=`` only when it starts the
+  process, so a reload that re-executes us in place would keep the old values. ``run --env-file
+  PATH`` (the unit passes the same files) re-applies them before each re-exec, each file *replacing*
+  what the environment holds, later files winning, as systemd does; then ``.env`` fills in only
+  what is still unset. Keys the files set last time and no longer set are removed, so deleting a
+  line takes effect too.
+* the operator commands (``status``, ``job`` …; ``commands_environment``): run from a shell, where
+  a variable the operator sets by hand (``REDIS_URL=… rq-worker-service status``) must win; so the
+  environment comes first, then ``.env``, then the workers' env file, each only *filling in*.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from pathlib import Path
 
 from dotenv import dotenv_values
@@ -18,22 +24,40 @@ from dotenv import dotenv_values
 KEYS_VAR = "RQ_WORKER_SERVICE_FILE_KEYS"
 
 
+def merge(env: MutableMapping[str, str], files: Iterable[Path], *, replace: bool) -> set[str]:
+    """Apply each existing file of ``files`` in order onto ``env``; return the keys it set.
+
+    ``replace=True``: a file's values replace what ``env`` holds (later files win).
+    ``replace=False``: they only fill in keys ``env`` does not have yet (earlier sources win).
+    """
+    applied: set[str] = set()
+    for path in files:
+        if not path.is_file():
+            continue
+        for key, value in dotenv_values(path).items():
+            if value is not None and (replace or key not in env):
+                env[key] = value
+                applied.add(key)
+    return applied
+
+
 def refresh_environment(env_files: Sequence[str], dotenv: Path,
                         environ: MutableMapping[str, str] | None = None) -> None:
-    """Apply ``env_files`` (each overriding, like systemd) and then ``dotenv`` (never overriding)."""
+    """For ``run``: the unit's files replace, ``.env`` fills in; keys dropped from them are removed."""
     env = os.environ if environ is None else environ
     for key in filter(None, env.get(KEYS_VAR, "").split(",")):
         env.pop(key, None)
-    applied: set[str] = set()
-    for path in env_files:
-        if Path(path).is_file():
-            for key, value in dotenv_values(path).items():
-                if value is not None:
-                    env[key] = value
-                    applied.add(key)
-    if dotenv.is_file():
-        for key, value in dotenv_values(dotenv).items():
-            if value is not None and key not in env:
-                env[key] = value
-                applied.add(key)
+    applied = merge(env, (Path(p) for p in env_files), replace=True)
+    applied |= merge(env, [dotenv], replace=False)
     env[KEYS_VAR] = ",".join(sorted(applied))
+
+
+def commands_environment(env_file: Path, dotenv: Path, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """For the operator commands: environment > ``.env`` > the workers' env file.
+
+    A file the caller may not read (``worker.env`` is 0640 root:rq-worker) is skipped; the caller
+    decides whether that is an error.
+    """
+    env = dict(os.environ if environ is None else environ)
+    merge(env, [p for p in (dotenv, env_file) if os.access(p, os.R_OK)], replace=False)
+    return env

@@ -1,70 +1,248 @@
-"""The configuration variables, documented once.
+"""The configuration variables, each declared once: name, type, default, parser, help, flag.
 
-This list is the single source for the commented ``/etc/rq-worker/worker.env`` the package ships and
-the ENVIRONMENT section of ``rq-worker-service(8)``; a unit test checks that every variable
-``config.py`` reads is here and in README.md.
+Everything else is made from this table: ``config.load_settings`` (which reads and validates),
+the ``run`` command's flags and their help, the commented ``/etc/rq-worker/worker.env`` the
+package ships, the ENVIRONMENT section of ``rq-worker-service(8)`` and the variables table in
+README.md (a unit test fails when the README's copy is stale; ``python -m
+rq_worker_service.variables readme`` prints the current one).
+
+Only the standard library is imported here: the package build runs this module with Debian's
+bare python3 to write the env file and the man page.
 """
 
 from __future__ import annotations
 
+import math
+import re
+import sys
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class Invalid(ValueError):
+    """A value a parser refuses; ``str()`` says what is expected instead (config adds the name)."""
+
+
+Parser = Callable[[str], Any]
+
+
+def whole(minimum: int, expected: str, *, maximum: int | None = None, also: tuple[int, ...] = ()) -> Parser:
+    """An integer ``>= minimum`` (and ``<= maximum``), or one of the special values ``also``."""
+
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise Invalid(expected) from None
+        if value in also:
+            return value
+        if value < minimum or (maximum is not None and value > maximum):
+            raise Invalid(expected)
+        return value
+
+    return parse
+
+
+def seconds(expected: str = "seconds, a number above 0") -> Parser:
+    """A finite number of seconds above 0: ``inf`` and ``nan`` are refused, since every timeout
+    is eventually added to a clock and told to systemd in microseconds."""
+
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise Invalid(expected) from None
+        if not (value > 0 and math.isfinite(value)):
+            raise Invalid(expected)
+        return value
+
+    return parse
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def boolean(raw: str) -> bool:
+    if raw.lower() in _TRUE:
+        return True
+    if raw.lower() in _FALSE:
+        return False
+    raise Invalid("one of 1/0, true/false, yes/no, on/off")
+
+
+def choice(*values: str, normalise: Callable[[str], str] = str.lower) -> Parser:
+    def parse(raw: str) -> str:
+        value = normalise(raw)
+        if value not in values:
+            raise Invalid("one of " + ", ".join(values))
+        return value
+
+    return parse
+
+
+def queue_list(raw: str) -> tuple[str, ...]:
+    names = [q.strip() for q in raw.split(",")]
+    if any(not q for q in names):
+        raise Invalid("a comma-separated list of queue names, e.g. 'high,default,low'")
+    if any(any(c.isspace() for c in q) for q in names):
+        raise Invalid("queue names without spaces")
+    if len(set(names)) != len(names):
+        raise Invalid("each queue name once")
+    return tuple(names)
+
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.@-]+$")
+
+
+def identifier(raw: str) -> str:
+    """An instance or worker name: it becomes part of Redis keys, unit names and journal fields."""
+    if not _NAME_RE.match(raw):
+        raise Invalid("letters, digits and . _ - @ only")
+    return raw
+
+
+def directories(raw: str) -> tuple[str, ...]:
+    paths = tuple(p for p in raw.split(":") if p)
+    for p in paths:
+        if not Path(p).is_dir():
+            raise Invalid(f"existing directories separated by ':' ({p} is not a directory)")
+    return paths
+
+
+def site_packages(venv: str) -> Path:
+    """The site-packages of an app virtualenv, which must match our Python's minor version."""
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    root = Path(venv)
+    if not root.is_dir():
+        raise Invalid("the directory of the app's virtualenv")
+    site = root / "lib" / version / "site-packages"
+    if not site.is_dir():
+        found = sorted(p.name for p in (root / "lib").glob("python3*")) if (root / "lib").is_dir() else []
+        raise Invalid(f"a virtualenv built for {version} (it has {', '.join(found) or 'no lib/python3.*'}); "
+                      "rebuild it with /usr/bin/python3")
+    return site
+
+
+def virtualenv(raw: str) -> str:
+    site_packages(raw)
+    return raw
+
+
+def host(raw: str) -> str:
+    if any(c in raw for c in "/@:?# "):
+        raise Invalid("a host name or IP address, without scheme or port")
+    return raw
+
+
+def text(raw: str) -> str:
+    return raw
 
 
 @dataclass(frozen=True)
 class Variable:
+    """One setting. ``field`` names the ``Settings`` attribute it fills; the Redis variables have
+    none, because ``config.redis_target`` combines them into one target."""
+
     name: str
-    default: str
     help: str
+    parse: Parser = text
+    default: Any = None
+    shown_default: str | None = None
+    """How the docs show the default, where ``default`` alone would not say it (rq's own, none)."""
+    field: str | None = None
+    flag: str | None = None
+    """The ``run`` flag that overrides it (``--shutdown-timeout``); parsed by the same ``parse``."""
+    short: str | None = None
+    metavar: str | None = None
     example: str = ""
     active: bool = False
     """Written uncommented (with ``example`` as its value) in the shipped worker.env."""
+    secret: bool = False
+    """Its value is never shown, not even in an error message."""
 
+    @property
+    def doc_default(self) -> str:
+        if self.shown_default is not None:
+            return self.shown_default
+        if self.default is None:
+            return "(none)"
+        if isinstance(self.default, bool):
+            return "yes" if self.default else "no"
+        if isinstance(self.default, tuple):
+            return ",".join(self.default)
+        if isinstance(self.default, float):
+            return f"{self.default:g}"
+        return str(self.default)
+
+
+WORKER_CLASSES = ("fork", "simple", "spawn")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 
 VARIABLES: tuple[Variable, ...] = (
-    Variable("REDIS_URL", "redis://localhost:6379/0",
-             "Redis to take jobs from: redis://[user[:password]@]host[:port][/db], rediss:// (TLS) or "
-             "unix:///path/to/redis.sock?db=N. Takes precedence over the REDIS_HOST/PORT/DB form.",
-             "redis://localhost:6379/0", active=True),
-    Variable("REDIS_HOST", "localhost", "Split form used by many apps' .env: host name or address.", ""),
-    Variable("REDIS_PORT", "6379", "Split form: TCP port.", ""),
-    Variable("REDIS_DB", "0", "Split form: database number.", ""),
-    Variable("REDIS_USERNAME", "(none)", "Redis ACL user name (overrides one in REDIS_URL).", ""),
-    Variable("REDIS_PASSWORD", "(none)",
-             "Redis password (overrides one in REDIS_URL). Never logged or shown. Prefer REDIS_PASSWORD_FILE "
-             "or the credential redis-password (LoadCredential=), which take precedence in that order.", ""),
-    Variable("REDIS_PASSWORD_FILE", "(none)", "File whose first line is the Redis password.", ""),
-    Variable("RQ_QUEUES", "default", "Queues to work on, comma-separated, highest priority first.",
-             "default", active=True),
-    Variable("RQ_APP_PATH", "(none)",
-             "Directories (colon-separated) put first on the import path, so the app's job functions "
-             "import, e.g. the app's project directory.", "/srv/myapp"),
-    Variable("RQ_APP_VIRTUALENV", "(none)",
-             "The app's virtualenv; its site-packages are added after the service's own. Must be built "
-             "with the same Python minor version (/usr/bin/python3).", ""),
-    Variable("RQ_WORKER_CLASS", "fork",
-             "fork: each job in a forked work horse (rq's Worker); spawn: each job in a fresh "
-             "interpreter; simple: jobs in the worker process itself (no isolation).", ""),
-    Variable("RQ_JOB_TIMEOUT", "(rq's 180 s)",
-             "Timeout in seconds for jobs that carry none (-1: no limit). Jobs enqueued with plain rq "
-             "already carry their queue's default; enqueue helper uses this too.", ""),
-    Variable("RQ_RESULT_TTL", "500", "Seconds to keep a successful job's result (0: discard, -1: forever).", ""),
-    Variable("RQ_FAILURE_TTL", "(rq's 1 year)", "Seconds to keep failed jobs, for jobs that set none.", ""),
-    Variable("RQ_WITH_SCHEDULER", "yes",
-             "Run rq's scheduler (needed by Retry(interval=…), enqueue_in/enqueue_at). One instance holds "
-             "the lock per queue; a restarted instance takes it over at once.", ""),
-    Variable("RQ_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING, ERROR or CRITICAL.", ""),
-    Variable("RQ_SHUTDOWN_TIMEOUT", "600",
-             "Seconds a stop waits for the running job. Past it the job is cut, recorded as interrupted "
-             "and retried (cold shutdown).", ""),
-    Variable("RQ_JOB_RETRY_MAX", "3",
-             "Retries given to a job without a Retry of its own when its worker dies under it (crash, "
-             "kill, shutdown limit). 0 turns this default off.", ""),
-    Variable("RQ_JOB_RETRY_DELAY", "60", "Seconds before each such default retry.", ""),
-    Variable("RQ_REDIS_STARTUP_WAIT", "30",
-             "Seconds to wait for an unreachable Redis at start before exiting (status 69) so that "
-             "systemd restarts the instance later.", ""),
+    Variable("REDIS_URL", "Redis to take jobs from: redis://[user[:password]@]host[:port][/db], rediss:// (TLS) "
+             "or unix:///path/to/redis.sock?db=N. Takes precedence over the REDIS_HOST/PORT/DB form.",
+             default=DEFAULT_REDIS_URL, flag="--url", short="-u", metavar="URL", example=DEFAULT_REDIS_URL,
+             active=True),
+    Variable("REDIS_HOST", "Split form used by many apps' .env: host name or address.", host, default="localhost"),
+    Variable("REDIS_PORT", "Split form: TCP port.", whole(1, "a TCP port number from 1 to 65535", maximum=65535),
+             default=6379),
+    Variable("REDIS_DB", "Split form: database number.", whole(0, "a database number (0, 1, 2, …)"), default=0),
+    Variable("REDIS_USERNAME", "Redis ACL user name (overrides one in REDIS_URL)."),
+    Variable("REDIS_PASSWORD", "Redis password (overrides one in REDIS_URL). Never logged or shown. Prefer "
+             "REDIS_PASSWORD_FILE or the credential redis-password (LoadCredential=), which take precedence "
+             "in that order.", secret=True),
+    Variable("REDIS_PASSWORD_FILE", "File whose first line is the Redis password."),
+    Variable("RQ_QUEUES", "Queues to work on, comma-separated, highest priority first.", queue_list,
+             default=("default",), field="queues", flag="--queues", short="-q", metavar="Q1,Q2",
+             example="default", active=True),
+    Variable("RQ_WORKER_INSTANCE", "Instance name; the unit passes its %i as --instance. The worker is named "
+             "<hostname>.rq-worker@<instance>.", identifier, default="default", field="instance",
+             flag="--instance", short="-i", metavar="NAME"),
+    Variable("RQ_APP_PATH", "Directories (colon-separated) put first on the import path, so the app's job "
+             "functions import, e.g. the app's project directory.", directories, default=(), shown_default="(none)",
+             field="app_path", example="/srv/myapp"),
+    Variable("RQ_APP_VIRTUALENV", "The app's virtualenv; its site-packages are added after the service's own. "
+             "Must be built with the same Python minor version (/usr/bin/python3).", virtualenv,
+             field="app_virtualenv"),
+    Variable("RQ_WORKER_CLASS", "fork: each job in a forked work horse (rq's Worker); spawn: each job in a "
+             "fresh interpreter; simple: jobs in the worker process itself (no isolation).",
+             choice(*WORKER_CLASSES), default="fork", field="worker_class", flag="--worker-class", short="-w",
+             metavar="CLASS"),
+    Variable("RQ_JOB_TIMEOUT", "Timeout in seconds for jobs that carry none (-1: no limit). Jobs enqueued with "
+             "plain rq already carry their queue's default; the enqueue helper uses this too.",
+             whole(1, "seconds, a whole number above 0, or -1 for no limit", also=(-1,)),
+             shown_default="(rq's 180 s)", field="job_timeout"),
+    Variable("RQ_RESULT_TTL", "Seconds to keep a successful job's result (0: discard, -1: forever).",
+             whole(0, "seconds, a whole number (0 discards results, -1 keeps them forever)", also=(-1,)),
+             default=500, field="result_ttl"),
+    Variable("RQ_FAILURE_TTL", "Seconds to keep failed jobs, for jobs that set none.",
+             whole(1, "seconds, a whole number above 0, or -1 to keep failures forever", also=(-1,)),
+             shown_default="(rq's 1 year)", field="failure_ttl"),
+    Variable("RQ_WITH_SCHEDULER", "Run rq's scheduler (needed by Retry(interval=…), enqueue_in/enqueue_at). One "
+             "instance holds the lock per queue; a restarted instance takes it over at once.", boolean,
+             default=True, field="with_scheduler", flag="--with-scheduler"),
+    Variable("RQ_LOG_LEVEL", "DEBUG, INFO, WARNING, ERROR or CRITICAL.", choice(*LOG_LEVELS, normalise=str.upper),
+             default="INFO", field="log_level", flag="--log-level", short="-l", metavar="LEVEL"),
+    Variable("RQ_SHUTDOWN_TIMEOUT", "Seconds a stop waits for the running job. Past it the job is cut, recorded "
+             "as interrupted and retried (cold shutdown).", seconds(), default=600.0, field="shutdown_timeout",
+             flag="--shutdown-timeout", metavar="SECONDS"),
+    Variable("RQ_JOB_RETRY_MAX", "Retries given to a job without a Retry of its own when its worker dies under "
+             "it (crash, kill, shutdown limit). 0 turns this default off.",
+             whole(0, "a whole number of retries, 0 or more (0 turns the default retry off)"), default=3,
+             field="retry_max"),
+    Variable("RQ_JOB_RETRY_DELAY", "Seconds before each such default retry.",
+             whole(0, "seconds between retries, a whole number, 0 or more"), default=60, field="retry_delay"),
+    Variable("RQ_REDIS_STARTUP_WAIT", "Seconds to wait for an unreachable Redis at start before exiting (status "
+             "69) so that systemd restarts the instance later.", seconds(), default=30.0,
+             field="redis_startup_wait"),
 )
+
+BY_NAME = {var.name: var for var in VARIABLES}
 
 
 def env_file_text() -> str:
@@ -77,8 +255,10 @@ def env_file_text() -> str:
         "",
     ]
     for var in VARIABLES:
+        if var.name == "RQ_WORKER_INSTANCE":
+            continue  # the unit sets it from %i
         lines += [f"# {line}" for line in textwrap.wrap(var.help, 96)]
-        lines.append(f"# Default: {var.default}")
+        lines.append(f"# Default: {var.doc_default}")
         lines.append(f"{'' if var.active else '#'}{var.name}={var.example}")
         lines.append("")
     return "\n".join(lines)
@@ -88,5 +268,22 @@ def man_environment() -> str:
     """The ENVIRONMENT section for argparse-manpage's --include file (roff)."""
     out = ["[ENVIRONMENT]"]
     for var in VARIABLES:
-        out += [".TP", rf"\fB{var.name}\fR (default: {var.default})", var.help.replace("-", r"\-")]
+        out += [".TP", rf"\fB{var.name}\fR (default: {var.doc_default})", var.help.replace("-", r"\-")]
     return "\n".join(out) + "\n"
+
+
+def readme_table() -> str:
+    """The variables table of README.md (Markdown)."""
+    rows = ["| variable | default | flag of `run` | meaning |", "| --- | --- | --- | --- |"]
+    for var in VARIABLES:
+        flag = f"`{var.flag}`" if var.flag else ""
+        default = "—" if var.doc_default == "(none)" else f"`{var.doc_default}`"
+        rows.append(f"| `{var.name}` | {default} | {flag} | {var.help.replace('|', '/')} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    outputs = {"readme": readme_table, "env": env_file_text, "man": man_environment}
+    if len(sys.argv) != 2 or sys.argv[1] not in outputs:
+        sys.exit(f"usage: python -m rq_worker_service.variables {{{','.join(outputs)}}}")
+    print(outputs[sys.argv[1]](), end="")
