@@ -108,3 +108,33 @@ def warn_if_not_persistent(connection: redis.Redis, target: RedisTarget) -> bool
                     "if Redis restarts; enable 'appendonly yes' or RDB 'save' in redis.conf", target.display)
         return True
     return False
+
+
+class Outage:
+    """Whether Redis answers the main loop, for STATUS= and the log: each change is logged once.
+
+    While Redis is down the worker keeps its loop (and the watchdog pings) going and retries every
+    tick; this only remembers since when, so that ``systemctl status`` can say it.
+    """
+
+    def __init__(self, target: RedisTarget, retry_every: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.target = target
+        self.retry_every = retry_every
+        self.clock = clock
+        self.since: float | None = None
+
+    def ok(self) -> None:
+        if self.since is not None:
+            log.info("Redis at %s is reachable again", self.target.display)
+            self.since = None
+
+    def failed(self, exc: Exception) -> None:
+        if self.since is None:
+            self.since = self.clock()
+            log.error("Redis at %s is unreachable: %s; retrying every %ds", self.target.display, exc,
+                      int(self.retry_every))
+
+    def status(self) -> str | None:
+        if self.since is None:
+            return None
+        return f"Redis unreachable at {self.target.display} for {int(self.clock() - self.since)}s, retrying"

@@ -13,7 +13,6 @@ import os
 import sys
 
 IDENTIFIER = "rq-worker-service"
-FIELDS = ("RQ_WORKER", "RQ_QUEUE", "RQ_JOB_ID", "RQ_JOB_FUNC")
 
 _context: dict[str, str] = {}
 

@@ -7,6 +7,9 @@ names are stable per host and instance, so the new process knows exactly whose r
 if that record is on this host and its pid is gone, every job that worker was executing was cut
 off, and is handled at once — retried per its ``Retry`` (or the service's default policy), or
 failed with a reason that says what happened. Workers on other hosts keep RQ's heartbeat cleanup.
+
+The service's defaults for jobs live here too: the retry policy given to a job cut off under its
+worker, and the timeout and failure TTL for jobs enqueued without them.
 """
 
 from __future__ import annotations
@@ -25,12 +28,9 @@ from rq.results import Result
 from rq.utils import as_text, parse_composite_key
 
 from .config import Settings
+from .rqcompat import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY, execution_key, job_func, worker_key
 
 log = logging.getLogger(__name__)
-
-WORKER_KEY_PREFIX = "rq:worker:"
-WORKERS_KEY = "rq:workers"
-WORKERS_BY_QUEUE_KEY = "rq:workers:%s"
 
 
 class WorkerNameInUse(Exception):
@@ -54,6 +54,18 @@ def apply_default_retry(job: Job, settings: Settings) -> bool:
     job.retries_left = settings.retry_max
     job.retry_intervals = [settings.retry_delay]
     return True
+
+
+def apply_job_defaults(job: Job, settings: Settings) -> None:
+    """Fill in RQ_JOB_TIMEOUT / RQ_FAILURE_TTL where the job has none, saved in the job's hash so
+    that any horse (forked or spawned) and any later recovery sees the same values."""
+    fields: dict[str, int] = {}
+    if job.timeout is None and settings.job_timeout is not None:
+        job.timeout = fields["timeout"] = settings.job_timeout
+    if job.failure_ttl is None and settings.failure_ttl is not None:
+        job.failure_ttl = fields["failure_ttl"] = settings.failure_ttl
+    if fields:
+        job.connection.hset(job.key, mapping=fields)  # type: ignore[arg-type]
 
 
 def record_interruption(job: Job, reason: str, worker_name: str, settings: Settings, pipeline=None) -> bool:
@@ -108,7 +120,7 @@ def started_executions(connection: Redis, queue_name: str) -> list[tuple[str, st
     for entry in connection.zrange(registry.key, 0, -1):
         composite = as_text(entry)
         job_id, _ = parse_composite_key(composite)
-        owner = connection.hget(f"rq:execution:{composite}", "worker_name")
+        owner = connection.hget(execution_key(composite), "worker_name")
         if owner is None:
             owner = connection.hget(Job.key_for(job_id), "worker_name")
         found.append((job_id, composite, as_text(owner) if owner is not None else None))
@@ -120,7 +132,7 @@ def recover_predecessor(connection: Redis, settings: Settings, hostname: str) ->
 
     Raises ``WorkerNameInUse`` when that predecessor is in fact alive.
     """
-    key = WORKER_KEY_PREFIX + settings.name
+    key = worker_key(settings.name)
     record = {as_text(k): as_text(v) for k, v in connection.hgetall(key).items()}
     if record and "death" not in record:
         pid = int(record.get("pid") or 0)
@@ -145,7 +157,7 @@ def recover_predecessor(connection: Redis, settings: Settings, hostname: str) ->
                 continue
             with connection.pipeline() as pipe:
                 pipe.zrem(queue.started_job_registry.key, composite)
-                pipe.delete(f"rq:execution:{composite}")
+                pipe.delete(execution_key(composite))
                 pipe.execute()
             try:
                 job = Job.fetch(job_id, connection=connection)
@@ -160,23 +172,17 @@ def recover_predecessor(connection: Redis, settings: Settings, hostname: str) ->
             except Exception:  # the app's callback must not stop recovery
                 log.exception("failure callback of job %s raised during recovery", job_id)
             retried = fail_or_retry(job, queue, reason, settings.name, settings)
-            log.warning("Recovered job %s (%s) from dead predecessor pid %s: %s", job_id, _func(job), pid,
+            log.warning("Recovered job %s (%s) from dead predecessor pid %s: %s", job_id, job_func(job), pid,
                         "retrying" if retried else "failed, no retries left",
-                        extra={"RQ_JOB_ID": job_id, "RQ_QUEUE": name, "RQ_JOB_FUNC": _func(job)})
+                        extra={"RQ_JOB_ID": job_id, "RQ_QUEUE": name, "RQ_JOB_FUNC": job_func(job)})
             recovered.append(Recovered(job_id, retried))
 
     if record:
         with connection.pipeline() as pipe:
             pipe.delete(key)
-            pipe.srem(WORKERS_KEY, key)
+            pipe.srem(REDIS_WORKER_KEYS, key)
             for name in queue_names:
                 pipe.srem(WORKERS_BY_QUEUE_KEY % name, key)
             pipe.execute()
     return recovered
 
-
-def _func(job: Job) -> str:
-    try:
-        return job.func_name
-    except Exception:  # undeserializable job data must not break recovery or logging
-        return "?"

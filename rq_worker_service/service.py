@@ -1,15 +1,7 @@
 """``rq-worker-service run``: from configuration to a registered worker, and out again.
 
-Exit statuses (README lists them; the unit's RestartPreventExitStatus= names 77 and 78):
-
-====  ==============================================================================
-0     stopped on request (warm, or cold after the shutdown limit / a second signal)
-1     the worker loop ended on an error (see the log line before); systemd restarts
-69    Redis unreachable for RQ_REDIS_STARTUP_WAIT at start; systemd restarts later
-75    another live process already runs this worker name on this host
-77    Redis refused the credentials; fix them, then start again
-78    invalid configuration; the one log line names the variable
-====  ==============================================================================
+Each way out has its exit status from ``exits`` (README lists them; the unit's
+RestartPreventExitStatus= names 77 and 78) and an ERRNO= for ``systemctl status``.
 """
 
 from __future__ import annotations
@@ -24,19 +16,25 @@ from pathlib import Path
 
 from rq.exceptions import StopRequested
 
-from . import journal
-from .config import EX_CONFIG, ConfigError, Settings, load_settings, virtualenv_site_packages
-from .connection import RedisAuthError, RedisUnavailable, make_connection, wait_for_redis, warn_if_not_persistent
+from . import exits, journal
+from .config import ConfigError, Settings, load_settings, virtualenv_site_packages
+from .connection import (
+    REDIS_ERRORS,
+    RedisAuthError,
+    RedisUnavailable,
+    make_connection,
+    wait_for_redis,
+    warn_if_not_persistent,
+)
 from .envfiles import refresh_environment
+from .lifecycle import Phase
 from .notify import Notifier
 from .recovery import WorkerNameInUse, recover_predecessor
-from .worker import REDIS_ERRORS, WORKER_CLASSES, ServiceWorkerMixin
+from .worker import ServiceWorkerMixin
+from .worker_classes import WORKER_CLASSES
 
 log = logging.getLogger("rq_worker_service")
 
-EX_UNAVAILABLE = 69
-EX_TEMPFAIL = 75
-EX_NOPERM = 77
 REEXEC_VAR = "RQ_WORKER_SERVICE_REEXEC"
 
 
@@ -71,7 +69,7 @@ def run(overrides: dict, env_files: Sequence[str] = ()) -> int:
     try:
         settings = load_settings(os.environ, overrides)
     except ConfigError as exc:
-        return _fail(notifier, f"configuration error: {exc}", EX_CONFIG, errno.EINVAL)
+        return _fail(notifier, f"configuration error: {exc}", exits.CONFIG, errno.EINVAL)
     journal.setup_logging(settings.log_level)
     journal.set_worker(settings.name)
     for warning in settings.warnings:
@@ -91,24 +89,24 @@ def run(overrides: dict, env_files: Sequence[str] = ()) -> int:
         worker = build_worker(settings, connection, notifier)
         worker.work(with_scheduler=settings.with_scheduler, logging_level=settings.log_level)  # type: ignore[attr-defined]
     except RedisUnavailable as exc:
-        return _fail(notifier, str(exc), EX_UNAVAILABLE, errno.ECONNREFUSED)
+        return _fail(notifier, str(exc), exits.UNAVAILABLE, errno.ECONNREFUSED)
     except RedisAuthError as exc:
-        return _fail(notifier, str(exc), EX_NOPERM, errno.EACCES)
+        return _fail(notifier, str(exc), exits.NOPERM, errno.EACCES)
     except WorkerNameInUse as exc:
-        return _fail(notifier, str(exc), EX_TEMPFAIL, errno.EEXIST)
+        return _fail(notifier, str(exc), exits.TEMPFAIL, errno.EEXIST)
     except StopRequested:
-        return 0  # stopped during start-up, before the loop began
+        return exits.OK  # stopped during start-up, before the loop began
     except REDIS_ERRORS as exc:
         return _fail(notifier, f"lost Redis at {settings.redis.display}: {exc}; exiting so that systemd restarts "
-                     "this instance", EX_UNAVAILABLE, errno.ECONNRESET)
+                     "this instance", exits.UNAVAILABLE, errno.ECONNRESET)
 
-    if worker.reload_requested:
+    if worker.lifecycle.phase is Phase.RELOADING:
         reexec()
-    if worker.stop_signalled:
+    if worker.lifecycle.phase is Phase.STOPPING:
         log.info("Stopped")
-        return 0
+        return exits.OK
     return _fail(notifier, "the worker loop ended without a stop request (see the error above); exiting so that "
-                 "systemd restarts this instance", 1, errno.EIO)
+                 "systemd restarts this instance", exits.LOOP_ERROR, errno.EIO)
 
 
 def reexec() -> None:

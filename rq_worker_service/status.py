@@ -18,6 +18,7 @@ from rq.job import Job
 from rq.utils import as_text, utcparse
 
 from .recovery import started_executions
+from .rqcompat import job_func
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 LEVELS = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
@@ -119,15 +120,6 @@ def _age(now: datetime, then: datetime | None) -> float | None:
     return max(0.0, (now - then).total_seconds()) if then else None
 
 
-def _func(job: Job | None) -> str:
-    if job is None:
-        return "?"
-    try:
-        return job.func_name
-    except Exception:  # undeserializable job data must not break the report
-        return "?"
-
-
 def _fetch(connection: Redis, job_id: str) -> Job | None:
     """The job, or None once it is gone (finished with result_ttl 0, expired): one round trip."""
     try:
@@ -171,7 +163,7 @@ def _worker_info(connection: Redis, worker: Worker, now: datetime) -> WorkerInfo
     return WorkerInfo(
         name=worker.name, host=worker.hostname or "?", unit=unit_of(worker.name), pid=worker.pid,
         state=worker.get_state(), queues=worker.queue_names(), job_id=job_id,
-        job_func=_func(job) if job_id else None,
+        job_func=job_func(job) if job_id else None,
         job_running_for=_age(now, job.started_at) if job is not None else None,
         heartbeat_age=heartbeat_age, stale=stale,
         successful_jobs=worker.successful_job_count, failed_jobs=worker.failed_job_count)
@@ -186,7 +178,7 @@ def _abandoned(connection: Redis, queue: Queue, live: set[str], now: datetime) -
             continue
         job = _fetch(connection, job_id)
         since = _age(now, job.last_heartbeat) if job is not None else None
-        found.append(AbandonedJob(job_id=job_id, queue=queue.name, func=_func(job), worker=owner_name, since=since))
+        found.append(AbandonedJob(job_id=job_id, queue=queue.name, func=job_func(job), worker=owner_name, since=since))
     return found
 
 

@@ -1,0 +1,43 @@
+"""Everything we assume about rq beyond its public API, in one place.
+
+rq's key layout, the texts it records for a failure we must recognise, and the way we name a job
+for people. ``tests/unit/test_rq_contract.py`` checks each assumption against the installed rq
+(and the methods our worker overrides), so raising rq's version pin fails there, with a message
+that says what changed, instead of in production. docs/operations.md lists the coupling.
+"""
+
+from __future__ import annotations
+
+from rq.executions import Execution
+from rq.job import Job
+from rq.worker import Worker
+from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY
+
+__all__ = ["HORSE_DIED", "STUCK_IN_INTERMEDIATE", "REDIS_WORKER_KEYS", "WORKERS_BY_QUEUE_KEY", "execution_key",
+           "job_func", "worker_key"]
+
+HORSE_DIED = "Work-horse terminated unexpectedly"
+"""How rq's ``monitor_work_horse`` starts the failure it records when the horse died without a result."""
+STUCK_IN_INTERMEDIATE = "Job was stuck in intermediate queue"
+"""How rq's intermediate-queue cleanup starts the failure of a job popped by a worker that then died."""
+
+
+def worker_key(name: str) -> str:
+    """The hash rq keeps a worker's record in (``rq:worker:<name>``)."""
+    return Worker.redis_worker_namespace_prefix + name
+
+
+def execution_key(composite: str) -> str:
+    """The hash of one execution, from a StartedJobRegistry entry (``<job id>:<execution id>``)."""
+    return Execution.from_composite_key(composite, connection=None).key  # type: ignore[arg-type]
+
+
+def job_func(job: Job | None) -> str:
+    """The job's function name for logs and status, or ``?`` when its data cannot be read here
+    (a missing app module, another serializer): our bookkeeping must never fail on a bad job."""
+    if job is None:
+        return "?"
+    try:
+        return job.func_name
+    except Exception:
+        return "?"

@@ -1,0 +1,64 @@
+"""rq's scheduler, run under the worker's stable name and taken over quickly after a crash.
+
+rq names each scheduler with a random id, so a restarted instance must wait for its predecessor's
+lock to expire, and a worker without the lock tries again only at maintenance (10 minutes). Ours
+runs under the worker's name: rq's lock script refreshes a lock whose owner token matches, so the
+restarted instance takes it back at once; and an instance without the lock tries every
+``RETRY_INTERVAL`` seconds from its tick.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from rq.scheduler import RQScheduler
+
+from .connection import REDIS_ERRORS
+from .process import die_with_parent
+
+RETRY_INTERVAL = 15.0
+"""Seconds between attempts to take over scheduling (rq itself retries only every 10 minutes)."""
+
+
+class ServiceScheduler(RQScheduler):
+    """rq's scheduler process, named after its worker and tied to its life."""
+
+    def start(self):  # type: ignore[no-untyped-def]
+        self._parent_pid = os.getpid()
+        return super().start()
+
+    def work(self) -> None:
+        die_with_parent(self._parent_pid)
+        super().work()
+
+
+def start_scheduler(worker: Any, logging_level: str | None, date_format: str, log_format: str) -> ServiceScheduler:
+    """What rq's ``_start_scheduler`` does outside burst mode, with a ``ServiceScheduler``."""
+    scheduler = ServiceScheduler(worker.queues, connection=worker.connection, logging_level=logging_level or "INFO",
+                                 date_format=date_format, log_format=log_format, serializer=worker.serializer,
+                                 name=worker.name)
+    scheduler.acquire_locks()
+    if scheduler.acquired_locks:
+        scheduler.start()
+    return scheduler
+
+
+class Takeover:
+    """Retry taking the scheduler locks every ``RETRY_INTERVAL`` while our scheduler is not running."""
+
+    def __init__(self, clock=time.monotonic) -> None:  # type: ignore[no-untyped-def]
+        self.clock = clock
+        self._last = clock()
+
+    def tick(self, scheduler: RQScheduler | None) -> None:
+        if scheduler is None or self.clock() - self._last < RETRY_INTERVAL:
+            return
+        self._last = self.clock()
+        process = scheduler._process
+        if process is None or not process.is_alive():
+            try:
+                scheduler.acquire_locks(auto_start=True)
+            except REDIS_ERRORS:
+                pass  # the next tick tries again

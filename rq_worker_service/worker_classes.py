@@ -1,0 +1,93 @@
+"""The three worker classes an operator picks with RQ_WORKER_CLASS: rq's own, with our mixin in front."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from types import FrameType
+
+from rq import SimpleWorker, SpawnWorker, Worker
+from rq.job import Job
+from rq.queue import Queue
+
+from .worker import ServiceWorkerMixin
+
+
+class JobInterrupted(BaseException):
+    """Raised inside a SimpleWorker job to cut it; BaseException so the job's ``except Exception``
+    cannot swallow it (rq's perform_job catches everything and records the failure)."""
+
+
+class ServiceWorker(ServiceWorkerMixin, Worker):
+    """``RQ_WORKER_CLASS=fork`` (default): each job in a forked work horse."""
+
+
+class ServiceSpawnWorker(ServiceWorkerMixin, SpawnWorker):
+    """``RQ_WORKER_CLASS=spawn``: each job in a freshly spawned interpreter (``rq_worker_service.horse``)."""
+
+    def fork_work_horse(self, job: Job, queue: Queue) -> None:
+        env = dict(os.environ, REDIS_URL=self.settings.redis.url, RQ_APP_PATH=":".join(self.settings.app_path),
+                   RQ_LOG_LEVEL=self.settings.log_level, RQ_WORKER_ID=self.name)
+        for name in ("REDIS_PASSWORD", "REDIS_PASSWORD_FILE", "REDIS_HOST", "REDIS_PORT", "REDIS_DB"):
+            env.pop(name, None)  # the URL above already says it all, including flags' overrides
+        assert self.execution is not None
+        argv = [sys.executable, "-m", "rq_worker_service.horse", self.key, job.id, queue.name, self.execution.id,
+                str(os.getpid()), self._serializer_arg or ""]
+        self._horse_pid = os.spawnve(os.P_NOWAIT, sys.executable, argv, env)
+        self.procline(f"Spawned {self._horse_pid} at {time.time()}")
+
+
+class ServiceSimpleWorker(ServiceWorkerMixin, SimpleWorker):
+    """``RQ_WORKER_CLASS=simple``: jobs run in the main process.
+
+    rq's loop has no hook while such a job runs, so a watch thread ticks instead — but it pings the
+    watchdog only until the job's own timeout (plus rq's 60 s grace) has passed: a job stuck beyond
+    the limit that rq's SIGALRM could not end (e.g. hung in C code) stops the pings, and systemd
+    restarts the instance. Jobs without a timeout (-1) cannot be watched that way.
+    """
+
+    def _install_signal_handlers(self) -> None:
+        super()._install_signal_handlers()
+        signal.signal(signal.SIGUSR1, self._raise_interrupt)
+
+    def _raise_interrupt(self, signum: int, frame: FrameType | None) -> None:
+        if self.lifecycle.job is not None and self.lifecycle.cut_reason is not None:
+            raise JobInterrupted(self.lifecycle.cut_reason)
+
+    def _stop_job(self) -> None:
+        """The job runs in the main thread: interrupt it there (SIGUSR1 raises JobInterrupted)."""
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)  # type: ignore[arg-type]
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        done = threading.Event()
+        limit = None if job.timeout in (None, -1) else float(job.timeout) + 60  # type: ignore[arg-type]
+        started = time.monotonic()
+
+        def watch() -> None:
+            while not done.is_set():
+                self._wake.wait(self._tick)
+                self._wake.clear()
+                if done.is_set():
+                    return
+                in_time = limit is None or time.monotonic() - started < limit
+                self._service_tick(watchdog=in_time, in_main_loop=False)
+
+        thread = threading.Thread(target=watch, name="job-watch", daemon=True)
+        thread.start()
+        try:
+            super().execute_job(job, queue)
+        finally:
+            done.set()
+            self._wake.set()
+            thread.join()
+            self._wake.clear()
+
+
+WORKER_CLASSES: dict[str, type[ServiceWorkerMixin]] = {
+    "fork": ServiceWorker,
+    "spawn": ServiceSpawnWorker,
+    "simple": ServiceSimpleWorker,
+}
