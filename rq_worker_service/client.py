@@ -16,6 +16,7 @@ from typing import Any
 import redis
 from rq import Queue, Retry
 from rq.job import Job, JobStatus
+from rq.utils import as_text
 
 from .config import Settings, load_settings
 from .connection import make_connection
@@ -28,7 +29,7 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
     return load_settings(os.environ if env is None else env)
 
 
-def enqueue(func: Callable | str, *args: Any, queue: str = "default", job_id: str | None = None,
+def enqueue(func: Callable[..., Any] | str, *args: Any, queue: str = "default", job_id: str | None = None,
             retry: Retry | None = _UNSET, connection: redis.Redis | None = None,
             env: Mapping[str, str] | None = None, **kwargs: Any) -> Job:
     """Enqueue ``func(*args, **kwargs)`` on ``queue``; return the new job, or the pending one with ``job_id``.
@@ -46,18 +47,19 @@ def enqueue(func: Callable | str, *args: Any, queue: str = "default", job_id: st
         kwargs.setdefault("job_timeout", settings.job_timeout)
     q = Queue(queue, connection=conn)
     if job_id is None:
-        return q.enqueue(func, *args, retry=retry, **kwargs)
+        return q.enqueue(func, *args, retry=retry, **kwargs)  # type: ignore[type-var]
     key = Job.key_for(job_id)
     with conn.pipeline() as pipe:
         while True:
             try:
                 pipe.watch(key)
-                status = pipe.hget(key, "status")
-                if status is not None and status.decode() in PENDING:
+                status = pipe.hget(key, "status")  # immediate while WATCHing: bytes, not the pipeline
+                if status is not None and as_text(status) in PENDING:
                     pipe.unwatch()
                     return Job.fetch(job_id, connection=conn)
                 pipe.multi()
-                job = q.enqueue(func, *args, job_id=job_id, retry=retry, pipeline=pipe, **kwargs)
+                job = q.enqueue(func, *args, job_id=job_id, retry=retry, pipeline=pipe,  # type: ignore[type-var]
+                                **kwargs)
                 pipe.execute()
                 return job
             except redis.exceptions.WatchError:

@@ -118,7 +118,7 @@ def started_executions(connection: Redis, queue_name: str) -> list[tuple[str, st
     registry = StartedJobRegistry(queue_name, connection=connection)
     found = []
     for entry in connection.zrange(registry.key, 0, -1):
-        composite = as_text(entry)
+        composite = as_text(entry)  # type: ignore[arg-type]
         job_id, _ = parse_composite_key(composite)
         owner = connection.hget(execution_key(composite), "worker_name")
         if owner is None:
@@ -149,7 +149,7 @@ def recover_predecessor(connection: Redis, settings: Settings, hostname: str) ->
             queue_names.append(extra)
 
     recovered: list[Recovered] = []
-    pid = record.get("pid", "?")
+    dead_pid = record.get("pid", "?")
     for name in queue_names:
         queue = Queue(name, connection=connection)
         for job_id, composite, owner in started_executions(connection, name):
@@ -165,14 +165,14 @@ def recover_predecessor(connection: Redis, settings: Settings, hostname: str) ->
                 continue
             if job.get_status() != JobStatus.STARTED:
                 continue
-            reason = (f"{AbandonedJobError.__name__}: worker {settings.name} (pid {pid}) died while running "
+            reason = (f"{AbandonedJobError.__name__}: worker {settings.name} (pid {dead_pid}) died while running "
                       "this job; recovered by its restarted instance")
             try:
                 job.execute_failure_callback(queue.death_penalty_class, AbandonedJobError, AbandonedJobError(), None)
             except Exception:  # the app's callback must not stop recovery
                 log.exception("failure callback of job %s raised during recovery", job_id)
             retried = fail_or_retry(job, queue, reason, settings.name, settings)
-            log.warning("Recovered job %s (%s) from dead predecessor pid %s: %s", job_id, job_func(job), pid,
+            log.warning("Recovered job %s (%s) from dead predecessor pid %s: %s", job_id, job_func(job), dead_pid,
                         "retrying" if retried else "failed, no retries left",
                         extra={"RQ_JOB_ID": job_id, "RQ_QUEUE": name, "RQ_JOB_FUNC": job_func(job)})
             recovered.append(Recovered(job_id, retried))

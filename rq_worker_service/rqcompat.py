@@ -38,6 +38,6 @@ def job_func(job: Job | None) -> str:
     if job is None:
         return "?"
     try:
-        return job.func_name
+        return job.func_name or "?"
     except Exception:
         return "?"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from rq.scheduler import RQScheduler
@@ -25,7 +26,7 @@ RETRY_INTERVAL = 15.0
 class ServiceScheduler(RQScheduler):
     """rq's scheduler process, named after its worker and tied to its life."""
 
-    def start(self):  # type: ignore[no-untyped-def]
+    def start(self) -> Any:
         self._parent_pid = os.getpid()
         return super().start()
 
@@ -48,7 +49,7 @@ def start_scheduler(worker: Any, logging_level: str | None, date_format: str, lo
 class Takeover:
     """Retry taking the scheduler locks every ``RETRY_INTERVAL`` while our scheduler is not running."""
 
-    def __init__(self, clock=time.monotonic) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self._last = clock()
 

@@ -57,7 +57,7 @@ def extend_import_path(settings: Settings) -> None:
 
 def build_worker(settings: Settings, connection, notifier: Notifier) -> ServiceWorkerMixin:
     cls = WORKER_CLASSES[settings.worker_class]
-    return cls(list(settings.queues), name=settings.name, connection=connection,  # type: ignore[call-arg]
+    return cls(list(settings.queues), name=settings.name, connection=connection,
                default_result_ttl=settings.result_ttl, settings=settings, notifier=notifier)
 
 
@@ -87,7 +87,7 @@ def run(overrides: dict, env_files: Sequence[str] = ()) -> int:
         if recovered:
             log.warning("Recovered %d job(s) from this instance's previous run", len(recovered))
         worker = build_worker(settings, connection, notifier)
-        worker.work(with_scheduler=settings.with_scheduler, logging_level=settings.log_level)  # type: ignore[attr-defined]
+        worker.work(with_scheduler=settings.with_scheduler, logging_level=settings.log_level)
     except RedisUnavailable as exc:
         return _fail(notifier, str(exc), exits.UNAVAILABLE, errno.ECONNREFUSED)
     except RedisAuthError as exc:

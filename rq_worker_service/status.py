@@ -16,6 +16,7 @@ from rq import Queue, Worker
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.utils import as_text, utcparse
+from rq.worker import BaseWorker
 
 from .recovery import started_executions
 from .rqcompat import job_func
@@ -151,7 +152,7 @@ def _queue_info(connection: Redis, queue: Queue, now: datetime) -> QueueInfo:
         finished=connection.zcard(queue.finished_job_registry.key))
 
 
-def _worker_info(connection: Redis, worker: Worker, now: datetime) -> WorkerInfo:
+def _worker_info(connection: Redis, worker: BaseWorker, now: datetime) -> WorkerInfo:
     heartbeat_age = _age(now, worker.last_heartbeat)
     ttl = connection.ttl(worker.key)
     stale = False

@@ -25,6 +25,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from rq import Worker
+from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.exceptions import StopRequested
 from rq.job import Job
 from rq.queue import Queue
@@ -86,7 +87,7 @@ class ServiceWorkerMixin(_Base):
         """rq blocks up to worker_ttl-15 s (405 s) in BLPOP; we come back every tick instead."""
         return max(1, min(self.worker_ttl - 15, int(self._tick)))
 
-    @property  # type: ignore[override]
+    @property
     def job_monitoring_interval(self) -> int:
         """Monitor tick while a job runs; shortened to land on the shutdown deadline when stopping."""
         return self.lifecycle.wait_interval(self._monitoring_interval)
@@ -221,10 +222,11 @@ class ServiceWorkerMixin(_Base):
         self._horse_killed = True
         super().kill_horse(sig)
 
-    def bootstrap(self, *args: Any, **kwargs: Any) -> None:
+    def bootstrap(self, logging_level: str | None = "INFO", date_format: str = DEFAULT_LOGGING_DATE_FORMAT,
+                  log_format: str = DEFAULT_LOGGING_FORMAT) -> None:
         journal.set_worker(self.name)
         self._install_signal_handlers()  # early: a stop during start-up is graceful too
-        super().bootstrap(*args, **kwargs)
+        super().bootstrap(logging_level, date_format, log_format)
         self._refresh_counts()
         self.notifier.ready(self.status_text())
         log.info("Ready: worker %s listening on %s", self.name, ", ".join(self.queue_names()))
@@ -235,7 +237,8 @@ class ServiceWorkerMixin(_Base):
         super().teardown()
 
     def _start_scheduler(self, burst: bool = False, logging_level: str | None = "INFO",
-                         date_format: str = "%H:%M:%S", log_format: str = "%(message)s") -> None:
+                         date_format: str = DEFAULT_LOGGING_DATE_FORMAT, log_format: str = DEFAULT_LOGGING_FORMAT
+                         ) -> None:
         if burst:  # enqueue what is due, then leave: rq's own way, nothing to take over later
             super()._start_scheduler(burst, logging_level, date_format, log_format)
             return

@@ -63,7 +63,7 @@ class ServiceSimpleWorker(ServiceWorkerMixin, SimpleWorker):
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         done = threading.Event()
-        limit = None if job.timeout in (None, -1) else float(job.timeout) + 60  # type: ignore[arg-type]
+        limit = None if job.timeout in (None, -1) else float(job.timeout) + 60
         started = time.monotonic()
 
         def watch() -> None:

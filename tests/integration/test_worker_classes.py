@@ -22,7 +22,7 @@ def test_warm_stop_finishes_job(start_worker, notify, rconn, worker_class):
     notify.wait_for("READY=1")
     job = Queue(connection=rconn).enqueue(sleep_job, 3, job_id=f"{worker_class}-warm")
     notify.wait_for("STATUS=", contains=f"Running job {worker_class}-warm")
-    time.sleep(1.5)
+    wait_until(lambda: rconn.get(f"executions:{job.id}") == b"1", 10, what="the job function to start")
     worker.signal(signal.SIGTERM)
     assert worker.wait(20) == 0
     assert status(rconn, job.id) == JobStatus.FINISHED
@@ -50,6 +50,6 @@ def test_simple_worker_pings_watchdog_during_job_only_within_its_timeout(start_w
     Queue(connection=rconn).enqueue(sleep_job, 4, job_id="simple-wd")
     notify.wait_for("STATUS=", contains="Running job simple-wd")
     before = len(notify.lines("WATCHDOG=1"))
-    time.sleep(3.2)
-    assert len(notify.lines("WATCHDOG=1")) - before >= 2
+    # WatchdogSec=3: at least two pings within it while the job runs in the main process
+    wait_until(lambda: len(notify.lines("WATCHDOG=1")) - before >= 2, 3.2, what="two watchdog pings")
     wait_until(lambda: status(rconn, "simple-wd") == JobStatus.FINISHED, 10, what="job")

@@ -1,0 +1,65 @@
+"""A pytest plugin that runs rq's own test suite with our worker classes in place of rq's.
+
+Loaded with ``-p rq_suite_plugin`` before rq's test modules are imported, it replaces ``Worker``,
+``SimpleWorker`` and ``SpawnWorker`` in ``rq`` and ``rq.worker`` (where the tests and rq's CLI
+import them from) with thin subclasses of ours that only supply what rq's constructor does not:
+default settings, a notifier that is a no-op outside systemd, and the Redis URL of the worker's
+own connection (which the spawn horse connects to). Nothing else is changed, so each difference
+rq's suite finds is a real difference of our classes; ``expected.txt`` lists the ones we chose.
+
+With ``RQ_SUITE_STOCK=1`` the plugin changes nothing: the same run with rq's own classes, the
+oracle ``run_suite.py`` uses to tell our differences from tests that fail here anyway.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import rq
+import rq.worker
+
+from rq_worker_service.config import load_settings
+from rq_worker_service.notify import Notifier
+from rq_worker_service.worker_classes import ServiceSimpleWorker, ServiceSpawnWorker, ServiceWorker
+
+DEFAULTS = load_settings({"RQ_WORKER_INSTANCE": "rq-suite"})
+
+
+class _Adapter:
+    def __init__(self, *args: Any, settings: Any = None, notifier: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, settings=settings or DEFAULTS, notifier=notifier or Notifier(), **kwargs)
+        pool = self.connection.connection_pool.connection_kwargs
+        url = f"redis://{pool.get('host', 'localhost')}:{pool.get('port', 6379)}/{pool.get('db', 0)}"
+        self.settings = dataclasses.replace(self.settings, redis=dataclasses.replace(self.settings.redis, url=url))
+
+
+class Worker(_Adapter, ServiceWorker):  # type: ignore[misc]
+    pass
+
+
+class SimpleWorker(_Adapter, ServiceSimpleWorker):  # type: ignore[misc]
+    pass
+
+
+class SpawnWorker(_Adapter, ServiceSpawnWorker):  # type: ignore[misc]
+    pass
+
+
+if not os.environ.get("RQ_SUITE_STOCK"):
+    for module in (rq, rq.worker):
+        module.Worker = Worker  # type: ignore[misc]
+        module.SimpleWorker = SimpleWorker  # type: ignore[misc]
+        module.SpawnWorker = SpawnWorker  # type: ignore[misc]
+
+
+def pytest_runtest_logreport(report: Any) -> None:
+    """Record each test's outcome for ``run_suite.py`` (``RQ_SUITE_REPORT``: a JSON-lines file)."""
+    path = os.environ.get("RQ_SUITE_REPORT")
+    failed_setup = report.when == "setup" and report.outcome != "passed"
+    if path and (report.when == "call" or failed_setup or (report.when == "teardown" and report.failed)):
+        import json
+
+        with open(path, "a") as f:
+            f.write(json.dumps({"test": report.nodeid, "outcome": report.outcome, "when": report.when}) + "\n")
