@@ -66,3 +66,12 @@ def test_man_page_environment_section():
 def test_readme_gives_the_two_commands_that_ci_runs():
     assert "`scripts/demo`" in README and "`scripts/test`" in README
     assert "scripts/test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_each_expected_difference_from_rqs_suite_is_documented():
+    """tests/rq_suite/expected.txt names, for each of rq's tests we fail on purpose, a documentation passage."""
+    from rq_suite import run_suite  # tests/ is on sys.path (tests/conftest.py)
+
+    entries = run_suite.load_expected()
+    assert entries, "expected.txt is empty or unreadable"
+    assert run_suite.undocumented(entries) == []
