@@ -154,10 +154,12 @@ def _queue_info(connection: Redis, queue: Queue, now: datetime) -> QueueInfo:
 
 def _worker_info(connection: Redis, worker: BaseWorker, now: datetime) -> WorkerInfo:
     heartbeat_age = _age(now, worker.last_heartbeat)
-    ttl = connection.ttl(worker.key)
+    # PTTL, not TTL: Redis rounds TTL to whole seconds, which made ``promised`` wobble by up to a
+    # second, so a dead worker with a 1 s tick flipped between stale and live for half a second.
+    pttl = connection.pttl(worker.key)
     stale = False
-    if heartbeat_age is not None and ttl is not None and ttl >= 0:
-        promised = heartbeat_age + ttl - HEARTBEAT_SLACK  # the interval it promised at its last beat
+    if heartbeat_age is not None and pttl is not None and pttl >= 0:
+        promised = heartbeat_age + pttl / 1000 - HEARTBEAT_SLACK  # the interval it promised at its last beat
         stale = heartbeat_age > max(promised, 1)
     job_id = worker.get_current_job_id()
     job = _fetch(connection, job_id) if job_id else None
