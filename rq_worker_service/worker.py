@@ -72,6 +72,7 @@ class ServiceWorkerMixin(_Base):
         self._popping = False
         self._in_horse_wait = False
         self._horse_killed = False
+        self._handlers_pid: int | None = None
         self._main_pid = os.getpid()
         self._done = self._failed = 0
         kwargs.setdefault("job_monitoring_interval", int(self._tick))
@@ -250,6 +251,7 @@ class ServiceWorkerMixin(_Base):
         journal.set_job(job.id, func, queue.name)
         self.lifecycle.start_job(f"{job.id} ({func})")
         self._horse_killed = False
+        self._handlers_pid: int | None = None
         self._main_pid = os.getpid()
         self.notifier.status(self.status_text())
         try:
@@ -284,17 +286,30 @@ class ServiceWorkerMixin(_Base):
     # -- signals: record, then let the tick act -------------------------------------------------
 
     def _install_signal_handlers(self) -> None:
+        self._handlers_pid = os.getpid()
         super()._install_signal_handlers()
         signal.signal(signal.SIGHUP, self.request_reload)
 
+    def _handled_here(self, signum: int) -> bool:
+        """False in a process forked from the worker before it set handlers of its own (the
+        scheduler just after its fork, a worker pool's new worker): there the signal takes its
+        default action, as it would without us. rq's handlers raise StopRequested in any process,
+        which ends such a child by accident; ours only record, so they must not act for another."""
+        if self._handlers_pid in (None, os.getpid()):  # None: called directly, not as a handler
+            return True
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return False
+
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
-        self.lifecycle.request_stop(signal.Signals(signum).name)
-        self._shutdown()
+        if self._handled_here(signum):
+            self.lifecycle.request_stop(signal.Signals(signum).name)
+            self._shutdown()
 
     request_force_stop = request_stop  # rq's cold stop: our rules for a second signal apply (cut, record, retry)
 
     def request_reload(self, signum: int, frame: FrameType | None) -> None:
-        if self.lifecycle.request_reload():
+        if self._handled_here(signum) and self.lifecycle.request_reload():
             self._shutdown()
 
     def _shutdown(self) -> None:

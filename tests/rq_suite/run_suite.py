@@ -40,6 +40,8 @@ CACHE = Path(os.environ.get("RQ_SUITE_CACHE", "/var/cache/rq-worker-service-rq-s
                             else ROOT / ".cache" / "rq-suite"))
 """Where the sdist's tests are kept: a fresh CI clone on the same machine finds them again."""
 PORT = 6379
+SUITE_TIMEOUT = 600
+"""Seconds for one run of the suite (≈90 s here); past it the namespace and all in it are killed."""
 
 
 @dataclass(frozen=True)
@@ -106,8 +108,13 @@ def run_pytest(suite: Path, tests: list[str], stock: bool) -> dict[str, str]:
     env.pop("RUN_SSL_TESTS", None)
     if stock:
         env["RQ_SUITE_STOCK"] = "1"
-    cmd = ["unshare", "--net", "--", sys.executable, __file__, "--inside", str(suite), *tests]
-    subprocess.run(cmd, env=env, check=False)
+    # A PID namespace too: if a test leaves a process behind, everything dies with the namespace.
+    cmd = ["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount", "--mount-proc", "--",
+           sys.executable, __file__, "--inside", str(suite), *tests]
+    try:
+        subprocess.run(cmd, env=env, check=False, timeout=SUITE_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        print(f"rq's suite did not finish within {SUITE_TIMEOUT}s (a test hung); its processes were killed")
     outcomes: dict[str, str] = {}
     for line in report.read_text().splitlines():
         entry = json.loads(line)
