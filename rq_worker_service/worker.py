@@ -251,7 +251,6 @@ class ServiceWorkerMixin(_Base):
         journal.set_job(job.id, func, queue.name)
         self.lifecycle.start_job(f"{job.id} ({func})")
         self._horse_killed = False
-        self._handlers_pid: int | None = None
         self._main_pid = os.getpid()
         self.notifier.status(self.status_text())
         try:

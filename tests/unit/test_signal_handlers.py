@@ -8,11 +8,12 @@ import time
 
 import fakeredis
 import pytest
+from rq import Queue
 
 from rq_worker_service.config import load_settings
 from rq_worker_service.lifecycle import Phase
 from rq_worker_service.notify import Notifier
-from rq_worker_service.worker_classes import ServiceWorker
+from rq_worker_service.worker_classes import ServiceSimpleWorker, ServiceWorker
 
 
 @pytest.fixture
@@ -50,3 +51,23 @@ def test_a_direct_call_is_handled_too(worker):
                           notifier=Notifier())
     fresh.request_stop(signal.SIGINT, None)
     assert fresh.lifecycle.phase is Phase.STOPPING
+
+
+def test_the_rule_survives_running_jobs():
+    """Running a job must not reset whose handlers they are (an earlier version did, in execute_job)."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        connection = fakeredis.FakeRedis()
+        Queue(connection=connection).enqueue("os.getpid")
+        w = ServiceSimpleWorker(["default"], connection=connection, settings=load_settings({}), notifier=Notifier())
+        assert w.work(burst=True)
+        pid = os.fork()
+        if pid == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM, f"child exited with status {status}"
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
