@@ -127,13 +127,19 @@ def _password(env: Mapping[str, str]) -> str | None:
     """The password from, in order: a systemd credential, REDIS_PASSWORD_FILE, REDIS_PASSWORD."""
     cred_dir = _get(env, "CREDENTIALS_DIRECTORY")
     if cred_dir:
+        credential = Path(cred_dir) / CREDENTIAL_NAME
         try:
-            present = (Path(cred_dir) / CREDENTIAL_NAME).is_file()
+            present = credential.is_file()
+            vanished = not present and not Path(cred_dir).is_dir()
         except OSError as exc:  # systemd set the credential up, but we may not read it
-            raise ConfigError(f"credential {CREDENTIAL_NAME}", str(Path(cred_dir) / CREDENTIAL_NAME),
+            raise ConfigError(f"credential {CREDENTIAL_NAME}", str(credential),
                               f"a credential this service's user can read ({exc.strerror})") from None
+        if vanished:  # systemd named a directory it did not set up: falling back would hide that
+            raise ConfigError(f"credential {CREDENTIAL_NAME}", str(credential),
+                              "a credential directory systemd has set up (CREDENTIALS_DIRECTORY names one "
+                              "that does not exist in this service)")
         if present:
-            return _read_secret_file(str(Path(cred_dir) / CREDENTIAL_NAME), f"credential {CREDENTIAL_NAME}")
+            return _read_secret_file(str(credential), f"credential {CREDENTIAL_NAME}")
     path = _get(env, "REDIS_PASSWORD_FILE")
     if path:
         return _read_secret_file(path, "REDIS_PASSWORD_FILE")

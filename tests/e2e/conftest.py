@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from helpers import wait_until
+from sandbox import RELEASES as BOOTABLE
 from sandbox import Sandbox, ensure_rootfs, missing_prerequisites
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,24 +28,33 @@ def pytest_collection_modifyitems(items):
                 item.add_marker(pytest.mark.skip(reason=_reason))
 
 
-def build_deb(version: str | None = None) -> Path:
-    args = ["packaging/build-deb"] + (["--version", version] if version else [])
+RELEASES = os.environ.get("RQWS_E2E_RELEASES", " ".join(BOOTABLE)).split()
+"""Every e2e test runs on each of these releases, with that release's package (default: all)."""
+
+
+def build_deb(release: str, version: str | None = None) -> Path:
+    args = ["packaging/build-deb", "--release", release] + (["--version", version] if version else [])
     out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
     if out.returncode != 0:
         raise RuntimeError(f"packaging/build-deb failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
     return ROOT / out.stdout.strip().splitlines()[-1]
 
 
-@pytest.fixture(scope="session")
-def deb() -> Path:
-    """The freshly built package (RQWS_E2E_DEB names a prebuilt one, e.g. the one CI just built)."""
-    prebuilt = os.environ.get("RQWS_E2E_DEB")
-    return Path(prebuilt) if prebuilt else build_deb()
+@pytest.fixture(scope="session", params=RELEASES)
+def release(request) -> str:
+    return request.param
 
 
 @pytest.fixture(scope="session")
-def rootfs() -> Path:
-    return ensure_rootfs()
+def deb(release) -> Path:
+    """The freshly built package for the release (RQWS_E2E_DEB_<RELEASE> names a prebuilt one)."""
+    prebuilt = os.environ.get(f"RQWS_E2E_DEB_{release.upper()}")
+    return Path(prebuilt) if prebuilt else build_deb(release)
+
+
+@pytest.fixture(scope="session")
+def rootfs(release) -> Path:
+    return ensure_rootfs(release)
 
 
 def install(box: Sandbox, deb: Path) -> None:

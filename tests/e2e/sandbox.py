@@ -1,4 +1,4 @@
-"""A real systemd, booted as PID 1 in fresh namespaces on a throwaway overlay of a Debian 12 rootfs.
+"""A real systemd, booted as PID 1 in fresh namespaces on a throwaway overlay of a Debian rootfs.
 
 No VM and no systemd-nspawn (the host has no systemd): a minimal rootfs is made once with
 debootstrap and cached, keyed by everything that goes into it; each sandbox then mounts an overlay
@@ -21,10 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-SUITE = "bookworm"
+RELEASES = {"bookworm": "python3.11", "trixie": "python3.13"}
+"""The Debian releases the e2e tests boot (systemd 252 and 257), each with its Python."""
 MIRROR = os.environ.get("RQWS_E2E_MIRROR", "http://deb.debian.org/debian")
-PACKAGES = ("systemd", "systemd-sysv", "dbus", "redis-server", "python3", "python3.11", "libsystemd0", "procps",
-            "iproute2", "man-db")
+PACKAGES = ("systemd", "systemd-sysv", "dbus", "redis-server", "python3", "libsystemd0", "procps", "iproute2",
+            "man-db")
 CACHE = Path(os.environ.get("RQWS_E2E_CACHE", "/var/cache/rq-worker-service-e2e"))
 HIERARCHIES = ("unified", "systemd", "pids", "devices", "memory")
 """cgroup hierarchies systemd writes to; the sandbox gets a cgroup of its own in each."""
@@ -64,26 +65,31 @@ def missing_prerequisites() -> str | None:
     return None
 
 
-def rootfs_key() -> str:
-    recipe = "\n".join([SUITE, MIRROR, *PACKAGES, *(f"{k}={v}" for k, v in sorted(SANDBOX_FILES.items()))])
+def packages(release: str) -> tuple[str, ...]:
+    return (*PACKAGES, RELEASES[release])
+
+
+def rootfs_key(release: str) -> str:
+    recipe = "\n".join([release, MIRROR, *packages(release),
+                        *(f"{k}={v}" for k, v in sorted(SANDBOX_FILES.items()))])
     return hashlib.sha256(recipe.encode()).hexdigest()[:16]
 
 
-def ensure_rootfs() -> Path:
-    """The cached rootfs, made with debootstrap (≈1 min) the first time on a machine."""
-    root = CACHE / f"rootfs-{rootfs_key()}"
+def ensure_rootfs(release: str) -> Path:
+    """The cached rootfs of ``release``, made with debootstrap (≈1 min) the first time on a machine."""
+    root = CACHE / f"rootfs-{release}-{rootfs_key(release)}"
     if (root / ".complete").exists():
         return root
     CACHE.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="rootfs-", dir=CACHE))
     try:
-        subprocess.run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(tmp),
-                        MIRROR], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=900)
+        subprocess.run(["debootstrap", "--variant=minbase", f"--include={','.join(packages(release))}", release,
+                        str(tmp), MIRROR], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=900)
         for rel, text in SANDBOX_FILES.items():
             path = tmp / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
-        (tmp / ".complete").write_text(rootfs_key())
+        (tmp / ".complete").write_text(rootfs_key(release))
         if root.exists():
             shutil.rmtree(root)
         tmp.rename(root)

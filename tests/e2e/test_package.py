@@ -12,9 +12,9 @@ UPGRADE_VERSION = "0.1.0+e2e1"
 
 
 @pytest.fixture(scope="module")
-def upgrade_deb() -> Path:
-    prebuilt = os.environ.get("RQWS_E2E_UPGRADE_DEB")
-    return Path(prebuilt) if prebuilt else build_deb(UPGRADE_VERSION)
+def upgrade_deb(release) -> Path:
+    prebuilt = os.environ.get(f"RQWS_E2E_UPGRADE_DEB_{release.upper()}")
+    return Path(prebuilt) if prebuilt else build_deb(release, UPGRADE_VERSION)
 
 
 def main_pid(box, unit):

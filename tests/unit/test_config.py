@@ -199,3 +199,13 @@ def test_unreadable_credential_errors_do_not_traceback(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "is_file", denied)
     with pytest.raises(ConfigError, match="Permission denied"):
         load(CREDENTIALS_DIRECTORY=tmp_path)
+
+
+def test_credentials_directory_that_systemd_did_not_set_up_is_an_error(tmp_path):
+    """Seen under systemd 257 in a namespace sandbox: the variable is set, the directory is absent.
+    Falling back to REDIS_PASSWORD would hide that LoadCredential= did not work."""
+    missing = tmp_path / "run" / "credentials" / "rq-worker@1.service"
+    with pytest.raises(ConfigError, match="credential redis-password=.* does not exist in this service"):
+        load(CREDENTIALS_DIRECTORY=missing, REDIS_PASSWORD="fallback")
+    missing.mkdir(parents=True)  # present but without our credential (the unit loads others): fall back
+    assert load(CREDENTIALS_DIRECTORY=missing, REDIS_PASSWORD="fallback").redis.password == "fallback"
