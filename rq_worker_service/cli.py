@@ -29,9 +29,9 @@ class CommandError(Exception):
         self.status = status
 
 
-def _flag_help(var: Variable, what: str = "") -> str:
+def _flag_help(var: Variable) -> str:
     """A flag's help: what it does, its default and the variable it overrides (dramatiq's habit)."""
-    return f"{what or var.help} (default: {var.doc_default}) [{var.name}]".replace("%", "%%")
+    return f"{var.help} (default: {var.doc_default}) [{var.name}]".replace("%", "%%")
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:

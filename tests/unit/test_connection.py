@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import logging
+
 import pytest
 import redis
 
@@ -82,3 +84,23 @@ def test_persistence_warning(caplog):
     assert warn_if_not_persistent(Configured({"appendonly": "no", "save": "3600 1"}), TARGET) is False
     denied = redis.exceptions.NoPermissionError("NOPERM this user has no permissions to run the 'config' command")
     assert warn_if_not_persistent(Configured(error=denied), TARGET) is False
+
+
+def test_outage_is_logged_once_each_way_and_shown_with_its_length(caplog):
+    from rq_worker_service.connection import Outage
+
+    caplog.set_level(logging.INFO, logger="rq_worker_service.connection")
+    clock = FakeClock()
+    outage = Outage(TARGET, retry_every=10, clock=clock)
+    assert outage.status() is None
+    outage.failed(redis.exceptions.ConnectionError("refused"))
+    clock.now += 25
+    outage.failed(redis.exceptions.ConnectionError("refused"))  # still the same outage
+    assert outage.status() == "Redis unreachable at redis://:***@db:6379/0 for 25s, retrying"
+    outage.ok()
+    outage.ok()
+    assert outage.status() is None
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("is unreachable" in m for m in messages) == 1
+    assert sum("reachable again" in m for m in messages) == 1
+    assert not any("topsecret" in m for m in messages)
