@@ -154,8 +154,7 @@ class ServiceWorkerMixin(_Base):
                 try:
                     self.set_shutdown_requested_date()
                 except REDIS_ERRORS:
-                    pass
-                self.notifier.extend_timeout(self._tick + STOP_GRACE)
+                    pass  # the stop timeout is extended by the tick that follows, which sees the deadline
             self.notifier.stopping(self.status_text())
             if self.scheduler:
                 self.stop_scheduler()  # as rq does: another instance may take scheduling over
