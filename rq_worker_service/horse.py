@@ -1,47 +1,63 @@
 """Entry point of a work horse in ``RQ_WORKER_CLASS=spawn`` mode: ``python -m rq_worker_service.horse``.
 
-rq's SpawnWorker starts a bare interpreter that knows nothing of our configuration: the job's
-module is not importable from RQ_APP_PATH, its log lines lose the job's journal fields, and the
-Redis password travels on its command line, visible in ``ps``. This horse instead reads the same
-configuration as its parent from the environment it inherits, and gets only ids (and the
-worker's serializer, as rq's own spawn horse does) on its command line.
+rq's SpawnWorker starts a bare interpreter from a ``-c`` source that knows nothing of our
+configuration: the job's module is not importable from RQ_APP_PATH, its log lines lose the job's
+journal fields, and its connection (the Redis password included) is spelled out on its command
+line, visible in ``ps``. This horse instead reads the same configuration as its parent from the
+environment it inherits, gets the worker's own configuration (its class, job and queue classes,
+exception handlers: what rq 3 hands its horse) from that environment too, and only ids on its
+command line.
 """
 
 from __future__ import annotations
 
+import base64
 import os
+import pickle
 import sys
 
 from rq.executions import Execution
-from rq.job import Job
-from rq.queue import Queue
-from rq.worker import Worker
 
 from . import journal
 from .config import load_settings
 from .connection import make_connection
+from .notify import Notifier
 from .process import die_with_parent
 from .rqcompat import job_func
 from .service import extend_import_path
+from .worker import ServiceWorkerMixin
+from .worker_classes import HORSE_CONFIG_VAR
 
 
 def main(argv: list[str]) -> None:
     worker_key, job_id, queue_name, execution_id, parent_pid, serializer = argv
     die_with_parent(int(parent_pid))
-    os.setpgrp()
     settings = load_settings(os.environ)
     journal.setup_logging(settings.log_level)
-    extend_import_path(settings)
+    extend_import_path(settings)  # before unpickling: the classes may be the app's
+    worker_class, attributes = pickle.loads(base64.b64decode(os.environ.pop(HORSE_CONFIG_VAR)))
     connection = make_connection(settings.redis)
-    worker = Worker.find_by_key(worker_key, connection=connection, serializer=serializer or None)
-    if worker is None:
-        sys.exit(1)
-    job = Job.fetch(job_id, connection=connection, serializer=worker.serializer)
-    queue = Queue(queue_name, connection=connection, serializer=worker.serializer)
-    worker.execution = Execution.fetch(execution_id, job.id, connection=connection)
+    if not connection.exists(worker_key):
+        sys.exit(1)  # the worker is gone: nobody would record this job's outcome
+    name = worker_key[len(worker_class.redis_worker_namespace_prefix):]
+    # Our classes take the service's settings; a class resolved to plain rq's here takes rq's arguments only.
+    ours = dict(settings=settings, notifier=Notifier()) if issubclass(worker_class, ServiceWorkerMixin) else {}
+    worker = worker_class([], name, connection=connection, job_class=attributes["job_class"],
+                          queue_class=attributes["queue_class"], prepare_for_work=False,
+                          serializer=serializer or None, **ours)
+    worker.refresh()
+    for attribute, value in attributes.items():
+        setattr(worker, attribute, value)
+    job = worker.job_class.fetch(job_id, connection=connection, serializer=worker.serializer)
+    queue = worker.queue_class(queue_name, connection=connection, job_class=worker.job_class,
+                               serializer=worker.serializer, death_penalty_class=worker.death_penalty_class)
+    execution = Execution.fetch(execution_id, job.id, connection=connection)
+    execution._job = job
+    worker.execution = execution
     journal.set_worker(worker.name)
     journal.set_job(job.id, job_func(job), queue.name)
     worker._is_horse = True
+    worker._main_pid = int(parent_pid)  # our main_work_horse dies with it
     worker.main_work_horse(job, queue)
 
 

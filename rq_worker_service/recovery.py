@@ -21,8 +21,10 @@ from pathlib import Path
 
 from redis import Redis
 from rq import Queue
+from rq.callbacks import execute_failure_callback
 from rq.exceptions import AbandonedJobError, NoSuchJobError
 from rq.job import Job, JobStatus
+from rq.rate_limit import release_slot
 from rq.registry import StartedJobRegistry
 from rq.results import Result
 from rq.utils import as_text, parse_composite_key
@@ -96,6 +98,7 @@ def fail_or_retry(job: Job, queue: Queue, reason: str, worker_name: str, setting
         pipe.execute()
     if not retry:
         queue.enqueue_dependents(job)
+    release_slot(job)  # rq 3 rate limits: the slot goes to a waiting job unless this one was requeued
     return retry
 
 
@@ -168,7 +171,7 @@ def recover_predecessor(connection: Redis, settings: Settings, hostname: str) ->
             reason = (f"{AbandonedJobError.__name__}: worker {settings.name} (pid {dead_pid}) died while running "
                       "this job; recovered by its restarted instance")
             try:
-                job.execute_failure_callback(queue.death_penalty_class, AbandonedJobError, AbandonedJobError(), None)
+                execute_failure_callback(job, queue.death_penalty_class, AbandonedJobError, AbandonedJobError(), None)
             except Exception:  # the app's callback must not stop recovery
                 log.exception("failure callback of job %s raised during recovery", job_id)
             retried = fail_or_retry(job, queue, reason, settings.name, settings)

@@ -13,8 +13,13 @@ from rq.job import Job
 from rq.worker import Worker
 from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY
 
-__all__ = ["HORSE_DIED", "STUCK_IN_INTERMEDIATE", "REDIS_WORKER_KEYS", "WORKERS_BY_QUEUE_KEY", "execution_key",
-           "job_func", "worker_key"]
+__all__ = ["RQ_MAJOR", "HORSE_DIED", "STUCK_IN_INTERMEDIATE", "REDIS_WORKER_KEYS", "WORKERS_BY_QUEUE_KEY",
+           "execution_key", "job_func", "worker_key"]
+
+RQ_MAJOR = 3
+"""The rq major version this code is written against. Workers and the apps that enqueue must share
+it: rq 3 changed its Redis data model (dependents pass through READY_TO_ENQUEUE, rate limits are
+enforced by workers, workers no longer store ``current_job``)."""
 
 HORSE_DIED = "Work-horse terminated unexpectedly"
 """How rq's ``monitor_work_horse`` starts the failure it records when the horse died without a result."""

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from rq import Worker
 from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.exceptions import StopRequested
+from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
 from rq.utils import now
@@ -186,15 +187,9 @@ class ServiceWorkerMixin(_Base):
         self._service_tick()
         self._redis_call(super().heartbeat, timeout)
 
-    def maintain_heartbeats(self, job: Job) -> None:
+    def maintain_heartbeats(self, job: Job, execution: Execution) -> None:
         self._service_tick()
-        self._redis_call(super().maintain_heartbeats, job)  # the job goes on meanwhile
-
-    def set_current_job_working_time(self, current_job_working_time: float, pipeline: Any = None) -> None:
-        if pipeline is not None:
-            super().set_current_job_working_time(current_job_working_time, pipeline)
-        else:
-            self._redis_call(super().set_current_job_working_time, current_job_working_time)
+        self._redis_call(super().maintain_heartbeats, job, execution)  # the job goes on meanwhile
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None
                                      ) -> tuple[Job, Queue] | None:
@@ -265,7 +260,7 @@ class ServiceWorkerMixin(_Base):
         super().main_work_horse(job, queue)
 
     def handle_job_failure(self, job: Job, queue: Queue, started_job_registry: Any = None,
-                           exc_string: str = "") -> None:
+                           exc_string: str = "", execution: Execution | None = None) -> None:
         """Record a job cut off under its worker as interrupted, with the default retry if it has none."""
         reason = None
         if not self.is_horse:
@@ -279,7 +274,8 @@ class ServiceWorkerMixin(_Base):
             retry = record_interruption(job, exc_string, self.name, self.settings)
             log.warning("Job %s (%s) %s; %s", job.id, job_func(job), reason,
                         "it will be retried" if retry else "no retries left, it is failed")
-        super().handle_job_failure(job, queue, started_job_registry=started_job_registry, exc_string=exc_string)
+        super().handle_job_failure(job, queue, started_job_registry=started_job_registry, exc_string=exc_string,
+                                   execution=execution)
 
     # -- signals: record, then let the tick act -------------------------------------------------
 

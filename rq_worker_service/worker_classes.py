@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import sys
@@ -14,6 +15,10 @@ from rq.job import Job
 from rq.queue import Queue
 
 from .worker import ServiceWorkerMixin
+
+HORSE_CONFIG_VAR = "RQ_WORKER_SERVICE_HORSE_CONFIG"
+"""Environment variable with the worker's pickled configuration for the spawn horse (rq's
+``SpawnWorker._dump_worker_config``), read and removed by ``rq_worker_service.horse``."""
 
 
 class JobInterrupted(BaseException):
@@ -29,14 +34,24 @@ class ServiceSpawnWorker(ServiceWorkerMixin, SpawnWorker):
     """``RQ_WORKER_CLASS=spawn``: each job in a freshly spawned interpreter (``rq_worker_service.horse``)."""
 
     def fork_work_horse(self, job: Job, queue: Queue) -> None:
+        """Spawn our horse entry, in its own process group from the start (as rq 3 does).
+
+        The worker's configuration that rq 3 hands its horse (worker, job and queue classes, death
+        penalty, exception handlers, result TTL: ``_dump_worker_config``) travels in the horse's
+        environment rather than in a ``-c`` source on its command line, which ``ps`` shows to anyone.
+        """
         env = dict(os.environ, REDIS_URL=self.settings.redis.url, RQ_APP_PATH=":".join(self.settings.app_path),
-                   RQ_LOG_LEVEL=self.settings.log_level, RQ_WORKER_ID=self.name)
+                   RQ_LOG_LEVEL=self.settings.log_level, RQ_WORKER_ID=self.name, RQ_JOB_ID=job.id)
         for name in ("REDIS_PASSWORD", "REDIS_PASSWORD_FILE", "REDIS_HOST", "REDIS_PORT", "REDIS_DB"):
             env.pop(name, None)  # the URL above already says it all, including flags' overrides
-        assert self.execution is not None
-        argv = [sys.executable, "-m", "rq_worker_service.horse", self.key, job.id, queue.name, self.execution.id,
+        for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+            env.pop(name, None)  # only the worker talks to systemd
+        env[HORSE_CONFIG_VAR] = base64.b64encode(self._dump_worker_config()).decode()
+        execution = self.execution
+        assert execution is not None
+        argv = [sys.executable, "-m", "rq_worker_service.horse", self.key, job.id, queue.name, execution.id,
                 str(os.getpid()), self._serializer_arg or ""]
-        self._horse_pid = os.spawnve(os.P_NOWAIT, sys.executable, argv, env)
+        self._horse_pid = os.posix_spawn(sys.executable, argv, env, setpgroup=0)
         self.procline(f"Spawned {self._horse_pid} at {time.time()}")
 
 

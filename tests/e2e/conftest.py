@@ -62,16 +62,21 @@ def install(box: Sandbox, deb: Path) -> None:
     box.run(["apt-get", "install", "-y", f"/root/{deb.name}"], timeout=300)
 
 
+def provision(sandbox: Sandbox, deb: Path) -> None:
+    """The package installed as an operator would, the e2e app, and Redis with a password."""
+    install(sandbox, deb)
+    for name in ("e2ejobs.py", "ctl.py"):
+        sandbox.copy_in(APP / name, f"/srv/e2e-app/{name}")
+    sandbox.run(f"echo 'requirepass {PASSWORD}' >> /etc/redis/redis.conf && systemctl restart redis-server")
+    with sandbox.path("/etc/rq-worker/worker.env").open("a") as f:
+        f.write(f"\n# e2e\nREDIS_PASSWORD={PASSWORD}\nRQ_APP_PATH=/srv/e2e-app\n")
+
+
 @pytest.fixture(scope="module")
 def box(rootfs, deb):
     """A booted sandbox with the package installed as an operator would, and Redis with a password."""
     with Sandbox(rootfs) as sandbox:
-        install(sandbox, deb)
-        for name in ("e2ejobs.py", "ctl.py"):
-            sandbox.copy_in(APP / name, f"/srv/e2e-app/{name}")
-        sandbox.run(f"echo 'requirepass {PASSWORD}' >> /etc/redis/redis.conf && systemctl restart redis-server")
-        with sandbox.path("/etc/rq-worker/worker.env").open("a") as f:
-            f.write(f"\n# e2e\nREDIS_PASSWORD={PASSWORD}\nRQ_APP_PATH=/srv/e2e-app\n")
+        provision(sandbox, deb)
         yield sandbox
         cgroups, directory = list(sandbox.cgroups), str(sandbox.dir)
     assert not any(p.exists() for p in cgroups), "sandbox cgroups left behind"

@@ -37,3 +37,18 @@ def failing_job(times: int) -> str:
 def quick_job(value: int) -> int:
     _count()
     return value * 2
+
+
+def note_failure(job, connection, exc_type, exc_value, traceback) -> None:
+    """A failure callback (``on_failure=``) that leaves a trace in Redis."""
+    connection.set(f"failure-callback:{job.id}", exc_type.__name__)
+
+
+def timed_job(seconds: float) -> str:
+    """Sleeps, and records when it ran (``ran:<queue>``: "start end" per execution) for overlap checks."""
+    job = get_current_job()
+    _count()
+    started = time.time()
+    time.sleep(seconds)
+    job.connection.rpush(f"ran:{job.origin}", f"{started} {time.time()} {job.id}")
+    return job.id

@@ -4,9 +4,9 @@ import socket
 
 import fakeredis
 import pytest
-from rq import Queue, Retry, Worker
+from rq import Callback, Queue, Retry, Worker
 from rq.job import Job, JobStatus
-from testjobs import quick_job
+from testjobs import note_failure, quick_job
 
 from rq_worker_service.config import load_settings
 from rq_worker_service.recovery import WorkerNameInUse, apply_default_retry, recover_predecessor
@@ -58,6 +58,12 @@ def test_job_without_retry_gets_the_default_policy(conn):
     job = Job.fetch(job.id, connection=conn)
     assert job.get_status() == JobStatus.QUEUED
     assert job.retries_left == 2
+
+
+def test_recovery_runs_the_jobs_failure_callback_as_rq_does_for_abandoned_jobs(conn):
+    job, _ = predecessor_running(conn, {"on_failure": Callback(note_failure)})
+    recover_predecessor(conn, settings(RQ_JOB_RETRY_MAX="0"), HOST)
+    assert conn.get(f"failure-callback:{job.id}") == b"AbandonedJobError"
 
 
 def test_default_policy_off_fails_the_job_with_a_reason(conn):

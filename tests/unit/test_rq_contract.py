@@ -8,6 +8,7 @@ assumptions is the table "The main loop and systemd" in docs/operations.md.
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 import fakeredis
 import pytest
@@ -35,7 +36,6 @@ OVERRIDES = {
     BaseWorker: {
         "heartbeat": "worker.py: the tick around every pop",
         "maintain_heartbeats": "worker.py: the tick while the horse runs",
-        "set_current_job_working_time": "worker.py: Redis errors during a job are not fatal",
         "dequeue_job_and_maintain_ttl": "worker.py: marks the blocking pop",
         "reorder_queues": "worker.py: a popped job is in hand from here",
         "bootstrap": "worker.py: signal handlers, READY=1",
@@ -154,4 +154,8 @@ def test_job_func_never_raises():
 
 def test_rq_version_is_within_the_pin():
     major = int(rq.__version__.split(".")[0])
-    assert major == 2, f"rq {rq.__version__}: this code is written against rq 2.x (pyproject pins rq<3)"
+    assert major == rqcompat.RQ_MAJOR, (
+        f"rq {rq.__version__}: this code is written against rq {rqcompat.RQ_MAJOR}.x (rqcompat.RQ_MAJOR)")
+    pyproject = (Path(__file__).parents[2] / "pyproject.toml").read_text()
+    assert f'"rq>={rqcompat.RQ_MAJOR}.' in pyproject and f',<{rqcompat.RQ_MAJOR + 1}"' in pyproject, (
+        "pyproject.toml's rq pin and rqcompat.RQ_MAJOR disagree")

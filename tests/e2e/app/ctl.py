@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+from datetime import timedelta
 
 from dotenv import dotenv_values
 from rq import Queue, Retry
@@ -38,6 +39,7 @@ def main() -> None:
     e.add_argument("--retry", type=int, default=0)
     e.add_argument("--interval", type=int, default=0)
     e.add_argument("--count", type=int, default=1)
+    e.add_argument("--in", dest="delay", type=int, default=0, help="schedule it this many seconds ahead")
     s = sub.add_parser("jobs")
     s.add_argument("ids", nargs="*")
     s.add_argument("--file")
@@ -57,7 +59,11 @@ def main() -> None:
         ids = []
         for i in range(a.count):
             job_id = a.id if a.count == 1 else (f"{a.id}-{i}" if a.id else None)
-            ids.append(q.enqueue(func, *args, job_id=job_id, retry=retry, result_ttl=3600).id)
+            if a.delay:
+                job = q.enqueue_in(timedelta(seconds=a.delay), func, *args, job_id=job_id, retry=retry, result_ttl=3600)
+            else:
+                job = q.enqueue(func, *args, job_id=job_id, retry=retry, result_ttl=3600)
+            ids.append(job.id)
         print(json.dumps(ids))
         return
     if a.cmd == "jobs":

@@ -39,3 +39,8 @@ def ffi_callback_job() -> list[int]:
         lambda a, b: a[0] - b[0])
     ctypes.CDLL(None).qsort(values, len(values), ctypes.sizeof(ctypes.c_int), compare)
     return list(values)
+
+
+def failing_job() -> None:
+    _count()
+    raise RuntimeError("this job always fails")

@@ -1,0 +1,89 @@
+"""Upgrading from the last package built on rq 2.12 to this one (rq 3) keeps every job.
+
+The old package is built from the last commit on rq 2.12 (cached under the e2e cache, so it is
+built once per machine and release). Jobs are left in each state under the old package (a job
+running through the upgrade, queued, scheduled, failed); after ``apt-get install`` of this package
+they run, or stay failed and can be requeued, under rq 3.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, ctl, install, jobs, provision, systemctl, wait_for
+from sandbox import CACHE, Sandbox
+
+RQ2_COMMIT = "d2a906e90dd9720f9f51463f91a4c5871ebe496b"
+"""The last commit whose package bundles rq 2.12 (version 0.1.0)."""
+
+
+@pytest.fixture(scope="module")
+def rq2_deb(release) -> Path:
+    """The 0.1.0 package of this release, built from RQ2_COMMIT in a worktree of this clone."""
+    cached = CACHE / "rq2-debs" / f"{RQ2_COMMIT[:12]}-{release}.deb"
+    if cached.exists():
+        return cached
+    if subprocess.run(["git", "cat-file", "-e", f"{RQ2_COMMIT}^{{commit}}"], cwd=ROOT).returncode != 0:
+        raise RuntimeError(f"this clone lacks commit {RQ2_COMMIT} (a shallow clone?): the upgrade test builds "
+                           "the rq 2.12 package from it; clone with full history")
+    work = Path(tempfile.mkdtemp(prefix="rq2-package-"))
+    tree = work / "tree"
+    try:
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), RQ2_COMMIT], cwd=ROOT, check=True,
+                       capture_output=True)
+        out = subprocess.run(["packaging/build-deb", "--release", release], cwd=tree, capture_output=True, text=True,
+                             timeout=900)
+        if out.returncode != 0:
+            raise RuntimeError(f"building the rq 2.12 package failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(tree / out.stdout.strip().splitlines()[-1], cached)
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
+    return cached
+
+
+def ctl_ids(box: Sandbox, *args: str) -> list[str]:
+    return ctl(box, "enqueue", *args)
+
+
+def bundled_rq(box: Sandbox) -> str:
+    return box.run(["/usr/lib/rq-worker-service/bin/python3", "-c", "import rq; print(rq.__version__)"]).stdout.strip()
+
+
+def test_jobs_left_under_the_rq2_package_run_after_upgrading_to_rq3(rootfs, rq2_deb, deb):
+    with Sandbox(rootfs) as box:
+        provision(box, rq2_deb)
+        assert bundled_rq(box).startswith("2."), "the old package must bundle rq 2"
+        systemctl(box, "start", "rq-worker@1")
+        ctl_ids(box, "failing_job", "--id", "old-failed")
+        wait_for(lambda: jobs(box, ["old-failed"])["old-failed"]["status"] == "failed", 20, "the failing job to fail")
+        ctl_ids(box, "sleep_job", "6", "--id", "old-running")
+        wait_for(lambda: jobs(box, ["old-running"])["old-running"]["status"] == "started", 20, "the job to start")
+        queued = ctl_ids(box, "quick_job", "1", "--id", "old-queued", "--count", "3")
+        ctl_ids(box, "quick_job", "2", "--id", "old-scheduled", "--in", "25")
+        assert {j["status"] for j in jobs(box, queued).values()} == {"queued"}
+        assert jobs(box, ["old-scheduled"])["old-scheduled"]["status"] == "scheduled"
+
+        install(box, deb)  # apt-get install ./rq-worker-service_0.2.0…deb while @1 runs a job
+
+        assert bundled_rq(box).startswith("3."), "the new package must bundle rq 3"
+        assert box.show("rq-worker@1", "ActiveState")["ActiveState"] == "active"
+        running = jobs(box, ["old-running"])["old-running"]
+        assert running["status"] == "finished" and running["executions"] == 1, running
+        wait_for(lambda: all(j["status"] == "finished" for j in jobs(box, queued).values()), 30,
+                 "the jobs queued under rq 2 to run under rq 3")
+        assert all(j["executions"] == 1 for j in jobs(box, queued).values())
+        wait_for(lambda: jobs(box, ["old-scheduled"])["old-scheduled"]["status"] == "finished", 60,
+                 "the job scheduled under rq 2 to run when due")
+        failed = jobs(box, ["old-failed"])["old-failed"]
+        assert failed["status"] == "failed" and "this job always fails" in failed["last_error"], failed
+        shown = box.run(["rq-worker-service", "job", "old-failed"]).stdout
+        assert "failed" in shown and "this job always fails" in shown, shown
+        box.run(["rq-worker-service", "requeue", "old-failed"])
+        wait_for(lambda: jobs(box, ["old-failed"])["old-failed"]["executions"] == 2, 20,
+                 "the failed job, requeued under rq 3, to run again")
