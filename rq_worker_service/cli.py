@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -65,13 +66,14 @@ def _connection_options(p: argparse.ArgumentParser) -> None:
                         "and .env in the working directory are read too, and the environment wins")
 
 
-def _threshold(text: str):
-    from .status import Threshold
-
+def _threshold(text: str) -> str:
+    """Checked here, parsed by ``status.Threshold`` later: importing rq now would fix its key prefix
+    before the configuration has said which one."""
     try:
-        return Threshold.parse(text)
+        [float(part) for part in text.split(",", 1)]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: expected a number W or two numbers W,C") from None
+    return text
 
 
 def _add_status(sub: argparse._SubParsersAction) -> None:
@@ -95,6 +97,9 @@ def _add_status(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-workers", type=_threshold, metavar="W[,C]", help="live workers")
     p.add_argument("--max-heartbeat-age", type=_threshold, metavar="W[,C]",
                    help="seconds since any worker's last heartbeat")
+    p.add_argument("--key-prefix", metavar="PREFIX",
+                   help="only this RQ_KEY_PREFIX (default: RQ_KEY_PREFIX and every one set in the "
+                        "<env file>-<instance>.env files beside --env-file, each shown in its own section)")
 
 
 def _add_jobs(sub: argparse._SubParsersAction) -> None:
@@ -141,9 +146,12 @@ def _settings(args: argparse.Namespace):
     if args.env_file != DEFAULT_ENV_FILE and not os.access(env_file, os.R_OK):
         raise CommandError(f"cannot read --env-file {args.env_file}: give a readable file", exits.CONFIG)
     try:
-        return load_settings(commands_environment(env_file, Path.cwd() / ".env"), {"url": args.url})
+        settings = load_settings(commands_environment(env_file, Path.cwd() / ".env"), {"url": args.url})
     except ConfigError as exc:
         raise CommandError(f"configuration error: {exc}", exits.CONFIG) from None
+    # rq reads its key prefix when first imported: the commands import it only after this.
+    os.environ["RQ_KEY_PREFIX"] = settings.key_prefix
+    return settings
 
 
 def _connect(args: argparse.Namespace):
@@ -151,8 +159,8 @@ def _connect(args: argparse.Namespace):
     from .connection import REDIS_ERRORS, RedisAuthError, make_connection, ping, unreachable
 
     settings = _settings(args)
-    connection = make_connection(settings.redis)
     try:
+        connection = make_connection(settings.redis, settings.key_prefix)
         ping(connection, settings.redis)
     except RedisAuthError as exc:
         raise CommandError(str(exc), exits.NOPERM) from None
@@ -177,15 +185,67 @@ def write_output(text: str, path: str | None) -> None:
         raise CommandError(f"cannot write {path}: {exc.strerror}", exits.CANT_CREATE) from None
 
 
+def _instance_prefixes(args: argparse.Namespace, own: str) -> list[str]:
+    """``own`` and every other RQ_KEY_PREFIX the instance files beside the env file set."""
+    from dotenv import dotenv_values
+
+    env_file = Path(args.env_file)
+    prefixes = [own]
+    for path in sorted(env_file.parent.glob(f"{env_file.stem}-*.env")):
+        try:
+            value = dotenv_values(path).get("RQ_KEY_PREFIX")
+        except OSError:
+            continue  # an instance file we may not read: its workers' own status shows them
+        if value and value not in prefixes:
+            prefixes.append(value)
+    return prefixes
+
+
+def _status_per_prefix(args: argparse.Namespace, prefixes: list[str]) -> int:
+    """One ``status --json`` per prefix (rq's prefix is fixed once rq is imported), shown in sections."""
+    from .status import LEVELS, render_text, report_from_dict
+
+    argv = ["status", "--json", "--env-file", args.env_file] + (["--url", args.url] if args.url else [])
+    for queue in args.queues or []:
+        argv += ["--queue", queue]
+    for name in ("max_queued", "max_age", "max_failed", "min_workers", "max_heartbeat_age"):
+        if getattr(args, name) is not None:
+            argv += [f"--{name.replace('_', '-')}", getattr(args, name)]
+    reports = []
+    for prefix in prefixes:
+        out = subprocess.run([sys.executable, "-m", "rq_worker_service", *argv, "--key-prefix", prefix],
+                             capture_output=True, text=True, timeout=120)
+        if out.returncode != 0:
+            raise CommandError(f"key prefix {prefix}: {out.stderr.strip()}", out.returncode)
+        reports.append(json.loads(out.stdout))
+    level = max(next(k for k, v in LEVELS.items() if v == r["status"]) for r in reports)
+    if args.json:
+        text = json.dumps({"status": LEVELS[level], "prefixes": reports}, indent=2, sort_keys=True) + "\n"
+    else:
+        text = "".join(f"Key prefix {r['key_prefix']}: {r['verdict']}\n" for r in reports)
+        text += "".join(f"\n== Key prefix {r['key_prefix']} ==\n{render_text(report_from_dict(r))}" for r in reports)
+    write_output(text, args.output)
+    return level if args.check else 0
+
+
 def _status(args: argparse.Namespace) -> int:
     import redis
 
-    from .status import UNKNOWN, collect, evaluate, render_json, render_prometheus, render_text
+    if args.key_prefix:
+        os.environ["RQ_KEY_PREFIX"] = args.key_prefix  # read below as the shell's environment: it wins
+    elif not args.prometheus:
+        prefixes = _instance_prefixes(args, _settings(args).key_prefix)
+        if len(prefixes) > 1:
+            return _status_per_prefix(args, prefixes)
 
     try:
         connection, settings = _connect(args)
+        from .status import collect
+
         report = collect(connection, settings.redis.display, args.queues)
     except (CommandError, redis.exceptions.RedisError) as exc:
+        from .status import UNKNOWN, render_prometheus
+
         if args.prometheus:
             write_output(render_prometheus(None), args.output)
             print(f"rq-worker-service: {exc}", file=sys.stderr)
@@ -194,8 +254,11 @@ def _status(args: argparse.Namespace) -> int:
             print(f"UNKNOWN: {exc}")
             return UNKNOWN
         raise CommandError(str(exc), getattr(exc, "status", exits.UNAVAILABLE)) from None
-    evaluate(report, max_queued=args.max_queued, max_age=args.max_age, max_failed=args.max_failed,
-             min_workers=args.min_workers, max_heartbeat_age=args.max_heartbeat_age)
+    from .status import Threshold, evaluate, render_json, render_prometheus, render_text
+
+    limits = {name: Threshold.parse(getattr(args, name)) if getattr(args, name) else None
+              for name in ("max_queued", "max_age", "max_failed", "min_workers", "max_heartbeat_age")}
+    evaluate(report, **limits)
     if args.prometheus:
         write_output(render_prometheus(report), args.output)
     elif args.json:
@@ -206,9 +269,9 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _job(args: argparse.Namespace) -> int:
+    connection, _ = _connect(args)
     from .jobs import JobsError, describe, render_job
 
-    connection, _ = _connect(args)
     try:
         info = describe(connection, args.job_id)
     except JobsError as exc:
@@ -218,11 +281,11 @@ def _job(args: argparse.Namespace) -> int:
 
 
 def _requeue(args: argparse.Namespace) -> int:
-    from .jobs import JobsError, requeue
-
     if bool(args.job_ids) == bool(args.queue):
         raise CommandError("give either job ids or --queue NAME (every failed job of that queue)", exits.USAGE)
     connection, _ = _connect(args)
+    from .jobs import JobsError, requeue
+
     try:
         done = requeue(connection, args.job_ids, args.queue, args.dry_run)
     except JobsError as exc:
@@ -238,9 +301,9 @@ def _requeue(args: argparse.Namespace) -> int:
 
 
 def _cleanup(args: argparse.Namespace) -> int:
+    connection, _ = _connect(args)
     from .jobs import cleanup
 
-    connection, _ = _connect(args)
     report = cleanup(connection)
     if args.json:
         print(json.dumps(report))

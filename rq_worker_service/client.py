@@ -15,10 +15,11 @@ from typing import Any
 
 import redis
 from rq import Queue, Retry
+from rq.defaults import RQ_KEY_PREFIX
 from rq.job import Job, JobStatus
 from rq.utils import as_text
 
-from .config import Settings, load_settings
+from .config import ConfigError, Settings, load_settings
 from .connection import make_connection
 
 PENDING = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
@@ -40,7 +41,10 @@ def enqueue(func: Callable[..., Any] | str, *args: Any, queue: str = "default", 
     ``retry=None`` for no retry. ``job_timeout`` defaults to RQ_JOB_TIMEOUT when that is set.
     """
     settings = settings_from_env(env)
-    conn = connection if connection is not None else make_connection(settings.redis)
+    if settings.key_prefix != RQ_KEY_PREFIX:  # rq read its prefix when the app imported it
+        raise ConfigError("RQ_KEY_PREFIX", settings.key_prefix, f"the prefix rq was imported with "
+                          f"({RQ_KEY_PREFIX!r}): set RQ_KEY_PREFIX in the environment before the app imports rq")
+    conn = connection if connection is not None else make_connection(settings.redis, settings.key_prefix)
     if retry is _UNSET:
         retry = Retry(max=settings.retry_max, interval=settings.retry_delay) if settings.retry_max > 0 else None
     if settings.job_timeout is not None:

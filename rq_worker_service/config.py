@@ -12,11 +12,21 @@ from __future__ import annotations
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-from .variables import BY_NAME, DEFAULT_REDIS_URL, VARIABLES, Invalid, Variable, identifier, site_packages
+from .variables import (
+    BY_NAME,
+    DEFAULT_REDIS_URL,
+    HASH_TAG_RE,
+    VARIABLES,
+    Invalid,
+    Variable,
+    identifier,
+    site_packages,
+)
 
 CREDENTIAL_NAME = "redis-password"
 MASK = "***"
@@ -43,6 +53,8 @@ class RedisTarget:
     url: str = field(repr=False)
     username: str | None = None
     password: str | None = field(default=None, repr=False)
+    cluster: bool = False
+    """``url`` is a seed node of a Redis Cluster (REDIS_CLUSTER)."""
 
     @property
     def display(self) -> str:
@@ -72,6 +84,7 @@ class Settings:
     retry_max: int
     retry_delay: int
     redis_startup_wait: float
+    key_prefix: str
     warnings: tuple[str, ...] = ()
 
 
@@ -201,7 +214,10 @@ def redis_target(env: Mapping[str, str], url_override: str | None = None) -> tup
         parts = urlsplit(clean)
         userinfo = quote(username or "", safe="") + (":" + quote(password, safe="") if password else "") + "@"
         url_with_login = _compose(parts.scheme, userinfo, parts.netloc, parts.path, parts.query)
-    return RedisTarget(url=url_with_login, username=username, password=password), warnings
+    cluster = read(env, "REDIS_CLUSTER")
+    if cluster and urlsplit(clean).scheme == "unix":
+        raise ConfigError("REDIS_CLUSTER", "yes", "a redis:// or rediss:// REDIS_URL: a cluster is reached over TCP")
+    return RedisTarget(url=url_with_login, username=username, password=password, cluster=cluster), warnings
 
 
 def virtualenv_site_packages(venv: str) -> Path:
@@ -210,6 +226,24 @@ def virtualenv_site_packages(venv: str) -> Path:
         return site_packages(venv)
     except Invalid as exc:
         raise ConfigError("RQ_APP_VIRTUALENV", venv, str(exc)) from None
+
+
+def check_app_rq(venv: str) -> None:
+    """Refuse an app virtualenv whose rq is of another major version than the one we run.
+
+    The app enqueues with its rq and our worker runs jobs with ours; across a major version they
+    disagree on what is kept in Redis (rq 3: dependents pass through READY_TO_ENQUEUE, rate limits
+    are enforced by workers, workers keep no ``current_job``), and nothing would say so.
+    """
+    ours = metadata.version("rq")
+    site = str(virtualenv_site_packages(venv))
+    theirs = [d.version for d in metadata.distributions(path=[site]) if (d.metadata["Name"] or "").lower() == "rq"]
+    if theirs and theirs[0].split(".")[0] != ours.split(".")[0]:
+        major = ours.split(".")[0]
+        raise ConfigError("RQ_APP_VIRTUALENV", None, (
+            f"the app's virtualenv {venv} has rq {theirs[0]}, but this package runs rq {ours}; an app and its "
+            f"workers must share rq's major version (each keeps jobs in Redis its own way). Upgrade the app "
+            f"(pip install 'rq>={major},<{int(major) + 1}' in {venv}) or install rq-worker-service 0.1 (rq 2.12)"))
 
 
 def worker_name(instance: str, hostname: str | None = None) -> str:
@@ -238,6 +272,11 @@ def load_settings(env: Mapping[str, str], overrides: Mapping[str, Any] | None = 
             values[var.field] = raw
         else:
             values[var.field] = parse_value(var, str(raw), var.flag)
+    if values.get("app_virtualenv"):
+        check_app_rq(values["app_virtualenv"])
+    if redis.cluster and not HASH_TAG_RE.search(values["key_prefix"]):
+        raise ConfigError("RQ_KEY_PREFIX", values["key_prefix"], "a hash tag such as {reports} when REDIS_CLUSTER "
+                          "is on: every key of one prefix must live in one cluster slot")
     name = given.get("name") or worker_name(values["instance"])
     try:
         identifier(name)

@@ -13,8 +13,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
+from redis.crc import key_slot
 
 from .config import RedisTarget
 from .notify import Notifier
@@ -35,10 +37,37 @@ class RedisAuthError(Exception):
     """Redis refused our credentials (or our user may not run what a worker needs)."""
 
 
-def make_connection(target: RedisTarget) -> redis.Redis:
-    """A client for ``target``; timeouts so that no call can hang the main loop for long."""
-    return redis.Redis.from_url(target.url, socket_connect_timeout=CONNECT_TIMEOUT, socket_keepalive=True,
+CLUSTER_MOVED = ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN")
+"""How a cluster node answers for a slot it no longer serves (a failover or a reshard)."""
+
+
+def make_connection(target: RedisTarget, key_prefix: str = "rq") -> redis.Redis:
+    """A client for ``target``; timeouts so that no call can hang the main loop for long.
+
+    For a Redis Cluster (REDIS_CLUSTER) the client connects straight to the primary that holds
+    ``key_prefix``'s hash slot: rq needs a plain client (transactions, scripts, blocking pops over
+    several queue keys), which a cluster serves only for keys of one slot, on that slot's node.
+    """
+    url = _slot_owner_url(target, key_prefix) if target.cluster else target.url
+    return redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT, socket_keepalive=True,
                                 health_check_interval=30)
+
+
+def _slot_owner_url(target: RedisTarget, key_prefix: str) -> str:
+    """``target.url`` with its host and port replaced by those of the primary owning the prefix's slot."""
+    slot = key_slot(key_prefix.encode())
+    with redis.Redis.from_url(target.url, socket_connect_timeout=CONNECT_TIMEOUT,
+                              socket_timeout=CONNECT_TIMEOUT) as seed:
+        slots = seed.cluster("SLOTS")
+    seed_host = urlsplit(target.url).hostname or ""
+    for start, end, primary, *_ in slots:
+        if start <= slot <= end:
+            host = primary[0].decode() if isinstance(primary[0], bytes) else str(primary[0])
+            parts = urlsplit(target.url)
+            login = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+            netloc = f"{login}{host or seed_host}:{primary[1]}"
+            return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+    raise redis.exceptions.ConnectionError(f"no cluster node serves hash slot {slot} (RQ_KEY_PREFIX={key_prefix})")
 
 
 def _auth_error(target: RedisTarget, exc: Exception) -> RedisAuthError:
@@ -67,16 +96,18 @@ def unreachable(target: RedisTarget, exc: Exception) -> str:
     return f"cannot reach Redis at {target.display}: {exc}"
 
 
-def wait_for_redis(connection: redis.Redis, target: RedisTarget, notifier: Notifier, wait: float,
+def wait_for_redis(connect: Callable[[], redis.Redis], target: RedisTarget, notifier: Notifier, wait: float,
                    clock: Callable[[], float] = time.monotonic,
-                   sleep: Callable[[float], None] = time.sleep) -> None:
-    """Return once Redis answers PING; raise RedisUnavailable / RedisAuthError otherwise."""
+                   sleep: Callable[[float], None] = time.sleep) -> redis.Redis:
+    """Return a connection from ``connect`` once it answers PING; raise RedisUnavailable /
+    RedisAuthError otherwise. Each attempt connects anew: in a cluster, the node may change."""
     deadline = clock() + wait
     delay = 1.0
     while True:
         try:
+            connection = connect()
             ping(connection, target)
-            return
+            return connection
         except REDIS_ERRORS as exc:
             left = deadline - clock()
             if left <= 0:

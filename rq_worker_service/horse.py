@@ -36,7 +36,7 @@ def main(argv: list[str]) -> None:
     journal.setup_logging(settings.log_level)
     extend_import_path(settings)  # before unpickling: the classes may be the app's
     worker_class, attributes = pickle.loads(base64.b64decode(os.environ.pop(HORSE_CONFIG_VAR)))
-    connection = make_connection(settings.redis)
+    connection = make_connection(settings.redis, settings.key_prefix)
     if not connection.exists(worker_key):
         sys.exit(1)  # the worker is gone: nobody would record this job's outcome
     name = worker_key[len(worker_class.redis_worker_namespace_prefix):]

@@ -8,18 +8,37 @@ that says what changed, instead of in production. docs/operations.md lists the c
 
 from __future__ import annotations
 
+import rq
+from redis import Redis
 from rq.executions import Execution
 from rq.job import Job
 from rq.worker import Worker
 from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY
 
 __all__ = ["RQ_MAJOR", "HORSE_DIED", "STUCK_IN_INTERMEDIATE", "REDIS_WORKER_KEYS", "WORKERS_BY_QUEUE_KEY",
-           "execution_key", "job_func", "worker_key"]
+           "execution_key", "job_func", "mixed_rq_message", "mixed_rq_workers", "same_rq_major", "worker_key"]
 
 RQ_MAJOR = 3
 """The rq major version this code is written against. Workers and the apps that enqueue must share
 it: rq 3 changed its Redis data model (dependents pass through READY_TO_ENQUEUE, rate limits are
 enforced by workers, workers no longer store ``current_job``)."""
+
+
+def same_rq_major(version: str) -> bool:
+    """Whether a worker that registered with rq ``version`` keeps jobs in Redis as ours does."""
+    return version.split(".")[0] == str(RQ_MAJOR)
+
+
+def mixed_rq_message(worker: str, version: str) -> str:
+    return (f"worker {worker} runs rq {version}, this package rq {rq.__version__}: one Redis with two rq major "
+            "versions mishandles rate limits and dependents; upgrade or stop it")
+
+
+def mixed_rq_workers(connection: Redis, queue_names: list[str]) -> list[str]:
+    """A message for each registered worker on one of these queues that runs another rq major."""
+    return [mixed_rq_message(w.name, w.version) for w in Worker.all(connection=connection)
+            if set(w.queue_names()) & set(queue_names) and not same_rq_major(w.version)]
+
 
 HORSE_DIED = "Work-horse terminated unexpectedly"
 """How rq's ``monitor_work_horse`` starts the failure it records when the horse died without a result."""

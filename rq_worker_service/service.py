@@ -14,11 +14,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import redis
+from rq.defaults import RQ_KEY_PREFIX
 from rq.exceptions import StopRequested
 
 from . import exits, journal
 from .config import ConfigError, Settings, load_settings, virtualenv_site_packages
 from .connection import (
+    CLUSTER_MOVED,
     REDIS_ERRORS,
     RedisAuthError,
     RedisUnavailable,
@@ -30,12 +33,14 @@ from .envfiles import refresh_environment
 from .lifecycle import Phase
 from .notify import Notifier
 from .recovery import WorkerNameInUse, recover_predecessor
+from .rqcompat import mixed_rq_workers
 from .worker import ServiceWorkerMixin
 from .worker_classes import WORKER_CLASSES
 
 log = logging.getLogger("rq_worker_service")
 
 REEXEC_VAR = "RQ_WORKER_SERVICE_REEXEC"
+PREFIX_REEXEC_VAR = "RQ_WORKER_SERVICE_PREFIX_REEXEC"
 
 
 def _fail(notifier: Notifier, message: str, status: int, err: int) -> int:
@@ -79,10 +84,20 @@ def run(overrides: dict, env_files: Sequence[str] = ()) -> int:
     reloaded = os.environ.pop(REEXEC_VAR, None) is not None
     log.info("%s worker %s (%s) for queues %s on Redis %s", "Reloaded" if reloaded else "Starting", settings.name,
              settings.worker_class, ", ".join(settings.queues), settings.redis.display)
-    connection = make_connection(settings.redis)
+    if settings.key_prefix != RQ_KEY_PREFIX:
+        # rq reads its key prefix once, when it is imported; this one came from a file read since.
+        if os.environ.get(PREFIX_REEXEC_VAR):
+            return _fail(notifier, f"configuration error: rq was imported with key prefix {RQ_KEY_PREFIX!r}, not "
+                         f"RQ_KEY_PREFIX={settings.key_prefix!r}", exits.CONFIG, errno.EINVAL)
+        os.environ[PREFIX_REEXEC_VAR] = "1"
+        reexec()
+    os.environ.pop(PREFIX_REEXEC_VAR, None)
     try:
-        wait_for_redis(connection, settings.redis, notifier, settings.redis_startup_wait)
+        connection = wait_for_redis(lambda: make_connection(settings.redis, settings.key_prefix), settings.redis,
+                                    notifier, settings.redis_startup_wait)
         warn_if_not_persistent(connection, settings.redis)
+        for message in mixed_rq_workers(connection, list(settings.queues)):
+            log.warning("%s", message)
         recovered = recover_predecessor(connection, settings, socket.gethostname())
         if recovered:
             log.warning("Recovered %d job(s) from this instance's previous run", len(recovered))
@@ -99,6 +114,12 @@ def run(overrides: dict, env_files: Sequence[str] = ()) -> int:
     except REDIS_ERRORS as exc:
         return _fail(notifier, f"lost Redis at {settings.redis.display}: {exc}; exiting so that systemd restarts "
                      "this instance", exits.UNAVAILABLE, errno.ECONNRESET)
+    except redis.exceptions.ResponseError as exc:
+        if not (settings.redis.cluster and str(exc).startswith(CLUSTER_MOVED)):
+            raise
+        return _fail(notifier, f"the cluster no longer serves RQ_KEY_PREFIX={settings.key_prefix} from this node "
+                     f"({exc}); exiting so that systemd restarts this instance against the slot's new owner",
+                     exits.UNAVAILABLE, errno.ECONNRESET)
 
     if worker.lifecycle.phase is Phase.RELOADING:
         reexec()

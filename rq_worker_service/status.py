@@ -13,13 +13,14 @@ from datetime import datetime
 
 from redis import Redis
 from rq import Queue, Worker
+from rq.defaults import RQ_KEY_PREFIX
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.utils import as_text, utcparse
 from rq.worker import BaseWorker
 
 from .recovery import started_executions
-from .rqcompat import job_func
+from .rqcompat import job_func, mixed_rq_message, same_rq_major
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 LEVELS = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
@@ -55,6 +56,7 @@ class WorkerInfo:
     stale: bool
     successful_jobs: int
     failed_jobs: int
+    rq_version: str
 
 
 @dataclass
@@ -72,6 +74,7 @@ class Report:
     queues: list[QueueInfo]
     workers: list[WorkerInfo]
     abandoned: list[AbandonedJob]
+    key_prefix: str = RQ_KEY_PREFIX
     level: int = OK
     problems: list[str] = field(default_factory=list)
 
@@ -169,7 +172,7 @@ def _worker_info(connection: Redis, worker: BaseWorker, now: datetime) -> Worker
         job_func=job_func(job) if job_id else None,
         job_running_for=_age(now, job.started_at) if job is not None else None,
         heartbeat_age=heartbeat_age, stale=stale,
-        successful_jobs=worker.successful_job_count, failed_jobs=worker.failed_job_count)
+        successful_jobs=worker.successful_job_count, failed_jobs=worker.failed_job_count, rq_version=worker.version)
 
 
 def _abandoned(connection: Redis, queue: Queue, live: set[str], now: datetime) -> list[AbandonedJob]:
@@ -229,6 +232,9 @@ def evaluate(report: Report, *, max_queued: Threshold | None = None, max_age: Th
     for w in report.workers:
         if w.stale:
             check(WARNING, f"worker {w.name} is stale (heartbeat {w.heartbeat_age:.0f}s ago)")
+    for w in alive:
+        if not same_rq_major(w.rq_version):
+            check(WARNING, mixed_rq_message(w.name, w.rq_version))
     if report.abandoned:
         check(WARNING, f"{len(report.abandoned)} abandoned started jobs")
     if queued and not alive:
@@ -259,7 +265,8 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def render_text(report: Report) -> str:
-    lines = [report.verdict, f"Redis {report.redis}", ""]
+    redis = f"Redis {report.redis}" + (f", key prefix {report.key_prefix}" if report.key_prefix != "rq" else "")
+    lines = [report.verdict, redis, ""]
     lines += _table(["QUEUE", "QUEUED", "OLDEST", "STARTED", "SCHEDULED", "DEFERRED", "FAILED", "FINISHED"],
                     [[q.name, str(q.queued), _dur(q.oldest_age), str(q.started), str(q.scheduled), str(q.deferred),
                       str(q.failed), str(q.finished)] for q in report.queues])
@@ -273,6 +280,14 @@ def render_text(report: Report) -> str:
         lines += _table(["JOB", "QUEUE", "FUNCTION", "WORKER", "SINCE"],
                         [[a.job_id, a.queue, a.func, a.worker, _dur(a.since) + " ago"] for a in report.abandoned])
     return "\n".join(lines) + "\n"
+
+
+def report_from_dict(data: dict) -> Report:
+    """A report read back from ``render_json`` (``status`` runs one process per key prefix)."""
+    return Report(redis=data["redis"], queues=[QueueInfo(**q) for q in data["queues"]],
+                  workers=[WorkerInfo(**w) for w in data["workers"]],
+                  abandoned=[AbandonedJob(**a) for a in data["abandoned"]], key_prefix=data["key_prefix"],
+                  level=next(k for k, v in LEVELS.items() if v == data["status"]), problems=data["problems"])
 
 
 def render_json(report: Report) -> str:

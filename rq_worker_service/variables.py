@@ -105,6 +105,17 @@ def identifier(raw: str) -> str:
     return raw
 
 
+_KEY_PREFIX_RE = re.compile(r"[A-Za-z0-9_.:{}-]+")  # what rq 3 itself accepts (rq.defaults)
+HASH_TAG_RE = re.compile(r"\{[^{}]+\}")
+"""A Redis Cluster hash tag: only the text between the first ``{`` and ``}`` decides the slot."""
+
+
+def key_prefix(raw: str) -> str:
+    if not _KEY_PREFIX_RE.fullmatch(raw):
+        raise Invalid("letters, digits and _ . : - { } only (rq splices the prefix into scripts), e.g. {reports}")
+    return raw
+
+
 def directories(raw: str) -> tuple[str, ...]:
     paths = tuple(p for p in raw.split(":") if p)
     for p in paths:
@@ -197,6 +208,13 @@ VARIABLES: tuple[Variable, ...] = (
              "REDIS_PASSWORD_FILE or the credential redis-password (LoadCredential=), which take precedence "
              "in that order.", secret=True),
     Variable("REDIS_PASSWORD_FILE", "File whose first line is the Redis password."),
+    Variable("REDIS_CLUSTER", "REDIS_URL names one node of a Redis Cluster: each process connects to the primary "
+             "that holds RQ_KEY_PREFIX's hash slot (RQ_KEY_PREFIX must then be a hash tag such as {reports}).",
+             boolean, default=False),
+    Variable("RQ_KEY_PREFIX", "Prefix of every key rq keeps in Redis. A hash tag such as {reports} puts all of "
+             "them in one cluster slot; set it per instance (worker-<instance>.env) to spread groups of queues "
+             "over a cluster's shards. Apps that enqueue must use the same prefix.", key_prefix, default="rq",
+             field="key_prefix"),
     Variable("RQ_QUEUES", "Queues to work on, comma-separated, highest priority first.", queue_list,
              default=("default",), field="queues", flag="--queues", short="-q", metavar="Q1,Q2",
              example="default", active=True),

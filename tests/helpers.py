@@ -47,6 +47,7 @@ class RedisServer:
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="rqws-redis-")
         self.proc: subprocess.Popen | None = None
+        self.extra_args: list[str] = []
 
     @property
     def url(self) -> str:
@@ -58,6 +59,7 @@ class RedisServer:
                 "--dir", self.dir, "--logfile", ""]
         if self.password:
             args += ["--requirepass", self.password]
+        args += self.extra_args
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = self.client()
         wait_until(lambda: _pings(client), 10, what="redis-server to answer")
@@ -75,6 +77,55 @@ class RedisServer:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+class RedisCluster:
+    """Throwaway Redis Cluster: ``size`` primaries on loopback (Debian's redis-server), no replicas."""
+
+    def __init__(self, size: int = 3) -> None:
+        self.nodes: list[RedisServer] = []
+        self.size = size
+
+    def start(self) -> RedisCluster:
+        import random
+
+        while len(self.nodes) < self.size:
+            port = random.randrange(20000, 40000)  # the cluster bus takes port + 10000
+            if not (_port_free(port) and _port_free(port + 10000)):
+                continue
+            node = RedisServer()
+            node.port = port
+            node.extra_args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                               "--cluster-node-timeout", "2000"]
+            self.nodes.append(node.start())
+        subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                        "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
+        wait_until(lambda: all(n.client().cluster("INFO").get("cluster_state") == "ok"
+                               for n in self.nodes), 30, what="the cluster to be ok")
+        return self
+
+    def owner(self, key: str) -> RedisServer:
+        """The node whose primary holds ``key``'s slot."""
+        from redis.crc import key_slot
+
+        slot = key_slot(key.encode())
+        for start, end, primary, *_ in self.nodes[0].client().cluster("SLOTS"):
+            if start <= slot <= end:
+                return next(n for n in self.nodes if n.port == primary[1])
+        raise AssertionError(f"no node serves slot {slot}")
+
+    def cleanup(self) -> None:
+        for node in self.nodes:
+            node.cleanup()
 
 
 def _pings(client: redis.Redis) -> bool:

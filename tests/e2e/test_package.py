@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 from conftest import PASSWORD, build_deb, ctl, install, jobs, reset, systemctl, wait_for
 
-UPGRADE_VERSION = "0.1.0+e2e1"
+from rq_worker_service import __version__
+
+UPGRADE_VERSION = f"{__version__}+e2e1"
+"""A newer build of this very version, for the upgrade test."""
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,20 @@ import logging
 import time
 
 from rq import get_current_job
+from rq.defaults import RQ_KEY_PREFIX
 
 log = logging.getLogger("testjobs")
 
 
+def counter_key(job_id: str) -> str:
+    """``executions:<id>``; under a cluster hash-tag prefix, inside that prefix's slot (as any key a
+    job keeps on its connection must be: that node serves no other slot)."""
+    return f"executions:{job_id}" if RQ_KEY_PREFIX == "rq" else f"{RQ_KEY_PREFIX}:test-executions:{job_id}"
+
+
 def _count() -> int:
     job = get_current_job()
-    return int(job.connection.incr(f"executions:{job.id}"))
+    return int(job.connection.incr(counter_key(job.id)))
 
 
 def sleep_job(seconds: float, tag: str = "") -> str:

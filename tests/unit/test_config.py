@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import socket
 import sys
@@ -209,3 +210,21 @@ def test_credentials_directory_that_systemd_did_not_set_up_is_an_error(tmp_path)
         load(CREDENTIALS_DIRECTORY=missing, REDIS_PASSWORD="fallback")
     missing.mkdir(parents=True)  # present but without our credential (the unit loads others): fall back
     assert load(CREDENTIALS_DIRECTORY=missing, REDIS_PASSWORD="fallback").redis.password == "fallback"
+
+
+def _venv_with_rq(root, version: str):
+    site = root / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    info = site / f"rq-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: rq\nVersion: {version}\n")
+    return root
+
+
+def test_an_app_virtualenv_on_another_rq_major_is_refused_naming_both_versions(tmp_path):
+    ours = importlib.metadata.version("rq")
+    other = f"{int(ours.split('.')[0]) - 1}.12.0"
+    with pytest.raises(ConfigError) as info:
+        load(RQ_APP_VIRTUALENV=_venv_with_rq(tmp_path / "old", other))
+    message = str(info.value)
+    assert f"rq {other}" in message and f"rq {ours}" in message and "\n" not in message
+    assert load(RQ_APP_VIRTUALENV=_venv_with_rq(tmp_path / "same", ours.split(".")[0] + ".9.9")).app_virtualenv

@@ -42,14 +42,14 @@ TARGET = load_settings({"REDIS_URL": "redis://:topsecret@db:6379/0"}).redis
 def test_waits_with_capped_backoff_until_redis_answers():
     clock = FakeClock()
     conn = Flaky(6, redis.exceptions.ConnectionError("refused"))
-    wait_for_redis(conn, TARGET, Notifier(), 60, clock=clock, sleep=clock.sleep)
+    wait_for_redis(lambda: conn, TARGET, Notifier(), 60, clock=clock, sleep=clock.sleep)
     assert clock.sleeps == [1, 2, 4, 8, 10, 10]
 
 
 def test_gives_up_after_the_window_with_masked_url():
     clock = FakeClock()
     with pytest.raises(RedisUnavailable) as info:
-        wait_for_redis(Flaky(99, redis.exceptions.ConnectionError("refused")), TARGET, Notifier(), 5,
+        wait_for_redis(lambda: Flaky(99, redis.exceptions.ConnectionError("refused")), TARGET, Notifier(), 5,
                        clock=clock, sleep=clock.sleep)
     assert clock.now == pytest.approx(5)
     assert "redis://:***@db:6379/0" in str(info.value)
@@ -63,7 +63,7 @@ def test_gives_up_after_the_window_with_masked_url():
 def test_wrong_credentials_fail_at_once(exc):
     clock = FakeClock()
     with pytest.raises(RedisAuthError, match="REDIS_PASSWORD"):
-        wait_for_redis(Flaky(1, exc), TARGET, Notifier(), 60, clock=clock, sleep=clock.sleep)
+        wait_for_redis(lambda: Flaky(1, exc), TARGET, Notifier(), 60, clock=clock, sleep=clock.sleep)
     assert clock.sleeps == []
 
 

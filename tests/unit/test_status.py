@@ -10,6 +10,7 @@ from rq import Queue, Worker
 from rq.utils import now, utcformat
 from testjobs import failing_job, quick_job
 
+from rq_worker_service.rqcompat import mixed_rq_workers
 from rq_worker_service.status import (
     CRITICAL,
     OK,
@@ -103,6 +104,21 @@ def test_thresholds_and_levels(conn):
 def test_queued_jobs_without_any_worker_are_critical(conn):
     Queue("default", connection=conn).enqueue(quick_job, 1)
     assert evaluate(collect(conn, "r")).level == CRITICAL
+
+
+def test_a_live_worker_on_another_rq_major_is_a_warning(conn):
+    """A stock rq 2 worker left on the same Redis (a half-done migration) is named, not silent."""
+    q = Queue("default", connection=conn)
+    live_worker(conn, "h.rq-worker@1", q)
+    old = live_worker(conn, "legacy-rq2", q)
+    assert evaluate(collect(conn, "r")).level == OK
+    conn.hset(old.key, "version", "2.12.0")
+    report = evaluate(collect(conn, "r"))
+    assert report.level == WARNING
+    assert "worker legacy-rq2 runs rq 2.12.0" in report.verdict
+    assert {w.name: w.rq_version for w in report.workers}["legacy-rq2"] == "2.12.0"
+    assert mixed_rq_workers(conn, ["default"]) == [report.problems[0]]  # what a starting worker logs
+    assert mixed_rq_workers(conn, ["other"]) == []
 
 
 def test_threshold_parse():
