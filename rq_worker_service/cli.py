@@ -99,7 +99,8 @@ def _add_status(sub: argparse._SubParsersAction) -> None:
                    help="seconds since any worker's last heartbeat")
     p.add_argument("--key-prefix", metavar="PREFIX",
                    help="only this RQ_KEY_PREFIX (default: RQ_KEY_PREFIX and every one set in the "
-                        "<env file>-<instance>.env files beside --env-file, each shown in its own section)")
+                        "<env file>-<instance>.env files beside --env-file, each in its own section; "
+                        "--prometheus: RQ_KEY_PREFIX only)")
 
 
 def _add_jobs(sub: argparse._SubParsersAction) -> None:

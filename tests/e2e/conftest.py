@@ -58,8 +58,12 @@ def rootfs(release) -> Path:
 
 
 def install(box: Sandbox, deb: Path) -> None:
+    """``apt-get install ./<deb>`` unattended. An edited worker.env is kept when a newer package ships a
+    changed template (new variables), as unattended-upgrades does; the template lands beside it as
+    worker.env.dpkg-dist. Without these options apt would ask, and fail without a terminal."""
     box.copy_in(deb, f"/root/{deb.name}")
-    box.run(["apt-get", "install", "-y", f"/root/{deb.name}"], timeout=300)
+    box.run(["apt-get", "install", "-y", "-o", "Dpkg::Options::=--force-confdef", "-o",
+             "Dpkg::Options::=--force-confold", f"/root/{deb.name}"], timeout=300)
 
 
 def provision(sandbox: Sandbox, deb: Path) -> None:

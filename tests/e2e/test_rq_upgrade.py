@@ -72,6 +72,10 @@ def test_jobs_left_under_the_rq2_package_run_after_upgrading_to_rq3(rootfs, rq2_
         install(box, deb)  # apt-get install ./rq-worker-service_0.2.0…deb while @1 runs a job
 
         assert bundled_rq(box).startswith("3."), "the new package must bundle rq 3"
+        kept = box.run(["cat", "/etc/rq-worker/worker.env"]).stdout
+        assert "REDIS_PASSWORD=" in kept, "the operator's worker.env must be kept"
+        template = box.run(["cat", "/etc/rq-worker/worker.env.dpkg-dist"]).stdout
+        assert "RQ_KEY_PREFIX" in template, "the new template, with rq 3's variables, lands beside it"
         assert box.show("rq-worker@1", "ActiveState")["ActiveState"] == "active"
         running = jobs(box, ["old-running"])["old-running"]
         assert running["status"] == "finished" and running["executions"] == 1, running

@@ -159,3 +159,5 @@ def test_rq_version_is_within_the_pin():
     pyproject = (Path(__file__).parents[2] / "pyproject.toml").read_text()
     assert f'"rq>={rqcompat.RQ_MAJOR}.' in pyproject and f',<{rqcompat.RQ_MAJOR + 1}"' in pyproject, (
         "pyproject.toml's rq pin and rqcompat.RQ_MAJOR disagree")
+    bundled = (Path(__file__).parents[2] / "packaging" / "requirements.txt").read_text()
+    assert f"\nrq=={rqcompat.RQ_MAJOR}." in bundled, "packaging/requirements.txt bundles another rq major"
