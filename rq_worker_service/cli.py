@@ -316,6 +316,24 @@ def _cleanup(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    raw_prefix = os.environ.get("RQ_KEY_PREFIX", "").strip()
+    if raw_prefix:  # rq itself rejects a bad prefix when imported, with a traceback: say it in one line first
+        import errno
+        import logging
+
+        from . import journal
+        from .config import ConfigError, parse_value
+        from .notify import Notifier
+        from .variables import BY_NAME
+
+        try:
+            parse_value(BY_NAME["RQ_KEY_PREFIX"], raw_prefix)
+        except ConfigError as exc:
+            journal.setup_logging("INFO")
+            message = f"configuration error: {exc}"
+            logging.getLogger("rq_worker_service").error("%s", message)
+            Notifier().error(message, errno.EINVAL)
+            return exits.CONFIG
     from .service import run
 
     queues = [*args.queue_args, *([args.queues] if args.queues else [])]

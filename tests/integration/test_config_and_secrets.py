@@ -20,6 +20,7 @@ SECRET = "Tr0ub4dor-s3cret"
     ({"RQ_APP_PATH": "/no/such/dir"}, "RQ_APP_PATH='/no/such/dir' is invalid"),
     ({"REDIS_URL": f"http://:{SECRET}@h:1/0"}, "REDIS_URL='http://:***@h:1/0' is invalid"),
     ({"RQ_JOB_RETRY_MAX": "many"}, "RQ_JOB_RETRY_MAX='many' is invalid"),
+    ({"RQ_KEY_PREFIX": "app%s"}, "RQ_KEY_PREFIX='app%s' is invalid"),  # rq's import would raise first
 ])
 def test_bad_config_exits_78_with_one_line(start_worker, notify, env, fragment):
     worker = start_worker("1", notify=notify, env=env)
@@ -75,3 +76,12 @@ def test_job_log_lines_carry_the_job_id(start_worker, notify, rconn):
     worker.wait(10)
     lines = [line for line in worker.output().splitlines() if "sleep_job tagged starting" in line]
     assert lines and lines[0].endswith("[job log-job]")
+
+
+def test_a_key_prefix_from_the_working_directorys_env_file_applies(start_worker, notify, rconn, tmp_path):
+    """rq reads RQ_KEY_PREFIX when imported, before ``run`` reads .env: run re-executes itself once."""
+    (tmp_path / ".env").write_text("RQ_KEY_PREFIX=myapp\n")
+    worker = start_worker("1", notify=notify)
+    notify.wait_for("READY=1")
+    assert rconn.exists("myapp:worker:" + worker.output().split("Ready: worker ")[1].split()[0])
+    assert not rconn.keys("rq:*")

@@ -228,3 +228,22 @@ def test_an_app_virtualenv_on_another_rq_major_is_refused_naming_both_versions(t
     message = str(info.value)
     assert f"rq {other}" in message and f"rq {ours}" in message and "\n" not in message
     assert load(RQ_APP_VIRTUALENV=_venv_with_rq(tmp_path / "same", ours.split(".")[0] + ".9.9")).app_virtualenv
+
+
+@pytest.mark.parametrize("env, named", [
+    ({"RQ_KEY_PREFIX": "app%s"}, "RQ_KEY_PREFIX='app%s' is invalid"),
+    ({"REDIS_CLUSTER": "yes"}, "RQ_KEY_PREFIX='rq' is invalid: expected a hash tag such as {reports}"),
+    ({"REDIS_CLUSTER": "yes", "RQ_KEY_PREFIX": "reports"}, "RQ_KEY_PREFIX='reports' is invalid"),
+    ({"REDIS_CLUSTER": "yes", "RQ_KEY_PREFIX": "{r}", "REDIS_URL": "unix:///run/redis.sock"}, "REDIS_CLUSTER"),
+    ({"REDIS_CLUSTER": "maybe"}, "REDIS_CLUSTER='maybe' is invalid"),
+])
+def test_cluster_and_key_prefix_mistakes_are_one_line(env, named):
+    with pytest.raises(ConfigError) as info:
+        load(**env)
+    assert named in str(info.value) and "\n" not in str(info.value)
+
+
+def test_cluster_settings():
+    s = load(REDIS_CLUSTER="yes", RQ_KEY_PREFIX="{reports}", REDIS_URL="redis://:pw@node1:7000/0")
+    assert s.redis.cluster and s.key_prefix == "{reports}"
+    assert load().key_prefix == "rq" and not load().redis.cluster

@@ -6,7 +6,13 @@ import pytest
 import redis
 
 from rq_worker_service.config import load_settings
-from rq_worker_service.connection import RedisAuthError, RedisUnavailable, wait_for_redis, warn_if_not_persistent
+from rq_worker_service.connection import (
+    RedisAuthError,
+    RedisUnavailable,
+    make_connection,
+    wait_for_redis,
+    warn_if_not_persistent,
+)
 from rq_worker_service.notify import Notifier
 
 
@@ -104,3 +110,31 @@ def test_outage_is_logged_once_each_way_and_shown_with_its_length(caplog):
     assert sum("is unreachable" in m for m in messages) == 1
     assert sum("reachable again" in m for m in messages) == 1
     assert not any("topsecret" in m for m in messages)
+
+
+class FakeSeed:
+    """A cluster node answering CLUSTER SLOTS as redis-py parses it for a plain client."""
+
+    def __init__(self, url, **kwargs):
+        self.url = url
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def cluster(self, command):
+        assert command == "SLOTS"
+        return [[0, 5460, [b"10.0.0.1", 7001, b"id1", {}]], [5461, 10922, [b"", 7002, b"id2", {}]],
+                [10923, 16383, [b"10.0.0.3", 7003, b"id3", {}]]]
+
+
+@pytest.mark.parametrize("prefix, address", [("{g0}", "node1:7002"), ("{g1}", "10.0.0.3:7003"),
+                                             ("{g2}", "10.0.0.1:7001")])  # slots 9454, 13519, 1196
+def test_cluster_connects_to_the_primary_of_the_prefixs_slot(monkeypatch, prefix, address):
+    """Credentials, scheme and database kept; an empty host in CLUSTER SLOTS means the seed's."""
+    monkeypatch.setattr(redis.Redis, "from_url", FakeSeed)
+    target = load_settings({"REDIS_URL": "rediss://u:s3cret@node1:7000/0", "REDIS_CLUSTER": "yes",
+                            "RQ_KEY_PREFIX": prefix}).redis
+    assert make_connection(target, prefix).url == f"rediss://u:s3cret@{address}/0"

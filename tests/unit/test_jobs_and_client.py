@@ -7,6 +7,7 @@ from rq.job import Job, JobStatus
 from testjobs import failing_job, quick_job
 
 from rq_worker_service.client import enqueue
+from rq_worker_service.config import ConfigError
 from rq_worker_service.jobs import JobsError, cleanup, describe, render_job, requeue
 
 
@@ -91,3 +92,9 @@ def test_enqueue_with_pending_id_returns_the_existing_job(conn):
     Queue("report_analysis", connection=conn).remove(job)
     fresh = enqueue(quick_job, 3, job_id="report_analysis_7", queue="report_analysis", connection=conn, env={})
     assert fresh.args == (3,) and fresh.get_status() == JobStatus.QUEUED
+
+
+def test_enqueue_refuses_a_key_prefix_rq_was_not_imported_with(conn):
+    """rq reads RQ_KEY_PREFIX once, at import: a prefix set later would enqueue where no worker looks."""
+    with pytest.raises(ConfigError, match="before the app imports rq"):
+        enqueue(quick_job, 1, connection=conn, env={"RQ_KEY_PREFIX": "{reports}"})
