@@ -57,6 +57,11 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--env-file", action="append", default=[], metavar="PATH",
                    help="environment file to (re)apply at start and on every reload; the unit passes its "
                         "EnvironmentFile= paths (default: none)")
+    p.add_argument("--check", action="store_true",
+                   help="only read and validate the configuration as run would (files, flags, the app's "
+                        "virtualenv), print one line and exit 0, or 78 with the error; connects to nothing. "
+                        "The unit's ExecReload= runs it first, so an invalid file fails the reload and the "
+                        "worker keeps running (default: off)")
 
 
 def _connection_options(p: argparse.ArgumentParser) -> None:
@@ -339,7 +344,7 @@ def _run(args: argparse.Namespace) -> int:
     queues = [*args.queue_args, *([args.queues] if args.queues else [])]
     overrides = {var.field: getattr(args, var.field) for var in VARIABLES if var.flag and var.field}
     overrides.update(queues=",".join(queues) or None, url=args.url, name=args.name)
-    return run(overrides, env_files=args.env_file)
+    return run(overrides, env_files=args.env_file, check_only=args.check)
 
 
 COMMANDS = {"run": _run, "status": _status, "job": _job, "requeue": _requeue, "cleanup": _cleanup}

@@ -21,6 +21,8 @@ from pathlib import Path
 
 from dotenv import dotenv_values
 
+from .config import ConfigError
+
 KEYS_VAR = "RQ_WORKER_SERVICE_FILE_KEYS"
 
 
@@ -32,9 +34,16 @@ def merge(env: MutableMapping[str, str], files: Iterable[Path], *, replace: bool
     """
     applied: set[str] = set()
     for path in files:
-        if not path.is_file():
-            continue
-        for key, value in dotenv_values(path).items():
+        try:
+            with path.open(encoding="utf-8") as f:
+                values = dotenv_values(stream=f)
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # an optional file, as systemd's EnvironmentFile=-…
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
+            raise ConfigError(str(path), None, f"cannot read it ({reason}); make it readable by the service's user "
+                              "(e.g. SupplementaryGroups= with the file's group) or remove it") from None
+        for key, value in values.items():
             if value is not None and (replace or key not in env):
                 env[key] = value
                 applied.add(key)

@@ -66,15 +66,28 @@ def build_worker(settings: Settings, connection, notifier: Notifier) -> ServiceW
                default_result_ttl=settings.result_ttl, settings=settings, notifier=notifier)
 
 
-def run(overrides: dict, env_files: Sequence[str] = ()) -> int:
-    """Run one worker until it is stopped; returns the process exit status."""
+def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False) -> int:
+    """Run one worker until it is stopped; returns the process exit status.
+
+    ``check_only``: validate the configuration as a start would, and return (``run --check``, the
+    unit's ``ExecReload=`` guard: a reload with an invalid file then fails and changes nothing).
+    """
     journal.setup_logging("INFO")
     notifier = Notifier()
-    refresh_environment(env_files, Path.cwd() / ".env")
     try:
+        refresh_environment(env_files, Path.cwd() / ".env")
         settings = load_settings(os.environ, overrides)
     except ConfigError as exc:
+        if check_only:  # the running worker is not this process: no STATUS=/ERRNO= on its behalf
+            log.error("configuration error: %s", exc)
+            return exits.CONFIG
         return _fail(notifier, f"configuration error: {exc}", exits.CONFIG, errno.EINVAL)
+    if check_only:
+        for warning in settings.warnings:
+            log.warning("%s", warning)
+        log.info("Configuration OK: worker %s (%s) for queues %s on Redis %s", settings.name, settings.worker_class,
+                 ", ".join(settings.queues), settings.redis.display)
+        return exits.OK
     journal.setup_logging(settings.log_level)
     journal.set_worker(settings.name)
     for warning in settings.warnings:

@@ -275,3 +275,42 @@ def test_password_from_a_systemd_credential_wins(box):
         wait_status(box, "cred-job", "finished", 15)
     finally:
         box.run(["rm", "-f", "/etc/rq-worker/worker-1.env", "/etc/rq-worker/redis-password"])
+
+
+def test_a_reload_with_an_invalid_file_fails_and_leaves_the_worker_running(box):
+    reset(box)
+    box.write("/etc/rq-worker/worker-1.env", "RQ_QUEUES=default\n")
+    try:
+        systemctl(box, "start", "rq-worker@1")
+        pid = main_pid(box, "rq-worker@1")
+        box.write("/etc/rq-worker/worker-1.env", "RQ_QUEUES=default\nRQ_SHUTDOWN_TIMEOUT=soon\n")
+        result = systemctl(box, "reload", "rq-worker@1", check=False)
+        assert result.returncode != 0, "systemctl must report the refused reload"
+        assert box.show("rq-worker@1", "ActiveState")["ActiveState"] == "active"
+        assert main_pid(box, "rq-worker@1") == pid
+        errors = box.run(["journalctl", "-u", "rq-worker@1", "-p", "err", "-o", "cat", "--no-pager"]).stdout
+        assert "RQ_SHUTDOWN_TIMEOUT='soon' is invalid" in errors, errors
+        ctl(box, "enqueue", "quick_job", "3", "--id", "after-bad-reload")
+        wait_status(box, "after-bad-reload", "finished", 15)
+        box.write("/etc/rq-worker/worker-1.env", "RQ_QUEUES=default\nRQ_SHUTDOWN_TIMEOUT=30\n")
+        systemctl(box, "reload", "rq-worker@1")  # fixed: the reload goes through
+        assert main_pid(box, "rq-worker@1") == pid
+    finally:
+        box.run(["rm", "-f", "/etc/rq-worker/worker-1.env"])
+
+
+def test_an_unreadable_dotenv_is_one_error_line_and_no_restart_loop(box):
+    reset(box)
+    box.write("/var/lib/rq-worker/.env", "RQ_QUEUES=default\n", mode=0o600)  # root's: rq-worker may not read it
+    since = "@" + box.run(["date", "+%s"]).stdout.strip()
+    try:
+        systemctl(box, "start", "rq-worker@1", check=False)
+        wait_for(lambda: box.show("rq-worker@1", "ActiveState")["ActiveState"] == "failed", 15, "the unit to fail")
+        assert box.show("rq-worker@1", "ExecMainStatus")["ExecMainStatus"] == "78"
+        assert box.show("rq-worker@1", "NRestarts")["NRestarts"] == "0"
+        log = ["journalctl", "-u", "rq-worker@1", "--since", since, "-o", "cat", "--no-pager"]
+        errors = box.run([*log, "-p", "err"]).stdout
+        assert "/var/lib/rq-worker/.env: cannot read it (Permission denied)" in errors, errors
+        assert "Traceback" not in box.run(log).stdout
+    finally:
+        box.run(["rm", "-f", "/var/lib/rq-worker/.env"])

@@ -1,3 +1,6 @@
+import pytest
+
+from rq_worker_service.config import ConfigError
 from rq_worker_service.envfiles import KEYS_VAR, refresh_environment
 
 
@@ -21,3 +24,15 @@ def test_files_override_dotenv_does_not_and_removed_keys_disappear(tmp_path):
     assert "REDIS_URL" not in env
     assert "APP_SETTING" not in env
     assert env["HOME"] == "/root"
+
+
+@pytest.mark.parametrize("make", [
+    lambda p: p.mkdir(),  # a directory where the file should be
+    lambda p: p.write_bytes(b"RQ_QUEUES=\xff\xfe\n"),  # not UTF-8 text
+])
+def test_a_file_that_cannot_be_read_is_a_one_line_config_error(tmp_path, make):
+    dotenv = tmp_path / ".env"
+    make(dotenv)
+    with pytest.raises(ConfigError) as info:
+        refresh_environment([], dotenv, {})
+    assert str(info.value).startswith(f"{dotenv}: cannot read it") and "\n" not in str(info.value)
