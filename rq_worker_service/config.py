@@ -9,6 +9,7 @@ Which variables exist, their defaults and parsers are declared once, in ``variab
 
 from __future__ import annotations
 
+import difflib
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from .variables import (
     BY_NAME,
     DEFAULT_REDIS_URL,
     HASH_TAG_RE,
+    INTERNAL_PREFIX,
+    NOT_CONFIGURATION,
     VARIABLES,
     Invalid,
     Variable,
@@ -228,6 +231,22 @@ def virtualenv_site_packages(venv: str) -> Path:
         raise ConfigError("RQ_APP_VIRTUALENV", venv, str(exc)) from None
 
 
+def unknown_variables(env: Mapping[str, str]) -> list[str]:
+    """One warning for ``RQ_*`` names we do not know (a typo is otherwise silently ignored), each
+    with the closest known name. ``REDIS_*`` names only when close to one of ours: apps keep their
+    own (``REDIS_CACHE_URL``) in the same ``.env``."""
+    found = []
+    for key in sorted(env):
+        if key in BY_NAME or key in NOT_CONFIGURATION or key.startswith(INTERNAL_PREFIX):
+            continue
+        if not key.startswith(("RQ_", "REDIS_")):
+            continue
+        close = difflib.get_close_matches(key, list(BY_NAME), n=1, cutoff=0.8)
+        if key.startswith("RQ_") or close:
+            found.append(key + (f" (did you mean {close[0]}?)" if close else ""))
+    return [f"unknown variables, ignored: {', '.join(found)}"] if found else []
+
+
 def check_app_rq(venv: str) -> None:
     """Refuse an app virtualenv whose rq is of another major version than the one we run.
 
@@ -277,6 +296,7 @@ def load_settings(env: Mapping[str, str], overrides: Mapping[str, Any] | None = 
     if redis.cluster and not HASH_TAG_RE.search(values["key_prefix"]):
         raise ConfigError("RQ_KEY_PREFIX", values["key_prefix"], "a hash tag such as {reports} when REDIS_CLUSTER "
                           "is on: every key of one prefix must live in one cluster slot")
+    warnings += unknown_variables(env)
     name = given.get("name") or worker_name(values["instance"])
     try:
         identifier(name)

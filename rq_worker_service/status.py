@@ -237,6 +237,11 @@ def evaluate(report: Report, *, max_queued: Threshold | None = None, max_age: Th
             check(WARNING, mixed_rq_message(w.name, w.rq_version))
     if report.abandoned:
         check(WARNING, f"{len(report.abandoned)} abandoned started jobs")
+    listened = {name for w in alive for name in w.queues}
+    for q in report.queues:
+        if q.queued and alive and q.name not in listened:
+            check(WARNING, f"{q.queued} jobs queued in {q.name}, which no live worker listens to (workers listen "
+                           f"to: {', '.join(sorted(listened))}); check RQ_QUEUES")
     if queued and not alive:
         check(CRITICAL, f"{queued} jobs queued and no live worker")
     report.level = max((level for level, _ in findings), default=OK)
@@ -271,8 +276,9 @@ def render_text(report: Report) -> str:
                     [[q.name, str(q.queued), _dur(q.oldest_age), str(q.started), str(q.scheduled), str(q.deferred),
                       str(q.failed), str(q.finished)] for q in report.queues])
     lines.append("")
-    lines += _table(["WORKER", "HOST", "UNIT", "PID", "STATE", "JOB", "RUNNING", "HEARTBEAT"],
-                    [[w.name, w.host, w.unit or "-", str(w.pid or "-"), "stale" if w.stale else w.state,
+    lines += _table(["WORKER", "HOST", "UNIT", "PID", "QUEUES", "STATE", "JOB", "RUNNING", "HEARTBEAT"],
+                    [[w.name, w.host, w.unit or "-", str(w.pid or "-"), ",".join(w.queues),
+                      "stale" if w.stale else w.state,
                       f"{w.job_id} ({w.job_func})" if w.job_id else "-", _dur(w.job_running_for),
                       _dur(w.heartbeat_age) + " ago"] for w in report.workers])
     if report.abandoned:

@@ -170,8 +170,6 @@ class Variable:
     short: str | None = None
     metavar: str | None = None
     example: str = ""
-    active: bool = False
-    """Written uncommented (with ``example`` as its value) in the shipped worker.env."""
     secret: bool = False
     """Its value is never shown, not even in an error message."""
 
@@ -190,6 +188,11 @@ class Variable:
         return str(self.default)
 
 
+NOT_CONFIGURATION = frozenset({"RQ_WORKER_ID", "RQ_JOB_ID", "RQ_EXECUTION_ID"})
+"""Set by rq itself for a spawned work horse: not variables of ours, and not typos."""
+INTERNAL_PREFIX = "RQ_WORKER_SERVICE_"
+"""Variables this package sets for its own processes (re-exec markers, the spawn horse's config)."""
+
 WORKER_CLASSES = ("fork", "simple", "spawn")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
@@ -197,8 +200,7 @@ DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 VARIABLES: tuple[Variable, ...] = (
     Variable("REDIS_URL", "Redis to take jobs from: redis://[user[:password]@]host[:port][/db], rediss:// (TLS) "
              "or unix:///path/to/redis.sock?db=N. Takes precedence over the REDIS_HOST/PORT/DB form.",
-             default=DEFAULT_REDIS_URL, flag="--url", short="-u", metavar="URL", example=DEFAULT_REDIS_URL,
-             active=True),
+             default=DEFAULT_REDIS_URL, flag="--url", short="-u", metavar="URL", example=DEFAULT_REDIS_URL),
     Variable("REDIS_HOST", "Split form used by many apps' .env: host name or address.", host, default="localhost"),
     Variable("REDIS_PORT", "Split form: TCP port.", whole(1, "a TCP port number from 1 to 65535", maximum=65535),
              default=6379),
@@ -217,7 +219,7 @@ VARIABLES: tuple[Variable, ...] = (
              field="key_prefix"),
     Variable("RQ_QUEUES", "Queues to work on, comma-separated, highest priority first.", queue_list,
              default=("default",), field="queues", flag="--queues", short="-q", metavar="Q1,Q2",
-             example="default", active=True),
+             example="default"),
     Variable("RQ_WORKER_INSTANCE", "Instance name; the unit passes its %i as --instance. The worker is named "
              "<hostname>.rq-worker@<instance>.", identifier, default="default", field="instance",
              flag="--instance", short="-i", metavar="NAME"),
@@ -264,7 +266,11 @@ BY_NAME = {var.name: var for var in VARIABLES}
 
 
 def env_file_text() -> str:
-    """The commented ``/etc/rq-worker/worker.env`` shipped as a conffile."""
+    """The ``/etc/rq-worker/worker.env`` shipped as a conffile: every line a comment.
+
+    The defaults live in the code. An uncommented ``REDIS_URL=redis://localhost:6379/0`` here once
+    won over an app's own ``REDIS_DB=1`` from its ``.env`` while its password still applied: the
+    workers waited on database 0 and nothing said so."""
     lines = [
         "# /etc/rq-worker/worker.env: settings for every rq-worker@ instance.",
         "# /etc/rq-worker/worker-<instance>.env overrides them for one instance.",
@@ -277,7 +283,7 @@ def env_file_text() -> str:
             continue  # the unit sets it from %i
         lines += [f"# {line}" for line in textwrap.wrap(var.help, 96)]
         lines.append(f"# Default: {var.doc_default}")
-        lines.append(f"{'' if var.active else '#'}{var.name}={var.example}")
+        lines.append(f"#{var.name}={var.example}")
         lines.append("")
     return "\n".join(lines)
 

@@ -247,3 +247,12 @@ def test_cluster_settings():
     s = load(REDIS_CLUSTER="yes", RQ_KEY_PREFIX="{reports}", REDIS_URL="redis://:pw@node1:7000/0")
     assert s.redis.cluster and s.key_prefix == "{reports}"
     assert load().key_prefix == "rq" and not load().redis.cluster
+
+
+def test_unknown_variables_give_one_warning_with_the_closest_name():
+    s = load(RQ_SHUTDOWN_TIMOUT="30", REDIS_PASWORD="x", REDIS_CACHE_URL="redis://cache/1", RQ_JOB_ID="j1",
+             RQ_WORKER_SERVICE_REEXEC="1", RQ_BANANA="1")
+    assert list(s.warnings) == ["unknown variables, ignored: REDIS_PASWORD (did you mean REDIS_PASSWORD?), RQ_BANANA, "
+                                "RQ_SHUTDOWN_TIMOUT (did you mean RQ_SHUTDOWN_TIMEOUT?)"]
+    assert "x" not in s.warnings[0].replace("did you mean", "").replace("REDIS_", "")  # names only, never values
+    assert load().warnings == ()

@@ -101,6 +101,19 @@ def test_thresholds_and_levels(conn):
     assert "5 jobs queued (limit 2)" in evaluate(report, max_queued=Threshold(2, 4)).verdict
 
 
+def test_jobs_in_a_queue_no_live_worker_listens_to_are_a_warning(conn):
+    """RQ_QUEUES=report_analysys while the app enqueues to report_analysis: named, not OK."""
+    Queue("report_analysis", connection=conn).enqueue(quick_job, 1)
+    live_worker(conn, "h.rq-worker@1", Queue("report_analysys", connection=conn))
+    report = evaluate(collect(conn, "r"))
+    assert report.level == WARNING
+    assert ("1 jobs queued in report_analysis, which no live worker listens to (workers listen to: "
+            "report_analysys)") in report.verdict
+    assert "report_analysys" in render_text(report).split("WORKER")[1]  # the table's QUEUES column
+    live_worker(conn, "h.rq-worker@2", Queue("report_analysis", connection=conn))
+    assert evaluate(collect(conn, "r")).level == OK
+
+
 def test_queued_jobs_without_any_worker_are_critical(conn):
     Queue("default", connection=conn).enqueue(quick_job, 1)
     assert evaluate(collect(conn, "r")).level == CRITICAL
