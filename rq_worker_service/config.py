@@ -75,6 +75,7 @@ class Settings:
     queues: tuple[str, ...]
     instance: str
     name: str
+    app_dir: str | None
     app_path: tuple[str, ...]
     app_virtualenv: str | None
     worker_class: str
@@ -291,6 +292,8 @@ def load_settings(env: Mapping[str, str], overrides: Mapping[str, Any] | None = 
             values[var.field] = raw
         else:
             values[var.field] = parse_value(var, str(raw), var.flag)
+    if not values["app_path"] and values["app_dir"]:
+        values["app_path"] = (values["app_dir"],)  # the app's modules import from its own directory
     if values.get("app_virtualenv"):
         check_app_rq(values["app_virtualenv"])
     if redis.cluster and not HASH_TAG_RE.search(values["key_prefix"]):

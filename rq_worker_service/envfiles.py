@@ -10,7 +10,11 @@ Who wins differs on purpose between the two callers, and ``merge`` takes it as a
   line takes effect too.
 * the operator commands (``status``, ``job`` …; ``commands_environment``): run from a shell, where
   a variable the operator sets by hand (``REDIS_URL=… rq-worker-service status``) must win; so the
-  environment comes first, then ``.env``, then the workers' env file, each only *filling in*.
+  environment comes first, then the workers' env file, then ``.env``, each only *filling in*: the
+  same order as ``run`` below the environment, so the commands see what the workers see.
+
+Either way the ``.env`` read is the one in ``RQ_APP_DIR`` when that is set (the worker runs there),
+else the working directory's.
 """
 
 from __future__ import annotations
@@ -50,23 +54,34 @@ def merge(env: MutableMapping[str, str], files: Iterable[Path], *, replace: bool
     return applied
 
 
+def app_dotenv(env: Mapping[str, str], default: Path) -> Path:
+    """The ``.env`` that applies: the one in ``RQ_APP_DIR`` when that is set, else ``default``
+    (the working directory's)."""
+    app_dir = (env.get("RQ_APP_DIR") or "").strip()
+    return Path(app_dir) / ".env" if app_dir else default
+
+
 def refresh_environment(env_files: Sequence[str], dotenv: Path,
                         environ: MutableMapping[str, str] | None = None) -> None:
-    """For ``run``: the unit's files replace, ``.env`` fills in; keys dropped from them are removed."""
+    """For ``run``: the unit's files replace, then ``.env`` (RQ_APP_DIR's, else ``dotenv``) fills in;
+    keys dropped from them since the last time are removed."""
     env = os.environ if environ is None else environ
     for key in filter(None, env.get(KEYS_VAR, "").split(",")):
         env.pop(key, None)
     applied = merge(env, (Path(p) for p in env_files), replace=True)
-    applied |= merge(env, [dotenv], replace=False)
+    applied |= merge(env, [app_dotenv(env, dotenv)], replace=False)
     env[KEYS_VAR] = ",".join(sorted(applied))
 
 
 def commands_environment(env_file: Path, dotenv: Path, environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """For the operator commands: environment > ``.env`` > the workers' env file.
+    """For the operator commands: environment > the workers' env file > ``.env`` (RQ_APP_DIR's, else
+    ``dotenv``), so that from any directory they see what the workers see, unless told otherwise.
 
     A file the caller may not read (``worker.env`` is 0640 root:rq-worker) is skipped; the caller
     decides whether that is an error.
     """
     env = dict(os.environ if environ is None else environ)
-    merge(env, [p for p in (dotenv, env_file) if os.access(p, os.R_OK)], replace=False)
+    if os.access(env_file, os.R_OK):
+        merge(env, [env_file], replace=False)
+    merge(env, [app_dotenv(env, dotenv)], replace=False)
     return env

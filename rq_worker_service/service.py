@@ -66,6 +66,19 @@ def build_worker(settings: Settings, connection, notifier: Notifier) -> ServiceW
                default_result_ttl=settings.result_ttl, settings=settings, notifier=notifier)
 
 
+def configure(overrides: dict, env_files: Sequence[str]) -> Settings:
+    """Apply the env files, validate, and enter RQ_APP_DIR; raises ConfigError."""
+    refresh_environment(env_files, Path.cwd() / ".env")
+    settings = load_settings(os.environ, overrides)
+    if settings.app_dir:
+        try:
+            os.chdir(settings.app_dir)  # the app's relative paths, as under its old supervisor
+        except OSError as exc:
+            raise ConfigError("RQ_APP_DIR", None, f"cannot enter {settings.app_dir} ({exc.strerror}); give the "
+                              "service's user access to it (e.g. SupplementaryGroups= with its group)") from None
+    return settings
+
+
 def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False) -> int:
     """Run one worker until it is stopped; returns the process exit status.
 
@@ -75,8 +88,7 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
     journal.setup_logging("INFO")
     notifier = Notifier()
     try:
-        refresh_environment(env_files, Path.cwd() / ".env")
-        settings = load_settings(os.environ, overrides)
+        settings = configure(overrides, env_files)
     except ConfigError as exc:
         if check_only:  # the running worker is not this process: no STATUS=/ERRNO= on its behalf
             log.error("configuration error: %s", exc)

@@ -124,6 +124,15 @@ def directories(raw: str) -> tuple[str, ...]:
     return paths
 
 
+def app_directory(raw: str) -> str:
+    path = Path(raw)
+    if not path.is_absolute():
+        raise Invalid("an absolute path, e.g. /srv/myapp")
+    if not path.is_dir():
+        raise Invalid("an existing directory (the app's project directory)")
+    return str(path)
+
+
 def site_packages(venv: str) -> Path:
     """The site-packages of an app virtualenv, which must match our Python's minor version."""
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
@@ -223,6 +232,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("RQ_WORKER_INSTANCE", "Instance name; the unit passes its %i as --instance. The worker is named "
              "<hostname>.rq-worker@<instance>.", identifier, default="default", field="instance",
              flag="--instance", short="-i", metavar="NAME"),
+    Variable("RQ_APP_DIR", "The app's project directory: the worker runs in it (its working directory) and "
+             "reads its .env, where the unit's files leave a variable unset; RQ_APP_PATH defaults to it. The "
+             "operator commands read the same files.", app_directory, field="app_dir", example="/srv/myapp"),
     Variable("RQ_APP_PATH", "Directories (colon-separated) put first on the import path, so the app's job "
              "functions import, e.g. the app's project directory.", directories, default=(), shown_default="(none)",
              field="app_path", example="/srv/myapp"),

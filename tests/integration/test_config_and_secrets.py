@@ -85,3 +85,25 @@ def test_a_key_prefix_from_the_working_directorys_env_file_applies(start_worker,
     notify.wait_for("READY=1")
     assert rconn.exists("myapp:worker:" + worker.output().split("Ready: worker ")[1].split()[0])
     assert not rconn.keys("rq:*")
+
+
+def test_rq_app_dir_the_worker_runs_in_the_app_with_its_env_and_modules(start_worker, notify, rconn, tmp_path):
+    """An app moved from `python worker.py`: its directory, its .env, its modules, its relative paths."""
+    app = tmp_path / "reportapp"
+    (app / "app").mkdir(parents=True)
+    (app / "app" / "__init__.py").write_text("")
+    (app / "app" / "tasks.py").write_text(
+        "import os\n"
+        "def analyse(n):\n"
+        "    with open('settings/threshold.txt') as f:\n"  # relative to the app's directory
+        "        return f'{os.getcwd()} {os.environ[\"APP_MODE\"]} {int(f.read()) * n}'\n")
+    (app / "settings").mkdir()
+    (app / "settings" / "threshold.txt").write_text("21\n")
+    (app / ".env").write_text("APP_MODE=production\nRQ_QUEUES=report_analysis\n")
+    worker = start_worker("1", notify=notify, env={"RQ_APP_DIR": str(app), "RQ_APP_PATH": ""})
+    notify.wait_for("READY=1")
+    assert "report_analysis" in notify.wait_for("STATUS=")
+    job = Queue("report_analysis", connection=rconn).enqueue("app.tasks.analyse", 2)
+    wait_until(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 20, what="the app's job to run")
+    assert job.return_value() == f"{app} production 42"
+    assert worker.proc is not None and worker.proc.poll() is None

@@ -256,3 +256,12 @@ def test_unknown_variables_give_one_warning_with_the_closest_name():
                                 "RQ_SHUTDOWN_TIMOUT (did you mean RQ_SHUTDOWN_TIMEOUT?)"]
     assert "x" not in s.warnings[0].replace("did you mean", "").replace("REDIS_", "")  # names only, never values
     assert load().warnings == ()
+
+
+def test_rq_app_dir_is_an_existing_absolute_directory_and_the_default_import_path(tmp_path):
+    assert load(RQ_APP_DIR=tmp_path).app_path == (str(tmp_path),)
+    assert load(RQ_APP_DIR=tmp_path, RQ_APP_PATH=tmp_path / "..").app_path == (str(tmp_path / ".."),)
+    with pytest.raises(ConfigError, match="RQ_APP_DIR='relative/dir' is invalid: expected an absolute path"):
+        load(RQ_APP_DIR="relative/dir")
+    with pytest.raises(ConfigError, match="expected an existing directory"):
+        load(RQ_APP_DIR=tmp_path / "missing")

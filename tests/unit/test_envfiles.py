@@ -1,7 +1,7 @@
 import pytest
 
 from rq_worker_service.config import ConfigError
-from rq_worker_service.envfiles import KEYS_VAR, refresh_environment
+from rq_worker_service.envfiles import KEYS_VAR, commands_environment, refresh_environment
 
 
 def test_files_override_dotenv_does_not_and_removed_keys_disappear(tmp_path):
@@ -36,3 +36,28 @@ def test_a_file_that_cannot_be_read_is_a_one_line_config_error(tmp_path, make):
     with pytest.raises(ConfigError) as info:
         refresh_environment([], dotenv, {})
     assert str(info.value).startswith(f"{dotenv}: cannot read it") and "\n" not in str(info.value)
+
+
+def test_rq_app_dir_s_env_is_read_after_the_units_files_and_the_cwd_one_is_not(tmp_path):
+    app = tmp_path / "reportapp"
+    app.mkdir()
+    (app / ".env").write_text("REDIS_DB=1\nREDIS_PASSWORD=app-secret\nRQ_QUEUES=from-app\nAPP_MODE=prod\n")
+    unit_file = tmp_path / "worker.env"
+    unit_file.write_text(f"RQ_APP_DIR={app}\nRQ_QUEUES=report_analysis\n")
+    cwd_dotenv = tmp_path / ".env"
+    cwd_dotenv.write_text("NOT_READ=1\n")
+    env: dict[str, str] = {}
+    refresh_environment([str(unit_file)], cwd_dotenv, env)
+    assert (env["REDIS_DB"], env["REDIS_PASSWORD"], env["APP_MODE"]) == ("1", "app-secret", "prod")
+    assert env["RQ_QUEUES"] == "report_analysis"  # the unit's files win over the app's .env
+    assert "NOT_READ" not in env
+
+
+def test_the_commands_see_what_the_workers_see_from_any_directory(tmp_path):
+    app = tmp_path / "reportapp"
+    app.mkdir()
+    (app / ".env").write_text("REDIS_DB=1\nRQ_QUEUES=from-app\n")
+    unit_file = tmp_path / "worker.env"
+    unit_file.write_text(f"RQ_APP_DIR={app}\nRQ_QUEUES=report_analysis\n")
+    env = commands_environment(unit_file, tmp_path / "elsewhere" / ".env", {"REDIS_PASSWORD": "typed-by-hand"})
+    assert (env["REDIS_DB"], env["RQ_QUEUES"], env["REDIS_PASSWORD"]) == ("1", "report_analysis", "typed-by-hand")
