@@ -34,7 +34,7 @@ from .lifecycle import Phase
 from .notify import Notifier
 from .recovery import WorkerNameInUse, recover_predecessor
 from .rqcompat import mixed_rq_workers
-from .worker import ServiceWorkerMixin
+from .worker import COUNTS_VAR, ServiceWorkerMixin
 from .worker_classes import WORKER_CLASSES
 
 log = logging.getLogger("rq_worker_service")
@@ -147,6 +147,7 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
                      exits.UNAVAILABLE, errno.ECONNRESET)
 
     if worker.lifecycle.phase is Phase.RELOADING:
+        os.environ[COUNTS_VAR] = "{},{}".format(*worker.job_counts)
         reexec()
     if worker.lifecycle.phase is Phase.STOPPING:
         log.info("Stopped")

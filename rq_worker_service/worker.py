@@ -50,6 +50,8 @@ MAINTENANCE_INTERVAL = 60
 between popping it and registering it as started (rq's intermediate queue, two sightings a minute
 apart) and the jobs of dead workers on other hosts; each queue's pass is done by one worker under
 rq's maintenance lock, so a shorter interval costs little."""
+COUNTS_VAR = "RQ_WORKER_SERVICE_COUNTS"
+"""Environment variable carrying "done,failed" across a reload's re-exec."""
 STOP_GRACE = 15.0
 """Seconds of stop timeout we ask systemd for beyond the next tick: room for a cold shutdown."""
 
@@ -112,6 +114,20 @@ class ServiceWorkerMixin(_Base):
         except REDIS_ERRORS:
             return
         self._done, self._failed = int(done or 0), int(failed or 0)
+
+    @property
+    def job_counts(self) -> tuple[int, int]:
+        """(done, failed) so far; a reload hands them to the re-executed process (COUNTS_VAR)."""
+        return self._done, self._failed
+
+    def _carry_counts(self) -> None:
+        """Continue the counters of the process this one re-executed from: rq's registration starts
+        the worker's hash afresh, and ``systemctl status`` would show "0 done" after every reload."""
+        carried = os.environ.pop(COUNTS_VAR, "")
+        if carried.count(",") == 1:
+            done, failed = carried.split(",")
+            self._redis_call(lambda: self.connection.hset(
+                self.key, mapping={"successful_job_count": done, "failed_job_count": failed}))
 
     def _redis_call(self, call: Any, *args: Any) -> None:
         """A Redis write of the main loop that may fail while Redis is down: noted, not fatal; the
@@ -222,6 +238,7 @@ class ServiceWorkerMixin(_Base):
         journal.set_worker(self.name)
         self._install_signal_handlers()  # early: a stop during start-up is graceful too
         super().bootstrap(logging_level, date_format, log_format)
+        self._carry_counts()
         self._refresh_counts()
         self.notifier.ready(self.status_text())
         log.info("Ready: worker %s listening on %s", self.name, ", ".join(self.queue_names()))

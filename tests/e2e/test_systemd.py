@@ -314,3 +314,12 @@ def test_an_unreadable_dotenv_is_one_error_line_and_no_restart_loop(box):
         assert "Traceback" not in box.run(log).stdout
     finally:
         box.run(["rm", "-f", "/var/lib/rq-worker/.env"])
+
+
+def test_the_units_documentation_exists_where_it_points(box):
+    docs = box.show("rq-worker@1", "Documentation")["Documentation"].split()
+    assert "man:rq-worker-service(8)" in docs
+    for url in docs:
+        if url.startswith("file://"):
+            assert box.run(["test", "-f", url.removeprefix("file://")], check=False).returncode == 0, url
+    assert box.run(["man", "-w", "rq-worker-service"], check=False).returncode == 0

@@ -181,6 +181,8 @@ def test_sighup_reloads_in_place_with_new_config_after_job(start_worker, notify,
     notify.wait_for("RELOADING=1")
     ready_before = len(notify.lines("READY=1"))
     notify.wait_for("READY=1", after=ready_before, timeout=20)
+    key = f"rq:worker:{name('1')}"
+    assert rconn.hget(key, "successful_job_count") == b"1", "the counters carry across the reload"
     assert job_status(rconn, job.id) == JobStatus.FINISHED
     assert executions(rconn, job.id) == 1
     assert worker.proc.poll() is None
