@@ -96,7 +96,9 @@ def _add_status(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", metavar="FILE",
                    help="write to FILE atomically (for node_exporter's textfile collector) instead of stdout")
     p.add_argument("--check", action="store_true", help="exit with the verdict's status (0/1/2/3)")
-    p.add_argument("--max-queued", type=_threshold, metavar="W[,C]", help="queued jobs, all queues together")
+    p.add_argument("--max-queued", type=_threshold, metavar="W[,C]",
+                   help="queued jobs, all queues together; past C, also jobs queued where no live "
+                        "worker listens")
     p.add_argument("--max-age", type=_threshold, metavar="W[,C]", help="seconds the oldest queued job waits")
     p.add_argument("--max-failed", type=_threshold, metavar="W[,C]", help="failed jobs, all queues together")
     p.add_argument("--min-workers", type=_threshold, metavar="W[,C]", help="live workers")

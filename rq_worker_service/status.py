@@ -240,8 +240,10 @@ def evaluate(report: Report, *, max_queued: Threshold | None = None, max_age: Th
     listened = {name for w in alive for name in w.queues}
     for q in report.queues:
         if q.queued and alive and q.name not in listened:
-            check(WARNING, f"{q.queued} jobs queued in {q.name}, which no live worker listens to (workers listen "
-                           f"to: {', '.join(sorted(listened))}); check RQ_QUEUES")
+            critical = max_queued is not None and max_queued.level_above(q.queued) == CRITICAL
+            check(CRITICAL if critical else WARNING,
+                  f"{q.queued} jobs queued in {q.name}, which no live worker listens to (workers listen to: "
+                  f"{', '.join(sorted(listened))}); check RQ_QUEUES")
     if queued and not alive:
         check(CRITICAL, f"{queued} jobs queued and no live worker")
     report.level = max((level for level, _ in findings), default=OK)

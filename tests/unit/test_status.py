@@ -110,6 +110,9 @@ def test_jobs_in_a_queue_no_live_worker_listens_to_are_a_warning(conn):
     assert ("1 jobs queued in report_analysis, which no live worker listens to (workers listen to: "
             "report_analysys)") in report.verdict
     assert "report_analysys" in render_text(report).split("WORKER")[1]  # the table's QUEUES column
+    assert evaluate(collect(conn, "r"), max_queued=Threshold(100, 1)).level == WARNING  # 1 is not past 1
+    Queue("report_analysis", connection=conn).enqueue(quick_job, 2)
+    assert evaluate(collect(conn, "r"), max_queued=Threshold(100, 1)).level == CRITICAL  # past --max-queued's C
     live_worker(conn, "h.rq-worker@2", Queue("report_analysis", connection=conn))
     assert evaluate(collect(conn, "r")).level == OK
 
