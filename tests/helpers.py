@@ -96,6 +96,13 @@ class RedisCluster:
         self.size = size
 
     def start(self) -> RedisCluster:
+        try:
+            return self._start()
+        except BaseException:
+            self.cleanup()  # no redis-server left behind when the cluster does not come up
+            raise
+
+    def _start(self) -> RedisCluster:
         import random
 
         while len(self.nodes) < self.size:
