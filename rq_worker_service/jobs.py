@@ -7,13 +7,14 @@ for an operator mistake (an unknown id, a queue that does not exist).
 from __future__ import annotations
 
 import reprlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 from redis import Redis
 from rq import Queue
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
-from rq.job import Job
+from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, clean_registries
 from rq.worker_registration import clean_worker_registry
 
@@ -31,7 +32,26 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat(timespec="seconds") if value else None
 
 
-def describe(connection: Redis, job_id: str) -> dict:
+def failure_in_journal(job_id: str) -> str | None:
+    """The last error the workers logged with this job's RQ_JOB_ID. rq keeps no failure for a job it
+    retries, so for one waiting for its retry the journal is where the traceback is. None when
+    there is none, or no journal we may read (not root, not in group adm / systemd-journal)."""
+    try:
+        from systemd import journal
+
+        reader = journal.Reader()
+        reader.log_level(journal.LOG_ERR)
+        reader.add_match(RQ_JOB_ID=job_id)
+        reader.seek_tail()
+        entry = reader.get_previous()
+    except Exception:
+        return None
+    message = entry.get("MESSAGE") if entry else None
+    return str(message) if message else None
+
+
+def describe(connection: Redis, job_id: str,
+             journal_lookup: Callable[[str], str | None] = failure_in_journal) -> dict:
     try:
         job = Job.fetch(job_id, connection=connection)
     except NoSuchJobError:
@@ -42,6 +62,11 @@ def describe(connection: Redis, job_id: str) -> dict:
     except Exception as exc:  # the job's data cannot be unpickled here (missing app module …)
         call = f"<cannot decode the job's arguments: {type(exc).__name__}: {exc}>"
     latest = job.latest_result()
+    traceback = latest.exc_string if latest and latest.exc_string else None
+    traceback_from = "result" if traceback else None
+    if traceback is None and job.get_status() != JobStatus.FINISHED:
+        traceback = journal_lookup(job.id)
+        traceback_from = "journal" if traceback else None
     return {
         "id": job.id, "status": job.get_status().value, "queue": job.origin, "call": call,
         "created_at": _iso(job.created_at), "enqueued_at": _iso(job.enqueued_at),
@@ -49,7 +74,7 @@ def describe(connection: Redis, job_id: str) -> dict:
         "retries_left": job.retries_left, "timeout": job.timeout, "worker": job.worker_name or None,
         "meta": job.meta,
         "last_result": latest.type.name.lower() if latest else None,
-        "traceback": latest.exc_string if latest and latest.exc_string else None,
+        "traceback": traceback, "traceback_from": traceback_from,
     }
 
 
@@ -58,6 +83,8 @@ def render_job(info: dict) -> str:
              ("id", "status", "queue", "call", "created_at", "enqueued_at", "started_at", "ended_at",
               "retries_left", "timeout", "worker", "meta", "last_result")]
     if info["traceback"]:
+        if info.get("traceback_from") == "journal":
+            lines += ["", "Last failure, from the journal (rq keeps none for a job it retries):"]
         lines += ["", info["traceback"].rstrip()]
     return "\n".join(lines) + "\n"
 

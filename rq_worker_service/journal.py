@@ -10,11 +10,19 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 
 IDENTIFIER = "rq-worker-service"
 
 _context: dict[str, str] = {}
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+PICKED_UP = ("Worker %s: %s: %s (%s)", "Worker %s: %s: %s")
+"""rq's log line for a job just taken from a queue (worker, queue, description or id[, id]). rq logs
+it inside its dequeue, before any hook of ours knows the job, so the filter takes the job's id and
+queue from the line's own arguments (``tests/unit/test_rq_contract.py`` checks rq still logs it so;
+this module stays free of rq imports, as rq's key prefix is read when rq is first imported)."""
 
 
 def set_worker(name: str) -> None:
@@ -37,6 +45,9 @@ class ContextFilter(logging.Filter):
         for key, value in _context.items():
             if not hasattr(record, key):
                 setattr(record, key, value)
+        if record.msg in PICKED_UP and isinstance(record.args, tuple) and not hasattr(record, "RQ_JOB_ID"):
+            record.RQ_JOB_ID = str(record.args[-1])  # rq's "picked up" line, before execute_job sets the job
+            record.RQ_QUEUE = _ANSI.sub("", str(record.args[1]))
         return True
 
 

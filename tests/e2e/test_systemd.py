@@ -323,3 +323,15 @@ def test_the_units_documentation_exists_where_it_points(box):
         if url.startswith("file://"):
             assert box.run(["test", "-f", url.removeprefix("file://")], check=False).returncode == 0, url
     assert box.run(["man", "-w", "rq-worker-service"], check=False).returncode == 0
+
+
+def test_job_shows_the_last_failure_of_a_job_waiting_for_its_retry(box):
+    """rq keeps no failure for a job it retries; the command finds it in the journal (RQ_JOB_ID=)."""
+    reset(box)
+    systemctl(box, "start", "rq-worker@1")
+    ctl(box, "enqueue", "failing_job", "--id", "retry-later", "--retry", "2", "--interval", "300")
+    wait_status(box, "retry-later", "scheduled", 15)
+    shown = box.run(["rq-worker-service", "job", "retry-later"]).stdout
+    assert "from the journal" in shown and "this job always fails" in shown, shown
+    picked = box.run(["journalctl", "-u", "rq-worker@1", "RQ_JOB_ID=retry-later", "-o", "cat", "--no-pager"]).stdout
+    assert "Worker " in picked and "failing_job" in picked, "rq's picked-up line carries the job's id"

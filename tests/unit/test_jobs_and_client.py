@@ -4,6 +4,7 @@ import fakeredis
 import pytest
 from rq import Queue, Retry
 from rq.job import Job, JobStatus
+from rq.results import Result
 from testjobs import failing_job, quick_job
 
 from rq_worker_service.client import enqueue
@@ -98,3 +99,20 @@ def test_enqueue_refuses_a_key_prefix_rq_was_not_imported_with(conn):
     """rq reads RQ_KEY_PREFIX once, at import: a prefix set later would enqueue where no worker looks."""
     with pytest.raises(ConfigError, match="before the app imports rq"):
         enqueue(quick_job, 1, connection=conn, env={"RQ_KEY_PREFIX": "{reports}"})
+
+
+def test_a_job_waiting_for_its_retry_shows_its_last_failure_from_the_journal(conn):
+    """rq keeps no failure for a job it retries: the journal (RQ_JOB_ID=) has the traceback."""
+    job = Queue(connection=conn).enqueue(failing_job, 1, job_id="retrying", retry=Retry(max=2, interval=60))
+    asked = []
+
+    def journal(job_id):
+        asked.append(job_id)
+        return "Traceback …\nRuntimeError: planned failure 1 of 1"
+
+    info = describe(conn, job.id, journal_lookup=journal)
+    assert asked == ["retrying"] and info["traceback_from"] == "journal"
+    assert "from the journal" in render_job(info) and "planned failure 1 of 1" in render_job(info)
+    Result.create_failure(failed(conn, "f2"), 100, exc_string="RuntimeError: kept by rq")
+    assert describe(conn, "f2", journal_lookup=journal)["traceback"] == "RuntimeError: kept by rq"
+    assert describe(conn, "retrying", journal_lookup=lambda _: None)["traceback"] is None

@@ -45,3 +45,15 @@ def test_under_journald_only_when_stderr_is_the_journal_stream(monkeypatch):
     assert journal.under_journald()
     monkeypatch.setenv("JOURNAL_STREAM", "1:2")
     assert not journal.under_journald()
+
+
+def test_rqs_picked_up_line_carries_the_job_it_names():
+    """rq logs it before any hook of ours knows the job: the fields come from its arguments."""
+    for template, args in ((journal.PICKED_UP[0], ("w1", "\x1b[32mreports\x1b[39;49;00m", "app.f(1)", "job-7")),
+                           (journal.PICKED_UP[1], ("w1", "reports", "job-7"))):
+        record = logging.LogRecord("rq.worker", logging.INFO, __file__, 1, template, args, None)
+        journal.ContextFilter().filter(record)
+        assert (record.RQ_JOB_ID, record.RQ_QUEUE) == ("job-7", "reports")
+    other = logging.LogRecord("rq.worker", logging.INFO, __file__, 1, "Worker %s: %s", ("w1", "x"), None)
+    journal.ContextFilter().filter(other)
+    assert not hasattr(other, "RQ_JOB_ID")

@@ -22,7 +22,7 @@ from rq.scheduler import RQScheduler
 from rq.worker import BaseWorker, SimpleWorker, SpawnWorker, Worker
 from rq.worker_registration import register
 
-from rq_worker_service import rqcompat
+from rq_worker_service import journal, rqcompat
 from rq_worker_service.scheduling import ServiceScheduler
 from rq_worker_service.worker import ServiceWorkerMixin
 from rq_worker_service.worker_classes import ServiceSimpleWorker, ServiceSpawnWorker, ServiceWorker
@@ -116,6 +116,12 @@ def test_failure_texts_we_recognise_are_the_ones_rq_writes():
     cleanup = inspect.getsource(IntermediateQueue.cleanup)
     assert f"'{rqcompat.STUCK_IN_INTERMEDIATE}" in cleanup, (
         "rq changed the failure text of a job stuck in the intermediate queue (rqcompat.STUCK_IN_INTERMEDIATE)")
+
+
+def test_the_picked_up_line_is_logged_as_journal_expects():
+    source = inspect.getsource(BaseWorker.dequeue_job_and_maintain_ttl)
+    for template in journal.PICKED_UP:
+        assert f"'{template}'" in source, f"rq no longer logs {template!r} on a pop (journal.PICKED_UP)"
 
 
 def test_hooks_are_called_where_the_pop_marking_assumes():
