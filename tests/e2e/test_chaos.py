@@ -47,8 +47,14 @@ def test_chaos_loses_no_job(box):
     chaos_end = time.monotonic()
     left = sum(1 for j in jobs(box, ids).values() if j["status"] != "finished")
     # Whatever state the chaos left (a stopped instance, one waiting for its watchdog), bring all up.
-    wait_for(lambda: systemctl(box, "start", *(f"rq-worker@{i}" for i in INSTANCES), check=False).returncode == 0,
-             60, "all instances to start")
+    try:
+        wait_for(lambda: systemctl(box, "start", *(f"rq-worker@{i}" for i in INSTANCES),
+                                   check=False).returncode == 0, 60, "all instances to start")
+    except AssertionError:
+        state = box.run(["systemctl", "status", "--no-pager", "-n", "15", *(f"rq-worker@{i}" for i in INSTANCES)],
+                        check=False).stdout
+        raise AssertionError(f"instances did not all start after the chaos (seed {seed}, {actions}):\n"
+                             f"{state}") from None
 
     def all_done():
         state = jobs(box, ids)
