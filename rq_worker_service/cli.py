@@ -16,10 +16,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__, exits
+from .levels import LEVELS, UNKNOWN, Threshold
 from .variables import VARIABLES, Variable, boolean
 
 DESCRIPTION = "Run RQ workers as systemd services, and inspect them."
 DEFAULT_ENV_FILE = "/etc/rq-worker/worker.env"
+THRESHOLDS = ("max_queued", "max_age", "max_failed", "min_workers", "max_heartbeat_age")
+"""The ``status`` options that are ``Threshold``s, named as ``status.evaluate`` takes them."""
 
 
 class CommandError(Exception):
@@ -71,14 +74,11 @@ def _connection_options(p: argparse.ArgumentParser) -> None:
                         "and .env in the working directory are read too, and the environment wins")
 
 
-def _threshold(text: str) -> str:
-    """Checked here, parsed by ``status.Threshold`` later: importing rq now would fix its key prefix
-    before the configuration has said which one."""
+def _threshold(text: str) -> Threshold:
     try:
-        [float(part) for part in text.split(",", 1)]
+        return Threshold.parse(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: expected a number W or two numbers W,C") from None
-    return text
 
 
 def _add_status(sub: argparse._SubParsersAction) -> None:
@@ -162,11 +162,11 @@ def _settings(args: argparse.Namespace):
     return settings
 
 
-def _connect(args: argparse.Namespace):
+def _connect(args: argparse.Namespace, settings=None):
     """A Redis client that answered PING, or CommandError with a one-line reason."""
     from .connection import REDIS_ERRORS, RedisAuthError, make_connection, ping, unreachable
 
-    settings = _settings(args)
+    settings = settings or _settings(args)
     try:
         connection = make_connection(settings.redis, settings.key_prefix)
         ping(connection, settings.redis)
@@ -211,27 +211,28 @@ def _instance_prefixes(args: argparse.Namespace, own: str) -> list[str]:
 
 def _status_per_prefix(args: argparse.Namespace, prefixes: list[str]) -> int:
     """One ``status --json`` per prefix (rq's prefix is fixed once rq is imported), shown in sections."""
-    from .status import LEVELS, render_text, report_from_dict
+    from .status import render_text, report_from_dict
 
     argv = ["status", "--json", "--env-file", args.env_file] + (["--url", args.url] if args.url else [])
     for queue in args.queues or []:
         argv += ["--queue", queue]
-    for name in ("max_queued", "max_age", "max_failed", "min_workers", "max_heartbeat_age"):
+    for name in THRESHOLDS:
         if getattr(args, name) is not None:
-            argv += [f"--{name.replace('_', '-')}", getattr(args, name)]
+            argv += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     reports = []
     for prefix in prefixes:
         out = subprocess.run([sys.executable, "-m", "rq_worker_service", *argv, "--key-prefix", prefix],
                              capture_output=True, text=True, timeout=120)
         if out.returncode != 0:
             raise CommandError(f"key prefix {prefix}: {out.stderr.strip()}", out.returncode)
-        reports.append(json.loads(out.stdout))
-    level = max(next(k for k, v in LEVELS.items() if v == r["status"]) for r in reports)
+        reports.append(report_from_dict(json.loads(out.stdout)))
+    level = max(r.level for r in reports)
     if args.json:
-        text = json.dumps({"status": LEVELS[level], "prefixes": reports}, indent=2, sort_keys=True) + "\n"
+        data = {"status": LEVELS[level], "prefixes": [r.to_dict() for r in reports]}
+        text = json.dumps(data, indent=2, sort_keys=True) + "\n"
     else:
-        text = "".join(f"Key prefix {r['key_prefix']}: {r['verdict']}\n" for r in reports)
-        text += "".join(f"\n== Key prefix {r['key_prefix']} ==\n{render_text(report_from_dict(r))}" for r in reports)
+        text = "".join(f"Key prefix {r.key_prefix}: {r.verdict}\n" for r in reports)
+        text += "".join(f"\n== Key prefix {r.key_prefix} ==\n{render_text(r)}" for r in reports)
     write_output(text, args.output)
     return level if args.check else 0
 
@@ -241,18 +242,16 @@ def _status(args: argparse.Namespace) -> int:
 
     if args.key_prefix:
         os.environ["RQ_KEY_PREFIX"] = args.key_prefix  # read below as the shell's environment: it wins
-    elif not args.prometheus:
-        prefixes = _instance_prefixes(args, _settings(args).key_prefix)
-        if len(prefixes) > 1:
-            return _status_per_prefix(args, prefixes)
-
     try:
-        connection, settings = _connect(args)
-        from .status import collect
+        settings = _settings(args)
+        prefixes = [] if args.key_prefix or args.prometheus else _instance_prefixes(args, settings.key_prefix)
+        if len(prefixes) < 2:
+            connection, settings = _connect(args, settings)
+            from .status import collect
 
-        report = collect(connection, settings.redis.display, args.queues)
+            report = collect(connection, settings.redis.display, args.queues)
     except (CommandError, redis.exceptions.RedisError) as exc:
-        from .status import UNKNOWN, render_prometheus
+        from .status import render_prometheus
 
         if args.prometheus:
             write_output(render_prometheus(None), args.output)
@@ -262,11 +261,11 @@ def _status(args: argparse.Namespace) -> int:
             print(f"UNKNOWN: {exc}")
             return UNKNOWN
         raise CommandError(str(exc), getattr(exc, "status", exits.UNAVAILABLE)) from None
-    from .status import Threshold, evaluate, render_json, render_prometheus, render_text
+    if len(prefixes) > 1:
+        return _status_per_prefix(args, prefixes)
+    from .status import evaluate, render_json, render_prometheus, render_text
 
-    limits = {name: Threshold.parse(getattr(args, name)) if getattr(args, name) else None
-              for name in ("max_queued", "max_age", "max_failed", "min_workers", "max_heartbeat_age")}
-    evaluate(report, **limits)
+    evaluate(report, **{name: getattr(args, name) for name in THRESHOLDS})
     if args.prometheus:
         write_output(render_prometheus(report), args.output)
     elif args.json:

@@ -19,11 +19,10 @@ from rq.job import Job
 from rq.utils import as_text, utcparse
 from rq.worker import BaseWorker
 
+from .levels import BY_NAME, CRITICAL, LEVELS, OK, WARNING, Threshold
 from .recovery import started_executions
 from .rqcompat import job_func, mixed_rq_message, same_rq_major
 
-OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
-LEVELS = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
 HEARTBEAT_SLACK = 60
 """rq sets a worker key to expire (its next heartbeat interval + 60 s): a worker whose heartbeat
 is older than that interval has missed its own deadline and is shown stale."""
@@ -92,32 +91,6 @@ class Report:
         data["status"] = LEVELS[self.level]
         data["verdict"] = self.verdict
         return data
-
-
-@dataclass(frozen=True)
-class Threshold:
-    """``W`` or ``W,C``: a warning level and an optional critical one."""
-
-    warning: float
-    critical: float | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> Threshold:
-        parts = text.split(",")
-        if len(parts) > 2:
-            raise ValueError(text)
-        values = [float(p) for p in parts]
-        return cls(values[0], values[1] if len(values) == 2 else None)
-
-    def level_above(self, value: float) -> int:
-        if self.critical is not None and value > self.critical:
-            return CRITICAL
-        return WARNING if value > self.warning else OK
-
-    def level_below(self, value: float) -> int:
-        if self.critical is not None and value < self.critical:
-            return CRITICAL
-        return WARNING if value < self.warning else OK
 
 
 def _age(now: datetime, then: datetime | None) -> float | None:
@@ -295,7 +268,7 @@ def report_from_dict(data: dict) -> Report:
     return Report(redis=data["redis"], queues=[QueueInfo(**q) for q in data["queues"]],
                   workers=[WorkerInfo(**w) for w in data["workers"]],
                   abandoned=[AbandonedJob(**a) for a in data["abandoned"]], key_prefix=data["key_prefix"],
-                  level=next(k for k, v in LEVELS.items() if v == data["status"]), problems=data["problems"])
+                  level=BY_NAME[data["status"]], problems=data["problems"])
 
 
 def render_json(report: Report) -> str:

@@ -80,6 +80,18 @@ def test_unreachable_redis_exit_codes():
     assert check.returncode == 3 and check.stdout.startswith("UNKNOWN: cannot reach Redis")
 
 
+def test_a_configuration_error_is_unknown_to_a_check_and_rq_up_0_to_prometheus(redis_server, tmp_path):
+    """As an unreachable Redis: the monitoring contract holds whatever went wrong before asking Redis."""
+    bad = {"RQ_WORKER_CLASS": "threads"}
+    plain = cli(redis_server.url, "status", env=bad)
+    assert plain.returncode == 78 and "RQ_WORKER_CLASS='threads' is invalid" in plain.stderr
+    check = cli(redis_server.url, "status", "--check", env=bad)
+    assert check.returncode == 3 and check.stdout.startswith("UNKNOWN: configuration error: RQ_WORKER_CLASS")
+    target = tmp_path / "rq.prom"
+    prom = cli(redis_server.url, "status", "--prometheus", "--output", str(target), env=bad)
+    assert prom.returncode == 0 and "rq_up 0" in target.read_text()
+
+
 def test_job_requeue_cleanup_commands(redis_server, rconn, start_worker, notify):
     start_worker("1", notify=notify)
     notify.wait_for("READY=1")
