@@ -325,7 +325,6 @@ def _run(args: argparse.Namespace) -> int:
     raw_prefix = os.environ.get("RQ_KEY_PREFIX", "").strip()
     if raw_prefix:  # rq itself rejects a bad prefix when imported, with a traceback: say it in one line first
         import errno
-        import logging
 
         from . import journal
         from .config import ConfigError, parse_value
@@ -336,10 +335,7 @@ def _run(args: argparse.Namespace) -> int:
             parse_value(BY_NAME["RQ_KEY_PREFIX"], raw_prefix)
         except ConfigError as exc:
             journal.setup_logging("INFO")
-            message = f"configuration error: {exc}"
-            logging.getLogger("rq_worker_service").error("%s", message)
-            Notifier().error(message, errno.EINVAL)
-            return exits.CONFIG
+            return Notifier().fail(f"configuration error: {exc}", exits.CONFIG, errno.EINVAL)
     from .service import run
 
     queues = [*args.queue_args, *([args.queues] if args.queues else [])]

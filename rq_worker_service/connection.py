@@ -59,13 +59,12 @@ def _slot_owner_url(target: RedisTarget, key_prefix: str) -> str:
     with redis.Redis.from_url(target.url, socket_connect_timeout=CONNECT_TIMEOUT,
                               socket_timeout=CONNECT_TIMEOUT) as seed:
         slots = seed.cluster("SLOTS")
-    seed_host = urlsplit(target.url).hostname or ""
-    for start, end, primary, *_ in slots:
+    parts = urlsplit(target.url)
+    login = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+    for start, end, (host, port, *_), *_ in slots:
         if start <= slot <= end:
-            host = primary[0].decode() if isinstance(primary[0], bytes) else str(primary[0])
-            parts = urlsplit(target.url)
-            login = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
-            netloc = f"{login}{host or seed_host}:{primary[1]}"
+            host = host.decode() if isinstance(host, bytes) else str(host)
+            netloc = f"{login}{host or parts.hostname}:{port}"  # no host: the node we asked
             return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
     raise redis.exceptions.ConnectionError(f"no cluster node serves hash slot {slot} (RQ_KEY_PREFIX={key_prefix})")
 

@@ -8,11 +8,14 @@ every method is a cheap no-op, so the daemon runs the same in a terminal.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Mapping
 
 import sdnotify
+
+log = logging.getLogger("rq_worker_service")
 
 SEND_TIMEOUT = 1.0
 
@@ -73,6 +76,13 @@ class Notifier:
     def error(self, status: str, errno: int) -> None:
         self._last_status = status
         self.send(f"STATUS={status}", f"ERRNO={errno}")
+
+    def fail(self, message: str, exit_status: int, errno: int) -> int:
+        """Give up with one line: to the log (err priority) and to ``systemctl status`` (STATUS=,
+        ERRNO=). Returns ``exit_status``, for the caller to exit with."""
+        log.error("%s", message)
+        self.error(message, errno)
+        return exit_status
 
 
 def _watchdog_usec(env: Mapping[str, str], pid: int) -> int | None:

@@ -43,12 +43,6 @@ REEXEC_VAR = "RQ_WORKER_SERVICE_REEXEC"
 PREFIX_REEXEC_VAR = "RQ_WORKER_SERVICE_PREFIX_REEXEC"
 
 
-def _fail(notifier: Notifier, message: str, status: int, err: int) -> int:
-    log.error("%s", message)
-    notifier.error(message, err)
-    return status
-
-
 def extend_import_path(settings: Settings) -> None:
     """RQ_APP_PATH first (the app's own modules win), the app's virtualenv after our packages."""
     for path in reversed(settings.app_path):
@@ -93,7 +87,7 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
         if check_only:  # the running worker is not this process: no STATUS=/ERRNO= on its behalf
             log.error("configuration error: %s", exc)
             return exits.CONFIG
-        return _fail(notifier, f"configuration error: {exc}", exits.CONFIG, errno.EINVAL)
+        return notifier.fail(f"configuration error: {exc}", exits.CONFIG, errno.EINVAL)
     if check_only:
         for warning in settings.warnings:
             log.warning("%s", warning)
@@ -112,7 +106,7 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
     if settings.key_prefix != RQ_KEY_PREFIX:
         # rq reads its key prefix once, when it is imported; this one came from a file read since.
         if os.environ.get(PREFIX_REEXEC_VAR):
-            return _fail(notifier, f"configuration error: rq was imported with key prefix {RQ_KEY_PREFIX!r}, not "
+            return notifier.fail(f"configuration error: rq was imported with key prefix {RQ_KEY_PREFIX!r}, not "
                          f"RQ_KEY_PREFIX={settings.key_prefix!r}", exits.CONFIG, errno.EINVAL)
         os.environ[PREFIX_REEXEC_VAR] = "1"
         reexec()
@@ -129,20 +123,20 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
         worker = build_worker(settings, connection, notifier)
         worker.work(with_scheduler=settings.with_scheduler, logging_level=settings.log_level)
     except RedisUnavailable as exc:
-        return _fail(notifier, str(exc), exits.UNAVAILABLE, errno.ECONNREFUSED)
+        return notifier.fail(str(exc), exits.UNAVAILABLE, errno.ECONNREFUSED)
     except RedisAuthError as exc:
-        return _fail(notifier, str(exc), exits.NOPERM, errno.EACCES)
+        return notifier.fail(str(exc), exits.NOPERM, errno.EACCES)
     except WorkerNameInUse as exc:
-        return _fail(notifier, str(exc), exits.TEMPFAIL, errno.EEXIST)
+        return notifier.fail(str(exc), exits.TEMPFAIL, errno.EEXIST)
     except StopRequested:
         return exits.OK  # stopped during start-up, before the loop began
     except REDIS_ERRORS as exc:
-        return _fail(notifier, f"lost Redis at {settings.redis.display}: {exc}; exiting so that systemd restarts "
+        return notifier.fail(f"lost Redis at {settings.redis.display}: {exc}; exiting so that systemd restarts "
                      "this instance", exits.UNAVAILABLE, errno.ECONNRESET)
     except redis.exceptions.ResponseError as exc:
         if not (settings.redis.cluster and str(exc).startswith(CLUSTER_MOVED)):
             raise
-        return _fail(notifier, f"the cluster no longer serves RQ_KEY_PREFIX={settings.key_prefix} from this node "
+        return notifier.fail(f"the cluster no longer serves RQ_KEY_PREFIX={settings.key_prefix} from this node "
                      f"({exc}); exiting so that systemd restarts this instance against the slot's new owner",
                      exits.UNAVAILABLE, errno.ECONNRESET)
 
@@ -152,7 +146,7 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
     if worker.lifecycle.phase is Phase.STOPPING:
         log.info("Stopped")
         return exits.OK
-    return _fail(notifier, "the worker loop ended without a stop request (see the error above); exiting so that "
+    return notifier.fail("the worker loop ended without a stop request (see the error above); exiting so that "
                  "systemd restarts this instance", exits.LOOP_ERROR, errno.EIO)
 
 
