@@ -38,12 +38,19 @@ def test_a_file_that_cannot_be_read_is_a_one_line_config_error(tmp_path, make):
     assert str(info.value).startswith(f"{dotenv}: cannot read it") and "\n" not in str(info.value)
 
 
-def test_rq_app_dir_s_env_is_read_after_the_units_files_and_the_cwd_one_is_not(tmp_path):
+def app_and_unit_file(tmp_path, app_dotenv: str):
+    """An app directory with its .env, and the unit's worker.env naming it as RQ_APP_DIR."""
     app = tmp_path / "reportapp"
     app.mkdir()
-    (app / ".env").write_text("REDIS_DB=1\nREDIS_PASSWORD=app-secret\nRQ_QUEUES=from-app\nAPP_MODE=prod\n")
+    (app / ".env").write_text(app_dotenv)
     unit_file = tmp_path / "worker.env"
     unit_file.write_text(f"RQ_APP_DIR={app}\nRQ_QUEUES=report_analysis\n")
+    return unit_file
+
+
+def test_rq_app_dir_s_env_is_read_after_the_units_files_and_the_cwd_one_is_not(tmp_path):
+    unit_file = app_and_unit_file(tmp_path, "REDIS_DB=1\nREDIS_PASSWORD=app-secret\nRQ_QUEUES=from-app\n"
+                                            "APP_MODE=prod\n")
     cwd_dotenv = tmp_path / ".env"
     cwd_dotenv.write_text("NOT_READ=1\n")
     env: dict[str, str] = {}
@@ -54,10 +61,6 @@ def test_rq_app_dir_s_env_is_read_after_the_units_files_and_the_cwd_one_is_not(t
 
 
 def test_the_commands_see_what_the_workers_see_from_any_directory(tmp_path):
-    app = tmp_path / "reportapp"
-    app.mkdir()
-    (app / ".env").write_text("REDIS_DB=1\nRQ_QUEUES=from-app\n")
-    unit_file = tmp_path / "worker.env"
-    unit_file.write_text(f"RQ_APP_DIR={app}\nRQ_QUEUES=report_analysis\n")
+    unit_file = app_and_unit_file(tmp_path, "REDIS_DB=1\nRQ_QUEUES=from-app\n")
     env = commands_environment(unit_file, tmp_path / "elsewhere" / ".env", {"REDIS_PASSWORD": "typed-by-hand"})
     assert (env["REDIS_DB"], env["RQ_QUEUES"], env["REDIS_PASSWORD"]) == ("1", "report_analysis", "typed-by-hand")
