@@ -94,6 +94,13 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
         log.info("Configuration OK: worker %s (%s) for queues %s on Redis %s", settings.name, settings.worker_class,
                  ", ".join(settings.queues), settings.redis.display)
         return exits.OK
+    if settings.key_prefix != RQ_KEY_PREFIX:
+        # rq reads its key prefix once, when it is imported; this one came from a file read since.
+        if os.environ.get(PREFIX_REEXEC_VAR):
+            return notifier.fail(f"configuration error: rq was imported with key prefix {RQ_KEY_PREFIX!r}, not "
+                                 f"RQ_KEY_PREFIX={settings.key_prefix!r}", exits.CONFIG, errno.EINVAL)
+        reexec(PREFIX_REEXEC_VAR)
+    os.environ.pop(PREFIX_REEXEC_VAR, None)
     journal.setup_logging(settings.log_level)
     journal.set_worker(settings.name)
     for warning in settings.warnings:
@@ -103,14 +110,6 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
     reloaded = os.environ.pop(REEXEC_VAR, None) is not None
     log.info("%s worker %s (%s) for queues %s on Redis %s", "Reloaded" if reloaded else "Starting", settings.name,
              settings.worker_class, ", ".join(settings.queues), settings.redis.display)
-    if settings.key_prefix != RQ_KEY_PREFIX:
-        # rq reads its key prefix once, when it is imported; this one came from a file read since.
-        if os.environ.get(PREFIX_REEXEC_VAR):
-            return notifier.fail(f"configuration error: rq was imported with key prefix {RQ_KEY_PREFIX!r}, not "
-                         f"RQ_KEY_PREFIX={settings.key_prefix!r}", exits.CONFIG, errno.EINVAL)
-        os.environ[PREFIX_REEXEC_VAR] = "1"
-        reexec()
-    os.environ.pop(PREFIX_REEXEC_VAR, None)
     try:
         connection = wait_for_redis(lambda: make_connection(settings.redis, settings.key_prefix), settings.redis,
                                     notifier, settings.redis_startup_wait)
@@ -132,13 +131,13 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
         return exits.OK  # stopped during start-up, before the loop began
     except REDIS_ERRORS as exc:
         return notifier.fail(f"lost Redis at {settings.redis.display}: {exc}; exiting so that systemd restarts "
-                     "this instance", exits.UNAVAILABLE, errno.ECONNRESET)
+                             "this instance", exits.UNAVAILABLE, errno.ECONNRESET)
     except redis.exceptions.ResponseError as exc:
         if not (settings.redis.cluster and str(exc).startswith(CLUSTER_MOVED)):
             raise
         return notifier.fail(f"the cluster no longer serves RQ_KEY_PREFIX={settings.key_prefix} from this node "
-                     f"({exc}); exiting so that systemd restarts this instance against the slot's new owner",
-                     exits.UNAVAILABLE, errno.ECONNRESET)
+                             f"({exc}); exiting so that systemd restarts this instance against the slot's new owner",
+                             exits.UNAVAILABLE, errno.ECONNRESET)
 
     if worker.lifecycle.phase is Phase.RELOADING:
         os.environ[COUNTS_VAR] = "{},{}".format(*worker.job_counts)
@@ -147,13 +146,14 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
         log.info("Stopped")
         return exits.OK
     return notifier.fail("the worker loop ended without a stop request (see the error above); exiting so that "
-                 "systemd restarts this instance", exits.LOOP_ERROR, errno.EIO)
+                         "systemd restarts this instance", exits.LOOP_ERROR, errno.EIO)
 
 
-def reexec() -> None:
-    """Replace this process with a fresh copy of itself: same pid, new config and app code."""
+def reexec(marker: str = REEXEC_VAR) -> None:
+    """Replace this process with a fresh copy of itself: same pid, new config and app code.
+    ``marker`` tells the new process why (a reload, or rq's key prefix to import anew)."""
     log.info("Re-executing in place to apply new configuration and code")
-    os.environ[REEXEC_VAR] = "1"
+    os.environ[marker] = "1"
     for handler in logging.getLogger().handlers:
         handler.flush()
     os.execv(sys.executable, sys.orig_argv)

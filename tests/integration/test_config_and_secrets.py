@@ -85,6 +85,7 @@ def test_a_key_prefix_from_the_working_directorys_env_file_applies(start_worker,
     notify.wait_for("READY=1")
     assert rconn.exists("myapp:worker:" + worker.output().split("Ready: worker ")[1].split()[0])
     assert not rconn.keys("rq:*")
+    assert "Reloaded worker" not in worker.output(), "a start that re-imports rq is not a reload"
 
 
 def test_rq_app_dir_the_worker_runs_in_the_app_with_its_env_and_modules(start_worker, notify, rconn, tmp_path):
