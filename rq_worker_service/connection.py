@@ -11,6 +11,7 @@ condition: exit 77 (EX_NOPERM) at once, listed in ``RestartPreventExitStatus=``.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
@@ -41,16 +42,24 @@ CLUSTER_MOVED = ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN")
 """How a cluster node answers for a slot it no longer serves (a failover or a reshard)."""
 
 
-def make_connection(target: RedisTarget, key_prefix: str = "rq") -> redis.Redis:
+KEEPALIVE = {socket.TCP_KEEPIDLE: 10, socket.TCP_KEEPINTVL: 5, socket.TCP_KEEPCNT: 3}
+"""TCP keepalive on every connection: a Redis host that vanished without a FIN (power cut,
+partition) is noticed by the kernel within ≈25 s of silence instead of after hours."""
+
+
+def make_connection(target: RedisTarget, key_prefix: str = "rq", client_name: str | None = None) -> redis.Redis:
     """A client for ``target``; timeouts so that no call can hang the main loop for long.
 
+    ``client_name``: every connection of a worker carries its name (CLIENT SETNAME on connect), so
+    that a worker fencing it can find and close them all (``fencing``).
     For a Redis Cluster (REDIS_CLUSTER) the client connects straight to the primary that holds
     ``key_prefix``'s hash slot: rq needs a plain client (transactions, scripts, blocking pops over
     several queue keys), which a cluster serves only for keys of one slot, on that slot's node.
     """
     url = _slot_owner_url(target, key_prefix) if target.cluster else target.url
     return redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT, socket_keepalive=True,
-                                health_check_interval=30)
+                                socket_keepalive_options=KEEPALIVE, health_check_interval=30,
+                                client_name=client_name)
 
 
 def _slot_owner_url(target: RedisTarget, key_prefix: str) -> str:

@@ -21,7 +21,8 @@ UNAVAILABLE = os.EX_UNAVAILABLE
 CANT_CREATE = os.EX_CANTCREAT
 """An output file (``status --output``) cannot be written."""
 TEMPFAIL = os.EX_TEMPFAIL
-"""Another live process on this host already runs this worker name; try again once it is gone."""
+"""Try again: another live process on this host already runs this worker name, or this worker was
+fenced while it was silent (its jobs were re-queued elsewhere) and must rejoin as a new member."""
 NOPERM = os.EX_NOPERM
 """Redis refused the credentials: fix them, then start again (not restarted by systemd)."""
 CONFIG = os.EX_CONFIG

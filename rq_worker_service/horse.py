@@ -36,10 +36,10 @@ def main(argv: list[str]) -> None:
     journal.setup_logging(settings.log_level)
     extend_import_path(settings)  # before unpickling: the classes may be the app's
     worker_class, attributes = pickle.loads(base64.b64decode(os.environ.pop(HORSE_CONFIG_VAR)))
-    connection = make_connection(settings.redis, settings.key_prefix)
+    name = worker_key[len(worker_class.redis_worker_namespace_prefix):]
+    connection = make_connection(settings.redis, settings.key_prefix, name)
     if not connection.exists(worker_key):
         sys.exit(1)  # the worker is gone: nobody would record this job's outcome
-    name = worker_key[len(worker_class.redis_worker_namespace_prefix):]
     # Our classes take the service's settings; a class resolved to plain rq's here takes rq's arguments only.
     ours = dict(settings=settings, notifier=Notifier()) if issubclass(worker_class, ServiceWorkerMixin) else {}
     worker = worker_class([], name, connection=connection, job_class=attributes["job_class"],

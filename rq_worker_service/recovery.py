@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from rq.results import Result
 from rq.utils import as_text, parse_composite_key
 
 from .config import Settings
-from .rqcompat import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY, execution_key, job_func, worker_key
+from .rqcompat import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY, execution_key, job_func, requeue_now, worker_key
 
 log = logging.getLogger(__name__)
 
@@ -82,15 +83,21 @@ def record_interruption(job: Job, reason: str, worker_name: str, settings: Setti
     return job.should_retry
 
 
-def fail_or_retry(job: Job, queue: Queue, reason: str, worker_name: str, settings: Settings) -> bool:
+def fail_or_retry(job: Job, queue: Queue, reason: str, worker_name: str, settings: Settings, *,
+                  at_once: bool = False) -> bool:
     """Retry (per the job's Retry or the default policy) or fail a job whose execution was cut off.
 
     The interruption is recorded as a failed Result in both cases, so ``job.latest_result()`` and
-    ``rq-worker-service job <id>`` say what happened to that execution. Returns True if retried.
+    ``rq-worker-service job <id>`` say what happened to that execution. ``at_once``: the retry
+    takes one attempt but is queued now, at the front, whatever the retry interval: for a job whose
+    *worker* was lost (fenced, or replaced after it went silent), which says nothing about the job.
+    Returns True if retried.
     """
     with job.connection.pipeline() as pipe:
         retry = record_interruption(job, reason, worker_name, settings, pipeline=pipe)
-        if retry:
+        if retry and at_once:
+            requeue_now(job, queue, pipe)
+        elif retry:
             job.retry(queue, pipe)
         else:
             job.set_status(JobStatus.FAILED, pipeline=pipe)
@@ -130,9 +137,58 @@ def started_executions(connection: Redis, queue_name: str) -> list[tuple[str, st
     return found
 
 
-def recover_predecessor(connection: Redis, settings: Settings, hostname: str) -> list[Recovered]:
+def rescue_executions(connection: Redis, owner: str, queue_names: list[str], settings: Settings, reason: str, *,
+                      at_once: bool) -> list[Recovered]:
+    """Fail-or-retry every job that worker ``owner`` was running in these queues.
+
+    Each StartedJobRegistry entry is claimed by removing it: when two rescuers meet (a fencer and
+    the restarted instance, or rq's own cleanup), only the one whose removal took effect goes on.
+    """
+    recovered: list[Recovered] = []
+    for name in queue_names:
+        queue = Queue(name, connection=connection)
+        for job_id, composite, job_owner in started_executions(connection, name):
+            if job_owner != owner or not connection.zrem(queue.started_job_registry.key, composite):
+                continue
+            connection.delete(execution_key(composite))
+            try:
+                job = Job.fetch(job_id, connection=connection)
+            except NoSuchJobError:
+                continue
+            if job.get_status() != JobStatus.STARTED:
+                continue
+            try:
+                execute_failure_callback(job, queue.death_penalty_class, AbandonedJobError, AbandonedJobError(), None)
+            except Exception:  # the app's callback must not stop recovery
+                log.exception("failure callback of job %s raised during recovery", job_id)
+            retried = fail_or_retry(job, queue, f"{AbandonedJobError.__name__}: {reason}", settings.name, settings,
+                                    at_once=at_once)
+            log.warning("Rescued job %s (%s) of worker %s: %s", job_id, job_func(job), owner,
+                        ("requeued at once" if at_once else "retrying") if retried else "failed, no retries left",
+                        extra={"RQ_JOB_ID": job_id, "RQ_QUEUE": name, "RQ_JOB_FUNC": job_func(job)})
+            recovered.append(Recovered(job_id, retried))
+    return recovered
+
+
+def predecessor_hung(instance: str, env: Mapping[str, str]) -> bool:
+    """Whether systemd's watchdog ended this instance's previous run: the unit's ExecStopPost=
+    writes $SERVICE_RESULT to ``$STATE_DIRECTORY/last-result-<instance>`` ("watchdog" then)."""
+    state = env.get("STATE_DIRECTORY", "").split(":")[0]
+    if not state:
+        return False
+    try:
+        return (Path(state) / f"last-result-{instance}").read_text().strip() == "watchdog"
+    except OSError:
+        return False
+
+
+def recover_predecessor(connection: Redis, settings: Settings, hostname: str, went_silent: bool = False
+                        ) -> list[Recovered]:
     """Clean up the record a dead predecessor of this instance left, before we register.
 
+    ``went_silent``: its main loop had stopped (frozen or hung) and the watchdog ended it: its jobs
+    are requeued at once, as a fencer would have done. Otherwise it died suddenly (kill -9, the OOM
+    killer, a crash), which its job may have caused: the job's retry interval applies.
     Raises ``WorkerNameInUse`` when that predecessor is in fact alive.
     """
     key = worker_key(settings.name)
@@ -151,41 +207,23 @@ def recover_predecessor(connection: Redis, settings: Settings, hostname: str) ->
         if extra not in queue_names:
             queue_names.append(extra)
 
-    recovered: list[Recovered] = []
     dead_pid = record.get("pid", "?")
-    for name in queue_names:
-        queue = Queue(name, connection=connection)
-        for job_id, composite, owner in started_executions(connection, name):
-            if owner != settings.name:
-                continue
-            with connection.pipeline() as pipe:
-                pipe.zrem(queue.started_job_registry.key, composite)
-                pipe.delete(execution_key(composite))
-                pipe.execute()
-            try:
-                job = Job.fetch(job_id, connection=connection)
-            except NoSuchJobError:
-                continue
-            if job.get_status() != JobStatus.STARTED:
-                continue
-            reason = (f"{AbandonedJobError.__name__}: worker {settings.name} (pid {dead_pid}) died while running "
-                      "this job; recovered by its restarted instance")
-            try:
-                execute_failure_callback(job, queue.death_penalty_class, AbandonedJobError, AbandonedJobError(), None)
-            except Exception:  # the app's callback must not stop recovery
-                log.exception("failure callback of job %s raised during recovery", job_id)
-            retried = fail_or_retry(job, queue, reason, settings.name, settings)
-            log.warning("Recovered job %s (%s) from dead predecessor pid %s: %s", job_id, job_func(job), dead_pid,
-                        "retrying" if retried else "failed, no retries left",
-                        extra={"RQ_JOB_ID": job_id, "RQ_QUEUE": name, "RQ_JOB_FUNC": job_func(job)})
-            recovered.append(Recovered(job_id, retried))
-
+    how = "stopped beating (frozen or hung) and was replaced" if went_silent else "died"
+    recovered = rescue_executions(
+        connection, settings.name, queue_names, settings,
+        f"worker {settings.name} (pid {dead_pid}) {how} while running this job; recovered by its restarted instance",
+        at_once=went_silent)
     if record:
-        with connection.pipeline() as pipe:
-            pipe.delete(key)
-            pipe.srem(REDIS_WORKER_KEYS, key)
-            for name in queue_names:
-                pipe.srem(WORKERS_BY_QUEUE_KEY % name, key)
-            pipe.execute()
+        forget_worker(connection, settings.name, queue_names)
     return recovered
 
+
+def forget_worker(connection: Redis, name: str, queue_names: list[str]) -> None:
+    """Remove a lost worker's registration, as rq's own death registration would have."""
+    key = worker_key(name)
+    with connection.pipeline() as pipe:
+        pipe.delete(key)
+        pipe.srem(REDIS_WORKER_KEYS, key)
+        for queue_name in queue_names:
+            pipe.srem(WORKERS_BY_QUEUE_KEY % queue_name, key)
+        pipe.execute()

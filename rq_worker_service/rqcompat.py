@@ -11,12 +11,15 @@ from __future__ import annotations
 import rq
 from redis import Redis
 from rq.executions import Execution
+from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job
+from rq.queue import Queue
 from rq.worker import Worker
 from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY
 
 __all__ = ["RQ_MAJOR", "HORSE_DIED", "STUCK_IN_INTERMEDIATE", "REDIS_WORKER_KEYS", "WORKERS_BY_QUEUE_KEY",
-           "execution_key", "job_func", "mixed_rq_message", "mixed_rq_workers", "same_rq_major", "worker_key"]
+           "execution_key", "first_seen_key", "intermediate_key", "job_func", "mixed_rq_message",
+           "mixed_rq_workers", "requeue_now", "same_rq_major", "worker_key"]
 
 RQ_MAJOR = 3
 """The rq major version this code is written against. Workers and the apps that enqueue must share
@@ -65,3 +68,20 @@ def job_func(job: Job | None) -> str:
         return job.func_name or "?"
     except Exception:
         return "?"
+
+
+def intermediate_key(queue: Queue) -> str:
+    """The list a single-queue worker's pop moves a job into (BLMOVE) until it has started it."""
+    return IntermediateQueue.get_intermediate_queue_key(queue.key)
+
+
+def first_seen_key(queue: Queue, job_id: str) -> str:
+    """rq's marker of a job's first sighting in the intermediate list by its own cleanup."""
+    return IntermediateQueue(queue.key, queue.connection).get_first_seen_key(job_id)
+
+
+def requeue_now(job: Job, queue: Queue, pipeline) -> None:
+    """rq's ``Job.retry`` without its interval: one attempt taken, the job queued again at the front."""
+    assert job.retries_left
+    job.retries_left -= 1
+    queue._enqueue_job(job, pipeline=pipeline, at_front=True)

@@ -32,7 +32,8 @@ from .connection import (
 from .envfiles import refresh_environment
 from .lifecycle import Phase
 from .notify import Notifier
-from .recovery import WorkerNameInUse, recover_predecessor
+from .orphans import settle
+from .recovery import WorkerNameInUse, predecessor_hung, recover_predecessor
 from .rqcompat import mixed_rq_workers
 from .worker import COUNTS_VAR, ServiceWorkerMixin
 from .worker_classes import WORKER_CLASSES
@@ -111,15 +112,17 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
     log.info("%s worker %s (%s) for queues %s on Redis %s", "Reloaded" if reloaded else "Starting", settings.name,
              settings.worker_class, ", ".join(settings.queues), settings.redis.display)
     try:
-        connection = wait_for_redis(lambda: make_connection(settings.redis, settings.key_prefix), settings.redis,
-                                    notifier, settings.redis_startup_wait)
+        connection = wait_for_redis(lambda: make_connection(settings.redis, settings.key_prefix, settings.name),
+                                    settings.redis, notifier, settings.redis_startup_wait)
         warn_if_not_persistent(connection, settings.redis)
         for message in mixed_rq_workers(connection, list(settings.queues)):
             log.warning("%s", message)
-        recovered = recover_predecessor(connection, settings, socket.gethostname())
+        recovered = recover_predecessor(connection, settings, socket.gethostname(),
+                                        went_silent=predecessor_hung(settings.instance, os.environ))
         if recovered:
             log.warning("Recovered %d job(s) from this instance's previous run", len(recovered))
         worker = build_worker(settings, connection, notifier)
+        settle(worker.orphans)  # a job our predecessor popped but never started runs now, not a tick later
         worker.work(with_scheduler=settings.with_scheduler, logging_level=settings.log_level)
     except RedisUnavailable as exc:
         return notifier.fail(str(exc), exits.UNAVAILABLE, errno.ECONNREFUSED)

@@ -19,6 +19,7 @@ from rq.job import Job
 from rq.utils import as_text, utcparse
 from rq.worker import BaseWorker
 
+from .fencing import recent_fencings
 from .levels import BY_NAME, CRITICAL, LEVELS, OK, WARNING, Threshold
 from .recovery import started_executions
 from .rqcompat import job_func, mixed_rq_message, same_rq_major
@@ -68,12 +69,28 @@ class AbandonedJob:
 
 
 @dataclass
+class FencedWorker:
+    """A worker another one fenced (``fencing``): where it ran, who fenced it, what was rescued."""
+
+    worker: str
+    host: str
+    by: str
+    ago: float
+    jobs: list[str]
+
+
+FENCING_WARNS_FOR = 900
+"""Seconds a fencing keeps the verdict at WARNING (it stays listed for a day)."""
+
+
+@dataclass
 class Report:
     redis: str
     queues: list[QueueInfo]
     workers: list[WorkerInfo]
     abandoned: list[AbandonedJob]
     key_prefix: str = RQ_KEY_PREFIX
+    fenced: list[FencedWorker] = field(default_factory=list)
     level: int = OK
     problems: list[str] = field(default_factory=list)
 
@@ -170,8 +187,10 @@ def collect(connection: Redis, redis_display: str, queue_names: list[str] | None
                      key=lambda w: w.name)
     live = {w.name for w in workers if not w.stale}
     abandoned = [a for q in queues for a in _abandoned(connection, q, live, now)]
+    fenced = [FencedWorker(worker=f.worker, host=f.host, by=f.by, ago=max(0.0, now.timestamp() - f.at), jobs=f.jobs)
+              for f in recent_fencings(connection)]
     return Report(redis=redis_display, queues=[_queue_info(connection, q, now) for q in queues],
-                  workers=workers, abandoned=abandoned)
+                  workers=workers, abandoned=abandoned, fenced=fenced)
 
 
 def evaluate(report: Report, *, max_queued: Threshold | None = None, max_age: Threshold | None = None,
@@ -210,6 +229,10 @@ def evaluate(report: Report, *, max_queued: Threshold | None = None, max_age: Th
             check(WARNING, mixed_rq_message(w.name, w.rq_version))
     if report.abandoned:
         check(WARNING, f"{len(report.abandoned)} abandoned started jobs")
+    for f in report.fenced:
+        if f.ago < FENCING_WARNS_FOR:
+            check(WARNING, f"worker {f.worker} on host {f.host} was fenced by {f.by} {f.ago:.0f}s ago "
+                           f"({len(f.jobs)} jobs re-queued): it went silent (frozen, cut off or host lost)")
     listened = {name for w in alive for name in w.queues}
     for q in report.queues:
         if q.queued and alive and q.name not in listened:
@@ -260,6 +283,11 @@ def render_text(report: Report) -> str:
         lines += ["", "Abandoned jobs (started, but their worker is gone):"]
         lines += _table(["JOB", "QUEUE", "FUNCTION", "WORKER", "SINCE"],
                         [[a.job_id, a.queue, a.func, a.worker, _dur(a.since) + " ago"] for a in report.abandoned])
+    if report.fenced:
+        lines += ["", "Fenced workers (silent past their deadline; their jobs were re-queued), last 24 h:"]
+        lines += _table(["WORKER", "HOST", "FENCED BY", "WHEN", "JOBS RE-QUEUED"],
+                        [[f.worker, f.host, f.by, _dur(f.ago) + " ago", " ".join(f.jobs) or "-"]
+                         for f in report.fenced])
     return "\n".join(lines) + "\n"
 
 
@@ -268,6 +296,7 @@ def report_from_dict(data: dict) -> Report:
     return Report(redis=data["redis"], queues=[QueueInfo(**q) for q in data["queues"]],
                   workers=[WorkerInfo(**w) for w in data["workers"]],
                   abandoned=[AbandonedJob(**a) for a in data["abandoned"]], key_prefix=data["key_prefix"],
+                  fenced=[FencedWorker(**f) for f in data.get("fenced", [])],
                   level=BY_NAME[data["status"]], problems=data["problems"])
 
 
@@ -310,6 +339,9 @@ def render_prometheus(report: Report | None) -> str:
              for o, n in (("successful", w.successful_jobs), ("failed", w.failed_jobs))])
     _metric(lines, "rq_abandoned_jobs", "gauge", "Started jobs whose worker is gone.",
             [({"queue": q.name}, sum(1 for a in report.abandoned if a.queue == q.name)) for q in report.queues])
+    _metric(lines, "rq_fenced_workers", "gauge", "Workers fenced in the last 24 hours, by the host they ran on.",
+            [({"host": host}, sum(1 for f in report.fenced if f.host == host))
+             for host in sorted({f.host for f in report.fenced})])
     _metric(lines, "rq_health_status", "gauge", "0 OK, 1 WARNING, 2 CRITICAL (the --check verdict).",
             [({}, report.level)])
     return "\n".join(lines) + "\n"

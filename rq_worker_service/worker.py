@@ -17,6 +17,7 @@ tests/rq_suite/expected.txt). The pieces:
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -33,13 +34,15 @@ from rq.queue import Queue
 from rq.utils import now
 from rq.worker import SHUTDOWN_SIGNAL
 
-from . import journal
+from . import exits, journal
 from .config import Settings
 from .connection import REDIS_ERRORS, Outage
+from .fencing import Lost, Membership
 from .lifecycle import Lifecycle, Phase
 from .notify import Notifier
+from .orphans import IntermediateWatch
 from .process import die_with_parent
-from .recovery import apply_job_defaults, record_interruption
+from .recovery import apply_job_defaults, forget_worker, record_interruption, rescue_executions
 from .rqcompat import HORSE_DIED, STUCK_IN_INTERMEDIATE, job_func
 from .scheduling import Takeover, start_scheduler
 
@@ -83,6 +86,8 @@ class ServiceWorkerMixin(_Base):
         super().__init__(*args, **kwargs)
         self.max_connection_wait_time = self._tick
         self.outage = Outage(settings.redis, self._tick)
+        self.membership = Membership(self.connection, self.name, period=3 * self._tick)
+        self.orphans = IntermediateWatch(self.connection, self.queues)
 
     # -- timing -------------------------------------------------------------------------------
 
@@ -129,22 +134,25 @@ class ServiceWorkerMixin(_Base):
             self._redis_call(lambda: self.connection.hset(
                 self.key, mapping={"successful_job_count": done, "failed_job_count": failed}))
 
-    def _redis_call(self, call: Any, *args: Any) -> None:
-        """A Redis write of the main loop that may fail while Redis is down: noted, not fatal; the
-        next tick tries again (rq's dequeue loop meets the same error and backs off)."""
+    def _redis_call(self, call: Any, *args: Any) -> Any:
+        """A Redis call of the main loop that may fail while Redis is down: noted, not fatal (None is
+        returned); the next tick tries again (rq's dequeue loop meets the same error and backs off)."""
         try:
-            call(*args)
+            result = call(*args)
         except REDIS_ERRORS as exc:
             self.outage.failed(exc)
             self.notifier.status(self.status_text())
-        else:
-            self.outage.ok()
+            return None
+        self.outage.ok()
+        return result
 
     # -- the tick: where recorded requests are acted on ---------------------------------------
 
     def _service_tick(self, *, watchdog: bool = True, in_main_loop: bool = True) -> None:
         if watchdog:
             self.notifier.watchdog()
+            if self._redis_call(self.membership.beat) is False:
+                self._exit_fenced()
         self._announce()
         reason = self.lifecycle.take_cut()
         if reason is not None:
@@ -156,6 +164,43 @@ class ServiceWorkerMixin(_Base):
         self.notifier.status(self.status_text())
         if in_main_loop and not self.lifecycle.stopping:
             self._takeover.tick(self.scheduler)
+            self._redis_call(self._watch_others)
+
+    # -- fencing: other members that went silent, and this one if it was fenced ----------------
+
+    def _watch_others(self) -> None:
+        for lost in self.membership.claim_lost():
+            self._fence(lost)
+        self.orphans.sweep()
+
+    def _fence(self, lost: Lost) -> None:
+        """Shut a lost worker out and re-run what it was running, now (see ``fencing``)."""
+        queues = lost.queues or self.queue_names()
+        killed = self.membership.kill_connections(lost)
+        forget_worker(self.connection, lost.name, queues)
+        reason = (f"worker {lost.name} on host {lost.host} stopped beating (frozen, cut off or its host lost) and "
+                  f"was fenced by {self.name}")
+        rescued = rescue_executions(self.connection, lost.name, queues, self.settings, reason, at_once=True)
+        self.membership.record(lost, [r.job_id for r in rescued])
+        log.warning("Fenced worker %s on host %s (pid %s): silent %.0fs past its deadline; closed %d of its Redis "
+                    "connections, rescued %d job(s)%s", lost.name, lost.host, lost.pid or "?", lost.overdue, killed,
+                    len(rescued), "".join(f" {r.job_id}" for r in rescued))
+
+    def _exit_fenced(self) -> None:
+        """Another worker fenced this one while it was silent and took over its jobs: take no other
+        job, stop the one in hand (it was requeued), and exit so that systemd restarts us cleanly."""
+        if self.horse_pid:
+            try:
+                os.killpg(os.getpgid(self.horse_pid), signal.SIGKILL)
+            except OSError:
+                pass
+        message = (f"worker {self.name} was fenced: it was silent for over {self.membership.period:.0f}s and "
+                   "another worker re-queued its jobs; exiting without taking another job so that systemd "
+                   "restarts it")
+        self.notifier.fail(message, exits.TEMPFAIL, errno.ESTALE)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(exits.TEMPFAIL)
 
     def _announce(self) -> None:
         """Tell systemd and the log, once, that a stop or a reload began."""
@@ -238,6 +283,9 @@ class ServiceWorkerMixin(_Base):
         journal.set_worker(self.name)
         self._install_signal_handlers()  # early: a stop during start-up is graceful too
         super().bootstrap(logging_level, date_format, log_format)
+        previous = self.membership.join(self.hostname or "?", os.getpid(), self.queue_names())
+        if previous:
+            log.warning("Rejoining: this worker had been fenced by %s", previous.get("by", "?"))
         self._carry_counts()
         self._refresh_counts()
         self.notifier.ready(self.status_text())
@@ -246,6 +294,7 @@ class ServiceWorkerMixin(_Base):
     def teardown(self) -> None:
         if not self.is_horse:
             self._announce()  # a stop that ended the pop had no tick after it
+            self._redis_call(self.membership.leave)
         super().teardown()
 
     def _start_scheduler(self, burst: bool = False, logging_level: str | None = "INFO",

@@ -31,7 +31,7 @@ from report_analysis import QUEUE, enqueue_report_analysis  # noqa: E402
 from rq.job import Job  # noqa: E402
 
 T0 = time.monotonic()
-INTERESTING = re.compile(r"analysis (started|finished)|scheduled for retry|Warm shutdown|Recovered job|"
+INTERESTING = re.compile(r"analysis (started|finished)|scheduled for retry|Warm shutdown|Rescued job|Fenced|"
                          r"Ready:|Stopped$|died while|exception raised|Successfully completed")
 
 

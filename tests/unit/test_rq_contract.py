@@ -149,6 +149,33 @@ def test_key_layout_comes_from_rq(connection):
     assert "worker_name" in job.to_dict(), "recovery falls back to the job's worker_name"
 
 
+def test_the_intermediate_list_and_started_registration_are_where_orphans_looks(connection):
+    """orphans.py: a single-queue pop moves the job into the intermediate list; the main process
+    registers the execution (started registry, composite key) before the horse exists."""
+    queue = Queue("solo", connection=connection)
+    job = queue.enqueue("os.getpid")
+    assert "blmove(queue_key, intermediate_queue.key" in inspect.getsource(Queue.lmove)
+    Queue.lmove(connection, queue.key, None)  # what dequeue_any does for one queue on Redis ≥ 6.2
+    assert connection.lrange(rqcompat.intermediate_key(queue), 0, -1) == [job.id.encode()]
+    assert rqcompat.first_seen_key(queue, job.id).startswith(rqcompat.intermediate_key(queue))
+    worker = Worker([queue], connection=connection)
+    worker.prepare_execution(job)
+    assert any(e.decode().startswith(f"{job.id}:") for e in connection.zrange(queue.started_job_registry.key, 0, -1))
+    assert "self.prepare_execution(job)" in inspect.getsource(Worker.execute_job).split("fork_work_horse")[0]
+
+
+def test_requeue_now_is_a_retry_without_its_interval(connection):
+    queue = Queue("default", connection=connection)
+    job = queue.enqueue("os.getpid", retry=rq.Retry(max=2, interval=600))
+    queue.enqueue("os.getpid")
+    queue.remove(job)
+    with connection.pipeline() as pipe:
+        rqcompat.requeue_now(job, queue, pipe)
+        pipe.execute()
+    assert queue.job_ids[0] == job.id and job.get_status(refresh=True).value == "queued"
+    assert Job.fetch(job.id, connection=connection).retries_left == 1
+
+
 def test_job_func_never_raises():
     assert rqcompat.job_func(None) == "?"
     job = Job.create("os.getpid", connection=fakeredis.FakeRedis())
