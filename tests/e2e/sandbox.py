@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 RELEASES = {"bookworm": "python3.11", "trixie": "python3.13"}
@@ -48,7 +49,7 @@ mount -t sysfs sysfs "$r/sys"
 mount --rbind /dev "$r/dev"
 mount -t tmpfs -o mode=755 tmpfs "$r/run"
 mount -t tmpfs -o mode=1777 tmpfs "$r/tmp"
-hostname rqws-e2e
+hostname "$5"
 exec chroot "$r" /usr/bin/env -i container=other /lib/systemd/systemd
 """
 
@@ -121,8 +122,9 @@ def _cgroup_paths() -> dict[str, str]:
 class Sandbox:
     """One booted systemd. Use as a context manager; ``run`` executes a command inside it."""
 
-    def __init__(self, rootfs: Path) -> None:
+    def __init__(self, rootfs: Path, hostname: str = "rqws-e2e") -> None:
         self.rootfs = rootfs
+        self.hostname = hostname
         self.dir = Path(tempfile.mkdtemp(prefix="rqws-sandbox-"))
         self.cgroups: list[Path] = []
         self.proc: subprocess.Popen | None = None
@@ -144,6 +146,13 @@ class Sandbox:
     def boot(self, timeout: float = 90) -> None:
         for sub in ("upper", "work", "merged"):
             (self.dir / sub).mkdir()
+        # A host of its own: its name, and a machine id no other sandbox shares.
+        etc = self.dir / "upper" / "etc"
+        etc.mkdir()
+        (etc / "hostname").write_text(f"{self.hostname}\n")
+        (etc / "hosts").write_text("127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n"
+                                   f"127.0.1.1 {self.hostname}\n")
+        (etc / "machine-id").write_text(uuid.uuid4().hex + "\n")
         name = f"rqws-e2e-{os.getpid()}-{self.dir.name}"
         for mount, own in _cgroup_paths().items():
             path = Path(mount) / own.lstrip("/") / name
@@ -161,7 +170,7 @@ class Sandbox:
         self.proc = subprocess.Popen(
             ["unshare", "--pid", "--mount", "--uts", "--ipc", "--net", "--cgroup", "--fork", "--propagation",
              "private", "/bin/sh", str(boot), str(self.rootfs), str(self.dir / "upper"), str(self.dir / "work"),
-             str(self.dir / "merged")],
+             str(self.dir / "merged"), self.hostname],
             preexec_fn=enter_cgroups, stdout=self.console, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while not self.pid1:
@@ -189,6 +198,7 @@ class Sandbox:
                 pass
         if self.proc is not None:
             self.proc.wait(30)
+        self.pid1 = 0  # gone: its number may be reused
         for path in self.cgroups:
             _remove_cgroup(path)
         if hasattr(self, "console"):
@@ -234,6 +244,17 @@ class Sandbox:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(src, target)
 
+    def freeze(self, frozen: bool = True) -> None:
+        """Freeze (or thaw) every process of this host at once, its systemd included: a host that
+        hangs as a whole (cgroup v2 freezer on the sandbox's cgroup)."""
+        unified = next(p for p in self.cgroups if (p / "cgroup.freeze").exists())
+        (unified / "cgroup.freeze").write_text("1" if frozen else "0")
+        deadline = time.monotonic() + 10
+        while f"frozen {int(frozen)}" not in (unified / "cgroup.events").read_text():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the sandbox's cgroup did not change its frozen state")
+            time.sleep(0.05)
+
     def show(self, unit: str, *props: str) -> dict[str, str]:
         out = self.run(["systemctl", "show", unit, *(f"--property={p}" for p in props)]).stdout
         return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
@@ -256,3 +277,14 @@ def _rmdir_retry(path: Path) -> None:
             return
         except OSError:
             time.sleep(0.1)  # processes still exiting
+
+
+def link(a: Sandbox, b: Sandbox, subnet: str = "10.77.0") -> tuple[str, str]:
+    """Join two sandboxes' network namespaces with a veth pair; returns (a's address, b's address).
+    Traffic stays between the two namespaces: nothing is routed to or from the host."""
+    end_a, end_b = f"rqa{a.pid1}", f"rqb{b.pid1}"
+    subprocess.run(["ip", "link", "add", end_a, "netns", str(a.pid1), "type", "veth", "peer", "name", end_b,
+                    "netns", str(b.pid1)], check=True, capture_output=True)
+    for box, end, host in ((a, end_a, 1), (b, end_b, 2)):
+        box.run(f"ip addr add {subnet}.{host}/24 dev {end} && ip link set {end} up && ip link set lo up")
+    return f"{subnet}.1", f"{subnet}.2"

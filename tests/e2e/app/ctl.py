@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from datetime import timedelta
 
 from dotenv import dotenv_values
@@ -46,10 +47,38 @@ def main() -> None:
     r = sub.add_parser("registries")
     r.add_argument("--queue", default="default")
     sub.add_parser("flush")
+    st = sub.add_parser("stream", help="enqueue traced_job(seconds) every --every s for --for s; print the ids")
+    st.add_argument("seconds", type=float)
+    st.add_argument("--every", type=float, default=0.5)
+    st.add_argument("--for", dest="duration", type=float, default=30)
+    st.add_argument("--id", default="stream")
+    sub.add_parser("trace", help="the executions traced_job recorded")
+    sub.add_parser("now", help="Redis server time")
+    sub.add_parser("members", help="rq-worker-service members and their deadlines (Redis server time)")
     a = p.parse_args()
     conn = connect()
     if a.cmd == "flush":
         conn.flushall()
+        return
+    if a.cmd == "stream":
+        q = Queue(connection=conn)
+        ids, start, i = [], time.monotonic(), 0
+        while time.monotonic() - start < a.duration:
+            ids.append(q.enqueue(e2ejobs.traced_job, a.seconds, job_id=f"{a.id}-{i}", result_ttl=3600).id)
+            i += 1
+            time.sleep(max(0.0, start + i * a.every - time.monotonic()))
+        print(json.dumps(ids))
+        return
+    if a.cmd == "trace":
+        print(json.dumps([json.loads(e) for e in conn.lrange("trace", 0, -1)]))
+        return
+    if a.cmd == "now":
+        seconds, micros = conn.time()
+        print(json.dumps(seconds + micros / 1e6))
+        return
+    if a.cmd == "members":
+        from rq_worker_service.fencing import BEATS_KEY
+        print(json.dumps({n.decode(): s for n, s in conn.zrange(BEATS_KEY, 0, -1, withscores=True)}))
         return
     if a.cmd == "enqueue":
         q = Queue(a.queue, connection=conn)

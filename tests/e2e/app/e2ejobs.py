@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
+import socket
 import time
 
 from rq import get_current_job
@@ -44,3 +46,22 @@ def ffi_callback_job() -> list[int]:
 def failing_job() -> None:
     _count()
     raise RuntimeError("this job always fails")
+
+
+def traced_job(seconds: float) -> str:
+    """Records each execution's start and end (host, Redis server time) in the list ``trace``, so a
+    test can tell which host ran what, and when, across hosts whose clocks it does not trust."""
+    job = get_current_job()
+    conn = job.connection
+    _count()
+    conn.rpush("trace", json.dumps({"id": job.id, "host": socket.gethostname(), "event": "start",
+                                    "t": _server_time(conn)}))
+    time.sleep(seconds)
+    conn.rpush("trace", json.dumps({"id": job.id, "host": socket.gethostname(), "event": "end",
+                                    "t": _server_time(conn)}))
+    return "ok"
+
+
+def _server_time(conn) -> float:
+    seconds, micros = conn.time()
+    return seconds + micros / 1e6

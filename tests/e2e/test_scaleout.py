@@ -1,0 +1,186 @@
+"""Many servers on one Redis, under real systemd: a frozen worker, a frozen host, a cut link and a host
+killed outright, each while jobs keep arriving. Two booted sandboxes (hosts rqws-a and rqws-b, each
+with its own machine id and network namespace) are joined by a veth pair; Redis runs on rqws-a and
+rqws-b's workers reach it over the link. Every job and every execution is counted (``traced_job``
+records host and Redis server time of each start and end).
+
+The shipped unit's defaults apply (WatchdogSec=30s: a member is lost 31 s after its last beat), with
+one exception where a test says so. The bounds are the issue's: a frozen worker's job done within
+45 s (+ its duration), a lost host's jobs re-run within 60 s, none lost, duplicates only of jobs
+that were running on the lost host.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from conftest import APP, PASSWORD, ctl, install, jobs, provision, systemctl, wait_for
+from sandbox import Sandbox, link
+
+A, B = "rqws-a", "rqws-b"
+INSTANCES = ("rq-worker@1", "rq-worker@2")
+PERIOD = 31
+"""WatchdogSec=30 s: three ticks of 10 s, plus the second the deadline is rounded up by."""
+
+
+@pytest.fixture(scope="module")
+def hosts(rootfs, deb):
+    with Sandbox(rootfs, hostname=A) as a, Sandbox(rootfs, hostname=B) as b:
+        addr_a, _ = link(a, b)
+        provision(a, deb)
+        a.run(f"sed -i 's/^bind .*/bind 127.0.0.1 {addr_a}/' /etc/redis/redis.conf && systemctl restart redis-server")
+        install(b, deb)
+        b.run("systemctl disable --now redis-server")
+        for name in ("e2ejobs.py", "ctl.py"):
+            b.copy_in(APP / name, f"/srv/e2e-app/{name}")
+        with b.path("/etc/rq-worker/worker.env").open("a") as f:
+            f.write(f"\nREDIS_URL=redis://{addr_a}:6379/0\nREDIS_PASSWORD={PASSWORD}\nRQ_APP_PATH=/srv/e2e-app\n")
+        ctl(a, "flush")
+        yield a, b
+
+
+def redis_cli(box: Sandbox, *args: str) -> str:
+    return box.run(["redis-cli", "-a", PASSWORD, "--no-auth-warning", *args]).stdout
+
+
+def main_pid(box: Sandbox, unit: str) -> int:
+    return int(box.show(unit, "MainPID")["MainPID"])
+
+
+def blocked_in_pop(box: Sandbox, worker: str) -> bool:
+    return any(f"name={worker} " in line and "cmd=blmove" in line
+               for line in redis_cli(box, "CLIENT", "LIST").splitlines())
+
+
+def finished(box: Sandbox, ids: list[str]) -> bool:
+    return all(j["status"] == "finished" for j in jobs(box, ids).values())
+
+
+def test_frozen_idle_worker_job_done_within_45s(hosts):
+    """The issue's measurement: one idle instance, its main process frozen in the blocking pop, then
+    one short job. Redis hands the job to the frozen pop; the watchdog replaces the process and the
+    new one puts the job back at once (it was 154 s: two maintenance sightings a minute apart)."""
+    a, _ = hosts
+    systemctl(a, "start", "rq-worker@1")
+    wait_for(lambda: blocked_in_pop(a, f"{A}.rq-worker@1"), 30, "rq-worker@1 to block in its pop")
+    a.run(["kill", "-STOP", str(main_pid(a, "rq-worker@1"))])
+    frozen_at = time.monotonic()
+    [job] = ctl(a, "enqueue", "quick_job", "7", "--id", "frozen-idle")
+    wait_for(lambda: finished(a, [job]), 60, "the job to be done")
+    took = time.monotonic() - frozen_at
+    print(f"frozen idle worker: job done {took:.1f}s after the freeze")
+    assert took <= 45
+    assert jobs(a, [job])[job]["executions"] == 1
+    assert a.run("journalctl -u rq-worker@1 -g 'never started it' -o cat", check=False).stdout.strip()
+
+
+def test_frozen_busy_worker_job_rerun_within_45s_plus_its_duration(hosts):
+    """Main process and work horse frozen mid-job: the watchdog aborts the instance, and the restarted
+    one re-queues the job at once (the predecessor had gone silent: no retry interval)."""
+    a, _ = hosts
+    wait_for(lambda: a.show("rq-worker@1", "ActiveState")["ActiveState"] == "active", 60, "rq-worker@1 active")
+    [job] = ctl(a, "enqueue", "sleep_job", "5", "--id", "frozen-busy")
+    wait_for(lambda: jobs(a, [job])[job]["status"] == "started", 30, "the job to start")
+    systemctl(a, "kill", "--signal=SIGSTOP", "rq-worker@1")
+    frozen_at = time.monotonic()
+    wait_for(lambda: finished(a, [job]) and jobs(a, [job])[job]["executions"] == 2, 80, "the job to be re-run")
+    took = time.monotonic() - frozen_at
+    print(f"frozen busy worker: job re-run and done {took:.1f}s after the freeze (job: 5 s)")
+    assert took <= 45 + 5
+
+
+def stream_during(a: Sandbox, label: str, fault, seconds: float = 35, fault_after: float = 8):
+    """Enqueue a 3 s traced job every 0.5 s for ``seconds``; ``fault()`` after ``fault_after`` s.
+    Returns (job ids, Redis server time of the fault)."""
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(
+        ids=ctl(a, "stream", "3", "--every", "0.5", "--for", str(seconds), "--id", label)))
+    thread.start()
+    time.sleep(fault_after)
+    fault_at = ctl(a, "now")
+    fault()
+    thread.join(seconds + 60)
+    return result["ids"], fault_at
+
+
+def check_stream(a: Sandbox, ids: list[str], fault_at: float, label: str) -> None:
+    """Every job done; re-runs only of jobs that were running on B at the fault, within 60 s of it."""
+    wait_for(lambda: finished(a, ids), 150, f"every {label} job to be done")
+    trace = [e for e in ctl(a, "trace") if e["id"].startswith(f"{label}-")]
+    starts: dict[str, list[dict]] = {}
+    ends: dict[str, list[dict]] = {}
+    for event in trace:
+        (starts if event["event"] == "start" else ends).setdefault(event["id"], []).append(event)
+    held = {job for job, s in starts.items()
+            if any(e["host"] == B and e["t"] < fault_at for e in s)
+            and not any(e["host"] == B and e["t"] < fault_at for e in ends.get(job, []))}
+    counts = jobs(a, ids)
+    assert all(c["status"] == "finished" for c in counts.values())
+    twice = {job for job, c in counts.items() if c["executions"] > 1}
+    assert twice <= held, f"re-run though not running on the lost host: {sorted(twice - held)}"
+    rerun_after = [min(e["t"] for e in starts[job] if e["host"] == A and e["t"] >= fault_at) - fault_at
+                   for job in held]
+    late_on_b = [e for e in trace if e["host"] == B and e["event"] == "start" and e["t"] > fault_at + 1]
+    print(f"{label}: {len(ids)} jobs, {sum(c['executions'] for c in counts.values())} executions, "
+          f"{len(held)} held by {B} at the fault, re-run after {sorted(round(r, 1) for r in rerun_after)} s")
+    assert held, "the fault came while no job ran on the lost host: nothing was tested"
+    assert max(rerun_after) <= 60
+    assert not late_on_b, f"{B} started jobs after it was lost: {late_on_b}"
+    status = a.run(["rq-worker-service", "status"], check=False).stdout
+    assert "Fenced workers" in status and B in status, status
+    fenced = a.run("journalctl -u 'rq-worker@*' -o cat -g 'Fenced worker'", check=False).stdout
+    assert f"Fenced worker {B}.rq-worker@" in fenced
+    job = sorted(held)[0]
+    rescued = a.run(["journalctl", "-o", "cat", f"RQ_JOB_ID={job}"], check=False).stdout
+    assert "Rescued job" in rescued, rescued
+
+
+def all_working(a: Sandbox, b: Sandbox) -> None:
+    """Both hosts' instances active and members, and A's members beating long enough to fence."""
+    for box in (a, b):
+        systemctl(box, "start", *INSTANCES)
+    wait_for(lambda: all(box.show(u, "ActiveState")["ActiveState"] == "active" for box in (a, b) for u in INSTANCES)
+             and len(ctl(a, "members")) == 4, 120, "four live members")
+    since = min(float(a.show(u, "ActiveEnterTimestampMonotonic")["ActiveEnterTimestampMonotonic"]) / 1e6
+                for u in INSTANCES)
+    uptime = float(a.run("cut -d' ' -f1 /proc/uptime").stdout)
+    time.sleep(max(0.0, PERIOD + 2 - (uptime - since)))
+    redis_cli(a, "DEL", "trace")
+
+
+def test_frozen_host(hosts):
+    a, b = hosts
+    all_working(a, b)
+    ids, fault_at = stream_during(a, "freeze", lambda: b.freeze(True))
+    try:
+        check_stream(a, ids, fault_at, "freeze")
+    finally:
+        b.freeze(False)
+    wait_for(lambda: len(ctl(a, "members")) == 4, 120, f"{B}'s workers to rejoin after the thaw")
+    fenced_exit = b.run("journalctl -u 'rq-worker@*' -o cat -g 'was fenced'", check=False).stdout
+    aborted = b.run("journalctl -u 'rq-worker@*' -o cat -g 'Watchdog timeout'", check=False).stdout
+    assert fenced_exit or aborted, "the thawed workers neither noticed the fence nor were replaced"
+
+
+def test_link_cut(hosts):
+    a, b = hosts
+    all_working(a, b)
+    end_b = b.run("ip -o link show type veth | cut -d: -f2 | cut -d@ -f1").stdout.strip()
+    ids, fault_at = stream_during(a, "cut", lambda: b.run(["ip", "link", "set", end_b, "down"]))
+    try:
+        check_stream(a, ids, fault_at, "cut")
+    finally:
+        b.run(["ip", "link", "set", end_b, "up"])
+    wait_for(lambda: len(ctl(a, "members")) == 4, 120, f"{B}'s workers to rejoin after the link is back")
+    assert "was fenced" in b.run("journalctl -u 'rq-worker@*' -o cat -g 'was fenced'", check=False).stdout
+
+
+def test_host_killed(hosts):
+    a, b = hosts
+    all_working(a, b)
+    ids, fault_at = stream_during(a, "killed", b.close)
+    check_stream(a, ids, fault_at, "killed")
+    assert set(ctl(a, "members")) == {f"{A}.{u}" for u in INSTANCES}
+
