@@ -189,11 +189,7 @@ class ServiceWorkerMixin(_Base):
     def _exit_fenced(self) -> None:
         """Another worker fenced this one while it was silent and took over its jobs: take no other
         job, stop the one in hand (it was requeued), and exit so that systemd restarts us cleanly."""
-        if self.horse_pid:
-            try:
-                os.killpg(os.getpgid(self.horse_pid), signal.SIGKILL)
-            except OSError:
-                pass
+        self._stop_job()
         message = (f"worker {self.name} was fenced: it was silent for over {self.membership.period:.0f}s and "
                    "another worker re-queued its jobs; exiting without taking another job so that systemd "
                    "restarts it")

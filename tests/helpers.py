@@ -20,6 +20,21 @@ ROOT = Path(__file__).resolve().parent.parent
 JOBS_DIR = ROOT / "tests" / "jobs"
 
 
+class FakeClock:
+    """A monotonic clock the test moves (``now``); ``sleep`` records each wait and moves it on."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -4,6 +4,7 @@ import logging
 
 import pytest
 import redis
+from helpers import FakeClock
 
 from rq_worker_service.config import load_settings
 from rq_worker_service.connection import (
@@ -14,19 +15,6 @@ from rq_worker_service.connection import (
     warn_if_not_persistent,
 )
 from rq_worker_service.notify import Notifier
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 0.0
-        self.sleeps = []
-
-    def __call__(self):
-        return self.now
-
-    def sleep(self, seconds):
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 class Flaky:

@@ -8,6 +8,7 @@ import json
 import fakeredis
 import pytest
 import redis
+from helpers import FakeClock
 from rq import Queue
 from testjobs import quick_job
 
@@ -15,14 +16,6 @@ from rq_worker_service.fencing import BEATS_KEY, FENCED_KEY, HISTORY_KEY, Member
 from rq_worker_service.orphans import SETTLE, IntermediateWatch, settle
 from rq_worker_service.recovery import predecessor_hung
 from rq_worker_service.status import WARNING, collect, evaluate, render_prometheus, render_text
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -35,13 +28,13 @@ def conn(server):
     return fakeredis.FakeRedis(server=server)
 
 
-def member(conn, name: str, clock: Clock, period: float = 3) -> Membership:
+def member(conn, name: str, clock: FakeClock, period: float = 3) -> Membership:
     m = Membership(conn, name, period=period, clock=clock)
     m.join("host-" + name, 4242, ["default"])
     return m
 
 
-def beat_for(clock: Clock, seconds: int, *members: Membership) -> None:
+def beat_for(clock: FakeClock, seconds: int, *members: Membership) -> None:
     """Let time pass with every member beating each second, as their ticks would."""
     for _ in range(seconds):
         clock.now += 1
@@ -55,7 +48,7 @@ def expire(conn, name: str) -> None:
 
 
 def test_a_silent_member_is_claimed_once_and_fenced_until_it_rejoins(conn):
-    clock = Clock()
+    clock = FakeClock(1000.0)
     a, b, c = member(conn, "a", clock), member(conn, "b", clock), member(conn, "c", clock)
     beat_for(clock, 3, a, b, c)
     expire(conn, "b")
@@ -70,7 +63,7 @@ def test_a_silent_member_is_claimed_once_and_fenced_until_it_rejoins(conn):
 
 
 def test_rejoining_reports_who_fenced_it(conn):
-    clock = Clock()
+    clock = FakeClock(1000.0)
     a, b = member(conn, "a", clock), member(conn, "b", clock)
     beat_for(clock, 3, a)
     expire(conn, "b")
@@ -79,7 +72,7 @@ def test_rejoining_reports_who_fenced_it(conn):
 
 
 def test_no_fencing_until_the_fencer_has_beaten_on_time_for_a_whole_period(conn):
-    clock = Clock()
+    clock = FakeClock(1000.0)
     a, _ = member(conn, "a", clock), member(conn, "b", clock)
     expire(conn, "b")
     assert a.claim_lost() == []  # joined just now
@@ -100,7 +93,7 @@ def test_no_fencing_until_the_fencer_has_beaten_on_time_for_a_whole_period(conn)
 
 
 def test_a_failed_beat_is_a_break(conn, server):
-    clock = Clock()
+    clock = FakeClock(1000.0)
     a = member(conn, "a", clock)
     beat_for(clock, 3, a)
     assert a.may_fence
@@ -113,7 +106,7 @@ def test_a_failed_beat_is_a_break(conn, server):
 
 
 def test_leaving_cleanly_is_never_fenced_and_a_member_never_fences_itself(conn):
-    clock = Clock()
+    clock = FakeClock(1000.0)
     a, b = member(conn, "a", clock), member(conn, "b", clock)
     beat_for(clock, 3, a)
     b.leave()
@@ -123,7 +116,7 @@ def test_leaving_cleanly_is_never_fenced_and_a_member_never_fences_itself(conn):
 
 
 def test_fencing_history_is_listed_and_warned_about_in_status(conn):
-    clock = Clock()
+    clock = FakeClock(1000.0)
     a, _ = member(conn, "a", clock), member(conn, "host-b.rq-worker@1", clock)
     beat_for(clock, 3, a)
     expire(conn, "host-b.rq-worker@1")
@@ -142,7 +135,7 @@ def test_fencing_history_is_listed_and_warned_about_in_status(conn):
 
 
 def test_intermediate_watch_requeues_an_unstarted_job_at_the_second_sighting(conn):
-    clock = Clock()
+    clock = FakeClock(1000.0)
     q = Queue("default", connection=conn)
     first, second = q.enqueue(quick_job, 1), q.enqueue(quick_job, 2)
     conn.lmove(q.key, f"{q.key}:intermediate")  # popped by a worker that never started it
@@ -157,7 +150,7 @@ def test_intermediate_watch_requeues_an_unstarted_job_at_the_second_sighting(con
 
 
 def test_intermediate_watch_leaves_started_and_cancelled_jobs_alone(conn):
-    clock = Clock()
+    clock = FakeClock(1000.0)
     q = Queue("default", connection=conn)
     started, cancelled, deleted = q.enqueue(quick_job, 1), q.enqueue(quick_job, 2), q.enqueue(quick_job, 3)
     for _ in range(3):
@@ -178,14 +171,9 @@ def test_settle_sleeps_only_when_something_waits_for_its_second_sighting(conn):
     assert settle(IntermediateWatch(conn, [q]), sleep=slept.append) == [] and slept == []
     job = q.enqueue(quick_job, 1)
     conn.lmove(q.key, f"{q.key}:intermediate")
-    clock = Clock()
+    clock = FakeClock(1000.0)
     watch = IntermediateWatch(conn, [q], clock=clock)
-
-    def sleep(seconds: float) -> None:
-        slept.append(seconds)
-        clock.now += seconds
-
-    assert settle(watch, sleep=sleep) == [job.id] and slept == [SETTLE]
+    assert settle(watch, sleep=clock.sleep) == [job.id] and clock.sleeps == [SETTLE]
 
 
 def test_predecessor_hung_reads_what_the_units_exec_stop_post_wrote(tmp_path):

@@ -5,21 +5,14 @@ from __future__ import annotations
 import math
 
 import pytest
+from helpers import FakeClock
 
 from rq_worker_service.lifecycle import Lifecycle, Phase
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock(100.0)
 
 
 @pytest.fixture
