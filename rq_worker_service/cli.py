@@ -134,6 +134,18 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+def _add_acl(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("acl", help="print the least-privilege Redis ACL rule for the workers and these commands",
+                       description="Print an ACL SETUSER command granting exactly what workers, these commands and "
+                                   "the enqueue helper need: the keys and channels under RQ_KEY_PREFIX, data "
+                                   "commands without @dangerous ones, scripts, INFO, TIME, and CLIENT LIST/KILL "
+                                   "for fencing. Replace YOUR-PASSWORD; connects to nothing.")
+    p.add_argument("--env-file", default=DEFAULT_ENV_FILE, metavar="PATH",
+                   help=f"read RQ_KEY_PREFIX and REDIS_USERNAME from PATH too (default {DEFAULT_ENV_FILE})")
+    p.add_argument("--user", help="the ACL user name (default: REDIS_USERNAME, or rqworker)")
+    p.add_argument("--rule", action="store_true", help="only the rule, for a users.acl file or your own tooling")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rq-worker-service", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -142,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_status(sub)
     _add_jobs(sub)
+    _add_acl(sub)
     return parser
 
 
@@ -260,6 +273,10 @@ def _status(args: argparse.Namespace) -> int:
         if args.check:
             print(f"UNKNOWN: {exc}")
             return UNKNOWN
+        from .acl import denied
+
+        if denied(exc):
+            raise CommandError(str(denied(exc)), exits.NOPERM) from None
         raise CommandError(str(exc), getattr(exc, "status", exits.UNAVAILABLE)) from None
     if len(prefixes) > 1:
         return _status_per_prefix(args, prefixes)
@@ -321,6 +338,16 @@ def _cleanup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _acl(args: argparse.Namespace) -> int:
+    from .acl import rule, setuser
+
+    args.url = None
+    settings = _settings(args)
+    user = args.user or settings.redis.username or "rqworker"
+    print(rule(settings.key_prefix) if args.rule else setuser(user, settings.key_prefix))
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     raw_prefix = os.environ.get("RQ_KEY_PREFIX", "").strip()
     if raw_prefix:  # rq itself rejects a bad prefix when imported, with a traceback: say it in one line first
@@ -344,7 +371,7 @@ def _run(args: argparse.Namespace) -> int:
     return run(overrides, env_files=args.env_file, check_only=args.check)
 
 
-COMMANDS = {"run": _run, "status": _status, "job": _job, "requeue": _requeue, "cleanup": _cleanup}
+COMMANDS = {"run": _run, "status": _status, "job": _job, "requeue": _requeue, "cleanup": _cleanup, "acl": _acl}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -354,5 +381,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandError as exc:
         print(f"rq-worker-service: {exc}", file=sys.stderr)
         return exc.status
+    except Exception as exc:  # a refused command surfaces wherever the command first needs it
+        from .acl import denied
+
+        message = denied(exc)
+        if message is None:
+            raise
+        print(f"rq-worker-service: {message}", file=sys.stderr)
+        return exits.NOPERM
     except KeyboardInterrupt:
         return 128 + signal.SIGINT

@@ -5,6 +5,10 @@ not give: the default ``Retry`` from the same configuration as the workers (RQ_J
 RQ_JOB_RETRY_DELAY, RQ_JOB_TIMEOUT), and, given a ``job_id``, no second job while one with that id
 is still pending (plain rq overwrites it). The check-and-enqueue is one Redis transaction
 (WATCH/MULTI on the job's key), so two processes racing with the same id get one job.
+
+With RQ_ENQUEUE_WAIT_REPLICAS it also returns only once that many replicas have the job (Redis
+WAIT): Redis replicates asynchronously, and a primary that fails right after acknowledging a write
+takes the write with it unless a replica that the sentinels can promote already has it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,37 @@ PENDING = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.D
 _UNSET: Any = object()
 
 
+class NotReplicated(Exception):
+    """Fewer replicas than RQ_ENQUEUE_WAIT_REPLICAS acknowledged the job in time.
+
+    The job *is* in Redis and runs as usual; what is missing is the guarantee that it survives a
+    failover right now. ``job`` is the enqueued job, for an app that wants to record or retry it.
+    """
+
+    def __init__(self, job: Job, acknowledged: int, wanted: int, timeout: float) -> None:
+        super().__init__(f"job {job.id} is queued, but only {acknowledged} of {wanted} replica(s) acknowledged it "
+                         f"within {timeout:g}s (RQ_ENQUEUE_WAIT_REPLICAS, RQ_ENQUEUE_WAIT_TIMEOUT): a failover now "
+                         "could lose it")
+        self.job = job
+        self.acknowledged = acknowledged
+
+
+def wait_for_replicas(connection: redis.Redis, job: Job, settings: Settings) -> None:
+    """Return once ``settings.enqueue_wait_replicas`` replicas have ``job``; raise NotReplicated if not.
+
+    WAIT counts from the last write *of the connection it runs on*, and the enqueue's pipeline may
+    have used another of the pool's: so this connection writes first (a counter under the service's
+    keys), then waits. Replication keeps order, so a replica that has the counter has the job.
+    """
+    wanted = settings.enqueue_wait_replicas
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.incr(f"{settings.key_prefix}:service:enqueued")
+        pipe.wait(wanted, int(settings.enqueue_wait_timeout * 1000))
+        _, acknowledged = pipe.execute()
+    if acknowledged < wanted:
+        raise NotReplicated(job, acknowledged, wanted, settings.enqueue_wait_timeout)
+
+
 def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
     return load_settings(os.environ if env is None else env)
 
@@ -39,6 +74,9 @@ def enqueue(func: Callable[..., Any] | str, *args: Any, queue: str = "default", 
     (``job_timeout``, ``result_ttl``, ``meta``, ``depends_on`` …). ``retry`` defaults to
     ``Retry(max=RQ_JOB_RETRY_MAX, interval=RQ_JOB_RETRY_DELAY)`` (none when the max is 0); pass
     ``retry=None`` for no retry. ``job_timeout`` defaults to RQ_JOB_TIMEOUT when that is set.
+    Raises ``NotReplicated`` (the job is queued) when RQ_ENQUEUE_WAIT_REPLICAS replicas do not
+    acknowledge it in time, and redis-py's errors when Redis does not answer (the job may or may
+    not be queued then: enqueue again with the same ``job_id`` to be sure of one job).
     """
     settings = settings_from_env(env)
     if settings.key_prefix != RQ_KEY_PREFIX:  # rq read its prefix when the app imported it
@@ -50,6 +88,14 @@ def enqueue(func: Callable[..., Any] | str, *args: Any, queue: str = "default", 
     if settings.job_timeout is not None:
         kwargs.setdefault("job_timeout", settings.job_timeout)
     q = Queue(queue, connection=conn)
+    job = _enqueue_once(q, conn, func, args, job_id, retry, kwargs)
+    if settings.enqueue_wait_replicas:
+        wait_for_replicas(conn, job, settings)
+    return job
+
+
+def _enqueue_once(q: Queue, conn: redis.Redis, func: Callable[..., Any] | str, args: tuple, job_id: str | None,
+                  retry: Retry | None, kwargs: dict[str, Any]) -> Job:
     if job_id is None:
         return q.enqueue(func, *args, retry=retry, **kwargs)  # type: ignore[type-var]
     key = Job.key_for(job_id)

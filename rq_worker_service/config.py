@@ -50,6 +50,21 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
+class Sentinels:
+    """Redis Sentinel: whom to ask for the primary of ``master`` (REDIS_SENTINEL_*)."""
+
+    addresses: tuple[tuple[str, int], ...]
+    master: str
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ssl: bool = False
+
+    @property
+    def display(self) -> str:
+        return f"{self.master} via sentinels " + ",".join(f"{host}:{port}" for host, port in self.addresses)
+
+
+@dataclass(frozen=True)
 class RedisTarget:
     """Where Redis is and how to log in; ``display`` is safe to print, ``url`` is not."""
 
@@ -58,9 +73,16 @@ class RedisTarget:
     password: str | None = field(default=None, repr=False)
     cluster: bool = False
     """``url`` is a seed node of a Redis Cluster (REDIS_CLUSTER)."""
+    sentinels: Sentinels | None = None
+    """The primary is found through these; ``url`` then gives only db, scheme (TLS) and login."""
+    tls: tuple[tuple[str, str], ...] = ()
+    """redis-py's ``ssl_*`` keyword arguments from REDIS_SSL_* (for rediss:// and TLS sentinels)."""
 
     @property
     def display(self) -> str:
+        if self.sentinels:
+            db = urlsplit(self.url).path.lstrip("/") or "0"
+            return f"{self.sentinels.display} (db {db})"
         return mask_url(self.url)
 
     def __repr__(self) -> str:
@@ -89,6 +111,8 @@ class Settings:
     retry_delay: int
     redis_startup_wait: float
     key_prefix: str
+    enqueue_wait_replicas: int
+    enqueue_wait_timeout: float
     warnings: tuple[str, ...] = ()
 
 
@@ -219,9 +243,59 @@ def redis_target(env: Mapping[str, str], url_override: str | None = None) -> tup
         userinfo = quote(username or "", safe="") + (":" + quote(password, safe="") if password else "") + "@"
         url_with_login = _compose(parts.scheme, userinfo, parts.netloc, parts.path, parts.query)
     cluster = read(env, "REDIS_CLUSTER")
-    if cluster and urlsplit(clean).scheme == "unix":
+    scheme = urlsplit(clean).scheme
+    if cluster and scheme == "unix":
         raise ConfigError("REDIS_CLUSTER", "yes", "a redis:// or rediss:// REDIS_URL: a cluster is reached over TCP")
-    return RedisTarget(url=url_with_login, username=username, password=password, cluster=cluster), warnings
+    sentinels = _sentinels(env, variable, url, scheme, cluster, warnings)
+    tls = _tls(env, scheme == "rediss" or bool(sentinels and sentinels.ssl))
+    return RedisTarget(url=url_with_login, username=username, password=password, cluster=cluster,
+                       sentinels=sentinels, tls=tls), warnings
+
+
+def _sentinels(env: Mapping[str, str], variable: str, url: str, scheme: str, cluster: bool,
+               warnings: list[str]) -> Sentinels | None:
+    """REDIS_SENTINELS and its companions, checked together: half a Sentinel setup is an error."""
+    addresses = read(env, "REDIS_SENTINELS")
+    master = read(env, "REDIS_SENTINEL_MASTER")
+    if not addresses:
+        if master:
+            raise ConfigError("REDIS_SENTINEL_MASTER", master, "REDIS_SENTINELS as well (the sentinels to ask "
+                              "for it), or no REDIS_SENTINEL_MASTER")
+        return None
+    if not master:
+        raise ConfigError("REDIS_SENTINEL_MASTER", None, "the name the sentinels monitor the primary under "
+                          "(sentinel monitor NAME … in sentinel.conf); required with REDIS_SENTINELS")
+    if cluster:
+        raise ConfigError("REDIS_CLUSTER", "yes", "either REDIS_CLUSTER or REDIS_SENTINELS, not both")
+    if scheme == "unix":
+        raise ConfigError(variable, mask_url(url), "a redis:// or rediss:// URL with REDIS_SENTINELS: the sentinels "
+                          "name the primary's host and port, a socket path cannot follow it")
+    host = urlsplit(url).hostname
+    if variable != "REDIS_HOST" and url != DEFAULT_REDIS_URL and host not in (master, "localhost"):
+        warnings.append(f"REDIS_SENTINELS is set, so {variable}'s host {host} is not used: the sentinels name the "
+                        f"primary of {master}")
+    if variable == "REDIS_HOST" and (_get(env, "REDIS_HOST") or _get(env, "REDIS_PORT")):
+        warnings.append("REDIS_SENTINELS is set, so REDIS_HOST and REDIS_PORT are not used (REDIS_DB is)")
+    return Sentinels(addresses=addresses, master=master, username=_get(env, "REDIS_SENTINEL_USERNAME"),
+                     password=env.get("REDIS_SENTINEL_PASSWORD") or None, ssl=read(env, "REDIS_SENTINEL_SSL"))
+
+
+_TLS_VARIABLES = {"REDIS_SSL_CA_CERTS": "ssl_ca_certs", "REDIS_SSL_CERTFILE": "ssl_certfile",
+                  "REDIS_SSL_KEYFILE": "ssl_keyfile", "REDIS_SSL_CERT_REQS": "ssl_cert_reqs"}
+
+
+def _tls(env: Mapping[str, str], tls: bool) -> tuple[tuple[str, str], ...]:
+    """redis-py's ssl_* arguments; a REDIS_SSL_* setting without TLS is refused, since the operator
+    believes the link is encrypted and checked when it is not."""
+    given = [name for name in _TLS_VARIABLES if _get(env, name)]
+    if given and not tls:
+        raise ConfigError(given[0], None, "a TLS connection to apply to: use a rediss:// REDIS_URL (or "
+                          "REDIS_SENTINEL_SSL=yes for the sentinels), or remove it")
+    if not tls:
+        return ()
+    if _get(env, "REDIS_SSL_KEYFILE") and not _get(env, "REDIS_SSL_CERTFILE"):
+        raise ConfigError("REDIS_SSL_KEYFILE", None, "REDIS_SSL_CERTFILE too (the client certificate of this key)")
+    return tuple((arg, str(read(env, name))) for name, arg in _TLS_VARIABLES.items() if read(env, name) is not None)
 
 
 def virtualenv_site_packages(venv: str) -> Path:

@@ -5,19 +5,22 @@ for ``RQ_REDIS_STARTUP_WAIT`` seconds (default 30), telling systemd ``STATUS=wai
 and extending its start timeout; then we exit 69 (EX_UNAVAILABLE) and ``Restart=on-failure`` tries
 again later. That keeps ``systemctl start`` from blocking for the length of an outage, while a
 Redis that comes back within the window costs no restart. Wrong credentials are not a transient
-condition: exit 77 (EX_NOPERM) at once, listed in ``RestartPreventExitStatus=``.
+condition, nor is a TLS certificate that does not verify: exit 77 (EX_NOPERM) at once, listed in
+``RestartPreventExitStatus=``.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.crc import key_slot
+from redis.sentinel import Sentinel
 
 from .config import RedisTarget
 from .notify import Notifier
@@ -35,7 +38,9 @@ class RedisUnavailable(Exception):
 
 
 class RedisAuthError(Exception):
-    """Redis refused our credentials (or our user may not run what a worker needs)."""
+    """Redis refused our credentials, or we cannot trust it (TLS): waiting does not cure either.
+
+    Exit 77 (EX_NOPERM), which the unit does not restart: the operator must act."""
 
 
 CLUSTER_MOVED = ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN")
@@ -55,11 +60,45 @@ def make_connection(target: RedisTarget, key_prefix: str = "rq", client_name: st
     For a Redis Cluster (REDIS_CLUSTER) the client connects straight to the primary that holds
     ``key_prefix``'s hash slot: rq needs a plain client (transactions, scripts, blocking pops over
     several queue keys), which a cluster serves only for keys of one slot, on that slot's node.
+    For Redis Sentinel (REDIS_SENTINELS) every new connection asks the sentinels for the primary
+    first, and a connection to a primary that became a replica fails: after a failover the next
+    command (or the retry of the failed one) reaches the new primary with no restart.
     """
+    options: dict = dict(socket_connect_timeout=CONNECT_TIMEOUT, socket_keepalive=True,
+                         socket_keepalive_options=KEEPALIVE, health_check_interval=30, client_name=client_name)
+    if target.sentinels:
+        return _sentinel_client(target, options)
     url = _slot_owner_url(target, key_prefix) if target.cluster else target.url
-    return redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT, socket_keepalive=True,
-                                socket_keepalive_options=KEEPALIVE, health_check_interval=30,
-                                client_name=client_name)
+    if urlsplit(url).scheme == "rediss":
+        options.update(target.tls)
+    return redis.Redis.from_url(url, **options)
+
+
+def _sentinel_client(target: RedisTarget, options: dict) -> redis.Redis:
+    """A client of the primary the sentinels name (redis-py's Sentinel connection pool)."""
+    assert target.sentinels is not None
+    sentinels = target.sentinels
+    parts = urlsplit(target.url)
+    sentinel_options = {key: value for key, value in options.items() if key.startswith("socket_")}
+    sentinel_options["socket_timeout"] = CONNECT_TIMEOUT
+    if sentinels.username:
+        sentinel_options["username"] = sentinels.username
+    if sentinels.password:
+        sentinel_options["password"] = sentinels.password
+    if sentinels.ssl:
+        sentinel_options.update(ssl=True, **dict(target.tls))
+    if parts.scheme == "rediss":
+        options.update(ssl=True, **dict(target.tls))
+    manager = Sentinel(list(sentinels.addresses), sentinel_kwargs=sentinel_options)
+    return manager.master_for(sentinels.master, db=int(parts.path.lstrip("/") or 0), username=target.username,
+                              password=target.password, **options)
+
+
+def primary_address(connection: redis.Redis) -> str | None:
+    """The primary a Sentinel client last connected to, as host:port (no network call); None
+    for a client that is not Sentinel's."""
+    address = getattr(connection.connection_pool, "master_address", None)
+    return f"{address[0]}:{address[1]}" if address else None
 
 
 def _slot_owner_url(target: RedisTarget, key_prefix: str) -> str:
@@ -79,15 +118,37 @@ def _slot_owner_url(target: RedisTarget, key_prefix: str) -> str:
 
 
 def _auth_error(target: RedisTarget, exc: Exception) -> RedisAuthError:
+    sentinel = " (or REDIS_SENTINEL_PASSWORD / REDIS_SENTINEL_USERNAME for the sentinels)" if target.sentinels else ""
     return RedisAuthError(f"Redis at {target.display} refused the login ({exc}); "
-                          "check REDIS_PASSWORD / REDIS_PASSWORD_FILE / REDIS_USERNAME")
+                          f"check REDIS_PASSWORD / REDIS_PASSWORD_FILE / REDIS_USERNAME{sentinel}")
+
+
+def tls_failure(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error behind a connection error, if one is: redis-py keeps it only as the context.
+
+    A certificate that does not verify, or a port that does not speak TLS, is not an outage that
+    waiting cures. A TLS connection cut in the middle (EOF) is, and is not returned."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError) and not isinstance(seen, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _tls_error(target: RedisTarget, exc: ssl.SSLError) -> RedisAuthError:
+    reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or str(exc)
+    return RedisAuthError(f"TLS with Redis at {target.display} failed ({reason}); check that REDIS_SSL_CA_CERTS is "
+                          "the CA that signed the server's certificate, that the certificate names the host you "
+                          "connect to, and that the port speaks TLS (tls-port)")
 
 
 def ping(connection: redis.Redis, target: RedisTarget) -> None:
     """One PING, the one place that tells a refused login from an unreachable Redis.
 
     Raises ``RedisAuthError`` for refused credentials (whatever form the server's refusal takes)
-    and lets redis-py's ConnectionError / TimeoutError through for the caller to wait or give up.
+    and for a TLS handshake that cannot succeed, and lets redis-py's ConnectionError /
+    TimeoutError through for the caller to wait or give up.
     """
     try:
         connection.ping()
@@ -96,6 +157,11 @@ def ping(connection: redis.Redis, target: RedisTarget) -> None:
     except redis.exceptions.ResponseError as exc:
         if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
             raise _auth_error(target, exc) from None
+        raise
+    except REDIS_ERRORS as exc:
+        failure = tls_failure(exc)
+        if failure is not None:
+            raise _tls_error(target, failure) from None
         raise
 
 

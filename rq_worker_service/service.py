@@ -19,6 +19,7 @@ from rq.defaults import RQ_KEY_PREFIX
 from rq.exceptions import StopRequested
 
 from . import exits, journal
+from .acl import denied
 from .config import ConfigError, Settings, load_settings, virtualenv_site_packages
 from .connection import (
     CLUSTER_MOVED,
@@ -135,6 +136,8 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
     except REDIS_ERRORS as exc:
         return notifier.fail(f"lost Redis at {settings.redis.display}: {exc}; exiting so that systemd restarts "
                              "this instance", exits.UNAVAILABLE, errno.ECONNRESET)
+    except redis.exceptions.NoPermissionError as exc:  # at registration, before the loop
+        return notifier.fail(f"{denied(exc) or exc}; exiting", exits.NOPERM, errno.EACCES)
     except redis.exceptions.ResponseError as exc:
         if not (settings.redis.cluster and str(exc).startswith(CLUSTER_MOVED)):
             raise

@@ -162,6 +162,30 @@ def text(raw: str) -> str:
     return raw
 
 
+def sentinel_addresses(raw: str) -> tuple[tuple[str, int], ...]:
+    """``host:port,host:port`` (port 26379 when left out): the sentinels to ask for the primary."""
+    expected = "a comma-separated list of sentinels as host:port, e.g. 10.0.0.1:26379,10.0.0.2:26379"
+    found = []
+    for item in (part.strip() for part in raw.split(",")):
+        name, _, port = item.rpartition(":") if ":" in item else (item, ":", "26379")
+        if not name or any(c in name for c in "/@?# ") or not port.isdigit() or not 0 < int(port) < 65536:
+            raise Invalid(expected)
+        found.append((name[1:-1] if name.startswith("[") and name.endswith("]") else name, int(port)))
+    return tuple(found)
+
+
+def readable_file(raw: str) -> str:
+    """A file the service can read now: a missing certificate must fail the start, not each connect."""
+    path = Path(raw)
+    if not path.is_file():
+        raise Invalid("an existing file (PEM)")
+    try:
+        path.open("rb").close()
+    except OSError as exc:
+        raise Invalid(f"a file this user can read ({exc.strerror})") from None
+    return raw
+
+
 @dataclass(frozen=True)
 class Variable:
     """One setting. ``field`` names the ``Settings`` attribute it fills; the Redis variables have
@@ -222,6 +246,25 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("REDIS_CLUSTER", "REDIS_URL names one node of a Redis Cluster: each process connects to the primary "
              "that holds RQ_KEY_PREFIX's hash slot (RQ_KEY_PREFIX must then be a hash tag such as {reports}).",
              boolean, default=False),
+    Variable("REDIS_SENTINELS", "Redis Sentinel: the sentinels to ask for the primary, host:port,host:port. The "
+             "workers follow a failover without a restart. REDIS_URL (or REDIS_DB) then gives only the database, "
+             "TLS (rediss://) and login; its host is not used.", sentinel_addresses,
+             example="10.0.0.1:26379,10.0.0.2:26379,10.0.0.3:26379"),
+    Variable("REDIS_SENTINEL_MASTER", "The name the sentinels monitor the primary under (sentinel monitor NAME …); "
+             "required with REDIS_SENTINELS.", identifier, example="mymaster"),
+    Variable("REDIS_SENTINEL_USERNAME", "ACL user name for the sentinels themselves (not for Redis)."),
+    Variable("REDIS_SENTINEL_PASSWORD", "Password of the sentinels themselves (sentinel requirepass), if they "
+             "have one. Never logged or shown.", secret=True),
+    Variable("REDIS_SENTINEL_SSL", "Talk TLS to the sentinels too, with the REDIS_SSL_* files.", boolean,
+             default=False),
+    Variable("REDIS_SSL_CA_CERTS", "TLS (rediss://): the CA certificate(s) that signed Redis's certificate (PEM). "
+             "Default: the system's trusted CAs.", readable_file, example="/etc/rq-worker/redis-ca.crt"),
+    Variable("REDIS_SSL_CERTFILE", "TLS: client certificate (PEM), when Redis requires one (tls-auth-clients).",
+             readable_file),
+    Variable("REDIS_SSL_KEYFILE", "TLS: the client certificate's private key (PEM).", readable_file),
+    Variable("REDIS_SSL_CERT_REQS", "TLS: check Redis's certificate: required (and its host name), optional, or "
+             "none (no check: encrypts, but anyone in the path can pose as Redis).",
+             choice("required", "optional", "none"), default="required"),
     Variable("RQ_KEY_PREFIX", "Prefix of every key rq keeps in Redis. A hash tag such as {reports} puts all of "
              "them in one cluster slot; set it per instance (worker-<instance>.env) to spread groups of queues "
              "over a cluster's shards. Apps that enqueue must use the same prefix.", key_prefix, default="rq",
@@ -269,6 +312,12 @@ VARIABLES: tuple[Variable, ...] = (
              field="retry_max"),
     Variable("RQ_JOB_RETRY_DELAY", "Seconds before each such default retry.",
              whole(0, "seconds between retries, a whole number, 0 or more"), default=60, field="retry_delay"),
+    Variable("RQ_ENQUEUE_WAIT_REPLICAS", "The enqueue helper (rq_worker_service.client.enqueue) waits until this "
+             "many replicas acknowledged each job (Redis WAIT), so that a failover cannot lose it; it raises "
+             "NotReplicated when they do not within RQ_ENQUEUE_WAIT_TIMEOUT. 0: do not wait.",
+             whole(0, "a number of replicas, 0 or more"), default=0, field="enqueue_wait_replicas"),
+    Variable("RQ_ENQUEUE_WAIT_TIMEOUT", "Seconds the enqueue helper waits for the replicas' acknowledgement.",
+             seconds(), default=1.0, field="enqueue_wait_timeout"),
     Variable("RQ_REDIS_STARTUP_WAIT", "Seconds to wait for an unreachable Redis at start before exiting (status "
              "69) so that systemd restarts the instance later.", seconds(), default=30.0,
              field="redis_startup_wait"),

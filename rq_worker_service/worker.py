@@ -23,8 +23,9 @@ import os
 import signal
 import threading
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
+import redis
 from rq import Worker
 from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.exceptions import StopRequested
@@ -35,8 +36,9 @@ from rq.utils import now
 from rq.worker import SHUTDOWN_SIGNAL
 
 from . import exits, journal
+from .acl import denied
 from .config import Settings
-from .connection import REDIS_ERRORS, Outage
+from .connection import REDIS_ERRORS, Outage, primary_address
 from .fencing import Lost, Membership
 from .lifecycle import Lifecycle, Phase
 from .notify import Notifier
@@ -57,6 +59,10 @@ COUNTS_VAR = "RQ_WORKER_SERVICE_COUNTS"
 """Environment variable carrying "done,failed" across a reload's re-exec."""
 STOP_GRACE = 15.0
 """Seconds of stop timeout we ask systemd for beyond the next tick: room for a cold shutdown."""
+FAILOVER_RETRY = 2.0
+"""Longest wait between reconnection attempts under Redis Sentinel (rq's pop backs off 1, 2, 2 …
+seconds): each attempt asks the sentinels anew, so the pause after they elect a new primary stays
+within this, where a tick (10 s by default) would be the bound otherwise."""
 
 if TYPE_CHECKING:
     _Base = Worker  # what the mixin is mixed into, for the type checker
@@ -84,8 +90,10 @@ class ServiceWorkerMixin(_Base):
         kwargs.setdefault("job_monitoring_interval", int(self._tick))
         kwargs.setdefault("maintenance_interval", MAINTENANCE_INTERVAL)
         super().__init__(*args, **kwargs)
-        self.max_connection_wait_time = self._tick
-        self.outage = Outage(settings.redis, self._tick)
+        self.max_connection_wait_time = min(self._tick, FAILOVER_RETRY) if settings.redis.sentinels else self._tick
+        self.outage = Outage(settings.redis, self.max_connection_wait_time)
+        self._primary = primary_address(self.connection)
+        self._lost_in_job: str | None = None
         self.membership = Membership(self.connection, self.name, period=3 * self._tick)
         self.orphans = IntermediateWatch(self.connection, self.queues)
 
@@ -110,7 +118,18 @@ class ServiceWorkerMixin(_Base):
     def status_text(self) -> str:
         counts = f"{self._done} done, {self._failed} failed"
         idle = "Idle, listening on " + ", ".join(self.queue_names())
-        return f"{self.outage.status() or self.lifecycle.status(idle)} · {counts}"
+        primary = f" · primary {self._primary}" if self._primary else ""
+        return f"{self.outage.status() or self.lifecycle.status(idle)}{primary} · {counts}"
+
+    def _follow_primary(self) -> None:
+        """Say, once, that the sentinels' failover moved us to another primary (Sentinel only)."""
+        current = primary_address(self.connection)
+        if current and current != self._primary:
+            if self._primary:
+                log.warning("Following the new Redis primary %s of %s (was %s): the sentinels failed over",
+                            current, self.settings.redis.sentinels and self.settings.redis.sentinels.master,
+                            self._primary)
+            self._primary = current
 
     def _refresh_counts(self) -> None:
         """Read the job counters from the worker's Redis hash: in fork mode the horse updates them."""
@@ -143,7 +162,10 @@ class ServiceWorkerMixin(_Base):
             self.outage.failed(exc)
             self.notifier.status(self.status_text())
             return None
+        except redis.exceptions.NoPermissionError as exc:
+            self._exit_denied(exc)
         self.outage.ok()
+        self._follow_primary()
         return result
 
     # -- the tick: where recorded requests are acted on ---------------------------------------
@@ -169,9 +191,19 @@ class ServiceWorkerMixin(_Base):
     # -- fencing: other members that went silent, and this one if it was fenced ----------------
 
     def _watch_others(self) -> None:
+        if self._lost_in_job is not None and self.lifecycle.job is None:
+            self._rescue_own()
         for lost in self.membership.claim_lost():
             self._fence(lost)
         self.orphans.sweep()
+
+    def _rescue_own(self) -> None:
+        """Re-queue, now that Redis answers, what this worker was running when Redis went away
+        (a failover): between jobs, any StartedJobRegistry entry of ours is one whose end was lost."""
+        reason = (f"its worker {self.name} lost Redis while running it ({self._lost_in_job}); its end was not "
+                  "recorded")
+        rescue_executions(self.connection, self.name, self.queue_names(), self.settings, reason, at_once=True)
+        self._lost_in_job = None
 
     def _fence(self, lost: Lost) -> None:
         """Shut a lost worker out and re-run what it was running, now (see ``fencing``)."""
@@ -189,14 +221,24 @@ class ServiceWorkerMixin(_Base):
     def _exit_fenced(self) -> None:
         """Another worker fenced this one while it was silent and took over its jobs: take no other
         job, stop the one in hand (it was requeued), and exit so that systemd restarts us cleanly."""
+        self._exit_now(f"worker {self.name} was fenced: it was silent for over {self.membership.period:.0f}s and "
+                       "another worker re-queued its jobs; exiting without taking another job so that systemd "
+                       "restarts it", exits.TEMPFAIL, errno.ESTALE)
+
+    def _exit_denied(self, exc: Exception) -> NoReturn:
+        """Our ACL user may not run something the worker needs: no retry cures that, the operator
+        must (exit 77, not restarted). A job in hand stays in the started registry: the next start
+        re-runs it."""
+        self._exit_now(f"{denied(exc) or exc}; exiting", exits.NOPERM, errno.EACCES)
+
+    def _exit_now(self, message: str, status: int, error: int) -> NoReturn:
+        """Leave from wherever rq's loop is: it would catch an exception and carry on, or quit with
+        a traceback."""
         self._stop_job()
-        message = (f"worker {self.name} was fenced: it was silent for over {self.membership.period:.0f}s and "
-                   "another worker re-queued its jobs; exiting without taking another job so that systemd "
-                   "restarts it")
-        self.notifier.fail(message, exits.TEMPFAIL, errno.ESTALE)
+        self.notifier.fail(message, status, error)
         for handler in logging.getLogger().handlers:
             handler.flush()
-        os._exit(exits.TEMPFAIL)
+        os._exit(status)
 
     def _announce(self) -> None:
         """Tell systemd and the log, once, that a stop or a reload began."""
@@ -248,12 +290,21 @@ class ServiceWorkerMixin(_Base):
         self._service_tick()
         self._redis_call(super().maintain_heartbeats, job, execution)  # the job goes on meanwhile
 
+    def check_for_suspension(self, burst: bool) -> None:
+        """rq ends the worker when this GET fails; the pop that follows waits for Redis instead."""
+        self._redis_call(super().check_for_suspension, burst)
+
+    def run_maintenance_tasks(self) -> None:
+        self._redis_call(super().run_maintenance_tasks)  # tried again on the next pass of the loop
+
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None
                                      ) -> tuple[Job, Queue] | None:
         """While in here with nothing in hand, a stop may interrupt the pop (``_shutdown``)."""
         self._popping = True
         try:
             return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        except redis.exceptions.NoPermissionError as exc:
+            self._exit_denied(exc)
         finally:
             self._popping = False
 
@@ -311,6 +362,15 @@ class ServiceWorkerMixin(_Base):
         self.notifier.status(self.status_text())
         try:
             super().execute_job(job, queue)
+        except redis.exceptions.NoPermissionError as exc:
+            self._exit_denied(exc)
+        except REDIS_ERRORS as exc:
+            # Only before the horse starts or after it ended: while it runs every Redis call of
+            # ours goes through _redis_call. rq would end the worker for this; we go on.
+            self._lost_in_job = str(exc)
+            self.outage.failed(exc)
+            log.warning("Lost Redis around job %s (%s): %s; it is re-queued once Redis answers, unless its end was "
+                        "recorded", job.id, func, exc)
         finally:
             self.lifecycle.end_job()
             journal.clear_job()

@@ -49,6 +49,8 @@ OVERRIDES = {
         "_shutdown": "worker.py: only the pop may be interrupted",
         "execute_job": "worker.py / worker_classes.py: job defaults, journal, status",
         "dequeue_timeout": "worker.py: a third of WatchdogSec",
+        "check_for_suspension": "worker.py: a failed GET waits for Redis instead of ending the worker",
+        "run_maintenance_tasks": "worker.py: likewise; tried again on the next pass",
     },
     Worker: {
         "wait_for_horse": "worker.py: a stop wakes the monitor at once",
