@@ -24,7 +24,7 @@ from rq.job import Job, JobStatus
 from rq.utils import as_text
 
 from .config import ConfigError, Settings, load_settings
-from .connection import make_connection
+from .connection import make_connection, refresh_primary
 
 PENDING = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
 _UNSET: Any = object()
@@ -87,6 +87,7 @@ def enqueue(func: Callable[..., Any] | str, *args: Any, queue: str = "default", 
         retry = Retry(max=settings.retry_max, interval=settings.retry_delay) if settings.retry_max > 0 else None
     if settings.job_timeout is not None:
         kwargs.setdefault("job_timeout", settings.job_timeout)
+    refresh_primary(conn)  # under Sentinel: not to a primary the sentinels have just replaced
     q = Queue(queue, connection=conn)
     job = _enqueue_once(q, conn, func, args, job_id, retry, kwargs)
     if settings.enqueue_wait_replicas:
@@ -96,6 +97,7 @@ def enqueue(func: Callable[..., Any] | str, *args: Any, queue: str = "default", 
 
 def _enqueue_once(q: Queue, conn: redis.Redis, func: Callable[..., Any] | str, args: tuple, job_id: str | None,
                   retry: Retry | None, kwargs: dict[str, Any]) -> Job:
+    """The job, enqueued; with ``job_id``, the pending one of that id if there is one."""
     if job_id is None:
         return q.enqueue(func, *args, retry=retry, **kwargs)  # type: ignore[type-var]
     key = Job.key_for(job_id)

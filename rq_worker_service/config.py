@@ -259,12 +259,12 @@ def _sentinels(env: Mapping[str, str], variable: str, url: str, scheme: str, clu
     master = read(env, "REDIS_SENTINEL_MASTER")
     if not addresses:
         if master:
-            raise ConfigError("REDIS_SENTINEL_MASTER", master, "REDIS_SENTINELS as well (the sentinels to ask "
-                              "for it), or no REDIS_SENTINEL_MASTER")
+            raise ConfigError("REDIS_SENTINEL_MASTER", None, "set, but REDIS_SENTINELS is not: set the sentinels "
+                              "to ask for it (host:port,host:port), or remove it")
         return None
     if not master:
-        raise ConfigError("REDIS_SENTINEL_MASTER", None, "the name the sentinels monitor the primary under "
-                          "(sentinel monitor NAME … in sentinel.conf); required with REDIS_SENTINELS")
+        raise ConfigError("REDIS_SENTINEL_MASTER", None, "required with REDIS_SENTINELS: the name the sentinels "
+                          "monitor the primary under (sentinel monitor NAME … in sentinel.conf)")
     if cluster:
         raise ConfigError("REDIS_CLUSTER", "yes", "either REDIS_CLUSTER or REDIS_SENTINELS, not both")
     if scheme == "unix":
@@ -289,12 +289,13 @@ def _tls(env: Mapping[str, str], tls: bool) -> tuple[tuple[str, str], ...]:
     believes the link is encrypted and checked when it is not."""
     given = [name for name in _TLS_VARIABLES if _get(env, name)]
     if given and not tls:
-        raise ConfigError(given[0], None, "a TLS connection to apply to: use a rediss:// REDIS_URL (or "
-                          "REDIS_SENTINEL_SSL=yes for the sentinels), or remove it")
+        raise ConfigError(given[0], None, "set, but the connection is not TLS: use a rediss:// REDIS_URL "
+                          "(or REDIS_SENTINEL_SSL=yes for the sentinels), or remove it")
     if not tls:
         return ()
     if _get(env, "REDIS_SSL_KEYFILE") and not _get(env, "REDIS_SSL_CERTFILE"):
-        raise ConfigError("REDIS_SSL_KEYFILE", None, "REDIS_SSL_CERTFILE too (the client certificate of this key)")
+        raise ConfigError("REDIS_SSL_KEYFILE", None, "set without REDIS_SSL_CERTFILE: set both (the client "
+                          "certificate and its key)")
     return tuple((arg, str(read(env, name))) for name, arg in _TLS_VARIABLES.items() if read(env, name) is not None)
 
 

@@ -16,11 +16,14 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
+from redis.connection import SSLConnection
 from redis.crc import key_slot
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelManagedConnection
+from redis.utils import SENTINEL
 
 from .config import RedisTarget
 from .notify import Notifier
@@ -74,6 +77,22 @@ def make_connection(target: RedisTarget, key_prefix: str = "rq", client_name: st
     return redis.Redis.from_url(url, **options)
 
 
+class SentinelConnection(SentinelManagedConnection):
+    """redis-py's, except that a reply left unread closes the connection, as every other redis-py
+    connection does. Ours are left so whenever a stop interrupts the blocking pop: redis-py's
+    Sentinel connection went back to the pool with the pop's reply pending, and the next command
+    read it as its own ("Wrong number of response items" at the worker's exit). redis/redis-py#4292."""
+
+    def read_response(self, disable_decoding: Any = False, *, timeout: float | object = SENTINEL,
+                      disconnect_on_error: bool | None = True, push_request: bool | None = False) -> Any:
+        return super().read_response(disable_decoding, timeout=timeout, disconnect_on_error=disconnect_on_error,
+                                     push_request=push_request)
+
+
+class SentinelSSLConnection(SentinelConnection, SSLConnection):
+    """The same over TLS (rediss:// with REDIS_SENTINELS)."""
+
+
 def _sentinel_client(target: RedisTarget, options: dict) -> redis.Redis:
     """A client of the primary the sentinels name (redis-py's Sentinel connection pool)."""
     assert target.sentinels is not None
@@ -87,11 +106,24 @@ def _sentinel_client(target: RedisTarget, options: dict) -> redis.Redis:
         sentinel_options["password"] = sentinels.password
     if sentinels.ssl:
         sentinel_options.update(ssl=True, **dict(target.tls))
+    options["connection_class"] = SentinelConnection
     if parts.scheme == "rediss":
-        options.update(ssl=True, **dict(target.tls))
+        options.update(connection_class=SentinelSSLConnection, **dict(target.tls))
     manager = Sentinel(list(sentinels.addresses), sentinel_kwargs=sentinel_options)
     return manager.master_for(sentinels.master, db=int(parts.path.lstrip("/") or 0), username=target.username,
                               password=target.password, **options)
+
+
+def refresh_primary(connection: redis.Redis) -> None:
+    """Under Sentinel, ask the sentinels for the primary now; if it changed, redis-py closes the
+    pool's idle connections, so that the next command goes to the new one.
+
+    A replaced primary keeps answering the connections it has until the sentinels turn it into a
+    replica (≈10 s after a manual failover; after a crash, once it is back): what is written there
+    meanwhile is lost. Waiting for a connection to fail is not enough."""
+    ask = getattr(connection.connection_pool, "get_master_address", None)
+    if ask is not None:
+        ask()
 
 
 def primary_address(connection: redis.Redis) -> str | None:

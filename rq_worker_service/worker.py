@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -38,7 +39,7 @@ from rq.worker import SHUTDOWN_SIGNAL
 from . import exits, journal
 from .acl import denied
 from .config import Settings
-from .connection import REDIS_ERRORS, Outage, primary_address
+from .connection import REDIS_ERRORS, Outage, primary_address, refresh_primary
 from .fencing import Lost, Membership
 from .lifecycle import Lifecycle, Phase
 from .notify import Notifier
@@ -59,10 +60,12 @@ COUNTS_VAR = "RQ_WORKER_SERVICE_COUNTS"
 """Environment variable carrying "done,failed" across a reload's re-exec."""
 STOP_GRACE = 15.0
 """Seconds of stop timeout we ask systemd for beyond the next tick: room for a cold shutdown."""
-FAILOVER_RETRY = 2.0
-"""Longest wait between reconnection attempts under Redis Sentinel (rq's pop backs off 1, 2, 2 …
-seconds): each attempt asks the sentinels anew, so the pause after they elect a new primary stays
-within this, where a tick (10 s by default) would be the bound otherwise."""
+FAILOVER_RETRY = 2
+"""Under Redis Sentinel: the longest blocking pop, and the longest wait between reconnection
+attempts (rq's pop backs off 1, 2, 2 … seconds). A primary the sentinels replaced keeps serving
+its old clients until they convert it to a replica, ≈10 s later (a manual failover) or until it
+comes back (a crash): the tick that follows each pop asks the sentinels, so a worker moves to the
+new primary within this many seconds, where a tick (10 s by default) would be the bound."""
 
 if TYPE_CHECKING:
     _Base = Worker  # what the mixin is mixed into, for the type checker
@@ -87,10 +90,11 @@ class ServiceWorkerMixin(_Base):
         self._handlers_pid: int | None = None
         self._main_pid = os.getpid()
         self._done = self._failed = 0
+        self._sentinel = settings.redis.sentinels is not None
         kwargs.setdefault("job_monitoring_interval", int(self._tick))
         kwargs.setdefault("maintenance_interval", MAINTENANCE_INTERVAL)
         super().__init__(*args, **kwargs)
-        self.max_connection_wait_time = min(self._tick, FAILOVER_RETRY) if settings.redis.sentinels else self._tick
+        self.max_connection_wait_time = min(self._tick, FAILOVER_RETRY) if self._sentinel else self._tick
         self.outage = Outage(settings.redis, self.max_connection_wait_time)
         self._primary = primary_address(self.connection)
         self._lost_in_job: str | None = None
@@ -101,8 +105,10 @@ class ServiceWorkerMixin(_Base):
 
     @property
     def dequeue_timeout(self) -> int:
-        """rq blocks up to worker_ttl-15 s (405 s) in BLPOP; we come back every tick instead."""
-        return max(1, min(self.worker_ttl - 15, int(self._tick)))
+        """rq blocks up to worker_ttl-15 s (405 s) in BLPOP; we come back every tick instead (under
+        Sentinel every FAILOVER_RETRY seconds, to look for a new primary)."""
+        longest = min(self._tick, FAILOVER_RETRY) if self._sentinel else self._tick
+        return max(1, min(self.worker_ttl - 15, int(longest)))
 
     @property
     def job_monitoring_interval(self) -> int:
@@ -122,14 +128,20 @@ class ServiceWorkerMixin(_Base):
         return f"{self.outage.status() or self.lifecycle.status(idle)}{primary} · {counts}"
 
     def _follow_primary(self) -> None:
-        """Say, once, that the sentinels' failover moved us to another primary (Sentinel only)."""
+        """Move to the primary the sentinels name now (``refresh_primary``), and say so when it changed."""
+        if not self._sentinel:
+            return
+        refresh_primary(self.connection)
         current = primary_address(self.connection)
-        if current and current != self._primary:
-            if self._primary:
-                log.warning("Following the new Redis primary %s of %s (was %s): the sentinels failed over",
-                            current, self.settings.redis.sentinels and self.settings.redis.sentinels.master,
-                            self._primary)
+        previous = self._primary
+        if current and current != previous:
             self._primary = current
+            if previous is None:
+                return
+            log.warning("Following the new Redis primary %s of %s (was %s): the sentinels failed over", current,
+                        self.settings.redis.sentinels and self.settings.redis.sentinels.master, previous)
+            if self.lifecycle.job is not None:  # its end may be recorded on the old primary only
+                self._lost_in_job = f"the Redis primary changed from {previous} to {current} while it ran"
 
     def _refresh_counts(self) -> None:
         """Read the job counters from the worker's Redis hash: in fork mode the horse updates them."""
@@ -165,7 +177,6 @@ class ServiceWorkerMixin(_Base):
         except redis.exceptions.NoPermissionError as exc:
             self._exit_denied(exc)
         self.outage.ok()
-        self._follow_primary()
         return result
 
     # -- the tick: where recorded requests are acted on ---------------------------------------
@@ -173,6 +184,7 @@ class ServiceWorkerMixin(_Base):
     def _service_tick(self, *, watchdog: bool = True, in_main_loop: bool = True) -> None:
         if watchdog:
             self.notifier.watchdog()
+            self._redis_call(self._follow_primary)
             if self._redis_call(self.membership.beat) is False:
                 self._exit_fenced()
         self._announce()
@@ -200,8 +212,7 @@ class ServiceWorkerMixin(_Base):
     def _rescue_own(self) -> None:
         """Re-queue, now that Redis answers, what this worker was running when Redis went away
         (a failover): between jobs, any StartedJobRegistry entry of ours is one whose end was lost."""
-        reason = (f"its worker {self.name} lost Redis while running it ({self._lost_in_job}); its end was not "
-                  "recorded")
+        reason = f"its worker {self.name} could not record its end: {self._lost_in_job}"
         rescue_executions(self.connection, self.name, self.queue_names(), self.settings, reason, at_once=True)
         self._lost_in_job = None
 
@@ -302,7 +313,13 @@ class ServiceWorkerMixin(_Base):
         """While in here with nothing in hand, a stop may interrupt the pop (``_shutdown``)."""
         self._popping = True
         try:
-            return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+            while True:
+                try:
+                    return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+                except REDIS_ERRORS as exc:  # rq waits out a failing pop, not the state write before it
+                    self.outage.failed(exc)
+                    self.heartbeat()  # the tick (watchdog, STATUS=); a stop that came meanwhile ends here
+                    time.sleep(self.max_connection_wait_time)
         except redis.exceptions.NoPermissionError as exc:
             self._exit_denied(exc)
         finally:

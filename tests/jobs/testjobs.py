@@ -59,3 +59,12 @@ def timed_job(seconds: float) -> str:
     time.sleep(seconds)
     job.connection.rpush(f"ran:{job.origin}", f"{started} {time.time()} {job.id}")
     return job.id
+
+
+def logged_job(path: str, tag: str, seconds: float = 0.0) -> str:
+    """Sleeps, then appends "<tag> <time>" to ``path``: a record of completion kept outside Redis,
+    which a failover may roll back. No Redis call of its own."""
+    time.sleep(seconds)
+    with open(path, "a") as f:
+        f.write(f"{tag} {time.time()}\n")
+    return tag
