@@ -144,3 +144,14 @@ def test_workers_follow_a_failover_under_load_and_lose_no_acknowledged_job(fault
     for worker in workers:
         worker.signal(15)
         assert worker.wait(30) == 0, worker.output()[-4000:]
+
+
+def test_the_helper_raises_not_replicated_when_no_replica_answers_and_the_job_is_queued(rconn, redis_server):
+    env = {"REDIS_URL": redis_server.url, "RQ_ENQUEUE_WAIT_REPLICAS": "1", "RQ_ENQUEUE_WAIT_TIMEOUT": "0.2"}
+    started = time.monotonic()
+    with pytest.raises(NotReplicated, match="only 0 of 1 replica") as caught:
+        enqueue(logged_job, "/dev/null", "x", job_id="unreplicated", env=env)
+    assert 0.2 <= time.monotonic() - started < 5
+    assert caught.value.job.id == "unreplicated"
+    assert Queue(connection=rconn).job_ids == ["unreplicated"]  # queued all the same: it runs
+    assert int(rconn.get("rq:service:enqueued")) == 1  # the write on the waiting connection WAIT counts from

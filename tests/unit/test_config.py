@@ -265,3 +265,68 @@ def test_rq_app_dir_is_an_existing_absolute_directory_and_the_default_import_pat
         load(RQ_APP_DIR="relative/dir")
     with pytest.raises(ConfigError, match="expected an existing directory"):
         load(RQ_APP_DIR=tmp_path / "missing")
+
+
+# -- Sentinel and TLS -------------------------------------------------------------------------
+
+
+def test_sentinels_with_defaults_db_and_login_from_the_url():
+    s = load(REDIS_SENTINELS="10.0.0.1:26379, sentinel-b ,[::1]:26380", REDIS_SENTINEL_MASTER="mymaster",
+             REDIS_URL="redis://app:pw@mymaster/2", REDIS_SENTINEL_PASSWORD="spw")
+    sentinels = s.redis.sentinels
+    assert sentinels.addresses == (("10.0.0.1", 26379), ("sentinel-b", 26379), ("::1", 26380))
+    assert (sentinels.master, sentinels.password, sentinels.ssl) == ("mymaster", "spw", False)
+    assert (s.redis.username, s.redis.password) == ("app", "pw")
+    assert s.redis.display == "mymaster via sentinels 10.0.0.1:26379,sentinel-b:26379,::1:26380 (db 2)"
+    assert "spw" not in repr(s.redis) and "pw" not in s.redis.display
+    assert s.warnings == ()
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"REDIS_SENTINELS": "a:1"}, "REDIS_SENTINEL_MASTER: required with REDIS_SENTINELS"),
+    ({"REDIS_SENTINEL_MASTER": "m"}, "REDIS_SENTINEL_MASTER: set, but REDIS_SENTINELS is not"),
+    ({"REDIS_SENTINELS": "a:x", "REDIS_SENTINEL_MASTER": "m"}, "REDIS_SENTINELS='a:x' is invalid: expected a comma"),
+    ({"REDIS_SENTINELS": "a:1,,b:2", "REDIS_SENTINEL_MASTER": "m"}, "REDIS_SENTINELS='a:1,,b:2' is invalid"),
+    ({"REDIS_SENTINELS": "a:70000", "REDIS_SENTINEL_MASTER": "m"}, "REDIS_SENTINELS='a:70000' is invalid"),
+    ({"REDIS_SENTINELS": "a:1", "REDIS_SENTINEL_MASTER": "m", "REDIS_CLUSTER": "yes"},
+     "REDIS_CLUSTER='yes' is invalid: expected either REDIS_CLUSTER or REDIS_SENTINELS"),
+    ({"REDIS_SENTINELS": "a:1", "REDIS_SENTINEL_MASTER": "m", "REDIS_URL": "unix:///run/redis.sock"},
+     "a redis:// or rediss:// URL with REDIS_SENTINELS"),
+    ({"REDIS_SSL_CA_CERTS": "/etc/hostname"}, "REDIS_SSL_CA_CERTS: set, but the connection is not TLS"),
+    ({"REDIS_URL": "rediss://h/0", "REDIS_SSL_CA_CERTS": "/nonexistent.crt"},
+     "REDIS_SSL_CA_CERTS='/nonexistent.crt' is invalid: expected an existing file"),
+    ({"REDIS_URL": "rediss://h/0", "REDIS_SSL_KEYFILE": "/etc/hostname"},
+     "REDIS_SSL_KEYFILE: set without REDIS_SSL_CERTFILE"),
+    ({"REDIS_URL": "rediss://h/0", "REDIS_SSL_CERT_REQS": "maybe"},
+     "REDIS_SSL_CERT_REQS='maybe' is invalid: expected one of required, optional, none"),
+    ({"RQ_ENQUEUE_WAIT_REPLICAS": "-1"}, "RQ_ENQUEUE_WAIT_REPLICAS='-1' is invalid"),
+])
+def test_bad_sentinel_and_tls_settings_are_one_line(env, message):
+    with pytest.raises(ConfigError) as caught:
+        load(**env)
+    assert message in str(caught.value)
+
+
+def test_a_sentinel_password_is_never_shown_even_when_refused():
+    with pytest.raises(ConfigError) as caught:
+        load(REDIS_SENTINELS="a:1", REDIS_SENTINEL_PASSWORD="s3cret-sentinel")
+    assert "s3cret-sentinel" not in str(caught.value)
+
+
+def test_with_sentinels_the_url_host_and_split_host_are_not_used_and_say_so():
+    s = load(REDIS_SENTINELS="a:1", REDIS_SENTINEL_MASTER="m", REDIS_URL="redis://old-primary:6379/0")
+    assert s.warnings == ("REDIS_SENTINELS is set, so REDIS_URL's host old-primary is not used: the sentinels name "
+                          "the primary of m",)
+    s = load(REDIS_SENTINELS="a:1", REDIS_SENTINEL_MASTER="m", REDIS_HOST="old", REDIS_DB="3")
+    assert s.warnings == ("REDIS_SENTINELS is set, so REDIS_HOST and REDIS_PORT are not used (REDIS_DB is)",)
+    assert s.redis.display.endswith("(db 3)")
+
+
+def test_tls_options_go_to_redis_py_only_for_tls():
+    s = load(REDIS_URL="rediss://h:6380/0", REDIS_SSL_CA_CERTS="/etc/hostname", REDIS_SSL_CERT_REQS="none")
+    assert dict(s.redis.tls) == {"ssl_ca_certs": "/etc/hostname", "ssl_cert_reqs": "none"}
+    assert dict(load(REDIS_URL="rediss://h:6380/0").redis.tls) == {"ssl_cert_reqs": "required"}
+    assert load().redis.tls == ()
+    s = load(REDIS_SENTINELS="a:1", REDIS_SENTINEL_MASTER="m", REDIS_SENTINEL_SSL="yes",
+             REDIS_SSL_CA_CERTS="/etc/hostname")
+    assert s.redis.sentinels.ssl and dict(s.redis.tls)["ssl_ca_certs"] == "/etc/hostname"

@@ -6,7 +6,7 @@ import pytest
 import redis
 from helpers import FakeClock
 
-from rq_worker_service.config import load_settings
+from rq_worker_service.config import RedisTarget, load_settings
 from rq_worker_service.connection import (
     RedisAuthError,
     RedisUnavailable,
@@ -126,3 +126,69 @@ def test_cluster_connects_to_the_primary_of_the_prefixs_slot(monkeypatch, prefix
     target = load_settings({"REDIS_URL": "rediss://u:s3cret@node1:7000/0", "REDIS_CLUSTER": "yes",
                             "RQ_KEY_PREFIX": prefix}).redis
     assert make_connection(target, prefix).url == f"rediss://u:s3cret@{address}/0"
+
+
+def _raised_from(inner: BaseException) -> redis.exceptions.ConnectionError:
+    """A ConnectionError as redis-py raises it: the TLS error only as its context."""
+    try:
+        try:
+            raise inner
+        except OSError:
+            raise redis.exceptions.ConnectionError("Error 1 connecting to h:6380.") from None
+    except redis.exceptions.ConnectionError as exc:
+        exc.__context__ = inner
+        return exc
+
+
+def test_a_certificate_that_does_not_verify_is_not_waited_out():
+    import ssl
+
+    from rq_worker_service.connection import tls_failure
+
+    bad_ca = ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
+    assert tls_failure(_raised_from(bad_ca)) is bad_ca
+    assert tls_failure(_raised_from(ssl.SSLEOFError(8, "EOF occurred"))) is None  # a cut connection: waited out
+    assert tls_failure(redis.exceptions.ConnectionError("Connection refused")) is None
+    with pytest.raises(RedisAuthError, match="TLS with Redis at rediss://h:6380/0 failed .*REDIS_SSL_CA_CERTS"):
+        wait_for_redis(lambda: Flaky(1, _raised_from(bad_ca)), RedisTarget("rediss://h:6380/0"), Notifier(), 60,
+                       clock=FakeClock(), sleep=FakeClock().sleep)
+
+
+def test_acl_rule_and_refusals():
+    from rq_worker_service.acl import denied, rule
+
+    assert rule("{reports}").startswith("resetkeys ~{reports}:* resetchannels &{reports}:* -@all +@read")
+    assert "+client|kill" in rule() and rule().index("-@dangerous") < rule().index("+info")
+    message = denied(redis.exceptions.NoPermissionError("this user has no permissions to run the 'blmove' command"))
+    assert message and "'blmove'" in message and "rq-worker-service acl" in message
+    assert denied(redis.exceptions.AuthenticationError("WRONGPASS invalid username-password pair")) is None
+    assert denied(redis.exceptions.ConnectionError("refused")) is None
+
+
+def test_sentinel_clients_close_a_connection_whose_reply_was_never_read():
+    """redis/redis-py#4292: redis-py's Sentinel connection does not, and the next command reads
+    the previous one's reply; the worker's stop interrupts its blocking pop exactly so."""
+    from redis.sentinel import SentinelConnectionPool
+
+    from rq_worker_service.connection import SentinelConnection, SentinelSSLConnection
+
+    target = load_settings({"REDIS_SENTINELS": "127.0.0.1:1", "REDIS_SENTINEL_MASTER": "m",
+                            "REDIS_URL": "redis://:pw@m/3"}).redis
+    client = make_connection(target, client_name="w")
+    pool = client.connection_pool
+    assert isinstance(pool, SentinelConnectionPool) and pool.connection_class is SentinelConnection
+    assert (pool.connection_kwargs["db"], pool.connection_kwargs["password"]) == (3, "pw")
+
+    class Interrupted(BaseException):
+        pass
+
+    connection = SentinelConnection(connection_pool=pool)
+    connection._parser = type("Parser", (), {"read_response": lambda *a, **k: (_ for _ in ()).throw(Interrupted())})()
+    closed = []
+    connection.disconnect = lambda *a, **k: closed.append(True)  # type: ignore[method-assign]
+    with pytest.raises(Interrupted):
+        connection.read_response()
+    assert closed == [True]
+    tls = load_settings({"REDIS_SENTINELS": "127.0.0.1:1", "REDIS_SENTINEL_MASTER": "m",
+                         "REDIS_URL": "rediss://m/0"}).redis
+    assert make_connection(tls).connection_pool.connection_class is SentinelSSLConnection

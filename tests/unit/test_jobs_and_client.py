@@ -116,3 +116,4 @@ def test_a_job_waiting_for_its_retry_shows_its_last_failure_from_the_journal(con
     Result.create_failure(failed(conn, "f2"), 100, exc_string="RuntimeError: kept by rq")
     assert describe(conn, "f2", journal_lookup=journal)["traceback"] == "RuntimeError: kept by rq"
     assert describe(conn, "retrying", journal_lookup=lambda _: None)["traceback"] is None
+
