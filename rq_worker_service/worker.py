@@ -129,8 +129,6 @@ class ServiceWorkerMixin(_Base):
 
     def _follow_primary(self) -> None:
         """Move to the primary the sentinels name now (``refresh_primary``), and say so when it changed."""
-        if not self._sentinel:
-            return
         refresh_primary(self.connection)
         current = primary_address(self.connection)
         previous = self._primary
@@ -140,8 +138,9 @@ class ServiceWorkerMixin(_Base):
                 return
             log.warning("Following the new Redis primary %s of %s (was %s): the sentinels failed over", current,
                         self.settings.redis.sentinels and self.settings.redis.sentinels.master, previous)
-            if self.lifecycle.job is not None:  # its end may be recorded on the old primary only
-                self._lost_in_job = f"the Redis primary changed from {previous} to {current} while it ran"
+            # A job in hand, or one that ended since the last look, may have its end recorded on the
+            # old primary only: the new one still shows it started, by us. Re-queue it between jobs.
+            self._lost_in_job = f"the Redis primary changed from {previous} to {current} around it"
 
     def _refresh_counts(self) -> None:
         """Read the job counters from the worker's Redis hash: in fork mode the horse updates them."""
@@ -184,7 +183,8 @@ class ServiceWorkerMixin(_Base):
     def _service_tick(self, *, watchdog: bool = True, in_main_loop: bool = True) -> None:
         if watchdog:
             self.notifier.watchdog()
-            self._redis_call(self._follow_primary)
+            if self._sentinel:  # a call that did not touch Redis must not count as Redis answering
+                self._redis_call(self._follow_primary)
             if self._redis_call(self.membership.beat) is False:
                 self._exit_fenced()
         self._announce()

@@ -25,8 +25,8 @@ from pathlib import Path
 RELEASES = {"bookworm": "python3.11", "trixie": "python3.13"}
 """The Debian releases the e2e tests boot (systemd 252 and 257), each with its Python."""
 MIRROR = os.environ.get("RQWS_E2E_MIRROR", "http://deb.debian.org/debian")
-PACKAGES = ("systemd", "systemd-sysv", "dbus", "redis-server", "python3", "libsystemd0", "procps", "iproute2",
-            "man-db")
+PACKAGES = ("systemd", "systemd-sysv", "dbus", "redis-server", "redis-sentinel", "python3", "libsystemd0", "procps",
+            "iproute2", "man-db")
 CACHE = Path(os.environ.get("RQWS_E2E_CACHE", "/var/cache/rq-worker-service-e2e"))
 HIERARCHIES = ("unified", "systemd", "pids", "devices", "memory")
 """cgroup hierarchies systemd writes to; the sandbox gets a cgroup of its own in each."""

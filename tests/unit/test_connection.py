@@ -192,3 +192,17 @@ def test_sentinel_clients_close_a_connection_whose_reply_was_never_read():
     tls = load_settings({"REDIS_SENTINELS": "127.0.0.1:1", "REDIS_SENTINEL_MASTER": "m",
                          "REDIS_URL": "rediss://m/0"}).redis
     assert make_connection(tls).connection_pool.connection_class is SentinelSSLConnection
+
+
+def test_acl_command_prints_the_rule_for_the_configured_prefix_and_user(monkeypatch, capsys, tmp_path):
+    from rq_worker_service.cli import main
+
+    env_file = tmp_path / "worker.env"
+    env_file.write_text("RQ_KEY_PREFIX={reports}\nREDIS_USERNAME=reports-worker\nREDIS_PASSWORD=hunter2\n")
+    monkeypatch.setenv("RQ_KEY_PREFIX", "{reports}")
+    assert main(["acl", "--env-file", str(env_file)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ACL SETUSER reports-worker reset on >YOUR-PASSWORD resetkeys ~{reports}:* ")
+    assert "hunter2" not in out
+    assert main(["acl", "--env-file", str(env_file), "--rule"]) == 0
+    assert capsys.readouterr().out.startswith("resetkeys ~{reports}:* resetchannels &{reports}:* -@all")

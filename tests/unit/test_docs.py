@@ -74,3 +74,10 @@ def test_each_expected_difference_from_rqs_suite_is_documented():
     entries = run_suite.load_expected()
     assert entries, "expected.txt is empty or unreadable"
     assert run_suite.undocumented(entries) == []
+
+
+def test_readme_shows_the_acl_rule_the_command_prints():
+    from rq_worker_service.acl import setuser
+
+    assert f"$ rq-worker-service acl --user rqworker\n{setuser('rqworker')}\n" in README, (
+        "README.md's ACL users section is stale: paste the output of `rq-worker-service acl --user rqworker`")
