@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from dotenv import dotenv_values
 from rq import Queue, Retry
@@ -22,6 +22,11 @@ import e2ejobs  # noqa: E402,F401
 
 from rq_worker_service.config import load_settings  # noqa: E402
 from rq_worker_service.connection import make_connection  # noqa: E402
+
+
+def utc(moment: datetime) -> datetime:
+    """rq keeps UTC times, with or without the zone."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def connect():
@@ -105,6 +110,7 @@ def main() -> None:
                 continue
             latest = job.latest_result()
             out[job_id] = {"status": job.get_status(), "executions": execs, "worker": job.worker_name,
+                           "enqueued_at": utc(job.enqueued_at).timestamp() if job.enqueued_at else None,
                            "retries_left": job.retries_left,
                            "last_error": latest.exc_string if latest and latest.exc_string else None}
         print(json.dumps(out))
