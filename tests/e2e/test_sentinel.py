@@ -72,6 +72,7 @@ def set_up_sentinel(box: Sandbox) -> None:
     for unit in ("redis-server@", "redis-sentinel", "redis-sentinel@"):
         box.write(f"/etc/systemd/system/{unit}.service.d/e2e-sandbox.conf", NO_USER_NAMESPACES)
     systemctl(box, "daemon-reload")
+    systemctl(box, "reset-failed")  # trixie: the sentinel apt started failed 5 times without the drop-in
     systemctl(box, "restart", "redis-server")
     systemctl(box, "enable", "--now", "redis-server@replica")
     systemctl(box, "restart", "redis-sentinel")
