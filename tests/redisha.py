@@ -99,7 +99,12 @@ class SentinelSetup:
         return self
 
     def _settled(self) -> bool:
+        """Every sentinel sees the replica and the other sentinels, and the replica finished its
+        first sync (which Redis delays by 5 s): promoting it before would elect an empty primary."""
         try:
+            replica = self.primary().client().info("replication").get("slave0") or {}
+            if replica.get("state") != "online":
+                return False
             for port, _ in self.sentinels:
                 state = self.sentinel(port).sentinel_master(MASTER)
                 if state["num-slaves"] < 1 or state["num-other-sentinels"] < 2:

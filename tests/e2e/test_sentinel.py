@@ -107,6 +107,13 @@ def ha(rootfs, deb):
         yield box
 
 
+def replica_in_sync(box: Sandbox) -> bool:
+    """The primary has a replica that finished its sync (Redis delays a first full sync by 5 s:
+    promoting a replica before that elects an empty primary, which a test must not mistake)."""
+    info = redis_cli(box, primary_port(box), "--pass", PASSWORD, "info", "replication")
+    return "state=online" in info
+
+
 def primary_port(box: Sandbox) -> int:
     return int(redis_cli(box, SENTINEL_PORTS[""], "sentinel", "get-master-addr-by-name", "mymaster").split()[1])
 
@@ -140,6 +147,7 @@ def test_the_installed_package_follows_a_failover_and_stock_rq_is_measured_besid
     systemctl(ha, "start", "rq-worker@1", "rq-worker@2", "rqworker@1")
     wait_for(lambda: unit(ha, "rqworker@1", "ActiveState") == "active", 30, "stock rq to start")
     restarts = {u: int(unit(ha, u, "NRestarts")) for u in ("rq-worker@1", "rq-worker@2", "rqworker@1")}
+    wait_for(lambda: replica_in_sync(ha), 60, "the replica to be in sync", interval=0.5)
     old = primary_port(ha)
     before = ctl(ha, "enqueue", "traced_job", "0.5", "--count", "20", "--id", f"{fault}-before")
     ctl(ha, "enqueue", "traced_job", "0.5", "--count", "10", "--id", f"{fault}-stock-before", "--queue", "stock")
