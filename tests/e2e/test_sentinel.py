@@ -6,8 +6,8 @@ and three sentinels (redis-sentinel, redis-sentinel@b, redis-sentinel@c), all on
 rq-worker@1 and @2 take queue ``default`` through REDIS_SENTINELS; stock ``rq worker`` (rq's
 documented unit, rq's own SENTINEL setting, the same rq as the package bundles) takes ``stock``.
 Both have the same backlog per worker when the fault comes. The pause is the time from the election
-to the first job end recorded on the new primary (traced_job's trace, in Redis time); a probe job
-queued on each queue right after the election says how long new work waits.
+to the end of a probe job queued on the new primary right after it (traced_job's trace, in Redis
+time): how long new work waits.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def first_end_after(box: Sandbox, moment: float, stock: bool) -> float:
     after ``moment``: the end of the pause in job processing."""
     ends = [e["t"] for e in ctl(box, "trace") if e["event"] == "end" and e["t"] > moment
             and ("-stock-" in e["id"]) == stock]
-    return min(ends)
+    return min(ends, default=moment)
 
 
 def unit(box: Sandbox, name: str, prop: str) -> str:
@@ -172,12 +172,16 @@ def test_the_installed_package_follows_a_failover_and_stock_rq_is_measured_besid
         left = {k: v for k, v in jobs(ha, ours).items() if v["status"] != "finished"}
         log = ha.run(["journalctl", "-u", "rq-worker@*", "-o", "cat", "--no-pager", "-n", "80"]).stdout
         raise AssertionError(f"not finished: {left}\n{ctl(ha, 'registries')}\n{log}") from None
-    wait_for(lambda: probe_end(ha, probes[1]), 120, "stock rq to run its probe", interval=1)
-    pause, stock = (first_end_after(ha, elected, stock) - elected for stock in (False, True))
-    probe, stock_probe = (probe_end(ha, job_id) - elected for job_id in probes)
-    print(f"\n{fault}: new primary :{new}; first job done on it {pause:.1f}s after the election, a job queued "
-          f"then done after {probe:.1f}s (stock rq under its documented unit, same backlog per worker: "
-          f"{stock:.1f}s, {stock_probe:.1f}s)")
+    try:  # measured, not required: stock rq's reconnection backs off to a minute
+        wait_for(lambda: probe_end(ha, probes[1]), 120, "stock rq to run its probe", interval=1)
+    except AssertionError:
+        print(ha.run(["journalctl", "-u", "rqworker@1", "-o", "cat", "--no-pager", "-n", "15"]).stdout)
+    pause, stock = (probe_end(ha, job_id) - elected for job_id in probes)
+    first, stock_first = (first_end_after(ha, elected, stock) - elected for stock in (False, True))
+    stock_text = f"{stock:.1f}s" if stock > 0 else "not within 120 s"
+    print(f"\n{fault}: new primary :{new}; a job queued on it at the election done after {pause:.1f}s (stock rq "
+          f"under its documented unit, same backlog per worker: {stock_text}); first job end recorded on it "
+          f"{first:.1f}s after (stock {stock_first:.1f}s: a horse connects anew)")
     assert pause <= PAUSE_TARGET
 
     for name in ("rq-worker@1", "rq-worker@2"):
