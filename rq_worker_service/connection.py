@@ -20,9 +20,11 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
+from redis.backoff import NoBackoff
 from redis.connection import SSLConnection
 from redis.crc import key_slot
-from redis.sentinel import Sentinel, SentinelManagedConnection
+from redis.retry import Retry
+from redis.sentinel import MasterNotFoundError, Sentinel, SentinelManagedConnection
 from redis.utils import SENTINEL
 
 from .config import RedisTarget
@@ -93,6 +95,23 @@ class SentinelSSLConnection(SentinelConnection, SSLConnection):
     """The same over TLS (rediss:// with REDIS_SENTINELS)."""
 
 
+class SentinelManager(Sentinel):
+    """redis-py's Sentinel manager, with an error that fits on a line. redis-py's lists the full
+    repr of every sentinel's client (two screens of connection settings), and rq's own log and
+    ours repeat it on every retry while no primary is found."""
+
+    def discover_master(self, service_name: str) -> tuple[str, int]:
+        try:
+            return super().discover_master(service_name)
+        except MasterNotFoundError as exc:
+            addresses = ", ".join("{host}:{port}".format(**s.connection_pool.connection_kwargs) for s in self.sentinels)
+            if " : " in str(exc):  # redis-py appends what each unreachable sentinel raised
+                message = f"no sentinel answered for {service_name!r} (tried {addresses})"
+            else:
+                message = f"the sentinels ({addresses}) know no healthy primary for {service_name!r}"
+            raise MasterNotFoundError(message) from None
+
+
 def _sentinel_client(target: RedisTarget, options: dict) -> redis.Redis:
     """A client of the primary the sentinels name (redis-py's Sentinel connection pool)."""
     assert target.sentinels is not None
@@ -100,6 +119,8 @@ def _sentinel_client(target: RedisTarget, options: dict) -> redis.Redis:
     parts = urlsplit(target.url)
     sentinel_options = {key: value for key, value in options.items() if key.startswith("socket_")}
     sentinel_options["socket_timeout"] = CONNECT_TIMEOUT
+    sentinel_options["retry"] = Retry(NoBackoff(), 0)  # the next sentinel is the retry: redis-py's 10 retries
+    # of each unreachable sentinel made one look for the primary take ≈4 s per sentinel
     if sentinels.username:
         sentinel_options["username"] = sentinels.username
     if sentinels.password:
@@ -109,7 +130,7 @@ def _sentinel_client(target: RedisTarget, options: dict) -> redis.Redis:
     options["connection_class"] = SentinelConnection
     if parts.scheme == "rediss":
         options.update(connection_class=SentinelSSLConnection, **dict(target.tls))
-    manager = Sentinel(list(sentinels.addresses), sentinel_kwargs=sentinel_options)
+    manager = SentinelManager(list(sentinels.addresses), sentinel_kwargs=sentinel_options)
     return manager.master_for(sentinels.master, db=int(parts.path.lstrip("/") or 0), username=target.username,
                               password=target.password, **options)
 

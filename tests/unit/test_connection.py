@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 import redis
@@ -206,3 +207,29 @@ def test_acl_command_prints_the_rule_for_the_configured_prefix_and_user(monkeypa
     assert "hunter2" not in out
     assert main(["acl", "--env-file", str(env_file), "--rule"]) == 0
     assert capsys.readouterr().out.startswith("resetkeys ~{reports}:* resetchannels &{reports}:* -@all")
+
+
+def test_no_primary_from_the_sentinels_is_one_short_line_without_secrets():
+    from redis.sentinel import MasterNotFoundError
+
+    from rq_worker_service.connection import SentinelManager
+
+    target = load_settings({"REDIS_SENTINELS": "127.0.0.1:1,127.0.0.1:2", "REDIS_SENTINEL_MASTER": "m",
+                            "REDIS_SENTINEL_PASSWORD": "s3cret", "REDIS_PASSWORD": "pw-secret"}).redis
+    manager = make_connection(target).connection_pool.sentinel_manager
+    started = time.monotonic()
+    with pytest.raises(MasterNotFoundError) as caught:
+        manager.discover_master("m")
+    assert time.monotonic() - started < 1  # no retries of each unreachable sentinel
+    assert str(caught.value) == "no sentinel answered for 'm' (tried 127.0.0.1:1, 127.0.0.1:2)"
+
+    class Answering:  # a sentinel that answers but knows no healthy primary (failing over)
+        connection_pool = type("Pool", (), {"connection_kwargs": {"host": "10.0.0.1", "port": 26379}})()
+
+        def sentinel_masters(self):
+            return {}
+
+    manager = SentinelManager([("10.0.0.1", 26379)])
+    manager.sentinels = [Answering()]
+    with pytest.raises(MasterNotFoundError, match=r"^the sentinels \(10.0.0.1:26379\) know no healthy primary"):
+        manager.discover_master("m")
