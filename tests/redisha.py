@@ -77,13 +77,22 @@ class SentinelSetup:
         self.sentinels: list[tuple[int, subprocess.Popen]] = []
 
     def start(self) -> SentinelSetup:
+        """Start everything; on failure, stop what was started (the fixture's cleanup never runs then)."""
+        try:
+            return self._start()
+        except BaseException:
+            self.cleanup()
+            raise
+
+    def _start(self) -> SentinelSetup:
         primary = RedisServer()
         primary.extra_args = ["--appendonly", "yes"]
+        self.servers[primary.port] = primary
         primary.start()
         replica = RedisServer()
         replica.extra_args = ["--appendonly", "yes", "--replicaof", "127.0.0.1", str(primary.port)]
+        self.servers[replica.port] = replica
         replica.start()
-        self.servers = {primary.port: primary, replica.port: replica}
         binary = shutil.which("redis-sentinel") or "redis-server"
         for n in range(3):
             port = free_port()
