@@ -275,8 +275,9 @@ def _status(args: argparse.Namespace) -> int:
             return UNKNOWN
         from .acl import denied
 
-        if denied(exc):
-            raise CommandError(str(denied(exc)), exits.NOPERM) from None
+        refused = denied(exc)
+        if refused:
+            raise CommandError(refused, exits.NOPERM) from None
         raise CommandError(str(exc), getattr(exc, "status", exits.UNAVAILABLE)) from None
     if len(prefixes) > 1:
         return _status_per_prefix(args, prefixes)

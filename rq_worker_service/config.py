@@ -296,7 +296,8 @@ def _tls(env: Mapping[str, str], tls: bool) -> tuple[tuple[str, str], ...]:
     if _get(env, "REDIS_SSL_KEYFILE") and not _get(env, "REDIS_SSL_CERTFILE"):
         raise ConfigError("REDIS_SSL_KEYFILE", None, "set without REDIS_SSL_CERTFILE: set both (the client "
                           "certificate and its key)")
-    return tuple((arg, str(read(env, name))) for name, arg in _TLS_VARIABLES.items() if read(env, name) is not None)
+    values = {arg: read(env, name) for name, arg in _TLS_VARIABLES.items()}  # each file checked once
+    return tuple((arg, str(value)) for arg, value in values.items() if value is not None)
 
 
 def virtualenv_site_packages(venv: str) -> Path:

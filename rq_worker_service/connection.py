@@ -135,16 +135,19 @@ def _sentinel_client(target: RedisTarget, options: dict) -> redis.Redis:
                               password=target.password, **options)
 
 
-def refresh_primary(connection: redis.Redis) -> None:
-    """Under Sentinel, ask the sentinels for the primary now; if it changed, redis-py closes the
-    pool's idle connections, so that the next command goes to the new one.
+def refresh_primary(connection: redis.Redis) -> str | None:
+    """Under Sentinel, ask the sentinels for the primary now and return it as host:port; if it
+    changed, redis-py closes the pool's idle connections, so that the next command goes to the new
+    one. None for a client that is not Sentinel's.
 
     A replaced primary keeps answering the connections it has until the sentinels turn it into a
     replica (≈10 s after a manual failover; after a crash, once it is back): what is written there
     meanwhile is lost. Waiting for a connection to fail is not enough."""
     ask = getattr(connection.connection_pool, "get_master_address", None)
-    if ask is not None:
-        ask()
+    if ask is None:
+        return None
+    host, port = ask()
+    return f"{host}:{port}"
 
 
 def primary_address(connection: redis.Redis) -> str | None:

@@ -129,8 +129,7 @@ class ServiceWorkerMixin(_Base):
 
     def _follow_primary(self) -> None:
         """Move to the primary the sentinels name now (``refresh_primary``), and say so when it changed."""
-        refresh_primary(self.connection)
-        current = primary_address(self.connection)
+        current = refresh_primary(self.connection)
         previous = self._primary
         if current and current != previous:
             self._primary = current
