@@ -63,6 +63,40 @@ class TerminalFormatter(logging.Formatter):
         return f"{line} [job {job_id}]" if job_id else line
 
 
+FIELD_NAME = re.compile(r"[A-Z][A-Z0-9_]*\Z")
+"""A field name journald keeps; it drops others (``msg``, ``levelname`` …) after parsing them."""
+
+
+def journal_handler() -> logging.Handler:
+    """systemd-python's JournalHandler, sending only the fields journald keeps.
+
+    Its ``emit`` sends every attribute of the record, some 25 per line (``args``, ``msecs``,
+    ``relativeCreated`` …): journald parses each and discards the lower-case ones, on every line
+    of every job. We send the same stored fields (MESSAGE, PRIORITY, LOGGER, THREAD_NAME,
+    PROCESS_NAME, CODE_*, SYSLOG_IDENTIFIER, our RQ_* and any upper-case ``extra=`` of the job's own
+    logging), except CODE_ARGS, which only repeats what MESSAGE says.
+    """
+    from systemd.journal import JournalHandler
+
+    class FieldsHandler(JournalHandler):
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                message = self.format(record)  # (this sets exc_text)
+                fields = dict(self._extra, PRIORITY=format(self.map_priority(record.levelno)), LOGGER=record.name,
+                              THREAD_NAME=record.threadName, PROCESS_NAME=record.processName,
+                              CODE_FILE=record.pathname, CODE_LINE=record.lineno, CODE_FUNC=record.funcName)
+                if record.exc_text:
+                    fields["EXCEPTION_TEXT"] = record.exc_text
+                if record.exc_info:
+                    fields["EXCEPTION_INFO"] = record.exc_info
+                fields.update((k, v) for k, v in record.__dict__.items() if FIELD_NAME.match(k))
+                self.send(message, **fields)
+            except Exception:
+                self.handleError(record)
+
+    return FieldsHandler(SYSLOG_IDENTIFIER=IDENTIFIER)
+
+
 def under_journald() -> bool:
     """True when stderr is connected to the journal (systemd sets JOURNAL_STREAM=dev:inode for it)."""
     stream = os.environ.get("JOURNAL_STREAM")
@@ -79,9 +113,7 @@ def setup_logging(level: str = "INFO") -> None:
     """Install our one handler on the root logger (rq then adds none of its own)."""
     handler: logging.Handler
     if under_journald():
-        from systemd.journal import JournalHandler
-
-        handler = JournalHandler(SYSLOG_IDENTIFIER=IDENTIFIER)
+        handler = journal_handler()
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:
         handler = logging.StreamHandler(sys.stderr)

@@ -57,3 +57,28 @@ def test_rqs_picked_up_line_carries_the_job_it_names():
     other = logging.LogRecord("rq.worker", logging.INFO, __file__, 1, "Worker %s: %s", ("w1", "x"), None)
     journal.ContextFilter().filter(other)
     assert not hasattr(other, "RQ_JOB_ID")
+
+
+def test_journal_handler_sends_the_fields_journald_keeps():
+    handler = journal.journal_handler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    sent = []
+    handler.send = lambda message, **fields: sent.append((message, fields))
+    record = make_record("job %s done", RQ_JOB_ID="j1", REPORT_ID=42, lower_case="dropped")
+    record.args = ("j1",)
+    handler.emit(record)
+    message, fields = sent[0]
+    assert message == "job j1 done"
+    assert fields["RQ_JOB_ID"] == "j1" and fields["REPORT_ID"] == 42  # ours and the job's own upper-case extra=
+    assert fields["SYSLOG_IDENTIFIER"] == journal.IDENTIFIER and fields["PRIORITY"] == "6" and fields["LOGGER"] == "x"
+    assert {"CODE_FILE", "CODE_LINE", "CODE_FUNC", "THREAD_NAME", "PROCESS_NAME"} <= set(fields)
+    assert all(journal.FIELD_NAME.match(name) for name in fields), fields  # nothing journald would drop
+    assert "CODE_ARGS" not in fields
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        failed = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", None, sys.exc_info())
+    handler.emit(failed)
+    message, fields = sent[1]
+    assert "ValueError: boom" in message and "ValueError: boom" in fields["EXCEPTION_TEXT"]
+    assert fields["PRIORITY"] == "3"
