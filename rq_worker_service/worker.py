@@ -4,11 +4,12 @@ We subclass rq's own Worker classes and use the hooks its loop already has, inst
 loop of our own, so job semantics stay rq's (the differences are listed, with reasons, in
 tests/rq_suite/expected.txt). The pieces:
 
-* ``heartbeat()`` runs around every blocking pop, and ``maintain_heartbeats()`` on every monitor
-  tick while the work horse runs: both drive ``_service_tick()``, which pings the watchdog, acts on
-  what the ``Lifecycle`` says is due (announce a stop or reload, cut the job), extends systemd's
-  stop timeout and updates STATUS=. The ticks come at a third of WatchdogSec, so a hung main loop
-  is what stops the pings.
+* ``heartbeat()`` runs around every blocking pop (three times per job), and ``maintain_heartbeats()``
+  on every monitor tick while the work horse runs: both drive ``_service_tick()``, which pings the
+  watchdog, acts on what the ``Lifecycle`` says is due (announce a stop or reload, cut the job),
+  extends systemd's stop timeout and updates STATUS=. The ticks come at a third of WatchdogSec, so a
+  hung main loop is what stops the pings; between jobs a tick runs only when one is due (or a
+  signal asked for it), so that a stream of short jobs does not pay for a tick each.
 * Signal handlers only record the request in the ``Lifecycle`` and make the next tick come now;
   the one exception is a stop while blocked in the pop with nothing in hand, which raises rq's
   StopRequested to return from the pop at once.
@@ -56,6 +57,12 @@ MAINTENANCE_INTERVAL = 60
 between popping it and registering it as started (rq's intermediate queue, two sightings a minute
 apart) and the jobs of dead workers on other hosts; each queue's pass is done by one worker under
 rq's maintenance lock, so a shorter interval costs little."""
+BEAT_INTERVAL = 1.0
+"""Seconds between two of rq's worker heartbeats outside a job. rq beats before each pop, after it
+and after each job, three separate commands each (HSET last_heartbeat, EXPIRE ×2): nine round trips
+per job, a fifth of a simple worker's time on a no-op job. Once a second keeps ``last_heartbeat``
+as fresh as anyone reads it, and the key's TTL (worker_ttl + 60 s) far ahead; the beats rq sends
+inside a job's own pipelines are untouched."""
 COUNTS_VAR = "RQ_WORKER_SERVICE_COUNTS"
 """Environment variable carrying "done,failed" across a reload's re-exec."""
 STOP_GRACE = 15.0
@@ -91,6 +98,7 @@ class ServiceWorkerMixin(_Base):
         self._main_pid = os.getpid()
         self._done = self._failed = 0
         self._sentinel = settings.redis.sentinels is not None
+        self._next_tick = self._next_look = self._next_beat = 0.0  # time.monotonic() at which each is due
         kwargs.setdefault("job_monitoring_interval", int(self._tick))
         kwargs.setdefault("maintenance_interval", MAINTENANCE_INTERVAL)
         super().__init__(*args, **kwargs)
@@ -141,6 +149,11 @@ class ServiceWorkerMixin(_Base):
             # old primary only: the new one still shows it started, by us. Re-queue it between jobs.
             self._lost_in_job = f"the Redis primary changed from {previous} to {current} around it"
 
+    def counted_status(self) -> str:
+        """The status with the job counters read afresh (``Notifier.status_soon`` renders it)."""
+        self._refresh_counts()
+        return self.status_text()
+
     def _refresh_counts(self) -> None:
         """Read the job counters from the worker's Redis hash: in fork mode the horse updates them."""
         try:
@@ -152,6 +165,7 @@ class ServiceWorkerMixin(_Base):
     @property
     def job_counts(self) -> tuple[int, int]:
         """(done, failed) so far; a reload hands them to the re-executed process (COUNTS_VAR)."""
+        self._refresh_counts()  # (STATUS= reads them at most once per second)
         return self._done, self._failed
 
     def _carry_counts(self) -> None:
@@ -179,11 +193,24 @@ class ServiceWorkerMixin(_Base):
 
     # -- the tick: where recorded requests are acted on ---------------------------------------
 
+    def _tick_due(self) -> bool:
+        """Between jobs: a tick is due once a tick interval has passed, when a signal asked for one
+        (``_wake_tick``) or while a job's end may be lost (``_rescue_own`` waits for a tick)."""
+        return time.monotonic() >= self._next_tick or self._wake.is_set() or self._lost_in_job is not None
+
+    def _look_for_primary(self) -> None:
+        """Under Sentinel, every FAILOVER_RETRY seconds at most (each look asks a sentinel)."""
+        if self._sentinel and time.monotonic() >= self._next_look:
+            self._next_look = time.monotonic() + FAILOVER_RETRY
+            self._redis_call(self._follow_primary)  # a call that did not touch Redis must not count as Redis answering
+
     def _service_tick(self, *, watchdog: bool = True, in_main_loop: bool = True) -> None:
+        self._next_tick = time.monotonic() + self._tick
+        if in_main_loop:
+            self._wake.clear()  # (the simple worker's watch thread clears it itself)
         if watchdog:
             self.notifier.watchdog()
-            if self._sentinel:  # a call that did not touch Redis must not count as Redis answering
-                self._redis_call(self._follow_primary)
+            self._look_for_primary()
             if self._redis_call(self.membership.beat) is False:
                 self._exit_fenced()
         self._announce()
@@ -293,8 +320,12 @@ class ServiceWorkerMixin(_Base):
             return
         if self._popping and self._stop_requested:
             raise StopRequested()  # the stop came just before the pop: nothing is in hand yet
-        self._service_tick()
-        self._redis_call(super().heartbeat, timeout)
+        self._look_for_primary()
+        if self._tick_due():
+            self._service_tick()
+        if timeout is not None or time.monotonic() >= self._next_beat:
+            self._next_beat = time.monotonic() + BEAT_INTERVAL
+            self._redis_call(super().heartbeat, timeout)
 
     def maintain_heartbeats(self, job: Job, execution: Execution) -> None:
         self._service_tick()
@@ -375,7 +406,7 @@ class ServiceWorkerMixin(_Base):
         self.lifecycle.start_job(f"{job.id} ({func})")
         self._horse_killed = False
         self._main_pid = os.getpid()
-        self.notifier.status(self.status_text())
+        self.notifier.status_soon(self.counted_status)
         try:
             super().execute_job(job, queue)
         except redis.exceptions.NoPermissionError as exc:
@@ -390,11 +421,13 @@ class ServiceWorkerMixin(_Base):
         finally:
             self.lifecycle.end_job()
             journal.clear_job()
-            self._refresh_counts()
-            self.notifier.status(self.status_text())
+            self.notifier.status_soon(self.counted_status)
 
     def main_work_horse(self, job: Job, queue: Queue) -> None:
         die_with_parent(self._main_pid)
+        # The horse opens its own connections (redis-py's pool notices the fork) and lives for one
+        # job: a health-check PING before its first command would be one more round trip per job.
+        self.connection.connection_pool.connection_kwargs["health_check_interval"] = 0
         super().main_work_horse(job, queue)
 
     def handle_job_failure(self, job: Job, queue: Queue, started_job_registry: Any = None,

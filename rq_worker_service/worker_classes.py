@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from types import FrameType
+from typing import Any
 
 from rq import SimpleWorker, SpawnWorker, Worker
 from rq.job import Job
@@ -76,30 +77,40 @@ class ServiceSimpleWorker(ServiceWorkerMixin, SimpleWorker):
         """The job runs in the main thread: interrupt it there (SIGUSR1 raises JobInterrupted)."""
         signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)  # type: ignore[arg-type]
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._watched: tuple[float, float | None] | None = None  # (start, limit) of the job in hand
+        self._watch: threading.Thread | None = None
+        self._watch_lock, self._watch_wake = threading.Lock(), threading.Event()
+        super().__init__(*args, **kwargs)
+
+    def _wake_tick(self) -> None:
+        super()._wake_tick()
+        self._watch_wake.set()
+
     def execute_job(self, job: Job, queue: Queue) -> None:
-        done = threading.Event()
-        limit = None if job.timeout in (None, -1) else float(job.timeout) + 60
-        started = time.monotonic()
-
-        def watch() -> None:
-            while not done.is_set():
-                self._wake.wait(self._tick)
-                self._wake.clear()
-                if done.is_set():
-                    return
-                in_time = limit is None or time.monotonic() - started < limit
-                self._service_tick(watchdog=in_time, in_main_loop=False)
-
-        thread = threading.Thread(target=watch, name="job-watch", daemon=True)
-        thread.start()
+        """Run the job in this thread while the watch thread ticks. The thread lives as long as the
+        worker (one per job cost a thread start and join on every job) and ticks only while a job
+        is in hand; between jobs the main loop ticks, so the two never tick at once."""
+        if self._watch is None:
+            self._watch = threading.Thread(target=self._watch_jobs, name="job-watch", daemon=True)
+            self._watch.start()
+        self._watched = (time.monotonic(), None if job.timeout in (None, -1) else float(job.timeout) + 60)
         try:
             super().execute_job(job, queue)
         finally:
-            done.set()
-            self._wake.set()
-            thread.join()
-            self._wake.clear()
+            with self._watch_lock:  # a tick in progress ends before the main loop goes on
+                self._watched = None
 
+    def _watch_jobs(self) -> None:
+        while True:
+            self._watch_wake.wait(self._tick)
+            self._watch_wake.clear()
+            with self._watch_lock:
+                if self._watched is None:
+                    continue
+                started, limit = self._watched
+                in_time = limit is None or time.monotonic() - started < limit
+                self._service_tick(watchdog=in_time, in_main_loop=False)
 
 WORKER_CLASSES: dict[str, type[ServiceWorkerMixin]] = {
     "fork": ServiceWorker,
