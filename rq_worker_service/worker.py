@@ -98,7 +98,8 @@ class ServiceWorkerMixin(_Base):
         self._main_pid = os.getpid()
         self._done = self._failed = 0
         self._sentinel = settings.redis.sentinels is not None
-        self._next_tick = self._next_look = self._next_beat = 0.0  # time.monotonic() at which each is due
+        # time.monotonic() at which each is due: a tick, a look for the primary, rq's heartbeat, a count
+        self._next_tick = self._next_look = self._next_beat = self._next_count = 0.0
         kwargs.setdefault("job_monitoring_interval", int(self._tick))
         kwargs.setdefault("maintenance_interval", MAINTENANCE_INTERVAL)
         super().__init__(*args, **kwargs)
@@ -148,11 +149,6 @@ class ServiceWorkerMixin(_Base):
             # A job in hand, or one that ended since the last look, may have its end recorded on the
             # old primary only: the new one still shows it started, by us. Re-queue it between jobs.
             self._lost_in_job = f"the Redis primary changed from {previous} to {current} around it"
-
-    def counted_status(self) -> str:
-        """The status with the job counters read afresh (``Notifier.status_soon`` renders it)."""
-        self._refresh_counts()
-        return self.status_text()
 
     def _refresh_counts(self) -> None:
         """Read the job counters from the worker's Redis hash: in fork mode the horse updates them."""
@@ -221,6 +217,8 @@ class ServiceWorkerMixin(_Base):
             self._stop_job()
         if self.lifecycle.deadline is not None:
             self.notifier.extend_timeout(self._tick + STOP_GRACE)
+        if watchdog and in_main_loop:
+            self._refresh_counts()  # (after a burst of jobs the last update may have skipped it)
         self.notifier.status(self.status_text())
         if in_main_loop and not self.lifecycle.stopping:
             self._takeover.tick(self.scheduler)
@@ -406,7 +404,7 @@ class ServiceWorkerMixin(_Base):
         self.lifecycle.start_job(f"{job.id} ({func})")
         self._horse_killed = False
         self._main_pid = os.getpid()
-        self.notifier.status_soon(self.counted_status)
+        self.notifier.status_soon(self.status_text)
         try:
             super().execute_job(job, queue)
         except redis.exceptions.NoPermissionError as exc:
@@ -421,7 +419,10 @@ class ServiceWorkerMixin(_Base):
         finally:
             self.lifecycle.end_job()
             journal.clear_job()
-            self.notifier.status_soon(self.counted_status)
+            if time.monotonic() >= self._next_count:  # one read per status update, not per job
+                self._next_count = time.monotonic() + self.notifier.interval
+                self._refresh_counts()
+            self.notifier.status_soon(self.status_text)
 
     def main_work_horse(self, job: Job, queue: Queue) -> None:
         die_with_parent(self._main_pid)

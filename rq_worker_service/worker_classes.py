@@ -15,6 +15,7 @@ from rq import SimpleWorker, SpawnWorker, Worker
 from rq.job import Job
 from rq.queue import Queue
 
+from .handoff import Handoff
 from .worker import ServiceWorkerMixin
 
 HORSE_CONFIG_VAR = "RQ_WORKER_SERVICE_HORSE_CONFIG"
@@ -28,7 +29,22 @@ class JobInterrupted(BaseException):
 
 
 class ServiceWorker(ServiceWorkerMixin, Worker):
-    """``RQ_WORKER_CLASS=fork`` (default): each job in a forked work horse."""
+    """``RQ_WORKER_CLASS=fork`` (default): each job in a forked work horse, which uses a Redis
+    connection this process opened for it beforehand (``handoff``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.handoff = Handoff(self.connection)
+
+    def fork_work_horse(self, job: Job, queue: Queue) -> None:
+        self.handoff.prepare()  # opened while the previous horse ran; the first job's, now
+        super().fork_work_horse(job, queue)  # (the horse never returns from here)
+        self.handoff.forked(self._horse_pid)
+        self.handoff.prepare()  # the next horse's, while this one runs
+
+    def main_work_horse(self, job: Job, queue: Queue) -> None:
+        self.handoff.adopt()
+        super().main_work_horse(job, queue)
 
 
 class ServiceSpawnWorker(ServiceWorkerMixin, SpawnWorker):

@@ -68,3 +68,9 @@ def logged_job(path: str, tag: str, seconds: float = 0.0) -> str:
     with open(path, "a") as f:
         f.write(f"{tag} {time.time()}\n")
     return tag
+
+
+def client_id_job() -> int:
+    """The Redis client id of the connection the job's own commands go out on."""
+    _count()
+    return int(get_current_job().connection.client_id())

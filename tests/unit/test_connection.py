@@ -233,3 +233,29 @@ def test_no_primary_from_the_sentinels_is_one_short_line_without_secrets():
     manager.sentinels = [Answering()]
     with pytest.raises(MasterNotFoundError, match=r"^the sentinels \(10.0.0.1:26379\) know no healthy primary"):
         manager.discover_master("m")
+
+
+def test_handoff_applies_to_plain_pools_only():
+    from redis.connection import ConnectionPool, SSLConnection, UnixDomainSocketConnection
+    from redis.sentinel import Sentinel, SentinelConnectionPool
+
+    from rq_worker_service.handoff import applies
+
+    assert applies(ConnectionPool(host="127.0.0.1"))
+    assert applies(ConnectionPool(connection_class=UnixDomainSocketConnection, path="/run/redis.sock"))
+    assert not applies(ConnectionPool(connection_class=SSLConnection, host="127.0.0.1"))  # TLS state would be copied
+    assert not applies(SentinelConnectionPool("mymaster", Sentinel([("127.0.0.1", 26379)])))
+
+
+def test_redis_py_still_works_as_the_handoff_expects():
+    """What ``handoff`` relies on in redis-py: a pool's reset() and its lists, and a disconnect()
+    that does not shut a socket down in a process other than the one that owns it."""
+    import inspect
+
+    from redis.connection import AbstractConnection, ConnectionPool
+
+    pool = ConnectionPool(host="127.0.0.1")
+    pool.reset()
+    assert pool._available_connections == [] and pool._created_connections == 0
+    assert "os.getpid() == self.pid" in inspect.getsource(AbstractConnection.disconnect)
+    assert "connection.pid == self.pid" in inspect.getsource(ConnectionPool.owns_connection)

@@ -1,0 +1,44 @@
+"""The fork worker hands each work horse a connection it opened beforehand (``handoff``)."""
+
+from __future__ import annotations
+
+from helpers import wait_until
+from rq import Queue
+from rq.job import Job, JobStatus
+from testjobs import client_id_job, quick_job
+
+
+def finished(rconn, job_id: str) -> Job:
+    wait_until(lambda: Job.fetch(job_id, connection=rconn).get_status() == JobStatus.FINISHED, 20,
+               what=f"job {job_id} to finish")
+    return Job.fetch(job_id, connection=rconn)
+
+
+def worker_clients(rconn, name: str) -> set[int]:
+    return {int(c["id"]) for c in rconn.client_list() if c.get("name") == name}
+
+
+def test_each_horse_runs_on_a_connection_opened_before_its_job(start_worker, notify, rconn):
+    start_worker("1", notify=notify)
+    notify.wait_for("READY=1")
+    queue = Queue(connection=rconn)
+    name = finished(rconn, queue.enqueue(quick_job, 1).id).worker_name
+    for i in range(3):
+        opened_before = worker_clients(rconn, name)  # the worker's own and the next horse's
+        job = finished(rconn, queue.enqueue(client_id_job, job_id=f"handoff-{i}").id)
+        used = job.return_value()
+        assert used in opened_before, (used, opened_before)
+        # the horse's connection closed with it: no connection is left behind per job
+        wait_until(lambda used=used: used not in worker_clients(rconn, name), 5, what="the horse's connection to close")
+    assert len(worker_clients(rconn, name)) <= 4  # main, the next spare, rq's command listener, a status read
+
+
+def test_a_spare_connection_that_died_meanwhile_is_replaced_in_the_horse(start_worker, notify, rconn):
+    start_worker("1", notify=notify)
+    notify.wait_for("READY=1")
+    queue = Queue(connection=rconn)
+    name = finished(rconn, queue.enqueue(quick_job, 1).id).worker_name
+    for client in worker_clients(rconn, name):  # as a Redis restart would: every connection of the worker
+        rconn.client_kill_filter(_id=client)
+    for i in range(3):
+        assert finished(rconn, queue.enqueue(quick_job, i, job_id=f"after-kill-{i}").id).return_value() == 2 * i
