@@ -1,0 +1,227 @@
+"""Throughput as users run it: the installed .deb under its shipped unit against stock rq under the
+unit from rq's documentation, in one booted systemd, on one Redis, interleaved.
+
+What runs (the e2e sandbox: a booted Debian with systemd as PID 1):
+
+* ours: ``rq-worker@1..N`` from the package, ``RQ_WORKER_CLASS`` fork or simple, every other setting
+  at its default (INFO logging to the journal with fields, the scheduler on, the watchdog armed);
+* stock: ``rqworker@1..N``, rq's documented unit (python-rq.org/patterns/systemd/) running
+  ``rq worker --with-scheduler`` (``--worker-class rq.worker.SimpleWorker`` for simple) with the rq
+  the package bundles, its output going to the journal as rq's unit does;
+* Debian's redis-server unit with snapshots off, shared by both.
+
+Each measurement starts N instances and waits until they are registered, enqueues the jobs at once,
+and times the drain from the first job's start to the last job's end (rq's own timestamps, so
+start-up and polling are not in it). It also counts Redis commands and Redis CPU per job. Rounds
+alternate which side goes first; the table gives medians, the spread (min–max) and ours/stock.
+Start-up (``systemctl start`` to READY and to registered) and an idle ``systemctl stop`` are
+measured the same way. The numbers describe this machine; compare the ratios.
+
+    .venv/bin/python bench/under_systemd.py [--release bookworm] [--deb dist/…deb] [--jobs 1000]
+        [--rounds 3] [--classes fork,simple] [--instances 1,2,4] [--scaling 8] [--smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+from sandbox import Sandbox, ensure_rootfs  # noqa: E402
+
+PY = "/usr/lib/rq-worker-service/bin/python3"
+INBOX = "/srv/bench/inbox.py"
+SIDES = ("stock", "ours")
+UNITS = {"stock": "rqworker@{}", "ours": "rq-worker@{}"}
+STOCK_CLASS = {"fork": "", "simple": "--worker-class rq.worker.SimpleWorker"}
+STOCK_UNIT = """\
+# The unit from rq's documentation (python-rq.org/patterns/systemd/), for stock rq; the bench's
+# environment file only chooses the worker class.
+[Unit]
+Description=RQ Worker Number %i
+After=network.target
+
+[Service]
+Type=simple
+WorkingDirectory=/srv/bench
+Environment=LANG=en_US.UTF-8
+Environment=LC_ALL=en_US.UTF-8
+Environment=LC_LANG=en_US.UTF-8
+EnvironmentFile=/etc/rq-bench/stock.env
+ExecStart=/usr/local/bin/rq worker --with-scheduler --url redis://127.0.0.1:6379/0 $STOCK_ARGS bench
+ExecReload=/bin/kill -s HUP $MAINPID
+ExecStop=/bin/kill -s TERM $MAINPID
+PrivateTmp=true
+Restart=always
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+@dataclass
+class Series:
+    """One side's measurements for one (class, instances) cell."""
+
+    rates: list[float] = field(default_factory=list)
+    commands: list[float] = field(default_factory=list)
+    redis_cpu: list[float] = field(default_factory=list)
+
+    def median(self) -> float:
+        return statistics.median(self.rates)
+
+    def spread(self) -> str:
+        return f"{min(self.rates):.0f}–{max(self.rates):.0f}"
+
+
+def set_up(box: Sandbox, deb: Path) -> None:
+    """The package as an operator installs it, stock rq beside it, Redis without snapshots."""
+    box.copy_in(deb, f"/root/{deb.name}")
+    box.run(["apt-get", "install", "-y", f"/root/{deb.name}"], timeout=300)
+    for name in ("benchjobs.py", "inbox.py"):
+        box.copy_in(ROOT / "bench" / name, f"/srv/bench/{name}")
+    box.run("chmod -R a+rX /srv/bench")
+    box.run(["redis-cli", "config", "set", "save", ""])
+    box.write("/usr/local/bin/rq", f"#!{PY}\nfrom rq.cli import main\nmain()\n", mode=0o755)
+    box.write("/etc/systemd/system/rqworker@.service", STOCK_UNIT)
+    box.write("/etc/rq-bench/stock.env", "STOCK_ARGS=\n")
+    box.write("/etc/rq-worker/worker.env", "REDIS_URL=redis://127.0.0.1:6379/0\nRQ_QUEUES=bench\n"
+              "RQ_APP_PATH=/srv/bench\n", mode=0o640)
+    box.run("chgrp rq-worker /etc/rq-worker/worker.env")
+    box.run(["systemctl", "daemon-reload"])
+
+
+def choose_class(box: Sandbox, worker_class: str) -> None:
+    box.write("/etc/rq-bench/stock.env", f"STOCK_ARGS={STOCK_CLASS[worker_class]}\n")
+    box.write("/etc/rq-worker/worker.env", "REDIS_URL=redis://127.0.0.1:6379/0\nRQ_QUEUES=bench\n"
+              f"RQ_APP_PATH=/srv/bench\nRQ_WORKER_CLASS={worker_class}\n", mode=0o640)
+    box.run("chgrp rq-worker /etc/rq-worker/worker.env")
+
+
+def inbox(box: Sandbox, *args: str, timeout: float = 700) -> dict:
+    return json.loads(box.run([PY, INBOX, *args], timeout=timeout).stdout)
+
+
+def units(side: str, instances: int) -> list[str]:
+    return [UNITS[side].format(i) for i in range(1, instances + 1)]
+
+
+def stop_all(box: Sandbox) -> None:
+    box.run("systemctl stop 'rq-worker@*.service' 'rqworker@*.service'; systemctl reset-failed", check=False)
+    box.run(["redis-cli", "flushall"])
+
+
+def measure(box: Sandbox, side: str, worker_class: str, instances: int, jobs: int) -> dict:
+    """One drain of ``jobs`` no-op jobs by ``instances`` workers of one side."""
+    stop_all(box)
+    choose_class(box, worker_class)
+    inbox(box, "started", *units(side, instances))
+    result = inbox(box, "measure", str(jobs))
+    stop_all(box)
+    if result["finished"] != jobs:
+        raise SystemExit(f"{side} {worker_class}×{instances}: {result['finished']} of {jobs} jobs finished")
+    return result
+
+
+def start_stop(box: Sandbox, side: str) -> dict:
+    """systemctl start → READY and → registered, then an idle systemctl stop (scheduler on, as deployed)."""
+    stop_all(box)
+    choose_class(box, "fork")
+    started = inbox(box, "started", *units(side, 1))
+    box.run("sleep 2")
+    return started | inbox(box, "stop", *units(side, 1))
+
+
+def run(box: Sandbox, cells: list[tuple[str, int]], jobs: int, rounds: int) -> dict[tuple[str, int, str], Series]:
+    results: dict[tuple[str, int, str], Series] = {}
+    for r in range(rounds):
+        for worker_class, instances in cells:
+            order = SIDES if r % 2 == 0 else SIDES[::-1]
+            for side in order:
+                m = measure(box, side, worker_class, instances, jobs)
+                s = results.setdefault((worker_class, instances, side), Series())
+                s.rates.append(jobs / m["window"])
+                s.commands.append(m["commands_per_job"])
+                s.redis_cpu.append(m["redis_cpu_per_job"])
+                print(f"  round {r + 1}: {worker_class}×{instances} {side:5}: {jobs / m['window']:7.1f} jobs/s, "
+                      f"{m['commands_per_job']:.1f} Redis commands/job", flush=True)
+    return results
+
+
+def table(results: dict[tuple[str, int, str], Series], cells: list[tuple[str, int]]) -> str:
+    lines = ["| class | instances | stock rq (jobs/s, median; spread) | rq-worker-service | ratio "
+             "| Redis commands/job stock / ours | Redis CPU µs/job stock / ours |",
+             "|---|---|---|---|---|---|---|"]
+    for worker_class, instances in cells:
+        stock, ours = (results[(worker_class, instances, side)] for side in SIDES)
+        lines.append(
+            f"| {worker_class} | {instances} | {stock.median():.0f} ({stock.spread()}) | "
+            f"{ours.median():.0f} ({ours.spread()}) | **{ours.median() / stock.median():.2f}** | "
+            f"{statistics.median(stock.commands):.1f} / {statistics.median(ours.commands):.1f} | "
+            f"{statistics.median(stock.redis_cpu) * 1e6:.0f} / {statistics.median(ours.redis_cpu) * 1e6:.0f} |")
+    return "\n".join(lines)
+
+
+def start_stop_table(box: Sandbox, rounds: int) -> str:
+    figures: dict[str, list[dict]] = {side: [] for side in SIDES}
+    for _ in range(rounds):
+        for side in SIDES:
+            figures[side].append(start_stop(box, side))
+
+    def med(side: str, key: str) -> str:
+        return f"{statistics.median(f[key] for f in figures[side]):.2f} s"
+
+    return "\n".join([
+        "| one idle instance (fork, scheduler on) | stock rq | rq-worker-service |",
+        "|---|---|---|",
+        f"| `systemctl start` returns | {med('stock', 'ready')} (Type=simple: at once) | {med('ours', 'ready')} "
+        "(Type=notify: at READY) |",
+        f"| start → registered in Redis | {med('stock', 'registered')} | {med('ours', 'registered')} |",
+        f"| idle `systemctl stop` | {med('stock', 'stop')} | {med('ours', 'stop')} |"])
+
+
+def versions(box: Sandbox) -> str:
+    out = box.run([PY, "-c", "import rq, redis, sys, platform; print(rq.__version__, redis.__version__, "
+                   "platform.python_version())"]).stdout.split()
+    system = box.run(["systemctl", "--version"]).stdout.split()[1]
+    server = box.run(["redis-server", "--version"]).stdout.split()[2].removeprefix("v=")
+    release = box.run(["cat", "/etc/debian_version"]).stdout.strip()
+    return f"Debian {release}, systemd {system}, Python {out[2]}, rq {out[0]}, redis-py {out[1]}, Redis {server}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--release", default="bookworm", help="Debian release to boot (default: bookworm)")
+    parser.add_argument("--deb", help="a built package (default: build one with packaging/build-deb)")
+    parser.add_argument("--jobs", type=int, default=1000, help="no-op jobs per measurement (default: 1000)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default: 3)")
+    parser.add_argument("--classes", default="fork,simple", help="worker classes (default: fork,simple)")
+    parser.add_argument("--instances", default="1,2,4", help="instance counts (default: 1,2,4)")
+    parser.add_argument("--scaling", default="8", help="further fork instance counts for the scaling line "
+                        "(default: 8; '' for none)")
+    parser.add_argument("--smoke", action="store_true", help="check that it works: 20 jobs, 1 round, "
+                        "one instance of each class, no scaling line (what CI runs)")
+    args = parser.parse_args()
+    if args.smoke:
+        args.jobs, args.rounds, args.instances, args.scaling = 20, 1, "1", ""
+    cells = [(c, int(n)) for c in args.classes.split(",") for n in args.instances.split(",")]
+    cells += [("fork", int(n)) for n in args.scaling.split(",") if n]
+    deb = Path(args.deb) if args.deb else ROOT / subprocess.run(
+        ["packaging/build-deb", "--release", args.release], cwd=ROOT, check=True, capture_output=True,
+        text=True).stdout.strip().splitlines()[-1]
+    with Sandbox(ensure_rootfs(args.release)) as box:
+        set_up(box, deb)
+        print(f"{versions(box)}; {args.jobs} no-op jobs per measurement, {args.rounds} round(s)", flush=True)
+        results = run(box, cells, args.jobs, args.rounds)
+        start_stop = start_stop_table(box, args.rounds)
+    print("\n" + table(results, cells) + "\n\n" + start_stop)
+
+
+if __name__ == "__main__":
+    main()
