@@ -10,6 +10,7 @@ restarted instance takes it back at once; and an instance without the lock tries
 from __future__ import annotations
 
 import os
+import select
 import time
 from collections.abc import Callable
 from typing import Any
@@ -31,8 +32,24 @@ class ServiceScheduler(RQScheduler):
         return super().start()
 
     def work(self) -> None:
+        """rq's loop (``RQScheduler.work``), with a pause that a stop ends at once: rq sleeps its
+        interval (1 s) out first, and the worker's teardown waits for the scheduler to exit, so
+        every idle ``systemctl stop`` took about a second."""
         die_with_parent(self._parent_pid)
-        super().work()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._install_signal_handlers()
+        self.register_birth()
+        while not self._stop_requested:
+            if self.should_reacquire_locks:
+                self.acquire_locks()
+            self.heartbeat()
+            self.enqueue_scheduled_jobs()
+            select.select([self._wake_r], [], [], self.interval)  # (retried after a handler: PEP 475)
+        self.stop()
+
+    def request_stop(self, signum: Any = None, frame: Any = None) -> None:
+        super().request_stop(signum, frame)
+        os.write(self._wake_w, b".")  # ends the pause: the loop then stops
 
 
 def start_scheduler(worker: Any, logging_level: str | None, date_format: str, log_format: str) -> ServiceScheduler:

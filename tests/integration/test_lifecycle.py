@@ -228,3 +228,25 @@ def test_sigint_is_warm_too(start_worker, notify, rconn):
     os.kill(worker.pid, signal.SIGINT)
     assert worker.wait(15) == 0
     assert job_status(rconn, job.id) == JobStatus.FINISHED
+
+
+def test_a_stop_ends_the_schedulers_pause_at_once(rconn):
+    """rq's scheduler sleeps its interval out before it sees a stop, and the worker waits for it:
+    ours is woken by the signal. With a 30 s interval, rq's would take up to 30 s here."""
+    from rq_worker_service.scheduling import ServiceScheduler
+
+    scheduler = ServiceScheduler([Queue(connection=rconn)], connection=rconn, name="pause-test", interval=30)
+    scheduler.acquire_locks()
+    scheduler.start()
+    try:
+        wait_until(lambda: rconn.exists(scheduler.key), 10, what="the scheduler to register")
+        time.sleep(0.5)  # inside its pause now
+        started = time.monotonic()
+        os.kill(scheduler._process.pid, signal.SIGTERM)
+        scheduler._process.join(10)
+        assert scheduler._process.exitcode == 0
+        assert time.monotonic() - started < 5
+        assert not rconn.exists(scheduler.get_locking_key("default"))  # rq's stop(): locks released
+    finally:
+        if scheduler._process.is_alive():
+            scheduler._process.kill()

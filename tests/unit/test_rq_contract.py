@@ -55,9 +55,12 @@ OVERRIDES = {
     Worker: {
         "wait_for_horse": "worker.py: a stop wakes the monitor at once",
         "kill_horse": "worker.py: a deliberate kill is not a crash",
+        "fork_work_horse": "worker_classes.py: the horse's Redis connection, opened beforehand (handoff.py)",
     },
     SpawnWorker: {"fork_work_horse": "worker_classes.py: our spawn horse entry"},
-    RQScheduler: {"start": "scheduling.py: remember the parent pid", "work": "scheduling.py: die with the worker"},
+    RQScheduler: {"start": "scheduling.py: remember the parent pid",
+                  "work": "scheduling.py: die with the worker; rq's loop with a pause a stop ends",
+                  "request_stop": "scheduling.py: a stop ends the pause"},
 }
 
 
@@ -196,3 +199,14 @@ def test_rq_version_is_within_the_pin():
         "pyproject.toml's rq pin and rqcompat.RQ_MAJOR disagree")
     bundled = (Path(__file__).parents[2] / "packaging" / "requirements.txt").read_text()
     assert f"\nrq=={rqcompat.RQ_MAJOR}." in bundled, "packaging/requirements.txt bundles another rq major"
+
+
+def test_the_scheduler_loop_we_repeat_is_still_rqs():
+    """scheduling.py repeats RQScheduler.work's steps around an interruptible pause."""
+    source = inspect.getsource(RQScheduler.work)
+    steps = ("self._install_signal_handlers()", "self.register_birth()", "if self._stop_requested:", "self.stop()",
+             "if self.should_reacquire_locks:", "self.acquire_locks()", "self.heartbeat()",
+             "self.enqueue_scheduled_jobs()", "time.sleep(self.interval)")
+    positions = [source.find(step) for step in steps]
+    assert -1 not in positions, f"rq {rq.__version__} changed RQScheduler.work: port scheduling.ServiceScheduler.work"
+    assert len(source.splitlines()) <= 16, f"rq {rq.__version__}'s RQScheduler.work grew: port scheduling.py"
