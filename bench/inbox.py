@@ -42,17 +42,19 @@ def cpu(conn: Redis) -> float:
 
 
 def cpu_by_process() -> dict[str, float]:
-    """CPU seconds so far of every process, by name (systemd, journald, redis-server, rq, python3 …),
-    with what each reaped of its children: a fork worker's work horses count toward it."""
+    """CPU seconds so far of every process, by name (systemd-journal, redis-server, rq, python3 …),
+    and of the children each reaped, as "<name> children": a fork worker's work horses."""
     ticks = os.sysconf("SC_CLK_TCK")
     totals: dict[str, float] = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            stat = open(f"/proc/{pid}/stat").read()
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
         except OSError:
             continue
         name, fields = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
-        totals[name] = totals.get(name, 0.0) + sum(int(f) for f in fields[11:15]) / ticks
+        for key, used in ((name, fields[11:13]), (f"{name} children", fields[13:15])):
+            totals[key] = totals.get(key, 0.0) + sum(int(t) for t in used) / ticks
     return totals
 
 

@@ -72,6 +72,7 @@ class Series:
     rates: list[float] = field(default_factory=list)
     commands: list[float] = field(default_factory=list)
     redis_cpu: list[float] = field(default_factory=list)
+    cpu: list[dict[str, float]] = field(default_factory=list)  # seconds per job, by process group
 
     def median(self) -> float:
         return statistics.median(self.rates)
@@ -149,9 +150,33 @@ def run(box: Sandbox, cells: list[tuple[str, int]], jobs: int, rounds: int) -> d
                 s.rates.append(jobs / m["window"])
                 s.commands.append(m["commands_per_job"])
                 s.redis_cpu.append(m["redis_cpu_per_job"])
+                s.cpu.append(cpu_groups(m["cpu_per_job"]))
                 print(f"  round {r + 1}: {worker_class}×{instances} {side:5}: {jobs / m['window']:7.1f} jobs/s, "
                       f"{m['commands_per_job']:.1f} Redis commands/job", flush=True)
     return results
+
+
+GROUPS = {"worker": ("rq", "python3"), "work horses": ("rq children", "python3 children"),
+          "redis-server": ("redis-server",), "journald": ("systemd-journal",),
+          "PID 1, dbus, logind": ("systemd", "dbus-daemon", "systemd-logind")}
+"""Where a job's CPU goes. "python3" is the package's interpreter (ours) and the bench's own
+in-box script (≈0.1 ms per job, on both sides); "rq" is stock rq's console script."""
+
+
+def cpu_groups(per_process: dict[str, float]) -> dict[str, float]:
+    return {group: sum(per_process.get(name, 0.0) for name in names) for group, names in GROUPS.items()}
+
+
+def cpu_table(results: dict[tuple[str, int, str], Series], cells: list[tuple[str, int]]) -> str:
+    lines = ["| CPU ms per job (median) | " + " | ".join(GROUPS) + " | total |",
+             "|---|" + "---|" * (len(GROUPS) + 1)]
+    for worker_class, instances in cells:
+        for side in SIDES:
+            s = results[(worker_class, instances, side)]
+            medians = {g: statistics.median(c[g] for c in s.cpu) * 1000 for g in GROUPS}
+            lines.append(f"| {worker_class}×{instances} {side} | " + " | ".join(f"{v:.2f}" for v in medians.values())
+                         + f" | {sum(medians.values()):.2f} |")
+    return "\n".join(lines)
 
 
 def table(results: dict[tuple[str, int, str], Series], cells: list[tuple[str, int]]) -> str:
@@ -216,11 +241,15 @@ def main() -> None:
         ["packaging/build-deb", "--release", args.release], cwd=ROOT, check=True, capture_output=True,
         text=True).stdout.strip().splitlines()[-1]
     with Sandbox(ensure_rootfs(args.release)) as box:
-        set_up(box, deb)
-        print(f"{versions(box)}; {args.jobs} no-op jobs per measurement, {args.rounds} round(s)", flush=True)
-        results = run(box, cells, args.jobs, args.rounds)
-        start_stop = start_stop_table(box, args.rounds)
-    print("\n" + table(results, cells) + "\n\n" + start_stop)
+        print(report(box, deb, cells, args.jobs, args.rounds))
+
+
+def report(box: Sandbox, deb: Path, cells: list[tuple[str, int]], jobs: int, rounds: int) -> str:
+    """Install, measure every cell ``rounds`` times interleaved, and return the tables."""
+    set_up(box, deb)
+    print(f"{versions(box)}; {jobs} no-op jobs per measurement, {rounds} round(s)", flush=True)
+    results = run(box, cells, jobs, rounds)
+    return "\n\n".join([table(results, cells), cpu_table(results, cells), start_stop_table(box, rounds)])
 
 
 if __name__ == "__main__":

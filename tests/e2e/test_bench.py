@@ -1,0 +1,38 @@
+"""The benchmarks run, in smoke mode: bench/under_systemd.py's tables from the installed package and
+stock rq under rq's documented unit, and bench/fork_cost.py in the same booted sandbox.
+
+No timing threshold (the machines are shared and noisy; the figures live in docs/benchmarks.md).
+What is checked: every job of every measurement finished (the bench raises otherwise), the tables
+have a row per cell with a ratio, and Redis commands per job, which do not depend on timing, stay
+below stock rq's for both worker classes.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+
+from conftest import ROOT
+from sandbox import Sandbox
+
+sys.path.insert(0, str(ROOT / "bench"))
+import under_systemd  # noqa: E402
+
+CELLS = [("fork", 1), ("simple", 1)]
+
+
+def test_the_systemd_benchmark_and_the_fork_cost_run(rootfs, deb):
+    with Sandbox(rootfs) as box:
+        text = under_systemd.report(box, deb, CELLS, jobs=20, rounds=1)
+        box.copy_in(ROOT / "bench" / "fork_cost.py", "/srv/bench/fork_cost.py")
+        fork_cost = box.run([under_systemd.PY, "/srv/bench/fork_cost.py", "--rounds", "5"], timeout=300).stdout
+    print(text + "\n\n" + fork_cost)
+    for worker_class, instances in CELLS:
+        cell = rf"^\| {worker_class} \| {instances} \| "
+        row = re.search(cell + r".*\*\*(\d+\.\d\d)\*\* \| ([\d.]+) / ([\d.]+) \|", text, re.M)
+        assert row, f"no {worker_class}×{instances} row in:\n{text}"
+        stock, ours = float(row[2]), float(row[3])
+        assert ours < stock, f"{worker_class}: {ours} Redis commands per job, stock rq {stock}"
+    assert "idle `systemctl stop`" in text and f"{worker_class}×1 ours" in text
+    assert len(re.findall(r"ms CPU, +[\d.]+ ms wall per fork", fork_cost)) == 4, fork_cost
+
