@@ -14,17 +14,21 @@ in CPU (this process and its reaped children) and wall time:
 * ``+ new Redis connection``: and then opens its own connection and sends one command, as rq's
   horse does (redis-py's pool is reset in a new process): connect, HELLO, CLIENT SETNAME, and
   redis-py's set-up code run in a copy-on-write child;
-* ``(inherited connection)``: the same command on a connection the parent opened (``handoff``).
+* ``(inherited connection)``: the same command on a connection the parent opened (``handoff``);
+* ``+ import the job's module``: and then imports the benchmark's job module, as every rq horse
+  does (the worker never imports job code, so each horse imports it anew).
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import os
 import random
 import resource
 import signal
+import sys
 import time
 from collections.abc import Callable
 
@@ -65,6 +69,11 @@ def horse_inherits_connection() -> None:
     INHERITED.ping()
 
 
+def horse_imports_job_module() -> None:
+    horse_inherits_connection()
+    importlib.import_module("benchjobs")
+
+
 def one_fork(child: Callable[[], None] | None) -> None:
     pid = os.fork()
     if pid == 0:
@@ -88,12 +97,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=300, help="forks per line (default: 300)")
     args = parser.parse_args()
     redis.Redis(host="127.0.0.1", port=6379).ping()
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchjobs.py sits beside this file
     rss = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     print(f"heap forked: {rss:.1f} MB resident, {len(gc.get_objects())} objects tracked by the collector")
     INHERITED.ping()
     RQS.ping()
     cases = [("fork + exit", None), ("+ horse signals, seed", horse_signals),
-             ("+ new Redis connection", horse_set_up), ("(inherited connection)", horse_inherits_connection)]
+             ("+ new Redis connection", horse_set_up), ("(inherited connection)", horse_inherits_connection),
+             ("+ import the job's module", horse_imports_job_module)]
     for label, child in cases:
         used, wall = measure(args.rounds, child)
         print(f"{label:>30}: {used:6.2f} ms CPU, {wall:6.2f} ms wall per fork")

@@ -1,9 +1,10 @@
 """Throughput of rq-worker-service's worker against stock `rq worker`, as a ratio in one run.
 
 Both drain the same number of no-op jobs from a throwaway redis-server with one worker process;
-fork-per-job dominates both, so the ratio shows what our hooks (watchdog/status notifications,
-job counters, shorter blocking pops) cost per job. The machine is shared and noisy: the figures
-are medians of alternating rounds, and only the ratio is meant to be compared.
+plain processes, no systemd: quick to rerun under a profiler (py-spy, cProfile). Claims about the
+installed service come from ``bench/under_systemd.py``, which measures it under its unit. The
+machine is shared and noisy: the figures are medians of alternating rounds, and only the ratio is
+meant to be compared.
 
     .venv/bin/python bench/throughput.py [--jobs 400] [--rounds 3]
 """
