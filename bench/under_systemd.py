@@ -33,36 +33,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+import stock_rq  # noqa: E402
 from sandbox import Sandbox, ensure_rootfs  # noqa: E402
 
-PY = "/usr/lib/rq-worker-service/bin/python3"
+PY = stock_rq.PY  # the package's interpreter: the in-sandbox scripts need its rq
 INBOX = "/srv/bench/inbox.py"
 SIDES = ("stock", "ours")
 UNITS = {"stock": "rqworker@{}", "ours": "rq-worker@{}"}
 STOCK_CLASS = {"fork": "", "simple": "--worker-class rq.worker.SimpleWorker"}
-STOCK_UNIT = """\
-# The unit from rq's documentation (python-rq.org/patterns/systemd/), for stock rq; the bench's
-# environment file only chooses the worker class.
-[Unit]
-Description=RQ Worker Number %i
-After=network.target
-
-[Service]
-Type=simple
-WorkingDirectory=/srv/bench
-Environment=LANG=en_US.UTF-8
-Environment=LC_ALL=en_US.UTF-8
-Environment=LC_LANG=en_US.UTF-8
-EnvironmentFile=/etc/rq-bench/stock.env
-ExecStart=/usr/local/bin/rq worker --with-scheduler --url redis://127.0.0.1:6379/0 $STOCK_ARGS bench
-ExecReload=/bin/kill -s HUP $MAINPID
-ExecStop=/bin/kill -s TERM $MAINPID
-PrivateTmp=true
-Restart=always
-
-[Install]
-WantedBy=multi-user.target
-"""
+STOCK_UNIT = stock_rq.documented_unit(
+    "/srv/bench", "/usr/local/bin/rq worker --with-scheduler --url redis://127.0.0.1:6379/0 $STOCK_ARGS bench",
+    "EnvironmentFile=/etc/rq-bench/stock.env")
+"""rq's documented unit; the bench's environment file only chooses the worker class."""
 
 
 @dataclass
@@ -89,8 +71,7 @@ def set_up(box: Sandbox, deb: Path) -> None:
         box.copy_in(ROOT / "bench" / name, f"/srv/bench/{name}")
     box.run("chmod -R a+rX /srv/bench")
     box.run(["redis-cli", "config", "set", "save", ""])
-    box.write("/usr/local/bin/rq", f"#!{PY}\nfrom rq.cli import main\nmain()\n", mode=0o755)
-    box.write("/etc/systemd/system/rqworker@.service", STOCK_UNIT)
+    stock_rq.install(box, STOCK_UNIT)
     box.write("/etc/rq-bench/stock.env", "STOCK_ARGS=\n")
     box.write("/etc/rq-worker/worker.env", "REDIS_URL=redis://127.0.0.1:6379/0\nRQ_QUEUES=bench\n"
               "RQ_APP_PATH=/srv/bench\n", mode=0o640)

@@ -15,7 +15,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import PASSWORD, PY, ctl, jobs, provision, systemctl, wait_for
+import stock_rq
+from conftest import PASSWORD, ctl, jobs, provision, systemctl, wait_for
 from sandbox import Sandbox
 
 SENTINEL_PORTS = {"": 26379, "b": 26380, "c": 26381}
@@ -26,27 +27,7 @@ what happens after the election, which is what is measured."""
 PAUSE_TARGET = 10.0
 NO_USER_NAMESPACES = "[Service]\nPrivateUsers=no\n"
 
-STOCK_UNIT = """\
-# The unit from rq's documentation (python-rq.org/patterns/systemd/), for stock rq.
-[Unit]
-Description=RQ Worker Number %i
-After=network.target
-
-[Service]
-Type=simple
-WorkingDirectory=/srv/e2e-app
-Environment=LANG=en_US.UTF-8
-Environment=LC_ALL=en_US.UTF-8
-Environment=LC_LANG=en_US.UTF-8
-ExecStart=/usr/local/bin/rq worker -c stocksettings stock
-ExecReload=/bin/kill -s HUP $MAINPID
-ExecStop=/bin/kill -s TERM $MAINPID
-PrivateTmp=true
-Restart=always
-
-[Install]
-WantedBy=multi-user.target
-"""
+STOCK_UNIT = stock_rq.documented_unit("/srv/e2e-app", "/usr/local/bin/rq worker -c stocksettings stock")
 
 
 def sentinel_conf(port: int, run_dir: str) -> str:
@@ -94,8 +75,7 @@ def set_up_sentinel(box: Sandbox) -> None:
     box.write("/srv/e2e-app/stocksettings.py", (
         f"SENTINEL = {{'INSTANCES': {[('127.0.0.1', p) for p in SENTINEL_PORTS.values()]!r}, "
         f"'MASTER_NAME': 'mymaster', 'PASSWORD': {PASSWORD!r}, 'DB': 0}}\n"))
-    box.write("/usr/local/bin/rq", f"#!{PY}\nfrom rq.cli import main\nmain()\n", mode=0o755)
-    box.write("/etc/systemd/system/rqworker@.service", STOCK_UNIT)
+    stock_rq.install(box, STOCK_UNIT)
     systemctl(box, "daemon-reload")
 
 
