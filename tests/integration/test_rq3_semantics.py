@@ -137,5 +137,7 @@ def test_a_crashed_rate_limited_job_frees_its_slot_at_recovery(rconn, start_work
     wait_until(lambda: waiting.get_status(refresh=True) == JobStatus.FINISHED, 20,
                what="the waiting job to get the crashed job's slot")
     assert first.get_status(refresh=True) == JobStatus.FAILED
-    assert RateLimitRegistry(limit.key, rconn).get_allowed_job_count() == 0
+    # rq releases a slot right after the transaction that records the job's end: wait for it
+    wait_until(lambda: RateLimitRegistry(limit.key, rconn).get_allowed_job_count() == 0, 5,
+               what="the finished job's slot to be released")
     assert Job.fetch(first.id, connection=rconn).id == first.id
