@@ -72,14 +72,12 @@ def set_up(box: Sandbox, deb: Path) -> None:
     box.run("chmod -R a+rX /srv/bench")
     box.run(["redis-cli", "config", "set", "save", ""])
     stock_rq.install(box, STOCK_UNIT)
-    box.write("/etc/rq-bench/stock.env", "STOCK_ARGS=\n")
-    box.write("/etc/rq-worker/worker.env", "REDIS_URL=redis://127.0.0.1:6379/0\nRQ_QUEUES=bench\n"
-              "RQ_APP_PATH=/srv/bench\n", mode=0o640)
-    box.run("chgrp rq-worker /etc/rq-worker/worker.env")
+    choose_class(box, "fork")
     box.run(["systemctl", "daemon-reload"])
 
 
 def choose_class(box: Sandbox, worker_class: str) -> None:
+    """Both sides' configuration for ``worker_class``: stock's unit arguments, ours in worker.env."""
     box.write("/etc/rq-bench/stock.env", f"STOCK_ARGS={STOCK_CLASS[worker_class]}\n")
     box.write("/etc/rq-worker/worker.env", "REDIS_URL=redis://127.0.0.1:6379/0\nRQ_QUEUES=bench\n"
               f"RQ_APP_PATH=/srv/bench\nRQ_WORKER_CLASS={worker_class}\n", mode=0o640)
@@ -104,8 +102,7 @@ def measure(box: Sandbox, side: str, worker_class: str, instances: int, jobs: in
     stop_all(box)
     choose_class(box, worker_class)
     inbox(box, "started", *units(side, instances))
-    result = inbox(box, "measure", str(jobs))
-    stop_all(box)
+    result = inbox(box, "measure", str(jobs))  # (the next measurement stops these instances first)
     if result["finished"] != jobs:
         raise SystemExit(f"{side} {worker_class}×{instances}: {result['finished']} of {jobs} jobs finished")
     return result

@@ -92,12 +92,13 @@ class Notifier:
             self._due.clear()
             render = self._render
             if render is not None:
-                text = render()  # outside the lock: it may ask Redis
+                text = render()  # outside the lock: an immediate send need not wait for it
                 with self._lock:
-                    if self._render is render and text != self._last_status:
-                        self._last_status = text
-                        self._channel.notify(_wire([f"STATUS={text}"]))  # type: ignore[union-attr]
-                    self._render = None if self._render is render else self._render
+                    if self._render is render:  # else an immediate send superseded it meanwhile
+                        self._render = None
+                        if text != self._last_status:
+                            self._last_status = text
+                            self._channel.notify(_wire([f"STATUS={text}"]))  # type: ignore[union-attr]
             time.sleep(self.interval)
 
     def ready(self, status: str) -> None:

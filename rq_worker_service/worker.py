@@ -203,7 +203,7 @@ class ServiceWorkerMixin(_Base):
     def _service_tick(self, *, watchdog: bool = True, in_main_loop: bool = True) -> None:
         self._next_tick = time.monotonic() + self._tick
         if in_main_loop:
-            self._wake.clear()  # (the simple worker's watch thread clears it itself)
+            self._wake.clear()  # (the simple worker's watch thread waits on an event of its own)
         if watchdog:
             self.notifier.watchdog()
             self._look_for_primary()

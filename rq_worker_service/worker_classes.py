@@ -128,6 +128,7 @@ class ServiceSimpleWorker(ServiceWorkerMixin, SimpleWorker):
                 in_time = limit is None or time.monotonic() - started < limit
                 self._service_tick(watchdog=in_time, in_main_loop=False)
 
+
 WORKER_CLASSES: dict[str, type[ServiceWorkerMixin]] = {
     "fork": ServiceWorker,
     "spawn": ServiceSpawnWorker,
