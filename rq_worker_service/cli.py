@@ -67,6 +67,19 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                         "worker keeps running (default: off)")
 
 
+def _add_autoscale(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "autoscale", help="start and stop rq-worker@ instances to follow the backlog (what "
+                          "rq-worker-autoscale.service runs)",
+        description="Every RQ_AUTOSCALE_INTERVAL, look at the queues and this host's rq-worker@ instances and "
+                    "start or (warm-)stop instances through systemd's D-Bus API, within RQ_AUTOSCALE_MIN and "
+                    "RQ_AUTOSCALE_MAX. Settings: the RQ_AUTOSCALE_* variables. Runs until SIGTERM; the "
+                    "instances keep running.")
+    p.add_argument("--env-file", default=DEFAULT_ENV_FILE, metavar="PATH",
+                   help=f"the workers' environment file, read for Redis and RQ_AUTOSCALE_* (default: "
+                        f"{DEFAULT_ENV_FILE})")
+
+
 def _connection_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-u", "--url", help="Redis URL (default: REDIS_URL, as the workers use it)")
     p.add_argument("--env-file", default=DEFAULT_ENV_FILE, metavar="PATH",
@@ -155,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_status(sub)
     _add_jobs(sub)
     _add_acl(sub)
+    _add_autoscale(sub)
     return parser
 
 
@@ -372,7 +386,14 @@ def _run(args: argparse.Namespace) -> int:
     return run(overrides, env_files=args.env_file, check_only=args.check)
 
 
-COMMANDS = {"run": _run, "status": _status, "job": _job, "requeue": _requeue, "cleanup": _cleanup, "acl": _acl}
+def _autoscale(args: argparse.Namespace) -> int:
+    from .autoscaler import run
+
+    return run(args.env_file)
+
+
+COMMANDS = {"run": _run, "status": _status, "job": _job, "requeue": _requeue, "cleanup": _cleanup, "acl": _acl,
+            "autoscale": _autoscale}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

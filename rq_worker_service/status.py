@@ -79,6 +79,65 @@ class FencedWorker:
     jobs: list[str]
 
 
+@dataclass
+class AutoscalerInfo:
+    """A host's autoscaler, as it last reported itself (``autoscaler.Autoscaler.state``)."""
+
+    host: str
+    age: float
+    """Seconds since its last report; past AUTOSCALER_STALE it is shown stale (stopped or stuck)."""
+    running: int
+    busy: int
+    minimum: int
+    maximum: int
+    queued: int | None
+    holding: str
+    """Why it neither starts nor stops now, when there is a reason worth saying ('' otherwise)."""
+    last_decision: str | None
+    last_decision_age: float | None
+    instances: list[str]
+    """``<n>:<state>``, with ``*`` for those it started."""
+    memory: str
+    """Available memory, the largest instance, the reserve (what caps starts)."""
+
+    @property
+    def stale(self) -> bool:
+        return self.age > AUTOSCALER_STALE
+
+
+AUTOSCALER_STALE = 60
+"""Seconds without a report after which an autoscaler is shown stale (it reports every few seconds)."""
+AUTOSCALER_FORGOTTEN = 86400
+"""A report older than this is not shown (a clean stop removes its own; a killed one leaves it)."""
+
+
+def _mib(value: int | None) -> str:
+    return "?" if value is None else f"{value / 1048576:.0f}MiB"
+
+
+def _autoscalers(connection: Redis, now: float) -> list[AutoscalerInfo]:
+    from .autoscale import state_key
+
+    found = []
+    for raw in connection.hvals(state_key()):
+        try:
+            s = json.loads(raw)
+            limits = s["limits"]
+            found.append(AutoscalerInfo(
+                host=s["host"], age=max(0.0, now - s["at"]), running=s["running"], busy=s["busy"],
+                minimum=limits["min"], maximum=limits["max"], queued=s["queued"], holding=s["now"],
+                last_decision=s["last_decision"],
+                last_decision_age=None if s["last_decision_at"] is None else max(0.0, now - s["last_decision_at"]),
+                instances=[f"{i['number']}:{i['state']}{'*' if i['ours'] else ''}" for i in s["instances"]],
+                memory=f"available {_mib(s['available'])}, instance ≤ {_mib(s['instance_memory'])}, reserve "
+                       f"{_mib(limits['memory_reserve'])}"))
+        except (ValueError, KeyError, TypeError):
+            continue  # written by another version: not ours to show
+        if found and found[-1].age > AUTOSCALER_FORGOTTEN:
+            found.pop()  # an autoscaler that was killed and never came back: its entry says nothing now
+    return sorted(found, key=lambda a: a.host)
+
+
 FENCING_WARNS_FOR = 900
 """Seconds a fencing keeps the verdict at WARNING (it stays listed for a day)."""
 
@@ -91,6 +150,7 @@ class Report:
     abandoned: list[AbandonedJob]
     key_prefix: str = RQ_KEY_PREFIX
     fenced: list[FencedWorker] = field(default_factory=list)
+    autoscalers: list[AutoscalerInfo] = field(default_factory=list)
     level: int = OK
     problems: list[str] = field(default_factory=list)
 
@@ -129,15 +189,18 @@ def unit_of(worker_name: str) -> str | None:
     return None
 
 
-def _queue_info(connection: Redis, queue: Queue, now: datetime) -> QueueInfo:
-    oldest_age = None
+def oldest_age(connection: Redis, queue: Queue, now: datetime) -> float | None:
+    """Seconds the job at the head of ``queue`` has waited (None: the queue is empty)."""
     first = connection.lindex(queue.key, 0)
-    if first is not None:
-        enqueued = connection.hget(Job.key_for(as_text(first)), "enqueued_at")
-        if enqueued:
-            oldest_age = _age(now, utcparse(as_text(enqueued)))
+    if first is None:
+        return None
+    enqueued = connection.hget(Job.key_for(as_text(first)), "enqueued_at")
+    return _age(now, utcparse(as_text(enqueued))) if enqueued else None
+
+
+def _queue_info(connection: Redis, queue: Queue, now: datetime) -> QueueInfo:
     return QueueInfo(
-        name=queue.name, queued=queue.count, oldest_age=oldest_age,
+        name=queue.name, queued=queue.count, oldest_age=oldest_age(connection, queue, now),
         started=connection.zcard(queue.started_job_registry.key),
         scheduled=connection.zcard(queue.scheduled_job_registry.key),
         deferred=connection.zcard(queue.deferred_job_registry.key),
@@ -190,7 +253,8 @@ def collect(connection: Redis, redis_display: str, queue_names: list[str] | None
     fenced = [FencedWorker(worker=f.worker, host=f.host, by=f.by, ago=max(0.0, now.timestamp() - f.at), jobs=f.jobs)
               for f in recent_fencings(connection)]
     return Report(redis=redis_display, queues=[_queue_info(connection, q, now) for q in queues],
-                  workers=workers, abandoned=abandoned, fenced=fenced)
+                  workers=workers, abandoned=abandoned, fenced=fenced,
+                  autoscalers=_autoscalers(connection, now.timestamp()))
 
 
 def evaluate(report: Report, *, max_queued: Threshold | None = None, max_age: Threshold | None = None,
@@ -229,6 +293,10 @@ def evaluate(report: Report, *, max_queued: Threshold | None = None, max_age: Th
             check(WARNING, mixed_rq_message(w.name, w.rq_version))
     if report.abandoned:
         check(WARNING, f"{len(report.abandoned)} abandoned started jobs")
+    for a in report.autoscalers:
+        if a.stale:
+            check(WARNING, f"the autoscaler on {a.host} has not reported for {a.age:.0f}s (is "
+                           "rq-worker-autoscale.service running?)")
     for f in report.fenced:
         if f.ago < FENCING_WARNS_FOR:
             check(WARNING, f"worker {f.worker} on host {f.host} was fenced by {f.by} {f.ago:.0f}s ago "
@@ -288,6 +356,15 @@ def render_text(report: Report) -> str:
         lines += _table(["WORKER", "HOST", "FENCED BY", "WHEN", "JOBS RE-QUEUED"],
                         [[f.worker, f.host, f.by, _dur(f.ago) + " ago", " ".join(f.jobs) or "-"]
                          for f in report.fenced])
+    for a in report.autoscalers:
+        state = f"stale (last report {_dur(a.age)} ago)" if a.stale else "running"
+        lines += ["", f"Autoscaler on {a.host}: {state}; {a.running} instances running ({a.busy} busy), min "
+                      f"{a.minimum}, max {a.maximum}; memory: {a.memory}",
+                  f"  instances (* started by it): {' '.join(a.instances) or '-'}"]
+        if a.last_decision:
+            lines.append(f"  last decision, {_dur(a.last_decision_age)} ago: {a.last_decision}")
+        if a.holding:
+            lines.append(f"  now: {a.holding}")
     return "\n".join(lines) + "\n"
 
 
@@ -297,6 +374,7 @@ def report_from_dict(data: dict) -> Report:
                   workers=[WorkerInfo(**w) for w in data["workers"]],
                   abandoned=[AbandonedJob(**a) for a in data["abandoned"]], key_prefix=data["key_prefix"],
                   fenced=[FencedWorker(**f) for f in data.get("fenced", [])],
+                  autoscalers=[AutoscalerInfo(**a) for a in data.get("autoscalers", [])],
                   level=BY_NAME[data["status"]], problems=data["problems"])
 
 
@@ -342,6 +420,10 @@ def render_prometheus(report: Report | None) -> str:
     _metric(lines, "rq_fenced_workers", "gauge", "Workers fenced in the last 24 hours, by the host they ran on.",
             [({"host": host}, sum(1 for f in report.fenced if f.host == host))
              for host in sorted({f.host for f in report.fenced})])
+    _metric(lines, "rq_autoscaler_instances", "gauge", "Instances the host's autoscaler sees running.",
+            [({"host": a.host}, a.running) for a in report.autoscalers])
+    _metric(lines, "rq_autoscaler_max_instances", "gauge", "The host's RQ_AUTOSCALE_MAX.",
+            [({"host": a.host}, a.maximum) for a in report.autoscalers])
     _metric(lines, "rq_health_status", "gauge", "0 OK, 1 WARNING, 2 CRITICAL (the --check verdict).",
             [({}, report.level)])
     return "\n".join(lines) + "\n"

@@ -321,6 +321,29 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("RQ_REDIS_STARTUP_WAIT", "Seconds to wait for an unreachable Redis at start before exiting (status "
              "69) so that systemd restarts the instance later.", seconds(), default=30.0,
              field="redis_startup_wait"),
+    # rq-worker-autoscale.service reads these (from the same files); the workers ignore them.
+    Variable("RQ_AUTOSCALE_MIN", "Autoscaler: fewest rq-worker@ instances to keep running on this host. Instances "
+             "started by hand or enabled at boot count.", whole(0, "a number of instances, 0 or more"), default=1),
+    Variable("RQ_AUTOSCALE_MAX", "Autoscaler: most instances it runs on this host (never more than memory allows: "
+             "MemAvailable less RQ_AUTOSCALE_MEMORY_RESERVE, over the largest instance's measured memory).",
+             whole(1, "a number of instances, 1 or more"), default=8),
+    Variable("RQ_AUTOSCALE_QUEUES", "Autoscaler: the queues whose backlog it follows, comma-separated.",
+             queue_list, shown_default="(RQ_QUEUES)", example="default"),
+    Variable("RQ_AUTOSCALE_MAX_WAIT", "Autoscaler: start instances when the oldest queued job has waited this many "
+             "seconds…", seconds(), default=30.0),
+    Variable("RQ_AUTOSCALE_JOBS_PER_INSTANCE", "…or when more jobs than this are queued per running instance. A "
+             "step starts queued ÷ this many instances, up to RQ_AUTOSCALE_MAX.",
+             whole(1, "a number of jobs, 1 or more"), default=10),
+    Variable("RQ_AUTOSCALE_UP_COOLDOWN", "Autoscaler: seconds between two steps up.", seconds(), default=15.0),
+    Variable("RQ_AUTOSCALE_DOWN_COOLDOWN", "Autoscaler: seconds an instance must have had nothing to do (more idle "
+             "instances than queued jobs) before one is stopped, and between two stops. Stops are warm and only "
+             "of idle instances, highest number first.", seconds(), default=120.0),
+    Variable("RQ_AUTOSCALE_STOP_OTHERS", "Autoscaler: also stop idle instances it did not start (started by hand "
+             "or enabled at boot), down to RQ_AUTOSCALE_MIN.", boolean, default=False),
+    Variable("RQ_AUTOSCALE_MEMORY_RESERVE", "Autoscaler: MiB of available memory never used for more instances.",
+             whole(0, "MiB, a whole number, 0 or more"), default=256),
+    Variable("RQ_AUTOSCALE_INTERVAL", "Autoscaler: seconds between two looks at the queues and instances.",
+             seconds(), default=2.0),
 )
 
 BY_NAME = {var.name: var for var in VARIABLES}
