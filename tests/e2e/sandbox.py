@@ -26,7 +26,7 @@ RELEASES = {"bookworm": "python3.11", "trixie": "python3.13"}
 """The Debian releases the e2e tests boot (systemd 252 and 257), each with its Python."""
 MIRROR = os.environ.get("RQWS_E2E_MIRROR", "http://deb.debian.org/debian")
 PACKAGES = ("systemd", "systemd-sysv", "dbus", "redis-server", "redis-sentinel", "python3", "libsystemd0", "procps",
-            "iproute2", "man-db")
+            "iproute2", "man-db", "polkitd", "libpam-systemd")
 CACHE = Path(os.environ.get("RQWS_E2E_CACHE", "/var/cache/rq-worker-service-e2e"))
 HIERARCHIES = ("unified", "systemd", "pids", "devices", "memory")
 """cgroup hierarchies systemd writes to; the sandbox gets a cgroup of its own in each."""
@@ -35,6 +35,7 @@ SANDBOX_FILES = {
     # The sandbox cannot nest user namespaces, so units that use PrivateUsers= get it switched off.
     "etc/systemd/system/redis-server.service.d/e2e-sandbox.conf": "[Service]\nPrivateUsers=no\n",
     "etc/systemd/system/rq-worker@.service.d/e2e-sandbox.conf": "[Service]\nPrivateUsers=no\n",
+    "etc/systemd/system/rq-worker-autoscale.service.d/e2e-sandbox.conf": "[Service]\nPrivateUsers=no\n",
     # debootstrap copies the host's name and leaves /etc/hosts empty; a server has localhost in it.
     "etc/hostname": "rqws-e2e\n",
     "etc/hosts": "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n127.0.1.1 rqws-e2e\n",

@@ -59,5 +59,6 @@ def test_purge_stops_instances_warm_and_leaves_nothing(box):
     assert not status.startswith(("ii", "rc")), status
     leftovers = box.run(
         "find /etc /opt /usr /lib/systemd /var/lib -xdev \\( -name '*rq-worker*' -o -name '*rq_worker*' \\) "
-        "! -path '/etc/systemd/system/rq-worker@.service.d*' -print").stdout.split()
+        "! -path '/etc/systemd/system/rq-worker@.service.d*' "
+        "! -path '/etc/systemd/system/rq-worker-autoscale.service.d*' -print").stdout.split()
     assert leftovers == [], leftovers

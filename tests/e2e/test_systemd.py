@@ -215,7 +215,14 @@ def test_security_exposure_and_verify(box):
           f"live in the sandbox (PrivateUsers=no) {live}")
     assert score <= 1.5
     assert live <= 1.5
-    verify = box.run(["systemd-analyze", "verify", "rq-worker@1.service", "rq-worker.target"], check=False)
+    box.write("/tmp/offline/rq-worker-autoscale.service",
+              box.run(["cat", "/lib/systemd/system/rq-worker-autoscale.service"]).stdout)
+    autoscaler = box.run(["systemd-analyze", "security", "--offline=yes", "/tmp/offline/rq-worker-autoscale.service"],
+                         check=False)
+    print(f"systemd-analyze security: shipped rq-worker-autoscale.service {exposure(autoscaler.stdout)}")
+    assert exposure(autoscaler.stdout) <= 2
+    verify = box.run(["systemd-analyze", "verify", "rq-worker@1.service", "rq-worker.target",
+                      "rq-worker-autoscale.service"], check=False)
     assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr
 
 
@@ -338,3 +345,93 @@ def test_job_shows_the_last_failure_of_a_job_waiting_for_its_retry(box):
     assert "from the journal" in shown and "this job always fails" in shown, shown
     picked = box.run(["journalctl", "-u", "rq-worker@1", "RQ_JOB_ID=retry-later", "-o", "cat", "--no-pager"]).stdout
     assert "Worker " in picked and "failing_job" in picked, "rq's picked-up line carries the job's id"
+
+
+AUTOSCALE = {"RQ_AUTOSCALE_MIN": 1, "RQ_AUTOSCALE_MAX": 6, "RQ_AUTOSCALE_MAX_WAIT": 5, "RQ_AUTOSCALE_UP_COOLDOWN": 5,
+             "RQ_AUTOSCALE_DOWN_COOLDOWN": 4, "RQ_AUTOSCALE_INTERVAL": 1}
+
+
+def running_instances(box) -> set[str]:
+    out = box.run("systemctl list-units 'rq-worker@*' --state=active,activating,reloading --no-legend --plain").stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+def decisions(box, action: str, since: str) -> list[tuple[float, str]]:
+    out = box.run(["journalctl", "-u", "rq-worker-autoscale", "-o", "short-unix", "--since", since,
+                   "--no-pager"]).stdout
+    return [(float(line.split()[0]), line) for line in out.splitlines() if f"→ {action} " in line]
+
+
+def test_autoscaler_follows_a_burst_up_to_max_and_back_to_min_without_cutting_a_job(box):
+    """500 jobs of 0.5 s: instances go up to MAX within the up cool-down, the backlog drains, they
+    come back to MIN one per down cool-down, each a warm stop of an idle instance; no job is lost or
+    run twice. The autoscaler runs as its own user, allowed by polkit to start and stop rq-worker@N
+    and nothing else."""
+    reset(box)
+    env = "\n".join(f"Environment={k}={v}" for k, v in AUTOSCALE.items())
+    box.write("/etc/systemd/system/rq-worker-autoscale.service.d/e2e-test.conf", f"[Service]\n{env}\n")
+    systemctl(box, "daemon-reload")
+    low, high = AUTOSCALE["RQ_AUTOSCALE_MIN"], AUTOSCALE["RQ_AUTOSCALE_MAX"]
+    try:
+        systemctl(box, "enable", "--now", "rq-worker-autoscale")
+        assert box.show("rq-worker-autoscale", "User")["User"] == "rq-worker-autoscale"
+        wait_for(lambda: running_instances(box) == {"rq-worker@1.service"}, 20, "the autoscaler to start MIN")
+        ctl(box, "enqueue", "quick_job", "1", "--id", "probe")
+        wait_status(box, "probe", "finished", 20)
+
+        # polkit grants exactly start/stop of rq-worker@<number>: not another unit, not another verb.
+        as_it = ["runuser", "-u", "rq-worker-autoscale", "--", "systemctl", "--no-ask-password"]
+        assert box.run([*as_it, "stop", "redis-server"], check=False).returncode != 0
+        assert box.run([*as_it, "restart", "rq-worker@1"], check=False).returncode != 0
+        assert box.run([*as_it, "start", "rq-worker@9"], check=False).returncode == 0
+        assert box.run([*as_it, "stop", "rq-worker@9"], check=False).returncode == 0
+
+        since = "@" + box.run(["date", "+%s"]).stdout.strip()
+        ids = ctl(box, "enqueue", "traced_job", "0.5", "--count", "500")
+        burst = time.monotonic()
+        peak, at_max, samples = 0, None, []
+        deadline = burst + 240
+        while time.monotonic() < deadline:
+            now = len(running_instances(box))
+            samples.append(now)
+            peak = max(peak, now)
+            if now == high and at_max is None:
+                at_max = time.monotonic() - burst
+            if peak == high and now == low and time.monotonic() - burst > 10:
+                break
+            time.sleep(0.5)
+        back = time.monotonic() - burst
+        print(f"\nautoscale: MAX={high} reached {at_max:.1f}s after the burst; back to MIN={low} after {back:.1f}s; "
+              f"instances sampled: {samples[::4]}")
+        assert peak == high and at_max is not None
+        assert at_max <= AUTOSCALE["RQ_AUTOSCALE_UP_COOLDOWN"] * (high - low) + 10
+        assert len(running_instances(box)) == low
+
+        states = jobs(box, ids)
+        assert [j for j in states.values() if j["status"] != "finished"] == []
+        assert sorted({j["executions"] for j in states.values()}) == [1], "a job was lost or ran twice"
+        trace = ctl(box, "trace")
+        assert len([e for e in trace if e["event"] == "start"]) == 500
+        assert len({e["id"] for e in trace if e["event"] == "end"}) == 500
+
+        starts, stops = decisions(box, "start", since), decisions(box, "stop", since)
+        assert len(stops) == high - low
+        gaps = [b[0] - a[0] for a, b in zip(stops, stops[1:], strict=False)]
+        assert min(gaps) >= AUTOSCALE["RQ_AUTOSCALE_DOWN_COOLDOWN"] - 0.1, gaps
+        assert "queued=" in starts[-1][1] and "busy=" in starts[-1][1]
+        assert [line.split("stop ")[1].split(":")[0] for _, line in stops] == [
+            f"rq-worker@{n}" for n in range(high, low, -1)]
+        for n in range(low + 1, high + 1):
+            log = box.run(["journalctl", "-u", f"rq-worker@{n}", "--since", since, "--no-pager"]).stdout
+            assert log.count("Warm shutdown: idle, exiting") == 1, log[-2000:]
+        workers_log = box.run(["journalctl", "-u", "rq-worker@*", "--since", since, "--no-pager"]).stdout
+        assert "Warm shutdown: taking no new job" not in workers_log and "Cold shutdown" not in workers_log
+
+        status = box.run(["rq-worker-service", "status"]).stdout
+        assert f"Autoscaler on {HOST}: running; {low} instances running" in status
+        assert f"→ stop rq-worker@{low + 1}" in status
+        assert "→ stop rq-worker@" in box.show("rq-worker-autoscale", "StatusText")["StatusText"]
+    finally:
+        systemctl(box, "disable", "--now", "rq-worker-autoscale", check=False)
+        box.run(["rm", "-f", "/etc/systemd/system/rq-worker-autoscale.service.d/e2e-test.conf"])
+        systemctl(box, "daemon-reload")
