@@ -1,4 +1,4 @@
-"""The least-privilege Redis ACL rule for workers, the operator commands and the enqueue helper.
+"""The least-privilege Redis ACL rule for workers, the operator commands, the autoscaler and the enqueue helper.
 
 One rule serves all of them: they touch the same keys (everything rq and this service keep starts
 with ``RQ_KEY_PREFIX:``) and the same channel (rq's worker commands, ``RQ_KEY_PREFIX:pubsub:…``).

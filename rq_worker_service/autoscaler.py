@@ -262,7 +262,10 @@ def run(env_file: str) -> int:
     except ConfigError as exc:
         return notifier.fail(f"configuration error: {exc}", exits.CONFIG, errno.EINVAL)
     os.environ["RQ_KEY_PREFIX"] = settings.key_prefix  # before rq is first imported (rq reads it then)
-    from .connection import REDIS_ERRORS, make_connection
+    import redis
+
+    from .acl import denied
+    from .connection import REDIS_ERRORS, RedisAuthError, make_connection, ping
 
     units = Units()
     try:
@@ -274,6 +277,12 @@ def run(env_file: str) -> int:
         return notifier.fail(f"cannot reach systemd on the system bus: {exc}", exits.UNAVAILABLE, errno.ECONNREFUSED)
     state_dir = Path(os.environ.get("STATE_DIRECTORY", "/var/lib/rq-worker-autoscale").split(":")[0])
     connection = make_connection(settings.redis, settings.key_prefix, f"{socket.gethostname()}.rq-worker-autoscale")
+    try:
+        ping(connection, settings.redis)
+    except RedisAuthError as exc:
+        return notifier.fail(str(exc), exits.NOPERM, errno.EACCES)
+    except REDIS_ERRORS:
+        pass  # Redis may come later: the loop holds until it answers, and says so
     scaler = Autoscaler(connection, units, limits, queues, socket.gethostname(), state_dir)
     stop = _Stop()
     log.info("Autoscaling rq-worker@ instances on %s between %d and %d for queues %s on Redis %s (oldest job < "
@@ -293,6 +302,8 @@ def run(env_file: str) -> int:
                 log.warning("cannot reach Redis at %s (%s): holding, no instance started or stopped until it "
                             "answers", settings.redis.display, exc)
             trouble = "Redis"
+        except redis.exceptions.NoPermissionError as exc:
+            return notifier.fail(f"{denied(exc) or exc}; exiting", exits.NOPERM, errno.EACCES)
         except UnitsError as exc:
             if trouble != "systemd":
                 log.warning("systemd did not answer (%s): holding until it does", exc)

@@ -293,3 +293,14 @@ def test_an_instance_being_restarted_still_counts(conn, tmp_path, clock):
     units.restarting = set()
     make(conn, units, tmp_path, clock).step()
     assert units.calls == ["start 2"]  # a plain stop: below the minimum
+
+
+def test_autoscale_command_refuses_bad_settings_in_one_line_and_exit_78(tmp_path, capsys, monkeypatch):
+    from rq_worker_service.cli import main
+
+    env = tmp_path / "worker.env"
+    env.write_text("RQ_AUTOSCALE_MIN=3\nRQ_AUTOSCALE_MAX=2\n")
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    assert main(["autoscale", "--env-file", str(env)]) == 78
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "RQ_AUTOSCALE_MAX='2' is invalid" in err[0] and "RQ_AUTOSCALE_MIN=3" in err[0]
