@@ -435,3 +435,32 @@ def test_autoscaler_follows_a_burst_up_to_max_and_back_to_min_without_cutting_a_
         systemctl(box, "disable", "--now", "rq-worker-autoscale", check=False)
         box.run(["rm", "-f", "/etc/systemd/system/rq-worker-autoscale.service.d/e2e-test.conf"])
         systemctl(box, "daemon-reload")
+
+
+def test_autoscaler_never_starts_past_the_memory_left_and_says_so(box):
+    """MemoryMax= on the instances' slice leaves room for a few more: it starts those, holds, and its
+    journal line and status give the figures."""
+    reset(box)
+    env = "\n".join(f"Environment={k}={v}" for k, v in {**AUTOSCALE, "RQ_AUTOSCALE_MEMORY_RESERVE": 0}.items())
+    box.write("/etc/systemd/system/rq-worker-autoscale.service.d/e2e-test.conf", f"[Service]\n{env}\n")
+    systemctl(box, "daemon-reload")
+    try:
+        systemctl(box, "start", "rq-worker-autoscale")
+        wait_for(lambda: running_instances(box) == {"rq-worker@1.service"}, 20, "the autoscaler to start MIN")
+        slice_name = box.show("rq-worker@1", "Slice")["Slice"]
+        one = int(box.show("rq-worker@1", "MemoryCurrent")["MemoryCurrent"])
+        systemctl(box, "set-property", "--runtime", slice_name, f"MemoryMax={int(one * 3.5)}")
+        since = "@" + box.run(["date", "+%s"]).stdout.strip()
+        ctl(box, "enqueue", "sleep_job", "2", "--count", "60")
+        line = wait_for(lambda: [text for _, text in decisions(box, "start", since)], 20, "a start decision")[0]
+        time.sleep(3)
+        started = len(running_instances(box))
+        print(f"\nautoscale under MemoryMax={int(one * 3.5)} (one instance {one}): {started} instances; {line}")
+        assert "memory holds" in line and "of 5" in line
+        assert 1 < started < AUTOSCALE["RQ_AUTOSCALE_MAX"]
+        assert "memory holds" in box.run(["rq-worker-service", "status"]).stdout
+    finally:
+        systemctl(box, "disable", "--now", "rq-worker-autoscale", check=False)
+        systemctl(box, "set-property", "--runtime", "system-rq\\x2dworker.slice", "MemoryMax=infinity", check=False)
+        box.run(["rm", "-f", "/etc/systemd/system/rq-worker-autoscale.service.d/e2e-test.conf"])
+        systemctl(box, "daemon-reload")
