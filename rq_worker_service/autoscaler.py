@@ -101,8 +101,13 @@ class Autoscaler:
 
     def _save_ours(self) -> None:
         tmp = self._started_file.with_suffix(".tmp")
-        tmp.write_text("".join(f"{n}\n" for n in sorted(self.ours)))
-        os.replace(tmp, self._started_file)
+        try:
+            self._started_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text("".join(f"{n}\n" for n in sorted(self.ours)))
+            os.replace(tmp, self._started_file)
+        except OSError as exc:
+            log.error("cannot record the instances it started in %s (%s): after a restart it will take them for "
+                      "instances started by hand, and not stop them", self._started_file, exc.strerror)
 
     # -- one look ----------------------------------------------------------------------------------
 

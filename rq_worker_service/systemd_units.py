@@ -49,6 +49,8 @@ class Units:
 
     def __init__(self) -> None:
         self._bus: DBusConnection | None = None
+        self._slice: str | None = None
+        """The object path of the instances' slice, once known (it does not change while loaded)."""
 
     def _call(self, address: DBusAddress, method: str, signature: str | None = None, body: tuple = ()) -> tuple:
         message = new_method_call(address, method, signature, body)
@@ -66,6 +68,7 @@ class Units:
         return reply.body
 
     def close(self) -> None:
+        self._slice = None  # systemd may have been re-executed: ask again
         if self._bus is not None:
             self._bus.close()
             self._bus = None
@@ -99,18 +102,16 @@ class Units:
     def slice_memory_available(self, number: int) -> int | None:
         """What the instances' slice may still use under MemoryMax=/MemoryHigh= of it and its parents
         (systemd's MemoryAvailable); None when nothing limits it or systemd does not say."""
-        try:
-            (path,) = self._call(MANAGER, "LoadUnit", "s", (f"rq-worker@{number}.service",))
-        except UnitsError:
-            return None
-        slice_name = self._property(path, "org.freedesktop.systemd1.Service", "Slice")
-        if not slice_name:
-            return None
-        try:
-            (slice_path,) = self._call(MANAGER, "LoadUnit", "s", (slice_name,))
-        except UnitsError:
-            return None
-        value = self._property(slice_path, "org.freedesktop.systemd1.Slice", "MemoryAvailable")
+        if self._slice is None:
+            try:
+                (path,) = self._call(MANAGER, "LoadUnit", "s", (f"rq-worker@{number}.service",))
+                slice_name = self._property(path, "org.freedesktop.systemd1.Service", "Slice")
+                if not slice_name:
+                    return None
+                (self._slice,) = self._call(MANAGER, "LoadUnit", "s", (slice_name,))
+            except UnitsError:
+                return None
+        value = self._property(self._slice, "org.freedesktop.systemd1.Slice", "MemoryAvailable")
         return None if value in (None, UNKNOWN) else int(value)
 
     def start(self, number: int) -> None:

@@ -304,3 +304,12 @@ def test_autoscale_command_refuses_bad_settings_in_one_line_and_exit_78(tmp_path
     assert main(["autoscale", "--env-file", str(env)]) == 78
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "RQ_AUTOSCALE_MAX='2' is invalid" in err[0] and "RQ_AUTOSCALE_MIN=3" in err[0]
+
+
+def test_an_unwritable_state_directory_is_one_error_line_not_a_crash(conn, tmp_path, clock, caplog):
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")
+    units = FakeUnits()
+    Autoscaler(conn, units, LIMITS, ["default"], "web1", blocked, clock=clock, memory=lambda: None).step()
+    assert units.calls == ["start 1"]
+    assert "cannot record the instances it started" in caplog.text
