@@ -10,6 +10,7 @@ The rules, in order:
 2. A backlog (the oldest queued job waited RQ_AUTOSCALE_MAX_WAIT, or more than
    RQ_AUTOSCALE_JOBS_PER_INSTANCE jobs are queued per running instance): start enough instances
    for queued ÷ JOBS_PER_INSTANCE (at least one), up to RQ_AUTOSCALE_MAX, once per up cool-down.
+   Workers of other hosts on the same queues count as instances here: they share the backlog.
 3. A surplus (more idle instances than queued jobs, no backlog, above MIN) that has lasted the
    down cool-down: warm-stop the highest-numbered idle instance the autoscaler started (or any
    idle one with RQ_AUTOSCALE_STOP_OTHERS). One per down cool-down, never one that runs a job.
@@ -79,6 +80,13 @@ def state_key() -> str:
     return f"{RQ_KEY_PREFIX}:service:autoscalers"
 
 
+def step_key() -> str:
+    """String: the host that stepped up last, for one up cool-down (``autoscaler``)."""
+    from rq.defaults import RQ_KEY_PREFIX
+
+    return f"{RQ_KEY_PREFIX}:service:autoscale-step"
+
+
 @dataclass(frozen=True)
 class Observation:
     """What the autoscaler saw in one look."""
@@ -89,6 +97,8 @@ class Observation:
     instances: tuple[Instance, ...]
     available: int | None = None
     """Bytes of memory the machine can still give; None: unknown (not limited)."""
+    elsewhere: int = 0
+    """Live workers on other hosts that take from the watched queues: they share the backlog."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +109,9 @@ class Decision:
     reason: str
     start: tuple[int, ...] = ()
     stop: tuple[int, ...] = ()
+    step: bool = False
+    """The starts are a step up for a backlog (one host at a time steps, see ``autoscaler``), not
+    the minimum."""
 
     @property
     def acts(self) -> bool:
@@ -139,6 +152,8 @@ class Scaler:
         busy = sum(1 for i in running if i.busy)
         self.instance_memory = max([self.instance_memory, *(i.memory or 0 for i in running)])
         figures = f"queued={seen.queued} oldest={_seconds(seen.oldest)} busy={busy}/{len(running)}"
+        if seen.elsewhere:
+            figures += f" elsewhere={seen.elsewhere}"
         backlog = self._backlog(seen, len(running))
 
         wanted, why = self._wanted(seen, len(running), backlog, now)
@@ -152,7 +167,7 @@ class Scaler:
             if not fit:
                 return Decision(figures, why)
             self.last_start = now
-            return Decision(figures, why, start=numbers[:fit])
+            return Decision(figures, why, start=numbers[:fit], step=len(running) >= self.limits.minimum)
         if why:
             return Decision(figures, why)
         return self._surplus(seen, running, backlog, figures, now)
@@ -163,7 +178,7 @@ class Scaler:
             return ""
         if seen.oldest is not None and seen.oldest >= self.limits.max_wait:
             return f"oldest waited ≥ {self.limits.max_wait:g}s"
-        if seen.queued > self.limits.jobs_per_instance * running:
+        if seen.queued > self.limits.jobs_per_instance * (running + seen.elsewhere):
             return f"more than {self.limits.jobs_per_instance} queued per instance"
         return ""
 
@@ -178,7 +193,7 @@ class Scaler:
             return 0, f"{backlog}, but at RQ_AUTOSCALE_MAX={limits.maximum}"
         if now - self.last_start < limits.up_cooldown:
             return 0, f"{backlog}, in the up cool-down ({limits.up_cooldown:g}s)"
-        step = max(1, math.ceil(seen.queued / limits.jobs_per_instance) - running)
+        step = max(1, math.ceil(seen.queued / limits.jobs_per_instance) - running - seen.elsewhere)
         return min(step, limits.maximum - running), backlog
 
     def _free_numbers(self, instances: tuple[Instance, ...], count: int) -> tuple[int, ...]:

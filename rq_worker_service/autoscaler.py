@@ -82,6 +82,7 @@ class Autoscaler:
         self.scaler = Scaler(limits, clock)
         self.memory = memory
         self._worker_key = BaseWorker.redis_worker_namespace_prefix + worker_name("{}", host)
+        self._own_workers = BaseWorker.redis_worker_namespace_prefix + host + "."
         self._started_file = state_dir / STARTED_FILE
         self.ours = self._load_ours()
         self.seen: Observation | None = None
@@ -119,6 +120,20 @@ class Autoscaler:
         states = pipe.execute()
         return {n: (s.decode() if isinstance(s, bytes) else s) != "idle" for n, s in zip(numbers, states, strict=True)}
 
+    def _elsewhere(self) -> int:
+        """Live rq workers of other hosts that take from the watched queues (rq's per-queue sets,
+        whose members may outlive a dead worker's key: only keys that still exist count)."""
+        from rq.worker_registration import get_keys
+
+        keys = {key for q in self.queues for key in get_keys(q)}
+        others = sorted(k for k in keys if not k.startswith(self._own_workers))
+        if not others:
+            return 0
+        pipe = self.connection.pipeline(transaction=False)
+        for key in others:
+            pipe.exists(key)
+        return sum(pipe.execute())
+
     def observe(self) -> Observation:
         from .status import oldest_age
 
@@ -141,13 +156,17 @@ class Autoscaler:
             queued=sum(q.count for q in self.queues), oldest=max(ages) if ages else None,
             instances=tuple(Instance(u.number, states[u.number], busy.get(u.number, True), u.number in self.ours,
                                      u.memory) for u in units),
-            available=available)
+            available=available, elsewhere=self._elsewhere())
 
     # -- acting on it ------------------------------------------------------------------------------
 
     def step(self) -> Decision:
         self.seen = self.observe()
         decision = self.scaler.decide(self.seen)
+        if decision.step:
+            holder = self._claim_step()
+            if holder != self.host:
+                decision = Decision(decision.figures, f"{decision.reason}, but {holder} stepped up in this cool-down")
         self.holding = "" if decision.acts else decision.reason
         if decision.acts:
             log.info("%s", decision)
@@ -159,6 +178,21 @@ class Autoscaler:
             self._said = decision.reason
         self.publish()
         return decision
+
+    def _claim_step(self) -> str:
+        """One host at a time steps up for a backlog they share: the first to claim the step holds it
+        for the up cool-down; the others see its work before they decide again. Returns the holder."""
+        from .autoscale import step_key
+
+        key, ttl = step_key(), int(self.limits.up_cooldown * 1000)
+        if self.connection.set(key, self.host, nx=True, px=ttl):
+            return self.host
+        holder = self.connection.get(key)
+        holder = holder.decode() if isinstance(holder, bytes) else holder
+        if holder in (None, self.host):  # gone meanwhile, or our own from the last step
+            self.connection.set(key, self.host, px=ttl)
+            return self.host
+        return holder
 
     def _act(self, decision: Decision) -> None:
         for number in decision.start:

@@ -296,7 +296,12 @@ def test_an_instance_being_restarted_still_counts(conn, tmp_path, clock):
 
 
 def test_autoscale_command_refuses_bad_settings_in_one_line_and_exit_78(tmp_path, capsys, monkeypatch):
+    import logging
+
     from rq_worker_service.cli import main
+
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))  # the command installs its own handler
 
     env = tmp_path / "worker.env"
     env.write_text("RQ_AUTOSCALE_MIN=3\nRQ_AUTOSCALE_MAX=2\n")
@@ -313,3 +318,30 @@ def test_an_unwritable_state_directory_is_one_error_line_not_a_crash(conn, tmp_p
     Autoscaler(conn, units, LIMITS, ["default"], "web1", blocked, clock=clock, memory=lambda: None).step()
     assert units.calls == ["start 1"]
     assert "cannot record the instances it started" in caplog.text
+
+
+def test_workers_of_other_hosts_share_the_backlog(clock):
+    scaler = Scaler(LIMITS, clock)
+    quiet = Observation(queued=25, oldest=3.0, instances=(up(1, busy=True),), elsewhere=2)
+    assert not scaler.decide(quiet).acts  # 25 ≤ 10 × (1 + 2)
+    decision = scaler.decide(Observation(queued=60, oldest=3.0, instances=(up(1, busy=True),), elsewhere=2))
+    assert decision.start == (2, 3, 4) and decision.step and "elsewhere=2" in decision.figures
+
+
+def test_two_hosts_on_one_backlog_step_up_one_at_a_time(conn, tmp_path, clock, caplog):
+    caplog.set_level("INFO")
+    for host in ("web1", "web2"):
+        register(conn, host, 1, "busy")
+    q = Queue("default", connection=conn)
+    for _ in range(80):
+        q.enqueue(quick_job)
+    web1_units, web2_units = FakeUnits((1, "active")), FakeUnits((1, "active"))
+    web1 = make(conn, web1_units, tmp_path / "1", clock)
+    web2 = Autoscaler(conn, web2_units, LIMITS, ["default"], "web2", tmp_path / "2", clock=clock,
+                      memory=lambda: None)
+    web1.step()
+    web2.step()
+    assert web1_units.calls == ["start 2", "start 3", "start 4"]  # 80 ÷ 10 − 1 − web2's 1: 6, up to MAX=4
+    assert web2_units.calls == []
+    assert "but web1 stepped up in this cool-down" in caplog.text
+    assert "elsewhere=1" in caplog.text
