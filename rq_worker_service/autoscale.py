@@ -166,8 +166,10 @@ class Scaler:
                         f"reserve={_mib(self.limits.memory_reserve)}, instance={_mib(self.instance_memory)})")
             if not fit:
                 return Decision(figures, why)
-            self.last_start = now
-            return Decision(figures, why, start=numbers[:fit], step=len(running) >= self.limits.minimum)
+            step = len(running) >= self.limits.minimum
+            if step:  # the cool-down paces steps for a backlog; reaching the minimum is not one
+                self.last_start = now
+            return Decision(figures, why, start=numbers[:fit], step=step)
         if why:
             return Decision(figures, why)
         return self._surplus(seen, running, backlog, figures, now)

@@ -39,6 +39,7 @@ def test_starts_up_to_the_minimum_at_once_and_counts_instances_it_did_not_start(
     assert decision.start == (2, 3)
     assert "below RQ_AUTOSCALE_MIN=3" in str(decision)
     assert scaler.decide(seen(0, None, up(1, ours=False), up(2), up(3))).acts is False
+    assert scaler.decide(seen(50, 1.0, up(1), up(2), up(3))).start == (4, 5)  # no up cool-down after MIN
 
 
 def test_a_backlog_starts_queued_over_jobs_per_instance_capped_at_max(clock):
