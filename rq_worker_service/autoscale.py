@@ -60,10 +60,6 @@ class Instance:
     """MemoryCurrent in bytes (worker and work horse), when systemd accounts it."""
 
     @property
-    def unit(self) -> str:
-        return unit_name(self.number)
-
-    @property
     def running(self) -> bool:
         return self.state in RUNNING_STATES
 
@@ -118,21 +114,18 @@ class Decision:
         return bool(self.start or self.stop)
 
     def __str__(self) -> str:
-        if self.start:
-            action = "start " + ", ".join(unit_name(n).removesuffix(".service") for n in self.start)
-        elif self.stop:
-            action = "stop " + ", ".join(unit_name(n).removesuffix(".service") for n in self.stop)
-        else:
-            action = "hold"
-        return f"{self.figures} → {action}: {self.reason}"
+        verb, numbers = ("start", self.start) if self.start else ("stop", self.stop) if self.stop else ("hold", ())
+        names = ", ".join(unit_name(n).removesuffix(".service") for n in numbers)
+        return f"{self.figures} → {verb}{' ' + names if names else ''}: {self.reason}"
 
 
 def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}s"
 
 
-def _mib(value: int) -> str:
-    return f"{value / MIB:.0f}MiB"
+def mib(value: int | None) -> str:
+    """Bytes as whole MiB, for the journal and ``status`` ('?' when unknown)."""
+    return "?" if value is None else f"{value / MIB:.0f}MiB"
 
 
 class Scaler:
@@ -162,8 +155,8 @@ class Scaler:
             numbers = self._free_numbers(seen.instances, wanted)
             fit = self._fit(seen.available, len(numbers))
             if fit < len(numbers):
-                why += (f"; memory holds {fit} more of {len(numbers)} (available={_mib(seen.available or 0)}, "
-                        f"reserve={_mib(self.limits.memory_reserve)}, instance={_mib(self.instance_memory)})")
+                why += (f"; memory holds {fit} more of {len(numbers)} (available={mib(seen.available)}, "
+                        f"reserve={mib(self.limits.memory_reserve)}, instance={mib(self.instance_memory)})")
             if not fit:
                 return Decision(figures, why)
             step = len(running) >= self.limits.minimum
@@ -200,7 +193,7 @@ class Scaler:
 
     def _free_numbers(self, instances: tuple[Instance, ...], count: int) -> tuple[int, ...]:
         """The lowest instance numbers not running, stopping, or failed (an operator's to look at)."""
-        taken = {i.number for i in instances if i.state not in ("inactive",)}
+        taken = {i.number for i in instances if i.state != "inactive"}
         free: list[int] = []
         number = 1
         while len(free) < count:

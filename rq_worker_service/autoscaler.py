@@ -114,11 +114,12 @@ class Autoscaler:
 
     def _busy(self, numbers: list[int]) -> dict[int, bool]:
         """rq's own record of each instance's worker: busy, or not registered (yet): not idle."""
+        from rq.utils import as_text
         pipe = self.connection.pipeline(transaction=False)
         for number in numbers:
             pipe.hget(self._worker_key.format(number), "state")
         states = pipe.execute()
-        return {n: (s.decode() if isinstance(s, bytes) else s) != "idle" for n, s in zip(numbers, states, strict=True)}
+        return {n: s is None or as_text(s) != "idle" for n, s in zip(numbers, states, strict=True)}
 
     def _elsewhere(self) -> int:
         """Live rq workers of other hosts that take from the watched queues (rq's per-queue sets,
@@ -126,7 +127,7 @@ class Autoscaler:
         from rq.worker_registration import get_keys
 
         keys = {key for q in self.queues for key in get_keys(q)}
-        others = sorted(k for k in keys if not k.startswith(self._own_workers))
+        others = [k for k in keys if not k.startswith(self._own_workers)]
         if not others:
             return 0
         pipe = self.connection.pipeline(transaction=False)
@@ -182,13 +183,15 @@ class Autoscaler:
     def _claim_step(self) -> str:
         """One host at a time steps up for a backlog they share: the first to claim the step holds it
         for the up cool-down; the others see its work before they decide again. Returns the holder."""
+        from rq.utils import as_text
+
         from .autoscale import step_key
 
         key, ttl = step_key(), int(self.limits.up_cooldown * 1000)
         if self.connection.set(key, self.host, nx=True, px=ttl):
             return self.host
         holder = self.connection.get(key)
-        holder = holder.decode() if isinstance(holder, bytes) else holder
+        holder = None if holder is None else as_text(holder)
         if holder in (None, self.host):  # gone meanwhile, or our own from the last step
             self.connection.set(key, self.host, px=ttl)
             return self.host
@@ -214,10 +217,15 @@ class Autoscaler:
 
     # -- reporting ---------------------------------------------------------------------------------
 
+    def _counts(self) -> tuple[int, int]:
+        """Instances running, and how many of them are busy, in the last look."""
+        running = [i for i in self.seen.instances if i.running] if self.seen else []
+        return len(running), sum(1 for i in running if i.busy)
+
     def state(self) -> dict:
         """What ``rq-worker-service status`` shows about this autoscaler."""
         seen, limits = self.seen, self.limits
-        running = [i for i in seen.instances if i.running] if seen else []
+        running, busy = self._counts()
         return {
             "host": self.host, "at": time.time(),
             "limits": {"min": limits.minimum, "max": limits.maximum, "max_wait": limits.max_wait,
@@ -227,7 +235,7 @@ class Autoscaler:
             "queues": [q.name for q in self.queues],
             "instances": [{"number": i.number, "state": i.state, "busy": i.busy, "ours": i.ours}
                           for i in (seen.instances if seen else ())],
-            "running": len(running), "busy": sum(1 for i in running if i.busy),
+            "running": running, "busy": busy,
             "queued": seen.queued if seen else None, "oldest": seen.oldest if seen else None,
             "available": seen.available if seen else None, "instance_memory": self.scaler.instance_memory,
             "last_decision": str(self.last) if self.last else None, "last_decision_at": self.last_at,
@@ -246,9 +254,9 @@ class Autoscaler:
 
     def summary(self) -> str:
         """STATUS= for ``systemctl status rq-worker-autoscale``."""
-        state = self.state()
-        text = (f"{state['running']} instances ({state['busy']} busy; min {self.limits.minimum}, max "
-                f"{self.limits.maximum}), {state['queued']} queued")
+        running, busy = self._counts()
+        text = (f"{running} instances ({busy} busy; min {self.limits.minimum}, max {self.limits.maximum}), "
+                f"{self.seen.queued if self.seen else None} queued")
         return text + (f"; last: {self.last}" if self.last else "")
 
 
@@ -315,14 +323,15 @@ def run(env_file: str) -> int:
     except UnitsError as exc:
         return notifier.fail(f"cannot reach systemd on the system bus: {exc}", exits.UNAVAILABLE, errno.ECONNREFUSED)
     state_dir = Path(os.environ.get("STATE_DIRECTORY", "/var/lib/rq-worker-autoscale").split(":")[0])
-    connection = make_connection(settings.redis, settings.key_prefix, f"{socket.gethostname()}.rq-worker-autoscale")
+    host = socket.gethostname()
+    connection = make_connection(settings.redis, settings.key_prefix, f"{host}.rq-worker-autoscale")
     try:
         ping(connection, settings.redis)
     except RedisAuthError as exc:
         return notifier.fail(str(exc), exits.NOPERM, errno.EACCES)
     except REDIS_ERRORS:
         pass  # Redis may come later: the loop holds until it answers, and says so
-    scaler = Autoscaler(connection, units, limits, queues, socket.gethostname(), state_dir)
+    scaler = Autoscaler(connection, units, limits, queues, host, state_dir)
     stop = _Stop()
     log.info("Autoscaling rq-worker@ instances on %s between %d and %d for queues %s on Redis %s (oldest job < "
              "%gs, ≤ %d queued per instance; cool-downs %gs up, %gs down)", scaler.host, limits.minimum,

@@ -111,30 +111,27 @@ AUTOSCALER_FORGOTTEN = 86400
 """A report older than this is not shown (a clean stop removes its own; a killed one leaves it)."""
 
 
-def _mib(value: int | None) -> str:
-    return "?" if value is None else f"{value / 1048576:.0f}MiB"
-
-
 def _autoscalers(connection: Redis, now: float) -> list[AutoscalerInfo]:
-    from .autoscale import state_key
+    from .autoscale import mib, state_key
 
     found = []
     for raw in connection.hvals(state_key()):
         try:
             s = json.loads(raw)
+            age = max(0.0, now - s["at"])
+            if age > AUTOSCALER_FORGOTTEN:
+                continue  # an autoscaler that was killed and never came back: its entry says nothing now
             limits = s["limits"]
             found.append(AutoscalerInfo(
-                host=s["host"], age=max(0.0, now - s["at"]), running=s["running"], busy=s["busy"],
+                host=s["host"], age=age, running=s["running"], busy=s["busy"],
                 minimum=limits["min"], maximum=limits["max"], queued=s["queued"], holding=s["now"],
                 last_decision=s["last_decision"],
                 last_decision_age=None if s["last_decision_at"] is None else max(0.0, now - s["last_decision_at"]),
                 instances=[f"{i['number']}:{i['state']}{'*' if i['ours'] else ''}" for i in s["instances"]],
-                memory=f"available {_mib(s['available'])}, instance ≤ {_mib(s['instance_memory'])}, reserve "
-                       f"{_mib(limits['memory_reserve'])}"))
+                memory=f"available {mib(s['available'])}, instance ≤ {mib(s['instance_memory'])}, reserve "
+                       f"{mib(limits['memory_reserve'])}"))
         except (ValueError, KeyError, TypeError):
             continue  # written by another version: not ours to show
-        if found and found[-1].age > AUTOSCALER_FORGOTTEN:
-            found.pop()  # an autoscaler that was killed and never came back: its entry says nothing now
     return sorted(found, key=lambda a: a.host)
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from jeepney import AuthenticationError, DBusAddress, HeaderFields, MessageType, new_method_call
 from jeepney.io.blocking import DBusConnection, open_dbus_connection
 
+from .autoscale import RUNNING_STATES, unit_name
+
 PATTERN = "rq-worker@*.service"
 INSTANCE_RE = re.compile(r"^rq-worker@([1-9][0-9]{0,5})\.service$")
 POLKIT = "org.freedesktop.PolicyKit1"
@@ -81,7 +83,7 @@ class Units:
         for name, _desc, _load, active, _sub, _following, path, _job_id, job_type, _job_path in units:
             match = INSTANCE_RE.match(name)
             if match:
-                memory = self._memory(path) if active in ("active", "activating", "reloading") else None
+                memory = self._memory(path) if active in RUNNING_STATES else None
                 restarting = active == "deactivating" and job_type in RESTART_JOBS
                 found.append(UnitState(int(match.group(1)), active, path, memory, restarting))
         return sorted(found, key=lambda u: u.number)
@@ -104,7 +106,7 @@ class Units:
         (systemd's MemoryAvailable); None when nothing limits it or systemd does not say."""
         if self._slice is None:
             try:
-                (path,) = self._call(MANAGER, "LoadUnit", "s", (f"rq-worker@{number}.service",))
+                (path,) = self._call(MANAGER, "LoadUnit", "s", (unit_name(number),))
                 slice_name = self._property(path, "org.freedesktop.systemd1.Service", "Slice")
                 if not slice_name:
                     return None
@@ -115,10 +117,10 @@ class Units:
         return None if value in (None, UNKNOWN) else int(value)
 
     def start(self, number: int) -> None:
-        self._call(MANAGER, "StartUnit", "ss", (f"rq-worker@{number}.service", "replace"))
+        self._call(MANAGER, "StartUnit", "ss", (unit_name(number), "replace"))
 
     def stop(self, number: int) -> None:
-        self._call(MANAGER, "StopUnit", "ss", (f"rq-worker@{number}.service", "replace"))
+        self._call(MANAGER, "StopUnit", "ss", (unit_name(number), "replace"))
 
     def polkit_present(self) -> bool:
         """polkitd runs or can be started by the bus: without it systemd allows root alone."""
