@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from contextlib import contextmanager
 
 import pytest
 from conftest import PASSWORD, PY, ctl, jobs, reset, systemctl, wait_for
@@ -202,25 +203,25 @@ def exposure(text: str) -> float:
     return float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", text).group(1))
 
 
+def shipped_exposure(box, unit_file: str, as_unit: str) -> float:
+    """``systemd-analyze security --offline`` of the unit file as shipped (no sandbox drop-ins)."""
+    box.write(f"/tmp/offline/{as_unit}", box.run(["cat", f"/lib/systemd/system/{unit_file}"]).stdout)
+    offline = box.run(["systemd-analyze", "security", "--offline=yes", f"/tmp/offline/{as_unit}"], check=False)
+    return exposure(offline.stdout + offline.stderr)
+
+
 def test_security_exposure_and_verify(box):
     reset(box)
-    shipped = box.run(["cat", "/lib/systemd/system/rq-worker@.service"]).stdout
-    box.write("/tmp/offline/rq-worker@1.service", shipped)
-    offline = box.run(["systemd-analyze", "security", "--offline=yes", "/tmp/offline/rq-worker@1.service"],
-                      check=False)
-    score = exposure(offline.stdout + offline.stderr)
+    score = shipped_exposure(box, "rq-worker@.service", "rq-worker@1.service")
     live = exposure(box.run(["systemd-analyze", "security", "rq-worker@1.service"], check=False).stdout)
     version = box.run(["systemctl", "--version"]).stdout.split()[1]
     print(f"\nsystemd {version}: systemd-analyze security: shipped unit {score}, "
           f"live in the sandbox (PrivateUsers=no) {live}")
     assert score <= 1.5
     assert live <= 1.5
-    box.write("/tmp/offline/rq-worker-autoscale.service",
-              box.run(["cat", "/lib/systemd/system/rq-worker-autoscale.service"]).stdout)
-    autoscaler = box.run(["systemd-analyze", "security", "--offline=yes", "/tmp/offline/rq-worker-autoscale.service"],
-                         check=False)
-    print(f"systemd-analyze security: shipped rq-worker-autoscale.service {exposure(autoscaler.stdout)}")
-    assert exposure(autoscaler.stdout) <= 2
+    autoscaler = shipped_exposure(box, "rq-worker-autoscale.service", "rq-worker-autoscale.service")
+    print(f"systemd-analyze security: shipped rq-worker-autoscale.service {autoscaler}")
+    assert autoscaler <= 2
     verify = box.run(["systemd-analyze", "verify", "rq-worker@1.service", "rq-worker.target",
                       "rq-worker-autoscale.service"], check=False)
     assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr
@@ -356,6 +357,22 @@ def running_instances(box) -> set[str]:
     return {line.split()[0] for line in out.splitlines() if line.strip()}
 
 
+@contextmanager
+def autoscaler_running(box, enable: bool, **extra: int):
+    """rq-worker-autoscale.service started with AUTOSCALE (and ``extra``) in a drop-in; afterwards
+    stopped, disabled and its drop-in gone, whatever the test did."""
+    dropin = "/etc/systemd/system/rq-worker-autoscale.service.d/e2e-test.conf"
+    box.write(dropin, "[Service]\n" + "".join(f"Environment={k}={v}\n" for k, v in {**AUTOSCALE, **extra}.items()))
+    systemctl(box, "daemon-reload")
+    try:
+        systemctl(box, *(("enable", "--now") if enable else ("start",)), "rq-worker-autoscale")
+        yield
+    finally:
+        systemctl(box, "disable", "--now", "rq-worker-autoscale", check=False)
+        box.run(["rm", "-f", dropin])
+        systemctl(box, "daemon-reload")
+
+
 def decisions(box, action: str, since: str) -> list[tuple[float, str]]:
     out = box.run(["journalctl", "-u", "rq-worker-autoscale", "-o", "short-unix", "--since", since,
                    "--no-pager"]).stdout
@@ -368,12 +385,8 @@ def test_autoscaler_follows_a_burst_up_to_max_and_back_to_min_without_cutting_a_
     run twice. The autoscaler runs as its own user, allowed by polkit to start and stop rq-worker@N
     and nothing else."""
     reset(box)
-    env = "\n".join(f"Environment={k}={v}" for k, v in AUTOSCALE.items())
-    box.write("/etc/systemd/system/rq-worker-autoscale.service.d/e2e-test.conf", f"[Service]\n{env}\n")
-    systemctl(box, "daemon-reload")
     low, high = AUTOSCALE["RQ_AUTOSCALE_MIN"], AUTOSCALE["RQ_AUTOSCALE_MAX"]
-    try:
-        systemctl(box, "enable", "--now", "rq-worker-autoscale")
+    with autoscaler_running(box, enable=True):
         assert box.show("rq-worker-autoscale", "User")["User"] == "rq-worker-autoscale"
         wait_for(lambda: running_instances(box) == {"rq-worker@1.service"}, 20, "the autoscaler to start MIN")
         ctl(box, "enqueue", "quick_job", "1", "--id", "probe")
@@ -432,37 +445,28 @@ def test_autoscaler_follows_a_burst_up_to_max_and_back_to_min_without_cutting_a_
         assert f"Autoscaler on {HOST}: running; {low} instances running" in status
         assert f"→ stop rq-worker@{low + 1}" in status
         assert "→ stop rq-worker@" in box.show("rq-worker-autoscale", "StatusText")["StatusText"]
-    finally:
-        systemctl(box, "disable", "--now", "rq-worker-autoscale", check=False)
-        box.run(["rm", "-f", "/etc/systemd/system/rq-worker-autoscale.service.d/e2e-test.conf"])
-        systemctl(box, "daemon-reload")
 
 
 def test_autoscaler_never_starts_past_the_memory_left_and_says_so(box):
     """MemoryMax= on the instances' slice leaves room for a few more: it starts those, holds, and its
     journal line and status give the figures."""
     reset(box)
-    env = "\n".join(f"Environment={k}={v}" for k, v in {**AUTOSCALE, "RQ_AUTOSCALE_MEMORY_RESERVE": 0}.items())
-    box.write("/etc/systemd/system/rq-worker-autoscale.service.d/e2e-test.conf", f"[Service]\n{env}\n")
-    systemctl(box, "daemon-reload")
-    try:
-        systemctl(box, "start", "rq-worker-autoscale")
+    with autoscaler_running(box, enable=False, RQ_AUTOSCALE_MEMORY_RESERVE=0):
         wait_for(lambda: running_instances(box) == {"rq-worker@1.service"}, 20, "the autoscaler to start MIN")
         slice_name = box.show("rq-worker@1", "Slice")["Slice"]
         one = int(box.show("rq-worker@1", "MemoryCurrent")["MemoryCurrent"])
         systemctl(box, "set-property", "--runtime", slice_name, f"MemoryMax={int(one * 3.5)}")
-        since = "@" + box.run(["date", "+%s"]).stdout.strip()
-        ctl(box, "enqueue", "sleep_job", "2", "--count", "60")
-        line = wait_for(lambda: [text for _, text in decisions(box, "", since) if "memory holds" in text], 20,
-                        "a decision capped by memory")[0]
-        time.sleep(3)
-        started = len(running_instances(box))
-        print(f"\nautoscale under MemoryMax={int(one * 3.5)} (one instance {one}): {started} instances; {line}")
-        assert re.search(r"memory holds \d+ more of \d+ \(available=\d+MiB, reserve=0MiB, instance=\d+MiB\)", line)
-        assert 1 < started < AUTOSCALE["RQ_AUTOSCALE_MAX"]
-        assert "memory holds" in box.run(["rq-worker-service", "status"]).stdout
-    finally:
-        systemctl(box, "disable", "--now", "rq-worker-autoscale", check=False)
-        systemctl(box, "set-property", "--runtime", "system-rq\\x2dworker.slice", "MemoryMax=infinity", check=False)
-        box.run(["rm", "-f", "/etc/systemd/system/rq-worker-autoscale.service.d/e2e-test.conf"])
-        systemctl(box, "daemon-reload")
+        try:
+            since = "@" + box.run(["date", "+%s"]).stdout.strip()
+            ctl(box, "enqueue", "sleep_job", "2", "--count", "60")
+            line = wait_for(lambda: [text for _, text in decisions(box, "", since) if "memory holds" in text], 20,
+                            "a decision capped by memory")[0]
+            time.sleep(3)
+            started = len(running_instances(box))
+            print(f"\nautoscale under MemoryMax={int(one * 3.5)} (one instance {one}): {started} instances; {line}")
+            assert re.search(r"memory holds \d+ more of \d+ \(available=\d+MiB, reserve=0MiB, instance=\d+MiB\)",
+                             line)
+            assert 1 < started < AUTOSCALE["RQ_AUTOSCALE_MAX"]
+            assert "memory holds" in box.run(["rq-worker-service", "status"]).stdout
+        finally:
+            systemctl(box, "set-property", "--runtime", slice_name, "MemoryMax=infinity", check=False)
