@@ -15,7 +15,10 @@ INSTANCES = ("1", "2", "3")
 
 
 def test_chaos_loses_no_job(box):
-    reset(box, "WatchdogSec=6s", "TimeoutAbortSec=2s", "RestartSec=1s",
+    # Every guard shortened alike: the watchdog catches a loop frozen after READY=1, the start timeout
+    # one frozen before it (a SIGSTOP during start-up or the Redis restart); the unit's 90 s start
+    # timeout would outlast the 60 s this test gives the instances to come back.
+    reset(box, "WatchdogSec=6s", "TimeoutAbortSec=2s", "TimeoutStartSec=15s", "RestartSec=1s",
           "Environment=RQ_SHUTDOWN_TIMEOUT=5 RQ_JOB_RETRY_DELAY=0 RQ_JOB_RETRY_MAX=10")
     systemctl(box, "start", *(f"rq-worker@{i}" for i in INSTANCES))
     ids = ctl(box, "enqueue", "sleep_job", "0.4", "--id", "chaos", "--count", str(JOBS), "--retry", "10",
@@ -46,7 +49,8 @@ def test_chaos_loses_no_job(box):
         actions.append(f"{action} {unit}")
     chaos_end = time.monotonic()
     left = sum(1 for j in jobs(box, ids).values() if j["status"] != "finished")
-    # Whatever state the chaos left (a stopped instance, one waiting for its watchdog), bring all up.
+    # Whatever state the chaos left (a stopped instance, one waiting for its watchdog or start timeout),
+    # bring all up.
     try:
         wait_for(lambda: systemctl(box, "start", *(f"rq-worker@{i}" for i in INSTANCES),
                                    check=False).returncode == 0, 60, "all instances to start")
