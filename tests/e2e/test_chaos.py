@@ -15,10 +15,12 @@ INSTANCES = ("1", "2", "3")
 
 
 def test_chaos_loses_no_job(box):
-    # Every guard shortened alike: the watchdog catches a loop frozen after READY=1, the start timeout
-    # one frozen before it (a SIGSTOP during start-up or the Redis restart); the unit's 90 s start
-    # timeout would outlast the 60 s this test gives the instances to come back.
-    reset(box, "WatchdogSec=6s", "TimeoutAbortSec=2s", "TimeoutStartSec=15s", "RestartSec=1s",
+    # Every guard shortened alike: the watchdog catches a loop frozen after READY=1, the start and stop
+    # timeouts one frozen before it (a SIGSTOP during start-up or the Redis restart) or while it stops
+    # (RQ_SHUTDOWN_TIMEOUT=5 fits well inside); the unit's 90 s would outlast the 60 s this test gives
+    # the instances to come back.
+    reset(box, "WatchdogSec=6s", "TimeoutAbortSec=2s", "TimeoutStartSec=15s", "TimeoutStopSec=15s",
+          "RestartSec=1s",
           "Environment=RQ_SHUTDOWN_TIMEOUT=5 RQ_JOB_RETRY_DELAY=0 RQ_JOB_RETRY_MAX=10")
     systemctl(box, "start", *(f"rq-worker@{i}" for i in INSTANCES))
     ids = ctl(box, "enqueue", "sleep_job", "0.4", "--id", "chaos", "--count", str(JOBS), "--retry", "10",
