@@ -441,8 +441,13 @@ def test_autoscaler_follows_a_burst_up_to_max_and_back_to_min_without_cutting_a_
         workers_log = box.run(["journalctl", "-u", "rq-worker@*", "--since", since, "--no-pager"]).stdout
         assert "Warm shutdown: taking no new job" not in workers_log and "Cold shutdown" not in workers_log
 
-        status = box.run(["rq-worker-service", "status"]).stdout
-        assert f"Autoscaler on {HOST}: running; {low} instances running" in status
+        # The autoscaler publishes what it saw at its last look: the look that stopped the last instance
+        # still counted it; the next one, an interval later, does not.
+        def settled() -> str | None:
+            out = box.run(["rq-worker-service", "status"]).stdout
+            return out if f"Autoscaler on {HOST}: running; {low} instances running" in out else None
+
+        status = wait_for(settled, 5 * AUTOSCALE["RQ_AUTOSCALE_INTERVAL"] + 5, f"status to show {low} instance(s)")
         assert f"→ stop rq-worker@{low + 1}" in status
         assert "→ stop rq-worker@" in box.show("rq-worker-autoscale", "StatusText")["StatusText"]
 
