@@ -114,9 +114,11 @@ class Decision:
         return bool(self.start or self.stop)
 
     def __str__(self) -> str:
-        verb, numbers = ("start", self.start) if self.start else ("stop", self.stop) if self.stop else ("hold", ())
+        if not self.acts:
+            return f"{self.figures} → hold: {self.reason}"
+        verb, numbers = ("start", self.start) if self.start else ("stop", self.stop)
         names = ", ".join(unit_name(n).removesuffix(".service") for n in numbers)
-        return f"{self.figures} → {verb}{' ' + names if names else ''}: {self.reason}"
+        return f"{self.figures} → {verb} {names}: {self.reason}"
 
 
 def _seconds(value: float | None) -> str:

@@ -70,6 +70,7 @@ def test_at_max_it_holds_and_says_so(clock):
     scaler = Scaler(LIMITS, clock)
     held = scaler.decide(seen(500, 90.0, *(up(n, busy=True) for n in range(1, 5))))
     assert not held.acts and held.reason == "oldest waited ≥ 30s, but at RQ_AUTOSCALE_MAX=4"
+    assert str(held) == "queued=500 oldest=90s busy=4/4 → hold: oldest waited ≥ 30s, but at RQ_AUTOSCALE_MAX=4"
 
 
 def test_new_numbers_skip_running_stopping_and_failed_instances(clock):
