@@ -74,6 +74,8 @@ def test_job_handed_to_a_frozen_pop_runs_elsewhere_and_the_frozen_worker_exits(s
     assert executions(rconn, job.id) == 1
 
     wait_until(lambda: rconn.hexists(FENCED_KEY, name("1")), 15, what="worker 2 to fence worker 1")
+    # The history entry is written after the rescue it lists, so it can trail the fence by a moment.
+    wait_until(lambda: rconn.llen(HISTORY_KEY) > 0, 5, what="worker 2 to record the fencing")
     history = [json.loads(e) for e in rconn.lrange(HISTORY_KEY, 0, -1)]
     assert history[0]["worker"] == name("1") and history[0]["host"] == HOST and history[0]["by"] == name("2")
     assert not rconn.exists(f"rq:worker:{name('1')}")  # gone from rq's worker list
