@@ -1,0 +1,620 @@
+"""rq's behaviour that our worker classes, the spawn horse, recovery and status rely on, checked
+by running rq's own code on fakeredis.
+
+Each test drives the rq internal our code touches and checks the effect our code depends on, so
+that an rq release that changes it fails here, with a message naming our side. The list of
+internals, with the test that pins each, is ``INTERNALS`` in ``test_rq_contract.py``.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+
+import fakeredis
+import pytest
+import redis
+import rq
+from rq import Queue
+from rq.command import handle_command
+from rq.exceptions import StopRequested
+from rq.executions import Execution
+from rq.intermediate_queue import IntermediateQueue
+from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry
+from rq.results import Result
+from rq.scheduler import RQScheduler
+from rq.timeouts import UnixSignalDeathPenalty
+from rq.utils import as_text, now, parse_composite_key, utcparse
+from rq.worker import SHUTDOWN_SIGNAL, SpawnWorker, Worker, WorkerStatus
+from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY, get_keys, register
+
+from rq_worker_service import journal, rqcompat
+
+HEARTBEAT_SLACK = 60
+"""status.py's HEARTBEAT_SLACK: what rq adds to a heartbeat's interval for the worker key's TTL."""
+
+
+@pytest.fixture
+def connection():
+    return fakeredis.FakeRedis()
+
+
+@pytest.fixture
+def popping_moves(monkeypatch):
+    """Make rq see Redis ≥ 6.2 on fakeredis (which answers no INFO): a single-queue pop is then a BLMOVE."""
+    monkeypatch.setattr("rq.queue.get_version", lambda connection: (7, 2, 0))
+
+
+def _fields(connection, key: str) -> dict[str, str]:
+    return {as_text(k): v.decode(errors="replace") for k, v in connection.hgetall(key).items()}
+
+
+# -- records: the worker and job hash fields we read ourselves ----------------------------------
+
+
+def test_the_worker_record_has_the_fields_recovery_status_and_the_autoscaler_read(connection):
+    """recovery.recover_predecessor reads pid, hostname, queues and death; the autoscaler reads
+    state ('idle'); worker.py reads and writes the job counters; status reads the key's TTL."""
+    worker = Worker(["reports", "mail"], connection=connection, name="host.rq-worker@1")
+    worker.register_birth()
+    record = _fields(connection, worker.key)
+    assert record["pid"] == str(os.getpid()) and record["hostname"] == socket.gethostname(), "recovery: pid/host"
+    assert record["queues"] == "reports,mail", "recovery: the record's queues, comma-separated"
+    assert "death" not in record and utcparse(record["last_heartbeat"]) <= now()
+    assert connection.ttl(worker.key) == worker.worker_ttl + HEARTBEAT_SLACK, "status: a key lives interval + 60 s"
+    worker.heartbeat(45)
+    assert 44_000 < connection.pttl(worker.key) <= 45_000, "status: a heartbeat's timeout is the key's TTL"
+    worker.set_state(WorkerStatus.IDLE)
+    assert _fields(connection, worker.key)["state"] == "idle", "autoscaler: an idle worker's state field"
+    worker.increment_successful_job_count()
+    worker.increment_failed_job_count()
+    done, failed = connection.hmget(worker.key, ["successful_job_count", "failed_job_count"])
+    assert (done, failed) == (b"1", b"1"), "worker.py's _refresh_counts reads these fields"
+    connection.hset(worker.key, mapping={"successful_job_count": "40", "failed_job_count": "2"})
+    shown = Worker.find_by_key(worker.key, connection=connection)
+    assert shown is not None and (shown.successful_job_count, shown.failed_job_count) == (40, 2), (
+        "worker.py carries the counts across a reload by writing these fields; status shows rq's reading")
+    worker.register_death()
+    assert "death" in _fields(connection, worker.key), "recovery: a record with 'death' is not a live predecessor"
+
+
+def test_the_job_fields_we_read_and_write_directly(connection):
+    """status.oldest_age reads enqueued_at; orphans and the enqueue helper read status; recovery
+    reads worker_name; recovery.apply_job_defaults writes timeout and failure_ttl."""
+    queue = Queue("reports", connection=connection)
+    job = queue.enqueue("os.getpid")
+    fields = _fields(connection, job.key)
+    enqueued = utcparse(fields["enqueued_at"])
+    assert abs((enqueued - job.enqueued_at).total_seconds()) < 0.001, "status: enqueued_at, as utcparse reads it"
+    assert fields["status"] == JobStatus.QUEUED.value == "queued", "orphans / client: the status field"
+    connection.hset(job.key, mapping={"timeout": 77, "failure_ttl": 99})
+    fetched = Job.fetch(job.id, connection=connection)
+    assert (fetched.timeout, fetched.failure_ttl) == (77, 99), "apply_job_defaults writes these fields"
+    worker = Worker([queue], connection=connection, name="host.rq-worker@2")
+    with connection.pipeline() as pipe:
+        job.prepare_for_execution(worker.name, pipeline=pipe)
+        pipe.execute()
+    assert _fields(connection, job.key)["worker_name"] == worker.name, "recovery falls back to the job's worker_name"
+
+
+# -- keys ---------------------------------------------------------------------------------------
+
+
+def test_worker_keys_and_registrations_are_where_recovery_and_the_autoscaler_look(connection):
+    worker = Worker(["reports"], connection=connection, name="host.rq-worker@1")
+    assert worker.key == Worker.redis_worker_namespace_prefix + worker.name, "rqcompat.worker_key, the autoscaler"
+    register(worker)
+    assert connection.sismember(REDIS_WORKER_KEYS, worker.key), "recovery.forget_worker"
+    assert connection.sismember(WORKERS_BY_QUEUE_KEY % "reports", worker.key), "recovery.forget_worker"
+    assert set(get_keys(Queue("reports", connection=connection))) == {worker.key}, "autoscaler._elsewhere"
+
+
+def test_executions_are_registered_by_composite_key_before_the_horse(connection, popping_moves):
+    """recovery.started_executions and orphans: a single-queue pop moves the job into the
+    intermediate list; the main process then registers the execution (started registry entry
+    ``<job id>:<execution id>``, an execution hash with worker_name) before it forks."""
+    queue = Queue("solo", connection=connection)
+    job = queue.enqueue("os.getpid")
+    seen = {}
+
+    class Probe(Worker):
+        def fork_work_horse(self, job, queue):
+            seen["held"] = [as_text(j) for j in connection.lrange(IntermediateQueue.get_intermediate_queue_key(
+                queue.key), 0, -1)]
+            seen["started"] = [as_text(e) for e in connection.zrange(queue.started_job_registry.key, 0, -1)]
+
+        def monitor_work_horse(self, job, queue, execution):
+            seen["execution"] = execution
+
+    worker = Probe([queue], connection=connection, name="host.rq-worker@1")
+    popped, _ = worker.dequeue_job_and_maintain_ttl(timeout=1)
+    assert popped.id == job.id
+    worker.execute_job(popped, queue)
+    assert seen["held"] == [job.id], "orphans.py: the popped job waits in the intermediate list"
+    execution = seen["execution"]
+    assert seen["started"] == [execution.composite_key] == [f"{job.id}:{execution.id}"], (
+        "rq registers the execution before fork_work_horse, as '<job id>:<execution id>'")
+    assert parse_composite_key(execution.composite_key) == (job.id, execution.id)
+    assert Execution.from_composite_key(execution.composite_key, connection=None).key == execution.key, (
+        "rqcompat.execution_key builds the key without a connection")
+    assert connection.hget(execution.key, "worker_name") == worker.name.encode(), "recovery.started_executions"
+    marker = IntermediateQueue(queue.key, connection).get_first_seen_key(job.id)
+    assert marker.startswith(IntermediateQueue.get_intermediate_queue_key(queue.key)), "orphans: first-seen marker"
+
+
+def test_rq_reads_its_key_prefix_from_the_environment_when_imported():
+    """The service sets RQ_KEY_PREFIX before it first imports rq (cli.py, service.py, autoscaler.py)."""
+    code = ("from rq.worker import Worker; from rq.job import Job; from rq.defaults import RQ_KEY_PREFIX; "
+            "from rq.worker_registration import REDIS_WORKER_KEYS; "
+            "print(RQ_KEY_PREFIX, Worker.redis_worker_namespace_prefix, Job.key_for('j'), REDIS_WORKER_KEYS)")
+    env = dict(os.environ, RQ_KEY_PREFIX="svc")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["svc", "svc:worker:", "svc:job:j", "svc:workers"], out
+
+
+# -- the main loop: hooks, the pop, a stop -------------------------------------------------------
+
+
+@pytest.mark.parametrize("describe", [True, False])
+def test_the_pop_is_between_a_heartbeat_and_reorder_queues_and_logs_the_job(connection, caplog, describe):
+    """worker.py marks the blocking pop from heartbeat() to reorder_queues(); journal.ContextFilter
+    takes the job from rq's "picked up" line, logged inside the pop."""
+    calls = []
+
+    class RecordingQueue(Queue):
+        @classmethod
+        def dequeue_any(cls, *args, **kwargs):
+            calls.append("pop")
+            return super().dequeue_any(*args, **kwargs)
+
+    class Probe(Worker):
+        queue_class = RecordingQueue
+
+        def heartbeat(self, timeout=None, pipeline=None):
+            calls.append("heartbeat")
+
+        def run_maintenance_tasks(self):
+            pass
+
+        def reorder_queues(self, reference_queue):
+            calls.append("reorder")
+
+    queue = RecordingQueue("reports", connection=connection)
+    job = queue.enqueue("os.getpid")
+    worker = Probe([queue], connection=connection, log_job_description=describe)
+    with caplog.at_level(logging.INFO, logger="rq.worker"):
+        popped, _ = worker.dequeue_job_and_maintain_ttl(timeout=1)
+    assert popped.id == job.id
+    assert calls[:3] == ["heartbeat", "pop", "reorder"], f"rq reordered its dequeue loop: {calls}"
+    picked = [r for r in caplog.records if r.msg in journal.PICKED_UP]
+    assert len(picked) == 1, f"rq no longer logs a popped job as journal.PICKED_UP expects: {caplog.messages}"
+    record = picked[0]
+    journal.ContextFilter().filter(record)
+    assert (record.RQ_JOB_ID, record.RQ_QUEUE) == (job.id, "reports")
+
+
+def test_a_failing_pop_backs_off_up_to_max_connection_wait_time(connection, monkeypatch):
+    """worker.py sets max_connection_wait_time to its tick so that an outage never delays a tick."""
+    slept = []
+
+    def sleep(seconds):
+        slept.append(seconds)
+        if len(slept) == 4:
+            raise StopRequested()
+
+    class DownQueue(Queue):
+        @classmethod
+        def dequeue_any(cls, *args, **kwargs):
+            raise redis.exceptions.ConnectionError("down")
+
+    class Probe(Worker):
+        queue_class = DownQueue
+
+        def heartbeat(self, timeout=None, pipeline=None):
+            pass
+
+        def run_maintenance_tasks(self):
+            pass
+
+    worker = Probe([DownQueue("q", connection=connection)], connection=connection)
+    worker.max_connection_wait_time = 1.5
+    monkeypatch.setattr(time, "sleep", sleep)
+    with pytest.raises(StopRequested):
+        worker.dequeue_job_and_maintain_ttl(timeout=1)
+    assert slept == [1.0, 1.5, 1.5, 1.5]
+
+
+def test_rqs_loop_pops_with_dequeue_timeout_and_ends_on_a_stop(connection, monkeypatch):
+    """worker.py: ``_shutdown`` sets ``_stop_requested`` (the loop checks it before each pop), and
+    a stop during the pop raises StopRequested, which ends rq's loop like a clean stop."""
+    monkeypatch.setattr("rq.worker.base.setup_loghandlers", lambda *a, **k: None)
+    events = []
+
+    class Probe(Worker):
+        stop_before_pop = False
+
+        @property
+        def dequeue_timeout(self):
+            return 7
+
+        def subscribe(self):
+            pass
+
+        def unsubscribe(self):
+            pass
+
+        def _install_signal_handlers(self):
+            events.append("handlers")
+
+        def run_maintenance_tasks(self):
+            pass
+
+        def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
+            events.append(("pop", timeout))
+            self._stop_requested = self.stop_before_pop
+            raise StopRequested()
+
+    worker = Probe(["q"], connection=connection)
+    assert worker.work() is False
+    assert events == ["handlers", ("pop", 7)], events
+    assert "death" in _fields(connection, worker.key), "teardown ran: the loop ended as on a clean stop"
+    events.clear()
+    worker = Probe(["q"], connection=connection)
+    worker.stop_before_pop = True
+    worker._stop_requested = True
+    worker.work()
+    assert ("pop", 7) not in events, "rq's loop no longer checks _stop_requested before the pop"
+
+
+def test_rqs_signal_handlers_call_request_stop(connection):
+    """Our ``_install_signal_handlers`` adds SIGHUP to rq's, whose SIGTERM/SIGINT go to request_stop."""
+    worker = Worker(["q"], connection=connection)
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        worker._install_signal_handlers()
+        assert signal.getsignal(signal.SIGTERM) == worker.request_stop
+        assert signal.getsignal(signal.SIGINT) == worker.request_stop
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+
+
+def test_the_shutdown_date_we_set_is_the_one_rq_records(connection):
+    """worker.py's announcement sets ``_shutdown_requested_date`` and calls set_shutdown_requested_date()."""
+    worker = Worker(["q"], connection=connection)
+    worker.register_birth()
+    worker._shutdown_requested_date = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    worker.set_shutdown_requested_date()
+    assert worker.shutdown_requested_date == worker._shutdown_requested_date
+
+
+def test_constructor_settings_and_horse_state(connection):
+    """worker.py sets job_monitoring_interval (a property of ours that rq assigns in __init__) and
+    maintenance_interval by keyword; horse.py sets ``_is_horse`` and ``execution``; worker_classes.py
+    sets and reads ``_horse_pid`` and passes ``_serializer_arg`` on."""
+    assigned = []
+
+    class Probe(Worker):
+        @property
+        def job_monitoring_interval(self):
+            return 5
+
+        @job_monitoring_interval.setter
+        def job_monitoring_interval(self, value):
+            assigned.append(value)
+
+    worker = Probe(["q"], connection=connection, job_monitoring_interval=9, maintenance_interval=60,
+                   serializer="rq.serializers.JSONSerializer")
+    assert assigned == [9], "rq no longer assigns job_monitoring_interval in __init__ (worker.py's setter)"
+    assert worker.maintenance_interval == 60 and worker.worker_ttl > 15
+    assert worker._serializer_arg == "rq.serializers.JSONSerializer", "the spawn horse passes it on"
+    assert worker.is_horse is False and worker.horse_pid == 0
+    worker._is_horse = True
+    worker._horse_pid = 4321
+    assert worker.is_horse is True and worker.horse_pid == 4321, "is_horse / horse_pid read _is_horse / _horse_pid"
+    job = Queue("q", connection=connection).enqueue("os.getpid")
+    execution = worker.prepare_execution(job)
+    worker.executions.clear()
+    worker.execution = execution
+    assert worker.execution is execution and worker.get_current_job_id() == job.id
+
+
+# -- the monitor: SIGALRM ticks, the horse's death, deliberate kills ------------------------------
+
+
+def test_an_early_alarm_in_the_horse_wait_is_a_monitor_tick(connection):
+    """worker.py's ``_wake_tick`` arms ITIMER_REAL while rq waits for the horse: rq's monitor waits
+    under a SIGALRM death penalty, so the alarm must turn into a maintain_heartbeats() tick and the
+    wait go on; the interval is read anew for each wait (our stop deadline shortens it)."""
+    reads = []
+
+    class Probe(Worker):
+        waits = ticks = 0
+
+        @property
+        def job_monitoring_interval(self):
+            reads.append(1)
+            return 30
+
+        @job_monitoring_interval.setter
+        def job_monitoring_interval(self, value):
+            pass
+
+        def wait_for_horse(self):
+            self.waits += 1
+            if self.waits == 1:
+                signal.setitimer(signal.ITIMER_REAL, 0.01)  # what worker.py's _wake_tick does
+                time.sleep(5)
+                raise AssertionError("an early SIGALRM no longer interrupts rq's wait for the horse")
+            return 1234, 0, None
+
+        def maintain_heartbeats(self, job, execution):
+            self.ticks += 1
+
+    assert Worker.death_penalty_class is UnixSignalDeathPenalty, "rq's monitor no longer times out with SIGALRM"
+    queue = Queue("q", connection=connection)
+    job = queue.enqueue("os.getpid")
+    worker = Probe([queue], connection=connection)
+    execution = worker.prepare_execution(job)
+    started = time.monotonic()
+    try:
+        worker.monitor_work_horse(job, queue, execution)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    assert (worker.waits, worker.ticks) == (2, 1), "the early alarm was not one monitor tick"
+    assert time.monotonic() - started < 2 and len(reads) >= 2
+    assert signal.getsignal(signal.SIGALRM) == signal.SIG_DFL and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+def test_a_horse_that_died_is_failed_with_the_text_we_recognise(connection):
+    """worker.handle_job_failure recognises rqcompat.HORSE_DIED as a crash of the horse."""
+    failures = []
+
+    class Probe(Worker):
+        def wait_for_horse(self):
+            return 1234, signal.SIGKILL.value, None  # waitpid's status of a horse killed by SIGKILL
+
+        def handle_job_failure(self, job, queue, started_job_registry=None, exc_string="", execution=None):
+            failures.append(exc_string)
+
+    queue = Queue("q", connection=connection)
+    job = queue.enqueue("os.getpid")
+    worker = Probe([queue], connection=connection)
+    execution = worker.prepare_execution(job)
+    job.set_status(JobStatus.STARTED)
+    worker.monitor_work_horse(job, queue, execution)
+    assert len(failures) == 1 and failures[0].startswith(rqcompat.HORSE_DIED), (
+        f"rq changed the failure text of a horse that died (rqcompat.HORSE_DIED): {failures}")
+
+
+@pytest.mark.parametrize("command", ["kill-horse", "stop-job"])
+def test_an_operators_kill_goes_through_kill_horse(connection, command):
+    """worker.py's kill_horse marks any kill from the worker's side as deliberate (not a crash)."""
+    killed = []
+
+    class Probe(Worker):
+        def kill_horse(self, sig=SHUTDOWN_SIGNAL):
+            killed.append(sig)
+
+    queue = Queue("q", connection=connection)
+    job = queue.enqueue("os.getpid")
+    worker = Probe([queue], connection=connection)
+    worker.execution = worker.prepare_execution(job)
+    worker._horse_pid = 4321
+    handle_command(worker, {"command": command, "job_id": job.id})
+    assert killed == [SHUTDOWN_SIGNAL], f"rq's {command} command no longer calls kill_horse()"
+
+
+def test_a_job_stuck_in_the_intermediate_list_is_failed_with_the_text_we_recognise(connection, popping_moves):
+    """rq's cleanup fails a job popped by a worker that died; worker.handle_job_failure recognises
+    rqcompat.STUCK_IN_INTERMEDIATE; orphans.py deletes the first-seen marker to restart rq's count."""
+    failures = []
+
+    class Probe(Worker):
+        def handle_job_failure(self, job, queue, started_job_registry=None, exc_string="", execution=None):
+            failures.append(exc_string)
+
+    queue = Queue("solo", connection=connection)
+    job = queue.enqueue("os.getpid")
+    worker = Probe([queue], connection=connection)
+    worker.dequeue_job_and_maintain_ttl(timeout=1)
+    intermediate = IntermediateQueue(queue.key, connection)
+    intermediate.cleanup(worker, queue)
+    assert connection.exists(intermediate.get_first_seen_key(job.id)) and failures == [], "first sighting"
+    connection.set(intermediate.get_first_seen_key(job.id), (now() - timedelta(minutes=2)).timestamp())
+    intermediate.cleanup(worker, queue)
+    assert len(failures) == 1 and failures[0].startswith(rqcompat.STUCK_IN_INTERMEDIATE), (
+        f"rq changed the failure text of a job stuck in the intermediate queue: {failures}")
+
+
+# -- the spawn horse ----------------------------------------------------------------------------
+
+
+def test_dump_worker_config_is_what_our_spawn_horse_unpacks(connection):
+    """worker_classes.py puts ``_dump_worker_config()`` base64-encoded in the horse's environment;
+    horse.py unpickles it, builds the worker as rq's find_by_key does and sets each attribute."""
+    handler = os.getpid  # any importable callable: the horse unpickles it
+    worker = SpawnWorker(["q"], connection=connection, name="host.rq-worker@1", exception_handlers=[handler],
+                         serializer="rq.serializers.JSONSerializer")
+    worker.register_birth()
+    payload = base64.b64encode(worker._dump_worker_config()).decode()  # worker_classes.ServiceSpawnWorker
+    worker_class, attributes = pickle.loads(base64.b64decode(payload))  # horse.main
+    assert worker_class is SpawnWorker
+    assert {"job_class", "queue_class", "death_penalty_class"} <= attributes.keys(), attributes.keys()
+    name = worker.key[len(worker_class.redis_worker_namespace_prefix):]
+    horse = worker_class([], name, connection=connection, job_class=attributes["job_class"],
+                         queue_class=attributes["queue_class"], prepare_for_work=False,
+                         serializer=worker._serializer_arg)
+    horse.refresh()
+    for attribute, value in attributes.items():
+        assert hasattr(horse, attribute), f"rq's worker config names {attribute}, which a worker does not have"
+        setattr(horse, attribute, value)
+    assert horse.name == worker.name and horse.queue_names() == ["q"]
+    assert horse._exc_handlers == [handler] and horse.serializer is worker.serializer
+    found = SpawnWorker.find_by_key(worker.key, connection=connection)
+    assert found is not None and found.queue_names() == horse.queue_names(), "horse.py builds it as find_by_key"
+
+
+def test_rqs_spawn_horse_does_what_ours_does(connection, monkeypatch):
+    """horse.py repeats the steps of the source rq's SpawnWorker hands its horse (``-c``), which we
+    replace: if rq adds a step, or an environment variable for its horse, port it to horse.py.
+    (The source is read as rq passes it to posix_spawn: a text check, as there is no other way.)"""
+    spawned = {}
+
+    def posix_spawn(path, argv, env, **kwargs):
+        spawned.update(argv=argv, env=dict(env), kwargs=kwargs)
+        return 4321
+
+    for name in ("RQ_WORKER_ID", "RQ_JOB_ID", "RQ_EXECUTION_ID"):
+        monkeypatch.delenv(name, raising=False)
+    before = {k for k in os.environ if k.startswith("RQ_")}
+    monkeypatch.setattr(os, "posix_spawn", posix_spawn)
+    monkeypatch.setattr(SpawnWorker, "procline", lambda self, message: None)
+    queue = Queue("q", connection=connection)
+    job = queue.enqueue("os.getpid")
+    worker = SpawnWorker([queue], connection=fakeredis.FakeRedis(), name="host.rq-worker@1")
+    worker.execution = worker.prepare_execution(job)
+    worker.fork_work_horse(job, queue)
+    assert worker.horse_pid == 4321 and spawned["kwargs"] == {"setpgroup": 0}, "ours: own process group"
+    added = {k for k in spawned["env"] if k.startswith("RQ_")} - before
+    assert added == {"RQ_WORKER_ID", "RQ_JOB_ID", "RQ_EXECUTION_ID"}, (
+        f"rq's spawn horse now gets {added}: give ours the same (worker_classes.py, horse.py)")
+    source = spawned["argv"][2]
+    steps = ["worker_class, worker_attributes = pickle.loads(", "worker_class.find_by_key(",
+             "job_class=worker_attributes['job_class']", "queue_class=worker_attributes['queue_class']",
+             "serializer=", "setattr(worker, name, value)", "worker.job_class.fetch(", "serializer=worker.serializer",
+             "worker.queue_class(", "death_penalty_class=worker.death_penalty_class", "Execution.fetch(",
+             "execution._job = job", "worker.execution = execution", "worker.main_work_horse(job, queue)"]
+    positions = [source.find(step) for step in steps]
+    missing = [step for step, at in zip(steps, positions, strict=True) if at == -1]
+    assert not missing and positions == sorted(positions), f"rq {rq.__version__} changed its spawn horse: {missing}"
+    statements = [line for line in source.splitlines() if line.strip() and not line.startswith((" ", ")", "#"))]
+    assert len(statements) <= 17, f"rq {rq.__version__}'s spawn horse grew: port horse.py\n{source}"
+
+
+def test_an_execution_given_its_job_does_not_fetch_it_again(connection):
+    """horse.py sets ``execution._job``, as rq's horse does: the job it fetched with the worker's
+    job class and serializer is the one the execution hands on."""
+    queue = Queue("q", connection=connection)
+    job = queue.enqueue("os.getpid")
+    worker = Worker([queue], connection=connection)
+    created = worker.prepare_execution(job)
+    execution = Execution.fetch(created.id, job.id, connection=connection)
+    execution._job = job
+    connection.delete(job.key)  # a fetch would fail now
+    assert execution.job is job
+
+
+# -- failing, retrying and requeueing a job from outside a worker --------------------------------
+
+
+def test_handle_failure_records_the_failure_as_a_worker_would(connection):
+    """recovery.fail_or_retry fails a job with ``Job._handle_failure(reason, pipeline, worker_name=…)``."""
+    queue = Queue("q", connection=connection)
+    job = queue.enqueue("os.getpid")
+    with connection.pipeline() as pipe:
+        job.set_status(JobStatus.FAILED, pipeline=pipe)
+        job._handle_failure("AbandonedJobError: gone", pipe, worker_name="host.rq-worker@1")
+        pipe.execute()
+    assert job.id in FailedJobRegistry("q", connection=connection)
+    latest = job.latest_result()
+    assert latest is not None and latest.type == Result.Type.FAILED
+    assert latest.exc_string == "AbandonedJobError: gone" and latest.worker_name == "host.rq-worker@1"
+
+
+def test_a_failure_result_can_be_recorded_for_a_retried_job(connection):
+    """recovery.record_interruption: ``Result.create_failure(job, ttl, exc_string=, worker_name=, pipeline=)``."""
+    job = Queue("q", connection=connection).enqueue("os.getpid")
+    with connection.pipeline() as pipe:
+        Result.create_failure(job, 60, exc_string="JobInterrupted: cut", worker_name="w", pipeline=pipe)
+        pipe.execute()
+    latest = job.latest_result()
+    assert latest is not None and latest.exc_string == "JobInterrupted: cut"
+
+
+def test_enqueue_job_puts_a_job_back_at_the_front_untouched(connection):
+    """rqcompat.requeue_now: ``Queue._enqueue_job(job, pipeline=, at_front=True)`` queues the job
+    again in front, without taking a retry or checking dependencies."""
+    queue = Queue("q", connection=connection)
+    job = queue.enqueue("os.getpid", retry=rq.Retry(max=2, interval=600))
+    queue.enqueue("os.getpid")
+    queue.remove(job)
+    job.set_status(JobStatus.STARTED)
+    with connection.pipeline() as pipe:
+        queue._enqueue_job(job, pipeline=pipe, at_front=True)
+        pipe.execute()
+    assert queue.job_ids[0] == job.id and job.get_status(refresh=True) == JobStatus.QUEUED
+    assert Job.fetch(job.id, connection=connection).retries_left == 2
+
+
+def test_the_helpers_recovery_calls_around_a_rescue(connection):
+    """recovery.rescue_executions runs the app's failure callback with
+    ``execute_failure_callback(job, death_penalty_class, exc_type, exc, traceback)``, then frees the
+    job's rate-limit slot with ``release_slot(job)``."""
+    from rq.callbacks import execute_failure_callback
+    from rq.exceptions import AbandonedJobError
+    from rq.rate_limit import release_slot
+
+    queue = Queue("q", connection=connection)
+    job = queue.enqueue("testjobs.quick_job", 1, on_failure=rq.Callback("testjobs.note_failure"))
+    execute_failure_callback(job, queue.death_penalty_class, AbandonedJobError, AbandonedJobError(), None)
+    assert connection.get(f"failure-callback:{job.id}") == b"AbandonedJobError", "the callback got the exception"
+    job.set_status(JobStatus.FAILED)
+    assert release_slot(job) == [], "a job without a rate limit frees nothing"
+
+
+# -- the scheduler ------------------------------------------------------------------------------
+
+
+def test_a_scheduler_under_the_same_name_takes_its_locks_back(connection):
+    """scheduling.py names the scheduler after the worker, so a restarted instance takes the locks
+    its predecessor left at once; another name waits for them to expire."""
+    first = RQScheduler(["q"], connection=connection, name="host.rq-worker@1")
+    assert first.acquire_locks() == {"q"}
+    assert RQScheduler(["q"], connection=connection, name="host.rq-worker@2").acquire_locks() == set()
+    again = RQScheduler(["q"], connection=connection, name="host.rq-worker@1")
+    assert again.acquire_locks() == {"q"} and again.name == "host.rq-worker@1"
+
+
+def test_the_scheduler_process_is_where_takeover_looks(connection, monkeypatch):
+    """scheduling.Takeover reads ``scheduler._process`` as rq's own maintenance does, and retries with
+    ``acquire_locks(auto_start=True)``."""
+    started = []
+
+    class Process:
+        def __init__(self, target, args, name):
+            self.alive = False
+
+        def start(self):
+            started.append(self)
+
+        def is_alive(self):
+            return self.alive
+
+    monkeypatch.setattr("rq.scheduler.ForkProcess", Process)
+    scheduler = RQScheduler(["q"], connection=connection, name="w")
+    assert scheduler._process is None
+    assert scheduler.start() is scheduler._process is started[0], "RQScheduler.start() keeps its process in _process"
+    retried = []
+    monkeypatch.setattr(scheduler, "acquire_locks", lambda auto_start=False: retried.append(auto_start))
+
+    class Probe(Worker):
+        def clean_registries(self):
+            pass
+
+        def clean_group_registries(self):
+            pass
+
+    worker = Probe(["q"], connection=connection)
+    worker.scheduler, worker.last_cleaned_at = scheduler, now()
+    worker.run_maintenance_tasks()
+    assert retried == [True], "rq's maintenance no longer restarts a dead scheduler process as Takeover does"
