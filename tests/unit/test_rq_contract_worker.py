@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import fakeredis
 import pytest
@@ -235,7 +235,8 @@ def test_a_failing_pop_backs_off_up_to_max_connection_wait_time(connection, monk
 
 def test_rqs_loop_pops_with_dequeue_timeout_and_ends_on_a_stop(connection, monkeypatch):
     """worker.py: ``_shutdown`` sets ``_stop_requested`` (the loop checks it before each pop), and
-    a stop during the pop raises StopRequested, which ends rq's loop like a clean stop."""
+    a stop during the pop raises StopRequested, which ends rq's loop like a clean stop; rq's loop
+    starts the scheduler through ``_start_scheduler`` and then installs the signal handlers."""
     monkeypatch.setattr("rq.worker.base.setup_loghandlers", lambda *a, **k: None)
     events = []
 
@@ -255,6 +256,9 @@ def test_rqs_loop_pops_with_dequeue_timeout_and_ends_on_a_stop(connection, monke
         def _install_signal_handlers(self):
             events.append("handlers")
 
+        def _start_scheduler(self, burst=False, logging_level="INFO", date_format="", log_format=""):
+            events.append(("scheduler", burst, logging_level))
+
         def run_maintenance_tasks(self):
             pass
 
@@ -264,8 +268,8 @@ def test_rqs_loop_pops_with_dequeue_timeout_and_ends_on_a_stop(connection, monke
             raise StopRequested()
 
     worker = Probe(["q"], connection=connection)
-    assert worker.work() is False
-    assert events == ["handlers", ("pop", 7)], events
+    assert worker.work(logging_level="WARNING", with_scheduler=True) is False
+    assert events == [("scheduler", False, "WARNING"), "handlers", ("pop", 7)], events
     assert "death" in _fields(connection, worker.key), "teardown ran: the loop ended as on a clean stop"
     events.clear()
     worker = Probe(["q"], connection=connection)
@@ -292,9 +296,9 @@ def test_the_shutdown_date_we_set_is_the_one_rq_records(connection):
     """worker.py's announcement sets ``_shutdown_requested_date`` and calls set_shutdown_requested_date()."""
     worker = Worker(["q"], connection=connection)
     worker.register_birth()
-    worker._shutdown_requested_date = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    worker._shutdown_requested_date = now() - timedelta(seconds=5)
     worker.set_shutdown_requested_date()
-    assert worker.shutdown_requested_date == worker._shutdown_requested_date
+    assert abs((worker.shutdown_requested_date - worker._shutdown_requested_date).total_seconds()) < 0.001
 
 
 def test_constructor_settings_and_horse_state(connection):
@@ -572,6 +576,24 @@ def test_the_helpers_recovery_calls_around_a_rescue(connection):
     assert release_slot(job) == [], "a job without a rate limit frees nothing"
 
 
+def test_the_cleanup_command_runs_rqs_maintenance_steps(connection):
+    """jobs.cleanup: ``clean_registries(queue)`` fails expired started entries and
+    ``clean_worker_registry(queue)`` drops the registrations of workers whose record is gone."""
+    from rq.registry import clean_registries
+    from rq.worker_registration import clean_worker_registry
+
+    queue = Queue("q", connection=connection)
+    job = queue.enqueue("os.getpid")
+    job.set_status(JobStatus.STARTED)
+    connection.zadd(queue.started_job_registry.key, {f"{job.id}:gone": 1})  # expired long ago
+    connection.sadd(WORKERS_BY_QUEUE_KEY % "q", Worker.redis_worker_namespace_prefix + "gone")
+    clean_registries(queue)
+    clean_worker_registry(queue)
+    assert connection.zcard(queue.started_job_registry.key) == 0
+    assert job.id in FailedJobRegistry("q", connection=connection)
+    assert connection.scard(WORKERS_BY_QUEUE_KEY % "q") == 0
+
+
 # -- the scheduler ------------------------------------------------------------------------------
 
 
@@ -587,7 +609,8 @@ def test_a_scheduler_under_the_same_name_takes_its_locks_back(connection):
 
 def test_the_scheduler_process_is_where_takeover_looks(connection, monkeypatch):
     """scheduling.Takeover reads ``scheduler._process`` as rq's own maintenance does, and retries with
-    ``acquire_locks(auto_start=True)``."""
+    ``acquire_locks(auto_start=True)``; ServiceScheduler's loop uses ``_install_signal_handlers`` and
+    ``_stop_requested`` as rq's does."""
     started = []
 
     class Process:
@@ -602,7 +625,15 @@ def test_the_scheduler_process_is_where_takeover_looks(connection, monkeypatch):
 
     monkeypatch.setattr("rq.scheduler.ForkProcess", Process)
     scheduler = RQScheduler(["q"], connection=connection, name="w")
-    assert scheduler._process is None
+    assert scheduler._process is None and scheduler._stop_requested is False
+    saved = signal.getsignal(signal.SIGTERM)
+    try:
+        scheduler._install_signal_handlers()  # scheduling.ServiceScheduler.work calls it, as rq's loop does
+        assert signal.getsignal(signal.SIGTERM) == scheduler.request_stop
+    finally:
+        signal.signal(signal.SIGTERM, saved)
+    scheduler.request_stop()  # our request_stop calls it, then ends the pause; our loop reads the flag
+    assert scheduler._stop_requested is True
     assert scheduler.start() is scheduler._process is started[0], "RQScheduler.start() keeps its process in _process"
     retried = []
     monkeypatch.setattr(scheduler, "acquire_locks", lambda auto_start=False: retried.append(auto_start))
