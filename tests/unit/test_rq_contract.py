@@ -1,38 +1,61 @@
-"""What our code assumes about rq, checked against the installed rq.
+"""What our code assumes about rq, redis-py and systemd-python beyond their documented API.
 
-Each failure names what in rq changed and which of our lines depend on it, so that raising rq's
-version pin breaks here, at once and legibly, rather than in a worker under systemd. The list of
-assumptions is the table "The main loop and systemd" in docs/operations.md.
+``OVERRIDES`` lists every method of theirs we override (checked: still there, same parameters);
+``INTERNALS`` lists every internal we touch — private names, undocumented helpers, Redis hash fields,
+texts and behaviour — with where we use it and the test that pins it (in this module,
+``test_rq_contract_worker.py`` or ``test_rq_contract_redis.py``, by behaviour wherever rq's code
+can be run on fakeredis). Guards below keep both lists complete: a new private name or import from
+these libraries in ``rq_worker_service/`` fails here until it is listed and pinned. docs/operations.md
+shows ``INTERNALS`` as a table (``python tests/unit/test_rq_contract.py`` prints it).
+
+So raising a version pin breaks here, at once and legibly, rather than in a worker under systemd.
 """
 
 from __future__ import annotations
 
+import ast
 import inspect
+import re
+import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import fakeredis
 import pytest
 import rq
+from redis.sentinel import Sentinel, SentinelManagedConnection
 from rq import Queue
-from rq.command import handle_command
-from rq.executions import Execution
-from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job
 from rq.scheduler import RQScheduler
-from rq.worker import BaseWorker, SimpleWorker, SpawnWorker, Worker
-from rq.worker_registration import register
+from rq.worker import BaseWorker, SpawnWorker, Worker
 
-from rq_worker_service import journal, rqcompat
-from rq_worker_service.scheduling import ServiceScheduler
-from rq_worker_service.worker import ServiceWorkerMixin
-from rq_worker_service.worker_classes import ServiceSimpleWorker, ServiceSpawnWorker, ServiceWorker
+from rq_worker_service import rqcompat
 
-OURS = (ServiceWorkerMixin, ServiceWorker, ServiceSimpleWorker, ServiceSpawnWorker)
-RQ_BASES = {ServiceWorker: Worker, ServiceSimpleWorker: SimpleWorker, ServiceSpawnWorker: SpawnWorker,
-            ServiceScheduler: RQScheduler}
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = ROOT / "rq_worker_service"
+OPERATIONS = ROOT / "docs" / "operations.md"
+CONTRACT_TESTS = sorted(Path(__file__).parent.glob("test_rq_contract*.py"))
 
-OVERRIDES = {
-    # rq class: methods of it our classes override (where in our code)
+
+def _our_classes() -> list[type]:
+    """Our subclasses of their classes, by the names the rest of the code knows them."""
+    from rq_worker_service.connection import SentinelConnection, SentinelManager, SentinelSSLConnection
+    from rq_worker_service.journal import journal_handler
+    from rq_worker_service.scheduling import ServiceScheduler
+    from rq_worker_service.worker_classes import WORKER_CLASSES
+
+    return [*WORKER_CLASSES.values(), ServiceScheduler, SentinelConnection, SentinelSSLConnection, SentinelManager,
+            type(journal_handler())]
+
+
+def _journal_handler_class() -> type:
+    from systemd.journal import JournalHandler
+
+    return JournalHandler
+
+
+OVERRIDES: dict[type, dict[str, str]] = {
+    # their class: its methods we override (where in our code)
     BaseWorker: {
         "heartbeat": "worker.py: the tick around every pop",
         "maintain_heartbeats": "worker.py: the tick while the horse runs",
@@ -51,6 +74,8 @@ OVERRIDES = {
         "dequeue_timeout": "worker.py: a third of WatchdogSec",
         "check_for_suspension": "worker.py: a failed GET waits for Redis instead of ending the worker",
         "run_maintenance_tasks": "worker.py: likewise; tried again on the next pass",
+        "wait_for_horse": "worker.py: a stop wakes the monitor at once",
+        "kill_horse": "worker.py: a deliberate kill is not a crash",
     },
     Worker: {
         "wait_for_horse": "worker.py: a stop wakes the monitor at once",
@@ -61,112 +86,303 @@ OVERRIDES = {
     RQScheduler: {"start": "scheduling.py: remember the parent pid",
                   "work": "scheduling.py: die with the worker; rq's loop with a pause a stop ends",
                   "request_stop": "scheduling.py: a stop ends the pause"},
+    SentinelManagedConnection: {"read_response": "connection.py: a reply left unread closes the connection"},
+    Sentinel: {"discover_master": "connection.py: a one-line error when no primary is found"},
+    _journal_handler_class(): {"emit": "journal.py: only the fields journald keeps"},
 }
 
+DIFFERENT_DEFAULTS = {("read_response", "disconnect_on_error"): False}
+"""Defaults we change on purpose, with theirs: redis-py's Sentinel connection keeps a connection
+whose reply was left unread (redis/redis-py#4292). Should theirs become ours, drop the override."""
 
-def _params(func) -> list[tuple[str, object]]:
+
+def _params(func) -> list[tuple[str, object, object]]:
     func = func.fget if isinstance(func, property) else func
-    return [(p.name, p.kind) for p in inspect.signature(func).parameters.values()]
+    return [(p.name, p.kind, p.default) for p in inspect.signature(func).parameters.values()]
 
 
-@pytest.mark.parametrize("rq_class, name", [(c, n) for c, names in OVERRIDES.items() for n in names])
-def test_each_overridden_method_still_exists_in_rq_with_the_same_parameters(rq_class, name):
-    where = OVERRIDES[rq_class][name]
-    assert hasattr(rq_class, name), (
-        f"rq {rq.__version__} no longer has {rq_class.__name__}.{name}: our override ({where}) would never run")
-    ours = next(getattr(c, name) for c in (*OURS, ServiceScheduler) if name in vars(c))
-    theirs = inspect.getattr_static(rq_class, name)
-    ours_static = next(vars(c)[name] for c in (*OURS, ServiceScheduler) if name in vars(c))
-    assert isinstance(ours_static, property) == isinstance(theirs, property), f"{name}: property vs method"
-    if not isinstance(theirs, property):
-        assert _params(ours) == _params(theirs), (
-            f"rq {rq.__version__} has {rq_class.__name__}.{name}{inspect.signature(theirs)}, "
-            f"but ours is {name}{inspect.signature(ours)} ({where}): port the override")
+def _ours_defining(name: str, base: type) -> list[tuple[type, object]]:
+    """(our class, its attribute) for each of our classes derived from ``base`` that defines ``name``."""
+    found = []
+    for final in _our_classes():
+        if issubclass(final, base):
+            for klass in final.__mro__:
+                if klass.__module__.startswith("rq_worker_service") and name in vars(klass):
+                    found.append((klass, vars(klass)[name]))
+                    break
+    return found
+
+
+@pytest.mark.parametrize("base, name", [(c, n) for c, names in OVERRIDES.items() for n in names])
+def test_each_overridden_method_still_exists_with_the_same_parameters(base, name):
+    where = OVERRIDES[base][name]
+    assert hasattr(base, name), f"{base.__module__} no longer has {base.__name__}.{name}: our override ({where}) " \
+                                "would never run"
+    ours = _ours_defining(name, base)
+    assert ours, f"nothing of ours overrides {base.__name__}.{name} any more: drop it from OVERRIDES"
+    theirs = inspect.getattr_static(base, name)
+    for klass, our in ours:
+        assert isinstance(our, property) == isinstance(theirs, property), f"{klass.__name__}.{name}: property vs method"
+        if isinstance(theirs, property):
+            continue
+        our_params, their_params = _params(our), _params(theirs)
+        for i, (param, _kind, default) in enumerate(their_params):
+            if (name, param) in DIFFERENT_DEFAULTS:
+                assert default == DIFFERENT_DEFAULTS[(name, param)], (
+                    f"{base.__name__}.{name}'s {param} now defaults to {default!r}: our override ({where}) can go")
+                their_params[i] = our_params[i] if i < len(our_params) else their_params[i]
+        assert our_params == their_params, (
+            f"{base.__module__}.{base.__name__}.{name}{inspect.signature(theirs)} differs from "
+            f"{klass.__name__}.{name}{inspect.signature(our)} ({where}): port the override")
 
 
 def test_we_override_nothing_unlisted():
     """A new override must be added to OVERRIDES (and to docs/operations.md) to be checked."""
-    listed = {name for names in OVERRIDES.values() for name in names}
-    for cls, base in RQ_BASES.items():
-        for klass in cls.__mro__:
-            if klass.__module__.startswith("rq_worker_service"):
-                for name in vars(klass):
-                    if hasattr(base, name) and not name.startswith("__"):
-                        assert name in listed, f"{klass.__name__}.{name} overrides rq's but is not in OVERRIDES"
+    listed = {(base, name) for base, names in OVERRIDES.items() for name in names}
+    for final in _our_classes():
+        theirs = [k for k in final.__mro__ if not k.__module__.startswith("rq_worker_service") and k is not object]
+        for klass in final.__mro__:
+            if not klass.__module__.startswith("rq_worker_service"):
+                continue
+            for name in vars(klass):
+                owners = [t for t in theirs if name in vars(t)]
+                if owners and not name.startswith("__"):
+                    assert any((owner, name) in listed for owner in owners), (
+                        f"{klass.__name__}.{name} overrides {owners[0].__name__}'s but is not in OVERRIDES")
+
+
+def test_every_override_is_named_in_the_operations_guide():
+    text = OPERATIONS.read_text()
+    for names in OVERRIDES.values():
+        for name in names:
+            assert re.search(rf"`[\w.]*\b{name}\b", text), f"docs/operations.md does not name the override {name}"
+
+
+class Internal(NamedTuple):
+    names: tuple[str, ...]
+    """What we rely on: a private name, an undocumented helper, a Redis hash field, a text or a behaviour."""
+    used_in: str
+    pinned_by: tuple[str, ...]
+
+
+INTERNALS: list[Internal] = [
+    # rq: the worker
+    Internal(("rq.worker.Worker._stop_requested",), "worker.py `_shutdown`: take no new job",
+             ("test_rqs_loop_pops_with_dequeue_timeout_and_ends_on_a_stop",)),
+    Internal(("rq.exceptions.StopRequested",), "worker.py: a stop ends the blocking pop; service.py",
+             ("test_rqs_loop_pops_with_dequeue_timeout_and_ends_on_a_stop",)),
+    Internal(("rq.worker.Worker._install_signal_handlers",), "worker.py, worker_classes.py: SIGHUP, SIGUSR1 added",
+             ("test_rqs_signal_handlers_call_request_stop",
+              "test_rqs_loop_pops_with_dequeue_timeout_and_ends_on_a_stop")),
+    Internal(("rq.worker.Worker._start_scheduler",), "worker.py: the scheduler under the worker's name",
+             ("test_rqs_loop_pops_with_dequeue_timeout_and_ends_on_a_stop",)),
+    Internal(("rq.worker.Worker._shutdown",), "worker.py: overridden (rq's only caller, request_stop, is too)",
+             ("test_each_overridden_method_still_exists_with_the_same_parameters",)),
+    Internal(("rq.worker.Worker._shutdown_requested_date", "rq.utils.now"), "worker.py: announcing a warm stop",
+             ("test_the_shutdown_date_we_set_is_the_one_rq_records",)),
+    Internal(("rq.worker.Worker.max_connection_wait_time",), "worker.py: a failing pop waits at most a tick",
+             ("test_a_failing_pop_backs_off_up_to_max_connection_wait_time",)),
+    Internal(("heartbeat() before the pop, reorder_queues() right after it",), "worker.py: marks the blocking pop",
+             ("test_the_pop_is_between_a_heartbeat_and_reorder_queues_and_logs_the_job",)),
+    Internal(("rq's picked-up log line",), "journal.py `PICKED_UP`: the job's fields on rq's line",
+             ("test_the_pop_is_between_a_heartbeat_and_reorder_queues_and_logs_the_job",)),
+    Internal(("job_monitoring_interval, assigned in __init__ and read for each wait",),
+             "worker.py: a property; the monitor tick lands on the stop deadline",
+             ("test_constructor_settings_and_horse_state", "test_an_early_alarm_in_the_horse_wait_is_a_monitor_tick")),
+    Internal(("the SIGALRM monitor: an early alarm is a maintain_heartbeats() tick",),
+             "worker.py `_wake_tick` (setitimer while in wait_for_horse)",
+             ("test_an_early_alarm_in_the_horse_wait_is_a_monitor_tick",)),
+    Internal(("rq.worker.Worker._horse_pid", "rq.worker.Worker._serializer_arg"), "worker_classes.py: spawn, handoff",
+             ("test_constructor_settings_and_horse_state", "test_rqs_spawn_horse_does_what_ours_does")),
+    Internal(("rq.worker.Worker._is_horse", "Worker.execution (setter)"), "horse.py",
+             ("test_constructor_settings_and_horse_state",)),
+    Internal(("rq.worker.SHUTDOWN_SIGNAL", "kill-horse and stop-job commands call kill_horse()"),
+             "worker.py `kill_horse`: a deliberate kill is not a crash",
+             ("test_an_operators_kill_goes_through_kill_horse",)),
+    Internal(("failure text \"Work-horse terminated unexpectedly\"",), "rqcompat.py `HORSE_DIED`, worker.py",
+             ("test_a_horse_that_died_is_failed_with_the_text_we_recognise",)),
+    Internal(("failure text \"Job was stuck in intermediate queue\"",), "rqcompat.py `STUCK_IN_INTERMEDIATE`",
+             ("test_a_job_stuck_in_the_intermediate_list_is_failed_with_the_text_we_recognise",)),
+    # rq: the spawn horse
+    Internal(("rq.worker.SpawnWorker._dump_worker_config",), "worker_classes.py (encodes), horse.py (decodes)",
+             ("test_dump_worker_config_is_what_our_spawn_horse_unpacks",)),
+    Internal(("rq's spawn horse source and environment",), "horse.py repeats its steps",
+             ("test_rqs_spawn_horse_does_what_ours_does",)),
+    Internal(("rq.executions.Execution._job",), "horse.py",
+             ("test_an_execution_given_its_job_does_not_fetch_it_again",)),
+    # rq: records, fields and keys
+    Internal(("worker hash fields pid, hostname, queues, death",), "recovery.py: the predecessor's record",
+             ("test_the_worker_record_has_the_fields_recovery_status_and_the_autoscaler_read",)),
+    Internal(("worker hash field state",), "autoscaler.py: idle instances",
+             ("test_the_worker_record_has_the_fields_recovery_status_and_the_autoscaler_read",)),
+    Internal(("worker hash fields successful_job_count, failed_job_count",), "worker.py: counts, carried over reloads",
+             ("test_the_worker_record_has_the_fields_recovery_status_and_the_autoscaler_read",)),
+    Internal(("worker key TTL = heartbeat interval + 60 s",), "status.py `HEARTBEAT_SLACK`: stale workers",
+             ("test_the_worker_record_has_the_fields_recovery_status_and_the_autoscaler_read",)),
+    Internal(("job hash field enqueued_at", "rq.utils.utcparse"), "status.py `oldest_age` (and the autoscaler)",
+             ("test_the_job_fields_we_read_and_write_directly",)),
+    Internal(("job hash field status", "rq.utils.as_text"), "orphans.py, client.py",
+             ("test_the_job_fields_we_read_and_write_directly",)),
+    Internal(("job hash fields timeout, failure_ttl",), "recovery.py `apply_job_defaults` writes them",
+             ("test_the_job_fields_we_read_and_write_directly",)),
+    Internal(("job hash field worker_name", "execution hash field worker_name"), "recovery.py `started_executions`",
+             ("test_the_job_fields_we_read_and_write_directly",
+              "test_executions_are_registered_by_composite_key_before_the_horse")),
+    Internal(("started registry entry <job id>:<execution id>", "rq.utils.parse_composite_key",
+              "rq.executions.Execution.from_composite_key"), "recovery.py, orphans.py, rqcompat.py",
+             ("test_executions_are_registered_by_composite_key_before_the_horse",)),
+    Internal(("rq.intermediate_queue.IntermediateQueue",), "rqcompat.py, orphans.py: the intermediate list, first-seen",
+             ("test_executions_are_registered_by_composite_key_before_the_horse",
+              "test_a_job_stuck_in_the_intermediate_list_is_failed_with_the_text_we_recognise")),
+    Internal(("rq.worker.BaseWorker.redis_worker_namespace_prefix", "rq.worker_registration.REDIS_WORKER_KEYS",
+              "rq.worker_registration.WORKERS_BY_QUEUE_KEY", "rq.worker_registration.get_keys"),
+             "rqcompat.py, recovery.py, autoscaler.py, horse.py",
+             ("test_worker_keys_and_registrations_are_where_recovery_and_the_autoscaler_look",)),
+    Internal(("rq.defaults.RQ_KEY_PREFIX",),
+             "read from the environment when rq is imported: service.py, cli.py, client.py, fencing.py, status.py, "
+             "autoscale.py",
+             ("test_rq_reads_its_key_prefix_from_the_environment_when_imported",)),
+    # rq: failing and requeueing from outside a worker
+    Internal(("rq.job.Job._handle_failure",), "recovery.py `fail_or_retry`",
+             ("test_handle_failure_records_the_failure_as_a_worker_would",)),
+    Internal(("rq.results.Result.create_failure",), "recovery.py `record_interruption`",
+             ("test_a_failure_result_can_be_recorded_for_a_retried_job",)),
+    Internal(("rq.queue.Queue._enqueue_job",), "rqcompat.py `requeue_now`",
+             ("test_enqueue_job_puts_a_job_back_at_the_front_untouched",
+              "test_requeue_now_is_a_retry_without_its_interval")),
+    Internal(("rq.callbacks.execute_failure_callback", "rq.rate_limit.release_slot"), "recovery.py `rescue_executions`",
+             ("test_the_helpers_recovery_calls_around_a_rescue",)),
+    Internal(("rq.registry.clean_registries", "rq.worker_registration.clean_worker_registry"), "jobs.py `cleanup`",
+             ("test_the_cleanup_command_runs_rqs_maintenance_steps",)),
+    # rq: the scheduler
+    Internal(("RQScheduler(name=…) retakes its own locks",), "scheduling.py: a restarted instance schedules at once",
+             ("test_a_scheduler_under_the_same_name_takes_its_locks_back",)),
+    Internal(("rq.scheduler.RQScheduler._process", "rq.scheduler.RQScheduler._stop_requested",
+              "rq.scheduler.RQScheduler._install_signal_handlers"), "scheduling.py: Takeover, the loop",
+             ("test_the_scheduler_process_is_where_takeover_looks",)),
+    Internal(("RQScheduler.work's steps",), "scheduling.py repeats them (a source check: a loop cannot be observed)",
+             ("test_the_scheduler_loop_we_repeat_is_still_rqs",)),
+    Internal(("rq major version",), "rqcompat.py `RQ_MAJOR`, pyproject.toml, packaging/requirements.txt",
+             ("test_rq_version_is_within_the_pin",)),
+    # redis-py
+    Internal(("redis.connection.ConnectionPool._available_connections",
+              "redis.connection.ConnectionPool._created_connections"), "handoff.py `adopt`",
+             ("test_a_connection_placed_in_a_fresh_pool_is_the_one_its_first_command_gets",)),
+    Internal(("redis.connection.AbstractConnection.pid",), "handoff.py `forked`: no shutdown() for the horse's socket",
+             ("test_disconnect_shuts_a_socket_down_only_in_its_owners_process",)),
+    Internal(("redis.connection.ConnectionPool.connection_kwargs", "redis.connection.ConnectionPool.cache"),
+             "worker.py `main_work_horse`, handoff.py, connection.py",
+             ("test_a_pool_makes_new_connections_from_connection_kwargs",
+              "test_sentinel_discovery_failures_say_whether_sentinels_answered")),
+    Internal(("redis.driver_info.DriverInfo",), "connection.py `_driver_info`",
+             ("test_driver_info_given_once_is_not_resolved_per_connection",)),
+    Internal(("redis.sentinel.Sentinel.sentinels", "MasterNotFoundError's \" : \" before the sentinels' errors"),
+             "connection.py `SentinelManager`", ("test_sentinel_discovery_failures_say_whether_sentinels_answered",)),
+    Internal(("SentinelConnectionPool.get_master_address", "SentinelConnectionPool.master_address"),
+             "connection.py `refresh_primary`, `primary_address`",
+             ("test_a_sentinel_pool_says_which_primary_it_uses",)),
+    Internal(("redis.utils.SENTINEL",), "connection.py: the default of our read_response",
+             ("test_each_overridden_method_still_exists_with_the_same_parameters",)),
+    Internal(("redis.crc.key_slot",), "connection.py `_slot_owner_url`", ("test_key_slot_is_the_clusters",)),
+    # systemd-python
+    Internal(("systemd.journal.JournalHandler._extra",), "journal.py `journal_handler` (with send, map_priority)",
+             ("test_our_journal_handler_sends_what_systemds_sends_less_what_journald_drops",)),
+]
+
+DOCUMENTED = {
+    # imports from their documented API (no entry in INTERNALS needed)
+    "rq", "rq.Queue", "rq.Retry", "rq.Worker", "rq.SimpleWorker", "rq.SpawnWorker", "rq.worker.Worker",
+    "rq.worker.BaseWorker", "rq.queue.Queue", "rq.job.Job", "rq.job.JobStatus", "rq.results.Result",
+    "rq.executions.Execution", "rq.scheduler.RQScheduler", "rq.registry.FailedJobRegistry",
+    "rq.registry.StartedJobRegistry", "rq.exceptions.NoSuchJobError", "rq.exceptions.InvalidJobOperation",
+    "rq.exceptions.AbandonedJobError", "rq.defaults.DEFAULT_LOGGING_DATE_FORMAT", "rq.defaults.DEFAULT_LOGGING_FORMAT",
+    "redis", "redis.Redis", "redis.backoff.NoBackoff", "redis.retry.Retry", "redis.connection.Connection",
+    "redis.connection.ConnectionPool", "redis.connection.SSLConnection", "redis.connection.UnixDomainSocketConnection",
+    "redis.connection.AbstractConnection", "redis.sentinel.Sentinel", "redis.sentinel.MasterNotFoundError",
+    "redis.sentinel.SentinelManagedConnection", "systemd.journal", "systemd.journal.JournalHandler",
+}
+"""(The logging defaults only serve as our overrides' defaults, which the signature check compares.)"""
+
+COINCIDENCES = {"_add_jobs", "_connect", "_exit", "_lock", "_read", "_status"}
+"""Private names of ours (or os._exit) that rq or redis-py happen to use too: not their internals."""
+
+
+def _listed_names() -> set[str]:
+    return {name for internal in INTERNALS for name in internal.names}
+
+
+def _library_private_names() -> set[str]:
+    names: set[str] = set()
+    for module in (rq, sys.modules["redis"], sys.modules[_journal_handler_class().__module__]):
+        root = Path(module.__file__).parent  # type: ignore[arg-type]
+        for path in root.rglob("*.py"):
+            text = path.read_text(errors="replace")
+            names |= set(re.findall(r"\.(_[A-Za-z]\w*)\b", text)) | set(re.findall(r"def (_[A-Za-z]\w*)", text))
+    return {n for n in names if not n.startswith("__")}
+
+
+def test_every_private_name_of_theirs_we_use_is_listed():
+    ours: dict[str, set[str]] = {}
+    for path in PACKAGE.glob("*.py"):
+        text = path.read_text()
+        for name in set(re.findall(r"\.(_[A-Za-z]\w*)\b", text)) | set(re.findall(r"def (_[A-Za-z]\w*)", text)):
+            ours.setdefault(name, set()).add(path.name)
+    touched = (set(ours) & _library_private_names()) - COINCIDENCES
+    listed = {name.rsplit(".", 1)[-1] for name in _listed_names()}
+    missing = {name: sorted(ours[name]) for name in touched - listed}
+    assert not missing, f"add these to INTERNALS with a test that pins them: {missing}"
+
+
+def test_every_import_from_their_undocumented_api_is_listed():
+    listed = _listed_names()
+    missing = {}
+    for path in PACKAGE.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported = [f"{node.module}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.Import):
+                imported = [alias.name for alias in node.names]
+            else:
+                continue
+            for name in imported:
+                if name.split(".")[0] in ("rq", "redis", "systemd") and name not in DOCUMENTED | listed:
+                    missing.setdefault(name, []).append(path.name)
+    assert not missing, f"add these to INTERNALS (or DOCUMENTED, if rq/redis-py document them): {missing}"
+
+
+def test_each_internal_is_pinned_by_a_test_that_exists():
+    tests = {name for path in CONTRACT_TESTS for name in re.findall(r"^def (test_\w+)", path.read_text(), re.M)}
+    for internal in INTERNALS:
+        for test in internal.pinned_by:
+            assert test in tests, f"{internal.names[0]}: no contract test named {test}"
+    pinned = {test for internal in INTERNALS for test in internal.pinned_by}
+    guards = {name for name in re.findall(r"^def (test_\w+)", Path(__file__).read_text(), re.M)}
+    assert tests - pinned <= guards | {"test_job_func_never_raises"}, (
+        f"contract tests that pin nothing listed in INTERNALS: {sorted(tests - pinned - guards)}")
+
+
+def docs_table() -> str:
+    """The table of internals in docs/operations.md (Markdown)."""
+    rows = ["| what we rely on | where | pinned by (`tests/unit/test_rq_contract*.py`) |", "| --- | --- | --- |"]
+    for internal in INTERNALS:
+        names = ", ".join(f"`{name}`" if name.replace(".", "").replace("_", "").isalnum() else name
+                          for name in internal.names)
+        rows.append(f"| {names} | {internal.used_in} | {', '.join(f'`{t}`' for t in internal.pinned_by)} |")
+    return "\n".join(rows) + "\n"
+
+
+def test_the_operations_guide_lists_every_internal():
+    assert docs_table() in OPERATIONS.read_text(), (
+        "docs/operations.md's table of internals is stale: replace it with the output of "
+        "`.venv/bin/python tests/unit/test_rq_contract.py`")
+
+
+# -- pins of our own helpers' use of rq, and the version -----------------------------------------
 
 
 @pytest.fixture
 def connection():
     return fakeredis.FakeRedis()
-
-
-def test_private_attributes_we_use_exist(connection):
-    worker = Worker(["q"], connection=connection, serializer="rq.serializers.JSONSerializer")
-    for attr in ("_stop_requested", "_shutdown_requested_date", "_horse_pid", "_is_horse", "_serializer_arg",
-                 "scheduler", "_stopped_job_id"):
-        assert hasattr(worker, attr), f"rq {rq.__version__} Worker has no {attr} (worker.py, worker_classes.py)"
-    assert worker._serializer_arg == "rq.serializers.JSONSerializer", "the spawn horse passes it on"
-    for attr in ("job_monitoring_interval", "worker_ttl"):
-        assert attr in vars(worker), f"rq no longer sets Worker.{attr} in __init__ (worker.py's timing)"
-    assert "self.max_connection_wait_time" in inspect.getsource(BaseWorker.dequeue_job_and_maintain_ttl), (
-        "rq no longer caps its Redis back-off with max_connection_wait_time (worker.py sets it to one tick)")
-    scheduler = RQScheduler(["q"], connection=connection, name="w1")
-    assert hasattr(scheduler, "_process") and scheduler.name == "w1", "scheduling.py: Takeover, the stable name"
-
-
-def test_failure_texts_we_recognise_are_the_ones_rq_writes():
-    monitor = inspect.getsource(Worker.monitor_work_horse)
-    assert f"'{rqcompat.HORSE_DIED}" in monitor, (
-        "rq changed the failure text of a horse that died (rqcompat.HORSE_DIED, worker.handle_job_failure)")
-    cleanup = inspect.getsource(IntermediateQueue.cleanup)
-    assert f"'{rqcompat.STUCK_IN_INTERMEDIATE}" in cleanup, (
-        "rq changed the failure text of a job stuck in the intermediate queue (rqcompat.STUCK_IN_INTERMEDIATE)")
-
-
-def test_the_picked_up_line_is_logged_as_journal_expects():
-    source = inspect.getsource(BaseWorker.dequeue_job_and_maintain_ttl)
-    for template in journal.PICKED_UP:
-        assert f"'{template}'" in source, f"rq no longer logs {template!r} on a pop (journal.PICKED_UP)"
-
-
-def test_hooks_are_called_where_the_pop_marking_assumes():
-    """heartbeat() before the pop, reorder_queues() right after a pop returned a job."""
-    source = inspect.getsource(BaseWorker.dequeue_job_and_maintain_ttl)
-    heartbeat, pop, reorder = (source.index(s) for s in ("self.heartbeat()", "dequeue_any(", "self.reorder_queues("))
-    assert heartbeat < pop < reorder, "rq reordered its dequeue loop: worker.py's pop marking depends on it"
-    assert "if self._stop_requested:" in inspect.getsource(BaseWorker.work), "rq's loop no longer checks the stop"
-    assert "kill_horse()" in inspect.getsource(handle_command.__globals__["handle_kill_worker_command"])
-
-
-def test_key_layout_comes_from_rq(connection):
-    worker = Worker(["reports"], connection=connection, name="host.rq-worker@1")
-    assert rqcompat.worker_key(worker.name) == worker.key
-    register(worker)
-    assert connection.sismember(rqcompat.REDIS_WORKER_KEYS, worker.key)
-    assert connection.sismember(rqcompat.WORKERS_BY_QUEUE_KEY % "reports", worker.key)
-    job = Queue("reports", connection=connection).enqueue("os.getpid")
-    with connection.pipeline() as pipe:
-        execution = Execution.create(job, ttl=60, pipeline=pipe, worker_name=worker.name)
-        pipe.execute()
-    assert rqcompat.execution_key(execution.composite_key) == execution.key
-    assert connection.hget(execution.key, "worker_name") == worker.name.encode(), "recovery.started_executions"
-    job.worker_name = worker.name
-    assert "worker_name" in job.to_dict(), "recovery falls back to the job's worker_name"
-
-
-def test_the_intermediate_list_and_started_registration_are_where_orphans_looks(connection):
-    """orphans.py: a single-queue pop moves the job into the intermediate list; the main process
-    registers the execution (started registry, composite key) before the horse exists."""
-    queue = Queue("solo", connection=connection)
-    job = queue.enqueue("os.getpid")
-    assert "blmove(queue_key, intermediate_queue.key" in inspect.getsource(Queue.lmove)
-    Queue.lmove(connection, queue.key, None)  # what dequeue_any does for one queue on Redis ≥ 6.2
-    assert connection.lrange(rqcompat.intermediate_key(queue), 0, -1) == [job.id.encode()]
-    assert rqcompat.first_seen_key(queue, job.id).startswith(rqcompat.intermediate_key(queue))
-    worker = Worker([queue], connection=connection)
-    worker.prepare_execution(job)
-    assert any(e.decode().startswith(f"{job.id}:") for e in connection.zrange(queue.started_job_registry.key, 0, -1))
-    assert "self.prepare_execution(job)" in inspect.getsource(Worker.execute_job).split("fork_work_horse")[0]
 
 
 def test_requeue_now_is_a_retry_without_its_interval(connection):
@@ -194,19 +410,25 @@ def test_rq_version_is_within_the_pin():
     major = int(rq.__version__.split(".")[0])
     assert major == rqcompat.RQ_MAJOR, (
         f"rq {rq.__version__}: this code is written against rq {rqcompat.RQ_MAJOR}.x (rqcompat.RQ_MAJOR)")
-    pyproject = (Path(__file__).parents[2] / "pyproject.toml").read_text()
+    pyproject = (ROOT / "pyproject.toml").read_text()
     assert f'"rq>={rqcompat.RQ_MAJOR}.' in pyproject and f',<{rqcompat.RQ_MAJOR + 1}"' in pyproject, (
         "pyproject.toml's rq pin and rqcompat.RQ_MAJOR disagree")
-    bundled = (Path(__file__).parents[2] / "packaging" / "requirements.txt").read_text()
+    bundled = (ROOT / "packaging" / "requirements.txt").read_text()
     assert f"\nrq=={rqcompat.RQ_MAJOR}." in bundled, "packaging/requirements.txt bundles another rq major"
 
 
 def test_the_scheduler_loop_we_repeat_is_still_rqs():
-    """scheduling.py repeats RQScheduler.work's steps around an interruptible pause."""
+    """scheduling.py repeats RQScheduler.work's steps around an interruptible pause. The order of
+    steps inside a loop cannot be watched from outside without running it: the one source check."""
     source = inspect.getsource(RQScheduler.work)
     steps = ("self._install_signal_handlers()", "self.register_birth()", "if self._stop_requested:", "self.stop()",
              "if self.should_reacquire_locks:", "self.acquire_locks()", "self.heartbeat()",
              "self.enqueue_scheduled_jobs()", "time.sleep(self.interval)")
     positions = [source.find(step) for step in steps]
-    assert -1 not in positions, f"rq {rq.__version__} changed RQScheduler.work: port scheduling.ServiceScheduler.work"
+    assert -1 not in positions and positions == sorted(positions), (
+        f"rq {rq.__version__} changed RQScheduler.work: port scheduling.ServiceScheduler.work")
     assert len(source.splitlines()) <= 16, f"rq {rq.__version__}'s RQScheduler.work grew: port scheduling.py"
+
+
+if __name__ == "__main__":
+    print(docs_table(), end="")
