@@ -63,13 +63,15 @@ def _fields(connection, key: str) -> dict[str, str]:
 
 def test_the_worker_record_has_the_fields_recovery_status_and_the_autoscaler_read(connection):
     """recovery.recover_predecessor reads pid, hostname, queues and death; the autoscaler reads
-    state ('idle'); worker.py reads and writes the job counters; status reads the key's TTL."""
+    state ('idle'); worker.py reads and writes the job counters; status reads the key's TTL and
+    (rqcompat.mixed_rq_workers) the version."""
     worker = Worker(["reports", "mail"], connection=connection, name="host.rq-worker@1")
     worker.register_birth()
     record = _fields(connection, worker.key)
     assert record["pid"] == str(os.getpid()) and record["hostname"] == socket.gethostname(), "recovery: pid/host"
     assert record["queues"] == "reports,mail", "recovery: the record's queues, comma-separated"
     assert "death" not in record and utcparse(record["last_heartbeat"]) <= now()
+    assert record["version"] == rq.__version__, "rqcompat.mixed_rq_workers: the worker's rq version"
     assert connection.ttl(worker.key) == worker.worker_ttl + HEARTBEAT_SLACK, "status: a key lives interval + 60 s"
     worker.heartbeat(45)
     assert 44_000 < connection.pttl(worker.key) <= 45_000, "status: a heartbeat's timeout is the key's TTL"
@@ -149,6 +151,25 @@ def test_executions_are_registered_by_composite_key_before_the_horse(connection,
     assert connection.hget(execution.key, "worker_name") == worker.name.encode(), "recovery.started_executions"
     marker = IntermediateQueue(queue.key, connection).get_first_seen_key(job.id)
     assert marker.startswith(IntermediateQueue.get_intermediate_queue_key(queue.key)), "orphans: first-seen marker"
+
+
+def test_a_queue_is_a_list_popped_from_the_left_and_registries_are_sorted_sets(connection):
+    """status.oldest_age reads the queue's head with ``LINDEX key 0``; orphans.py puts a job back with
+    ``LPUSH`` so that it is popped next; status and ``cleanup`` count registries with ``ZCARD``."""
+    queue = Queue("q", connection=connection)
+    first = queue.enqueue("os.getpid")
+    queue.enqueue("os.getpid")
+    assert connection.lindex(queue.key, 0) == first.id.encode(), "the oldest job is at the head"
+    again = queue.enqueue("os.getpid")
+    connection.lrem(queue.key, 1, again.id)
+    connection.lpush(queue.key, again.id)
+    popped, _ = Queue.dequeue_any([queue], timeout=None, connection=connection)
+    assert popped.id == again.id, "a job pushed on the left is popped next"
+    queue.failed_job_registry.add(first, ttl=60)
+    for registry in (queue.failed_job_registry, queue.started_job_registry, queue.scheduled_job_registry,
+                     queue.deferred_job_registry, queue.finished_job_registry):
+        assert connection.type(registry.key) in (b"zset", b"none"), registry
+    assert connection.zcard(queue.failed_job_registry.key) == 1
 
 
 def test_rq_reads_its_key_prefix_from_the_environment_when_imported():
@@ -400,6 +421,53 @@ def test_a_horse_that_died_is_failed_with_the_text_we_recognise(connection):
         f"rq changed the failure text of a horse that died (rqcompat.HORSE_DIED): {failures}")
 
 
+def test_rqs_hard_timeout_kills_the_horse_through_kill_horse(connection, monkeypatch):
+    """worker.py's kill_horse: rq's own kill of a horse past its job's timeout (+60 s) is deliberate too."""
+    from rq.timeouts import HorseMonitorTimeoutException
+
+    start = now()
+    clock = iter([start, start + timedelta(seconds=200)])
+    monkeypatch.setattr("rq.worker.worker_classes.now", lambda: next(clock, start + timedelta(seconds=200)))
+    killed = []
+
+    class Probe(Worker):
+        waits = 0
+
+        def wait_for_horse(self):
+            self.waits += 1
+            if self.waits == 1:
+                raise HorseMonitorTimeoutException()
+            return 1234, 0, None
+
+        def kill_horse(self, sig=SHUTDOWN_SIGNAL):
+            killed.append(sig)
+
+        def heartbeat(self, timeout=None, pipeline=None):
+            pass
+
+    queue = Queue("q", connection=connection)
+    job = queue.enqueue("os.getpid", job_timeout=10)
+    worker = Probe([queue], connection=connection)
+    worker.monitor_work_horse(job, queue, worker.prepare_execution(job))
+    assert killed == [SHUTDOWN_SIGNAL], "rq's hard timeout no longer kills the horse through kill_horse()"
+
+
+def test_a_simple_workers_job_that_raises_a_base_exception_is_failed(connection):
+    """worker_classes.ServiceSimpleWorker cuts a job by raising JobInterrupted (a BaseException) in
+    it: rq's perform_job must record that as the job's failure, through handle_job_failure."""
+    failures = []
+
+    class Probe(rq.SimpleWorker):
+        def handle_job_failure(self, job, queue, started_job_registry=None, exc_string="", execution=None):
+            failures.append(exc_string)
+
+    queue = Queue("q", connection=connection)
+    job = queue.enqueue("sys.exit", 3)  # SystemExit: a BaseException, as JobInterrupted is
+    worker = Probe([queue], connection=connection)
+    worker.execute_job(job, queue)
+    assert len(failures) == 1 and "SystemExit" in failures[0], failures
+
+
 @pytest.mark.parametrize("command", ["kill-horse", "stop-job"])
 def test_an_operators_kill_goes_through_kill_horse(connection, command):
     """worker.py's kill_horse marks any kill from the worker's side as deliberate (not a crash)."""
@@ -558,6 +626,43 @@ def test_enqueue_job_puts_a_job_back_at_the_front_untouched(connection):
         pipe.execute()
     assert queue.job_ids[0] == job.id and job.get_status(refresh=True) == JobStatus.QUEUED
     assert Job.fetch(job.id, connection=connection).retries_left == 2
+
+
+def test_a_retry_is_taken_as_recovery_sets_it_up(connection):
+    """recovery.apply_default_retry gives a job without Retry ``retries_left`` and ``retry_intervals``;
+    fail_or_retry then calls ``job.retry(queue, pipeline)`` (``should_retry`` says whether it will)."""
+    queue = Queue("q", connection=connection)
+    job = queue.enqueue("os.getpid")
+    queue.remove(job)
+    assert job.retries_left is None and not job.should_retry
+    job.retries_left, job.retry_intervals = 3, [600]
+    assert job.should_retry
+    with connection.pipeline() as pipe:
+        job.retry(queue, pipe)
+        pipe.execute()
+    assert job.id in queue.scheduled_job_registry and job.get_status(refresh=True) == JobStatus.SCHEDULED
+    assert Job.fetch(job.id, connection=connection).retries_left == 2
+    job.retry_intervals = [0]
+    with connection.pipeline() as pipe:
+        job.retry(queue, pipe)
+        pipe.execute()
+    assert job.id in queue.job_ids and job.retries_left == 1, "no interval: queued at once"
+
+
+def test_dependents_of_a_job_failed_from_outside_are_enqueued(connection):
+    """recovery.fail_or_retry calls ``queue.enqueue_dependents(job)`` after failing a job, as rq's
+    worker does: a dependent that allows its dependency's failure then runs."""
+    queue = Queue("q", connection=connection)
+    parent = queue.enqueue("os.getpid")
+    child = queue.enqueue("os.getpid", depends_on=rq.job.Dependency(jobs=[parent], allow_failure=True))
+    assert child.get_status() == JobStatus.DEFERRED
+    queue.remove(parent)
+    with connection.pipeline() as pipe:
+        parent.set_status(JobStatus.FAILED, pipeline=pipe)
+        parent._handle_failure("AbandonedJobError: gone", pipe, worker_name="w")
+        pipe.execute()
+    queue.enqueue_dependents(parent)
+    assert child.id in queue.job_ids and child.get_status(refresh=True) == JobStatus.QUEUED
 
 
 def test_the_helpers_recovery_calls_around_a_rescue(connection):
