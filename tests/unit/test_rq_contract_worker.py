@@ -519,7 +519,10 @@ def test_dump_worker_config_is_what_our_spawn_horse_unpacks(connection):
                          serializer="rq.serializers.JSONSerializer")
     worker.register_birth()
     payload = base64.b64encode(worker._dump_worker_config()).decode()  # worker_classes.ServiceSpawnWorker
-    worker_class, attributes = pickle.loads(base64.b64decode(payload))  # horse.main
+    loaded = pickle.loads(base64.b64decode(payload))
+    assert isinstance(loaded, tuple) and len(loaded) == 2, (
+        f"rq {rq.__version__} changed _dump_worker_config's format: horse.py unpacks (worker class, attributes)")
+    worker_class, attributes = loaded  # horse.main
     assert worker_class is SpawnWorker
     assert {"job_class", "queue_class", "death_penalty_class"} <= attributes.keys(), attributes.keys()
     name = worker.key[len(worker_class.redis_worker_namespace_prefix):]
@@ -583,7 +586,13 @@ def test_an_execution_given_its_job_does_not_fetch_it_again(connection):
     execution = Execution.fetch(created.id, job.id, connection=connection)
     execution._job = job
     connection.delete(job.key)  # a fetch would fail now
-    assert execution.job is job
+    try:
+        handed_on = execution.job
+    except rq.exceptions.NoSuchJobError:
+        handed_on = None
+    assert handed_on is job, (
+        "Execution.job no longer hands on the job set in _job: horse.py's (fetched with the worker's job class "
+        "and serializer) would be fetched again")
 
 
 # -- failing, retrying and requeueing a job from outside a worker --------------------------------
