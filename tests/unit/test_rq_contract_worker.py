@@ -390,14 +390,23 @@ def test_an_early_alarm_in_the_horse_wait_is_a_monitor_tick(connection):
     job = queue.enqueue("os.getpid")
     worker = Probe([queue], connection=connection)
     execution = worker.prepare_execution(job)
+
+    def unhandled(signum, frame):
+        raise AssertionError("rq's monitor no longer handles SIGALRM while it waits for the horse: port "
+                             "worker.py's _wake_tick")
+
+    previous = signal.signal(signal.SIGALRM, unhandled)  # (else the alarm would end the test run)
     started = time.monotonic()
     try:
         worker.monitor_work_horse(job, queue, execution)
+        assert signal.getsignal(signal.SIGALRM) == signal.SIG_DFL, "rq no longer resets SIGALRM after the wait"
+        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0), (
+            "rq no longer cancels its alarm after the wait: a pending one would kill the worker (SIG_DFL)")
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
     assert (worker.waits, worker.ticks) == (2, 1), "the early alarm was not one monitor tick"
     assert time.monotonic() - started < 2 and len(reads) >= 2
-    assert signal.getsignal(signal.SIGALRM) == signal.SIG_DFL and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 
 def test_a_horse_that_died_is_failed_with_the_text_we_recognise(connection):
