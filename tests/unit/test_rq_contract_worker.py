@@ -565,7 +565,7 @@ def test_rqs_spawn_horse_does_what_ours_does(connection, monkeypatch):
     monkeypatch.setattr(SpawnWorker, "procline", lambda self, message: None)
     queue = Queue("q", connection=connection)
     job = queue.enqueue("os.getpid")
-    worker = SpawnWorker([queue], connection=fakeredis.FakeRedis(), name="host.rq-worker@1")
+    worker = SpawnWorker([queue], connection=connection, name="host.rq-worker@1")
     worker.execution = worker.prepare_execution(job)
     worker.fork_work_horse(job, queue)
     assert worker.horse_pid == 4321 and spawned["kwargs"] == {"setpgroup": 0}, "ours: own process group"
@@ -583,6 +583,28 @@ def test_rqs_spawn_horse_does_what_ours_does(connection, monkeypatch):
     assert not missing and positions == sorted(positions), f"rq {rq.__version__} changed its spawn horse: {missing}"
     statements = [line for line in source.splitlines() if line.strip() and not line.startswith((" ", ")", "#"))]
     assert len(statements) <= 17, f"rq {rq.__version__}'s spawn horse grew: port horse.py\n{source}"
+
+
+def test_fork_work_horse_keeps_the_horses_pid(connection, monkeypatch):
+    """worker_classes.ServiceWorker hands the spare connection over with ``_horse_pid``, read right
+    after rq's fork_work_horse returns in the worker."""
+    for name in ("RQ_WORKER_ID", "RQ_JOB_ID"):
+        monkeypatch.delenv(name, raising=False)
+
+    class Probe(Worker):
+        def main_work_horse(self, job, queue):
+            os._exit(7)  # the horse: gone at once
+
+        def procline(self, message):
+            pass
+
+    queue = Queue("q", connection=connection)
+    job = queue.enqueue("os.getpid")
+    worker = Probe([queue], connection=connection)
+    worker.fork_work_horse(job, queue)
+    pid, status = os.waitpid(worker._horse_pid, 0)
+    assert pid == worker.horse_pid > 0 and os.waitstatus_to_exitcode(status) == 7, (
+        "rq's fork_work_horse no longer keeps the horse's pid in _horse_pid")
 
 
 def test_an_execution_given_its_job_does_not_fetch_it_again(connection):
