@@ -86,9 +86,8 @@ def test_a_pool_makes_new_connections_from_connection_kwargs():
 def test_driver_info_given_once_is_not_resolved_per_connection(monkeypatch):
     """connection._driver_info: given a DriverInfo, a pool's connections do not look redis-py's
     version up on disk each."""
-    from redis.driver_info import DriverInfo
-
-    info = DriverInfo()
+    driver_info = pytest.importorskip("redis.driver_info", reason="redis-py < 7: connection.py resolves nothing")
+    info = driver_info.DriverInfo()
     lookups = []
     monkeypatch.setattr("redis.utils.get_lib_version", lambda: lookups.append(1) or "0")
     client = redis.Redis.from_url("redis://127.0.0.1:1/0", driver_info=info)
