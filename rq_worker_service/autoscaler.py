@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from types import FrameType
 
-from . import exits, journal
+from . import exits, journal, keys
 from .autoscale import MIB, RUNNING_STATES, Decision, Instance, Limits, Observation, Scaler, unit_name
 from .config import ConfigError, Settings, load_settings, read, worker_name
 from .envfiles import commands_environment
@@ -185,9 +185,7 @@ class Autoscaler:
         for the up cool-down; the others see its work before they decide again. Returns the holder."""
         from rq.utils import as_text
 
-        from .autoscale import step_key
-
-        key, ttl = step_key(), int(self.limits.up_cooldown * 1000)
+        key, ttl = keys.autoscale_step(), int(self.limits.up_cooldown * 1000)
         if self.connection.set(key, self.host, nx=True, px=ttl):
             return self.host
         holder = self.connection.get(key)
@@ -243,14 +241,10 @@ class Autoscaler:
         }
 
     def publish(self) -> None:
-        from .autoscale import state_key
-
-        self.connection.hset(state_key(), self.host, json.dumps(self.state()))
+        self.connection.hset(keys.autoscalers(), self.host, json.dumps(self.state()))
 
     def withdraw(self) -> None:
-        from .autoscale import state_key
-
-        self.connection.hdel(state_key(), self.host)
+        self.connection.hdel(keys.autoscalers(), self.host)
 
     def summary(self) -> str:
         """STATUS= for ``systemctl status rq-worker-autoscale``."""
@@ -308,7 +302,7 @@ def run(env_file: str) -> int:
         settings, limits, queues, interval = _configure(env_file)
     except ConfigError as exc:
         return notifier.fail(f"configuration error: {exc}", exits.CONFIG, errno.EINVAL)
-    os.environ["RQ_KEY_PREFIX"] = settings.key_prefix  # before rq is first imported (rq reads it then)
+    keys.export(settings.key_prefix)
     import redis
 
     from .acl import denied

@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import __version__, exits
+from . import __version__, exits, keys
 from .levels import LEVELS, UNKNOWN, Threshold
 from .variables import VARIABLES, Variable, boolean
 
@@ -184,8 +184,7 @@ def _settings(args: argparse.Namespace):
         settings = load_settings(commands_environment(env_file, Path.cwd() / ".env"), {"url": args.url})
     except ConfigError as exc:
         raise CommandError(f"configuration error: {exc}", exits.CONFIG) from None
-    # rq reads its key prefix when first imported: the commands import it only after this.
-    os.environ["RQ_KEY_PREFIX"] = settings.key_prefix
+    keys.export(settings.key_prefix)  # the commands import rq only after this
     return settings
 
 
@@ -224,15 +223,23 @@ def _instance_prefixes(args: argparse.Namespace, own: str) -> list[str]:
     """``own`` and every other RQ_KEY_PREFIX the instance files beside the env file set."""
     from dotenv import dotenv_values
 
+    from .config import ConfigError
+
     env_file = Path(args.env_file)
     prefixes = [own]
     for path in sorted(env_file.parent.glob(f"{env_file.stem}-*.env")):
         try:
-            value = dotenv_values(path).get("RQ_KEY_PREFIX")
+            value = dotenv_values(path).get(keys.VARIABLE)
         except OSError:
             continue  # an instance file we may not read: its workers' own status shows them
-        if value and value not in prefixes:
-            prefixes.append(value)
+        if not value or not value.strip():
+            continue  # not set there: its workers use the env file's
+        try:
+            prefix = keys.from_environment({keys.VARIABLE: value})
+        except ConfigError as exc:
+            raise CommandError(f"configuration error in {path}: {exc}", exits.CONFIG) from None
+        if prefix not in prefixes:
+            prefixes.append(prefix)
     return prefixes
 
 
@@ -268,7 +275,7 @@ def _status(args: argparse.Namespace) -> int:
     import redis
 
     if args.key_prefix:
-        os.environ["RQ_KEY_PREFIX"] = args.key_prefix  # read below as the shell's environment: it wins
+        keys.export(args.key_prefix)  # read below as the shell's environment: it wins (and is validated)
     try:
         settings = _settings(args)
         prefixes = [] if args.key_prefix or args.prometheus else _instance_prefixes(args, settings.key_prefix)
@@ -364,20 +371,18 @@ def _acl(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    raw_prefix = os.environ.get("RQ_KEY_PREFIX", "").strip()
-    if raw_prefix:  # rq itself rejects a bad prefix when imported, with a traceback: say it in one line first
+    from .config import ConfigError
+
+    try:
+        keys.prepare_environment()  # rq refuses a bad prefix at its import, with a traceback: one line instead
+    except ConfigError as exc:
         import errno
 
         from . import journal
-        from .config import ConfigError, parse_value
         from .notify import Notifier
-        from .variables import BY_NAME
 
-        try:
-            parse_value(BY_NAME["RQ_KEY_PREFIX"], raw_prefix)
-        except ConfigError as exc:
-            journal.setup_logging("INFO")
-            return Notifier().fail(f"configuration error: {exc}", exits.CONFIG, errno.EINVAL)
+        journal.setup_logging("INFO")
+        return Notifier().fail(f"configuration error: {exc}", exits.CONFIG, errno.EINVAL)
     from .service import run
 
     queues = [*args.queue_args, *([args.queues] if args.queues else [])]

@@ -13,12 +13,12 @@ from datetime import datetime
 
 from redis import Redis
 from rq import Queue, Worker
-from rq.defaults import RQ_KEY_PREFIX
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.utils import as_text, utcparse
 from rq.worker import BaseWorker
 
+from . import keys
 from .fencing import recent_fencings
 from .levels import BY_NAME, CRITICAL, LEVELS, OK, WARNING, Threshold
 from .recovery import started_executions
@@ -112,10 +112,10 @@ AUTOSCALER_FORGOTTEN = 86400
 
 
 def _autoscalers(connection: Redis, now: float) -> list[AutoscalerInfo]:
-    from .autoscale import mib, state_key
+    from .autoscale import mib
 
     found = []
-    for raw in connection.hvals(state_key()):
+    for raw in connection.hvals(keys.autoscalers()):
         try:
             s = json.loads(raw)
             age = max(0.0, now - s["at"])
@@ -145,7 +145,7 @@ class Report:
     queues: list[QueueInfo]
     workers: list[WorkerInfo]
     abandoned: list[AbandonedJob]
-    key_prefix: str = RQ_KEY_PREFIX
+    key_prefix: str = field(default_factory=keys.imported)
     fenced: list[FencedWorker] = field(default_factory=list)
     autoscalers: list[AutoscalerInfo] = field(default_factory=list)
     level: int = OK
