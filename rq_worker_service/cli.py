@@ -22,7 +22,7 @@ from .variables import VARIABLES, Variable, boolean
 DESCRIPTION = "Run RQ workers as systemd services, and inspect them."
 DEFAULT_ENV_FILE = "/etc/rq-worker/worker.env"
 THRESHOLDS = ("max_queued", "max_age", "max_failed", "min_workers", "max_heartbeat_age")
-"""The ``status`` options that are ``Threshold``s, named as ``status.evaluate`` takes them."""
+"""The ``status`` options that are ``Threshold``s, named as ``status.judge.evaluate`` takes them."""
 
 
 class CommandError(Exception):
@@ -245,7 +245,8 @@ def _instance_prefixes(args: argparse.Namespace, own: str) -> list[str]:
 
 def _status_per_prefix(args: argparse.Namespace, prefixes: list[str]) -> int:
     """One ``status --json`` per prefix (rq's prefix is fixed once rq is imported), shown in sections."""
-    from .status import render_text, report_from_dict
+    from .status.render import render_text
+    from .status.report import report_from_dict
 
     argv = ["status", "--json", "--env-file", args.env_file] + (["--url", args.url] if args.url else [])
     for queue in args.queues or []:
@@ -281,11 +282,11 @@ def _status(args: argparse.Namespace) -> int:
         prefixes = [] if args.key_prefix or args.prometheus else _instance_prefixes(args, settings.key_prefix)
         if len(prefixes) < 2:
             connection, settings = _connect(args, settings)
-            from .status import collect
+            from .status.collect import collect
 
             report = collect(connection, settings.redis.display, args.queues)
     except (CommandError, redis.exceptions.RedisError) as exc:
-        from .status import render_prometheus
+        from .status.render import render_prometheus
 
         if args.prometheus:
             write_output(render_prometheus(None), args.output)
@@ -302,7 +303,8 @@ def _status(args: argparse.Namespace) -> int:
         raise CommandError(str(exc), getattr(exc, "status", exits.UNAVAILABLE)) from None
     if len(prefixes) > 1:
         return _status_per_prefix(args, prefixes)
-    from .status import evaluate, render_json, render_prometheus, render_text
+    from .status.judge import evaluate
+    from .status.render import render_json, render_prometheus, render_text
 
     evaluate(report, **{name: getattr(args, name) for name in THRESHOLDS})
     if args.prometheus:

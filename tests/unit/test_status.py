@@ -10,19 +10,11 @@ from rq import Queue, Worker
 from rq.utils import now, utcformat
 from testjobs import failing_job, quick_job
 
+from rq_worker_service.levels import CRITICAL, OK, WARNING, Threshold
 from rq_worker_service.rqcompat import mixed_rq_workers
-from rq_worker_service.status import (
-    CRITICAL,
-    OK,
-    WARNING,
-    Threshold,
-    collect,
-    evaluate,
-    render_json,
-    render_prometheus,
-    render_text,
-    unit_of,
-)
+from rq_worker_service.status.collect import collect, unit_of
+from rq_worker_service.status.judge import evaluate
+from rq_worker_service.status.render import render_json, render_prometheus, render_text
 
 
 @pytest.fixture
