@@ -90,3 +90,24 @@ def test_run_settles_the_prefix_before_rq_s_import(prefix, status):
     if status:
         assert f"RQ_KEY_PREFIX={prefix!r} is invalid" in out.stderr
         assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_status_reads_the_instance_files_prefixes_as_the_workers_do(tmp_path):
+    """A padded prefix is the same prefix (one section, not two); a blank one is not set; a bad one is one
+    line naming the file, exit 78."""
+    import argparse
+
+    from rq_worker_service.cli import CommandError, _instance_prefixes
+
+    env_file = tmp_path / "worker.env"
+    (tmp_path / "worker-1.env").write_text("RQ_KEY_PREFIX=' {a} '\n")
+    (tmp_path / "worker-2.env").write_text("RQ_KEY_PREFIX=\n")
+    (tmp_path / "worker-3.env").write_text("RQ_KEY_PREFIX={a}\n")
+    (tmp_path / "worker-4.env").write_text("RQ_KEY_PREFIX={b}\n")
+    args = argparse.Namespace(env_file=str(env_file))
+    assert _instance_prefixes(args, "rq") == ["rq", "{a}", "{b}"]
+    (tmp_path / "worker-5.env").write_text("RQ_KEY_PREFIX=a/b\n")
+    with pytest.raises(CommandError) as caught:
+        _instance_prefixes(args, "rq")
+    assert caught.value.status == 78
+    assert str(caught.value).startswith(f"configuration error in {tmp_path / 'worker-5.env'}: RQ_KEY_PREFIX='a/b'")
