@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__, exits, keys
-from .levels import LEVELS, UNKNOWN, Threshold
+from .levels import UNKNOWN, Threshold
 from .variables import VARIABLES, Variable, boolean
 
 DESCRIPTION = "Run RQ workers as systemd services, and inspect them."
@@ -245,7 +245,7 @@ def _instance_prefixes(args: argparse.Namespace, own: str) -> list[str]:
 
 def _status_per_prefix(args: argparse.Namespace, prefixes: list[str]) -> int:
     """One ``status --json`` per prefix (rq's prefix is fixed once rq is imported), shown in sections."""
-    from .status.render import render_text
+    from .status.render import render_json_per_prefix, render_text_per_prefix
     from .status.report import report_from_dict
 
     argv = ["status", "--json", "--env-file", args.env_file] + (["--url", args.url] if args.url else [])
@@ -261,15 +261,8 @@ def _status_per_prefix(args: argparse.Namespace, prefixes: list[str]) -> int:
         if out.returncode != 0:
             raise CommandError(f"key prefix {prefix}: {out.stderr.strip()}", out.returncode)
         reports.append(report_from_dict(json.loads(out.stdout)))
-    level = max(r.level for r in reports)
-    if args.json:
-        data = {"status": LEVELS[level], "prefixes": [r.to_dict() for r in reports]}
-        text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-    else:
-        text = "".join(f"Key prefix {r.key_prefix}: {r.verdict}\n" for r in reports)
-        text += "".join(f"\n== Key prefix {r.key_prefix} ==\n{render_text(r)}" for r in reports)
-    write_output(text, args.output)
-    return level if args.check else 0
+    write_output(render_json_per_prefix(reports) if args.json else render_text_per_prefix(reports), args.output)
+    return max(r.level for r in reports) if args.check else 0
 
 
 def _status(args: argparse.Namespace) -> int:

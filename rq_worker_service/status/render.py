@@ -1,10 +1,12 @@
-"""``status``'s renderings of one judged report: a table for people, JSON for scripts, and the
-Prometheus text exposition format for monitoring (node_exporter's textfile collector)."""
+"""``status``'s renderings of judged reports: a table for people, JSON for scripts, and the
+Prometheus text exposition format for monitoring (node_exporter's textfile collector); with
+several key prefixes, one section per prefix under their verdicts."""
 
 from __future__ import annotations
 
 import json
 
+from ..levels import LEVELS
 from .report import Report
 
 
@@ -60,6 +62,18 @@ def render_text(report: Report) -> str:
 
 def render_json(report: Report) -> str:
     return json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n"
+
+
+def render_text_per_prefix(reports: list[Report]) -> str:
+    """Each prefix's verdict first, then each prefix's table in its section."""
+    text = "".join(f"Key prefix {r.key_prefix}: {r.verdict}\n" for r in reports)
+    return text + "".join(f"\n== Key prefix {r.key_prefix} ==\n{render_text(r)}" for r in reports)
+
+
+def render_json_per_prefix(reports: list[Report]) -> str:
+    """The worst status over all prefixes, and each prefix's report."""
+    data = {"status": LEVELS[max(r.level for r in reports)], "prefixes": [r.to_dict() for r in reports]}
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
 def _label(value: str) -> str:
