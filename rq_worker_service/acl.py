@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+from .keys import everything
+
 CATEGORIES = ("-@all", "+@read", "+@write", "+@transaction", "+@connection", "-@dangerous")
 """Key-bound reads and writes (lists, hashes, sorted sets, streams …), MULTI/EXEC/WATCH, and
 PING/HELLO/WAIT/CLIENT SETNAME; then nothing marked dangerous."""
@@ -30,8 +32,8 @@ OPTIONAL = {
 
 def rule(key_prefix: str = "rq") -> str:
     """The ACL rule (keys, channels, commands) for everything under ``key_prefix``."""
-    return " ".join(("resetkeys", f"~{key_prefix}:*", "resetchannels", f"&{key_prefix}:*", *CATEGORIES,
-                     *COMMANDS, *OPTIONAL))
+    scope = everything(key_prefix)
+    return " ".join(("resetkeys", f"~{scope}", "resetchannels", f"&{scope}", *CATEGORIES, *COMMANDS, *OPTIONAL))
 
 
 def setuser(user: str, key_prefix: str = "rq") -> str:

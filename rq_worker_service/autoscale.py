@@ -68,21 +68,6 @@ def unit_name(number: int) -> str:
     return f"rq-worker@{number}.service"
 
 
-def state_key() -> str:
-    """Hash: host name → its autoscaler's last state as JSON (``rq-worker-service status`` shows it).
-    A function: rq reads RQ_KEY_PREFIX when first imported, which must be after the configuration."""
-    from rq.defaults import RQ_KEY_PREFIX
-
-    return f"{RQ_KEY_PREFIX}:service:autoscalers"
-
-
-def step_key() -> str:
-    """String: the host that stepped up last, for one up cool-down (``autoscaler``)."""
-    from rq.defaults import RQ_KEY_PREFIX
-
-    return f"{RQ_KEY_PREFIX}:service:autoscale-step"
-
-
 @dataclass(frozen=True)
 class Observation:
     """What the autoscaler saw in one look."""

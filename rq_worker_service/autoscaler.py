@@ -13,7 +13,6 @@ is kept in its state directory, so that after a restart it still never stops one
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import select
@@ -25,8 +24,9 @@ from datetime import datetime
 from pathlib import Path
 from types import FrameType
 
-from . import exits, journal
+from . import exits, journal, keys
 from .autoscale import MIB, RUNNING_STATES, Decision, Instance, Limits, Observation, Scaler, unit_name
+from .autoscale_report import AutoscalerReport, ReportedInstance
 from .config import ConfigError, Settings, load_settings, read, worker_name
 from .envfiles import commands_environment
 from .notify import Notifier
@@ -136,7 +136,7 @@ class Autoscaler:
         return sum(pipe.execute())
 
     def observe(self) -> Observation:
-        from .status import oldest_age
+        from .status.collect import oldest_age
 
         units = self.units.instances()
         loaded = {u.number for u in units if u.active_state != "inactive"}
@@ -185,9 +185,7 @@ class Autoscaler:
         for the up cool-down; the others see its work before they decide again. Returns the holder."""
         from rq.utils import as_text
 
-        from .autoscale import step_key
-
-        key, ttl = step_key(), int(self.limits.up_cooldown * 1000)
+        key, ttl = keys.autoscale_step(), int(self.limits.up_cooldown * 1000)
         if self.connection.set(key, self.host, nx=True, px=ttl):
             return self.host
         holder = self.connection.get(key)
@@ -222,35 +220,23 @@ class Autoscaler:
         running = [i for i in self.seen.instances if i.running] if self.seen else []
         return len(running), sum(1 for i in running if i.busy)
 
-    def state(self) -> dict:
+    def report(self) -> AutoscalerReport:
         """What ``rq-worker-service status`` shows about this autoscaler."""
-        seen, limits = self.seen, self.limits
+        seen = self.seen
         running, busy = self._counts()
-        return {
-            "host": self.host, "at": time.time(),
-            "limits": {"min": limits.minimum, "max": limits.maximum, "max_wait": limits.max_wait,
-                       "jobs_per_instance": limits.jobs_per_instance, "up_cooldown": limits.up_cooldown,
-                       "down_cooldown": limits.down_cooldown, "stop_others": limits.stop_others,
-                       "memory_reserve": limits.memory_reserve},
-            "queues": [q.name for q in self.queues],
-            "instances": [{"number": i.number, "state": i.state, "busy": i.busy, "ours": i.ours}
-                          for i in (seen.instances if seen else ())],
-            "running": running, "busy": busy,
-            "queued": seen.queued if seen else None, "oldest": seen.oldest if seen else None,
-            "available": seen.available if seen else None, "instance_memory": self.scaler.instance_memory,
-            "last_decision": str(self.last) if self.last else None, "last_decision_at": self.last_at,
-            "now": self.holding,
-        }
+        instances = seen.instances if seen else ()
+        return AutoscalerReport(
+            host=self.host, at=time.time(), limits=self.limits, queues=tuple(q.name for q in self.queues),
+            instances=tuple(ReportedInstance(i.number, i.state, i.busy, i.ours) for i in instances),
+            running=running, busy=busy, queued=seen.queued if seen else None, oldest=seen.oldest if seen else None,
+            available=seen.available if seen else None, instance_memory=self.scaler.instance_memory,
+            last_decision=str(self.last) if self.last else None, last_decision_at=self.last_at, holding=self.holding)
 
     def publish(self) -> None:
-        from .autoscale import state_key
-
-        self.connection.hset(state_key(), self.host, json.dumps(self.state()))
+        self.connection.hset(keys.autoscalers(), self.host, self.report().to_json())
 
     def withdraw(self) -> None:
-        from .autoscale import state_key
-
-        self.connection.hdel(state_key(), self.host)
+        self.connection.hdel(keys.autoscalers(), self.host)
 
     def summary(self) -> str:
         """STATUS= for ``systemctl status rq-worker-autoscale``."""
@@ -308,7 +294,7 @@ def run(env_file: str) -> int:
         settings, limits, queues, interval = _configure(env_file)
     except ConfigError as exc:
         return notifier.fail(f"configuration error: {exc}", exits.CONFIG, errno.EINVAL)
-    os.environ["RQ_KEY_PREFIX"] = settings.key_prefix  # before rq is first imported (rq reads it then)
+    keys.export(settings.key_prefix)
     import redis
 
     from .acl import denied

@@ -15,14 +15,14 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import __version__, exits
-from .levels import LEVELS, UNKNOWN, Threshold
+from . import __version__, exits, keys
+from .levels import UNKNOWN, Threshold
 from .variables import VARIABLES, Variable, boolean
 
 DESCRIPTION = "Run RQ workers as systemd services, and inspect them."
 DEFAULT_ENV_FILE = "/etc/rq-worker/worker.env"
 THRESHOLDS = ("max_queued", "max_age", "max_failed", "min_workers", "max_heartbeat_age")
-"""The ``status`` options that are ``Threshold``s, named as ``status.evaluate`` takes them."""
+"""The ``status`` options that are ``Threshold``s, named as ``status.judge.evaluate`` takes them."""
 
 
 class CommandError(Exception):
@@ -184,8 +184,7 @@ def _settings(args: argparse.Namespace):
         settings = load_settings(commands_environment(env_file, Path.cwd() / ".env"), {"url": args.url})
     except ConfigError as exc:
         raise CommandError(f"configuration error: {exc}", exits.CONFIG) from None
-    # rq reads its key prefix when first imported: the commands import it only after this.
-    os.environ["RQ_KEY_PREFIX"] = settings.key_prefix
+    keys.export(settings.key_prefix)  # the commands import rq only after this
     return settings
 
 
@@ -224,21 +223,30 @@ def _instance_prefixes(args: argparse.Namespace, own: str) -> list[str]:
     """``own`` and every other RQ_KEY_PREFIX the instance files beside the env file set."""
     from dotenv import dotenv_values
 
+    from .config import ConfigError
+
     env_file = Path(args.env_file)
     prefixes = [own]
     for path in sorted(env_file.parent.glob(f"{env_file.stem}-*.env")):
         try:
-            value = dotenv_values(path).get("RQ_KEY_PREFIX")
+            value = dotenv_values(path).get(keys.VARIABLE)
         except OSError:
             continue  # an instance file we may not read: its workers' own status shows them
-        if value and value not in prefixes:
-            prefixes.append(value)
+        if not value or not value.strip():
+            continue  # not set there: its workers use the env file's
+        try:
+            prefix = keys.from_environment({keys.VARIABLE: value})
+        except ConfigError as exc:
+            raise CommandError(f"configuration error in {path}: {exc}", exits.CONFIG) from None
+        if prefix not in prefixes:
+            prefixes.append(prefix)
     return prefixes
 
 
 def _status_per_prefix(args: argparse.Namespace, prefixes: list[str]) -> int:
     """One ``status --json`` per prefix (rq's prefix is fixed once rq is imported), shown in sections."""
-    from .status import render_text, report_from_dict
+    from .status.render import render_json_per_prefix, render_text_per_prefix
+    from .status.report import report_from_dict
 
     argv = ["status", "--json", "--env-file", args.env_file] + (["--url", args.url] if args.url else [])
     for queue in args.queues or []:
@@ -253,32 +261,25 @@ def _status_per_prefix(args: argparse.Namespace, prefixes: list[str]) -> int:
         if out.returncode != 0:
             raise CommandError(f"key prefix {prefix}: {out.stderr.strip()}", out.returncode)
         reports.append(report_from_dict(json.loads(out.stdout)))
-    level = max(r.level for r in reports)
-    if args.json:
-        data = {"status": LEVELS[level], "prefixes": [r.to_dict() for r in reports]}
-        text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-    else:
-        text = "".join(f"Key prefix {r.key_prefix}: {r.verdict}\n" for r in reports)
-        text += "".join(f"\n== Key prefix {r.key_prefix} ==\n{render_text(r)}" for r in reports)
-    write_output(text, args.output)
-    return level if args.check else 0
+    write_output(render_json_per_prefix(reports) if args.json else render_text_per_prefix(reports), args.output)
+    return max(r.level for r in reports) if args.check else 0
 
 
 def _status(args: argparse.Namespace) -> int:
     import redis
 
     if args.key_prefix:
-        os.environ["RQ_KEY_PREFIX"] = args.key_prefix  # read below as the shell's environment: it wins
+        keys.export(args.key_prefix)  # read below as the shell's environment: it wins (and is validated)
     try:
         settings = _settings(args)
         prefixes = [] if args.key_prefix or args.prometheus else _instance_prefixes(args, settings.key_prefix)
         if len(prefixes) < 2:
             connection, settings = _connect(args, settings)
-            from .status import collect
+            from .status.collect import collect
 
             report = collect(connection, settings.redis.display, args.queues)
     except (CommandError, redis.exceptions.RedisError) as exc:
-        from .status import render_prometheus
+        from .status.render import render_prometheus
 
         if args.prometheus:
             write_output(render_prometheus(None), args.output)
@@ -295,7 +296,8 @@ def _status(args: argparse.Namespace) -> int:
         raise CommandError(str(exc), getattr(exc, "status", exits.UNAVAILABLE)) from None
     if len(prefixes) > 1:
         return _status_per_prefix(args, prefixes)
-    from .status import evaluate, render_json, render_prometheus, render_text
+    from .status.judge import evaluate
+    from .status.render import render_json, render_prometheus, render_text
 
     evaluate(report, **{name: getattr(args, name) for name in THRESHOLDS})
     if args.prometheus:
@@ -364,20 +366,18 @@ def _acl(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    raw_prefix = os.environ.get("RQ_KEY_PREFIX", "").strip()
-    if raw_prefix:  # rq itself rejects a bad prefix when imported, with a traceback: say it in one line first
+    from .config import ConfigError
+
+    try:
+        keys.prepare_environment()  # rq refuses a bad prefix at its import, with a traceback: one line instead
+    except ConfigError as exc:
         import errno
 
         from . import journal
-        from .config import ConfigError, parse_value
         from .notify import Notifier
-        from .variables import BY_NAME
 
-        try:
-            parse_value(BY_NAME["RQ_KEY_PREFIX"], raw_prefix)
-        except ConfigError as exc:
-            journal.setup_logging("INFO")
-            return Notifier().fail(f"configuration error: {exc}", exits.CONFIG, errno.EINVAL)
+        journal.setup_logging("INFO")
+        return Notifier().fail(f"configuration error: {exc}", exits.CONFIG, errno.EINVAL)
     from .service import run
 
     queues = [*args.queue_args, *([args.queues] if args.queues else [])]

@@ -19,11 +19,11 @@ from typing import Any
 
 import redis
 from rq import Queue, Retry
-from rq.defaults import RQ_KEY_PREFIX
 from rq.job import Job, JobStatus
 from rq.utils import as_text
 
-from .config import ConfigError, Settings, load_settings
+from . import keys
+from .config import Settings, load_settings
 from .connection import make_connection, refresh_primary
 
 PENDING = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
@@ -54,7 +54,7 @@ def wait_for_replicas(connection: redis.Redis, job: Job, settings: Settings) -> 
     """
     wanted = settings.enqueue_wait_replicas
     with connection.pipeline(transaction=False) as pipe:
-        pipe.incr(f"{settings.key_prefix}:service:enqueued")
+        pipe.incr(keys.enqueued())
         pipe.wait(wanted, int(settings.enqueue_wait_timeout * 1000))
         _, acknowledged = pipe.execute()
     if acknowledged < wanted:
@@ -79,9 +79,7 @@ def enqueue(func: Callable[..., Any] | str, *args: Any, queue: str = "default", 
     not be queued then: enqueue again with the same ``job_id`` to be sure of one job).
     """
     settings = settings_from_env(env)
-    if settings.key_prefix != RQ_KEY_PREFIX:  # rq read its prefix when the app imported it
-        raise ConfigError("RQ_KEY_PREFIX", settings.key_prefix, f"the prefix rq was imported with "
-                          f"({RQ_KEY_PREFIX!r}): set RQ_KEY_PREFIX in the environment before the app imports rq")
+    keys.check_imported(settings.key_prefix)  # rq read its prefix when the app imported it
     conn = connection if connection is not None else make_connection(settings.redis, settings.key_prefix)
     if retry is _UNSET:
         retry = Retry(max=settings.retry_max, interval=settings.retry_delay) if settings.retry_max > 0 else None

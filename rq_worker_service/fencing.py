@@ -28,18 +28,15 @@ from dataclasses import dataclass
 
 import redis
 from redis import Redis
-from rq.defaults import RQ_KEY_PREFIX
+
+from . import keys
 
 log = logging.getLogger("rq_worker_service.fencing")
 
-BEATS_KEY = f"{RQ_KEY_PREFIX}:service:deadlines"
-"""Sorted set: member worker name → Redis server time (s) by which it must beat again."""
-MEMBERS_KEY = f"{RQ_KEY_PREFIX}:service:members"
-"""Hash: member worker name → JSON {host, pid, queues}: what a fencer needs once rq's record is gone."""
-FENCED_KEY = f"{RQ_KEY_PREFIX}:service:fenced"
-"""Hash: worker name → JSON {by, at} while it is fenced; its next beat fails, its next start clears it."""
-HISTORY_KEY = f"{RQ_KEY_PREFIX}:service:fencings"
-"""List, newest first: JSON of each fencing (worker, host, by, at, jobs), shown by ``status``."""
+BEATS_KEY = keys.fencing_deadlines()
+MEMBERS_KEY = keys.fencing_members()
+FENCED_KEY = keys.fencing_fenced()
+HISTORY_KEY = keys.fencing_history()
 HISTORY_LENGTH = 100
 FENCED_KEEP = 24 * 3600
 """Seconds a fencing stays listed by ``status``."""

@@ -15,10 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import redis
-from rq.defaults import RQ_KEY_PREFIX
 from rq.exceptions import StopRequested
 
-from . import exits, journal
+from . import exits, journal, keys
 from .acl import denied
 from .config import ConfigError, Settings, load_settings, virtualenv_site_packages
 from .connection import (
@@ -96,11 +95,12 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
         log.info("Configuration OK: worker %s (%s) for queues %s on Redis %s", settings.name, settings.worker_class,
                  ", ".join(settings.queues), settings.redis.display)
         return exits.OK
-    if settings.key_prefix != RQ_KEY_PREFIX:
+    try:
+        keys.check_imported(settings.key_prefix)
+    except ConfigError as exc:
         # rq reads its key prefix once, when it is imported; this one came from a file read since.
         if os.environ.get(PREFIX_REEXEC_VAR):
-            return notifier.fail(f"configuration error: rq was imported with key prefix {RQ_KEY_PREFIX!r}, not "
-                                 f"RQ_KEY_PREFIX={settings.key_prefix!r}", exits.CONFIG, errno.EINVAL)
+            return notifier.fail(f"configuration error: {exc}", exits.CONFIG, errno.EINVAL)
         reexec(PREFIX_REEXEC_VAR)
     os.environ.pop(PREFIX_REEXEC_VAR, None)
     journal.setup_logging(settings.log_level)

@@ -12,9 +12,13 @@ from rq import Queue, Worker
 from testjobs import quick_job
 
 from rq_worker_service.autoscale import MIB, Instance, Limits, Observation, Scaler
+from rq_worker_service.autoscale_report import AutoscalerReport, ReportedInstance
 from rq_worker_service.autoscaler import Autoscaler, limits_from, memory_available
 from rq_worker_service.config import ConfigError
-from rq_worker_service.status import collect, evaluate, render_json, render_prometheus, render_text, report_from_dict
+from rq_worker_service.status.collect import collect
+from rq_worker_service.status.judge import evaluate
+from rq_worker_service.status.render import render_json, render_prometheus, render_text
+from rq_worker_service.status.report import report_from_dict
 from rq_worker_service.systemd_units import UnitsError, UnitState
 
 LIMITS = Limits(minimum=1, maximum=4, max_wait=30, jobs_per_instance=10, up_cooldown=15, down_cooldown=60)
@@ -285,6 +289,50 @@ def test_a_report_gone_quiet_is_stale_and_warns(conn, tmp_path, clock):
     assert "the autoscaler on web1 has not reported for 300s" in report.verdict
     scaler.withdraw()
     assert collect(conn, "redis://fake").autoscalers == []
+
+
+REPORT_JSON = {
+    "host": "web1", "at": 1764480000.5,
+    "limits": {"min": 2, "max": 6, "max_wait": 45.0, "jobs_per_instance": 7, "up_cooldown": 20.0,
+               "down_cooldown": 90.0, "stop_others": True, "memory_reserve": 300 * MIB},
+    "queues": ["high", "default"],
+    "instances": [{"number": 1, "state": "active", "busy": False, "ours": False},
+                  {"number": 3, "state": "activating", "busy": True, "ours": True}],
+    "running": 2, "busy": 1, "queued": 12, "oldest": 31.5, "available": 2048 * MIB, "instance_memory": 120 * MIB,
+    "last_decision": "queued=12 … → start rq-worker@3: oldest waited ≥ 30s", "last_decision_at": 1764479990.0,
+    "now": "oldest waited ≥ 30s, in the up cool-down (20s)",
+}
+"""A report as the autoscaler has always written it (the names in Redis): every field set."""
+
+
+def test_the_autoscaler_report_round_trips_through_its_json_and_keeps_its_names_in_redis():
+    """One class on both sides: a field the writer adds but the reader drops (or reads back as something
+    else) breaks the round trip; a renamed key breaks the comparison with the stored names."""
+    report = AutoscalerReport.from_json(json.dumps(REPORT_JSON))
+    assert report == AutoscalerReport(
+        host="web1", at=1764480000.5,
+        limits=Limits(minimum=2, maximum=6, max_wait=45.0, jobs_per_instance=7, up_cooldown=20.0,
+                      down_cooldown=90.0, stop_others=True, memory_reserve=300 * MIB),
+        queues=("high", "default"),
+        instances=(ReportedInstance(1, "active", False, False), ReportedInstance(3, "activating", True, True)),
+        running=2, busy=1, queued=12, oldest=31.5, available=2048 * MIB, instance_memory=120 * MIB,
+        last_decision=REPORT_JSON["last_decision"], last_decision_at=1764479990.0, holding=REPORT_JSON["now"])
+    assert json.loads(report.to_json()) == REPORT_JSON
+    assert AutoscalerReport.from_json(report.to_json()) == report
+    assert AutoscalerReport.from_json(json.dumps({**REPORT_JSON, "added_later": 1})) == report  # a newer writer
+    with pytest.raises(KeyError):
+        AutoscalerReport.from_json(json.dumps({k: v for k, v in REPORT_JSON.items() if k != "now"}))
+
+
+def test_what_the_autoscaler_publishes_is_what_status_reads(conn, tmp_path, clock):
+    register(conn, "web1", 1, "busy")
+    Queue("default", connection=conn).enqueue(quick_job)
+    scaler = make(conn, FakeUnits((1, "active")), tmp_path, clock)
+    scaler.step()
+    stored = AutoscalerReport.from_json(conn.hget("rq:service:autoscalers", "web1"))
+    assert stored.limits == LIMITS and stored.queues == ("default",) and stored.queued == 1
+    assert stored.instances == (ReportedInstance(1, "active", busy=True, ours=False),)
+    assert (stored.running, stored.busy, stored.instance_memory) == (1, 1, 40 * MIB)  # FakeUnits' MemoryCurrent
 
 
 def test_an_instance_being_restarted_still_counts(conn, tmp_path, clock):

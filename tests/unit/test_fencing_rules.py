@@ -13,9 +13,12 @@ from rq import Queue
 from testjobs import quick_job
 
 from rq_worker_service.fencing import BEATS_KEY, FENCED_KEY, HISTORY_KEY, Membership, recent_fencings
+from rq_worker_service.levels import WARNING
 from rq_worker_service.orphans import SETTLE, IntermediateWatch, settle
 from rq_worker_service.recovery import predecessor_hung
-from rq_worker_service.status import WARNING, collect, evaluate, render_prometheus, render_text
+from rq_worker_service.status.collect import collect
+from rq_worker_service.status.judge import evaluate
+from rq_worker_service.status.render import render_prometheus, render_text
 
 
 @pytest.fixture

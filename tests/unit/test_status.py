@@ -10,19 +10,18 @@ from rq import Queue, Worker
 from rq.utils import now, utcformat
 from testjobs import failing_job, quick_job
 
+from rq_worker_service.levels import CRITICAL, OK, WARNING, Threshold
 from rq_worker_service.rqcompat import mixed_rq_workers
-from rq_worker_service.status import (
-    CRITICAL,
-    OK,
-    WARNING,
-    Threshold,
-    collect,
-    evaluate,
+from rq_worker_service.status.collect import collect, unit_of
+from rq_worker_service.status.judge import evaluate
+from rq_worker_service.status.render import (
     render_json,
+    render_json_per_prefix,
     render_prometheus,
     render_text,
-    unit_of,
+    render_text_per_prefix,
 )
+from rq_worker_service.status.report import report_from_dict
 
 
 @pytest.fixture
@@ -161,6 +160,24 @@ def test_prometheus_output_parses_and_carries_the_figures(conn):
     assert {s.labels["outcome"] for s in families["rq_worker_jobs"].samples} == {"successful", "failed"}
     down = {f.name: f for f in text_string_to_metric_families(render_prometheus(None))}
     assert down["rq_up"].samples[0].value == 0
+
+
+def test_several_prefixes_are_one_section_each_under_their_verdicts(conn):
+    """``status`` with instance files of other prefixes: each prefix's report, read back from its own
+    process's JSON; the worst level is the status."""
+    Queue("default", connection=conn).enqueue(quick_job, 1)
+    quiet = report_from_dict(json.loads(render_json(evaluate(collect(conn, "r")))))
+    quiet.key_prefix = "{a}"
+    idle = report_from_dict(json.loads(render_json(evaluate(collect(conn, "r"), max_queued=Threshold(5)))))
+    idle.key_prefix = "{b}"
+    assert (quiet.level, idle.level) == (CRITICAL, CRITICAL)  # queued, and no live worker
+    idle.level, idle.problems = OK, []
+    text = render_text_per_prefix([quiet, idle])
+    assert text.splitlines()[:3] == [f"Key prefix {{a}}: {quiet.verdict}", f"Key prefix {{b}}: {idle.verdict}", ""]
+    assert text.endswith(f"\n== Key prefix {{a}} ==\n{render_text(quiet)}\n== Key prefix {{b}} ==\n{render_text(idle)}")
+    data = json.loads(render_json_per_prefix([idle, quiet]))
+    assert data["status"] == "CRITICAL" and [p["key_prefix"] for p in data["prefixes"]] == ["{b}", "{a}"]
+    assert json.loads(render_json_per_prefix([idle]))["status"] == "OK"
 
 
 def test_unit_of():

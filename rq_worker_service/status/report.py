@@ -1,0 +1,130 @@
+"""The figures of one ``status``: what ``collect`` reads, ``judge`` sets a verdict on and ``render`` shows.
+
+``to_dict`` is the JSON of ``status --json``; ``report_from_dict`` reads it back (``status`` runs
+one process per key prefix, as rq's prefix is fixed once rq is imported).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from .. import keys
+from ..levels import BY_NAME, LEVELS, OK
+
+
+@dataclass
+class QueueInfo:
+    name: str
+    queued: int
+    oldest_age: float | None
+    started: int
+    scheduled: int
+    deferred: int
+    failed: int
+    finished: int
+
+
+@dataclass
+class WorkerInfo:
+    name: str
+    host: str
+    unit: str | None
+    pid: int | None
+    state: str
+    queues: list[str]
+    job_id: str | None
+    job_func: str | None
+    job_running_for: float | None
+    heartbeat_age: float | None
+    stale: bool
+    successful_jobs: int
+    failed_jobs: int
+    rq_version: str
+
+
+@dataclass
+class AbandonedJob:
+    job_id: str
+    queue: str
+    func: str
+    worker: str
+    since: float | None
+
+
+@dataclass
+class FencedWorker:
+    """A worker another one fenced (``fencing``): where it ran, who fenced it, what was rescued."""
+
+    worker: str
+    host: str
+    by: str
+    ago: float
+    jobs: list[str]
+
+
+AUTOSCALER_STALE = 60
+"""Seconds without a report after which an autoscaler is shown stale (it reports every few seconds)."""
+
+
+@dataclass
+class AutoscalerInfo:
+    """A host's autoscaler as ``status`` shows it, from its last ``autoscale_report.AutoscalerReport``."""
+
+    host: str
+    age: float
+    """Seconds since its last report; past AUTOSCALER_STALE it is shown stale (stopped or stuck)."""
+    running: int
+    busy: int
+    minimum: int
+    maximum: int
+    queued: int | None
+    holding: str
+    """Why it neither starts nor stops now, when there is a reason worth saying ('' otherwise)."""
+    last_decision: str | None
+    last_decision_age: float | None
+    instances: list[str]
+    """``<n>:<state>``, with ``*`` for those it started."""
+    memory: str
+    """Available memory, the largest instance, the reserve (what caps starts)."""
+
+    @property
+    def stale(self) -> bool:
+        return self.age > AUTOSCALER_STALE
+
+
+@dataclass
+class Report:
+    redis: str
+    queues: list[QueueInfo]
+    workers: list[WorkerInfo]
+    abandoned: list[AbandonedJob]
+    key_prefix: str = field(default_factory=keys.imported)
+    fenced: list[FencedWorker] = field(default_factory=list)
+    autoscalers: list[AutoscalerInfo] = field(default_factory=list)
+    level: int = OK
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def verdict(self) -> str:
+        if self.problems:
+            return f"{LEVELS[self.level]}: " + "; ".join(self.problems)
+        queued = sum(q.queued for q in self.queues)
+        busy = sum(1 for w in self.workers if w.state == "busy")
+        return (f"OK: {len(self.workers)} workers ({busy} busy), {queued} queued, "
+                f"{sum(q.failed for q in self.queues)} failed")
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["status"] = LEVELS[self.level]
+        data["verdict"] = self.verdict
+        return data
+
+
+def report_from_dict(data: dict) -> Report:
+    """A report read back from ``Report.to_dict``'s JSON."""
+    return Report(redis=data["redis"], queues=[QueueInfo(**q) for q in data["queues"]],
+                  workers=[WorkerInfo(**w) for w in data["workers"]],
+                  abandoned=[AbandonedJob(**a) for a in data["abandoned"]], key_prefix=data["key_prefix"],
+                  fenced=[FencedWorker(**f) for f in data.get("fenced", [])],
+                  autoscalers=[AutoscalerInfo(**a) for a in data.get("autoscalers", [])],
+                  level=BY_NAME[data["status"]], problems=data["problems"])
