@@ -62,9 +62,9 @@ class AutoscalerReport:
     def from_json(cls, raw: str | bytes) -> AutoscalerReport:
         """Raises ValueError, KeyError or TypeError for what is not a report of this shape."""
         data = json.loads(raw)
-        return cls(**{**_fields(cls, data), "limits": Limits(**_fields(Limits, data["limits"])),
+        return cls(**{**_known(cls, data), "limits": Limits(**_known(Limits, data["limits"])),
                       "queues": tuple(data["queues"]),
-                      "instances": tuple(ReportedInstance(**_fields(ReportedInstance, i)) for i in data["instances"])})
+                      "instances": tuple(ReportedInstance(**_known(ReportedInstance, i)) for i in data["instances"])})
 
 
 def _wire(value: Any) -> Any:
@@ -75,6 +75,6 @@ def _wire(value: Any) -> Any:
     return value
 
 
-def _fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
     """``cls``'s fields from ``data``, by their JSON keys; keys of a newer version are left out."""
     return {f.name: data[_WIRE_NAMES.get(f.name, f.name)] for f in fields(cls)}
