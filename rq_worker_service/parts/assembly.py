@@ -116,8 +116,9 @@ class ServiceParts:
         return self.clock() >= self.next_tick or self.woken.is_set() or self.rescue.lost is not None
 
     def tick(self, *, alive: bool = True, main_loop: bool = True) -> None:
-        """Every part's hooks, in order. ``alive``: ping the watchdog and beat (the main loop always
-        does); ``main_loop``: False on the simple worker's watch thread, which waits on its own event."""
+        """Every part's hooks, in order. ``alive``: ping the watchdog and beat (every tick of the main
+        loop is alive; only the simple worker's watch thread ticks without, once its job overran);
+        ``main_loop``: False on that thread, which waits on an event of its own."""
         self.next_tick = self.clock() + self.interval
         if main_loop:
             self.woken.clear()
