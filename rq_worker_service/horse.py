@@ -57,7 +57,8 @@ def main(argv: list[str]) -> None:
     journal.set_worker(worker.name)
     journal.set_job(job.id, job_func(job), queue.name)
     worker._is_horse = True
-    worker._main_pid = int(parent_pid)  # our main_work_horse dies with it
+    if isinstance(worker, ServiceWorkerMixin):
+        worker.parts.main_pid = int(parent_pid)  # our main_work_horse dies with it
     worker.main_work_horse(job, queue)
 
 

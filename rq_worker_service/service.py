@@ -33,9 +33,10 @@ from .envfiles import refresh_environment
 from .lifecycle import Phase
 from .notify import Notifier
 from .orphans import settle
+from .parts.reporting import COUNTS_VAR
 from .recovery import WorkerNameInUse, predecessor_hung, recover_predecessor
 from .rqcompat import mixed_rq_workers
-from .worker import COUNTS_VAR, ServiceWorkerMixin
+from .worker import ServiceWorkerMixin
 from .worker_classes import WORKER_CLASSES
 
 log = logging.getLogger("rq_worker_service")
@@ -123,7 +124,7 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
         if recovered:
             log.warning("Recovered %d job(s) from this instance's previous run", len(recovered))
         worker = build_worker(settings, connection, notifier)
-        settle(worker.orphans)  # a job our predecessor popped but never started runs now, not a tick later
+        settle(worker.parts.orphans)  # a job our predecessor popped but never started runs now, not a tick later
         worker.work(with_scheduler=settings.with_scheduler, logging_level=settings.log_level)
     except RedisUnavailable as exc:
         return notifier.fail(str(exc), exits.UNAVAILABLE, errno.ECONNREFUSED)
@@ -145,10 +146,10 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
                              f"({exc}); exiting so that systemd restarts this instance against the slot's new owner",
                              exits.UNAVAILABLE, errno.ECONNRESET)
 
-    if worker.lifecycle.phase is Phase.RELOADING:
-        os.environ[COUNTS_VAR] = "{},{}".format(*worker.job_counts)
+    if worker.parts.lifecycle.phase is Phase.RELOADING:
+        os.environ[COUNTS_VAR] = "{},{}".format(*worker.parts.counters.job_counts)
         reexec()
-    if worker.lifecycle.phase is Phase.STOPPING:
+    if worker.parts.lifecycle.phase is Phase.STOPPING:
         log.info("Stopped")
         return exits.OK
     return notifier.fail("the worker loop ended without a stop request (see the error above); exiting so that "

@@ -16,6 +16,7 @@ from rq.job import Job
 from rq.queue import Queue
 
 from .handoff import Handoff
+from .parts.jobwatch import JobWatch
 from .worker import ServiceWorkerMixin
 
 HORSE_CONFIG_VAR = "RQ_WORKER_SERVICE_HORSE_CONFIG"
@@ -34,16 +35,21 @@ class ServiceWorker(ServiceWorkerMixin, Worker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.handoff = Handoff(self.connection)
+        self.parts.handoff = Handoff(self.connection)
+
+    @property
+    def _handoff(self) -> Handoff:
+        assert self.parts.handoff is not None  # (set in __init__)
+        return self.parts.handoff
 
     def fork_work_horse(self, job: Job, queue: Queue) -> None:
-        self.handoff.prepare()  # opened while the previous horse ran; the first job's, now
+        self._handoff.prepare()  # opened while the previous horse ran; the first job's, now
         super().fork_work_horse(job, queue)  # (the horse never returns from here)
-        self.handoff.forked(self._horse_pid)
-        self.handoff.prepare()  # the next horse's, while this one runs
+        self._handoff.forked(self._horse_pid)
+        self._handoff.prepare()  # the next horse's, while this one runs
 
     def main_work_horse(self, job: Job, queue: Queue) -> None:
-        self.handoff.adopt()
+        self._handoff.adopt()
         super().main_work_horse(job, queue)
 
 
@@ -73,60 +79,35 @@ class ServiceSpawnWorker(ServiceWorkerMixin, SpawnWorker):
 
 
 class ServiceSimpleWorker(ServiceWorkerMixin, SimpleWorker):
-    """``RQ_WORKER_CLASS=simple``: jobs run in the main process.
+    """``RQ_WORKER_CLASS=simple``: jobs run in the main process, watched by a thread (``parts.jobwatch``)."""
 
-    rq's loop has no hook while such a job runs, so a watch thread ticks instead — but it pings the
-    watchdog only until the job's own timeout (plus rq's 60 s grace) has passed: a job stuck beyond
-    the limit that rq's SIGALRM could not end (e.g. hung in C code) stops the pings, and systemd
-    restarts the instance. Jobs without a timeout (-1) cannot be watched that way.
-    """
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.parts.watch = JobWatch(lambda alive: self.parts.tick(alive=alive, main_loop=False), self.parts.interval)
+        self.parts.add(self.parts.watch)  # a signal's wake reaches its thread too
 
     def _install_signal_handlers(self) -> None:
         super()._install_signal_handlers()
         signal.signal(signal.SIGUSR1, self._raise_interrupt)
 
     def _raise_interrupt(self, signum: int, frame: FrameType | None) -> None:
-        if self.lifecycle.job is not None and self.lifecycle.cut_reason is not None:
-            raise JobInterrupted(self.lifecycle.cut_reason)
+        lifecycle = self.parts.lifecycle
+        if lifecycle.job is not None and lifecycle.cut_reason is not None:
+            raise JobInterrupted(lifecycle.cut_reason)
 
     def _stop_job(self) -> None:
         """The job runs in the main thread: interrupt it there (SIGUSR1 raises JobInterrupted)."""
         signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)  # type: ignore[arg-type]
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._watched: tuple[float, float | None] | None = None  # (start, limit) of the job in hand
-        self._watch: threading.Thread | None = None
-        self._watch_lock, self._watch_wake = threading.Lock(), threading.Event()
-        super().__init__(*args, **kwargs)
-
-    def _wake_tick(self) -> None:
-        super()._wake_tick()
-        self._watch_wake.set()
-
     def execute_job(self, job: Job, queue: Queue) -> None:
-        """Run the job in this thread while the watch thread ticks. The thread lives as long as the
-        worker (one per job cost a thread start and join on every job) and ticks only while a job
-        is in hand; between jobs the main loop ticks, so the two never tick at once."""
-        if self._watch is None:
-            self._watch = threading.Thread(target=self._watch_jobs, name="job-watch", daemon=True)
-            self._watch.start()
-        self._watched = (time.monotonic(), None if job.timeout in (None, -1) else float(job.timeout) + 60)
+        """Run the job in this thread while the watch thread ticks."""
+        watch = self.parts.watch
+        assert watch is not None  # (set in __init__)
+        watch.watch(job.timeout)
         try:
             super().execute_job(job, queue)
         finally:
-            with self._watch_lock:  # a tick in progress ends before the main loop goes on
-                self._watched = None
-
-    def _watch_jobs(self) -> None:
-        while True:
-            self._watch_wake.wait(self._tick)
-            self._watch_wake.clear()
-            with self._watch_lock:
-                if self._watched is None:
-                    continue
-                started, limit = self._watched
-                in_time = limit is None or time.monotonic() - started < limit
-                self._service_tick(watchdog=in_time, in_main_loop=False)
+            watch.unwatch()
 
 
 WORKER_CLASSES: dict[str, type[ServiceWorkerMixin]] = {

@@ -41,7 +41,7 @@ def test_a_forked_child_that_inherited_our_handlers_dies_of_the_signal(worker, s
 
 def test_in_the_workers_own_process_a_signal_is_recorded(worker):
     os.kill(os.getpid(), signal.SIGTERM)
-    assert worker.lifecycle.phase is Phase.STOPPING
+    assert worker.parts.lifecycle.phase is Phase.STOPPING
     assert worker._stop_requested
 
 
@@ -50,7 +50,7 @@ def test_a_direct_call_is_handled_too(worker):
     fresh = ServiceWorker(["default"], connection=fakeredis.FakeRedis(), settings=load_settings({}),
                           notifier=Notifier())
     fresh.request_stop(signal.SIGINT, None)
-    assert fresh.lifecycle.phase is Phase.STOPPING
+    assert fresh.parts.lifecycle.phase is Phase.STOPPING
 
 
 def test_the_rule_survives_running_jobs():
