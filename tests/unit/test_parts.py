@@ -14,7 +14,7 @@ import pytest
 import redis
 from helpers import FakeClock
 
-from rq_worker_service import exits
+from rq_worker_service import exits, journal
 from rq_worker_service.config import RedisTarget, Sentinels, load_settings
 from rq_worker_service.connection import Outage
 from rq_worker_service.fencing import BEATS_KEY, FENCED_KEY, HISTORY_KEY, Membership
@@ -62,6 +62,14 @@ class Guard(RedisGuard):
 
     def exit_now(self, message, status, error):
         raise Exited(message, status)
+
+
+@pytest.fixture(autouse=True)
+def no_job_context_left():
+    """The journal's job context is the process's: a test that starts a job must not make later
+    tests' records carry it (the contract test reads rq's picked-up line through the same filter)."""
+    yield
+    journal.clear_job()
 
 
 @pytest.fixture
