@@ -7,6 +7,7 @@ skipped rq 3's bookkeeping, shows here as a different outcome from ``rq worker``
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -70,6 +71,10 @@ def run_rate_limited(kind: str, rconn, start_worker, stock_worker) -> dict:
     wait_until(lambda: all(j.get_status(refresh=True) == JobStatus.FINISHED for j in jobs), 60,
                what=f"8 rate-limited jobs to finish under {kind} workers")
     registry = RateLimitRegistry(limit.key, rconn)
+    # rq releases a slot right after the transaction that records the job's end: a held slot is read
+    # after waiting for its release, so a slot never released still shows as held here
+    with contextlib.suppress(AssertionError):  # (then the comparison below names what differs)
+        wait_until(lambda: registry.get_allowed_job_count() == 0, 5, what=f"{kind} workers to release every slot")
     return {"at enqueue": statuses_at_enqueue, "most at once": max_overlap(rconn, queue_name),
             "runs": rconn.llen(f"ran:{queue_name}"), "slots held after": registry.get_allowed_job_count(),
             "waiting after": registry.get_rate_limited_job_count()}
