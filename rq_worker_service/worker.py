@@ -129,6 +129,9 @@ class ServiceWorkerMixin(_Base):
                     time.sleep(self.max_connection_wait_time)
         except redis.exceptions.NoPermissionError as exc:
             self.parts.guard.exit_denied(exc)
+        except StopRequested:  # carried out now: the flag (its backup) is left unset, as rq leaves it when idle
+            self._stop_requested = False
+            raise
         finally:
             self.parts.popping = False
 
@@ -244,7 +247,7 @@ class ServiceWorkerMixin(_Base):
         rq raises StopRequested whenever the worker is not BUSY, which includes the moment between
         popping a job and starting it: the popped job was then lost.
         """
-        self._stop_requested = True
+        self._stop_requested = True  # even when raising: an `except Exception` in rq's maintenance may swallow it
         if self.parts.popping:
             raise StopRequested()
         self.parts.wake()
