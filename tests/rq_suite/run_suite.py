@@ -9,15 +9,21 @@ and run them with ``rq_suite_plugin`` substituting our classes. rq's tests talk 
 own (``unshare --net``, hence root) with a private redis-server on that port: nothing on the host
 is touched and no host port is needed.
 
-Included: every test of rq's suite but those rq itself marks slow (``RUN_SLOW_TESTS_TOO``: minutes
-of sleeping through the same code paths) or SSL (needs a TLS proxy rq's CI sets up); ≈90 s here.
+The whole suite runs, rq's slow tests (``RUN_SLOW_TESTS_TOO``: the shutdown tests, warm and cold,
+a horse dying mid-job) and its TLS tests (``RUN_SSL_TESTS``) included: the namespace's redis-server
+also listens with TLS on port 9736, where rq's CI puts stunnel in front of the same server, with a
+throwaway certificate made by openssl for the run (rq's tests do not verify it). The namespace has
+a /tmp of its own as well, since rq's tests leave sentinel files at fixed paths there.
 
-The verdict: a test that fails with our classes and is not in ``expected.txt`` is a new
-difference, unless it also fails with rq's own classes on a re-run (then it is this machine's, and
-is reported as such); a test listed in ``expected.txt`` that passes (twice) means a difference has
-gone and the list must shrink. Either fails the run. Each entry of ``expected.txt`` carries its
-reason and the passage of our documentation that tells operators about it; a missing passage
-fails the run too.
+It runs twice at once, each run in a namespace of its own: with our classes, and with rq's own
+(``RQ_SUITE_STOCK``). The verdict: a test that fails with our classes and is not in ``expected.txt``
+is a new difference, unless it fails again and fails with rq's own classes too (then it is this
+machine's, and is reported as such); a test listed in ``expected.txt`` that passes (twice) means a
+difference has gone and the list must shrink; a test that runs with rq's classes but is skipped or
+missing with ours (or the other way round), or a slow or TLS test skipped in either, means the two
+did not run the same suite. Each fails the run. Each entry of ``expected.txt`` carries its reason
+and the passage of our documentation that tells operators about it; a missing passage fails the
+run too.
 """
 
 from __future__ import annotations
@@ -40,8 +46,13 @@ CACHE = Path(os.environ.get("RQ_SUITE_CACHE", "/var/cache/rq-worker-service-rq-s
                             else ROOT / ".cache" / "rq-suite"))
 """Where the sdist's tests are kept: a fresh CI clone on the same machine finds them again."""
 PORT = 6379
+TLS_PORT = 9736
+"""rq's TLS tests connect here (``tests.find_empty_redis_database(ssl=True)``), to the same server."""
 SUITE_TIMEOUT = 600
-"""Seconds for one run of the suite (≈90 s here); past it the namespace and all in it are killed."""
+"""Seconds for one run of the suite (≈5 min here, a minute of it one test waiting out rq's 60 s hard-kill
+grace); past it the namespace and all in it are killed."""
+MUST_RUN = ("slow", "ssl_test")
+"""rq's markers of the tests it skips unless asked: a skip of one of these means the run lost them."""
 
 
 @dataclass(frozen=True)
@@ -99,45 +110,102 @@ def suite_dir() -> Path:
     return target
 
 
-def run_pytest(suite: Path, tests: list[str], stock: bool) -> dict[str, str]:
-    """Run ``tests`` (node ids, or ``["tests"]``) inside the namespace; returns node id → outcome."""
-    report = Path(tempfile.mkstemp(prefix="rq-suite-", suffix=".jsonl")[1])
-    env = dict(os.environ, RQ_SUITE_REPORT=str(report), PYTHONPATH=str(HERE),
-               PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    env.pop("RUN_SLOW_TESTS_TOO", None)
-    env.pop("RUN_SSL_TESTS", None)
+def start_pytest(suite: Path, tests: list[str], stock: bool, report: Path) -> subprocess.Popen:
+    """Start ``tests`` (node ids, or ``["tests"]``) inside a namespace of their own; outcomes go to ``report``."""
+    env = dict(os.environ, RQ_SUITE_REPORT=str(report), PYTHONPATH=str(HERE), RUN_SLOW_TESTS_TOO="1",
+               RUN_SSL_TESTS="1", PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    env.pop("RQ_SUITE_STOCK", None)
     if stock:
         env["RQ_SUITE_STOCK"] = "1"
     # A PID namespace too: if a test leaves a process behind, everything dies with the namespace.
     cmd = ["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount", "--mount-proc", "--",
            sys.executable, __file__, "--inside", str(suite), *tests]
-    try:
-        subprocess.run(cmd, env=env, check=False, timeout=SUITE_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        print(f"rq's suite did not finish within {SUITE_TIMEOUT}s (a test hung); its processes were killed")
-    outcomes: dict[str, str] = {}
-    for line in report.read_text().splitlines():
-        entry = json.loads(line)
-        if outcomes.get(entry["test"]) != "failed":
-            outcomes[entry["test"]] = entry["outcome"]
-    report.unlink()
-    return outcomes
+    return subprocess.Popen(cmd, env=env)
+
+
+def run_pytest(suite: Path, runs: dict[str, tuple[list[str], bool]]) -> dict[str, dict[str, dict]]:
+    """Run each of ``runs`` (name → tests, stock) at the same time; returns name → node id → outcome
+    record (``outcome``, ``markers``, ``reason`` of a skip)."""
+    with tempfile.TemporaryDirectory(dir=CACHE) as reports:  # not in /tmp: each namespace has its own
+        started = {name: start_pytest(suite, tests, stock, Path(reports) / f"{name}.jsonl")
+                   for name, (tests, stock) in runs.items()}
+        deadline = time.monotonic() + SUITE_TIMEOUT
+        for name, proc in started.items():
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()  # unshare's child dies with it (--kill-child), and the namespace with that
+                proc.wait()
+                print(f"rq's suite ({name}) did not finish within {SUITE_TIMEOUT}s (a test hung); its processes "
+                      f"were killed")
+        results: dict[str, dict[str, dict]] = {}
+        for name in runs:
+            outcomes: dict[str, dict] = {}
+            report = Path(reports) / f"{name}.jsonl"
+            for line in report.read_text().splitlines() if report.exists() else []:
+                entry = json.loads(line)
+                if outcomes.get(entry["test"], {}).get("outcome") != "failed":
+                    outcomes[entry["test"]] = entry
+            results[name] = outcomes
+    return results
+
+
+def outcomes_of(records: dict[str, dict]) -> dict[str, str]:
+    return {test: record["outcome"] for test, record in records.items()}
+
+
+def not_the_same_suite(ours: dict[str, dict], stock: dict[str, dict]) -> list[str]:
+    """Tests that ran (passed or failed) in one run but were skipped or missing in the other, and
+    slow or TLS tests skipped in either: the two runs must be the same whole suite."""
+    ran = {name: {t for t, r in records.items() if r["outcome"] != "skipped"}
+           for name, records in (("our classes", ours), ("rq's classes", stock))}
+    problems = []
+    for this, other in (("rq's classes", "our classes"), ("our classes", "rq's classes")):
+        records = ours if other == "our classes" else stock
+        for test in sorted(ran[this] - ran[other]):
+            how = f"skipped ({records[test].get('reason')})" if test in records else "not collected"
+            problems.append(f"run with {this} but {how} with {other}: {test}")
+    for name, records in (("our classes", ours), ("rq's classes", stock)):
+        for test, record in sorted(records.items()):
+            if record["outcome"] == "skipped" and set(record.get("markers", ())) & set(MUST_RUN):
+                problems.append(f"{'/'.join(record['markers'])} test skipped with {name} ({record.get('reason')}): "
+                                f"{test}")
+    return problems
+
+
+def tls_certificate(workdir: Path) -> tuple[Path, Path]:
+    """A throwaway self-signed certificate for the namespace's redis-server (rq's tests do not verify it)."""
+    cert, key = workdir / "redis.crt", workdir / "redis.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "2", "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return cert, key
 
 
 def inside(suite: Path, tests: list[str]) -> int:
-    """In the new network namespace: loopback up, a private redis-server on 6379, then pytest."""
+    """In the new namespaces: loopback up, a /tmp of our own, a private redis-server on 6379 (and with
+    TLS on 9736), then pytest."""
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=1777", "rq-suite-tmp", "/tmp"], check=True)
     with tempfile.TemporaryDirectory() as workdir:
+        cert, key = tls_certificate(Path(workdir))
         redis = subprocess.Popen(["redis-server", "--port", str(PORT), "--bind", "127.0.0.1", "--save", "",
-                                  "--appendonly", "no", "--dir", workdir], stdout=subprocess.DEVNULL)
+                                  "--appendonly", "no", "--dir", workdir, "--tls-port", str(TLS_PORT),
+                                  "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+                                  "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no"],
+                                 stdout=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + 10
             while subprocess.run(["redis-cli", "-p", str(PORT), "ping"], capture_output=True).stdout != b"PONG\n":
-                if time.monotonic() > deadline:
+                if time.monotonic() > deadline or redis.poll() is not None:
                     raise SystemExit("the private redis-server did not start")
                 time.sleep(0.1)
-            return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                                   "-p", "rq_suite_plugin", "-W", "ignore", *tests], cwd=suite).returncode
+            pytest = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=5",
+                                       "-p", "rq_suite_plugin", "-W", "ignore", *tests], cwd=suite)
+            while True:  # this is the namespace's PID 1: it reaps the orphans as init would, or they stay
+                pid, status = os.wait()  # zombies that rq's tests see as alive (test_work_horse_force_death)
+                if pid == pytest.pid:
+                    return os.waitstatus_to_exitcode(status)
         finally:
             redis.terminate()
             redis.wait(10)
@@ -150,35 +218,37 @@ def main() -> int:
     problems = undocumented(expected)
     suite = suite_dir()
     started = time.monotonic()
-    ours = run_pytest(suite, ["tests"], stock=False)
-    if len(ours) < 100:
-        raise SystemExit(f"rq's suite ran only {len(ours)} tests: see the output above")
+    first = run_pytest(suite, {"ours": (["tests"], False), "stock": (["tests"], True)})
+    took = time.monotonic() - started
+    ours, stock = outcomes_of(first["ours"]), outcomes_of(first["stock"])
+    for name, outcomes in (("our", ours), ("rq's", stock)):
+        if len(outcomes) < 100:
+            raise SystemExit(f"rq's suite with {name} classes ran only {len(outcomes)} tests: see the output above")
+    problems += not_the_same_suite(first["ours"], first["stock"])
     failed = {t for t, outcome in ours.items() if outcome == "failed"}
     listed = {e.test for e in expected}
 
     new = sorted(failed - listed)
-    if new:  # ours failed again and rq's own classes pass: a real new difference
-        again = run_pytest(suite, new, stock=False)
-        stock = run_pytest(suite, new, stock=True)
-        for test in new:
-            if again.get(test) != "failed":
-                print(f"flaky here (failed once with our classes, then passed): {test}")
-            elif stock.get(test) == "failed":
-                print(f"fails with rq's own classes too, so not ours (this machine's): {test}")
-            else:
-                problems.append(f"NEW difference from rq (fails with our classes, passes with rq's): {test}")
     gone = sorted(t for t in listed - failed if ours.get(t) == "passed")
-    if gone:
-        again = run_pytest(suite, gone, stock=False)
-        problems += [f"expected difference no longer there (passes with our classes): {t}; remove it from "
-                     f"tests/rq_suite/expected.txt and its documentation" for t in gone if again.get(t) == "passed"]
+    again = outcomes_of(run_pytest(suite, {"ours": (new + gone, False)})["ours"]) if new or gone else {}
+    for test in new:  # ours failed again and rq's own classes pass: a real new difference
+        if again.get(test) != "failed":
+            print(f"flaky here (failed once with our classes, then passed): {test}")
+        elif stock.get(test) == "failed":
+            print(f"fails with rq's own classes too, so not ours (this machine's): {test}")
+        else:
+            problems.append(f"NEW difference from rq (fails with our classes, passes with rq's): {test}")
+    problems += [f"expected difference no longer there (passes with our classes): {t}; remove it from "
+                 f"tests/rq_suite/expected.txt and its documentation" for t in gone if again.get(t) == "passed"]
     problems += [f"expected difference not run at all (renamed or removed in rq {version('rq')}?): {t}"
                  for t in sorted(listed - set(ours))]
 
-    counts = {o: sum(1 for v in ours.values() if v == o) for o in ("passed", "failed", "skipped")}
-    took = time.monotonic() - started
-    print(f"rq {version('rq')}'s own suite with our classes: {counts['passed']} passed, {counts['failed']} failed "
-          f"({len(failed & listed)} of them expected), {counts['skipped']} skipped in {took:.0f}s")
+    for name, outcomes in (("our", ours), ("rq's own", stock)):
+        counts = {o: sum(1 for v in outcomes.values() if v == o) for o in ("passed", "failed", "skipped")}
+        of_them = f" ({len(failed & listed)} of them expected)" if name == "our" else ""
+        print(f"rq {version('rq')}'s own suite with {name} classes: {counts['passed']} passed, {counts['failed']} "
+              f"failed{of_them}, {counts['skipped']} skipped")
+    print(f"rq {version('rq')}'s own suite: both runs side by side took {took:.0f}s")
     for e in expected:
         if e.test in failed:
             print(f"  expected: {e.test}: {e.reason}")
