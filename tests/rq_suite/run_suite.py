@@ -17,13 +17,13 @@ a /tmp of its own as well, since rq's tests leave sentinel files at fixed paths 
 
 It runs twice at once: with our classes, and with rq's own (``RQ_SUITE_STOCK``), each in two
 halves (``FIRST_HALF``), each half in a namespace of its own. The verdict: a test that fails with
-our classes and is not in ``expected.txt`` is a new difference, unless it fails again and fails
-with rq's own classes too (then it is this machine's, and is reported as such); a test listed in
-``expected.txt`` that passes (twice) means a difference has gone and the list must shrink; a test
-that runs with rq's classes but is skipped or missing with ours (or the other way round), or a
-slow or TLS test skipped in either, means the two did not run the same suite. Each fails the run.
-Each entry of ``expected.txt`` carries its reason and the passage of our documentation that tells
-operators about it; a missing passage fails the run too.
+our classes and is not in ``expected.txt`` is a new difference, unless it passes on a second run
+(flaky here) or fails with rq's own classes too in either run (this machine's); both are reported
+as such. A test listed in ``expected.txt`` that passes (twice) means a difference has gone and the
+list must shrink; a test that runs with rq's classes but is skipped or missing with ours (or the
+other way round), or a slow or TLS test skipped in either, means the two did not run the same
+suite. Each fails the run. Each entry of ``expected.txt`` carries its reason and the passage of
+our documentation that tells operators about it; a missing passage fails the run too.
 """
 
 from __future__ import annotations
@@ -255,11 +255,15 @@ def main() -> int:
 
     new = sorted(failed - listed)
     gone = sorted(t for t in listed - failed if ours.get(t) == "passed")
-    again = outcomes_of(run_pytest(suite, {"ours": (new + gone, False)})["ours"]) if new or gone else {}
+    # Again, with rq's own classes beside: rq's tests with tight timing margins (its worker pool's) fail
+    # now and then under load with either classes, and a failure of rq's in either run clears ours.
+    reruns = {"ours": (new + gone, False), **({"stock": (new, True)} if new else {})}
+    second = run_pytest(suite, reruns) if new or gone else {}
+    again, stock_again = outcomes_of(second.get("ours", {})), outcomes_of(second.get("stock", {}))
     for test in new:  # ours failed again and rq's own classes pass: a real new difference
         if again.get(test) != "failed":
             print(f"flaky here (failed once with our classes, then passed): {test}")
-        elif stock.get(test) == "failed":
+        elif "failed" in (stock.get(test), stock_again.get(test)):
             print(f"fails with rq's own classes too, so not ours (this machine's): {test}")
         else:
             problems.append(f"NEW difference from rq (fails with our classes, passes with rq's): {test}")
