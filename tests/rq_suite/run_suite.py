@@ -116,7 +116,8 @@ def suite_dir() -> Path:
 
 
 def start_pytest(suite: Path, tests: list[str], stock: bool, report: Path) -> subprocess.Popen:
-    """Start ``tests`` (node ids, or ``["tests"]``) inside a namespace of their own; outcomes go to ``report``."""
+    """Start pytest on ``tests`` (node ids, paths, ``--deselect`` options) inside namespaces of their own;
+    outcomes go to ``report``."""
     env = dict(os.environ, RQ_SUITE_REPORT=str(report), PYTHONPATH=str(HERE), RUN_SLOW_TESTS_TOO="1",
                RUN_SSL_TESTS="1", PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     env.pop("RQ_SUITE_STOCK", None)
@@ -176,6 +177,7 @@ def run_whole_suite(suite: Path) -> tuple[dict[str, dict[str, dict]], list[str]]
 
 
 def outcomes_of(records: dict[str, dict]) -> dict[str, str]:
+    """Node id → ``passed``, ``failed`` or ``skipped``."""
     return {test: record["outcome"] for test, record in records.items()}
 
 
