@@ -167,7 +167,8 @@ class Internal(NamedTuple):
 
 INTERNALS: list[Internal] = [
     # rq: the worker
-    Internal(("rq.worker.Worker._stop_requested",), "worker.py `_shutdown`: take no new job",
+    Internal(("rq.worker.Worker._stop_requested",),
+             "worker.py `_shutdown`: take no new job; cleared when a stop ends the pop, as rq leaves it",
              ("test_rqs_loop_pops_with_dequeue_timeout_and_ends_on_a_stop",)),
     Internal(("rq.exceptions.StopRequested",), "worker.py: a stop ends the blocking pop; service.py",
              ("test_rqs_loop_pops_with_dequeue_timeout_and_ends_on_a_stop",)),
@@ -223,11 +224,12 @@ INTERNALS: list[Internal] = [
     Internal(("worker hash field `version`",), "rqcompat.py `mixed_rq_workers`: another rq major on the same queues",
              ("test_the_worker_record_has_the_fields_recovery_status_and_the_autoscaler_read",)),
     Internal(("worker hash fields `successful_job_count`, `failed_job_count`",),
-             "worker.py: counts, carried over reloads",
+             "parts/reporting.py `Counters`: counts, carried over reloads",
              ("test_the_worker_record_has_the_fields_recovery_status_and_the_autoscaler_read",)),
     Internal(("worker key TTL = heartbeat interval + 60 s",), "status/collect.py `HEARTBEAT_SLACK`: stale workers",
              ("test_the_worker_record_has_the_fields_recovery_status_and_the_autoscaler_read",)),
-    Internal(("job hash field `enqueued_at`", "rq.utils.utcparse"), "status/collect.py `oldest_age` (and the autoscaler)",
+    Internal(("job hash field `enqueued_at`", "rq.utils.utcparse"),
+             "status/collect.py `oldest_age` (and the autoscaler)",
              ("test_the_job_fields_we_read_and_write_directly",)),
     Internal(("job hash field `status`", "rq.utils.as_text"), "orphans.py, client.py",
              ("test_the_job_fields_we_read_and_write_directly",)),
