@@ -80,7 +80,7 @@ def test_the_worker_record_has_the_fields_recovery_status_and_the_autoscaler_rea
     worker.increment_successful_job_count()
     worker.increment_failed_job_count()
     done, failed = connection.hmget(worker.key, ["successful_job_count", "failed_job_count"])
-    assert (done, failed) == (b"1", b"1"), "worker.py's _refresh_counts reads these fields"
+    assert (done, failed) == (b"1", b"1"), "parts/reporting.py's Counters.refresh reads these fields"
     connection.hset(worker.key, mapping={"successful_job_count": "40", "failed_job_count": "2"})
     shown = Worker.find_by_key(worker.key, connection=connection)
     assert shown is not None and (shown.successful_job_count, shown.failed_job_count) == (40, 2), (
@@ -363,7 +363,7 @@ def test_constructor_settings_and_horse_state(connection):
 
 
 def test_an_early_alarm_in_the_horse_wait_is_a_monitor_tick(connection):
-    """worker.py's ``_wake_tick`` arms ITIMER_REAL while rq waits for the horse: rq's monitor waits
+    """``ServiceParts.wake`` (parts/assembly.py) arms ITIMER_REAL while rq waits for the horse: rq's monitor waits
     under a SIGALRM death penalty, so the alarm must turn into a maintain_heartbeats() tick and the
     wait go on; the interval is read anew for each wait (our stop deadline shortens it)."""
     reads = []
@@ -383,7 +383,7 @@ def test_an_early_alarm_in_the_horse_wait_is_a_monitor_tick(connection):
         def wait_for_horse(self):
             self.waits += 1
             if self.waits == 1:
-                signal.setitimer(signal.ITIMER_REAL, 0.01)  # what worker.py's _wake_tick does
+                signal.setitimer(signal.ITIMER_REAL, 0.01)  # what ServiceParts.wake does
                 time.sleep(5)
                 raise AssertionError("an early SIGALRM no longer interrupts rq's wait for the horse")
             return 1234, 0, None
@@ -399,7 +399,7 @@ def test_an_early_alarm_in_the_horse_wait_is_a_monitor_tick(connection):
 
     def unhandled(signum, frame):
         raise AssertionError("rq's monitor no longer handles SIGALRM while it waits for the horse: port "
-                             "worker.py's _wake_tick")
+                             "parts/assembly.py's ServiceParts.wake")
 
     previous = signal.signal(signal.SIGALRM, unhandled)  # (else the alarm would end the test run)
     started = time.monotonic()
