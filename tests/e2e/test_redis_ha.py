@@ -29,6 +29,8 @@ NO_USER_NAMESPACES = "[Service]\nPrivateUsers=no\n"
 
 STOCK_UNIT = stock_rq.documented_unit("/srv/e2e-app", "/usr/local/bin/rq worker -c stocksettings stock")
 
+pytestmark = pytest.mark.release_independent  # Sentinel failover is Redis and our code, not the release
+
 
 def sentinel_conf(port: int, run_dir: str) -> str:
     return (f"port {port}\nbind 127.0.0.1\ndaemonize no\npidfile /run/{run_dir}/redis-sentinel.pid\nlogfile \"\"\n"

@@ -24,6 +24,8 @@ INSTANCES = ("rq-worker@1", "rq-worker@2")
 PERIOD = 31
 """WatchdogSec=30 s: three ticks of 10 s, plus the second the deadline is rounded up by."""
 
+pytestmark = pytest.mark.release_independent  # fencing between two hosts is Redis and our code, not the release
+
 
 @pytest.fixture(scope="module")
 def hosts(rootfs, deb):
