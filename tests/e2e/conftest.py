@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
@@ -10,13 +9,12 @@ from pathlib import Path
 
 import pytest
 from helpers import wait_until
+from provision import APP, PASSWORD, PY, ROOT, ctl, install, jobs, provision
 from sandbox import RELEASES as BOOTABLE
 from sandbox import Sandbox, ensure_rootfs, missing_prerequisites
 
-ROOT = Path(__file__).resolve().parents[2]
-APP = Path(__file__).resolve().parent / "app"
-PASSWORD = "e2e-Redis-pa55word"
-PY = "/usr/lib/rq-worker-service/bin/python3"
+# The tests import these from here, beside the fixtures.
+__all__ = ["APP", "PASSWORD", "PY", "ROOT", "ctl", "install", "jobs", "provision"]
 
 _reason = missing_prerequisites()
 
@@ -108,25 +106,6 @@ def rootfs(release) -> Path:
     return ensure_rootfs(release)
 
 
-def install(box: Sandbox, deb: Path) -> None:
-    """``apt-get install ./<deb>`` unattended. An edited worker.env is kept when a newer package ships a
-    changed template (new variables), as unattended-upgrades does; the template lands beside it as
-    worker.env.dpkg-dist. Without these options apt would ask, and fail without a terminal."""
-    box.copy_in(deb, f"/root/{deb.name}")
-    box.run(["apt-get", "install", "-y", "-o", "Dpkg::Options::=--force-confdef", "-o",
-             "Dpkg::Options::=--force-confold", f"/root/{deb.name}"], timeout=300)
-
-
-def provision(sandbox: Sandbox, deb: Path) -> None:
-    """The package installed as an operator would, the e2e app, and Redis with a password."""
-    install(sandbox, deb)
-    for name in ("e2ejobs.py", "ctl.py"):
-        sandbox.copy_in(APP / name, f"/srv/e2e-app/{name}")
-    sandbox.run(f"echo 'requirepass {PASSWORD}' >> /etc/redis/redis.conf && systemctl restart redis-server")
-    with sandbox.path("/etc/rq-worker/worker.env").open("a") as f:
-        f.write(f"\n# e2e\nREDIS_PASSWORD={PASSWORD}\nRQ_APP_PATH=/srv/e2e-app\n")
-
-
 @pytest.fixture(scope="module")
 def box(rootfs, deb):
     """A booted sandbox with the package installed as an operator would, and Redis with a password."""
@@ -137,18 +116,6 @@ def box(rootfs, deb):
     assert not any(p.exists() for p in cgroups), "sandbox cgroups left behind"
     assert directory not in Path("/proc/self/mountinfo").read_text(), "sandbox mounts left behind"
     assert not Path(directory).exists(), "sandbox files left behind"
-
-
-def ctl(box: Sandbox, *args: str):
-    out = box.run([PY, "/srv/e2e-app/ctl.py", *args]).stdout.strip()
-    return json.loads(out) if out else None
-
-
-def jobs(box: Sandbox, ids: list[str]) -> dict:
-    if len(ids) > 50:
-        box.write("/tmp/ids.json", json.dumps(ids))
-        return ctl(box, "jobs", "--file", "/tmp/ids.json")
-    return ctl(box, "jobs", *ids)
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.3):
