@@ -2,34 +2,59 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from helpers import wait_until
+from provision import APP, PASSWORD, PY, ROOT, ctl, install, jobs, provision
 from sandbox import RELEASES as BOOTABLE
 from sandbox import Sandbox, ensure_rootfs, missing_prerequisites
 
-ROOT = Path(__file__).resolve().parents[2]
-APP = Path(__file__).resolve().parent / "app"
-PASSWORD = "e2e-Redis-pa55word"
-PY = "/usr/lib/rq-worker-service/bin/python3"
+# The tests import these from here, beside the fixtures.
+__all__ = ["APP", "PASSWORD", "PY", "ROOT", "ctl", "install", "jobs", "provision"]
 
 _reason = missing_prerequisites()
 
-
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if "tests/e2e/" in str(item.fspath):
-            item.add_marker(pytest.mark.e2e)
-            if _reason:
-                item.add_marker(pytest.mark.skip(reason=_reason))
-
-
 RELEASES = os.environ.get("RQWS_E2E_RELEASES", " ".join(BOOTABLE)).split()
-"""Every e2e test runs on each of these releases, with that release's package (default: all)."""
+"""The releases the e2e tests boot, each with that release's package (default: all)."""
+FULL = os.environ.get("RQWS_E2E_FULL") == "1"
+"""Run the release-independent modules on every release too (the full matrix)."""
+NEWEST = max(RELEASES, key=lambda r: list(BOOTABLE).index(r) if r in BOOTABLE else -1)
+"""Where a release-independent module runs unless FULL: the newest release selected."""
+
+
+def pytest_report_header(config):
+    independent = "every release" if FULL else f"{NEWEST} only (RQWS_E2E_FULL=1: every release)"
+    return f"e2e releases: {' '.join(RELEASES)}; release-independent modules: {independent}"
+
+
+def pytest_itemcollected(item):
+    if "tests/e2e/" in str(item.fspath):
+        item.add_marker(pytest.mark.e2e)
+        if _reason:
+            item.add_marker(pytest.mark.skip(reason=_reason))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """Drop release-independent runs on the other releases, and run the e2e layer last (after pytest
+    grouped it by release), so that scripts/test's package builds in the background overlap the others."""
+    keep, e2e, dropped = [], [], []
+    for item in items:
+        if "tests/e2e/" not in str(item.fspath):
+            keep.append(item)
+            continue
+        release = getattr(item, "callspec", None) and item.callspec.params.get("release")
+        if release and release != NEWEST and not FULL and item.get_closest_marker("release_independent"):
+            dropped.append(item)
+        else:
+            e2e.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+    items[:] = keep + e2e
 
 
 def build_deb(release: str, version: str | None = None) -> Path:
@@ -45,35 +70,40 @@ def release(request) -> str:
     return request.param
 
 
+def prebuilt_deb(path: Path, release: str, timeout: float = 1800) -> Path:
+    """A package built elsewhere. While ``<path>.building`` exists it is still being built (scripts/test
+    builds in the background while the other layers run): wait; a failed build left ``<path>.log``."""
+    pending = Path(f"{path}.building")
+    deadline = time.monotonic() + timeout
+    while pending.exists() and time.monotonic() < deadline:
+        time.sleep(1)
+    if path.is_file():
+        return path
+    log = Path(f"{path}.log")
+    detail = log.read_text(errors="replace")[-3000:] if log.exists() else "no log"
+    raise RuntimeError(f"RQWS_E2E_DEB_{release.upper()}={path}: no package there; its build:\n{detail}")
+
+
 @pytest.fixture(scope="session")
 def deb(release) -> Path:
     """The freshly built package for the release (RQWS_E2E_DEB_<RELEASE> names a prebuilt one)."""
     prebuilt = os.environ.get(f"RQWS_E2E_DEB_{release.upper()}")
-    return Path(prebuilt) if prebuilt else build_deb(release)
+    return prebuilt_deb(Path(prebuilt), release) if prebuilt else build_deb(release)
+
+
+def repack_deb(deb: Path, version: str) -> Path:
+    """``deb`` as version ``version`` (packaging/repack-deb): the same files, maintainer scripts and
+    units, for tests that need a newer package (an upgrade) without building one again."""
+    out = subprocess.run(["packaging/repack-deb", str(deb), version, str(ROOT / "build" / "e2e-repacked")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    if out.returncode != 0:
+        raise RuntimeError(f"packaging/repack-deb failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return Path(out.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="session")
 def rootfs(release) -> Path:
     return ensure_rootfs(release)
-
-
-def install(box: Sandbox, deb: Path) -> None:
-    """``apt-get install ./<deb>`` unattended. An edited worker.env is kept when a newer package ships a
-    changed template (new variables), as unattended-upgrades does; the template lands beside it as
-    worker.env.dpkg-dist. Without these options apt would ask, and fail without a terminal."""
-    box.copy_in(deb, f"/root/{deb.name}")
-    box.run(["apt-get", "install", "-y", "-o", "Dpkg::Options::=--force-confdef", "-o",
-             "Dpkg::Options::=--force-confold", f"/root/{deb.name}"], timeout=300)
-
-
-def provision(sandbox: Sandbox, deb: Path) -> None:
-    """The package installed as an operator would, the e2e app, and Redis with a password."""
-    install(sandbox, deb)
-    for name in ("e2ejobs.py", "ctl.py"):
-        sandbox.copy_in(APP / name, f"/srv/e2e-app/{name}")
-    sandbox.run(f"echo 'requirepass {PASSWORD}' >> /etc/redis/redis.conf && systemctl restart redis-server")
-    with sandbox.path("/etc/rq-worker/worker.env").open("a") as f:
-        f.write(f"\n# e2e\nREDIS_PASSWORD={PASSWORD}\nRQ_APP_PATH=/srv/e2e-app\n")
 
 
 @pytest.fixture(scope="module")
@@ -86,18 +116,6 @@ def box(rootfs, deb):
     assert not any(p.exists() for p in cgroups), "sandbox cgroups left behind"
     assert directory not in Path("/proc/self/mountinfo").read_text(), "sandbox mounts left behind"
     assert not Path(directory).exists(), "sandbox files left behind"
-
-
-def ctl(box: Sandbox, *args: str):
-    out = box.run([PY, "/srv/e2e-app/ctl.py", *args]).stdout.strip()
-    return json.loads(out) if out else None
-
-
-def jobs(box: Sandbox, ids: list[str]) -> dict:
-    if len(ids) > 50:
-        box.write("/tmp/ids.json", json.dumps(ids))
-        return ctl(box, "jobs", "--file", "/tmp/ids.json")
-    return ctl(box, "jobs", *ids)
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.3):

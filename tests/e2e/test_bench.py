@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import sys
 
+import pytest
 from conftest import ROOT
 from sandbox import Sandbox
 
@@ -19,6 +20,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 import under_systemd  # noqa: E402
 
 CELLS = [("fork", 1), ("simple", 1)]
+
+pytestmark = pytest.mark.release_independent  # the smoke run checks that the benchmarks work
 
 
 def test_the_systemd_benchmark_and_the_fork_cost_run(rootfs, deb):

@@ -7,11 +7,14 @@ import os
 import random
 import time
 
+import pytest
 from conftest import ctl, jobs, reset, systemctl, wait_for
 
 JOBS = int(os.environ.get("RQWS_CHAOS_JOBS", "300"))
 CHAOS_SECONDS = float(os.environ.get("RQWS_CHAOS_SECONDS", "60"))
 INSTANCES = ("1", "2", "3")
+
+pytestmark = pytest.mark.release_independent  # what the chaos exercises is proven per release by test_systemd
 
 
 def test_chaos_loses_no_job(box):

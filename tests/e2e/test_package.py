@@ -6,18 +6,20 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import PASSWORD, build_deb, ctl, install, jobs, reset, systemctl, wait_for
+from conftest import PASSWORD, ctl, install, jobs, repack_deb, reset, systemctl, wait_for
 
 from rq_worker_service import __version__
 
 UPGRADE_VERSION = f"{__version__}+e2e1"
-"""A newer build of this very version, for the upgrade test."""
+"""A newer package of this very version, for the upgrade test."""
 
 
 @pytest.fixture(scope="module")
-def upgrade_deb(release) -> Path:
+def upgrade_deb(release, deb) -> Path:
+    """The release's package repacked as UPGRADE_VERSION: the same files and maintainer scripts, which
+    are what an upgrade runs (RQWS_E2E_UPGRADE_DEB_<RELEASE> names another one)."""
     prebuilt = os.environ.get(f"RQWS_E2E_UPGRADE_DEB_{release.upper()}")
-    return Path(prebuilt) if prebuilt else build_deb(release, UPGRADE_VERSION)
+    return Path(prebuilt) if prebuilt else repack_deb(deb, UPGRADE_VERSION)
 
 
 def main_pid(box, unit):
