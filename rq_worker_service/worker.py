@@ -4,17 +4,14 @@ We subclass rq's own Worker classes and use the hooks its loop already has, inst
 loop of our own, so job semantics stay rq's (the differences are listed, with reasons, in
 tests/rq_suite/expected.txt). The pieces:
 
-* ``heartbeat()`` runs around every blocking pop (three times per job), and ``maintain_heartbeats()``
-  on every monitor tick while the work horse runs: both drive the tick of the service's parts
-  (``parts``: the watchdog, fencing, the Sentinel primary, announcing a stop or reload and cutting
-  the job when the ``Lifecycle`` says so, counters, STATUS=, scheduler take-over, sweeps). The ticks
-  come at a third of WatchdogSec, so a hung main loop is what stops the pings; between jobs a tick
-  runs only when one is due (or a signal asked for it), so that a stream of short jobs does not pay
-  for a tick each. The mixin only adapts rq's hooks to the parts, which it holds in one attribute
-  (``self.parts``) so that none of their state lands in rq's namespace.
-* Signal handlers only record the request in the ``Lifecycle`` and make the next tick come now;
-  the one exception is a stop while blocked in the pop with nothing in hand, which raises rq's
-  StopRequested to return from the pop at once.
+* ``heartbeat()`` runs around every blocking pop, ``maintain_heartbeats()`` on every monitor tick
+  while the horse runs: both drive the tick of the service's parts (watchdog, fencing, Sentinel,
+  stop/reload announcements and cuts, counters, STATUS=, scheduler take-over, sweeps), at a third
+  of WatchdogSec, so a hung main loop is what stops the pings; between jobs only when due. The
+  mixin only adapts rq's hooks to the parts, held in one attribute (``self.parts``) so that none
+  of their state lands in rq's namespace.
+* Signal handlers only record the request in the ``Lifecycle`` and make the next tick come now,
+  except a stop while blocked in the pop with nothing in hand: it raises rq's StopRequested.
 * SIGHUP finishes the running job, then the runner re-executes the process in place.
 """
 
