@@ -209,11 +209,28 @@ def tls_certificate(workdir: Path) -> tuple[Path, Path]:
     return cert, key
 
 
+def private_tmp() -> None:
+    """A /tmp of the namespace's own (rq's tests leave files at fixed paths there) that still shows
+    what this run is made of when it lies in the host's /tmp: a checkout there (a CI clone may be),
+    its virtualenv, the Python running us. Each such top directory is bound back from the host's."""
+    tops = set()
+    for path in (ROOT, Path(sys.prefix), Path(sys.executable).resolve(), *map(Path, sys.path)):
+        if path.is_absolute() and path.parts[:2] == ("/", "tmp") and len(path.parts) > 2:
+            tops.add(path.parts[2])
+    host_tmp = CACHE / "host-tmp"  # a mount point only: the namespace's mounts end with it
+    host_tmp.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "--bind", "/tmp", str(host_tmp)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=1777", "rq-suite-tmp", "/tmp"], check=True)
+    for top in sorted(tops):
+        (Path("/tmp") / top).mkdir()
+        subprocess.run(["mount", "--bind", str(host_tmp / top), f"/tmp/{top}"], check=True)
+
+
 def inside(suite: Path, tests: list[str]) -> int:
     """In the new namespaces: loopback up, a /tmp of our own, a private redis-server on 6379 (and with
     TLS on 9736), then pytest."""
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=1777", "rq-suite-tmp", "/tmp"], check=True)
+    private_tmp()
     with tempfile.TemporaryDirectory() as workdir:
         cert, key = tls_certificate(Path(workdir))
         redis = subprocess.Popen(["redis-server", "--port", str(PORT), "--bind", "127.0.0.1", "--save", "",
