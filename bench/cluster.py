@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+from provision import build_deb  # noqa: E402
 from sandbox import Sandbox, ensure_rootfs  # noqa: E402
 
 PY = "/usr/lib/rq-worker-service/bin/python3"
@@ -121,9 +121,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=300, help="no-op jobs per prefix per round (default 300)")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    deb = Path(args.deb) if args.deb else ROOT / subprocess.run(
-        ["packaging/build-deb", "--release", args.release], cwd=ROOT, check=True, capture_output=True,
-        text=True).stdout.strip().splitlines()[-1]
+    deb = Path(args.deb) if args.deb else build_deb(args.release)
     with Sandbox(ensure_rootfs(args.release)) as box:
         box.copy_in(deb, f"/root/{deb.name}")
         box.run(["apt-get", "install", "-y", f"/root/{deb.name}"], timeout=300)

@@ -20,7 +20,6 @@ checks the package's own bound (≤ 10 s); this measures the comparison for docs
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ sys.path[:0] = [str(ROOT / "tests" / "e2e"), str(ROOT / "tests")]
 import sentinel  # noqa: E402
 import stock_rq  # noqa: E402
 from helpers import wait_until  # noqa: E402
-from provision import PASSWORD, ctl, jobs, provision  # noqa: E402
+from provision import PASSWORD, build_deb, ctl, jobs, provision  # noqa: E402
 from sandbox import Sandbox, ensure_rootfs  # noqa: E402
 
 OURS, STOCK = ("rq-worker@1", "rq-worker@2"), "rqworker@1"
@@ -89,9 +88,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="rounds of both faults (default: 1)")
     parser.add_argument("--wait", type=float, default=120, help="seconds to wait for stock rq's probe (default 120)")
     args = parser.parse_args()
-    deb = Path(args.deb) if args.deb else ROOT / subprocess.run(
-        ["packaging/build-deb", "--release", args.release], cwd=ROOT, check=True, capture_output=True,
-        text=True).stdout.strip().splitlines()[-1]
+    deb = Path(args.deb) if args.deb else build_deb(args.release)
     rows = []
     with Sandbox(ensure_rootfs(args.release)) as box:
         set_up(box, deb)

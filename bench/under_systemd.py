@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 import stock_rq  # noqa: E402
+from provision import build_deb  # noqa: E402
 from sandbox import Sandbox, ensure_rootfs  # noqa: E402
 
 PY = stock_rq.PY  # the package's interpreter: the in-sandbox scripts need its rq
@@ -215,9 +215,7 @@ def main() -> None:
         args.jobs, args.rounds, args.instances, args.scaling = 20, 1, "1", ""
     cells = [(c, int(n)) for c in args.classes.split(",") for n in args.instances.split(",")]
     cells += [("fork", int(n)) for n in args.scaling.split(",") if n]
-    deb = Path(args.deb) if args.deb else ROOT / subprocess.run(
-        ["packaging/build-deb", "--release", args.release], cwd=ROOT, check=True, capture_output=True,
-        text=True).stdout.strip().splitlines()[-1]
+    deb = Path(args.deb) if args.deb else build_deb(args.release)
     with Sandbox(ensure_rootfs(args.release)) as box:
         print(report(box, deb, cells, args.jobs, args.rounds))
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 from helpers import wait_until
-from provision import APP, PASSWORD, PY, ROOT, ctl, install, jobs, provision
+from provision import APP, PASSWORD, PY, ROOT, build_deb, ctl, install, jobs, provision
 from sandbox import RELEASES as BOOTABLE
 from sandbox import Sandbox, ensure_rootfs, missing_prerequisites
 
 # The tests import these from here, beside the fixtures.
-__all__ = ["APP", "PASSWORD", "PY", "ROOT", "ctl", "install", "jobs", "provision"]
+__all__ = ["APP", "PASSWORD", "PY", "ROOT", "build_deb", "ctl", "install", "jobs", "provision"]
 
 _reason = missing_prerequisites()
 
@@ -55,14 +55,6 @@ def pytest_collection_modifyitems(config, items):
     if dropped:
         config.hook.pytest_deselected(items=dropped)
     items[:] = keep + e2e
-
-
-def build_deb(release: str, version: str | None = None) -> Path:
-    args = ["packaging/build-deb", "--release", release] + (["--version", version] if version else [])
-    out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    if out.returncode != 0:
-        raise RuntimeError(f"packaging/build-deb failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    return ROOT / out.stdout.strip().splitlines()[-1]
 
 
 @pytest.fixture(scope="session", params=RELEASES)

@@ -5,6 +5,7 @@ so that the benchmarks set up their sandboxes the same way."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 from sandbox import Sandbox
@@ -13,6 +14,15 @@ ROOT = Path(__file__).resolve().parents[2]
 APP = Path(__file__).resolve().parent / "app"
 PASSWORD = "e2e-Redis-pa55word"
 PY = "/usr/lib/rq-worker-service/bin/python3"
+
+
+def build_deb(release: str) -> Path:
+    """The package for ``release``, built from this checkout by packaging/build-deb."""
+    out = subprocess.run(["packaging/build-deb", "--release", release], cwd=ROOT, capture_output=True, text=True,
+                         timeout=900)
+    if out.returncode != 0:
+        raise RuntimeError(f"packaging/build-deb failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return ROOT / out.stdout.strip().splitlines()[-1]
 
 
 def install(box: Sandbox, deb: Path) -> None:
