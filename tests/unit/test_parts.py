@@ -422,10 +422,13 @@ def test_the_watch_ticks_alive_until_the_jobs_timeout_and_grace_have_passed(cloc
     clock.now += 1
     watch.tick_once()
     assert ticks == [True, True, False]  # 30 s + rq's 60 s: no more watchdog pings
-    watch.watch(-1)
+    job = object()
+    watch.watch(-1, job)
+    assert watch.job is job  # the worker's tick keeps it alive (rq's heartbeats) while it ticks alive
     clock.now += 10_000
     watch.tick_once()
     watch.unwatch()
+    assert watch.job is None
     watch.tick_once()
     assert ticks == [True, True, False, True]
 

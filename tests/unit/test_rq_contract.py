@@ -76,6 +76,7 @@ OVERRIDES: dict[type, dict[str, str]] = {
         "run_maintenance_tasks": "worker.py: likewise; tried again on the next pass",
         "wait_for_horse": "worker.py: a stop wakes the monitor at once",
         "kill_horse": "worker.py: a deliberate kill is not a crash",
+        "perform_job": "worker_classes.py: the simple worker's fault points around its job",
     },
     Worker: {
         "wait_for_horse": "worker.py: a stop wakes the monitor at once",
