@@ -21,11 +21,12 @@ from . import exits, journal, keys
 from .acl import denied
 from .config import ConfigError, Settings, load_settings, virtualenv_site_packages
 from .connection import (
-    CLUSTER_MOVED,
     REDIS_ERRORS,
     RedisAuthError,
     RedisUnavailable,
     make_connection,
+    slot_moved,
+    slot_moved_message,
     wait_for_redis,
     warn_if_not_persistent,
 )
@@ -140,11 +141,9 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
     except redis.exceptions.NoPermissionError as exc:  # at registration, before the loop
         return notifier.fail(f"{denied(exc) or exc}; exiting", exits.NOPERM, errno.EACCES)
     except redis.exceptions.ResponseError as exc:
-        if not (settings.redis.cluster and str(exc).startswith(CLUSTER_MOVED)):
+        if not slot_moved(settings.redis, exc):
             raise
-        return notifier.fail(f"the cluster no longer serves RQ_KEY_PREFIX={settings.key_prefix} from this node "
-                             f"({exc}); exiting so that systemd restarts this instance against the slot's new owner",
-                             exits.UNAVAILABLE, errno.ECONNRESET)
+        return notifier.fail(slot_moved_message(settings.key_prefix, exc), exits.UNAVAILABLE, errno.ECONNRESET)
 
     if worker.parts.lifecycle.phase is Phase.RELOADING:
         os.environ[COUNTS_VAR] = "{},{}".format(*worker.parts.counters.job_counts)

@@ -124,8 +124,9 @@ class ServiceWorkerMixin(_Base):
                     self.parts.outage.failed(exc)
                     self.heartbeat()  # the tick (watchdog, STATUS=); a stop that came meanwhile ends here
                     time.sleep(self.max_connection_wait_time)
-        except redis.exceptions.NoPermissionError as exc:
-            self.parts.guard.exit_denied(exc)
+        except redis.exceptions.ResponseError as exc:
+            self.parts.guard.exit_if_fatal(exc)  # a refusal, a moved cluster slot: one line, and out
+            raise
         except StopRequested:  # carried out now: the flag (its backup) is left unset, as rq leaves it when idle
             self._stop_requested = False
             raise
@@ -175,8 +176,9 @@ class ServiceWorkerMixin(_Base):
         self.parts.job_started(job.id, func, queue.name)
         try:
             super().execute_job(job, queue)
-        except redis.exceptions.NoPermissionError as exc:
-            self.parts.guard.exit_denied(exc)
+        except redis.exceptions.ResponseError as exc:
+            self.parts.guard.exit_if_fatal(exc)  # a refusal, a moved cluster slot: one line, and out
+            raise
         except REDIS_ERRORS as exc:
             # Only before the horse starts or after it ended: while it runs every Redis call of
             # ours goes through the guard. rq would end the worker for this; we go on.

@@ -86,7 +86,8 @@ class ServiceParts:
     def attach(self, worker: ServiceWorkerMixin) -> None:
         """The parts that use the worker's connection, name and queues, once rq's ``__init__`` set them."""
         connection, name, settings = worker.connection, worker.name, self.settings
-        self.guard = RedisGuard(self.outage, self.notifier, lambda: self.status.send(), worker._stop_job)
+        self.guard = RedisGuard(self.outage, self.notifier, lambda: self.status.send(), worker._stop_job,
+                                settings.key_prefix)
         self.rescue = OwnRescue(name, self.lifecycle, lambda reason: rescue_executions(
             connection, name, worker.queue_names(), settings, reason, at_once=True))
         self.follower = PrimaryFollower(settings.redis, primary_address(connection),
