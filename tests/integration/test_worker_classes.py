@@ -10,7 +10,7 @@ from helpers import wait_until
 from rq import Queue, Retry
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
-from testjobs import sleep_job
+from testjobs import exiting_job, sleep_job
 
 
 def status(rconn, job_id):
@@ -79,3 +79,24 @@ def test_simple_worker_keeps_a_job_without_timeout_alive(start_worker, notify, r
     assert later_key - key >= 2, "the worker key's TTL counted down"
     wait_until(lambda: status(rconn, job.id) == JobStatus.FINISHED, 10, what="the job to finish")
     assert rconn.get(f"executions:{job.id}") == b"1"
+
+
+def test_a_simple_workers_job_that_ends_the_process_leaves_it_to_the_next_start(start_worker, rconn, tmp_path):
+    """A job calling os._exit(0) ends a simple worker with status 0, which systemd counts as a
+    success: the worker does not mark that it left (the unit's ExecStopPost= then fails the run,
+    tests/unit/test_unit_file.py, and Restart=on-failure restarts it), and the next start re-queues
+    the job it left started. A stop does mark it."""
+    runtime = tmp_path / "runtime"
+    runtime.mkdir()
+    env = {"RQ_WORKER_CLASS": "simple", "RUNTIME_DIRECTORY": str(runtime), "RQ_JOB_RETRY_DELAY": "0"}
+    worker = start_worker("1", env=env)
+    job = Queue(connection=rconn).enqueue(exiting_job, job_id="exits")
+    assert worker.wait(20) == 0
+    assert not (runtime / "left").exists()
+    assert status(rconn, job.id) == JobStatus.STARTED
+    worker = start_worker("1", env=env)  # as systemd's Restart= does once ExecStopPost= failed the run
+    wait_until(lambda: status(rconn, job.id) == JobStatus.FINISHED, 15, what="the job to run again")
+    assert rconn.get(f"executions:{job.id}") == b"2"
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(20) == 0
+    assert (runtime / "left").exists()

@@ -74,3 +74,13 @@ def client_id_job() -> int:
     """The Redis client id of the connection the job's own commands go out on."""
     _count()
     return int(get_current_job().connection.client_id())
+
+
+def exiting_job() -> str:
+    """Ends the worker's process with status 0 on its first execution (a simple worker runs it in
+    the main process), as a job calling ``os._exit(0)`` or C code ``exit(0)`` does."""
+    import os
+
+    if _count() == 1:
+        os._exit(0)
+    return "ok"
