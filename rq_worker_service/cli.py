@@ -366,6 +366,10 @@ def _acl(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if not args.check:
+        from .startup import early
+
+        early.install()  # first: until the worker's own handlers exist, a stop or reload is recorded, not fatal
     from .config import ConfigError
 
     try:

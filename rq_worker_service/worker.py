@@ -32,7 +32,7 @@ from rq.job import Job
 from rq.queue import Queue
 from rq.worker import SHUTDOWN_SIGNAL
 
-from . import journal
+from . import journal, startup
 from .config import Settings
 from .connection import REDIS_ERRORS
 from .notify import Notifier
@@ -154,6 +154,7 @@ class ServiceWorkerMixin(_Base):
                   log_format: str = DEFAULT_LOGGING_FORMAT) -> None:
         journal.set_worker(self.name)
         self._install_signal_handlers()  # early: a stop during start-up is graceful too
+        startup.early.hand_over()  # what came before these handlers existed, carried out now
         super().bootstrap(logging_level, date_format, log_format)
         self.parts.started()
 

@@ -7,7 +7,7 @@ import signal
 import socket
 import time
 
-from helpers import wait_until
+from helpers import RedisServer, wait_until
 from rq import Queue, Retry
 from rq.job import Job, JobStatus
 from testjobs import quick_job, sleep_job
@@ -250,3 +250,40 @@ def test_a_stop_ends_the_schedulers_pause_at_once(rconn):
     finally:
         if scheduler._process.is_alive():
             scheduler._process.kill()
+
+
+def test_a_stop_during_start_up_is_a_clean_stop(start_worker, notify):
+    """SIGTERM while the worker still waits for Redis, before its own handlers exist: it used to die
+    of the signal mid-way (systemd counts that as clean: no restart, no log line). Now: exit 0 at
+    once, saying so."""
+    worker = start_worker("1", notify=notify, url="redis://127.0.0.1:1/0")
+    notify.wait_for("STATUS=", contains="waiting for Redis")
+    t0 = time.monotonic()
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(10) == 0
+    assert time.monotonic() - t0 < 3  # not after the wait's next attempt
+    assert "Stopped during start-up (SIGTERM), before taking any job" in worker.output()
+
+
+def test_a_reload_during_start_up_is_carried_out_once_the_worker_is_up(start_worker, notify, tmp_path):
+    """SIGHUP while the worker still waits for Redis used to kill it (SIGHUP's default action). Now
+    the worker comes up, then reloads as on any SIGHUP: re-executed in place with the new file."""
+    late = RedisServer()  # its port answers only once started, after the signal
+    try:
+        env_file = tmp_path / "worker.env"
+        env_file.write_text("RQ_QUEUES=default\n")
+        worker = start_worker("1", notify=notify, url=late.url, args=["--env-file", str(env_file)])
+        notify.wait_for("STATUS=", contains="waiting for Redis")
+        env_file.write_text("RQ_QUEUES=default,extra\n")
+        worker.signal(signal.SIGHUP)
+        late.start()
+        wait_until(lambda: worker.proc.poll() is not None or len(notify.lines("READY=1")) >= 2, 20,
+                   what="READY=1 again, after the reload")
+        assert worker.proc.poll() is None, worker.output()
+        notify.wait_for("STATUS=", contains="extra")
+        assert worker.proc.poll() is None
+        assert "Reloaded worker" in worker.output()
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(10) == 0
+    finally:
+        late.cleanup()
