@@ -38,9 +38,25 @@ def mark_left(env: Mapping[str, str] = os.environ) -> None:
     started in no live worker; the unit's ExecStopPost= fails such a run instead, so that it is
     restarted and the next start re-queues the job. Outside systemd (no RuntimeDirectory): nothing.
     A file that cannot be written makes a clean stop look like that crash: restarted, the safe side."""
-    directory = env.get("RUNTIME_DIRECTORY", "").split(":")[0]
-    if directory:
+    marker = _left_file(env)
+    if marker is not None:
         try:
-            (Path(directory) / LEFT_FILE).touch()
+            marker.touch()
         except OSError:
             pass
+
+
+def forget_left(env: Mapping[str, str] = os.environ) -> None:
+    """At start: a RuntimeDirectory kept across runs (``RuntimeDirectoryPreserve=``) must not carry
+    the previous run's mark into this one."""
+    marker = _left_file(env)
+    if marker is not None:
+        try:
+            marker.unlink(missing_ok=True)
+        except OSError:
+            pass  # not ours to remove: the run's own mark still tells
+
+
+def _left_file(env: Mapping[str, str]) -> Path | None:
+    directory = env.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    return Path(directory) / LEFT_FILE if directory else None

@@ -88,6 +88,7 @@ def test_a_simple_workers_job_that_ends_the_process_leaves_it_to_the_next_start(
     the job it left started. A stop does mark it."""
     runtime = tmp_path / "runtime"
     runtime.mkdir()
+    (runtime / "left").touch()  # a previous run's, in a RuntimeDirectory kept across runs: forgotten at start
     env = {"RQ_WORKER_CLASS": "simple", "RUNTIME_DIRECTORY": str(runtime), "RQ_JOB_RETRY_DELAY": "0"}
     worker = start_worker("1", env=env)
     job = Queue(connection=rconn).enqueue(exiting_job, job_id="exits")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from rq_worker_service.process import mark_left
+from rq_worker_service.process import forget_left, mark_left
 
 UNIT = Path(__file__).resolve().parents[2] / "systemd" / "rq-worker@.service"
 
@@ -49,3 +49,11 @@ def test_mark_left_needs_a_runtime_directory(tmp_path):
     mark_left({})  # outside systemd: nothing, and no error
     mark_left({"RUNTIME_DIRECTORY": str(tmp_path / "gone")})  # cannot write: the check restarts, the safe side
     assert not (tmp_path / "gone").exists()
+
+
+def test_a_mark_left_from_a_previous_run_is_forgotten_at_start(tmp_path):
+    env = {"SERVICE_RESULT": "success", "RUNTIME_DIRECTORY": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    mark_left(env)
+    forget_left(env)  # what `run` does first (a RuntimeDirectory kept across runs: RuntimeDirectoryPreserve=)
+    assert run_left_check(env).returncode != 0
+    forget_left(env)  # none to forget: no error
