@@ -29,15 +29,16 @@ def run_left_check(env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=10)
 
 
-@pytest.mark.parametrize("result, left, fails", [
-    ("success", False, True),  # exited 0 without its way out: a job ended the process
-    ("success", True, False),  # a stop (systemctl's, or a signal's)
-    ("exit-code", False, False),  # a failure already: Restart=on-failure acts on its own
-    ("watchdog", False, False),
-    ("signal", False, False),
+@pytest.mark.parametrize("result, code, left, fails", [
+    ("success", "exited", False, True),  # exited 0 without its way out: a job ended the process
+    ("success", "exited", True, False),  # a stop (systemctl's, or a signal's)
+    ("success", "killed", False, False),  # SIGTERM/SIGHUP before `run` could record it: nothing taken yet
+    ("exit-code", "exited", False, False),  # a failure already: Restart=on-failure acts on its own
+    ("watchdog", "dumped", False, False),
+    ("signal", "killed", False, False),
 ])
-def test_a_run_that_exited_0_without_leaving_its_own_way_fails(tmp_path, result, left, fails):
-    env = {"SERVICE_RESULT": result, "RUNTIME_DIRECTORY": str(tmp_path), "PATH": "/usr/bin:/bin"}
+def test_a_run_that_exited_0_without_leaving_its_own_way_fails(tmp_path, result, code, left, fails):
+    env = {"SERVICE_RESULT": result, "EXIT_CODE": code, "RUNTIME_DIRECTORY": str(tmp_path), "PATH": "/usr/bin:/bin"}
     if left:
         mark_left(env)  # what `run` does on its way out
     out = run_left_check(env)
@@ -52,7 +53,8 @@ def test_mark_left_needs_a_runtime_directory(tmp_path):
 
 
 def test_a_mark_left_from_a_previous_run_is_forgotten_at_start(tmp_path):
-    env = {"SERVICE_RESULT": "success", "RUNTIME_DIRECTORY": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    env = {"SERVICE_RESULT": "success", "EXIT_CODE": "exited", "RUNTIME_DIRECTORY": str(tmp_path),
+           "PATH": "/usr/bin:/bin"}
     mark_left(env)
     forget_left(env)  # what `run` does first (a RuntimeDirectory kept across runs: RuntimeDirectoryPreserve=)
     assert run_left_check(env).returncode != 0
