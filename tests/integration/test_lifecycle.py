@@ -8,9 +8,9 @@ import socket
 import time
 
 from helpers import RedisServer, wait_until
-from rq import Queue, Retry
+from rq import Callback, Queue, Retry
 from rq.job import Job, JobStatus
-from testjobs import quick_job, sleep_job
+from testjobs import quick_job, sleep_job, slow_failure_callback
 
 HOST = socket.gethostname()
 
@@ -287,3 +287,25 @@ def test_a_reload_during_start_up_is_carried_out_once_the_worker_is_up(start_wor
         assert worker.wait(10) == 0
     finally:
         late.cleanup()
+
+
+def test_a_stop_during_the_predecessors_recovery_comes_after_it_and_takes_no_job(start_worker, notify, rconn):
+    """SIGTERM while a restarted instance re-queues its dead predecessor's job (here: inside the
+    job's 3 s failure callback): the rescue completes, the job is back in its queue, and the worker
+    stops with exit 0 before taking it. It used to die of the signal with the job claimed from the
+    started registry and in no queue."""
+    worker = start_worker("1", notify=notify)
+    notify.wait_for("READY=1")
+    job = Queue(connection=rconn).enqueue(sleep_job, 30, job_id="rescued", on_failure=Callback(slow_failure_callback))
+    wait_until(lambda: executions(rconn, job.id) == 1, 10, what="the job function to start")
+    worker.signal(signal.SIGKILL)
+    worker.wait(5)
+    restarted = start_worker("1", env={"RQ_JOB_RETRY_DELAY": "0"})
+    wait_until(lambda: rconn.get(f"failure-callback-started:{job.id}"), 15, what="the rescue's failure callback")
+    restarted.signal(signal.SIGTERM)
+    assert restarted.wait(15) == 0
+    assert "Stopped during start-up (SIGTERM), before taking any job" in restarted.output()
+    assert rconn.get(f"failure-callback:{job.id}") == b"AbandonedJobError"
+    assert job_status(rconn, job.id) == JobStatus.QUEUED
+    assert Queue(connection=rconn).job_ids == [job.id]
+    assert executions(rconn, job.id) == 1

@@ -84,3 +84,10 @@ def exiting_job() -> str:
     if _count() == 1:
         os._exit(0)
     return "ok"
+
+
+def slow_failure_callback(job, connection, exc_type, exc_value, traceback) -> None:
+    """A failure callback that takes a while (``on_failure=``): marks its start, sleeps 3 s, marks its end."""
+    connection.set(f"failure-callback-started:{job.id}", 1)
+    time.sleep(3)
+    connection.set(f"failure-callback:{job.id}", exc_type.__name__)
