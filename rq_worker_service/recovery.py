@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from redis import Redis
+from redis.exceptions import WatchError
 from rq import Queue
 from rq.callbacks import execute_failure_callback
 from rq.exceptions import AbandonedJobError, NoSuchJobError
@@ -30,8 +31,17 @@ from rq.registry import StartedJobRegistry
 from rq.results import Result
 from rq.utils import as_text, parse_composite_key
 
+from . import faults
 from .config import Settings
-from .rqcompat import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY, execution_key, job_func, requeue_now, worker_key
+from .rqcompat import (
+    REDIS_WORKER_KEYS,
+    WORKERS_BY_QUEUE_KEY,
+    execution_key,
+    job_func,
+    requeue_now,
+    retry_in,
+    worker_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,29 +93,26 @@ def record_interruption(job: Job, reason: str, worker_name: str, settings: Setti
     return job.should_retry
 
 
-def fail_or_retry(job: Job, queue: Queue, reason: str, worker_name: str, settings: Settings, *,
-                  at_once: bool = False) -> bool:
-    """Retry (per the job's Retry or the default policy) or fail a job whose execution was cut off.
+def settle_interrupted(job: Job, queue: Queue, reason: str, worker_name: str, settings: Settings, pipeline, *,
+                       at_once: bool = False) -> bool:
+    """Queue in ``pipeline`` the writes that retry (per the job's Retry or the default policy) or fail a
+    job whose execution was cut off; returns True if it will be retried.
 
-    The interruption is recorded as a failed Result in both cases, so ``job.latest_result()`` and
-    ``rq-worker-service job <id>`` say what happened to that execution. ``at_once``: the retry
-    takes one attempt but is queued now, at the front, whatever the retry interval: for a job whose
-    *worker* was lost (fenced, or replaced after it went silent), which says nothing about the job.
-    Returns True if retried.
+    Writes only: the pipeline may be a transaction already in MULTI, where a read would return
+    nothing (``claim``). The interruption is recorded as a failed Result in both cases, so
+    ``job.latest_result()`` and ``rq-worker-service job <id>`` say what happened to that execution.
+    ``at_once``: the retry takes one attempt but is queued now, at the front, whatever the retry
+    interval: for a job whose *worker* was lost (fenced, or replaced after it went silent), which
+    says nothing about the job.
     """
-    with job.connection.pipeline() as pipe:
-        retry = record_interruption(job, reason, worker_name, settings, pipeline=pipe)
-        if retry and at_once:
-            requeue_now(job, queue, pipe)
-        elif retry:
-            job.retry(queue, pipe)
-        else:
-            job.set_status(JobStatus.FAILED, pipeline=pipe)
-            job._handle_failure(reason, pipe, worker_name=worker_name)
-        pipe.execute()
-    if not retry:
-        queue.enqueue_dependents(job)
-    release_slot(job)  # rq 3 rate limits: the slot goes to a waiting job unless this one was requeued
+    retry = record_interruption(job, reason, worker_name, settings, pipeline=pipeline)
+    if retry and at_once:
+        requeue_now(job, queue, pipeline)
+    elif retry:
+        retry_in(job, queue, pipeline)
+    else:
+        job.set_status(JobStatus.FAILED, pipeline=pipeline)
+        job._handle_failure(reason, pipeline, worker_name=worker_name)
     return retry
 
 
@@ -120,53 +127,126 @@ def process_is_worker(pid: int) -> bool:
     return b"rq_worker_service" in cmdline or b"rq-worker-service" in cmdline
 
 
-def started_executions(connection: Redis, queue_name: str) -> list[tuple[str, str, str | None]]:
-    """(job id, execution composite key, owning worker name) of every entry in a StartedJobRegistry.
+def execution_owner(connection, composite: str) -> str | None:
+    """The worker that runs a StartedJobRegistry entry: from the execution's hash, or, once that has
+    expired, from the job's hash. ``connection`` may be a pipeline that watches both (``claim``)."""
+    owner = connection.hget(execution_key(composite), "worker_name")
+    if owner is None:
+        owner = connection.hget(Job.key_for(parse_composite_key(composite)[0]), "worker_name")
+    return as_text(owner) if owner is not None else None
 
-    The owner comes from the execution's hash, or, once that has expired, from the job's hash.
-    """
+
+def started_executions(connection: Redis, queue_name: str) -> list[tuple[str, str, str | None]]:
+    """(job id, execution composite key, owning worker name) of every entry in a StartedJobRegistry."""
     registry = StartedJobRegistry(queue_name, connection=connection)
     found = []
     for entry in connection.zrange(registry.key, 0, -1):
         composite = as_text(entry)  # type: ignore[arg-type]
-        job_id, _ = parse_composite_key(composite)
-        owner = connection.hget(execution_key(composite), "worker_name")
-        if owner is None:
-            owner = connection.hget(Job.key_for(job_id), "worker_name")
-        found.append((job_id, composite, as_text(owner) if owner is not None else None))
+        found.append((parse_composite_key(composite)[0], composite, execution_owner(connection, composite)))
     return found
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A rescue this process committed: the job as it was re-queued or failed, for what follows."""
+
+    job: Job
+    retried: bool
+
+
+CLAIM_ATTEMPTS = 20
+"""Transactions tried per entry before it is left for the next rescue: each retry follows a write to
+the job or its execution by someone else (a heartbeat of a worker that is alive after all, its end,
+another rescuer), which the next attempt reads and judges anew."""
+
+
+def claim(queue: Queue, composite: str, owner: str, reason: str, settings: Settings, *, at_once: bool
+          ) -> Claim | None:
+    """Claim one StartedJobRegistry entry of ``owner`` and retry or fail its job, in one transaction.
+
+    Until the transaction commits nothing has changed, so a rescuer that dies or is interrupted at
+    any point before (kill -9, a stop, a Redis error) leaves the entry for the next rescue: the
+    restarted instance, a fencer, rq's own cleanup. Watched: the job's hash and the execution's.
+    Every path of rq's that ends an execution (the worker's end, rq's cleanup, a rescue of ours)
+    writes one of them in the transaction that removes the entry, so a claim that commits is the
+    only one; the registry itself is not watched, since every job starting or ending on the queue
+    writes it. Returns None when the entry is no longer ``owner``'s to rescue, or is a leftover of
+    a job not running any more (then it is only removed).
+    """
+    connection = queue.connection
+    registry_key = queue.started_job_registry.key
+    job_id = parse_composite_key(composite)[0]
+    with connection.pipeline() as pipe:
+        for _ in range(CLAIM_ATTEMPTS):
+            try:
+                pipe.watch(Job.key_for(job_id), execution_key(composite))
+                if pipe.zscore(registry_key, composite) is None or execution_owner(pipe, composite) != owner:
+                    return None  # ended, claimed by another rescuer, or another worker's
+                job = started_job(connection, job_id)
+                pipe.multi()
+                pipe.zrem(registry_key, composite)
+                pipe.delete(execution_key(composite))
+                retried = job is not None and settle_interrupted(
+                    job, queue, f"{AbandonedJobError.__name__}: {reason}", settings.name, settings, pipe,
+                    at_once=at_once)
+                pipe.execute()
+                return Claim(job, retried) if job is not None else None
+            except WatchError:
+                continue
+    log.warning("Left job %s of worker %s in the started registry: %d attempts to claim it met other writes; the "
+                "next rescue or rq's cleanup takes it", job_id, owner, CLAIM_ATTEMPTS)
+    return None
+
+
+def started_job(connection: Redis, job_id: str) -> Job | None:
+    """The job, if it still exists and is STARTED; else its registry entry is a leftover."""
+    try:
+        job = Job.fetch(job_id, connection=connection)
+    except NoSuchJobError:
+        return None
+    return job if job.get_status(refresh=False) == JobStatus.STARTED else None
+
+
+def after_claim(job: Job, queue: Queue, retried: bool) -> None:
+    """What follows a committed rescue, as rq's worker does after it records a failure.
+
+    Dependents and the rate-limit slot first: they are quick, and a rescuer that dies later would
+    otherwise leave a dependent deferred for good. The app's failure callback (up to 60 s) last, at
+    most once: a rescuer that dies after the commit skips it. rq's own ``StartedJobRegistry.cleanup``
+    runs it before its commit instead, so a cleanup that dies in between runs it again next time.
+    """
+    if not retried:
+        queue.enqueue_dependents(job)
+    release_slot(job)  # rq 3 rate limits: the slot goes to a waiting job unless this one was requeued
+    try:
+        execute_failure_callback(job, queue.death_penalty_class, AbandonedJobError, AbandonedJobError(), None)
+    except Exception:  # the app's callback must not stop recovery
+        log.exception("failure callback of job %s raised during recovery", job.id)
+    faults.reached("rescue.callback")
 
 
 def rescue_executions(connection: Redis, owner: str, queue_names: list[str], settings: Settings, reason: str, *,
                       at_once: bool) -> list[Recovered]:
-    """Fail-or-retry every job that worker ``owner`` was running in these queues.
+    """Retry or fail every job that worker ``owner`` was running in these queues (``claim``).
 
-    Each StartedJobRegistry entry is claimed by removing it: when two rescuers meet (a fencer and
-    the restarted instance, or rq's own cleanup), only the one whose removal took effect goes on.
+    Every rescue goes through here: the restarted instance's, a fencer's, a worker's of its own jobs.
     """
     recovered: list[Recovered] = []
     for name in queue_names:
         queue = Queue(name, connection=connection)
         for job_id, composite, job_owner in started_executions(connection, name):
-            if job_owner != owner or not connection.zrem(queue.started_job_registry.key, composite):
+            if job_owner != owner:
                 continue
-            connection.delete(execution_key(composite))
-            try:
-                job = Job.fetch(job_id, connection=connection)
-            except NoSuchJobError:
+            claimed = claim(queue, composite, owner, reason, settings, at_once=at_once)
+            if claimed is None:
                 continue
-            if job.get_status() != JobStatus.STARTED:
-                continue
-            try:
-                execute_failure_callback(job, queue.death_penalty_class, AbandonedJobError, AbandonedJobError(), None)
-            except Exception:  # the app's callback must not stop recovery
-                log.exception("failure callback of job %s raised during recovery", job_id)
-            retried = fail_or_retry(job, queue, f"{AbandonedJobError.__name__}: {reason}", settings.name, settings,
-                                    at_once=at_once)
-            log.warning("Rescued job %s (%s) of worker %s: %s", job_id, job_func(job), owner,
-                        ("requeued at once" if at_once else "retrying") if retried else "failed, no retries left",
-                        extra={"RQ_JOB_ID": job_id, "RQ_QUEUE": name, "RQ_JOB_FUNC": job_func(job)})
-            recovered.append(Recovered(job_id, retried))
+            faults.reached("rescue.claimed")
+            log.warning("Rescued job %s (%s) of worker %s: %s", job_id, job_func(claimed.job), owner,
+                        ("requeued at once" if at_once else "retrying") if claimed.retried
+                        else "failed, no retries left",
+                        extra={"RQ_JOB_ID": job_id, "RQ_QUEUE": name, "RQ_JOB_FUNC": job_func(claimed.job)})
+            recovered.append(Recovered(job_id, claimed.retried))
+            after_claim(claimed.job, queue, claimed.retried)
     return recovered
 
 

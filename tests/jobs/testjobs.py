@@ -74,3 +74,15 @@ def client_id_job() -> int:
     """The Redis client id of the connection the job's own commands go out on."""
     _count()
     return int(get_current_job().connection.client_id())
+
+
+def note_status_on_failure(job, connection, exc_type, exc_value, traceback) -> None:
+    """A failure callback that records the job's stored status when it runs (``status-at-callback:<id>``)."""
+    connection.set(f"status-at-callback:{job.id}", connection.hget(job.key, "status") or b"")
+
+
+def slow_failure_callback(job, connection, exc_type, exc_value, traceback) -> None:
+    """A failure callback that counts its calls (``failure-callbacks:<id>``), then takes 20 s: time
+    to kill the process running it."""
+    connection.incr(f"failure-callbacks:{job.id}")
+    time.sleep(20)

@@ -6,10 +6,11 @@ import fakeredis
 import pytest
 from rq import Callback, Queue, Retry, Worker
 from rq.job import Job, JobStatus
-from testjobs import note_failure, quick_job
+from testjobs import note_failure, note_status_on_failure, quick_job
 
+from rq_worker_service import recovery
 from rq_worker_service.config import load_settings
-from rq_worker_service.recovery import WorkerNameInUse, apply_default_retry, recover_predecessor
+from rq_worker_service.recovery import WorkerNameInUse, apply_default_retry, recover_predecessor, rescue_executions
 
 HOST = socket.gethostname()
 DEAD_PID = 4_000_000  # above pid_max: never a live process
@@ -64,6 +65,55 @@ def test_recovery_runs_the_jobs_failure_callback_as_rq_does_for_abandoned_jobs(c
     job, _ = predecessor_running(conn, {"on_failure": Callback(note_failure)})
     recover_predecessor(conn, settings(RQ_JOB_RETRY_MAX="0"), HOST)
     assert conn.get(f"failure-callback:{job.id}") == b"AbandonedJobError"
+
+
+def test_the_callback_runs_after_the_job_is_requeued(conn):
+    """The claim and the re-queue commit first: a rescuer killed in a slow callback loses nothing."""
+    job, _ = predecessor_running(conn, {"retry": Retry(max=1), "on_failure": Callback(note_status_on_failure)})
+    recover_predecessor(conn, settings(), HOST)
+    assert conn.get(f"status-at-callback:{job.id}") == b"queued"
+
+
+def test_two_rescuers_at_once_requeue_the_job_once(conn, monkeypatch):
+    """A second rescuer commits between the first one's reads and its commit (here: while the first
+    fetches the job): the first one's transaction fails, it reads again, finds the entry gone."""
+    job, _ = predecessor_running(conn, {"retry": Retry(max=3)})
+    s = settings()
+    fetch, inner = recovery.started_job, []
+
+    def second_rescuer_meanwhile(connection, job_id):
+        if not inner:
+            inner.append([])  # (the second rescuer's own fetch is not interleaved)
+            inner[0] = rescue_executions(conn, s.name, ["default"], s, "second", at_once=True)
+        return fetch(connection, job_id)
+
+    monkeypatch.setattr(recovery, "started_job", second_rescuer_meanwhile)
+    first = rescue_executions(conn, s.name, ["default"], s, "first", at_once=True)
+    assert (first, [r.job_id for r in inner[0]]) == ([], [job.id])
+    queue = Queue("default", connection=conn)
+    assert queue.job_ids.count(job.id) == 1
+    assert Job.fetch(job.id, connection=conn).retries_left == 2, "one attempt taken, not two"
+    assert len(Job.fetch(job.id, connection=conn).results()) == 1
+
+
+@pytest.mark.parametrize("dies_in", ["rq.results.Result.create_failure",  # writing the retry: before the commit
+                                     "rq_worker_service.recovery.release_slot",  # after it
+                                     "rq_worker_service.recovery.execute_failure_callback"])
+def test_a_rescuer_that_dies_anywhere_leaves_the_job_to_the_next(conn, monkeypatch, dies_in):
+    """Killed before its commit, a rescue changed nothing and the next one does it; killed after,
+    the job is already back in its queue. Either way one attempt is taken, and the job is not lost."""
+    job, _ = predecessor_running(conn, {"retry": Retry(max=2)})
+
+    def dies(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dies_in, dies)
+    with pytest.raises(KeyboardInterrupt):
+        recover_predecessor(conn, settings(), HOST)
+    monkeypatch.undo()
+    recover_predecessor(conn, settings(), HOST)  # the restarted instance's
+    assert Queue("default", connection=conn).job_ids == [job.id]
+    assert Job.fetch(job.id, connection=conn).retries_left == 1
 
 
 def test_default_policy_off_fails_the_job_with_a_reason(conn):
