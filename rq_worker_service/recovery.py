@@ -31,7 +31,7 @@ from rq.registry import StartedJobRegistry
 from rq.results import Result
 from rq.utils import as_text, parse_composite_key
 
-from . import faults
+from . import faults, host
 from .config import Settings
 from .rqcompat import (
     REDIS_WORKER_KEYS,
@@ -262,6 +262,33 @@ def predecessor_hung(instance: str, env: Mapping[str, str]) -> bool:
         return False
 
 
+def refuse_if_alive(record: Mapping[str, str], name: str, hostname: str, here: host.HostIdentity) -> None:
+    """Raise ``WorkerNameInUse`` unless the worker that left ``record`` (rq's hash, no death) is dead.
+
+    A pid tells only on its own machine during its own boot, and host names are shared by cloned
+    VMs and containers: so another host name, or the same one on another machine (machine id), is
+    a live worker elsewhere whose jobs are not ours to rescue; the same machine in an earlier boot
+    (boot id) is dead whatever its pid; the same boot leaves the pid to judge. A record without
+    these ids (written by an older version) is judged by host name and pid alone.
+    """
+    pid = int(record.get("pid") or 0)
+    their_host = record.get("hostname", "")
+    if their_host and their_host != hostname:
+        raise WorkerNameInUse(f"worker name {name} is registered by host {their_host}; "
+                              "give this worker another --name or --instance")
+    machine, boot = record.get("machine_id", ""), record.get("boot_id", "")
+    if machine and here.machine_id and machine != here.machine_id:
+        raise WorkerNameInUse(f"worker name {name} is registered by host {their_host or '?'} (machine id {machine}) "
+                              f"and this host {hostname} is another machine (machine id {here.machine_id}): give the "
+                              "hosts distinct hostnames, or this worker another --name or --instance")
+    if machine and machine == here.machine_id and boot and here.boot_id and boot != here.boot_id:
+        log.info("Worker %s's record is from an earlier boot of this machine: its pid %d is not running it", name, pid)
+        return
+    if process_is_worker(pid):
+        raise WorkerNameInUse(f"worker {name} is already running as pid {pid} on this host; "
+                              "stop it first, or start this one with another --instance")
+
+
 def recover_predecessor(connection: Redis, settings: Settings, hostname: str, went_silent: bool = False
                         ) -> list[Recovered]:
     """Clean up the record a dead predecessor of this instance left, before we register.
@@ -269,19 +296,12 @@ def recover_predecessor(connection: Redis, settings: Settings, hostname: str, we
     ``went_silent``: its main loop had stopped (frozen or hung) and the watchdog ended it: its jobs
     are requeued at once, as a fencer would have done. Otherwise it died suddenly (kill -9, the OOM
     killer, a crash), which its job may have caused: the job's retry interval applies.
-    Raises ``WorkerNameInUse`` when that predecessor is in fact alive.
+    Raises ``WorkerNameInUse`` when that predecessor is in fact alive, or runs on another machine.
     """
     key = worker_key(settings.name)
     record = {as_text(k): as_text(v) for k, v in connection.hgetall(key).items()}
     if record and "death" not in record:
-        pid = int(record.get("pid") or 0)
-        host = record.get("hostname", "")
-        if host and host != hostname:
-            raise WorkerNameInUse(f"worker name {settings.name} is registered by host {host}; "
-                                  "give this worker another --name or --instance")
-        if process_is_worker(pid):
-            raise WorkerNameInUse(f"worker {settings.name} is already running as pid {pid} on this host; "
-                                  "stop it first, or start this one with another --instance")
+        refuse_if_alive(record, settings.name, hostname, host.identity())
     queue_names = list(settings.queues)
     for extra in filter(None, record.get("queues", "").split(",")):
         if extra not in queue_names:

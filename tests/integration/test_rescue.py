@@ -70,3 +70,41 @@ def test_two_rescuers_interleaved_on_a_real_redis_requeue_once(rconn, monkeypatc
     assert (first, [r.job_id for r in second[0]]) == ([], [job.id])
     assert queue.job_ids == [job.id]
     assert Job.fetch(job.id, connection=rconn).retries_left == 2
+
+
+def test_a_worker_records_its_machine_and_boot_and_refuses_a_namesake_on_another_machine(start_worker, notify, rconn):
+    """Issue 25, item 4: the worker's hash and its fencing member record carry this machine's and
+    boot's ids; a start that finds its name registered by the same host name on another machine
+    exits 75 with one line and leaves that worker's job alone (before: its pid, not running here,
+    made it look dead, and its live job was run a second time)."""
+    import json
+    import socket
+
+    from rq import Worker
+
+    from rq_worker_service import host, keys
+    from rq_worker_service.config import load_settings
+
+    here = host.identity().fields()
+    worker = start_worker("1", notify=notify)
+    notify.wait_for("READY=1")
+    name = load_settings({"RQ_WORKER_INSTANCE": "1"}).name
+    record = {k.decode(): v.decode() for k, v in rconn.hgetall(f"rq:worker:{name}").items()}
+    member = json.loads(rconn.hget(keys.fencing_members(), name))
+    assert here and {k: record.get(k) for k in here} == here == {k: member.get(k) for k in here}
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(10) == 0
+
+    queue = Queue(connection=rconn)  # now the same name, registered from a clone of this host
+    job = queue.enqueue(sleep_job, 1, job_id="clones-job")
+    clone = Worker([queue], name=name, connection=rconn)
+    clone.register_birth()
+    queue.remove(job)
+    clone.prepare_execution(job)
+    clone.prepare_job_execution(job)
+    rconn.hset(clone.key, mapping={"pid": 4_000_000, "hostname": socket.gethostname(), "machine_id": "0" * 32})
+    refused = start_worker("1")
+    assert refused.wait(15) == 75
+    assert f"(machine id {'0' * 32}) and this host {socket.gethostname()} is another machine" in refused.output()
+    assert Job.fetch(job.id, connection=rconn).get_status() == JobStatus.STARTED
+    assert Queue(connection=rconn).started_job_registry.get_job_ids(cleanup=False) == [job.id]

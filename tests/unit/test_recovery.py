@@ -8,8 +8,9 @@ from rq import Callback, Queue, Retry, Worker
 from rq.job import Job, JobStatus
 from testjobs import note_failure, note_status_on_failure, quick_job
 
-from rq_worker_service import recovery
+from rq_worker_service import host, recovery
 from rq_worker_service.config import load_settings
+from rq_worker_service.host import HostIdentity
 from rq_worker_service.recovery import WorkerNameInUse, apply_default_retry, recover_predecessor, rescue_executions
 
 HOST = socket.gethostname()
@@ -25,7 +26,7 @@ def settings(**env):
     return load_settings({"RQ_WORKER_INSTANCE": "1", "RQ_JOB_RETRY_DELAY": "0", **env})
 
 
-def predecessor_running(conn, job_kwargs, pid=DEAD_PID, host=HOST, name=None):
+def predecessor_running(conn, job_kwargs, pid=DEAD_PID, host=HOST, name=None, **fields):
     """Leave the record a worker killed mid-job leaves: registered, no death, job STARTED."""
     s = settings()
     queue = Queue("default", connection=conn)
@@ -35,7 +36,7 @@ def predecessor_running(conn, job_kwargs, pid=DEAD_PID, host=HOST, name=None):
     queue.remove(job)
     worker.prepare_execution(job)
     worker.prepare_job_execution(job)
-    conn.hset(worker.key, mapping={"pid": pid, "hostname": host})
+    conn.hset(worker.key, mapping={"pid": pid, "hostname": host, **fields})
     assert job.get_status() == JobStatus.STARTED
     return job, worker
 
@@ -146,6 +147,54 @@ def test_record_from_another_host_is_refused(conn):
     with pytest.raises(WorkerNameInUse, match="otherhost"):
         recover_predecessor(conn, settings(), HOST)
     assert Job.fetch(job.id, connection=conn).get_status() == JobStatus.STARTED
+
+
+@pytest.fixture
+def here(monkeypatch):
+    """This process runs on machine "m-here", in boot "b-here"; the pid 12345 is a live worker."""
+    monkeypatch.setattr(host, "identity", lambda: HostIdentity(machine_id="m-here", boot_id="b-here"))
+    monkeypatch.setattr("rq_worker_service.recovery.process_is_worker", lambda pid: pid == 12345)
+
+
+def test_same_hostname_on_another_machine_is_refused_and_its_jobs_left_alone(conn, here):
+    """Cloned VMs and containers share host names: a pid that is not running here says nothing about
+    a worker on another machine, which must not have its live jobs rescued."""
+    job, _ = predecessor_running(conn, {"retry": Retry(max=2)}, machine_id="m-there", boot_id="b-there")
+    with pytest.raises(WorkerNameInUse, match=f"registered by host {HOST} \\(machine id m-there\\) and this host "
+                                              f"{HOST} is another machine \\(machine id m-here\\): give the hosts "
+                                              "distinct hostnames, or this worker another --name or --instance"):
+        recover_predecessor(conn, settings(), HOST)
+    assert Job.fetch(job.id, connection=conn).get_status() == JobStatus.STARTED
+
+
+def test_a_record_from_an_earlier_boot_is_dead_whatever_its_pid(conn, here):
+    job, _ = predecessor_running(conn, {"retry": Retry(max=2)}, pid=12345, machine_id="m-here", boot_id="b-before")
+    assert [r.job_id for r in recover_predecessor(conn, settings(), HOST)] == [job.id]
+    assert Job.fetch(job.id, connection=conn).get_status() == JobStatus.QUEUED
+
+
+@pytest.mark.parametrize("fields", [{"machine_id": "m-here", "boot_id": "b-here"}, {}],
+                         ids=["same boot", "older record"])
+def test_same_boot_or_a_record_without_ids_is_judged_by_its_pid(conn, here, fields):
+    live, _ = predecessor_running(conn, {}, pid=12345, **fields)
+    with pytest.raises(WorkerNameInUse, match="already running as pid 12345"):
+        recover_predecessor(conn, settings(), HOST)
+    assert Job.fetch(live.id, connection=conn).get_status() == JobStatus.STARTED
+    conn.hset(f"rq:worker:{settings().name}", "pid", DEAD_PID)
+    assert [r.job_id for r in recover_predecessor(conn, settings(), HOST)] == [live.id]
+
+
+def test_host_identity_reads_systemds_machine_id_then_dbuss_and_the_boot_id(tmp_path, monkeypatch):
+    etc, dbus, boot = tmp_path / "machine-id", tmp_path / "dbus-machine-id", tmp_path / "boot_id"
+    monkeypatch.setattr(host, "MACHINE_ID_FILES", (etc, dbus))
+    monkeypatch.setattr(host, "BOOT_ID_FILE", boot)
+    assert host.identity() == HostIdentity("", "") and host.identity().fields() == {}
+    dbus.write_text("d-bus\n")
+    boot.write_text("b-1\n")
+    etc.write_text("uninitialized\n")  # systemd's first boot: not an id yet
+    assert host.identity().fields() == {"machine_id": "d-bus", "boot_id": "b-1"}
+    etc.write_text("m-1\n")
+    assert host.identity() == HostIdentity("m-1", "b-1")
 
 
 def test_other_workers_jobs_are_left_to_rq(conn):
