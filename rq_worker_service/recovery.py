@@ -4,9 +4,13 @@ Stock RQ finds such a job only when the StartedJobRegistry entry has expired (�
 heartbeat) *and* a worker runs its maintenance (every 10 minutes), so a job interrupted by
 ``kill -9``, the OOM killer or a watchdog abort sat for ~14 minutes before it ran again. Our worker
 names are stable per host and instance, so the new process knows exactly whose record it inherits:
-if that record is on this host and its pid is gone, every job that worker was executing was cut
-off, and is handled at once — retried per its ``Retry`` (or the service's default policy), or
-failed with a reason that says what happened. Workers on other hosts keep RQ's heartbeat cleanup.
+if that record is from this machine and its worker is gone (another boot, or its pid not running),
+every job that worker was executing was cut off, and is handled at once — retried per its
+``Retry`` (or the service's default policy), or failed with a reason that says what happened.
+Workers on other hosts keep RQ's heartbeat cleanup, and fencing.
+
+Every rescue, here or by a fencer, claims a job and re-queues it in one transaction (``claim``), so
+a rescuer that dies half-way leaves the job to the next one instead of losing it.
 
 The service's defaults for jobs live here too: the retry policy given to a job cut off under its
 worker, and the timeout and failure TTL for jobs enqueued without them.
