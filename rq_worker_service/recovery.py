@@ -131,7 +131,7 @@ def process_is_worker(pid: int) -> bool:
     return b"rq_worker_service" in cmdline or b"rq-worker-service" in cmdline
 
 
-def execution_owner(connection, composite: str) -> str | None:
+def execution_owner(connection: Redis, composite: str) -> str | None:
     """The worker that runs a StartedJobRegistry entry: from the execution's hash, or, once that has
     expired, from the job's hash. ``connection`` may be a pipeline that watches both (``claim``)."""
     owner = connection.hget(execution_key(composite), "worker_name")
@@ -151,7 +151,7 @@ def started_executions(connection: Redis, queue_name: str) -> list[tuple[str, st
 
 
 @dataclass(frozen=True)
-class Claim:
+class Claimed:
     """A rescue this process committed: the job as it was re-queued or failed, for what follows."""
 
     job: Job
@@ -165,7 +165,7 @@ another rescuer), which the next attempt reads and judges anew."""
 
 
 def claim(queue: Queue, composite: str, owner: str, reason: str, settings: Settings, *, at_once: bool
-          ) -> Claim | None:
+          ) -> Claimed | None:
     """Claim one StartedJobRegistry entry of ``owner`` and retry or fail its job, in one transaction.
 
     Until the transaction commits nothing has changed, so a rescuer that dies or is interrupted at
@@ -194,7 +194,7 @@ def claim(queue: Queue, composite: str, owner: str, reason: str, settings: Setti
                     job, queue, f"{AbandonedJobError.__name__}: {reason}", settings.name, settings, pipe,
                     at_once=at_once)
                 pipe.execute()
-                return Claim(job, retried) if job is not None else None
+                return Claimed(job, retried) if job is not None else None
             except WatchError:
                 continue
     log.warning("Left job %s of worker %s in the started registry: %d attempts to claim it met other writes; the "
