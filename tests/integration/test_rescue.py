@@ -32,7 +32,7 @@ def test_a_restart_killed_in_the_rescues_callback_loses_nothing(start_worker, no
     rescuer.wait(5)
 
     start_worker("1")
-    wait_until(lambda: Job.fetch(job.id, connection=rconn).get_status() == JobStatus.FINISHED, 12,
+    wait_until(lambda: Job.fetch(job.id, connection=rconn).get_status() == JobStatus.FINISHED, 20,
                what="the rescued job to run again and finish")
     job = Job.fetch(job.id, connection=rconn)
     assert (executions(rconn, job.id), job.retries_left) == (2, 1), "one retry taken, one more run"
