@@ -10,7 +10,7 @@ import time
 from helpers import RedisServer, wait_until
 from rq import Callback, Queue, Retry
 from rq.job import Job, JobStatus
-from testjobs import quick_job, sleep_job, slow_failure_callback
+from testjobs import marked_failure_callback, quick_job, sleep_job
 
 HOST = socket.gethostname()
 
@@ -296,7 +296,7 @@ def test_a_stop_during_the_predecessors_recovery_comes_after_it_and_takes_no_job
     started registry and in no queue."""
     worker = start_worker("1", notify=notify)
     notify.wait_for("READY=1")
-    job = Queue(connection=rconn).enqueue(sleep_job, 30, job_id="rescued", on_failure=Callback(slow_failure_callback))
+    job = Queue(connection=rconn).enqueue(sleep_job, 30, job_id="rescued", on_failure=Callback(marked_failure_callback))
     wait_until(lambda: executions(rconn, job.id) == 1, 10, what="the job function to start")
     worker.signal(signal.SIGKILL)
     worker.wait(5)
