@@ -32,7 +32,6 @@ from .connection import (
 from .envfiles import refresh_environment
 from .lifecycle import Phase
 from .notify import Notifier
-from .orphans import settle
 from .parts.reporting import COUNTS_VAR
 from .recovery import WorkerNameInUse, predecessor_hung, recover_predecessor
 from .rqcompat import mixed_rq_workers
@@ -124,7 +123,6 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
         if recovered:
             log.warning("Recovered %d job(s) from this instance's previous run", len(recovered))
         worker = build_worker(settings, connection, notifier)
-        settle(worker.parts.orphans)  # a job our predecessor popped but never started runs now, not a tick later
         worker.work(with_scheduler=settings.with_scheduler, logging_level=settings.log_level)
     except RedisUnavailable as exc:
         return notifier.fail(str(exc), exits.UNAVAILABLE, errno.ECONNREFUSED)

@@ -1,5 +1,6 @@
 """The parts that look after more than this worker between its jobs: rq's scheduler, and jobs
-other workers popped but never started."""
+workers popped but never started (this worker's own held list, dead workers' held lists, and the
+intermediate lists of stock rq workers sharing the queues)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ from collections.abc import Callable
 
 from rq.scheduler import RQScheduler
 
+from ..connection import REDIS_ERRORS
+from ..held import Held, put_back_dead
 from ..lifecycle import Lifecycle
 from ..orphans import IntermediateWatch
 from ..scheduling import Takeover
-from . import Part
+from . import Part, log
 
 
 class SchedulerTakeover(Part):
@@ -35,3 +38,26 @@ class OrphanSweep(Part):
 
     def sweep(self) -> None:
         self.watch.sweep()
+
+
+class HeldJobs(Part):
+    """This worker's held list (``held``): what its previous run held goes back to the front of its
+    queues at start-up, and what it holds when it leaves likewise; between jobs it puts back the
+    held lists of workers that are gone."""
+
+    def __init__(self, held: Held) -> None:
+        self.held = held
+
+    def started(self) -> None:
+        self.held.join()
+        if self.held.put_back():
+            log.warning("Put back the job(s) this worker's previous run had popped and not started")
+
+    def sweep(self) -> None:
+        put_back_dead(self.held.connection, self.held.name)
+
+    def teardown(self) -> None:
+        try:
+            self.held.leave()
+        except REDIS_ERRORS as exc:  # left for this instance's next start, or another worker's sweep
+            log.warning("Could not put back the job this worker had popped (%s): its next start will", exc)
