@@ -12,6 +12,9 @@ tests/rq_suite/expected.txt). The pieces:
   of their state lands in rq's namespace.
 * Signal handlers only record the request in the ``Lifecycle`` and make the next tick come now,
   except a stop while blocked in the pop with nothing in hand: it raises rq's StopRequested.
+* The pop (``held``) moves the id into the worker's own held list, from one queue or several; the
+  registration (``prepare_execution``) takes it out in the same transaction. Once the reply is in
+  hand the job is started; what a stop leaves held is put back at the front as the worker leaves.
 * SIGHUP finishes the running job, then the runner re-executes the process in place.
 """
 
@@ -46,10 +49,10 @@ from .rqcompat import HORSE_DIED, STUCK_IN_INTERMEDIATE, job_func
 from .scheduling import start_scheduler
 
 MAINTENANCE_INTERVAL = 60
-"""Seconds between rq's registry maintenance (rq: 600). It is what rescues a job whose worker died
-between popping it and registering it as started (rq's intermediate queue, two sightings a minute
-apart) and the jobs of dead workers on other hosts; each queue's pass is done by one worker under
-rq's maintenance lock, so a shorter interval costs little."""
+"""Seconds between rq's registry maintenance (rq: 600). It is a backstop for the jobs of dead
+workers on other hosts and for stock rq workers' intermediate lists (two sightings a minute apart);
+each queue's pass is done by one worker under rq's maintenance lock, so a shorter interval costs
+little."""
 
 if TYPE_CHECKING:
     _Base = Worker  # what the mixin is mixed into, for the type checker
@@ -161,8 +164,10 @@ class ServiceWorkerMixin(_Base):
         finally:
             self.parts.popping = False
         job, queue = result
-        self.log.info("Worker %s: %s: %s", self.name, queue.name, f"{job.description} ({job.id})"
-                      if self.log_job_description else job.id)
+        if self.log_job_description:  # rq's line (journal.PICKED_UP)
+            self.log.info("Worker %s: %s: %s (%s)", self.name, queue.name, job.description, job.id)
+        else:
+            self.log.info("Worker %s: %s: %s", self.name, queue.name, job.id)
         if self.parts.rq_beat_due(None):
             self.parts.guard.call(super().heartbeat)  # rq's beat after the pop, without the tick
         return result
