@@ -195,10 +195,15 @@ def put_back_dead(connection: Redis, living: str) -> list[str]:
     """Every held list whose owner's rq worker key is gone, put back (any worker's sweep; ``living``
     is the sweeping worker, whose own list is its own business)."""
     done: list[str] = []
+    owners = sorted(as_text(n) for n in connection.smembers(keys.holders()) if as_text(n) != living)
+    if not owners:
+        return done
+    with connection.pipeline(transaction=False) as pipe:
+        for owner in owners:
+            pipe.exists(worker_key(owner))
+        alive = pipe.execute()
     forget = connection.register_script(_FORGET_HOLDER)
-    for owner in sorted(as_text(n) for n in connection.smembers(keys.holders())):
-        if owner == living or connection.exists(worker_key(owner)):
-            continue
+    for owner in (o for o, up in zip(owners, alive, strict=True) if not up):
         done += put_back(connection, owner, owner_gone=True, reason="its worker is gone")
         forget(keys=[keys.held(owner), worker_key(owner), keys.holders()], args=[owner])
     return done

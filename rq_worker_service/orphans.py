@@ -25,6 +25,7 @@ from rq.job import JobStatus
 from rq.queue import Queue
 from rq.utils import as_text, parse_composite_key
 
+from . import faults
 from .rqcompat import first_seen_key, intermediate_key
 
 log = logging.getLogger("rq_worker_service.orphans")
@@ -81,6 +82,7 @@ class IntermediateWatch:
             return False
         if as_text(status) != JobStatus.QUEUED.value:
             return False  # cancelled or otherwise handled: rq's cleanup decides
+        faults.reached("sweep.requeue")
         done = self._requeue(keys=[intermediate_key(queue), queue.key, first_seen_key(queue, job_id)], args=[job_id])
         if done:
             log.warning("Job %s was taken from queue %s by a worker that never started it (frozen, cut off or "
