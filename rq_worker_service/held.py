@@ -6,12 +6,15 @@ connection, kill -9, the OOM killer, a watchdog abort, a fencer's CLIENT KILL or
 that window lost the job. Here every pop moves the id, in one atomic step, into the popping
 worker's own list (``keys.held(name)``):
 
-* one queue: ``BLMOVE queue held LEFT RIGHT``, blocking as rq's pop does;
-* several: a script that moves the head of the first non-empty queue, in the order rq passes
-  (after its dequeue strategy reordered them). Redis cannot block inside a script, nor wait on
-  several lists without taking from one, so while all are empty the worker blocks on the first
-  queue for ``POLL`` seconds (a job arriving there is taken at once) and runs the script again: a
-  job arriving on another queue of an idle worker waits up to ``POLL`` seconds more than with BLPOP.
+* a script moves the head of the first non-empty queue, in the order rq passes (after its dequeue
+  strategy reordered them); but an id already in the held list comes first: between jobs a live
+  worker's list is empty, so an id there is a pop whose reply was lost (a dropped connection, a
+  Sentinel failover that kept the pop and lost the registration, a stop that raised meanwhile);
+* when all queues are empty: one queue, ``BLMOVE queue held LEFT RIGHT``, blocking as rq's pop
+  does; several, Redis cannot block inside a script nor wait on several lists without taking from
+  one, so the worker blocks on the first queue for ``POLL`` seconds (a job arriving there is taken
+  at once) and runs the script again: a job arriving on another queue of an idle worker waits up to
+  ``POLL`` seconds more than with BLPOP.
 
 The registration (rq's ``prepare_execution`` pipeline, which adds the StartedJobRegistry entry)
 removes the id in the same MULTI/EXEC, so a popped job is at every moment in its queue, in a held
@@ -52,6 +55,8 @@ worker, each a script run (6–50 µs of Redis time) and a timed-out BLMOVE (≈
 Redis core per idle worker, 0.5 % of a core in the worker."""
 
 _TAKE = """
+local held = redis.call('LINDEX', KEYS[1], 0)
+if held then return {'', held} end
 for i = 2, #KEYS do
   local id = redis.call('LPOP', KEYS[i])
   if id then
@@ -102,26 +107,30 @@ class Held:
         self._quarantine = connection.register_script(_QUARANTINE)
 
     def pop(self, queue_keys: list[str], timeout: float | None, clock: Callable[[], float] = time.monotonic
-            ) -> tuple[str, str] | None:
-        """(queue key, job id) of the job now at the end of the held list, or None: nothing came
-        within ``timeout`` seconds (None: do not wait)."""
+            ) -> tuple[str | None, str] | None:
+        """(queue key, job id) of the job now held, or None: nothing came within ``timeout`` seconds
+        (None: do not wait). The queue key is None for an id that was held already (its job's origin
+        says which queue)."""
+        reply = self._take(keys=[self.key, *queue_keys])
+        if reply:
+            return as_text(reply[0]) or None, as_text(reply[1])
+        if timeout is None:
+            return None
         blocking = get_version(self.connection) >= (6, 2, 0)  # BLMOVE (rq's own test; cached on the connection)
-        if timeout is not None and blocking and len(queue_keys) == 1:
+        if blocking and len(queue_keys) == 1:
             return self._blmove(queue_keys[0], timeout)
-        deadline = clock() + (timeout or 0)
-        while True:
-            reply = self._take(keys=[self.key, *queue_keys])
-            if reply:
-                return as_text(reply[0]), as_text(reply[1])
-            left = deadline - clock()
-            if timeout is None or left <= 0:
-                return None
+        deadline = clock() + timeout
+        while (left := deadline - clock()) > 0:
             if blocking:
                 taken = self._blmove(queue_keys[0], min(POLL, left))
                 if taken is not None:
                     return taken
             else:
                 time.sleep(min(POLL, left))
+            reply = self._take(keys=[self.key, *queue_keys])
+            if reply:
+                return as_text(reply[0]) or None, as_text(reply[1])
+        return None
 
     def _blmove(self, queue_key: str, timeout: float) -> tuple[str, str] | None:
         # (Redis takes a fractional timeout since 6.0; redis-py's hint says int)

@@ -126,7 +126,7 @@ class ServiceWorkerMixin(_Base):
         reply is in hand the stop flag no longer matters: the job is started, and a stop that
         raised in between leaves the id in the held list, which the worker puts back as it leaves.
         After a Redis error the id of a reply that was lost on the way may be held already: it is
-        taken from the held list first. No tick runs between the pop and the registration."""
+        taken from the held list first (``held``). No tick runs between the pop and the registration."""
         self.parts.guard.call(self.set_state, WorkerStatus.IDLE)
         self.procline("Listening on " + ",".join(self.queue_names()))
         idle_since = now()
@@ -150,8 +150,7 @@ class ServiceWorkerMixin(_Base):
                     result = self._fetch_popped(*reply)
                     if result is not None:
                         break
-                except REDIS_ERRORS as exc:  # a reply may have been lost on the way: it is in the held list
-                    self.parts.check_held = True
+                except REDIS_ERRORS as exc:  # a reply lost on the way is in the held list: the next pop's
                     self.parts.outage.failed(exc)
                     self.heartbeat()  # the tick (watchdog, STATUS=); a stop that came meanwhile ends here
                     time.sleep(wait)
@@ -174,15 +173,8 @@ class ServiceWorkerMixin(_Base):
 
     def _pop(self, timeout: int | None) -> tuple[str | None, str] | None:
         """(queue key, job id) of the job now in hand (held), or None when none came in time. The
-        queue key is None for an id found in the held list after a Redis error."""
-        held = self.parts.held
-        if self.parts.check_held:
-            ids = held.ids()
-            self.parts.check_held = False
-            if ids:
-                self.parts.popping = False
-                return None, ids[0]
-        reply = held.pop([queue.key for queue in self._ordered_queues], timeout)
+        queue key is None for an id that was held already (a reply lost on the way)."""
+        reply = self.parts.held.pop([queue.key for queue in self._ordered_queues], timeout)
         if reply is not None:
             self.parts.popping = False  # in hand: from here on the job is started, whatever comes
             faults.reached("pop.reply")
@@ -277,8 +269,7 @@ class ServiceWorkerMixin(_Base):
             super().execute_job(job, queue)
         except redis.exceptions.NoPermissionError as exc:
             self.parts.guard.exit_denied(exc)
-        except REDIS_ERRORS as exc:
-            self.parts.check_held = True  # the registration may not have happened: the id is still held
+        except REDIS_ERRORS as exc:  # (a registration that did not happen left the id held: the next pop's)
             # Only before the horse starts or after it ended: while it runs every Redis call of
             # ours goes through the guard. rq would end the worker for this; we go on.
             self.parts.job_lost(job.id, func, exc)

@@ -70,9 +70,6 @@ class ServiceParts:
         """time.monotonic() at which the next tick, and the next of rq's heartbeats, are due."""
         self.popping = False
         """In rq's blocking pop with nothing in hand: only there may a stop interrupt the loop."""
-        self.check_held = False
-        """A Redis error came around a pop or a registration: the id of a reply lost on the way may be
-        in the held list already, and is the next job (``worker._pop``)."""
         self.in_horse_wait = False
         """In rq's wait for the horse, inside its SIGALRM-based monitor timeout."""
         self.horse_killed = False
