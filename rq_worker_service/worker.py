@@ -199,11 +199,11 @@ class ServiceWorkerMixin(_Base):
                 held.quarantine(job_id, queue, reason)
             return None
         faults.reached("pop.fetched")
-        if queue_key is None:
+        job.redis_server_version = self.get_redis_server_version()
+        if queue_key is None:  # held already: no pop to reorder the queues after
             return job, self._queue(name=job.origin)
         queue = self._queue(queue_key=queue_key)
         self.reorder_queues(reference_queue=queue)
-        job.redis_server_version = self.get_redis_server_version()
         return job, queue
 
     def _queue(self, *, queue_key: str | None = None, name: str | None = None) -> Queue:
