@@ -16,6 +16,7 @@ import time
 import zlib
 from pathlib import Path
 
+import pytest
 from helpers import wait_until
 from rq import Queue
 from rq.job import Job
@@ -85,8 +86,10 @@ def fault(tmp_path: Path, spec: str, instance: str = "1") -> dict[str, str]:
             "POP_FAULT_NAME": name(instance)}
 
 
-def test_a_stop_right_after_the_pop_from_several_queues_runs_the_job_then_exits_0(start_worker, rconn, tmp_path):
-    worker = start_worker("1", env={**QUEUES, **fault(tmp_path, "pop.reply:SIGTERM")})
+@pytest.mark.parametrize("kind", ["fork", "spawn", "simple"])
+def test_a_stop_right_after_the_pop_from_several_queues_runs_the_job_then_exits_0(kind, start_worker, rconn,
+                                                                                   tmp_path):
+    worker = start_worker("1", env={**QUEUES, **fault(tmp_path, "pop.reply:SIGTERM"), "RQ_WORKER_CLASS": kind})
     Queue("q2", connection=rconn).enqueue(quick_job, 1, job_id="stopped-after-pop")
     assert worker.wait(20) == 0
     assert status(rconn, "stopped-after-pop") == "finished" and executions(rconn, "stopped-after-pop") == 1
@@ -135,7 +138,8 @@ def test_a_starting_instance_never_takes_a_job_a_live_worker_holds(start_worker,
     assert executions(rconn, "held-by-a-slow-worker") == 1
 
 
-def test_a_job_rq_cannot_load_is_failed_with_one_line_and_the_queue_goes_on(start_worker, rconn, tmp_path):
+@pytest.mark.parametrize("kind", ["fork", "simple"])
+def test_a_job_rq_cannot_load_is_failed_with_one_line_and_the_queue_goes_on(kind, start_worker, rconn, tmp_path):
     """Issue 25 item 5: a status from a newer rq, a payload that does not unpickle; good jobs behind."""
     q1, q2 = Queue("q1", connection=rconn), Queue("q2", connection=rconn)
     q1.enqueue(quick_job, 1, job_id="from-the-future")
@@ -144,7 +148,7 @@ def test_a_job_rq_cannot_load_is_failed_with_one_line_and_the_queue_goes_on(star
     rconn.hset("rq:job:garbled", "data", zlib.compress(b"not a pickle"))
     good = [q1.enqueue(quick_job, i, job_id=f"good-{i}").id for i in range(3)]
     good.append(q2.enqueue(quick_job, 9, job_id="good-q2").id)
-    worker = start_worker("1", env=QUEUES)
+    worker = start_worker("1", env={**QUEUES, "RQ_WORKER_CLASS": kind})
     wait_until(lambda: all(status(rconn, j) == "finished" for j in good), 20, what="the good jobs to finish")
     assert worker.proc.poll() is None, "the worker ended"
     failed = FailedJobRegistry("q1", connection=rconn)
