@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import redis
 from rq.scheduler import RQScheduler
 
-from ..connection import REDIS_ERRORS
 from ..held import Held, put_back_dead
 from ..lifecycle import Lifecycle
 from ..orphans import IntermediateWatch
@@ -59,5 +59,6 @@ class HeldJobs(Part):
     def teardown(self) -> None:
         try:
             self.held.leave()
-        except REDIS_ERRORS as exc:  # left for this instance's next start, or another worker's sweep
-            log.warning("Could not put back the job this worker had popped (%s): its next start will", exc)
+        except redis.exceptions.RedisError as exc:  # down, or MOVED: left for the next start or another's sweep
+            log.warning("Could not put back the job this worker had popped (%s): its next start will, or another "
+                        "worker once this one is gone", exc)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import fakeredis
 import pytest
+import redis
 from rq import Queue
 from rq.registry import FailedJobRegistry
 from testjobs import quick_job
 
 from rq_worker_service import held as held_module
 from rq_worker_service.held import Held, put_back, put_back_dead
+from rq_worker_service.parts.housekeeping import HeldJobs
 
 
 @pytest.fixture
@@ -113,3 +115,14 @@ def test_quarantine_fails_the_job_in_one_step_with_the_reason(conn):
     assert held.ids() == [] and FailedJobRegistry("q1", connection=conn).get_job_ids() == [job.id]
     assert conn.hget(job.key, "status") == b"failed" and b"hibernating" in conn.hget(job.key, "exc_info")
     assert not held.quarantine(job.id, q1, "again"), "only what is held"
+
+
+def test_a_failed_put_back_at_teardown_is_a_warning_not_an_exception(caplog):
+    """A worker leaving on a cluster MOVED or an outage must still unregister (rq's teardown follows)."""
+
+    class Unreachable:
+        def leave(self):
+            raise redis.exceptions.ResponseError("MOVED 1234 10.0.0.9:6379")
+
+    HeldJobs(Unreachable()).teardown()  # type: ignore[arg-type]
+    assert "its next start will" in caplog.text
