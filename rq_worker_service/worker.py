@@ -167,6 +167,7 @@ class ServiceWorkerMixin(_Base):
             self.log.info("Worker %s: %s: %s (%s)", self.name, queue.name, job.description, job.id)
         else:
             self.log.info("Worker %s: %s: %s", self.name, queue.name, job.id)
+        self.parts.follower.look()  # under Sentinel: a job popped from a replaced primary is rescued
         if self.parts.rq_beat_due(None):
             self.parts.guard.call(super().heartbeat)  # rq's beat after the pop, without the tick
         return result
