@@ -7,9 +7,9 @@ that window lost the job. Here every pop moves the id, in one atomic step, into 
 worker's own list (``keys.held(name)``):
 
 * a script moves the head of the first non-empty queue, in the order rq passes (after its dequeue
-  strategy reordered them); but an id already in the held list comes first: between jobs a live
-  worker's list is empty, so an id there is a pop whose reply was lost (a dropped connection, a
-  Sentinel failover that kept the pop and lost the registration, a stop that raised meanwhile);
+  strategy reordered them); but after a Redis error an id already in the held list comes first:
+  it is a pop whose reply was lost (a dropped connection) or whose registration was (a Sentinel
+  failover that kept the pop and lost the registration);
 * when all queues are empty: one queue, ``BLMOVE queue held LEFT RIGHT``, blocking as rq's pop
   does; several, Redis cannot block inside a script nor wait on several lists without taking from
   one, so the worker blocks on the first queue for ``POLL`` seconds (a job arriving there is taken
@@ -55,8 +55,10 @@ worker, each a script run (6–50 µs of Redis time) and a timed-out BLMOVE (≈
 Redis core per idle worker, 0.5 % of a core in the worker."""
 
 _TAKE = """
-local held = redis.call('LINDEX', KEYS[1], 0)
-if held then return {'', held} end
+if ARGV[1] == '1' then
+  local held = redis.call('LINDEX', KEYS[1], 0)
+  if held then return {'', held} end
+end
 for i = 2, #KEYS do
   local id = redis.call('LPOP', KEYS[i])
   if id then
@@ -104,6 +106,10 @@ class Held:
         self.name = name
         self.key = keys.held(name)
         self._take = connection.register_script(_TAKE)
+        self.retake = False
+        """A Redis error may have lost a pop's reply or a registration: the next pop takes what is held
+        first. Only then: an id handed to rq that stays held without an error (an app's execute_job
+        that returns without starting it) is put back when the worker leaves, not served again in a loop."""
         self._quarantine = connection.register_script(_QUARANTINE)
 
     def pop(self, queue_keys: list[str], timeout: float | None, clock: Callable[[], float] = time.monotonic
@@ -111,7 +117,8 @@ class Held:
         """(queue key, job id) of the job now held, or None: nothing came within ``timeout`` seconds
         (None: do not wait). The queue key is None for an id that was held already (its job's origin
         says which queue)."""
-        reply = self._take(keys=[self.key, *queue_keys])
+        reply = self._take(keys=[self.key, *queue_keys], args=[int(self.retake)])
+        self.retake = False
         if reply:
             return as_text(reply[0]) or None, as_text(reply[1])
         if timeout is None:
@@ -127,7 +134,7 @@ class Held:
                     return taken
             else:
                 time.sleep(min(POLL, left))
-            reply = self._take(keys=[self.key, *queue_keys])
+            reply = self._take(keys=[self.key, *queue_keys], args=[0])
             if reply:
                 return as_text(reply[0]) or None, as_text(reply[1])
         return None

@@ -151,6 +151,7 @@ class ServiceWorkerMixin(_Base):
                     if result is not None:
                         break
                 except REDIS_ERRORS as exc:  # a reply lost on the way is in the held list: the next pop's
+                    self.parts.held.retake = True
                     self.parts.outage.failed(exc)
                     self.heartbeat()  # the tick (watchdog, STATUS=); a stop that came meanwhile ends here
                     time.sleep(wait)

@@ -179,6 +179,7 @@ class ServiceParts:
         """Redis failed before the horse started or after it ended (rq would end the worker): go on,
         and re-queue the job once Redis answers unless its end was recorded."""
         self.rescue.mark(str(exc))
+        self.held.retake = True  # a registration that did not happen left the id held
         self.outage.failed(exc)
         log.warning("Lost Redis around job %s (%s): %s; it is re-queued once Redis answers, unless its end was "
                     "recorded", job_id, func, exc)

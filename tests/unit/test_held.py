@@ -36,15 +36,30 @@ def test_several_queues_are_popped_in_the_order_given_into_the_held_list(conn):
     assert held.pop(keys, None) is None
 
 
-def test_an_id_still_held_is_the_next_pop_s_reply(conn):
-    """Between jobs a live worker's list is empty: an id there is a pop whose reply was lost."""
+def test_after_a_redis_error_an_id_still_held_is_the_next_pop_s_reply(conn):
+    """After a Redis error an id in the list is a pop whose reply (or registration) was lost."""
     q1, q2 = queues(conn, "q1", "q2")
     lost, waiting = q2.enqueue(quick_job, 1), q1.enqueue(quick_job, 2)
     held = Held(conn, "w1")
     conn.lmove(q2.key, held.key)
+    held.retake = True
     assert held.pop([q1.key, q2.key], None) == (None, lost.id)
+    assert not held.retake, "once: the next pop takes from the queues"
+    held.retake = True
     assert held.pop([q1.key], 5) == (None, lost.id), "one queue: the held id before any BLMOVE"
     assert q1.job_ids == [waiting.id] and held.ids() == [lost.id]
+
+
+def test_without_an_error_a_held_id_is_not_served_again(conn):
+    """An id that stays held without an error (an execute_job that returned without starting it)
+    would be served again and again: rq's test_cleanup_intermediate_queue looped for ever so."""
+    q1, q2 = queues(conn, "q1", "q2")
+    stuck, waiting = q2.enqueue(quick_job, 1), q1.enqueue(quick_job, 2)
+    held = Held(conn, "w1")
+    conn.lmove(q2.key, held.key)
+    assert held.pop([q1.key, q2.key], None) == (q1.key, waiting.id)
+    assert held.pop([q1.key, q2.key], None) is None
+    assert held.ids() == [stuck.id, waiting.id]
 
 
 def test_an_empty_wait_ends_after_its_timeout(conn, monkeypatch):
