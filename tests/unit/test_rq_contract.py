@@ -66,6 +66,8 @@ OVERRIDES: dict[type, dict[str, str]] = {
         "_start_scheduler": "worker.py/scheduling.py: the named scheduler",
         "main_work_horse": "worker.py: the horse dies with the worker",
         "handle_job_failure": "worker.py: interrupted jobs get the default retry",
+        "handle_execution_ended": "worker.py: the fault point job.performed",
+        "perform_job": "worker_classes.py: the fault point horse.started in simple mode",
         "_install_signal_handlers": "worker.py: SIGHUP; SIGUSR1 in simple mode",
         "request_stop": "worker.py: record the stop in the Lifecycle",
         "request_force_stop": "worker.py: a second stop cuts, records, retries",
