@@ -2,7 +2,8 @@
 the property: no job lost, none in no list, never two runs at once, every extra run explained.
 
 CI runs a seeded random sample (the seed is in each test id and failure; RQWS_FAULT_SEED=<seed>
-replays it); the whole matrix, or a part of it with -k:
+replays it); the whole matrix, or a part of it with -k (RQWS_FAULT_REPORT=<file> appends each
+cell's account to that file as it ends):
 
     RQWS_FAULTS_FULL=1 .venv/bin/python -m pytest tests/integration/test_fault_matrix.py [-k job.ended]
 
@@ -49,4 +50,7 @@ def test_no_job_lost_none_run_twice_at_once(server, cell, tmp_path):
         pytest.skip(f"no code reaches {cell.point} on this branch")
     outcome = run_cell(server, cell, SEED, tmp_path / "cell")
     print(outcome.report())
+    if os.environ.get("RQWS_FAULT_REPORT"):  # the full matrix's running account, one cell at a time
+        with open(os.environ["RQWS_FAULT_REPORT"], "a") as report:
+            report.write(f"{'FAIL' if outcome.problems else 'ok'} {outcome.report()}\n")
     assert not outcome.problems, outcome.report()

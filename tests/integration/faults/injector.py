@@ -86,8 +86,9 @@ def _kill_running_job(timeout: float = 5.0) -> None:
     while time.monotonic() < deadline:
         for pid in _running_job_pids():
             if pid != _main_pid():
-                _note(f"killed horse {pid}")
                 os.kill(pid, signal.SIGKILL)
+                _note(f"killed horse {pid}")
+                _hit_at(time.time())
                 return
         time.sleep(0.02)
     _note("no horse to kill")
@@ -111,6 +112,17 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def _hit_at(when: float) -> None:
+    """The fault took effect later than it fired (the horse was killed once its job had started)."""
+    path = os.path.join(_dir(), "fired.json")
+    with open(path) as fired:
+        record = json.load(fired)
+    record["hit"] = when
+    with open(path + ".new", "w") as new:
+        json.dump(record, new)
+    os.rename(path + ".new", path)
 
 
 def _note(text: str) -> None:
