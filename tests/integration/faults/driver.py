@@ -41,10 +41,16 @@ PRIMERS = {
     "rescue.claimed": "horse.started:kill-worker:1",
     "rescue.callback": "horse.started:kill-worker:1",
     "sweep.requeue": "pop.fetched:kill-worker:1",
+    "fence.claimed": "horse.started:pause:1",
 }
 """A point reached only after an earlier fault: the first run throws this one, the next run is
 armed with the cell's fault (a rescue needs a predecessor that died under a job; a sweep, a pop
-left unstarted)."""
+left unstarted; a fencing, a second instance and a member that went silent for longer than
+FENCE_PAUSE)."""
+
+FENCE_PAUSE = 10.0
+"""Seconds the primed member of a fence.claimed cell is stopped: more than a watchdog period (3 s)
+plus the deadline's second and the fencer's own period of beating on time."""
 
 TRIGGERS = {"stop.teardown": signal.SIGTERM, "reload.exec": signal.SIGHUP}
 """A point the worker reaches only when told: the driver sends this signal once, as soon as the first
@@ -89,6 +95,7 @@ class Outcome:
     seed: int
     problems: list[str] = field(default_factory=list)
     fired: dict | None = None
+    primer: dict | None = None
     starts: int = 0
     exits: list[int | None] = field(default_factory=list)
     elapsed: float = 0.0
@@ -98,6 +105,7 @@ class Outcome:
         lines = [f"cell {self.cell.id} (seed {self.seed}; replay: RQWS_FAULT_SEED={self.seed} "
                  f"RQWS_FAULTS_FULL=1 .venv/bin/python -m pytest tests/integration/test_fault_matrix.py "
                  f"-k '{self.cell.id}')",
+                 *([f"primer: {self.primer}"] if self.primer else []),
                  f"fault: {self.fired or 'never fired'}; worker starts: {self.starts}, exits: {self.exits}; "
                  f"{self.elapsed:.1f}s", *self.problems]
         if self.notes:
@@ -125,6 +133,8 @@ def job_specs(cell: Cell, rng: Random) -> list[JobSpec]:
     kinds = [(False, 2, False), (False, None, True), (True, 1, True), (False, 1, False), (True, None, False),
              (False, None, False)]
     rng.shuffle(kinds)
+    if cell.point in PRIMERS:  # the primer cuts off the first job popped (fj-0, from q1): one with a callback
+        kinds.sort(key=lambda kind: not kind[2])
     return [JobSpec(f"fj-{i}", queues[i % len(queues)], round(rng.uniform(0.2, 0.5), 2), fail, retries, callback)
             for i, (fail, retries, callback) in enumerate(kinds)]
 
@@ -173,61 +183,100 @@ def run_cell(server: RestartableRedis, cell: Cell, seed: int, workdir: Path) -> 
     jobs = job_specs(cell, rng)
     enqueue(conn, jobs)
     notify = NotifySocket(workdir)
-    armed = [PRIMERS[cell.point], cell.spec] if cell.point in PRIMERS else [cell.spec]
     env = {"RQ_QUEUES": ",".join(QUEUE_SETS[cell.queues]), "RQ_WORKER_CLASS": cell.worker_class,
            "WATCHDOG_USEC": "3000000", "RQ_JOB_RETRY_DELAY": "0", "RQ_APP_PATH": str(HERE),
-           "PYTHONPATH": str(HERE), "RQWS_FAULT_DIR": str(workdir),
-           "RQWS_FAULT_CLIENT_NAME": f"{os.uname().nodename}.rq-worker@{INSTANCE}"}
-    worker: WorkerProcess | None = None
+           "PYTHONPATH": str(HERE), "RQWS_FAULT_DIR": str(workdir)}
+    instances = _instances(cell)
     t0 = time.monotonic()
     triggered = False
+    done_at = 0.0
     try:
         while True:
             server.restart_if_down()
-            if worker is None or worker.proc is None or worker.proc.poll() is not None:
-                if worker is not None:
-                    outcome.exits.append(worker.proc.returncode if worker.proc else None)
-                    worker.kill()
-                    time.sleep(0.3)  # RestartSec=, shortened
-                fault = armed.pop(0) if armed else ""
-                if fault == cell.spec and cell.point in PRIMERS and (workdir / "fired.json").exists():
-                    os.rename(workdir / "fired.json", workdir / "primer.json")  # the primer fired: arm the cell's
-                worker = WorkerProcess(server.url, INSTANCE, workdir, notify=notify,
-                                       env={**env, "RQWS_FAULT": fault}).start()
-                outcome.starts += 1
-            if cell.point in TRIGGERS and not triggered and (workdir / "runs.jsonl").exists():
-                worker.signal(TRIGGERS[cell.point])
+            for instance in instances:
+                if instance.ended():
+                    outcome.exits.extend(instance.restarted(server, workdir, notify, env))
+                    outcome.starts += 1
+            first = instances[0].worker
+            if cell.point in TRIGGERS and not triggered and (workdir / "runs.jsonl").exists() and first:
+                first.signal(TRIGGERS[cell.point])
                 triggered = True
-            if _terminal(conn, jobs) or time.monotonic() - t0 > CELL_BOUND:
+            if time.monotonic() - t0 > CELL_BOUND:
                 break
+            if _terminal(conn, jobs):
+                done_at = done_at or time.monotonic()
+                # A primed cell's fault comes after the primer's (a rescue, a fencing): give it a moment.
+                if cell.point not in PRIMERS or (workdir / "fired.json").exists() or time.monotonic() - done_at > 5:
+                    break
             time.sleep(0.1)
         outcome.elapsed = time.monotonic() - t0
-        _stop(worker, server)
+        for instance in instances:
+            instance.stop(server)
         outcome.fired = _read_json(workdir / "fired.json")
-        outcome.problems = check(conn, jobs, workdir, outcome.fired, _read_json(workdir / "primer.json"))
+        outcome.primer = _read_json(workdir / "primer.json")
+        outcome.problems = check(conn, jobs, workdir, outcome.fired, outcome.primer)
         outcome.notes = (workdir / "notes.log").read_text() if (workdir / "notes.log").exists() else ""
         if outcome.problems:
-            outcome.problems.append("worker log (last 15 lines):\n    " +
-                                    "\n    ".join(worker.output().splitlines()[-15:]))
+            for instance in instances:
+                if instance.worker:
+                    outcome.problems.append(f"worker {instance.name} log (last 15 lines):\n    " +
+                                            "\n    ".join(instance.worker.output().splitlines()[-15:]))
     finally:
-        if worker is not None:
-            worker.kill()
+        for instance in instances:
+            if instance.worker:
+                instance.worker.kill()
         notify.close()
         conn.close()
     return outcome
 
 
-def _stop(worker: WorkerProcess, server: RestartableRedis) -> None:
-    """A warm stop, so that nothing moves while the property is read."""
-    server.restart_if_down()
-    if worker.proc is not None and worker.proc.poll() is None:
-        worker.signal(signal.SIGCONT)
-        worker.signal(signal.SIGTERM)
-        try:
-            worker.wait(15)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-    wait_until(server.alive, 5, what="redis-server")
+@dataclass
+class Instance:
+    """One rq-worker@<name>: started with each armed fault in turn, then unarmed, whenever it has ended."""
+
+    name: str
+    armed: list[dict[str, str]]
+    worker: WorkerProcess | None = None
+
+    def ended(self) -> bool:
+        return self.worker is None or self.worker.proc is None or self.worker.proc.poll() is not None
+
+    def restarted(self, server: RestartableRedis, workdir: Path, notify: NotifySocket, env: dict[str, str]
+                  ) -> list[int | None]:
+        exits = []
+        if self.worker is not None:
+            exits.append(self.worker.proc.returncode if self.worker.proc else None)
+            self.worker.kill()
+            time.sleep(0.3)  # RestartSec=, shortened
+        fault = self.armed.pop(0) if self.armed else {}
+        client_name = f"{os.uname().nodename}.rq-worker@{self.name}"
+        self.worker = WorkerProcess(server.url, self.name, workdir, notify=notify,
+                                    env={**env, "RQWS_FAULT": "", **fault, "RQWS_FAULT_CLIENT_NAME": client_name}
+                                    ).start()
+        return exits
+
+    def stop(self, server: RestartableRedis) -> None:
+        """A warm stop, so that nothing moves while the property is read."""
+        server.restart_if_down()
+        worker = self.worker
+        if worker is not None and worker.proc is not None and worker.proc.poll() is None:
+            worker.signal(signal.SIGCONT)
+            worker.signal(signal.SIGTERM)
+            try:
+                worker.wait(15)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        wait_until(server.alive, 5, what="redis-server")
+
+
+def _instances(cell: Cell) -> list[Instance]:
+    fault = {"RQWS_FAULT": cell.spec, "RQWS_FAULT_RECORD": "fired.json"}
+    if cell.point not in PRIMERS:
+        return [Instance(INSTANCE, [fault])]
+    primer = {"RQWS_FAULT": PRIMERS[cell.point], "RQWS_FAULT_RECORD": "primer.json"}
+    if cell.point == "fence.claimed":  # the fencer is another instance: armed from the start
+        return [Instance(INSTANCE, [{**primer, "RQWS_FAULT_PAUSE": str(FENCE_PAUSE)}]), Instance("f2", [fault])]
+    return [Instance(INSTANCE, [primer, fault])]
 
 
 def _read_json(path: Path) -> dict | None:

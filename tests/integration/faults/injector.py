@@ -2,8 +2,9 @@
 
 ``RQWS_FAULT=<point>:<action>[:<nth>]`` arms it: the nth time any process of this worker (the main
 process, its horses, its scheduler) reaches ``point``, it acts, once: the first process to count
-to nth creates ``fired.json`` (O_EXCL) in ``RQWS_FAULT_DIR`` before acting, so a re-executed or
-forked process never fires again. Every point reached is logged to ``reached.log`` either way.
+to nth creates its record (``RQWS_FAULT_RECORD``, default ``fired.json``; O_EXCL) in
+``RQWS_FAULT_DIR`` before acting, so a re-executed or forked process never fires again. Every point
+reached is logged to ``reached.log`` either way. ``RQWS_FAULT_PAUSE``: seconds of a pause (4).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import threading
 import time
 
 ACTIONS = ("kill-worker", "kill-horse", "sigterm", "sighup", "cut", "redis-restart", "clock-step", "pause")
-PAUSE_SECONDS = 4.0
 CLOCK_STEP = "+60"
 
 
@@ -30,6 +30,10 @@ def install() -> None:
 
 def _dir() -> str:
     return os.environ["RQWS_FAULT_DIR"]
+
+
+def _record_path() -> str:
+    return os.path.join(_dir(), os.environ.get("RQWS_FAULT_RECORD", "fired.json"))
 
 
 def _main_pid() -> int:
@@ -47,7 +51,7 @@ def reached(point: str) -> None:
     if _count(point) != nth:
         return
     try:
-        fd = os.open(os.path.join(_dir(), "fired.json"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(_record_path(), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
         return
     record = {"point": point, "action": action, "pid": os.getpid(), "main": os.getpid() == _main_pid(),
@@ -59,7 +63,7 @@ def reached(point: str) -> None:
 
 def _count(point: str) -> int:
     """How many times any process of this worker reached ``point``, this time included."""
-    with open(os.path.join(_dir(), f"count-{point}"), "a+") as counter:
+    with open(f"{_record_path()}-count-{point}", "a+") as counter:
         fcntl.lockf(counter, fcntl.LOCK_EX)
         counter.seek(0)
         n = int(counter.read() or 0) + 1
@@ -116,7 +120,7 @@ def _alive(pid: int) -> bool:
 
 def _hit_at(when: float) -> None:
     """The fault took effect later than it fired (the horse was killed once its job had started)."""
-    path = os.path.join(_dir(), "fired.json")
+    path = _record_path()
     with open(path) as fired:
         record = json.load(fired)
     record["hit"] = when
@@ -167,8 +171,9 @@ def _clock_step() -> None:
 
 
 def _pause() -> None:
-    """SIGSTOP this process; a detached helper sends SIGCONT after PAUSE_SECONDS."""
-    subprocess.Popen(["sh", "-c", f"sleep {PAUSE_SECONDS}; kill -CONT {os.getpid()}"], start_new_session=True)
+    """SIGSTOP this process; a detached helper sends SIGCONT after RQWS_FAULT_PAUSE seconds."""
+    seconds = float(os.environ.get("RQWS_FAULT_PAUSE", "4"))
+    subprocess.Popen(["sh", "-c", f"sleep {seconds}; kill -CONT {os.getpid()}"], start_new_session=True)
     os.kill(os.getpid(), signal.SIGSTOP)
 
 
