@@ -217,10 +217,13 @@ def run_cell(server: RestartableRedis, cell: Cell, seed: int, workdir: Path) -> 
         outcome.problems = check(conn, jobs, workdir, outcome.fired, outcome.primer)
         outcome.notes = (workdir / "notes.log").read_text() if (workdir / "notes.log").exists() else ""
         if outcome.problems:
+            named = {spec.id for spec in jobs if any(f" {spec.id} " in p for p in outcome.problems)}
             for instance in instances:
                 if instance.worker:
-                    outcome.problems.append(f"worker {instance.name} log (last 15 lines):\n    " +
-                                            "\n    ".join(instance.worker.output().splitlines()[-15:]))
+                    lines = [line for line in instance.worker.output().splitlines()
+                             if any(f"{job_id}" in line for job_id in named) or "Starting" in line]
+                    outcome.problems.append(f"worker {instance.name} log, lines naming {sorted(named)}:\n    " +
+                                            "\n    ".join(lines[-25:]))
     finally:
         for instance in instances:
             if instance.worker:
