@@ -57,4 +57,4 @@ def test_reached_does_nothing_in_production(monkeypatch, tmp_path):
     for point in faults.POINTS:
         assert faults.reached(point) is None
     assert list(tmp_path.iterdir()) == []
-    assert "environ" not in Path(faults.__file__).read_text()
+    assert not {"os", "sys", "environ", "getenv"} & set(vars(faults)), "faults.py must not read the environment"
