@@ -25,7 +25,10 @@ from rq import Callback, Queue, Retry
 
 from rq_worker_service.faults import POINTS
 
-from .injector import ACTIONS
+from .injector import ACT
+
+ACTIONS = (*ACT, "clock-step")
+"""The injector's actions, and the Redis clock step it cannot throw (UNAVAILABLE)."""
 
 HERE = Path(__file__).resolve().parent
 PACKAGE = HERE.parents[2] / "rq_worker_service"
@@ -100,6 +103,7 @@ class Outcome:
     exits: list[int | None] = field(default_factory=list)
     elapsed: float = 0.0
     notes: str = ""
+    reached: dict[str, int] = field(default_factory=dict)
 
     def report(self) -> str:
         lines = [f"cell {self.cell.id} (seed {self.seed}; replay: RQWS_FAULT_SEED={self.seed} "
@@ -108,6 +112,8 @@ class Outcome:
                  *([f"primer: {self.primer}"] if self.primer else []),
                  f"fault: {self.fired or 'never fired'}; worker starts: {self.starts}, exits: {self.exits}; "
                  f"{self.elapsed:.1f}s", *self.problems]
+        if not self.fired:  # why it never fired: what the worker did reach
+            lines.append(f"points reached: {self.reached or 'none'}")
         if self.notes:
             lines.append(f"injector notes: {self.notes.strip()}")
         return "\n  ".join(lines)
@@ -216,6 +222,10 @@ def run_cell(server: RestartableRedis, cell: Cell, seed: int, workdir: Path) -> 
         outcome.primer = _read_json(workdir / "primer.json")
         outcome.problems = check(conn, jobs, workdir, outcome.fired, outcome.primer)
         outcome.notes = (workdir / "notes.log").read_text() if (workdir / "notes.log").exists() else ""
+        reached_log = workdir / "reached.log"
+        for line in reached_log.read_text().splitlines() if reached_log.exists() else []:
+            point = line.split()[-1]
+            outcome.reached[point] = outcome.reached.get(point, 0) + 1
         if outcome.problems:
             named = {spec.id for spec in jobs if any(f" {spec.id} " in p for p in outcome.problems)}
             for instance in instances:

@@ -17,9 +17,6 @@ import subprocess
 import threading
 import time
 
-ACTIONS = ("kill-worker", "kill-horse", "sigterm", "sighup", "cut", "redis-restart", "clock-step", "pause")
-CLOCK_STEP = "+60"
-
 
 def install() -> None:
     from rq_worker_service import faults
@@ -165,11 +162,6 @@ def _redis_restart() -> None:
         pass  # the server closed the connection as it went down
 
 
-def _clock_step() -> None:
-    with open(os.environ["RQWS_FAULT_CLOCK_FILE"], "w") as clock:
-        clock.write(CLOCK_STEP)
-
-
 def _pause() -> None:
     """SIGSTOP this process; a detached helper sends SIGCONT after RQWS_FAULT_PAUSE seconds."""
     seconds = float(os.environ.get("RQWS_FAULT_PAUSE", "4"))
@@ -184,7 +176,5 @@ ACT = {
     "sighup": _signal(signal.SIGHUP),
     "cut": _cut,
     "redis-restart": _redis_restart,
-    "clock-step": _clock_step,
     "pause": _pause,
 }
-assert tuple(ACT) == ACTIONS
