@@ -30,6 +30,7 @@ import redis
 from redis import Redis
 
 from . import keys
+from .host import identity as host_identity
 
 log = logging.getLogger("rq_worker_service.fencing")
 
@@ -108,7 +109,7 @@ class Membership:
     def join(self, host: str, pid: int, queues: list[str]) -> dict | None:
         """Become a member (again); returns the record of this name's last fencing, if any."""
         previous = self.connection.hget(FENCED_KEY, self.name)
-        member = json.dumps({"host": host, "pid": pid, "queues": queues})
+        member = json.dumps({"host": host, "pid": pid, "queues": queues, **host_identity().fields()})
         self._join(keys=[BEATS_KEY, MEMBERS_KEY, FENCED_KEY], args=[self.name, int(self.period) + 1, member])
         self._beating_since = self._last_beat = self.clock()
         return json.loads(previous) if previous else None

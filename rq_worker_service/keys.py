@@ -93,7 +93,8 @@ def fencing_deadlines() -> str:
 
 
 def fencing_members() -> str:
-    """Hash: member worker name → JSON {host, pid, queues}: what a fencer needs once rq's record is gone."""
+    """Hash: member worker name → JSON {host, pid, queues, machine_id, boot_id}: what a fencer needs once
+    rq's record is gone."""
     return _service("members")
 
 
