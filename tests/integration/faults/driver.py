@@ -41,13 +41,14 @@ DEFAULT_RETRY_MAX = 3
 """RQ_JOB_RETRY_MAX's default: the retries a job without Retry gets when a fault cuts it off."""
 
 PRIMERS = {
-    "rescue.claimed": "horse.started:kill-worker:1",
-    "rescue.callback": "horse.started:kill-worker:1",
+    "rescue.claimed": "job.performed:kill-worker:1",
+    "rescue.callback": "job.performed:kill-worker:1",
     "sweep.requeue": "pop.fetched:kill-worker:1",
     "fence.claimed": "horse.started:pause:1",
 }
 """A point reached only after an earlier fault: the first run throws this one, the next run is
-armed with the cell's fault (a rescue needs a predecessor that died under a job; a sweep, a pop
+armed with the cell's fault (a rescue needs a predecessor that died under a STARTED job: after
+its function ran, since the horse marks it STARTED only as it begins; a sweep, a pop
 left unstarted; a fencing, a second instance and a member that went silent for longer than
 FENCE_PAUSE)."""
 
