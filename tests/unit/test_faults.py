@@ -17,9 +17,7 @@ from rq_worker_service import faults
 PACKAGE = Path(faults.__file__).resolve().parent
 
 PLACED_ON_OTHER_BRANCHES = {
-    "pop.reply", "pop.fetched", "job.registered",  # branch `pop` (issue 25, items 2, 5, 7)
     "fence.claimed",  # branch `fence` (item 3)
-    "sweep.requeue",  # branch `pop` (item 7)
 }
 """Points whose step is being written on another branch of issue 25. Their cases are strict xfails:
 once the branches are merged they pass, which fails the run (XPASS strict) until this set is emptied.
