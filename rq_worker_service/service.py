@@ -17,7 +17,7 @@ from pathlib import Path
 import redis
 from rq.exceptions import StopRequested
 
-from . import exits, journal, keys, startup
+from . import exits, faults, journal, keys, startup
 from .acl import denied
 from .config import ConfigError, Settings, load_settings, virtualenv_site_packages
 from .connection import (
@@ -155,6 +155,7 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
 
     if worker.parts.lifecycle.phase is Phase.RELOADING:
         os.environ[COUNTS_VAR] = "{},{}".format(*worker.parts.counters.job_counts)
+        faults.reached("reload.exec")
         reexec()
     if worker.parts.lifecycle.phase is Phase.STOPPING:
         log.info("Stopped")

@@ -254,6 +254,7 @@ class ServiceWorkerMixin(_Base):
 
     def teardown(self) -> None:
         if not self.is_horse:
+            faults.reached("stop.teardown")
             self.parts.teardown()
         super().teardown()
 
@@ -271,6 +272,7 @@ class ServiceWorkerMixin(_Base):
         self.parts.job_started(job.id, func, queue.name)
         try:
             super().execute_job(job, queue)
+            faults.reached("job.ended")
         except redis.exceptions.ResponseError as exc:
             self.parts.guard.exit_if_fatal(exc)  # a refusal, a moved cluster slot: one line, and out
             raise
@@ -287,6 +289,10 @@ class ServiceWorkerMixin(_Base):
         # job: a health-check PING before its first command would be one more round trip per job.
         self.connection.connection_pool.connection_kwargs["health_check_interval"] = 0
         super().main_work_horse(job, queue)
+
+    def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
+        faults.reached("job.performed")  # rq calls this first thing after the job's function returned or raised
+        super().handle_execution_ended(job, queue, heartbeat_ttl)
 
     def handle_job_failure(self, job: Job, queue: Queue, started_job_registry: Any = None,
                            exc_string: str = "", execution: Execution | None = None) -> None:

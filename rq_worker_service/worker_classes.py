@@ -48,6 +48,7 @@ class ServiceWorker(ServiceWorkerMixin, Worker):
         self._handoff.prepare()  # opened while the previous horse ran; the first job's, now
         super().fork_work_horse(job, queue)  # (the horse never returns from here)
         self._handoff.forked(self._horse_pid)
+        faults.reached("horse.started")
         self._handoff.prepare()  # the next horse's, while this one runs
 
     def main_work_horse(self, job: Job, queue: Queue) -> None:
@@ -77,6 +78,7 @@ class ServiceSpawnWorker(ServiceWorkerMixin, SpawnWorker):
         argv = [sys.executable, "-m", "rq_worker_service.horse", self.key, job.id, queue.name, execution.id,
                 str(os.getpid()), self._serializer_arg or ""]
         self._horse_pid = os.posix_spawn(sys.executable, argv, env, setpgroup=0)
+        faults.reached("horse.started")
         self.procline(f"Spawned {self._horse_pid} at {time.time()}")
 
 
@@ -116,6 +118,10 @@ class ServiceSimpleWorker(ServiceWorkerMixin, SimpleWorker):
         """The job runs in the main thread: interrupt it there (SIGUSR1 raises JobInterrupted)."""
         signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)  # type: ignore[arg-type]
 
+    def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
+        faults.reached("horse.started")  # the job runs in this process, from here
+        return super().perform_job(job, queue, execution)
+
     def execute_job(self, job: Job, queue: Queue) -> None:
         """Run the job in this thread while the watch thread ticks."""
         watch = self.parts.watch
@@ -125,12 +131,6 @@ class ServiceSimpleWorker(ServiceWorkerMixin, SimpleWorker):
             super().execute_job(job, queue)
         finally:
             watch.unwatch()
-
-    def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
-        faults.reached("horse.started")
-        performed = super().perform_job(job, queue, execution)
-        faults.reached("job.ended")
-        return performed
 
 
 WORKER_CLASSES: dict[str, type[ServiceWorkerMixin]] = {

@@ -67,6 +67,8 @@ OVERRIDES: dict[type, dict[str, str]] = {
         "_start_scheduler": "worker.py/scheduling.py: the named scheduler",
         "main_work_horse": "worker.py: the horse dies with the worker",
         "handle_job_failure": "worker.py: interrupted jobs get the default retry",
+        "handle_execution_ended": "worker.py: the fault point job.performed",
+        "perform_job": "worker_classes.py: the fault point horse.started in simple mode",
         "_install_signal_handlers": "worker.py: SIGHUP; SIGUSR1 in simple mode",
         "request_stop": "worker.py: record the stop in the Lifecycle",
         "request_force_stop": "worker.py: a second stop cuts, records, retries",
@@ -77,7 +79,6 @@ OVERRIDES: dict[type, dict[str, str]] = {
         "run_maintenance_tasks": "worker.py: likewise; tried again on the next pass",
         "wait_for_horse": "worker.py: a stop wakes the monitor at once",
         "kill_horse": "worker.py: a deliberate kill is not a crash",
-        "perform_job": "worker_classes.py: the simple worker's fault points around its job",
     },
     Worker: {
         "wait_for_horse": "worker.py: a stop wakes the monitor at once",
