@@ -226,10 +226,13 @@ def test_the_sweep_fences_a_silent_member_and_records_it(conn, clock, guard, cap
     a, b = fencer(conn, "a", clock, guard), fencer(conn, "b", clock, guard)
     a.started()
     b.started()
-    for _ in range(3):
+    for _ in range(5):  # b is silent: a sees its beat count stand still for a period and a second
         clock.now += 1
         a.beat()
-    conn.zadd(BEATS_KEY, {"b": 1})  # b has been silent past its deadline
+        a.sweep()
+    assert not conn.hexists(FENCED_KEY, "b")
+    clock.now += 1
+    a.beat()
     a.sweep()
     assert json.loads(conn.hget(FENCED_KEY, "b"))["by"] == "a"
     assert json.loads(conn.lindex(HISTORY_KEY, 0))["worker"] == "b"
