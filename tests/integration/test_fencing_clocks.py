@@ -9,8 +9,13 @@ period (a watchdog period: three ticks).
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -102,5 +107,109 @@ def test_a_step_of_redis_clock_fences_no_healthy_busy_worker(stepped_redis, star
         wait_until(lambda job=job: status(client, job.id) == "finished", 15, what=f"{job.id} to finish")
         assert executions(client, job.id) == 1
     assert no_fencing(client)
+    one.close()
+    two.close()
+
+
+def freeze(pid: int) -> list[int]:
+    """SIGSTOP a worker and its horse, as a frozen VM or process would be; returns what was stopped."""
+    frozen = [pid, *horse_pids(pid)]
+    for p in frozen:
+        os.kill(p, signal.SIGSTOP)
+    return frozen
+
+
+def thaw(frozen: list[int]) -> None:
+    for p in frozen:
+        os.kill(p, signal.SIGCONT)
+
+
+@pytest.mark.parametrize("worker_class", ["fork", "simple"])
+def test_a_lost_worker_is_fenced_while_every_live_worker_is_busy(start_worker, rconn, tmp_path, worker_class):
+    """Worker 1 freezes mid-job while worker 2 runs 12 s jobs back to back. Fork: worker 2 fences it
+    from the ticks it runs while its horse works, within the bound. Simple: its job holds the main
+    thread (where a rescue's callbacks must run), so it fences at the end of the job in hand, before
+    taking the next; the watch thread's ticks used to keep the main loop's from ever being due."""
+    env = {**FAST, "RQ_WORKER_CLASS": worker_class}
+    one, two = ready(tmp_path, "one"), ready(tmp_path, "two")
+    lost = start_worker("1", notify=one, env={**env, "RQ_QUEUES": "victim"})
+    one.wait_for("READY=1")
+    victim = Queue("victim", connection=rconn).enqueue(sleep_job, 60, job_id="on-the-lost-worker")
+    one.wait_for("STATUS=", contains="Running job on-the-lost-worker")
+    start_worker("2", notify=two, env={**env, "RQ_QUEUES": "busy,victim"})
+    two.wait_for("READY=1")
+    busy = Queue("busy", connection=rconn)
+    first, second = (busy.enqueue(sleep_job, 12, job_id=f"long-{i}") for i in (1, 2))
+    two.wait_for("STATUS=", contains="Running job long-1")
+    frozen_at = time.monotonic()
+    frozen = freeze(lost.pid)
+    try:
+        wait_until(lambda: rconn.hexists(FENCED_KEY, name("1")), 30, what="worker 2 to fence worker 1")
+        fenced_after = time.monotonic() - frozen_at
+        if worker_class == "fork":
+            assert fenced_after < 4 + 1 + 3  # lost 4 s after its last beat, seen within a tick, + slack
+            assert status(rconn, first.id) == "started"  # while worker 2's own job runs
+        else:
+            assert status(rconn, first.id) == "finished" and status(rconn, second.id) != "finished"
+            ended = Job.fetch(first.id, connection=rconn).ended_at
+            fenced = json.loads(rconn.hget(FENCED_KEY, name("1")))["at"]
+            assert ended is not None and fenced - ended.timestamp() < 2  # at the job's end, not the next's
+        wait_until(lambda: status(rconn, victim.id) in ("queued", "started"), 5, what="the victim's job re-queued")
+        assert executions(rconn, victim.id) == 1
+    finally:
+        thaw(frozen)
+    one.close()
+    two.close()
+
+
+def test_a_pause_shorter_than_the_period_fences_no_one(start_worker, rconn, tmp_path):
+    """Period 30 s (the shipped WatchdogSec): worker 2 and its horse stop for 20 s mid-job, then go
+    on; worker 1, busy too, must not fence it, and each job runs once."""
+    env = {"WATCHDOG_USEC": "30000000", "RQ_WITH_SCHEDULER": "no"}
+    one, two = ready(tmp_path, "one"), ready(tmp_path, "two")
+    start_worker("1", notify=one, env=env)
+    paused = start_worker("2", notify=two, env=env)
+    one.wait_for("READY=1")
+    two.wait_for("READY=1")
+    jobs = [Queue(connection=rconn).enqueue(sleep_job, 24, job_id=f"steady-{i}") for i in (1, 2)]
+    one.wait_for("STATUS=", contains="Running job steady-")
+    two.wait_for("STATUS=", contains="Running job steady-")
+    frozen = freeze(paused.pid)
+    count = beats(rconn, "2")
+    time.sleep(20)
+    assert no_fencing(rconn)
+    thaw(frozen)
+    wait_until(lambda: beats(rconn, "2") > count, 5, what="worker 2 to beat again")
+    for job in jobs:
+        wait_until(lambda job=job: status(rconn, job.id) == "finished", 15, what=f"{job.id} to finish")
+        assert executions(rconn, job.id) == 1
+    assert no_fencing(rconn) and paused.proc is not None and paused.proc.poll() is None
+    one.close()
+    two.close()
+
+
+@pytest.mark.full_matrix
+@pytest.mark.skipif(not os.environ.get("RQWS_FULL_MATRIX"), reason="60 s under load: RQWS_FULL_MATRIX=1 runs it")
+def test_saturated_cores_for_a_minute_fence_no_one(start_worker, rconn, tmp_path):
+    """A busy loop on every core for 60 s while two workers run 5 s jobs back to back (period 3 s)."""
+    one, two = ready(tmp_path, "one"), ready(tmp_path, "two")
+    workers = [start_worker("1", notify=one, env=FAST), start_worker("2", notify=two, env=FAST)]
+    one.wait_for("READY=1")
+    two.wait_for("READY=1")
+    jobs = [Queue(connection=rconn).enqueue(sleep_job, 5, job_id=f"loaded-{i}") for i in range(24)]
+    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert no_fencing(rconn), rconn.lrange(HISTORY_KEY, 0, -1)
+            time.sleep(1)
+    finally:
+        for loop in loops:
+            loop.kill()
+            loop.wait(10)
+    for job in jobs:
+        wait_until(lambda job=job: status(rconn, job.id) == "finished", 30, what=f"{job.id} to finish")
+        assert executions(rconn, job.id) == 1
+    assert no_fencing(rconn) and all(w.proc is not None and w.proc.poll() is None for w in workers)
     one.close()
     two.close()
