@@ -4,13 +4,13 @@ rq notices a dead worker only when its started job's heartbeat has expired and s
 maintenance (minutes), and never notices a worker that is merely frozen or on the far side of a
 partition. Here every worker of this package is a *member*: from each live tick it *beats*, one
 script that counts its beats in Redis (and moves its deadline in the older sorted set forward, for
-workers of older versions, which judge by that). A member that has not beaten for longer than its
-period (a watchdog period: three ticks) is *lost*: its own systemd is aborting it (watchdog), or
-nothing can reach it.
+workers of older versions, which judge by that). A member that has not beaten for its period (a
+watchdog period: three ticks) is *lost*: its own systemd is aborting it (watchdog), or nothing can
+reach it.
 
 Silence is judged on the fencer's own monotonic clock, never on Redis's: each fencer notes, per
 member, the beat count it saw and when (by its clock) it first saw that count; a count that has not
-moved for longer than the period is silence. Redis's ``TIME`` would make every deadline pass at once
+moved for a period is silence. Redis's ``TIME`` would make every deadline pass at once
 when Redis's clock steps (an NTP step, a resumed VM, a failover to a node whose clock is off), and
 the first fencer would fence every healthy worker. A fencer vouches only for what it watched while
 its own beats went through on time: a failed or late beat of its own (Redis stalled, or this process
@@ -49,8 +49,6 @@ HISTORY_KEY = keys.fencing_history()
 HISTORY_LENGTH = 100
 FENCED_KEEP = 24 * 3600
 """Seconds a fencing stays listed by ``status``."""
-GRACE = 1.0
-"""Seconds of silence beyond a period before a member is lost (the older deadlines' ``+ 1``)."""
 LEGACY_PERIOD = 90.0
 """The period of a member whose record does not say (a worker of an older version): the longest a
 member can have (three ticks of at most 30 s), so that none is fenced sooner than its own allows."""
@@ -197,7 +195,7 @@ class Membership:
         self._sightings.clear()
 
     def claim_lost(self) -> Iterator[Lost]:
-        """Claim the members silent for longer than their period, one at a time: each is yielded
+        """Claim the members silent for their period, one at a time: each is yielded
         right after its claim (so it is fenced before the next is claimed), and claimed once."""
         for name, token, silent, period in self._silent():
             record = json.dumps({"by": self.name, "at": time.time()})
@@ -211,8 +209,11 @@ class Membership:
                        queues=list(member.get("queues", [])), silent=silent, period=period)
 
     def _silent(self) -> list[tuple[str, str, float, float]]:
-        """(name, token, seconds silent, period) of each member whose token has not moved for longer
-        than its period (or ours, if longer: our own beats only vouch for Redis at that grain)."""
+        """(name, token, seconds silent, period) of each member whose token has not moved for its
+        period (or ours, if longer: our own beats only vouch for Redis at that grain).
+
+        Silence counts from the sweep that first saw the token, which is after the beat that wrote
+        it: never more than the real silence, at most one of our ticks less."""
         before = self.clock()
         if not self._on_time(before):
             self._sightings.clear()  # our own beats are late or failing: we can vouch for no one's silence
@@ -237,7 +238,7 @@ class Membership:
                 self._sightings[name] = _Sighting(token, after, periods[name] if seen is None else seen.period)
                 continue
             period = max(seen.period, self.period)
-            if before - seen.since > period + GRACE:
+            if before - seen.since >= period:  # silent a whole watchdog period: its systemd is aborting it
                 silent.append((name, token, before - seen.since, period))
         return silent
 

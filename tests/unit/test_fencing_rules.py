@@ -66,8 +66,8 @@ def test_a_silent_member_is_claimed_once_after_its_period_and_fenced_until_it_re
     claims = run(clock, 8, [a, c], [a, c])
     assert [(lost.name, lost.host, lost.queues) for _, lost in claims] == [("b", "host-b", ["default"])]  # once
     at, lost = claims[0]
-    assert at - silent_from == 5  # seen silent at its first sweep, lost once over period + 1 s by a's clock
-    assert lost.silent == 5 and lost.period == 3
+    assert at - silent_from == 3  # its last beat seen at once, lost a period later by a's clock
+    assert lost.silent == 3 and lost.period == 3
     assert b.beat() is False  # b wakes up: fenced, and its beat writes nothing
     assert conn.zscore(BEATS_KEY, "b") is None and not conn.hexists(COUNTS_KEY, "b")
     assert json.loads(conn.hget(FENCED_KEY, "b"))["by"] == "a"
@@ -90,7 +90,7 @@ def test_a_step_of_redis_clock_fences_no_one(conn):
 def test_a_member_that_beats_between_the_look_and_the_claim_is_not_claimed(conn):
     clock = FakeClock(1000.0)
     a, b = member(conn, "a", clock), member(conn, "b", clock)
-    run(clock, 5, [a], [a])  # b silent for 4 s by a's clock: one more second and it is lost
+    run(clock, 3, [a], [a])  # b silent for 2 s by a's clock: one more second and it is lost
     claim = a._claim
 
     def b_beats_first(**kwargs):
@@ -101,7 +101,7 @@ def test_a_member_that_beats_between_the_look_and_the_claim_is_not_claimed(conn)
     assert run(clock, 1, [a], [a]) == []
     a._claim = claim
     assert conn.zscore(BEATS_KEY, "b") is not None and not conn.hexists(FENCED_KEY, "b")
-    assert run(clock, 5, [a], [a]) == []  # its beat counts from when a saw it: a full period again
+    assert run(clock, 3, [a], [a]) == []  # its beat counts from when a saw it: a full period again
     assert [lost.name for _, lost in run(clock, 1, [a], [a])] == ["b"]
 
 
@@ -112,7 +112,7 @@ def test_a_break_in_the_fencers_own_beats_forgets_what_it_saw(conn):
     clock.now += 2  # a late beat of its own (Redis or this process stalled): b may not have been able to beat
     a.beat()
     assert list(a.claim_lost()) == []
-    assert run(clock, 4, [a], [a]) == []  # seen again at the late beat's sweep: a period and a second from there
+    assert run(clock, 2, [a], [a]) == []  # seen again at the late beat's sweep: a period from there
     assert [lost.name for _, lost in run(clock, 1, [a], [a])] == ["b"]
 
 
@@ -122,19 +122,19 @@ def test_a_sweep_long_after_the_fencers_last_beat_vouches_for_no_one(conn):
     run(clock, 3, [a], [a])
     clock.now += 10  # frozen between its beat and its sweep: Redis may have been away meanwhile
     assert list(a.claim_lost()) == []
-    assert run(clock, 5, [a], [a]) == []  # its next beat is late too: b is seen anew from there
+    assert run(clock, 3, [a], [a]) == []  # its next beat is late too: b is seen anew from there
     assert [lost.name for _, lost in run(clock, 1, [a], [a])] == ["b"]
 
 
 def test_a_failed_beat_is_a_break(conn, server):
     clock = FakeClock(1000.0)
     a, _ = member(conn, "a", clock), member(conn, "b", clock)
-    run(clock, 4, [a], [a])
+    run(clock, 2, [a], [a])
     server.connected = False
     with pytest.raises(redis.exceptions.ConnectionError):
         a.beat()
     server.connected = True
-    assert run(clock, 5, [a], [a]) == []
+    assert run(clock, 3, [a], [a]) == []
     assert [lost.name for _, lost in run(clock, 1, [a], [a])] == ["b"]
 
 
@@ -144,10 +144,10 @@ def test_a_member_is_judged_by_the_longer_of_its_period_and_the_fencers(conn):
     clock = FakeClock(1000.0)
     fast, _, _ = member(conn, "fast", clock, period=3), member(conn, "quick", clock), member(conn, "slow", clock, 9)
     claims = run(clock, 12, [fast], [fast])
-    assert [(at - 1000, lost.name, lost.period) for at, lost in claims] == [(6, "quick", 3), (12, "slow", 9)]
+    assert [(at - 1000, lost.name, lost.period) for at, lost in claims] == [(4, "quick", 3), (10, "slow", 9)]
     slow, _ = member(conn, "slow", clock, period=9), member(conn, "quick", clock)
     claims = run(clock, 12, [slow, fast], [slow])
-    assert [(at - 1012, lost.name, lost.period) for at, lost in claims] == [(12, "quick", 9)]
+    assert [(at - 1012, lost.name, lost.period) for at, lost in claims] == [(10, "quick", 9)]
 
 
 def test_an_older_versions_member_is_judged_by_its_moving_deadline_and_the_longest_period(conn):
@@ -162,9 +162,9 @@ def test_an_older_versions_member_is_judged_by_its_moving_deadline_and_the_longe
         deadline += 1
         conn.zadd(BEATS_KEY, {"old": deadline})
         assert run(clock, 1, [a], [a]) == []
-    claims = run(clock, int(fencing.LEGACY_PERIOD) + 2, [a], [a])
+    claims = run(clock, int(fencing.LEGACY_PERIOD), [a], [a])
     legacy = fencing.LEGACY_PERIOD
-    assert [(lost.name, lost.silent, lost.period) for _, lost in claims] == [("old", legacy + 2, legacy)]
+    assert [(lost.name, lost.silent, lost.period) for _, lost in claims] == [("old", legacy, legacy)]
 
 
 def test_leaving_cleanly_is_never_fenced_and_a_member_never_fences_itself(conn):
