@@ -53,15 +53,6 @@ LEGACY_PERIOD = 90.0
 """The period of a member whose record does not say (a worker of an older version): the longest a
 member can have (three ticks of at most 30 s), so that none is fenced sooner than its own allows."""
 
-# A member's token: its beat count and its deadline. Either moves at each beat of this version, the
-# deadline at each beat of an older one (which has no count), so any beat of either changes it.
-_TOKEN = """
-local function token(name)
-    local deadline = redis.call('ZSCORE', KEYS[1], name)
-    if not deadline then return false end
-    return (redis.call('HGET', KEYS[2], name) or '-') .. '/' .. deadline
-end
-"""
 _JOIN = """
 redis.call('HDEL', KEYS[4], ARGV[1])
 local t = redis.call('TIME')
@@ -77,23 +68,20 @@ redis.call('ZADD', KEYS[1], tonumber(t[1]) + tonumber(ARGV[2]), ARGV[1])
 redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
 return 1
 """
-_TOKENS = _TOKEN + """
-local found = {}
-for _, name in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-    found[#found + 1] = name
-    found[#found + 1] = token(name)
-end
-return found
-"""
-_CLAIM = _TOKEN + """
-if token(ARGV[1]) ~= ARGV[2] then return false end
+_CLAIM = """
+local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not deadline or tonumber(deadline) ~= tonumber(ARGV[3]) then return false end
+if (redis.call('HGET', KEYS[2], ARGV[1]) or '') ~= ARGV[2] then return false end
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
 local member = redis.call('HGET', KEYS[3], ARGV[1]) or '{}'
 redis.call('HDEL', KEYS[3], ARGV[1])
-redis.call('HSET', KEYS[4], ARGV[1], ARGV[3])
+redis.call('HSET', KEYS[4], ARGV[1], ARGV[4])
 return member
 """
+Token = tuple[str, float]
+"""A member's beat count ('' if it has none: an older version) and deadline. A beat of this version
+moves both, one of an older version the deadline: any beat of either changes the token."""
 
 
 @dataclass(frozen=True)
@@ -114,7 +102,7 @@ class Lost:
 class _Sighting:
     """A member's token as this fencer last saw it: since when (its clock) it has not moved."""
 
-    token: str
+    token: Token
     since: float
     period: float
     """The member's own period, from its record."""
@@ -148,7 +136,6 @@ class Membership:
         self._sightings: dict[str, _Sighting] = {}
         self._join = connection.register_script(_JOIN)
         self._beat = connection.register_script(_BEAT)
-        self._tokens = connection.register_script(_TOKENS)
         self._claim = connection.register_script(_CLAIM)
         self._kill_refused = False
 
@@ -197,9 +184,10 @@ class Membership:
     def claim_lost(self) -> Iterator[Lost]:
         """Claim the members silent for their period, one at a time: each is yielded
         right after its claim (so it is fenced before the next is claimed), and claimed once."""
-        for name, token, silent, period in self._silent():
+        for name, (count, deadline), silent, period in self._silent():
             record = json.dumps({"by": self.name, "at": time.time()})
-            result = self._claim(keys=[BEATS_KEY, COUNTS_KEY, MEMBERS_KEY, FENCED_KEY], args=[name, token, record])
+            result = self._claim(keys=[BEATS_KEY, COUNTS_KEY, MEMBERS_KEY, FENCED_KEY],
+                                 args=[name, count, repr(deadline), record])
             self._sightings.pop(name, None)
             if not result:
                 continue  # it beat just now, or another member claimed it first
@@ -208,7 +196,7 @@ class Membership:
             yield Lost(name=name, host=member.get("host", "?"), pid=member.get("pid"),
                        queues=list(member.get("queues", [])), silent=silent, period=period)
 
-    def _silent(self) -> list[tuple[str, str, float, float]]:
+    def _silent(self) -> list[tuple[str, Token, float, float]]:
         """(name, token, seconds silent, period) of each member whose token has not moved for its
         period (or ours, if longer: our own beats only vouch for Redis at that grain).
 
@@ -219,12 +207,11 @@ class Membership:
             self._sightings.clear()  # our own beats are late or failing: we can vouch for no one's silence
             return []
         try:
-            found = self._tokens(keys=[BEATS_KEY, COUNTS_KEY])
+            tokens = self._tokens()
         except redis.exceptions.RedisError:
             self._break()
             raise
         after = self.clock()
-        tokens = {_text(found[i]): _text(found[i + 1]) for i in range(0, len(found), 2) if found[i + 1]}
         tokens.pop(self.name, None)
         for gone in self._sightings.keys() - tokens.keys():
             del self._sightings[gone]  # left, or claimed by another fencer
@@ -241,6 +228,16 @@ class Membership:
             if before - seen.since >= period:  # silent a whole watchdog period: its systemd is aborting it
                 silent.append((name, token, before - seen.since, period))
         return silent
+
+    def _tokens(self) -> dict[str, Token]:
+        """Every member's token, in one round trip (two commands that scan in C, not a script that
+        looks each member up: a sweep of every worker reads the whole roster)."""
+        with self.connection.pipeline() as pipe:
+            pipe.zrange(BEATS_KEY, 0, -1, withscores=True)
+            pipe.hgetall(COUNTS_KEY)
+            roster, counts = pipe.execute()
+        count = {_text(name): _text(value) for name, value in counts.items()}
+        return {_text(name): (count.get(_text(name), ""), float(deadline)) for name, deadline in roster}
 
     def kill_connections(self, lost: Lost) -> int:
         """Close every Redis connection named after ``lost``; returns how many. Without the CLIENT
