@@ -49,6 +49,11 @@ HISTORY_KEY = keys.fencing_history()
 HISTORY_LENGTH = 100
 FENCED_KEEP = 24 * 3600
 """Seconds a fencing stays listed by ``status``."""
+SWEEP_JITTER = 0.25
+"""Seconds a sweep may land earlier in its tick than the one that first saw a token (the parts before
+it take more or less time): a period being three ticks, the third sweep must not miss it by that
+much and leave the lost member to a fourth. A healthy member beats every tick, so one silent for
+nearly three ticks is not healthy."""
 LEGACY_PERIOD = 90.0
 """The period of a member whose record does not say (a worker of an older version): the longest a
 member can have (three ticks of at most 30 s), so that none is fenced sooner than its own allows."""
@@ -225,7 +230,7 @@ class Membership:
                 self._sightings[name] = _Sighting(token, after, periods[name] if seen is None else seen.period)
                 continue
             period = max(seen.period, self.period)
-            if before - seen.since >= period:  # silent a whole watchdog period: its systemd is aborting it
+            if before - seen.since >= period - SWEEP_JITTER:  # a watchdog period: its systemd is aborting it
                 silent.append((name, token, before - seen.since, period))
         return silent
 

@@ -75,6 +75,19 @@ def test_a_silent_member_is_claimed_once_after_its_period_and_fenced_until_it_re
     assert conn.hget(FENCED_KEY, "b") is None and b.beat() is True
 
 
+def test_the_third_sweep_finds_a_member_silent_for_three_ticks_even_if_a_little_early(conn):
+    """Sweeps land a little earlier or later in their ticks; a period of three ticks must not wait
+    for a fourth sweep because the third came a few milliseconds short."""
+    clock = FakeClock(1000.0)
+    a, _ = member(conn, "a", clock), member(conn, "b", clock)
+    claims = []
+    for _ in range(4):
+        clock.now += 0.95
+        a.beat()
+        claims.append([lost.name for lost in a.claim_lost()])
+    assert claims == [[], [], [], ["b"]]  # seen at the first sweep, lost at the fourth: three ticks later
+
+
 def test_a_step_of_redis_clock_fences_no_one(conn):
     """Deadlines in Redis time all pass at once when Redis's clock steps forward: the old rule fenced
     every member at the first sweep. Silence on the fencer's clock is what counts."""
