@@ -366,6 +366,10 @@ def _acl(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if not args.check:
+        from .startup import early
+
+        early.install()  # first: until the worker's own handlers exist, a stop or reload is recorded, not fatal
     from .config import ConfigError
 
     try:
@@ -378,12 +382,18 @@ def _run(args: argparse.Namespace) -> int:
 
         journal.setup_logging("INFO")
         return Notifier().fail(f"configuration error: {exc}", exits.CONFIG, errno.EINVAL)
+    from .process import forget_left, mark_left
     from .service import run
 
     queues = [*args.queue_args, *([args.queues] if args.queues else [])]
     overrides = {var.field: getattr(args, var.field) for var in VARIABLES if var.flag and var.field}
     overrides.update(queues=",".join(queues) or None, url=args.url, name=args.name)
-    return run(overrides, env_files=args.env_file, check_only=args.check)
+    if args.check:  # (ExecReload='s, beside the running worker: its marks are not this process's)
+        return run(overrides, env_files=args.env_file, check_only=True)
+    forget_left()
+    status = run(overrides, env_files=args.env_file)
+    mark_left()  # the unit's ExecStopPost= tells this way out from a job that ended the process
+    return status
 
 
 def _autoscale(args: argparse.Namespace) -> int:

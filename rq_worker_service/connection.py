@@ -51,6 +51,24 @@ class RedisAuthError(Exception):
 
 CLUSTER_MOVED = ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN")
 """How a cluster node answers for a slot it no longer serves (a failover or a reshard)."""
+CLUSTER_MOVED_ERRORS = (redis.exceptions.AskError, redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError)
+"""The same answers as redis-py raises them (MovedError is an AskError); it strips the word from the
+message, so only a plain ResponseError still starts with it."""
+
+
+def slot_moved(target: RedisTarget, exc: BaseException) -> bool:
+    """Whether ``exc`` says that the cluster node we use no longer serves our keys' slot."""
+    return bool(target.cluster) and (isinstance(exc, CLUSTER_MOVED_ERRORS) or (
+        isinstance(exc, redis.exceptions.ResponseError) and str(exc).startswith(CLUSTER_MOVED)))
+
+
+def slot_moved_message(key_prefix: str, exc: BaseException) -> str:
+    """The one line a worker leaves with when its slot moved (exit 69: systemd restarts it, and the
+    new process connects to the slot's new owner)."""
+    code = getattr(exc, "status_code", None)  # redis-py's MOVED/ASK errors keep the word only here
+    answer = f"{code} {exc}" if code and not str(exc).startswith(code) else str(exc)
+    return (f"the cluster no longer serves RQ_KEY_PREFIX={key_prefix} from this node ({answer}); exiting so that "
+            "systemd restarts this instance against the slot's new owner")
 
 
 KEEPALIVE = {socket.TCP_KEEPIDLE: 10, socket.TCP_KEEPINTVL: 5, socket.TCP_KEEPCNT: 3}

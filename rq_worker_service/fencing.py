@@ -37,6 +37,7 @@ import redis
 from redis import Redis
 
 from . import faults, keys
+from .host import identity as host_identity
 
 log = logging.getLogger("rq_worker_service.fencing")
 
@@ -147,7 +148,8 @@ class Membership:
     def join(self, host: str, pid: int, queues: list[str]) -> dict | None:
         """Become a member (again); returns the record of this name's last fencing, if any."""
         previous = self.connection.hget(FENCED_KEY, self.name)
-        member = json.dumps({"host": host, "pid": pid, "queues": queues, "period": self.period})
+        member = json.dumps({"host": host, "pid": pid, "queues": queues, "period": self.period,
+                             **host_identity().fields()})
         self._join(keys=[BEATS_KEY, COUNTS_KEY, MEMBERS_KEY, FENCED_KEY],
                    args=[self.name, int(self.period) + 1, member])
         self._last_beat = self.clock()

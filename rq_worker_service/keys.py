@@ -98,7 +98,8 @@ def fencing_beats() -> str:
 
 
 def fencing_members() -> str:
-    """Hash: member worker name → JSON {host, pid, queues, period}: what a fencer needs once rq's record is gone."""
+    """Hash: member worker name → JSON {host, pid, queues, period, machine_id, boot_id}: what a fencer needs
+    once rq's record is gone."""
     return _service("members")
 
 

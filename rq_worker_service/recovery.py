@@ -4,9 +4,13 @@ Stock RQ finds such a job only when the StartedJobRegistry entry has expired (�
 heartbeat) *and* a worker runs its maintenance (every 10 minutes), so a job interrupted by
 ``kill -9``, the OOM killer or a watchdog abort sat for ~14 minutes before it ran again. Our worker
 names are stable per host and instance, so the new process knows exactly whose record it inherits:
-if that record is on this host and its pid is gone, every job that worker was executing was cut
-off, and is handled at once — retried per its ``Retry`` (or the service's default policy), or
-failed with a reason that says what happened. Workers on other hosts keep RQ's heartbeat cleanup.
+if that record is from this machine and its worker is gone (another boot, or its pid not running),
+every job that worker was executing was cut off, and is handled at once — retried per its
+``Retry`` (or the service's default policy), or failed with a reason that says what happened.
+Workers on other hosts keep RQ's heartbeat cleanup, and fencing.
+
+Every rescue, here or by a fencer, claims a job and re-queues it in one transaction (``claim``), so
+a rescuer that dies half-way leaves the job to the next one instead of losing it.
 
 The service's defaults for jobs live here too: the retry policy given to a job cut off under its
 worker, and the timeout and failure TTL for jobs enqueued without them.
@@ -21,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from redis import Redis
+from redis.exceptions import WatchError
 from rq import Queue
 from rq.callbacks import execute_failure_callback
 from rq.exceptions import AbandonedJobError, NoSuchJobError
@@ -30,8 +35,17 @@ from rq.registry import StartedJobRegistry
 from rq.results import Result
 from rq.utils import as_text, parse_composite_key
 
+from . import faults, host
 from .config import Settings
-from .rqcompat import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY, execution_key, job_func, requeue_now, worker_key
+from .rqcompat import (
+    REDIS_WORKER_KEYS,
+    WORKERS_BY_QUEUE_KEY,
+    execution_key,
+    job_func,
+    requeue_now,
+    retry_in,
+    worker_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,29 +97,26 @@ def record_interruption(job: Job, reason: str, worker_name: str, settings: Setti
     return job.should_retry
 
 
-def fail_or_retry(job: Job, queue: Queue, reason: str, worker_name: str, settings: Settings, *,
-                  at_once: bool = False) -> bool:
-    """Retry (per the job's Retry or the default policy) or fail a job whose execution was cut off.
+def settle_interrupted(job: Job, queue: Queue, reason: str, worker_name: str, settings: Settings, pipeline, *,
+                       at_once: bool = False) -> bool:
+    """Queue in ``pipeline`` the writes that retry (per the job's Retry or the default policy) or fail a
+    job whose execution was cut off; returns True if it will be retried.
 
-    The interruption is recorded as a failed Result in both cases, so ``job.latest_result()`` and
-    ``rq-worker-service job <id>`` say what happened to that execution. ``at_once``: the retry
-    takes one attempt but is queued now, at the front, whatever the retry interval: for a job whose
-    *worker* was lost (fenced, or replaced after it went silent), which says nothing about the job.
-    Returns True if retried.
+    Writes only: the pipeline may be a transaction already in MULTI, where a read would return
+    nothing (``claim``). The interruption is recorded as a failed Result in both cases, so
+    ``job.latest_result()`` and ``rq-worker-service job <id>`` say what happened to that execution.
+    ``at_once``: the retry takes one attempt but is queued now, at the front, whatever the retry
+    interval: for a job whose *worker* was lost (fenced, or replaced after it went silent), which
+    says nothing about the job.
     """
-    with job.connection.pipeline() as pipe:
-        retry = record_interruption(job, reason, worker_name, settings, pipeline=pipe)
-        if retry and at_once:
-            requeue_now(job, queue, pipe)
-        elif retry:
-            job.retry(queue, pipe)
-        else:
-            job.set_status(JobStatus.FAILED, pipeline=pipe)
-            job._handle_failure(reason, pipe, worker_name=worker_name)
-        pipe.execute()
-    if not retry:
-        queue.enqueue_dependents(job)
-    release_slot(job)  # rq 3 rate limits: the slot goes to a waiting job unless this one was requeued
+    retry = record_interruption(job, reason, worker_name, settings, pipeline=pipeline)
+    if retry and at_once:
+        requeue_now(job, queue, pipeline)
+    elif retry:
+        retry_in(job, queue, pipeline)
+    else:
+        job.set_status(JobStatus.FAILED, pipeline=pipeline)
+        job._handle_failure(reason, pipeline, worker_name=worker_name)
     return retry
 
 
@@ -120,53 +131,126 @@ def process_is_worker(pid: int) -> bool:
     return b"rq_worker_service" in cmdline or b"rq-worker-service" in cmdline
 
 
-def started_executions(connection: Redis, queue_name: str) -> list[tuple[str, str, str | None]]:
-    """(job id, execution composite key, owning worker name) of every entry in a StartedJobRegistry.
+def execution_owner(connection: Redis, composite: str) -> str | None:
+    """The worker that runs a StartedJobRegistry entry: from the execution's hash, or, once that has
+    expired, from the job's hash. ``connection`` may be a pipeline that watches both (``claim``)."""
+    owner = connection.hget(execution_key(composite), "worker_name")
+    if owner is None:
+        owner = connection.hget(Job.key_for(parse_composite_key(composite)[0]), "worker_name")
+    return as_text(owner) if owner is not None else None
 
-    The owner comes from the execution's hash, or, once that has expired, from the job's hash.
-    """
+
+def started_executions(connection: Redis, queue_name: str) -> list[tuple[str, str, str | None]]:
+    """(job id, execution composite key, owning worker name) of every entry in a StartedJobRegistry."""
     registry = StartedJobRegistry(queue_name, connection=connection)
     found = []
     for entry in connection.zrange(registry.key, 0, -1):
         composite = as_text(entry)  # type: ignore[arg-type]
-        job_id, _ = parse_composite_key(composite)
-        owner = connection.hget(execution_key(composite), "worker_name")
-        if owner is None:
-            owner = connection.hget(Job.key_for(job_id), "worker_name")
-        found.append((job_id, composite, as_text(owner) if owner is not None else None))
+        found.append((parse_composite_key(composite)[0], composite, execution_owner(connection, composite)))
     return found
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A rescue this process committed: the job as it was re-queued or failed, for what follows."""
+
+    job: Job
+    retried: bool
+
+
+CLAIM_ATTEMPTS = 20
+"""Transactions tried per entry before it is left for the next rescue: each retry follows a write to
+the job or its execution by someone else (a heartbeat of a worker that is alive after all, its end,
+another rescuer), which the next attempt reads and judges anew."""
+
+
+def claim(queue: Queue, composite: str, owner: str, reason: str, settings: Settings, *, at_once: bool
+          ) -> Claimed | None:
+    """Claim one StartedJobRegistry entry of ``owner`` and retry or fail its job, in one transaction.
+
+    Until the transaction commits nothing has changed, so a rescuer that dies or is interrupted at
+    any point before (kill -9, a stop, a Redis error) leaves the entry for the next rescue: the
+    restarted instance, a fencer, rq's own cleanup. Watched: the job's hash and the execution's.
+    Every path of rq's that ends an execution (the worker's end, rq's cleanup, a rescue of ours)
+    writes one of them in the transaction that removes the entry, so a claim that commits is the
+    only one; the registry itself is not watched, since every job starting or ending on the queue
+    writes it. Returns None when the entry is no longer ``owner``'s to rescue, or is a leftover of
+    a job not running any more (then it is only removed).
+    """
+    connection = queue.connection
+    registry_key = queue.started_job_registry.key
+    job_id = parse_composite_key(composite)[0]
+    with connection.pipeline() as pipe:
+        for _ in range(CLAIM_ATTEMPTS):
+            try:
+                pipe.watch(Job.key_for(job_id), execution_key(composite))
+                if pipe.zscore(registry_key, composite) is None or execution_owner(pipe, composite) != owner:
+                    return None  # ended, claimed by another rescuer, or another worker's
+                job = started_job(connection, job_id)
+                pipe.multi()
+                pipe.zrem(registry_key, composite)
+                pipe.delete(execution_key(composite))
+                retried = job is not None and settle_interrupted(
+                    job, queue, f"{AbandonedJobError.__name__}: {reason}", settings.name, settings, pipe,
+                    at_once=at_once)
+                pipe.execute()
+                return Claimed(job, retried) if job is not None else None
+            except WatchError:
+                continue
+    log.warning("Left job %s of worker %s in the started registry: %d attempts to claim it met other writes; the "
+                "next rescue or rq's cleanup takes it", job_id, owner, CLAIM_ATTEMPTS)
+    return None
+
+
+def started_job(connection: Redis, job_id: str) -> Job | None:
+    """The job, if it still exists and is STARTED; else its registry entry is a leftover."""
+    try:
+        job = Job.fetch(job_id, connection=connection)
+    except NoSuchJobError:
+        return None
+    return job if job.get_status(refresh=False) == JobStatus.STARTED else None
+
+
+def after_claim(job: Job, queue: Queue, retried: bool) -> None:
+    """What follows a committed rescue, as rq's worker does after it records a failure.
+
+    Dependents and the rate-limit slot first: they are quick, and a rescuer that dies later would
+    otherwise leave a dependent deferred for good. The app's failure callback (up to 60 s) last, at
+    most once: a rescuer that dies after the commit skips it. rq's own ``StartedJobRegistry.cleanup``
+    runs it before its commit instead, so a cleanup that dies in between runs it again next time.
+    """
+    if not retried:
+        queue.enqueue_dependents(job)
+    release_slot(job)  # rq 3 rate limits: the slot goes to a waiting job unless this one was requeued
+    try:
+        execute_failure_callback(job, queue.death_penalty_class, AbandonedJobError, AbandonedJobError(), None)
+    except Exception:  # the app's callback must not stop recovery
+        log.exception("failure callback of job %s raised during recovery", job.id)
+    faults.reached("rescue.callback")
 
 
 def rescue_executions(connection: Redis, owner: str, queue_names: list[str], settings: Settings, reason: str, *,
                       at_once: bool) -> list[Recovered]:
-    """Fail-or-retry every job that worker ``owner`` was running in these queues.
+    """Retry or fail every job that worker ``owner`` was running in these queues (``claim``).
 
-    Each StartedJobRegistry entry is claimed by removing it: when two rescuers meet (a fencer and
-    the restarted instance, or rq's own cleanup), only the one whose removal took effect goes on.
+    Every rescue goes through here: the restarted instance's, a fencer's, a worker's of its own jobs.
     """
     recovered: list[Recovered] = []
     for name in queue_names:
         queue = Queue(name, connection=connection)
         for job_id, composite, job_owner in started_executions(connection, name):
-            if job_owner != owner or not connection.zrem(queue.started_job_registry.key, composite):
+            if job_owner != owner:
                 continue
-            connection.delete(execution_key(composite))
-            try:
-                job = Job.fetch(job_id, connection=connection)
-            except NoSuchJobError:
+            claimed = claim(queue, composite, owner, reason, settings, at_once=at_once)
+            if claimed is None:
                 continue
-            if job.get_status() != JobStatus.STARTED:
-                continue
-            try:
-                execute_failure_callback(job, queue.death_penalty_class, AbandonedJobError, AbandonedJobError(), None)
-            except Exception:  # the app's callback must not stop recovery
-                log.exception("failure callback of job %s raised during recovery", job_id)
-            retried = fail_or_retry(job, queue, f"{AbandonedJobError.__name__}: {reason}", settings.name, settings,
-                                    at_once=at_once)
-            log.warning("Rescued job %s (%s) of worker %s: %s", job_id, job_func(job), owner,
-                        ("requeued at once" if at_once else "retrying") if retried else "failed, no retries left",
-                        extra={"RQ_JOB_ID": job_id, "RQ_QUEUE": name, "RQ_JOB_FUNC": job_func(job)})
-            recovered.append(Recovered(job_id, retried))
+            faults.reached("rescue.claimed")
+            log.warning("Rescued job %s (%s) of worker %s: %s", job_id, job_func(claimed.job), owner,
+                        ("requeued at once" if at_once else "retrying") if claimed.retried
+                        else "failed, no retries left",
+                        extra={"RQ_JOB_ID": job_id, "RQ_QUEUE": name, "RQ_JOB_FUNC": job_func(claimed.job)})
+            recovered.append(Recovered(job_id, claimed.retried))
+            after_claim(claimed.job, queue, claimed.retried)
     return recovered
 
 
@@ -182,6 +266,33 @@ def predecessor_hung(instance: str, env: Mapping[str, str]) -> bool:
         return False
 
 
+def refuse_if_alive(record: Mapping[str, str], name: str, hostname: str, here: host.HostIdentity) -> None:
+    """Raise ``WorkerNameInUse`` unless the worker that left ``record`` (rq's hash, no death) is dead.
+
+    A pid tells only on its own machine during its own boot, and host names are shared by cloned
+    VMs and containers: so another host name, or the same one on another machine (machine id), is
+    a live worker elsewhere whose jobs are not ours to rescue; the same machine in an earlier boot
+    (boot id) is dead whatever its pid; the same boot leaves the pid to judge. A record without
+    these ids (written by an older version) is judged by host name and pid alone.
+    """
+    pid = int(record.get("pid") or 0)
+    their_host = record.get("hostname", "")
+    if their_host and their_host != hostname:
+        raise WorkerNameInUse(f"worker name {name} is registered by host {their_host}; "
+                              "give this worker another --name or --instance")
+    machine, boot = record.get("machine_id", ""), record.get("boot_id", "")
+    if machine and here.machine_id and machine != here.machine_id:
+        raise WorkerNameInUse(f"worker name {name} is registered by host {their_host or '?'} (machine id {machine}) "
+                              f"and this host {hostname} is another machine (machine id {here.machine_id}): give the "
+                              "hosts distinct hostnames, or this worker another --name or --instance")
+    if machine and machine == here.machine_id and boot and here.boot_id and boot != here.boot_id:
+        log.info("Worker %s's record is from an earlier boot of this machine: its pid %d is not running it", name, pid)
+        return
+    if process_is_worker(pid):
+        raise WorkerNameInUse(f"worker {name} is already running as pid {pid} on this host; "
+                              "stop it first, or start this one with another --instance")
+
+
 def recover_predecessor(connection: Redis, settings: Settings, hostname: str, went_silent: bool = False
                         ) -> list[Recovered]:
     """Clean up the record a dead predecessor of this instance left, before we register.
@@ -189,19 +300,12 @@ def recover_predecessor(connection: Redis, settings: Settings, hostname: str, we
     ``went_silent``: its main loop had stopped (frozen or hung) and the watchdog ended it: its jobs
     are requeued at once, as a fencer would have done. Otherwise it died suddenly (kill -9, the OOM
     killer, a crash), which its job may have caused: the job's retry interval applies.
-    Raises ``WorkerNameInUse`` when that predecessor is in fact alive.
+    Raises ``WorkerNameInUse`` when that predecessor is in fact alive, or runs on another machine.
     """
     key = worker_key(settings.name)
     record = {as_text(k): as_text(v) for k, v in connection.hgetall(key).items()}
     if record and "death" not in record:
-        pid = int(record.get("pid") or 0)
-        host = record.get("hostname", "")
-        if host and host != hostname:
-            raise WorkerNameInUse(f"worker name {settings.name} is registered by host {host}; "
-                                  "give this worker another --name or --instance")
-        if process_is_worker(pid):
-            raise WorkerNameInUse(f"worker {settings.name} is already running as pid {pid} on this host; "
-                                  "stop it first, or start this one with another --instance")
+        refuse_if_alive(record, settings.name, hostname, host.identity())
     queue_names = list(settings.queues)
     for extra in filter(None, record.get("queues", "").split(",")):
         if extra not in queue_names:

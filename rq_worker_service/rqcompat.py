@@ -8,18 +8,21 @@ that says what changed, instead of in production. docs/operations.md lists the c
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import rq
 from redis import Redis
 from rq.executions import Execution
 from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job
 from rq.queue import Queue
+from rq.utils import now
 from rq.worker import Worker
 from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY
 
 __all__ = ["RQ_MAJOR", "HORSE_DIED", "STUCK_IN_INTERMEDIATE", "REDIS_WORKER_KEYS", "WORKERS_BY_QUEUE_KEY",
            "execution_key", "first_seen_key", "intermediate_key", "job_func", "mixed_rq_message",
-           "mixed_rq_workers", "requeue_now", "same_rq_major", "worker_key"]
+           "mixed_rq_workers", "requeue_now", "retry_in", "same_rq_major", "worker_key"]
 
 RQ_MAJOR = 3
 """The rq major version this code is written against. Workers and the apps that enqueue must share
@@ -85,3 +88,17 @@ def requeue_now(job: Job, queue: Queue, pipeline) -> None:
     assert job.retries_left
     job.retries_left -= 1
     queue._enqueue_job(job, pipeline=pipeline, at_front=True)
+
+
+def retry_in(job: Job, queue: Queue, pipeline) -> None:
+    """rq's ``Job.retry`` with every write in ``pipeline``: one attempt taken, the job queued again, or
+    scheduled after its retry interval. rq's own writes the SCHEDULED status on the job's connection,
+    outside the pipeline: inside a transaction that watches the job (a rescue's) that write alone
+    would abort it, every time."""
+    assert job.retries_left
+    interval = job.get_retry_interval()
+    job.retries_left -= 1
+    if interval:
+        queue.schedule_job(job, now() + timedelta(seconds=interval), pipeline=pipeline)
+    else:
+        queue._enqueue_job(job, pipeline=pipeline, at_front=job.enqueue_at_front_on_retry)

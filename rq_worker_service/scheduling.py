@@ -17,7 +17,7 @@ from typing import Any
 
 from rq.scheduler import RQScheduler
 
-from .connection import REDIS_ERRORS
+from .connection import CLUSTER_MOVED_ERRORS, REDIS_ERRORS
 from .process import die_with_parent
 
 RETRY_INTERVAL = 15.0
@@ -38,13 +38,19 @@ class ServiceScheduler(RQScheduler):
         die_with_parent(self._parent_pid)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._install_signal_handlers()
-        self.register_birth()
-        while not self._stop_requested:
-            if self.should_reacquire_locks:
-                self.acquire_locks()
-            self.heartbeat()
-            self.enqueue_scheduled_jobs()
-            select.select([self._wake_r], [], [], self.interval)  # (retried after a handler: PEP 475)
+        try:
+            self.register_birth()
+            while not self._stop_requested:
+                if self.should_reacquire_locks:
+                    self.acquire_locks()
+                self.heartbeat()
+                self.enqueue_scheduled_jobs()
+                select.select([self._wake_r], [], [], self.interval)  # (retried after a handler: PEP 475)
+        except CLUSTER_MOVED_ERRORS as exc:
+            # The worker leaves with the one line (exit 69) on its next command; rq's would add a traceback.
+            self.log.warning("Scheduler: the cluster node no longer serves these queues (%s %s); stopping",
+                             exc.status_code, exc)
+            return  # its locks expire; the restarted worker's scheduler takes them on the new owner
         self.stop()
 
     def request_stop(self, signum: Any = None, frame: Any = None) -> None:

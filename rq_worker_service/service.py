@@ -17,15 +17,16 @@ from pathlib import Path
 import redis
 from rq.exceptions import StopRequested
 
-from . import exits, journal, keys
+from . import exits, journal, keys, startup
 from .acl import denied
 from .config import ConfigError, Settings, load_settings, virtualenv_site_packages
 from .connection import (
-    CLUSTER_MOVED,
     REDIS_ERRORS,
     RedisAuthError,
     RedisUnavailable,
     make_connection,
+    slot_moved,
+    slot_moved_message,
     wait_for_redis,
     warn_if_not_persistent,
 )
@@ -36,6 +37,7 @@ from .orphans import settle
 from .parts.reporting import COUNTS_VAR
 from .recovery import WorkerNameInUse, predecessor_hung, recover_predecessor
 from .rqcompat import mixed_rq_workers
+from .startup import StartupStopped, early
 from .worker import ServiceWorkerMixin
 from .worker_classes import WORKER_CLASSES
 
@@ -80,6 +82,8 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
 
     ``check_only``: validate the configuration as a start would, and return (``run --check``, the
     unit's ``ExecReload=`` guard: a reload with an invalid file then fails and changes nothing).
+    A stop during start-up (``startup.early``, installed by the command line first) ends it at the
+    next safe point below, with exit 0 and no job taken.
     """
     journal.setup_logging("INFO")
     notifier = Notifier()
@@ -96,6 +100,8 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
         log.info("Configuration OK: worker %s (%s) for queues %s on Redis %s", settings.name, settings.worker_class,
                  ", ".join(settings.queues), settings.redis.display)
         return exits.OK
+    if early.stop_requested:
+        return stopped_during_startup()
     try:
         keys.check_imported(settings.key_prefix)
     except ConfigError as exc:
@@ -114,8 +120,9 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
     log.info("%s worker %s (%s) for queues %s on Redis %s", "Reloaded" if reloaded else "Starting", settings.name,
              settings.worker_class, ", ".join(settings.queues), settings.redis.display)
     try:
-        connection = wait_for_redis(lambda: make_connection(settings.redis, settings.key_prefix, settings.name),
-                                    settings.redis, notifier, settings.redis_startup_wait)
+        with early.wait():  # nothing is held yet: a stop ends it at once
+            connection = wait_for_redis(lambda: make_connection(settings.redis, settings.key_prefix, settings.name),
+                                        settings.redis, notifier, settings.redis_startup_wait)
         warn_if_not_persistent(connection, settings.redis)
         for message in mixed_rq_workers(connection, list(settings.queues)):
             log.warning("%s", message)
@@ -125,7 +132,11 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
             log.warning("Recovered %d job(s) from this instance's previous run", len(recovered))
         worker = build_worker(settings, connection, notifier)
         settle(worker.parts.orphans)  # a job our predecessor popped but never started runs now, not a tick later
-        worker.work(with_scheduler=settings.with_scheduler, logging_level=settings.log_level)
+        if early.stop_requested:  # the predecessor's jobs are back in their queues: nothing else is held
+            return stopped_during_startup()
+        worker.work(with_scheduler=settings.with_scheduler, logging_level=settings.log_level)  # hands over the rest
+    except StartupStopped:
+        return stopped_during_startup()
     except RedisUnavailable as exc:
         return notifier.fail(str(exc), exits.UNAVAILABLE, errno.ECONNREFUSED)
     except RedisAuthError as exc:
@@ -140,11 +151,9 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
     except redis.exceptions.NoPermissionError as exc:  # at registration, before the loop
         return notifier.fail(f"{denied(exc) or exc}; exiting", exits.NOPERM, errno.EACCES)
     except redis.exceptions.ResponseError as exc:
-        if not (settings.redis.cluster and str(exc).startswith(CLUSTER_MOVED)):
+        if not slot_moved(settings.redis, exc):
             raise
-        return notifier.fail(f"the cluster no longer serves RQ_KEY_PREFIX={settings.key_prefix} from this node "
-                             f"({exc}); exiting so that systemd restarts this instance against the slot's new owner",
-                             exits.UNAVAILABLE, errno.ECONNRESET)
+        return notifier.fail(slot_moved_message(settings.key_prefix, exc), exits.UNAVAILABLE, errno.ECONNRESET)
 
     if worker.parts.lifecycle.phase is Phase.RELOADING:
         os.environ[COUNTS_VAR] = "{},{}".format(*worker.parts.counters.job_counts)
@@ -156,6 +165,11 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
                          "systemd restarts this instance", exits.LOOP_ERROR, errno.EIO)
 
 
+def stopped_during_startup() -> int:
+    log.info("Stopped during start-up (%s), before taking any job", early.names())
+    return exits.OK
+
+
 def reexec(marker: str = REEXEC_VAR) -> None:
     """Replace this process with a fresh copy of itself: same pid, new config and app code.
     ``marker`` tells the new process why (a reload, or rq's key prefix to import anew)."""
@@ -163,4 +177,5 @@ def reexec(marker: str = REEXEC_VAR) -> None:
     os.environ[marker] = "1"
     for handler in logging.getLogger().handlers:
         handler.flush()
+    startup.block()  # a signal that comes before the new process can record it waits for it
     os.execv(sys.executable, sys.orig_argv)

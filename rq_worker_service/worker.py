@@ -32,7 +32,7 @@ from rq.job import Job
 from rq.queue import Queue
 from rq.worker import SHUTDOWN_SIGNAL
 
-from . import journal
+from . import journal, startup
 from .config import Settings
 from .connection import REDIS_ERRORS
 from .notify import Notifier
@@ -124,8 +124,9 @@ class ServiceWorkerMixin(_Base):
                     self.parts.outage.failed(exc)
                     self.heartbeat()  # the tick (watchdog, STATUS=); a stop that came meanwhile ends here
                     time.sleep(self.max_connection_wait_time)
-        except redis.exceptions.NoPermissionError as exc:
-            self.parts.guard.exit_denied(exc)
+        except redis.exceptions.ResponseError as exc:
+            self.parts.guard.exit_if_fatal(exc)  # a refusal, a moved cluster slot: one line, and out
+            raise
         except StopRequested:  # carried out now: the flag (its backup) is left unset, as rq leaves it when idle
             self._stop_requested = False
             raise
@@ -153,6 +154,7 @@ class ServiceWorkerMixin(_Base):
                   log_format: str = DEFAULT_LOGGING_FORMAT) -> None:
         journal.set_worker(self.name)
         self._install_signal_handlers()  # early: a stop during start-up is graceful too
+        startup.early.hand_over()  # what came before these handlers existed, carried out now
         super().bootstrap(logging_level, date_format, log_format)
         self.parts.started()
 
@@ -175,8 +177,9 @@ class ServiceWorkerMixin(_Base):
         self.parts.job_started(job.id, func, queue.name)
         try:
             super().execute_job(job, queue)
-        except redis.exceptions.NoPermissionError as exc:
-            self.parts.guard.exit_denied(exc)
+        except redis.exceptions.ResponseError as exc:
+            self.parts.guard.exit_if_fatal(exc)  # a refusal, a moved cluster slot: one line, and out
+            raise
         except REDIS_ERRORS as exc:
             # Only before the horse starts or after it ended: while it runs every Redis call of
             # ours goes through the guard. rq would end the worker for this; we go on.

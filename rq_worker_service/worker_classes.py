@@ -12,9 +12,11 @@ from types import FrameType
 from typing import Any
 
 from rq import SimpleWorker, SpawnWorker, Worker
+from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
 
+from . import faults
 from .handoff import Handoff
 from .parts.jobwatch import JobWatch
 from .worker import ServiceWorkerMixin
@@ -83,8 +85,23 @@ class ServiceSimpleWorker(ServiceWorkerMixin, SimpleWorker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.parts.watch = JobWatch(lambda alive: self.parts.tick(alive=alive, main_loop=False), self.parts.interval)
+        self.parts.watch = JobWatch(self._watch_tick, self.parts.interval)
         self.parts.add(self.parts.watch)  # a signal's wake reaches its thread too
+
+    def _watch_tick(self, alive: bool) -> None:
+        """The watch thread's tick, and while the job is alive rq's heartbeats of it, as the fork
+        worker's monitor sends them (``maintain_heartbeats``: the started registry's score, the
+        execution, the worker key's TTL). Without them a job without a timeout outlived its entry
+        (420 s) and another worker's maintenance re-queued it while it ran. Once a job overran its
+        limit they stop with the watchdog's pings: a worker hung there looks dead to everyone.
+
+        They go out on this thread's own pooled connection (redis-py's pool is thread-safe), never
+        on one the job in the main thread is using."""
+        self.parts.tick(alive=alive, main_loop=False)
+        assert self.parts.watch is not None  # (it calls this)
+        job, executions = self.parts.watch.job, list(self.executions.values())  # list(): one step under the GIL
+        if alive and job is not None and executions:  # none: not registered yet, or its end is being written
+            self.parts.guard.call(SimpleWorker.maintain_heartbeats, self, job, executions[0])
 
     def _install_signal_handlers(self) -> None:
         super()._install_signal_handlers()
@@ -103,11 +120,17 @@ class ServiceSimpleWorker(ServiceWorkerMixin, SimpleWorker):
         """Run the job in this thread while the watch thread ticks."""
         watch = self.parts.watch
         assert watch is not None  # (set in __init__)
-        watch.watch(job.timeout)
+        watch.watch(job.timeout, job)
         try:
             super().execute_job(job, queue)
         finally:
             watch.unwatch()
+
+    def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
+        faults.reached("horse.started")
+        performed = super().perform_job(job, queue, execution)
+        faults.reached("job.ended")
+        return performed
 
 
 WORKER_CLASSES: dict[str, type[ServiceWorkerMixin]] = {

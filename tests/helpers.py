@@ -171,6 +171,21 @@ class RedisCluster:
                 return next(n for n in self.nodes if n.port == primary[1])
         raise AssertionError(f"no node serves slot {slot}")
 
+    def move_slot(self, key: str, to: RedisServer) -> None:
+        """Reshard ``key``'s slot, with its keys, to the primary ``to`` (Redis's own migration steps:
+        IMPORTING/MIGRATING, MIGRATE of every key, SETSLOT NODE everywhere). Clients of the old
+        owner get ASK during the move and MOVED after it."""
+        from redis.crc import key_slot
+
+        slot, source = key_slot(key.encode()), self.owner(key)
+        source_id, target_id = source.client().cluster("MYID"), to.client().cluster("MYID")
+        to.client().execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        source.client().execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        while keys := source.client().execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+            source.client().execute_command("MIGRATE", "127.0.0.1", to.port, "", 0, 5000, "REPLACE", "KEYS", *keys)
+        for node in [to, source, *(n for n in self.nodes if n not in (to, source))]:
+            node.client().execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+
     def cleanup(self) -> None:
         for node in self.nodes:
             node.cleanup()

@@ -30,7 +30,7 @@ from . import Part, log
 from .guard import RedisGuard
 from .housekeeping import OrphanSweep, SchedulerTakeover
 from .jobwatch import JobWatch
-from .liveness import FAILOVER_RETRY, Fencer, OwnRescue, PrimaryFollower, Watchdog
+from .liveness import FAILOVER_RETRY, Fencer, HostRecord, OwnRescue, PrimaryFollower, Watchdog
 from .reporting import Counters, StatusReporter
 from .stops import Cutter, StopAnnouncer
 
@@ -88,7 +88,8 @@ class ServiceParts:
     def attach(self, worker: ServiceWorkerMixin) -> None:
         """The parts that use the worker's connection, name and queues, once rq's ``__init__`` set them."""
         connection, name, settings = worker.connection, worker.name, self.settings
-        self.guard = RedisGuard(self.outage, self.notifier, lambda: self.status.send(), worker._stop_job)
+        self.guard = RedisGuard(self.outage, self.notifier, lambda: self.status.send(), worker._stop_job,
+                                settings.key_prefix)
         self.rescue = OwnRescue(name, self.lifecycle, lambda reason: rescue_executions(
             connection, name, worker.queue_names(), settings, reason, at_once=True))
         self.follower = PrimaryFollower(settings.redis, primary_address(connection),
@@ -99,7 +100,8 @@ class ServiceParts:
         self.counters = Counters(connection, lambda: worker.key, self.guard, self.notifier.interval, self.clock)
         self.status = StatusReporter(self.notifier, self.lifecycle, self.outage, self.counters, self.follower, name,
                                      worker.queue_names)
-        self.order = [Watchdog(self.notifier), self.follower, self.rescue, self.fencer,
+        self.order = [HostRecord(connection, lambda: worker.key),  # first: right after rq's registration
+                      Watchdog(self.notifier), self.follower, self.rescue, self.fencer,
                       StopAnnouncer(self.lifecycle, self.notifier, self.status.text, worker),
                       Cutter(self.lifecycle, self.notifier, worker._stop_job, self.interval), self.counters,
                       self.status, SchedulerTakeover(self.takeover, self.lifecycle, lambda: worker.scheduler),

@@ -1,5 +1,5 @@
 """The parts that keep the worker alive and its jobs safe: the watchdog, the Sentinel primary,
-the worker's own lost jobs, and fencing (``fencing.Membership``)."""
+the worker's own lost jobs, fencing (``fencing.Membership``), and the machine and boot it runs on."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import os
 import time
 from collections.abc import Callable
 
-from .. import exits
+from redis import Redis
+
+from .. import exits, host
 from ..config import RedisTarget, Settings
 from ..fencing import Lost, Membership
 from ..lifecycle import Lifecycle
@@ -23,6 +25,22 @@ attempts (rq's pop backs off 1, 2, 2 … seconds). A primary the sentinels repla
 its old clients until they convert it to a replica, ≈10 s later (a manual failover) or until it
 comes back (a crash): the tick that follows each pop asks the sentinels, so a worker moves to the
 new primary within this many seconds, where a tick (10 s by default) would be the bound."""
+
+
+class HostRecord(Part):
+    """Adds this machine's and this boot's ids (``host``) to the worker's hash rq has just registered:
+    a restarted instance reads them to tell a dead predecessor from a live one on another machine
+    with the same host name (``recovery.refuse_if_alive``)."""
+
+    def __init__(self, connection: Redis, key: Callable[[], str]) -> None:
+        self.connection = connection
+        self.key = key
+        """The worker's hash (rq's ``worker.key``)."""
+
+    def started(self) -> None:
+        fields = host.identity().fields()
+        if fields:
+            self.connection.hset(self.key(), mapping=fields)  # type: ignore[arg-type]
 
 
 class Watchdog(Part):

@@ -158,6 +158,28 @@ def test_frozen_main_loop_is_aborted_by_watchdog_and_job_completes(box):
     assert job["executions"] == 2
 
 
+
+def test_a_simple_workers_job_that_ends_the_process_restarts_the_unit_and_runs_again(box):
+    """A job calling os._exit(0) ends a simple worker with status 0, which systemd counts as a
+    success: the unit's ExecStopPost= sees that the worker did not leave its own way (no "left" in
+    the RuntimeDirectory) and fails the run, Restart=on-failure restarts it, and the next start
+    re-queues the job. A stop afterwards leaves the unit inactive, not failed."""
+    reset(box)
+    box.write("/etc/rq-worker/worker-1.env", "RQ_WORKER_CLASS=simple\n")
+    try:
+        systemctl(box, "start", "rq-worker@1")
+        old = main_pid(box, "rq-worker@1")
+        ctl(box, "enqueue", "exiting_job", "--id", "exit-job", "--retry", "3", "--interval", "1")
+        job = wait_status(box, "exit-job", "finished", 40)
+        assert job["executions"] == 2
+        assert main_pid(box, "rq-worker@1") not in (0, old)
+        log = box.run(["journalctl", "-u", "rq-worker@1", "--no-pager", "-o", "cat"]).stdout
+        assert "the worker exited 0 without stopping" in log
+        systemctl(box, "stop", "rq-worker@1")
+        assert box.show("rq-worker@1", "ActiveState")["ActiveState"] == "inactive"
+    finally:
+        box.run(["rm", "-f", "/etc/rq-worker/worker-1.env"])
+
 def test_bad_config_fails_once_with_one_line_reason(box):
     reset(box, "RestartSec=1s")  # the wait below need only outlast it
     box.write("/etc/rq-worker/worker-1.env", "RQ_WORKER_CLASS=threads\n")

@@ -123,3 +123,30 @@ def test_crash_recovery_under_a_prefix(cluster, start_worker):
     start_worker("crash", env=env_a)  # as systemd's Restart= would
     wait_until(lambda: status_of(cluster, a, job) == "finished", 40, what="the recovered job to run again")
     assert executions(cluster, a, job) == 2
+
+
+
+@pytest.mark.parametrize("busy", [False, True], ids=["idle", "busy"])
+def test_a_slot_moved_under_a_running_worker_ends_it_with_one_line(cluster, start_worker, busy):
+    """A reshard moves the prefix's slot while the worker waits in its pop, or runs a job: its next
+    command there is answered MOVED (ASK while the keys move). It leaves with the one line and exit
+    69, not rq's traceback ("unhandled exception, quitting"), nor its scheduler's; the next start
+    finds the slot's new owner, where the job's started entry moved with its keys, and runs it again."""
+    prefix = f"{{moved-{busy}}}"
+    seed = cluster.owner(prefix).port
+    env = env_for(prefix, seed, "moving") | {"WATCHDOG_USEC": "3000000"}  # a tick, and a pop, a second
+    worker = start_worker("moved", env=env)
+    if busy:
+        job = enqueue(env, func="testjobs.sleep_job", args=[4], queue="moving", id="moved-job")
+        wait_until(lambda: executions(cluster, prefix, job) == 1, 20, what="the job to start")
+    else:
+        wait_until(lambda: "Ready: worker" in worker.output(), 20, what="the worker to be ready")
+    cluster.move_slot(prefix, next(n for n in cluster.nodes if n.port != seed))
+    assert worker.wait(15) == 69
+    output = worker.output()
+    assert "Traceback" not in output and "unhandled exception" not in output, output
+    assert f"the cluster no longer serves RQ_KEY_PREFIX={prefix} from this node (" in output, output
+    if busy:
+        start_worker("moved", env=env)  # as systemd's Restart= would
+        wait_until(lambda: status_of(cluster, prefix, job) == "finished", 40, what="the job to run again")
+        assert executions(cluster, prefix, job) == 2

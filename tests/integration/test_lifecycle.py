@@ -7,10 +7,10 @@ import signal
 import socket
 import time
 
-from helpers import wait_until
-from rq import Queue, Retry
+from helpers import RedisServer, wait_until
+from rq import Callback, Queue, Retry
 from rq.job import Job, JobStatus
-from testjobs import quick_job, sleep_job
+from testjobs import marked_failure_callback, quick_job, sleep_job
 
 HOST = socket.gethostname()
 
@@ -250,3 +250,62 @@ def test_a_stop_ends_the_schedulers_pause_at_once(rconn):
     finally:
         if scheduler._process.is_alive():
             scheduler._process.kill()
+
+
+def test_a_stop_during_start_up_is_a_clean_stop(start_worker, notify):
+    """SIGTERM while the worker still waits for Redis, before its own handlers exist: it used to die
+    of the signal mid-way (systemd counts that as clean: no restart, no log line). Now: exit 0 at
+    once, saying so."""
+    worker = start_worker("1", notify=notify, url="redis://127.0.0.1:1/0")
+    notify.wait_for("STATUS=", contains="waiting for Redis")
+    t0 = time.monotonic()
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(10) == 0
+    assert time.monotonic() - t0 < 3  # not after the wait's next attempt
+    assert "Stopped during start-up (SIGTERM), before taking any job" in worker.output()
+
+
+def test_a_reload_during_start_up_is_carried_out_once_the_worker_is_up(start_worker, notify, tmp_path):
+    """SIGHUP while the worker still waits for Redis used to kill it (SIGHUP's default action). Now
+    the worker comes up, then reloads as on any SIGHUP: re-executed in place with the new file."""
+    late = RedisServer()  # its port answers only once started, after the signal
+    try:
+        env_file = tmp_path / "worker.env"
+        env_file.write_text("RQ_QUEUES=default\n")
+        worker = start_worker("1", notify=notify, url=late.url, args=["--env-file", str(env_file)])
+        notify.wait_for("STATUS=", contains="waiting for Redis")
+        env_file.write_text("RQ_QUEUES=default,extra\n")
+        worker.signal(signal.SIGHUP)
+        late.start()
+        wait_until(lambda: worker.proc.poll() is not None or len(notify.lines("READY=1")) >= 2, 20,
+                   what="READY=1 again, after the reload")
+        assert worker.proc.poll() is None, worker.output()
+        notify.wait_for("STATUS=", contains="extra")
+        assert worker.proc.poll() is None
+        assert "Reloaded worker" in worker.output()
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(10) == 0
+    finally:
+        late.cleanup()
+
+
+def test_a_stop_during_the_predecessors_recovery_comes_after_it_and_takes_no_job(start_worker, notify, rconn):
+    """SIGTERM while a restarted instance re-queues its dead predecessor's job (here: inside the
+    job's 3 s failure callback): the rescue completes, the job is back in its queue, and the worker
+    stops with exit 0 before taking it. It used to die of the signal with the job claimed from the
+    started registry and in no queue."""
+    worker = start_worker("1", notify=notify)
+    notify.wait_for("READY=1")
+    job = Queue(connection=rconn).enqueue(sleep_job, 30, job_id="rescued", on_failure=Callback(marked_failure_callback))
+    wait_until(lambda: executions(rconn, job.id) == 1, 10, what="the job function to start")
+    worker.signal(signal.SIGKILL)
+    worker.wait(5)
+    restarted = start_worker("1", env={"RQ_JOB_RETRY_DELAY": "0"})
+    wait_until(lambda: rconn.get(f"failure-callback-started:{job.id}"), 15, what="the rescue's failure callback")
+    restarted.signal(signal.SIGTERM)
+    assert restarted.wait(15) == 0
+    assert "Stopped during start-up (SIGTERM), before taking any job" in restarted.output()
+    assert rconn.get(f"failure-callback:{job.id}") == b"AbandonedJobError"
+    assert job_status(rconn, job.id) == JobStatus.QUEUED
+    assert Queue(connection=rconn).job_ids == [job.id]
+    assert executions(rconn, job.id) == 1

@@ -9,7 +9,8 @@ import pytest
 from helpers import wait_until
 from rq import Queue, Retry
 from rq.job import Job, JobStatus
-from testjobs import sleep_job
+from rq.registry import StartedJobRegistry
+from testjobs import exiting_job, sleep_job
 
 
 def status(rconn, job_id):
@@ -53,3 +54,50 @@ def test_simple_worker_pings_watchdog_during_job_only_within_its_timeout(start_w
     # WatchdogSec=3: at least two pings within it while the job runs in the main process
     wait_until(lambda: len(notify.lines("WATCHDOG=1")) - before >= 2, 3.2, what="two watchdog pings")
     wait_until(lambda: status(rconn, "simple-wd") == JobStatus.FINISHED, 10, what="job")
+
+
+def test_simple_worker_keeps_a_job_without_timeout_alive(start_worker, notify, rconn):
+    """rq's SimpleWorker registers a job_timeout=-1 job for 420 s and the worker key for as long,
+    once: another worker's maintenance re-queued a longer one while it ran. The watch thread now
+    moves both forward on every tick (WatchdogSec=3: a tick a second), as the fork worker does."""
+    start_worker("1", notify=notify, env={"RQ_WORKER_CLASS": "simple", "WATCHDOG_USEC": "3000000"})
+    notify.wait_for("READY=1")
+    job = Queue(connection=rconn).enqueue(sleep_job, 5, job_id="simple-forever", job_timeout=-1)
+    wait_until(lambda: rconn.get(f"executions:{job.id}") == b"1", 10, what="the job function to start")
+    (worker_key,) = rconn.keys("rq:worker:*.rq-worker@1")
+
+    def expiries() -> tuple[float, float]:
+        """When the job's started entry and the worker key expire (Unix time)."""
+        ((_, score),) = rconn.zrange(StartedJobRegistry("default", connection=rconn).key, 0, -1, withscores=True)
+        return score, time.time() + rconn.pttl(worker_key) / 1000
+
+    time.sleep(1.5)  # past the first tick: rq's own registration set 420 s, the ticks' beats 61 s (a tick + 60)
+    entry, key = expiries()
+    time.sleep(2.5)
+    later_entry, later_key = expiries()
+    assert later_entry - entry >= 2, "the started registry's score stood still"
+    assert later_key - key >= 2, "the worker key's TTL counted down"
+    wait_until(lambda: status(rconn, job.id) == JobStatus.FINISHED, 10, what="the job to finish")
+    assert rconn.get(f"executions:{job.id}") == b"1"
+
+
+def test_a_simple_workers_job_that_ends_the_process_leaves_it_to_the_next_start(start_worker, rconn, tmp_path):
+    """A job calling os._exit(0) ends a simple worker with status 0, which systemd counts as a
+    success: the worker does not mark that it left (the unit's ExecStopPost= then fails the run,
+    tests/unit/test_unit_file.py, and Restart=on-failure restarts it), and the next start re-queues
+    the job it left started. A stop does mark it."""
+    runtime = tmp_path / "runtime"
+    runtime.mkdir()
+    (runtime / "left").touch()  # a previous run's, in a RuntimeDirectory kept across runs: forgotten at start
+    env = {"RQ_WORKER_CLASS": "simple", "RUNTIME_DIRECTORY": str(runtime), "RQ_JOB_RETRY_DELAY": "0"}
+    worker = start_worker("1", env=env)
+    job = Queue(connection=rconn).enqueue(exiting_job, job_id="exits")
+    assert worker.wait(20) == 0
+    assert not (runtime / "left").exists()
+    assert status(rconn, job.id) == JobStatus.STARTED
+    worker = start_worker("1", env=env)  # as systemd's Restart= does once ExecStopPost= failed the run
+    wait_until(lambda: status(rconn, job.id) == JobStatus.FINISHED, 15, what="the job to run again")
+    assert rconn.get(f"executions:{job.id}") == b"2"
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(20) == 0
+    assert (runtime / "left").exists()

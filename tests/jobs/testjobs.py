@@ -74,3 +74,32 @@ def client_id_job() -> int:
     """The Redis client id of the connection the job's own commands go out on."""
     _count()
     return int(get_current_job().connection.client_id())
+
+
+def note_status_on_failure(job, connection, exc_type, exc_value, traceback) -> None:
+    """A failure callback that records the job's stored status when it runs (``status-at-callback:<id>``)."""
+    connection.set(f"status-at-callback:{job.id}", connection.hget(job.key, "status") or b"")
+
+
+def slow_failure_callback(job, connection, exc_type, exc_value, traceback) -> None:
+    """A failure callback that counts its calls (``failure-callbacks:<id>``), then takes 20 s: time
+    to kill the process running it."""
+    connection.incr(f"failure-callbacks:{job.id}")
+    time.sleep(20)
+
+
+def exiting_job() -> str:
+    """Ends the worker's process with status 0 on its first execution (a simple worker runs it in
+    the main process), as a job calling ``os._exit(0)`` or C code ``exit(0)`` does."""
+    import os
+
+    if _count() == 1:
+        os._exit(0)
+    return "ok"
+
+
+def marked_failure_callback(job, connection, exc_type, exc_value, traceback) -> None:
+    """A failure callback (``on_failure=``) that marks its start, takes 3 s, then marks its end."""
+    connection.set(f"failure-callback-started:{job.id}", 1)
+    time.sleep(3)
+    connection.set(f"failure-callback:{job.id}", exc_type.__name__)

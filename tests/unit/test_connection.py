@@ -12,6 +12,8 @@ from rq_worker_service.connection import (
     RedisAuthError,
     RedisUnavailable,
     make_connection,
+    slot_moved,
+    slot_moved_message,
     wait_for_redis,
     warn_if_not_persistent,
 )
@@ -259,3 +261,17 @@ def test_redis_py_still_works_as_the_handoff_expects():
     assert pool._available_connections == [] and pool._created_connections == 0
     assert "os.getpid() == self.pid" in inspect.getsource(AbstractConnection.disconnect)
     assert "connection.pid == self.pid" in inspect.getsource(ConnectionPool.owns_connection)
+
+
+def test_a_moved_slot_is_recognised_however_redis_py_raises_it():
+    from redis._parsers.base import BaseParser
+
+    cluster = load_settings({"REDIS_URL": "redis://db:6379/0", "REDIS_CLUSTER": "yes",
+                             "RQ_KEY_PREFIX": "{app}"}).redis
+    moved = BaseParser.parse_error("MOVED 1999 10.0.0.2:6379")  # redis-py strips the word: "1999 10.0.0.2:6379"
+    for exc in (moved, BaseParser.parse_error("ASK 1999 10.0.0.2:6379"), BaseParser.parse_error("TRYAGAIN x"),
+                redis.exceptions.ResponseError("MOVED 1999 10.0.0.2:6379")):
+        assert slot_moved(cluster, exc), exc
+    assert not slot_moved(cluster, redis.exceptions.ResponseError("WRONGTYPE Operation against a key"))
+    assert not slot_moved(TARGET, moved)  # not a cluster: not ours to explain
+    assert "RQ_KEY_PREFIX={app} from this node (MOVED 1999 10.0.0.2:6379);" in slot_moved_message("{app}", moved)

@@ -25,7 +25,7 @@ from rq_worker_service.parts.assembly import BEAT_INTERVAL, ServiceParts
 from rq_worker_service.parts.guard import RedisGuard
 from rq_worker_service.parts.housekeeping import OrphanSweep, SchedulerTakeover
 from rq_worker_service.parts.jobwatch import JobWatch
-from rq_worker_service.parts.liveness import FAILOVER_RETRY, Fencer, OwnRescue, PrimaryFollower, Watchdog
+from rq_worker_service.parts.liveness import FAILOVER_RETRY, Fencer, HostRecord, OwnRescue, PrimaryFollower, Watchdog
 from rq_worker_service.parts.reporting import COUNTS_VAR, Counters, StatusReporter
 from rq_worker_service.parts.stops import STOP_GRACE, Cutter, StopAnnouncer
 from rq_worker_service.worker_classes import ServiceSimpleWorker, ServiceWorker
@@ -425,10 +425,13 @@ def test_the_watch_ticks_alive_until_the_jobs_timeout_and_grace_have_passed(cloc
     clock.now += 1
     watch.tick_once()
     assert ticks == [True, True, False]  # 30 s + rq's 60 s: no more watchdog pings
-    watch.watch(-1)
+    job = object()
+    watch.watch(-1, job)
+    assert watch.job is job  # the worker's tick keeps it alive (rq's heartbeats) while it ticks alive
     clock.now += 10_000
     watch.tick_once()
     watch.unwatch()
+    assert watch.job is None
     watch.tick_once()
     assert ticks == [True, True, False, True]
 
@@ -484,8 +487,8 @@ def parts(worker, clock, notifier):
 
 
 def test_the_parts_run_in_the_order_the_tick_has_always_had(parts, worker):
-    assert [type(p) for p in parts.order] == [Watchdog, PrimaryFollower, OwnRescue, Fencer, StopAnnouncer, Cutter,
-                                              Counters, StatusReporter, SchedulerTakeover, OrphanSweep]
+    assert [type(p) for p in parts.order] == [HostRecord, Watchdog, PrimaryFollower, OwnRescue, Fencer, StopAnnouncer,
+                                              Cutter, Counters, StatusReporter, SchedulerTakeover, OrphanSweep]
     simple = ServiceSimpleWorker(["default"], connection=worker.connection, settings=load_settings({}),
                                  notifier=Recorder())
     assert type(simple.parts.order[-1]) is JobWatch and simple.parts.order[-1] is simple.parts.watch

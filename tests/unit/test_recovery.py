@@ -6,10 +6,12 @@ import fakeredis
 import pytest
 from rq import Callback, Queue, Retry, Worker
 from rq.job import Job, JobStatus
-from testjobs import note_failure, quick_job
+from testjobs import note_failure, note_status_on_failure, quick_job
 
+from rq_worker_service import host, recovery
 from rq_worker_service.config import load_settings
-from rq_worker_service.recovery import WorkerNameInUse, apply_default_retry, recover_predecessor
+from rq_worker_service.host import HostIdentity
+from rq_worker_service.recovery import WorkerNameInUse, apply_default_retry, recover_predecessor, rescue_executions
 
 HOST = socket.gethostname()
 DEAD_PID = 4_000_000  # above pid_max: never a live process
@@ -24,7 +26,7 @@ def settings(**env):
     return load_settings({"RQ_WORKER_INSTANCE": "1", "RQ_JOB_RETRY_DELAY": "0", **env})
 
 
-def predecessor_running(conn, job_kwargs, pid=DEAD_PID, host=HOST, name=None):
+def predecessor_running(conn, job_kwargs, pid=DEAD_PID, host=HOST, name=None, **fields):
     """Leave the record a worker killed mid-job leaves: registered, no death, job STARTED."""
     s = settings()
     queue = Queue("default", connection=conn)
@@ -34,7 +36,7 @@ def predecessor_running(conn, job_kwargs, pid=DEAD_PID, host=HOST, name=None):
     queue.remove(job)
     worker.prepare_execution(job)
     worker.prepare_job_execution(job)
-    conn.hset(worker.key, mapping={"pid": pid, "hostname": host})
+    conn.hset(worker.key, mapping={"pid": pid, "hostname": host, **fields})
     assert job.get_status() == JobStatus.STARTED
     return job, worker
 
@@ -64,6 +66,55 @@ def test_recovery_runs_the_jobs_failure_callback_as_rq_does_for_abandoned_jobs(c
     job, _ = predecessor_running(conn, {"on_failure": Callback(note_failure)})
     recover_predecessor(conn, settings(RQ_JOB_RETRY_MAX="0"), HOST)
     assert conn.get(f"failure-callback:{job.id}") == b"AbandonedJobError"
+
+
+def test_the_callback_runs_after_the_job_is_requeued(conn):
+    """The claim and the re-queue commit first: a rescuer killed in a slow callback loses nothing."""
+    job, _ = predecessor_running(conn, {"retry": Retry(max=1), "on_failure": Callback(note_status_on_failure)})
+    recover_predecessor(conn, settings(), HOST)
+    assert conn.get(f"status-at-callback:{job.id}") == b"queued"
+
+
+def test_two_rescuers_at_once_requeue_the_job_once(conn, monkeypatch):
+    """A second rescuer commits between the first one's reads and its commit (here: while the first
+    fetches the job): the first one's transaction fails, it reads again, finds the entry gone."""
+    job, _ = predecessor_running(conn, {"retry": Retry(max=3)})
+    s = settings()
+    fetch, inner = recovery.started_job, []
+
+    def second_rescuer_meanwhile(connection, job_id):
+        if not inner:
+            inner.append([])  # (the second rescuer's own fetch is not interleaved)
+            inner[0] = rescue_executions(conn, s.name, ["default"], s, "second", at_once=True)
+        return fetch(connection, job_id)
+
+    monkeypatch.setattr(recovery, "started_job", second_rescuer_meanwhile)
+    first = rescue_executions(conn, s.name, ["default"], s, "first", at_once=True)
+    assert (first, [r.job_id for r in inner[0]]) == ([], [job.id])
+    queue = Queue("default", connection=conn)
+    assert queue.job_ids.count(job.id) == 1
+    assert Job.fetch(job.id, connection=conn).retries_left == 2, "one attempt taken, not two"
+    assert len(Job.fetch(job.id, connection=conn).results()) == 1
+
+
+@pytest.mark.parametrize("dies_in", ["rq.results.Result.create_failure",  # writing the retry: before the commit
+                                     "rq_worker_service.recovery.release_slot",  # after it
+                                     "rq_worker_service.recovery.execute_failure_callback"])
+def test_a_rescuer_that_dies_anywhere_leaves_the_job_to_the_next(conn, monkeypatch, dies_in):
+    """Killed before its commit, a rescue changed nothing and the next one does it; killed after,
+    the job is already back in its queue. Either way one attempt is taken, and the job is not lost."""
+    job, _ = predecessor_running(conn, {"retry": Retry(max=2)})
+
+    def dies(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dies_in, dies)
+    with pytest.raises(KeyboardInterrupt):
+        recover_predecessor(conn, settings(), HOST)
+    monkeypatch.undo()
+    recover_predecessor(conn, settings(), HOST)  # the restarted instance's
+    assert Queue("default", connection=conn).job_ids == [job.id]
+    assert Job.fetch(job.id, connection=conn).retries_left == 1
 
 
 def test_default_policy_off_fails_the_job_with_a_reason(conn):
@@ -96,6 +147,54 @@ def test_record_from_another_host_is_refused(conn):
     with pytest.raises(WorkerNameInUse, match="otherhost"):
         recover_predecessor(conn, settings(), HOST)
     assert Job.fetch(job.id, connection=conn).get_status() == JobStatus.STARTED
+
+
+@pytest.fixture
+def here(monkeypatch):
+    """This process runs on machine "m-here", in boot "b-here"; the pid 12345 is a live worker."""
+    monkeypatch.setattr(host, "identity", lambda: HostIdentity(machine_id="m-here", boot_id="b-here"))
+    monkeypatch.setattr("rq_worker_service.recovery.process_is_worker", lambda pid: pid == 12345)
+
+
+def test_same_hostname_on_another_machine_is_refused_and_its_jobs_left_alone(conn, here):
+    """Cloned VMs and containers share host names: a pid that is not running here says nothing about
+    a worker on another machine, which must not have its live jobs rescued."""
+    job, _ = predecessor_running(conn, {"retry": Retry(max=2)}, machine_id="m-there", boot_id="b-there")
+    with pytest.raises(WorkerNameInUse, match=f"registered by host {HOST} \\(machine id m-there\\) and this host "
+                                              f"{HOST} is another machine \\(machine id m-here\\): give the hosts "
+                                              "distinct hostnames, or this worker another --name or --instance"):
+        recover_predecessor(conn, settings(), HOST)
+    assert Job.fetch(job.id, connection=conn).get_status() == JobStatus.STARTED
+
+
+def test_a_record_from_an_earlier_boot_is_dead_whatever_its_pid(conn, here):
+    job, _ = predecessor_running(conn, {"retry": Retry(max=2)}, pid=12345, machine_id="m-here", boot_id="b-before")
+    assert [r.job_id for r in recover_predecessor(conn, settings(), HOST)] == [job.id]
+    assert Job.fetch(job.id, connection=conn).get_status() == JobStatus.QUEUED
+
+
+@pytest.mark.parametrize("fields", [{"machine_id": "m-here", "boot_id": "b-here"}, {}],
+                         ids=["same boot", "older record"])
+def test_same_boot_or_a_record_without_ids_is_judged_by_its_pid(conn, here, fields):
+    live, _ = predecessor_running(conn, {}, pid=12345, **fields)
+    with pytest.raises(WorkerNameInUse, match="already running as pid 12345"):
+        recover_predecessor(conn, settings(), HOST)
+    assert Job.fetch(live.id, connection=conn).get_status() == JobStatus.STARTED
+    conn.hset(f"rq:worker:{settings().name}", "pid", DEAD_PID)
+    assert [r.job_id for r in recover_predecessor(conn, settings(), HOST)] == [live.id]
+
+
+def test_host_identity_reads_systemds_machine_id_then_dbuss_and_the_boot_id(tmp_path, monkeypatch):
+    etc, dbus, boot = tmp_path / "machine-id", tmp_path / "dbus-machine-id", tmp_path / "boot_id"
+    monkeypatch.setattr(host, "MACHINE_ID_FILES", (etc, dbus))
+    monkeypatch.setattr(host, "BOOT_ID_FILE", boot)
+    assert host.identity() == HostIdentity("", "") and host.identity().fields() == {}
+    dbus.write_text("d-bus\n")
+    boot.write_text("b-1\n")
+    etc.write_text("uninitialized\n")  # systemd's first boot: not an id yet
+    assert host.identity().fields() == {"machine_id": "d-bus", "boot_id": "b-1"}
+    etc.write_text("m-1\n")
+    assert host.identity() == HostIdentity("m-1", "b-1")
 
 
 def test_other_workers_jobs_are_left_to_rq(conn):

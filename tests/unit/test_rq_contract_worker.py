@@ -636,7 +636,7 @@ def test_an_execution_given_its_job_does_not_fetch_it_again(connection):
 
 
 def test_handle_failure_records_the_failure_as_a_worker_would(connection):
-    """recovery.fail_or_retry fails a job with ``Job._handle_failure(reason, pipeline, worker_name=…)``."""
+    """recovery.settle_interrupted fails a job with ``Job._handle_failure(reason, pipeline, worker_name=…)``."""
     queue = Queue("q", connection=connection)
     job = queue.enqueue("os.getpid")
     with connection.pipeline() as pipe:
@@ -676,7 +676,8 @@ def test_enqueue_job_puts_a_job_back_at_the_front_untouched(connection):
 
 def test_a_retry_is_taken_as_recovery_sets_it_up(connection):
     """recovery.apply_default_retry gives a job without Retry ``retries_left`` and ``retry_intervals``;
-    fail_or_retry then calls ``job.retry(queue, pipeline)`` (``should_retry`` says whether it will)."""
+    settle_interrupted then retries it as ``job.retry(queue, pipeline)`` would (``should_retry`` says
+    whether it will)."""
     queue = Queue("q", connection=connection)
     job = queue.enqueue("os.getpid")
     queue.remove(job)
@@ -695,8 +696,69 @@ def test_a_retry_is_taken_as_recovery_sets_it_up(connection):
     assert job.id in queue.job_ids and job.retries_left == 1, "no interval: queued at once"
 
 
+def test_retry_in_is_rqs_retry_with_every_write_in_the_pipeline(connection):
+    """rqcompat.retry_in repeats ``Job.retry`` (``get_retry_interval``, ``schedule_job`` or
+    ``_enqueue_job`` at ``enqueue_at_front_on_retry``) with no write outside the pipeline: a
+    transaction watching the job, as a rescue's does, still commits."""
+    queue = Queue("q", connection=connection)
+    for interval in (0, 600):
+        ours, theirs = (queue.enqueue("os.getpid", retry=rq.Retry(max=2, interval=interval)) for _ in range(2))
+        for job in (ours, theirs):
+            queue.remove(job)
+            job.set_status(JobStatus.STARTED)
+        with connection.pipeline() as pipe:
+            pipe.watch(ours.key)
+            pipe.multi()
+            rqcompat.retry_in(ours, queue, pipe)
+            pipe.execute()  # a WatchError here: a write went out on the job's own connection
+        with connection.pipeline() as pipe:
+            theirs.retry(queue, pipe)
+            pipe.execute()
+        for job in (ours, theirs):
+            fetched = Job.fetch(job.id, connection=connection)
+            seen = (fetched.get_status(), fetched.retries_left, job.id in queue.job_ids,
+                    job.id in queue.scheduled_job_registry)
+            expected = (JobStatus.SCHEDULED, 1, False, True) if interval else (JobStatus.QUEUED, 1, True, False)
+            assert seen == expected, f"interval {interval}: {'rqcompat.retry_in' if job is ours else 'Job.retry'}"
+
+
+def test_every_end_of_an_execution_writes_what_a_rescue_watches(connection):
+    """recovery.claim watches a started entry's job hash and execution hash, not the busy registry:
+    the worker's end (success, failure) and rq's cleanup of an abandoned entry each write one of
+    them when they remove the entry, so a rescue racing them cannot commit too."""
+    queue = Queue("q", connection=connection)
+    watching = []
+
+    def watch(job_id: str, composite: str):
+        pipe = connection.pipeline()
+        pipe.watch(Job.key_for(job_id), rqcompat.execution_key(composite))
+        watching.append(pipe)
+
+    class Probe(rq.SimpleWorker):
+        def perform_job(self, job, queue, *args, **kwargs):
+            watch(job.id, as_text(connection.zrange(queue.started_job_registry.key, 0, -1)[0]))
+            return super().perform_job(job, queue, *args, **kwargs)
+
+    queue.enqueue("os.getpid")
+    queue.enqueue("testjobs.failing_job", 5)
+    Probe([queue], connection=connection, name="host.rq-worker@1").work(burst=True)
+    abandoned = queue.enqueue("os.getpid")
+    queue.remove(abandoned)
+    abandoned.set_status(JobStatus.STARTED)
+    connection.zadd(queue.started_job_registry.key, {f"{abandoned.id}:gone": 1})  # expired long ago
+    watch(abandoned.id, f"{abandoned.id}:gone")
+    queue.started_job_registry.cleanup()
+    assert connection.zcard(queue.started_job_registry.key) == 0 and len(watching) == 3
+    for pipe, path in zip(watching, ("the worker's success", "the worker's failure", "rq's cleanup"), strict=True):
+        pipe.multi()
+        pipe.set("probe", 1)
+        with pytest.raises(redis.exceptions.WatchError):
+            pipe.execute()
+            pytest.fail(f"{path} removed a started entry without touching its job or execution hash")
+
+
 def test_dependents_of_a_job_failed_from_outside_are_enqueued(connection):
-    """recovery.fail_or_retry calls ``queue.enqueue_dependents(job)`` after failing a job, as rq's
+    """recovery.after_claim calls ``queue.enqueue_dependents(job)`` after failing a job, as rq's
     worker does: a dependent that allows its dependency's failure then runs."""
     queue = Queue("q", connection=connection)
     parent = queue.enqueue("os.getpid")
@@ -712,7 +774,7 @@ def test_dependents_of_a_job_failed_from_outside_are_enqueued(connection):
 
 
 def test_the_helpers_recovery_calls_around_a_rescue(connection):
-    """recovery.rescue_executions runs the app's failure callback with
+    """recovery.after_claim runs the app's failure callback with
     ``execute_failure_callback(job, death_penalty_class, exc_type, exc, traceback)``, then frees the
     job's rate-limit slot with ``release_slot(job)``."""
     from rq.callbacks import execute_failure_callback

@@ -65,3 +65,13 @@ def traced_job(seconds: float) -> str:
 def _server_time(conn) -> float:
     seconds, micros = conn.time()
     return seconds + micros / 1e6
+
+
+def exiting_job() -> str:
+    """Ends the process running it with status 0 on its first execution: in a simple worker, the
+    worker itself (as a job calling os._exit(0), or C code exit(0), does)."""
+    import os
+
+    if _count() == 1:
+        os._exit(0)
+    return "ok"
