@@ -19,10 +19,11 @@ _context: dict[str, str] = {}
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 PICKED_UP = ("Worker %s: %s: %s (%s)", "Worker %s: %s: %s")
-"""rq's log line for a job just taken from a queue (worker, queue, description or id[, id]). rq logs
-it inside its dequeue, before any hook of ours knows the job, so the filter takes the job's id and
-queue from the line's own arguments (``tests/unit/test_rq_contract.py`` checks rq still logs it so;
-this module stays free of rq imports, as rq's key prefix is read when rq is first imported)."""
+"""rq's log line for a job just taken from a queue (worker, queue, description or id[, id]). It is
+logged inside the dequeue (rq's, and ours, which repeats it), before execute_job sets the job for
+the journal, so the filter takes the job's id and queue from the line's own arguments
+(``tests/unit/test_rq_contract.py`` checks rq still logs it so; this module stays free of rq
+imports, as rq's key prefix is read when rq is first imported)."""
 
 
 def set_worker(name: str) -> None:

@@ -111,3 +111,13 @@ def fencing_fenced() -> str:
 def fencing_history() -> str:
     """List, newest first: JSON of each fencing (worker, host, by, at, jobs), shown by ``status``."""
     return _service("fencings")
+
+
+def held(worker_name: str) -> str:
+    """List: the ids a worker popped and has not yet registered as started, oldest first (``held``)."""
+    return _service(f"held:{worker_name}")
+
+
+def holders() -> str:
+    """Set: the workers that may hold popped ids (``held``): what a sweep looks at for a dead owner."""
+    return _service("holders")

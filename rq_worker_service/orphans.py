@@ -1,16 +1,17 @@
-"""Jobs handed to a worker that never started them: back to the front of their queue, untouched.
+"""Jobs a stock rq worker took and never started: back to the front of their queue, untouched.
 
-A worker that listens to one queue pops with ``BLMOVE`` into the queue's intermediate list and
-registers the job as started a few milliseconds later (rq 3 does this in the main process, before
-the fork). If the worker is frozen, cut off or killed in between — or Redis hands a job to the
-still-registered blocking pop of a worker that is already frozen — the job sits in that list.
+A stock rq worker that listens to one queue pops with ``BLMOVE`` into the queue's intermediate list
+and registers the job as started a few milliseconds later (rq 3 does this in the main process,
+before the fork). If the worker is frozen, cut off or killed in between — or Redis hands a job to
+the still-registered blocking pop of a worker that is already frozen — the job sits in that list.
 rq's own cleanup fails it after two sightings at least a minute apart, during maintenance.
 
-Here every worker looks at its queues' intermediate lists on each tick. A job that is there and
-not started, at two sightings ``SETTLE`` seconds or more apart, cannot belong to a live worker: it
-is moved back to the front of its queue in one atomic step, status untouched (it never ran, so
-no retry attempt is taken). The restarted instance of a dead worker does the same at start-up,
-two sightings ``SETTLE`` apart, so that the job it held runs at once.
+Our workers never use these lists (they pop into a list of their own: ``held``), so this is only
+for stock rq workers sharing our queues: every worker of ours looks at its queues' intermediate
+lists on each tick, and a job that is there and not started, at two sightings ``SETTLE`` seconds or
+more apart, is moved back to the front of its queue in one atomic step, status untouched (it never
+ran, so no retry attempt is taken). That is a guess (a stock worker frozen for two seconds between
+its pop and its registration runs the job twice); no guess is made about a worker of ours.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from rq.job import JobStatus
 from rq.queue import Queue
 from rq.utils import as_text, parse_composite_key
 
+from . import faults
 from .rqcompat import first_seen_key, intermediate_key
 
 log = logging.getLogger("rq_worker_service.orphans")
@@ -73,11 +75,6 @@ class IntermediateWatch:
         self._first_seen = seen
         return requeued
 
-    @property
-    def pending(self) -> bool:
-        """Something was seen once and awaits its second sighting."""
-        return bool(self._first_seen)
-
     def _put_back(self, queue: Queue, job_id: str) -> bool:
         status = self.connection.hget(queue.job_class.key_for(job_id), "status")
         if status is None:  # deleted meanwhile: nothing to run
@@ -85,6 +82,7 @@ class IntermediateWatch:
             return False
         if as_text(status) != JobStatus.QUEUED.value:
             return False  # cancelled or otherwise handled: rq's cleanup decides
+        faults.reached("sweep.requeue")
         done = self._requeue(keys=[intermediate_key(queue), queue.key, first_seen_key(queue, job_id)], args=[job_id])
         if done:
             log.warning("Job %s was taken from queue %s by a worker that never started it (frozen, cut off or "
@@ -92,11 +90,3 @@ class IntermediateWatch:
                         extra={"RQ_JOB_ID": job_id, "RQ_QUEUE": queue.name})
         return bool(done)
 
-
-def settle(watch: IntermediateWatch, sleep: Callable[[float], None] = time.sleep) -> list[str]:
-    """Both sightings now, ``SETTLE`` apart (at start-up, when nothing else is waiting on us)."""
-    watch.sweep()
-    if not watch.pending:
-        return []
-    sleep(SETTLE)
-    return watch.sweep()

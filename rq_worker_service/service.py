@@ -33,7 +33,6 @@ from .connection import (
 from .envfiles import refresh_environment
 from .lifecycle import Phase
 from .notify import Notifier
-from .orphans import settle
 from .parts.reporting import COUNTS_VAR
 from .recovery import WorkerNameInUse, predecessor_hung, recover_predecessor
 from .rqcompat import mixed_rq_workers
@@ -131,8 +130,7 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
         if recovered:
             log.warning("Recovered %d job(s) from this instance's previous run", len(recovered))
         worker = build_worker(settings, connection, notifier)
-        settle(worker.parts.orphans)  # a job our predecessor popped but never started runs now, not a tick later
-        if early.stop_requested:  # the predecessor's jobs are back in their queues: nothing else is held
+        if early.stop_requested:  # its started jobs are re-queued; what it held, any worker puts back (its key is gone)
             return stopped_during_startup()
         worker.work(with_scheduler=settings.with_scheduler, logging_level=settings.log_level)  # hands over the rest
     except StartupStopped:

@@ -12,11 +12,15 @@ tests/rq_suite/expected.txt). The pieces:
   of their state lands in rq's namespace.
 * Signal handlers only record the request in the ``Lifecycle`` and make the next tick come now,
   except a stop while blocked in the pop with nothing in hand: it raises rq's StopRequested.
+* The pop (``held``) moves the id into the worker's own held list, from one queue or several; the
+  registration (``prepare_execution``) takes it out in the same transaction. Once the reply is in
+  hand the job is started; what a stop leaves held is put back at the front as the worker leaves.
 * SIGHUP finishes the running job, then the runner re-executes the process in place.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import time
@@ -26,13 +30,14 @@ from typing import TYPE_CHECKING, Any
 import redis
 from rq import Worker
 from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
-from rq.exceptions import StopRequested
+from rq.exceptions import NoSuchJobError, StopRequested
 from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
-from rq.worker import SHUTDOWN_SIGNAL
+from rq.utils import as_text, now
+from rq.worker import SHUTDOWN_SIGNAL, WorkerStatus
 
-from . import journal, startup
+from . import faults, journal, startup
 from .config import Settings
 from .connection import REDIS_ERRORS
 from .notify import Notifier
@@ -44,10 +49,10 @@ from .rqcompat import HORSE_DIED, STUCK_IN_INTERMEDIATE, job_func
 from .scheduling import start_scheduler
 
 MAINTENANCE_INTERVAL = 60
-"""Seconds between rq's registry maintenance (rq: 600). It is what rescues a job whose worker died
-between popping it and registering it as started (rq's intermediate queue, two sightings a minute
-apart) and the jobs of dead workers on other hosts; each queue's pass is done by one worker under
-rq's maintenance lock, so a shorter interval costs little."""
+"""Seconds between rq's registry maintenance (rq: 600). It is a backstop for the jobs of dead
+workers on other hosts and for stock rq workers' intermediate lists (two sightings a minute apart);
+each queue's pass is done by one worker under rq's maintenance lock, so a shorter interval costs
+little."""
 
 if TYPE_CHECKING:
     _Base = Worker  # what the mixin is mixed into, for the type checker
@@ -114,16 +119,42 @@ class ServiceWorkerMixin(_Base):
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None
                                      ) -> tuple[Job, Queue] | None:
-        """While in here with nothing in hand, a stop may interrupt the pop (``_shutdown``)."""
-        self.parts.popping = True
+        """rq's loop around the pop, with our pop (``held``): the id goes into this worker's held list
+        in the same step that takes it from its queue, from one queue or several, in rq's order.
+
+        While blocked with nothing in hand, a stop may interrupt the pop (``_shutdown``); once the
+        reply is in hand the stop flag no longer matters: the job is started, and a stop that
+        raised in between leaves the id in the held list, which the worker puts back as it leaves.
+        After a Redis error the id of a reply that was lost on the way may be held already: it is
+        taken from the held list first (``held``). No tick runs between the pop and the registration."""
+        self.parts.guard.call(self.set_state, WorkerStatus.IDLE)
+        self.procline("Listening on " + ",".join(self.queue_names()))
+        idle_since = now()
+        wait = 1.0
         try:
             while True:
+                self.parts.popping = True  # nothing in hand (an id held after an error is put back on a stop)
                 try:
-                    return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
-                except REDIS_ERRORS as exc:  # rq waits out a failing pop, not the state write before it
+                    self.heartbeat()
+                    if self.should_run_maintenance_tasks:
+                        self.run_maintenance_tasks()
+                    if timeout is not None and max_idle_time is not None:
+                        timeout = min(timeout, max(1, math.ceil(max_idle_time - (now() - idle_since).total_seconds())))
+                    reply = self._pop(timeout)
+                    if reply is None:
+                        if timeout is None:
+                            return None  # burst: nothing left
+                        if max_idle_time is not None and (now() - idle_since).total_seconds() >= max_idle_time:
+                            return None
+                        continue
+                    result = self._fetch_popped(*reply)
+                    if result is not None:
+                        break
+                except REDIS_ERRORS as exc:  # a reply lost on the way is in the held list: the next pop's
                     self.parts.outage.failed(exc)
                     self.heartbeat()  # the tick (watchdog, STATUS=); a stop that came meanwhile ends here
-                    time.sleep(self.max_connection_wait_time)
+                    time.sleep(wait)
+                    wait = min(wait * self.exponential_backoff_factor, self.max_connection_wait_time)
         except redis.exceptions.ResponseError as exc:
             self.parts.guard.exit_if_fatal(exc)  # a refusal, a moved cluster slot: one line, and out
             raise
@@ -132,10 +163,72 @@ class ServiceWorkerMixin(_Base):
             raise
         finally:
             self.parts.popping = False
+        job, queue = result
+        if self.log_job_description:  # rq's line (journal.PICKED_UP)
+            self.log.info("Worker %s: %s: %s (%s)", self.name, queue.name, job.description, job.id)
+        else:
+            self.log.info("Worker %s: %s: %s", self.name, queue.name, job.id)
+        self.parts.follower.look()  # under Sentinel: a job popped from a replaced primary is rescued
+        if self.parts.rq_beat_due(None):
+            self.parts.guard.call(super().heartbeat)  # rq's beat after the pop, without the tick
+        return result
 
-    def reorder_queues(self, reference_queue: Queue) -> None:
-        self.parts.popping = False  # rq calls this right after a pop returned a job: it is in hand now
-        super().reorder_queues(reference_queue)
+    def _pop(self, timeout: int | None) -> tuple[str | None, str] | None:
+        """(queue key, job id) of the job now in hand (held), or None when none came in time. The
+        queue key is None for an id that was held already (a reply lost on the way)."""
+        reply = self.parts.held.pop([queue.key for queue in self._ordered_queues], timeout)
+        if reply is not None:
+            self.parts.popping = False  # in hand: from here on the job is started, whatever comes
+            faults.reached("pop.reply")
+        return reply
+
+    def _fetch_popped(self, queue_key: str | None, job_id: str) -> tuple[Job, Queue] | None:
+        """The job and its queue, as rq's ``_fetch_dequeued_job``; a job whose hash is gone is dropped
+        (rq skips it), one rq cannot load is failed at once (``held.Held.quarantine``): None for both."""
+        held = self.parts.held
+        try:
+            job = self.job_class.fetch(job_id, connection=self.connection, serializer=self.serializer)
+        except redis.exceptions.RedisError:
+            raise
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, NoSuchJobError) and not self.connection.exists(self.job_class.key_for(job_id)):
+                held.drop(job_id)
+            else:
+                origin = self.connection.hget(self.job_class.key_for(job_id), "origin")
+                queue = (self._queue(queue_key=queue_key) if queue_key else
+                         self._queue(name=as_text(origin) if origin else self._ordered_queues[0].name))
+                held.quarantine(job_id, queue, reason)
+            return None
+        faults.reached("pop.fetched")
+        job.redis_server_version = self.get_redis_server_version()
+        if queue_key is None:  # held already: no pop to reorder the queues after
+            return job, self._queue(name=job.origin)
+        queue = self._queue(queue_key=queue_key)
+        self.reorder_queues(reference_queue=queue)
+        return job, queue
+
+    def _queue(self, *, queue_key: str | None = None, name: str | None = None) -> Queue:
+        """A queue of rq's queue class, built as rq builds the queue of a popped job."""
+        if queue_key is not None:
+            return self.queue_class.from_queue_key(queue_key, connection=self.connection, job_class=self.job_class,
+                                                   serializer=self.serializer,
+                                                   death_penalty_class=self.death_penalty_class)
+        return self.queue_class(name or "default", connection=self.connection, job_class=self.job_class,
+                                serializer=self.serializer, death_penalty_class=self.death_penalty_class)
+
+    def prepare_execution(self, job: Job) -> Execution:
+        """rq's registration (the execution, the StartedJobRegistry entry, BUSY), and the id leaves the
+        held list in the same transaction: a popped job is never in neither."""
+        with self.connection.pipeline() as pipeline:
+            heartbeat_ttl = self.get_heartbeat_ttl(job)
+            execution = Execution.create(job, heartbeat_ttl, pipeline=pipeline, worker_name=self.name)
+            self.executions[execution.id] = execution
+            self.set_state(WorkerStatus.BUSY, pipeline=pipeline)
+            self.parts.held.release(job.id, pipeline)
+            pipeline.execute()
+        faults.reached("job.registered")
+        return execution
 
     def wait_for_horse(self) -> Any:
         self.parts.in_horse_wait = True
@@ -180,7 +273,7 @@ class ServiceWorkerMixin(_Base):
         except redis.exceptions.ResponseError as exc:
             self.parts.guard.exit_if_fatal(exc)  # a refusal, a moved cluster slot: one line, and out
             raise
-        except REDIS_ERRORS as exc:
+        except REDIS_ERRORS as exc:  # (a registration that did not happen left the id held: the next pop's)
             # Only before the horse starts or after it ended: while it runs every Redis call of
             # ours goes through the guard. rq would end the worker for this; we go on.
             self.parts.job_lost(job.id, func, exc)

@@ -21,6 +21,7 @@ from ..config import Settings
 from ..connection import Outage, primary_address, refresh_primary
 from ..fencing import Membership
 from ..handoff import Handoff
+from ..held import Held
 from ..lifecycle import Lifecycle
 from ..notify import Notifier
 from ..orphans import IntermediateWatch
@@ -28,7 +29,7 @@ from ..recovery import rescue_executions
 from ..scheduling import Takeover
 from . import Part, log
 from .guard import RedisGuard
-from .housekeeping import OrphanSweep, SchedulerTakeover
+from .housekeeping import HeldJobs, OrphanSweep, SchedulerTakeover
 from .jobwatch import JobWatch
 from .liveness import FAILOVER_RETRY, Fencer, HostRecord, OwnRescue, PrimaryFollower, Watchdog
 from .reporting import Counters, StatusReporter
@@ -97,6 +98,7 @@ class ServiceParts:
         self.fencer = Fencer(Membership(connection, name, period=3 * self.interval), self.guard, worker.queue_names,
                              settings, lambda: worker.hostname or "?")
         self.orphans = IntermediateWatch(connection, worker.queues)
+        self.held = Held(connection, name)
         self.counters = Counters(connection, lambda: worker.key, self.guard, self.notifier.interval, self.clock)
         self.status = StatusReporter(self.notifier, self.lifecycle, self.outage, self.counters, self.follower, name,
                                      worker.queue_names)
@@ -105,7 +107,7 @@ class ServiceParts:
                       StopAnnouncer(self.lifecycle, self.notifier, self.status.text, worker),
                       Cutter(self.lifecycle, self.notifier, worker._stop_job, self.interval), self.counters,
                       self.status, SchedulerTakeover(self.takeover, self.lifecycle, lambda: worker.scheduler),
-                      OrphanSweep(self.orphans)]
+                      HeldJobs(self.held), OrphanSweep(self.orphans)]
 
     def add(self, part: Part) -> None:
         """A worker class's own part, after the others."""

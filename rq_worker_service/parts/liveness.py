@@ -13,6 +13,7 @@ from redis import Redis
 from .. import exits, host
 from ..config import RedisTarget, Settings
 from ..fencing import Lost, Membership
+from ..held import put_back
 from ..lifecycle import Lifecycle
 from ..notify import Notifier
 from ..recovery import forget_worker, rescue_executions
@@ -151,6 +152,7 @@ class Fencer(Part):
         reason = (f"worker {lost.name} on host {lost.host} stopped beating (frozen, cut off or its host lost) and "
                   f"was fenced by {name}")
         rescued = rescue_executions(connection, lost.name, queues, self.settings, reason, at_once=True)
+        put_back(connection, lost.name, owner_gone=True, reason=f"it was fenced by {name}")  # popped, not started
         self.membership.record(lost, [r.job_id for r in rescued])
         log.warning("Fenced worker %s on host %s (pid %s): no beat for %.0fs by this worker's clock (period %.0fs); "
                     "closed %d of its Redis connections, rescued %d job(s)%s", lost.name, lost.host, lost.pid or "?",

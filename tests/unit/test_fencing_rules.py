@@ -15,7 +15,7 @@ from testjobs import quick_job
 from rq_worker_service import fencing
 from rq_worker_service.fencing import BEATS_KEY, COUNTS_KEY, FENCED_KEY, HISTORY_KEY, MEMBERS_KEY, Membership
 from rq_worker_service.levels import WARNING
-from rq_worker_service.orphans import SETTLE, IntermediateWatch, settle
+from rq_worker_service.orphans import SETTLE, IntermediateWatch
 from rq_worker_service.recovery import predecessor_hung
 from rq_worker_service.status.collect import collect
 from rq_worker_service.status.judge import evaluate
@@ -212,7 +212,7 @@ def test_intermediate_watch_requeues_an_unstarted_job_at_the_second_sighting(con
     first, second = q.enqueue(quick_job, 1), q.enqueue(quick_job, 2)
     conn.lmove(q.key, f"{q.key}:intermediate")  # popped by a worker that never started it
     watch = IntermediateWatch(conn, [q], clock=clock)
-    assert watch.sweep() == [] and watch.pending
+    assert watch.sweep() == []
     clock.now += SETTLE - 0.5
     assert watch.sweep() == []
     clock.now += 0.5
@@ -235,17 +235,6 @@ def test_intermediate_watch_leaves_started_and_cancelled_jobs_alone(conn):
     clock.now += SETTLE
     assert watch.sweep() == []
     assert [j.decode() for j in conn.lrange(f"{q.key}:intermediate", 0, -1)] == [started.id, cancelled.id]
-
-
-def test_settle_sleeps_only_when_something_waits_for_its_second_sighting(conn):
-    q = Queue("default", connection=conn)
-    slept = []
-    assert settle(IntermediateWatch(conn, [q]), sleep=slept.append) == [] and slept == []
-    job = q.enqueue(quick_job, 1)
-    conn.lmove(q.key, f"{q.key}:intermediate")
-    clock = FakeClock(1000.0)
-    watch = IntermediateWatch(conn, [q], clock=clock)
-    assert settle(watch, sleep=clock.sleep) == [job.id] and clock.sleeps == [SETTLE]
 
 
 def test_predecessor_hung_reads_what_the_units_exec_stop_post_wrote(tmp_path):

@@ -23,7 +23,7 @@ from rq_worker_service.notify import Notifier
 from rq_worker_service.parts import Part
 from rq_worker_service.parts.assembly import BEAT_INTERVAL, ServiceParts
 from rq_worker_service.parts.guard import RedisGuard
-from rq_worker_service.parts.housekeeping import OrphanSweep, SchedulerTakeover
+from rq_worker_service.parts.housekeeping import HeldJobs, OrphanSweep, SchedulerTakeover
 from rq_worker_service.parts.jobwatch import JobWatch
 from rq_worker_service.parts.liveness import FAILOVER_RETRY, Fencer, HostRecord, OwnRescue, PrimaryFollower, Watchdog
 from rq_worker_service.parts.reporting import COUNTS_VAR, Counters, StatusReporter
@@ -488,7 +488,8 @@ def parts(worker, clock, notifier):
 
 def test_the_parts_run_in_the_order_the_tick_has_always_had(parts, worker):
     assert [type(p) for p in parts.order] == [HostRecord, Watchdog, PrimaryFollower, OwnRescue, Fencer, StopAnnouncer,
-                                              Cutter, Counters, StatusReporter, SchedulerTakeover, OrphanSweep]
+                                              Cutter, Counters, StatusReporter, SchedulerTakeover, HeldJobs,
+                                              OrphanSweep]
     simple = ServiceSimpleWorker(["default"], connection=worker.connection, settings=load_settings({}),
                                  notifier=Recorder())
     assert type(simple.parts.order[-1]) is JobWatch and simple.parts.order[-1] is simple.parts.watch

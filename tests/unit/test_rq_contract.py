@@ -23,6 +23,7 @@ from typing import NamedTuple
 import fakeredis
 import pytest
 import rq
+import rq.executions
 from redis.sentinel import Sentinel, SentinelManagedConnection
 from rq import Queue
 from rq.job import Job
@@ -59,8 +60,8 @@ OVERRIDES: dict[type, dict[str, str]] = {
     BaseWorker: {
         "heartbeat": "worker.py: the tick around every pop",
         "maintain_heartbeats": "worker.py: the tick while the horse runs",
-        "dequeue_job_and_maintain_ttl": "worker.py: marks the blocking pop",
-        "reorder_queues": "worker.py: a popped job is in hand from here",
+        "dequeue_job_and_maintain_ttl": "worker.py: rq's loop around the pop, with the pop into the held list",
+        "prepare_execution": "worker.py: the registration also takes the id out of the held list",
         "bootstrap": "worker.py: signal handlers, READY=1",
         "teardown": "worker.py: announce a stop that ended the pop",
         "_start_scheduler": "worker.py/scheduling.py: the named scheduler",
@@ -184,8 +185,18 @@ INTERNALS: list[Internal] = [
              ("test_the_shutdown_date_we_set_is_the_one_rq_records",)),
     Internal(("rq.worker.Worker.max_connection_wait_time",), "worker.py: a failing pop waits at most a tick",
              ("test_a_failing_pop_backs_off_up_to_max_connection_wait_time",)),
-    Internal(("`heartbeat()` before the pop, `reorder_queues()` right after it",), "worker.py: marks the blocking pop",
-             ("test_the_pop_is_between_a_heartbeat_and_reorder_queues_and_logs_the_job",)),
+    Internal(("`heartbeat()` before the pop, `reorder_queues()` right after it", "rq.worker.Worker._ordered_queues",
+              "rq.worker.WorkerStatus"),
+             "worker.py `dequeue_job_and_maintain_ttl` repeats rq's loop around the pop, in rq's queue order",
+             ("test_the_pop_is_between_a_heartbeat_and_reorder_queues_and_logs_the_job",
+              "test_the_pop_loop_we_repeat_is_still_rqs")),
+    Internal(("`prepare_execution`'s steps",), "worker.py `prepare_execution` repeats them, and releases the held id",
+             ("test_the_registration_we_repeat_is_still_rqs",)),
+    Internal(("rq.utils.get_version",), "held.py: BLMOVE where rq's pop would use it (Redis 6.2+)",
+             ("test_get_version_is_a_cached_triple",)),
+    Internal(("rq.defaults.DEFAULT_FAILURE_TTL", "rq.utils.current_timestamp", "rq.utils.utcformat"),
+             "held.py `quarantine`: a failed registry entry and `ended_at` as rq's FailedJobRegistry.add writes them",
+             ("test_a_failed_registry_entry_is_scored_as_quarantine_scores_it",)),
     Internal(("rq's picked-up log line",), "journal.py `PICKED_UP`: the job's fields on rq's line",
              ("test_the_pop_is_between_a_heartbeat_and_reorder_queues_and_logs_the_job",)),
     Internal(("`job_monitoring_interval`, assigned in `__init__` and read for each wait",),
@@ -445,7 +456,7 @@ def test_rq_version_is_within_the_pin():
 
 def test_the_scheduler_loop_we_repeat_is_still_rqs():
     """scheduling.py repeats RQScheduler.work's steps around an interruptible pause. The order of
-    steps inside a loop cannot be watched from outside without running it: the one source check."""
+    steps inside a loop cannot be watched from outside without running it: a source check."""
     source = inspect.getsource(RQScheduler.work)
     steps = ("self._install_signal_handlers()", "self.register_birth()", "if self._stop_requested:", "self.stop()",
              "if self.should_reacquire_locks:", "self.acquire_locks()", "self.heartbeat()",
@@ -454,6 +465,34 @@ def test_the_scheduler_loop_we_repeat_is_still_rqs():
     assert -1 not in positions and positions == sorted(positions), (
         f"rq {rq.__version__} changed RQScheduler.work: port scheduling.ServiceScheduler.work")
     assert len(source.splitlines()) <= 16, f"rq {rq.__version__}'s RQScheduler.work grew: port scheduling.py"
+
+
+def test_the_pop_loop_we_repeat_is_still_rqs():
+    """worker.py repeats rq's loop around the pop with a pop of its own (into the held list)."""
+    source = inspect.getsource(BaseWorker.dequeue_job_and_maintain_ttl)
+    steps = ("self.set_state(WorkerStatus.IDLE)", "self.procline('Listening on ' + qnames)", "self.heartbeat()",
+             "self.run_maintenance_tasks()", "self.queue_class.dequeue_any(", "self._ordered_queues",
+             "self.reorder_queues(reference_queue=queue)", "job.redis_server_version = self.get_redis_server_version()",
+             "except DequeueTimeout:", "except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)",
+             "self.exponential_backoff_factor", "self.max_connection_wait_time")
+    positions = [source.find(step) for step in steps]
+    assert -1 not in positions and positions == sorted(positions), (
+        f"rq {rq.__version__} changed dequeue_job_and_maintain_ttl: port worker.py's")
+    assert len(source.splitlines()) <= 72, f"rq {rq.__version__}'s dequeue_job_and_maintain_ttl grew: port worker.py's"
+
+
+def test_the_registration_we_repeat_is_still_rqs():
+    """worker.py repeats rq's prepare_execution and adds the held id's removal to its transaction."""
+    assert "return prepare_execution(self, job)" in inspect.getsource(BaseWorker.prepare_execution)
+    source = inspect.getsource(rq.executions.prepare_execution)
+    steps = ("with worker.connection.pipeline() as pipeline:", "heartbeat_ttl = worker.get_heartbeat_ttl(job)",
+             "Execution.create(job, heartbeat_ttl, pipeline=pipeline, worker_name=worker.name)",
+             "worker.executions[execution.id] = execution", "worker.set_state(WorkerStatus.BUSY, pipeline=pipeline)",
+             "pipeline.execute()", "return execution")
+    positions = [source.find(step) for step in steps]
+    assert -1 not in positions and positions == sorted(positions), (
+        f"rq {rq.__version__} changed prepare_execution: port worker.py's")
+    assert source.count("pipeline.") == 1, f"rq {rq.__version__}'s prepare_execution does more: port worker.py's"
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import redis
 import rq
 from rq import Queue
 from rq.command import handle_command
+from rq.defaults import DEFAULT_FAILURE_TTL
 from rq.exceptions import StopRequested
 from rq.executions import Execution
 from rq.intermediate_queue import IntermediateQueue
@@ -33,7 +34,7 @@ from rq.registry import FailedJobRegistry
 from rq.results import Result
 from rq.scheduler import RQScheduler
 from rq.timeouts import UnixSignalDeathPenalty
-from rq.utils import as_text, now, parse_composite_key, utcparse
+from rq.utils import as_text, current_timestamp, get_version, now, parse_composite_key, utcformat, utcparse
 from rq.worker import SHUTDOWN_SIGNAL, SpawnWorker, Worker, WorkerStatus
 from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY, get_keys, register
 
@@ -862,3 +863,24 @@ def test_the_scheduler_process_is_where_takeover_looks(connection, monkeypatch):
     worker.scheduler, worker.last_cleaned_at = scheduler, now()
     worker.run_maintenance_tasks()
     assert retried == [True], "rq's maintenance no longer restarts a dead scheduler process as Takeover does"
+
+
+def test_get_version_is_a_cached_triple(connection):
+    """held.py pops with BLMOVE where rq's own pop would (``get_version(connection) >= (6, 2, 0)``)."""
+    version = get_version(connection)
+    assert isinstance(version, tuple) and len(version) == 3 and all(isinstance(v, int) for v in version)
+    assert get_version(connection) is version, "rq no longer caches the server version on the connection"
+
+
+def test_a_failed_registry_entry_is_scored_as_quarantine_scores_it(connection):
+    """held.py ``quarantine`` writes a failed job as rq's FailedJobRegistry.add does: score now +
+    DEFAULT_FAILURE_TTL, ``ended_at`` in rq's format."""
+    queue = Queue("q", connection=connection)
+    job = queue.enqueue("os.getpid")
+    job.ended_at = now()
+    before = current_timestamp()
+    FailedJobRegistry("q", connection=connection).add(job)
+    score = connection.zscore(FailedJobRegistry("q", connection=connection).key, job.id)
+    assert before + DEFAULT_FAILURE_TTL <= score <= current_timestamp() + DEFAULT_FAILURE_TTL
+    stamp = as_text(connection.hget(job.key, "ended_at"))
+    assert utcformat(utcparse(stamp)) == stamp

@@ -1,0 +1,218 @@
+"""The list each worker owns for the jobs it popped and has not yet registered as started ("held").
+
+rq pops from one queue with BLMOVE into that queue's intermediate list, but from several with
+BLPOP: the id is then in the client only, and a stop or reload raised after the reply, a dropped
+connection, kill -9, the OOM killer, a watchdog abort, a fencer's CLIENT KILL or a cluster MOVED in
+that window lost the job. Here every pop moves the id, in one atomic step, into the popping
+worker's own list (``keys.held(name)``):
+
+* a script moves the head of the first non-empty queue, in the order rq passes (after its dequeue
+  strategy reordered them); but an id already in the held list comes first: between jobs a live
+  worker's list is empty, so an id there is a pop whose reply was lost (a dropped connection, a
+  Sentinel failover that kept the pop and lost the registration, a stop that raised meanwhile);
+* when all queues are empty: one queue, ``BLMOVE queue held LEFT RIGHT``, blocking as rq's pop
+  does; several, Redis cannot block inside a script nor wait on several lists without taking from
+  one, so the worker blocks on the first queue for ``POLL`` seconds (a job arriving there is taken
+  at once) and runs the script again: a job arriving on another queue of an idle worker waits up to
+  ``POLL`` seconds more than with BLPOP.
+
+The registration (rq's ``prepare_execution`` pipeline, which adds the StartedJobRegistry entry)
+removes the id in the same MULTI/EXEC, so a popped job is at every moment in its queue, in a held
+list or in the StartedJobRegistry. What a held list holds belongs to its owner alone; it is put
+back at the front of its queue, status untouched (it never ran: no retry attempt is taken), one
+atomic step per job, by:
+
+* the owner itself when it leaves (a stop or reload that came with a reply in hand) and when it
+  starts (what its previous run held when it died);
+* the fencer that fenced the owner (its rq worker key is gone by then);
+* any worker's sweep, once the owner's rq worker key is gone (checked inside the same script).
+
+Nobody guesses from sightings: a live worker's list is never touched by another worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from redis import Redis
+from rq.defaults import DEFAULT_FAILURE_TTL
+from rq.job import Job
+from rq.queue import Queue
+from rq.utils import as_text, current_timestamp, get_version, now, utcformat
+
+from . import faults, keys
+from .rqcompat import worker_key
+
+log = logging.getLogger("rq_worker_service.held")
+
+POLL = 0.1
+"""Seconds an idle worker of several queues blocks on its first queue before it looks at all of
+them again: about what a job on another of its queues waits beyond BLPOP's latency (Redis ends
+blocking timeouts on its 10 Hz timer: 0.1–0.2 s). Measured on Redis 7.0: ≈7 looks a second per idle
+worker, each a script run (6–50 µs of Redis time) and a timed-out BLMOVE (≈25 µs): 0.02–0.05 % of a
+Redis core per idle worker, 0.5 % of a core in the worker."""
+
+_TAKE = """
+local held = redis.call('LINDEX', KEYS[1], 0)
+if held then return {'', held} end
+for i = 2, #KEYS do
+  local id = redis.call('LPOP', KEYS[i])
+  if id then
+    redis.call('RPUSH', KEYS[1], id)
+    return {KEYS[i], id}
+  end
+end
+return false
+"""
+
+_PUT_BACK = """
+if ARGV[2] == '1' and redis.call('EXISTS', KEYS[4]) == 1 then return -1 end
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+if ARGV[3] == '1' and redis.call('HGET', KEYS[3], 'status') == 'queued' then
+  redis.call('LPUSH', KEYS[2], ARGV[1])
+  return 1
+end
+return 2
+"""
+"""KEYS: held list, queue, job hash, owner's rq worker key; ARGV: id, whether the owner must be gone,
+whether the job has a queue. -1: the owner is alive; 0: not held (any more); 1: put back; 2: dropped
+(deleted, cancelled or otherwise handled while held: nothing to run)."""
+
+_FORGET_HOLDER = """
+if redis.call('EXISTS', KEYS[2]) == 0 and redis.call('LLEN', KEYS[1]) == 0 then
+  return redis.call('SREM', KEYS[3], ARGV[1])
+end
+return 0
+"""
+
+_QUARANTINE = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[3], 'status', 'failed', 'ended_at', ARGV[3], 'exc_info', ARGV[4])
+redis.call('EXPIRE', KEYS[3], ARGV[5])
+return 1
+"""
+
+
+class Held:
+    """One worker's held list: its pops, and what becomes of an id it holds."""
+
+    def __init__(self, connection: Redis, name: str) -> None:
+        self.connection = connection
+        self.name = name
+        self.key = keys.held(name)
+        self._take = connection.register_script(_TAKE)
+        self._quarantine = connection.register_script(_QUARANTINE)
+
+    def pop(self, queue_keys: list[str], timeout: float | None, clock: Callable[[], float] = time.monotonic
+            ) -> tuple[str | None, str] | None:
+        """(queue key, job id) of the job now held, or None: nothing came within ``timeout`` seconds
+        (None: do not wait). The queue key is None for an id that was held already (its job's origin
+        says which queue)."""
+        reply = self._take(keys=[self.key, *queue_keys])
+        if reply:
+            return as_text(reply[0]) or None, as_text(reply[1])
+        if timeout is None:
+            return None
+        blocking = get_version(self.connection) >= (6, 2, 0)  # BLMOVE (rq's own test; cached on the connection)
+        if blocking and len(queue_keys) == 1:
+            return self._blmove(queue_keys[0], timeout)
+        deadline = clock() + timeout
+        while (left := deadline - clock()) > 0:
+            if blocking:
+                taken = self._blmove(queue_keys[0], min(POLL, left))
+                if taken is not None:
+                    return taken
+            else:
+                time.sleep(min(POLL, left))
+            reply = self._take(keys=[self.key, *queue_keys])
+            if reply:
+                return as_text(reply[0]) or None, as_text(reply[1])
+        return None
+
+    def _blmove(self, queue_key: str, timeout: float) -> tuple[str, str] | None:
+        # (Redis takes a fractional timeout since 6.0; redis-py's hint says int)
+        job_id = self.connection.blmove(queue_key, self.key, timeout, "LEFT", "RIGHT")  # type: ignore[arg-type]
+        return None if job_id is None else (queue_key, as_text(job_id))
+
+    def ids(self) -> list[str]:
+        return [as_text(i) for i in self.connection.lrange(self.key, 0, -1)]
+
+    def join(self) -> None:
+        """Be found by the sweep of dead owners' lists (``put_back_dead``)."""
+        self.connection.sadd(keys.holders(), self.name)
+
+    def release(self, job_id: str, pipeline) -> None:
+        """The job is registered as started in ``pipeline``'s transaction: not held any more."""
+        pipeline.lrem(self.key, 1, job_id)
+
+    def drop(self, job_id: str) -> None:
+        """The job's hash is gone (rq skips such an id): nothing to run, nothing to keep."""
+        self.connection.lrem(self.key, 1, job_id)
+
+    def quarantine(self, job_id: str, queue: Queue, reason: str) -> bool:
+        """A job rq cannot load: failed in its queue's FailedJobRegistry, with ``reason``, in one step
+        with its removal from the held list; rq's data for it is left as it is apart from its status.
+        Returns False when it was not held (any more)."""
+        done = self._quarantine(keys=[self.key, queue.failed_job_registry.key, queue.job_class.key_for(job_id)],
+                                args=[job_id, current_timestamp() + DEFAULT_FAILURE_TTL, utcformat(now()), reason,
+                                      DEFAULT_FAILURE_TTL])
+        if done:
+            log.error("Job %s on queue %s cannot be loaded (%s): failed without running, in the failed registry; "
+                      "the queue goes on", job_id, queue.name, reason,
+                      extra={"RQ_JOB_ID": job_id, "RQ_QUEUE": queue.name})
+        return bool(done)
+
+    def put_back(self) -> list[str]:
+        """Everything this worker holds, back at the front of its queue (it is leaving, or starting anew)."""
+        return put_back(self.connection, self.name, owner_gone=False)
+
+    def leave(self) -> None:
+        """Put back what is held; the list is then empty and the owner no longer needs to be found."""
+        self.put_back()
+        self.connection.srem(keys.holders(), self.name)
+
+
+def put_back(connection: Redis, owner: str, *, owner_gone: bool, reason: str = "") -> list[str]:
+    """Put ``owner``'s held jobs back at the front of their queues, newest first so that the oldest
+    ends first; ``owner_gone``: only while its rq worker key does not exist (checked atomically with
+    each move). Returns the ids put back."""
+    key = keys.held(owner)
+    script = connection.register_script(_PUT_BACK)
+    done: list[str] = []
+    for job_id in reversed([as_text(i) for i in connection.lrange(key, 0, -1)]):
+        job_key = Job.key_for(job_id)
+        raw = connection.hget(job_key, "origin")
+        origin = as_text(raw) if raw else None
+        queue_key = Queue(origin, connection=connection).key if origin else job_key
+        faults.reached("sweep.requeue")
+        result = script(keys=[key, queue_key, job_key, worker_key(owner)],
+                        args=[job_id, int(owner_gone), int(origin is not None)])
+        if result == -1:
+            break  # the owner is alive (again): what it holds is its own
+        if result == 1:
+            done.append(job_id)
+            log.warning("Job %s was taken from queue %s by worker %s, which did not start it (%s); put back at the "
+                        "front of the queue", job_id, origin, owner, reason or "it stopped or died first",
+                        extra={"RQ_JOB_ID": job_id, "RQ_QUEUE": origin})
+    return done
+
+
+def put_back_dead(connection: Redis, living: str) -> list[str]:
+    """Every held list whose owner's rq worker key is gone, put back (any worker's sweep; ``living``
+    is the sweeping worker, whose own list is its own business)."""
+    done: list[str] = []
+    owners = sorted(as_text(n) for n in connection.smembers(keys.holders()) if as_text(n) != living)
+    if not owners:
+        return done
+    with connection.pipeline(transaction=False) as pipe:
+        for owner in owners:
+            pipe.exists(worker_key(owner))
+        alive = pipe.execute()
+    forget = connection.register_script(_FORGET_HOLDER)
+    for owner in (o for o, up in zip(owners, alive, strict=True) if not up):
+        done += put_back(connection, owner, owner_gone=True, reason="its worker is gone")
+        forget(keys=[keys.held(owner), worker_key(owner), keys.holders()], args=[owner])
+    return done

@@ -1,0 +1,128 @@
+"""``held``: the list a worker pops into, and who may put what it holds back (fakeredis, with Lua)."""
+
+from __future__ import annotations
+
+import fakeredis
+import pytest
+import redis
+from rq import Queue
+from rq.registry import FailedJobRegistry
+from testjobs import quick_job
+
+from rq_worker_service import held as held_module
+from rq_worker_service.held import Held, put_back, put_back_dead
+from rq_worker_service.parts.housekeeping import HeldJobs
+
+
+@pytest.fixture
+def conn():
+    return fakeredis.FakeRedis()
+
+
+def queues(conn, *names: str) -> list[Queue]:
+    return [Queue(n, connection=conn) for n in names]
+
+
+def test_several_queues_are_popped_in_the_order_given_into_the_held_list(conn):
+    q1, q2, q3 = queues(conn, "q1", "q2", "q3")
+    low, high = q3.enqueue(quick_job, 1), q2.enqueue(quick_job, 2)
+    held = Held(conn, "w1")
+    keys = [q.key for q in (q1, q2, q3)]
+    assert held.pop(keys, None) == (q2.key, high.id)
+    assert held.ids() == [high.id] and q2.count == 0
+    conn.delete(held.key)  # (registered)
+    assert held.pop(list(reversed(keys)), None) == (q3.key, low.id)
+    conn.delete(held.key)
+    assert held.pop(keys, None) is None
+
+
+def test_an_id_still_held_is_the_next_pop_s_reply(conn):
+    """Between jobs a live worker's list is empty: an id there is a pop whose reply was lost."""
+    q1, q2 = queues(conn, "q1", "q2")
+    lost, waiting = q2.enqueue(quick_job, 1), q1.enqueue(quick_job, 2)
+    held = Held(conn, "w1")
+    conn.lmove(q2.key, held.key)
+    assert held.pop([q1.key, q2.key], None) == (None, lost.id)
+    assert held.pop([q1.key], 5) == (None, lost.id), "one queue: the held id before any BLMOVE"
+    assert q1.job_ids == [waiting.id] and held.ids() == [lost.id]
+
+
+def test_an_empty_wait_ends_after_its_timeout(conn, monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(held_module.time, "sleep", lambda s: now.__setitem__(0, now[0] + s))
+    held = Held(conn, "w1")
+    monkeypatch.setattr(held, "_blmove", lambda key, timeout: now.__setitem__(0, now[0] + timeout))
+    assert held.pop([q.key for q in queues(conn, "q1", "q2")], 1, clock=lambda: now[0]) is None
+    assert now[0] == pytest.approx(1.0)
+    assert held.pop([q.key for q in queues(conn, "q1")], 1, clock=lambda: now[0]) is None
+    assert now[0] == pytest.approx(2.0), "one queue: one BLMOVE for the whole timeout"
+
+
+def test_the_registration_releases_the_id(conn):
+    (q1,) = queues(conn, "q1")
+    job = q1.enqueue(quick_job, 1)
+    held = Held(conn, "w1")
+    held.pop([q1.key], None)
+    with conn.pipeline() as pipe:
+        held.release(job.id, pipe)
+        pipe.execute()
+    assert held.ids() == []
+
+
+def test_put_back_goes_to_the_front_in_the_order_taken_and_drops_what_is_no_longer_queued(conn):
+    (q1,) = queues(conn, "q1")
+    a, b, cancelled, later = (q1.enqueue(quick_job, i) for i in range(4))
+    held = Held(conn, "w1")
+    for _ in range(3):
+        conn.lmove(q1.key, held.key)
+    cancelled.set_status("canceled")
+    assert held.put_back() == [b.id, a.id]
+    assert q1.job_ids == [a.id, b.id, later.id] and held.ids() == []
+    assert a.get_status(refresh=True).value == "queued"
+
+
+def test_a_live_owner_s_list_is_its_own_and_a_dead_one_s_is_put_back(conn):
+    (q1,) = queues(conn, "q1")
+    job = q1.enqueue(quick_job, 1)
+    owner = Held(conn, "w1")
+    owner.join()
+    owner.pop([q1.key], None)
+    conn.hset("rq:worker:w1", "pid", 1)  # alive: its rq worker key exists
+    assert put_back_dead(conn, "w2") == [] and put_back(conn, "w1", owner_gone=True) == []
+    assert owner.ids() == [job.id]
+    conn.delete("rq:worker:w1")
+    assert put_back_dead(conn, "w2") == [job.id]
+    assert q1.job_ids == [job.id] and not conn.sismember("rq:service:holders", "w1")
+
+
+def test_leaving_puts_back_and_forgets_the_holder(conn):
+    (q1,) = queues(conn, "q1")
+    job = q1.enqueue(quick_job, 1)
+    held = Held(conn, "w1")
+    held.join()
+    held.pop([q1.key], None)
+    held.leave()
+    assert q1.job_ids == [job.id] and not conn.sismember("rq:service:holders", "w1")
+
+
+def test_quarantine_fails_the_job_in_one_step_with_the_reason(conn):
+    (q1,) = queues(conn, "q1")
+    job = q1.enqueue(quick_job, 1)
+    conn.hset(job.key, "status", "hibernating")
+    held = Held(conn, "w1")
+    held.pop([q1.key], None)
+    assert held.quarantine(job.id, q1, "ValueError: 'hibernating' is not a valid JobStatus")
+    assert held.ids() == [] and FailedJobRegistry("q1", connection=conn).get_job_ids() == [job.id]
+    assert conn.hget(job.key, "status") == b"failed" and b"hibernating" in conn.hget(job.key, "exc_info")
+    assert not held.quarantine(job.id, q1, "again"), "only what is held"
+
+
+def test_a_failed_put_back_at_teardown_is_a_warning_not_an_exception(caplog):
+    """A worker leaving on a cluster MOVED or an outage must still unregister (rq's teardown follows)."""
+
+    class Unreachable:
+        def leave(self):
+            raise redis.exceptions.ResponseError("MOVED 1234 10.0.0.9:6379")
+
+    HeldJobs(Unreachable()).teardown()  # type: ignore[arg-type]
+    assert "its next start will" in caplog.text
