@@ -116,7 +116,8 @@ class PrimaryFollower(Part):
 
 class Fencer(Part):
     """This worker's membership (``fencing``): it beats from each live tick, exits once fenced, and
-    between jobs fences the members that went silent and re-runs what they were running."""
+    from the main loop's sweeps (between jobs, and while a fork or spawn horse runs one) fences the
+    members that went silent and re-runs what they were running."""
 
     def __init__(self, membership: Membership, guard: RedisGuard, queue_names: Callable[[], list[str]],
                  settings: Settings, host: Callable[[], str]) -> None:
@@ -153,9 +154,9 @@ class Fencer(Part):
         rescued = rescue_executions(connection, lost.name, queues, self.settings, reason, at_once=True)
         put_back(connection, lost.name, owner_gone=True, reason=f"it was fenced by {name}")  # popped, not started
         self.membership.record(lost, [r.job_id for r in rescued])
-        log.warning("Fenced worker %s on host %s (pid %s): silent %.0fs past its deadline; closed %d of its Redis "
-                    "connections, rescued %d job(s)%s", lost.name, lost.host, lost.pid or "?", lost.overdue, killed,
-                    len(rescued), "".join(f" {r.job_id}" for r in rescued))
+        log.warning("Fenced worker %s on host %s (pid %s): no beat for %.0fs by this worker's clock (period %.0fs); "
+                    "closed %d of its Redis connections, rescued %d job(s)%s", lost.name, lost.host, lost.pid or "?",
+                    lost.silent, lost.period, killed, len(rescued), "".join(f" {r.job_id}" for r in rescued))
 
     def exit_fenced(self) -> None:
         """Another worker fenced this one while it was silent and took over its jobs: take no other
