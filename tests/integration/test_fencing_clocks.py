@@ -194,7 +194,7 @@ def test_a_pause_shorter_than_the_period_fences_no_one(start_worker, rconn, tmp_
 
 
 @pytest.mark.full_matrix
-@pytest.mark.skipif(not os.environ.get("RQWS_FULL_MATRIX"), reason="60 s under load: RQWS_FULL_MATRIX=1 runs it")
+@pytest.mark.skipif(not os.environ.get("RQWS_FAULTS_FULL") == "1", reason="60 s under load: RQWS_FAULTS_FULL=1 runs it")
 def test_saturated_cores_for_a_minute_fence_no_one(start_worker, rconn, tmp_path):
     """A busy loop on every core for 60 s while two workers run 5 s jobs back to back (period 3 s)."""
     one, two = ready(tmp_path, "one"), ready(tmp_path, "two")

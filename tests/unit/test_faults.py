@@ -16,6 +16,7 @@ from rq_worker_service import faults
 
 PACKAGE = Path(faults.__file__).resolve().parent
 
+
 def reached_in_source() -> dict[str, list[str]]:
     """Each point name passed to ``faults.reached`` in the package, with the files that pass it."""
     found: dict[str, list[str]] = {}
