@@ -156,6 +156,8 @@ class Claimed:
 
     job: Job
     retried: bool
+    started: bool = True
+    """False: registered but never started (put back at the front, untouched: no attempt, no callback)."""
 
 
 CLAIM_ATTEMPTS = 20
@@ -186,15 +188,22 @@ def claim(queue: Queue, composite: str, owner: str, reason: str, settings: Setti
                 pipe.watch(Job.key_for(job_id), execution_key(composite))
                 if pipe.zscore(registry_key, composite) is None or execution_owner(pipe, composite) != owner:
                     return None  # ended, claimed by another rescuer, or another worker's
-                job = started_job(connection, job_id)
+                job, status = registered_job(connection, job_id)
                 pipe.multi()
                 pipe.zrem(registry_key, composite)
                 pipe.delete(execution_key(composite))
-                retried = job is not None and settle_interrupted(
+                if job is not None and status == JobStatus.QUEUED:
+                    # Registered (prepare_execution) but its horse never set STARTED: it never ran. It
+                    # is in no queue and no held list any more, so this entry is all that is left of it.
+                    pipe.lrem(queue.key, 0, job_id)
+                    pipe.lpush(queue.key, job_id)
+                    pipe.execute()
+                    return Claimed(job, retried=True, started=False)
+                retried = job is not None and status == JobStatus.STARTED and settle_interrupted(
                     job, queue, f"{AbandonedJobError.__name__}: {reason}", settings.name, settings, pipe,
                     at_once=at_once)
                 pipe.execute()
-                return Claimed(job, retried) if job is not None else None
+                return Claimed(job, retried) if job is not None and status == JobStatus.STARTED else None
             except WatchError:
                 continue
     log.warning("Left job %s of worker %s in the started registry: %d attempts to claim it met other writes; the "
@@ -202,13 +211,14 @@ def claim(queue: Queue, composite: str, owner: str, reason: str, settings: Setti
     return None
 
 
-def started_job(connection: Redis, job_id: str) -> Job | None:
-    """The job, if it still exists and is STARTED; else its registry entry is a leftover."""
+def registered_job(connection: Redis, job_id: str) -> tuple[Job | None, JobStatus | None]:
+    """The job and its status, if it still exists. STARTED: it was running; QUEUED: registered but not
+    started yet (the horse sets STARTED); any other: its registry entry is a leftover."""
     try:
         job = Job.fetch(job_id, connection=connection)
     except NoSuchJobError:
-        return None
-    return job if job.get_status(refresh=False) == JobStatus.STARTED else None
+        return None, None
+    return job, job.get_status(refresh=False)
 
 
 def after_claim(job: Job, queue: Queue, retried: bool) -> None:
@@ -245,6 +255,12 @@ def rescue_executions(connection: Redis, owner: str, queue_names: list[str], set
             if claimed is None:
                 continue
             faults.reached("rescue.claimed")
+            if not claimed.started:
+                log.warning("Job %s (%s) of worker %s was registered but never started: put back at the front of "
+                            "queue %s", job_id, job_func(claimed.job), owner, name,
+                            extra={"RQ_JOB_ID": job_id, "RQ_QUEUE": name, "RQ_JOB_FUNC": job_func(claimed.job)})
+                recovered.append(Recovered(job_id, True))
+                continue
             log.warning("Rescued job %s (%s) of worker %s: %s", job_id, job_func(claimed.job), owner,
                         ("requeued at once" if at_once else "retrying") if claimed.retried
                         else "failed, no retries left",

@@ -80,7 +80,7 @@ def test_two_rescuers_at_once_requeue_the_job_once(conn, monkeypatch):
     fetches the job): the first one's transaction fails, it reads again, finds the entry gone."""
     job, _ = predecessor_running(conn, {"retry": Retry(max=3)})
     s = settings()
-    fetch, inner = recovery.started_job, []
+    fetch, inner = recovery.registered_job, []
 
     def second_rescuer_meanwhile(connection, job_id):
         if not inner:
@@ -88,7 +88,7 @@ def test_two_rescuers_at_once_requeue_the_job_once(conn, monkeypatch):
             inner[0] = rescue_executions(conn, s.name, ["default"], s, "second", at_once=True)
         return fetch(connection, job_id)
 
-    monkeypatch.setattr(recovery, "started_job", second_rescuer_meanwhile)
+    monkeypatch.setattr(recovery, "registered_job", second_rescuer_meanwhile)
     first = rescue_executions(conn, s.name, ["default"], s, "first", at_once=True)
     assert (first, [r.job_id for r in inner[0]]) == ([], [job.id])
     queue = Queue("default", connection=conn)
