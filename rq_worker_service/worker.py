@@ -60,6 +60,10 @@ else:
     _Base = object
 
 
+class NotHeld(Exception):
+    """The popped job left this worker's held list before its registration: someone put it back."""
+
+
 class ServiceWorkerMixin(_Base):
     """Everything systemd-specific; mixed in front of one of rq's worker classes."""
 
@@ -219,14 +223,28 @@ class ServiceWorkerMixin(_Base):
 
     def prepare_execution(self, job: Job) -> Execution:
         """rq's registration (the execution, the StartedJobRegistry entry, BUSY), and the id leaves the
-        held list in the same transaction: a popped job is never in neither."""
+        held list in the same transaction: a popped job is never in neither.
+
+        Only while the id is still held (watched): a worker frozen with the id in hand past its
+        fencing deadline, or whose rq worker key expired meanwhile, had its held list put back by
+        another (``held.put_back``); that job is queued or running elsewhere now, and starting it
+        here too would run it twice at once (``NotHeld``)."""
         with self.connection.pipeline() as pipeline:
-            heartbeat_ttl = self.get_heartbeat_ttl(job)
-            execution = Execution.create(job, heartbeat_ttl, pipeline=pipeline, worker_name=self.name)
-            self.executions[execution.id] = execution
-            self.set_state(WorkerStatus.BUSY, pipeline=pipeline)
-            self.parts.held.release(job.id, pipeline)
-            pipeline.execute()
+            while True:
+                try:
+                    pipeline.watch(self.parts.held.key)
+                    if job.id not in self.parts.held.ids(pipeline):
+                        raise NotHeld(job.id)
+                    pipeline.multi()
+                    heartbeat_ttl = self.get_heartbeat_ttl(job)
+                    execution = Execution.create(job, heartbeat_ttl, pipeline=pipeline, worker_name=self.name)
+                    self.set_state(WorkerStatus.BUSY, pipeline=pipeline)
+                    self.parts.held.release(job.id, pipeline)
+                    pipeline.execute()
+                    break
+                except redis.exceptions.WatchError:
+                    continue  # the list changed: read it again
+        self.executions[execution.id] = execution
         faults.reached("job.registered")
         return execution
 
@@ -270,6 +288,11 @@ class ServiceWorkerMixin(_Base):
         self.parts.job_started(job.id, func, queue.name)
         try:
             super().execute_job(job, queue)
+        except NotHeld:
+            log.warning("Job %s (%s) was put back on queue %s while this worker was silent (frozen or cut off) "
+                        "between taking it and starting it: not starting it here", job.id, func, queue.name,
+                        extra={"RQ_JOB_ID": job.id, "RQ_QUEUE": queue.name})
+            self.parts.guard.call(self.set_state, WorkerStatus.IDLE)
         except redis.exceptions.ResponseError as exc:
             self.parts.guard.exit_if_fatal(exc)  # a refusal, a moved cluster slot: one line, and out
             raise

@@ -9,9 +9,10 @@ import signal
 import time
 
 import pytest
+from helpers import wait_until
 from rq import Queue
-from test_pop import QUEUES, executions, fault, status
-from testjobs import quick_job
+from test_pop import QUEUES, executions, fault, name, status
+from testjobs import quick_job, timed_job
 
 
 def where(rconn, job_id: str) -> list[str]:
@@ -39,3 +40,27 @@ def test_kill_9_after_the_registration_before_the_horse_starts_loses_nothing(que
         time.sleep(0.2)
     assert status(rconn, "registered") == "finished", (status(rconn, "registered"), where(rconn, "registered"))
     assert executions(rconn, "registered") == 1
+
+
+def overlaps(rconn, queue: str) -> list[tuple[float, float]]:
+    """(start, end) of each execution ``timed_job`` recorded on ``queue``, and whether any two overlap."""
+    spans = sorted(tuple(map(float, e.decode().split()[:2])) for e in rconn.lrange(f"ran:{queue}", 0, -1))
+    return [(a, b) for (a, b), (c, _) in zip(spans, spans[1:], strict=False) if c < b]
+
+
+def test_a_worker_frozen_with_a_job_in_hand_does_not_run_it_after_its_fencer_put_it_back(start_worker, rconn,
+                                                                                           tmp_path):
+    """Frozen between the pop and the registration (a VM pause, SIGSTOP) past its fencing deadline: its
+    fencer puts the held job back and another worker runs it; the frozen one, resumed with the id in
+    hand, must not start it as well (two executions at once)."""
+    fast = {"WATCHDOG_USEC": "3000000", "RQ_WITH_SCHEDULER": "no"}
+    frozen = start_worker("1", env={**fast, **fault(tmp_path, "pop.fetched:SIGSTOP")})
+    wait_until(lambda: rconn.exists(f"rq:worker:{name('1')}"), 10, what="worker 1 to register")
+    Queue(connection=rconn).enqueue(timed_job, 6, job_id="in-hand")
+    wait_until(lambda: (tmp_path / "fault-1.done").exists(), 10, what="worker 1 to stop itself with the job in hand")
+    start_worker("2", env=fast)
+    wait_until(lambda: executions(rconn, "in-hand") >= 1, 20, what="worker 2 to run the job put back by its fencing")
+    frozen.signal(signal.SIGCONT)
+    wait_until(lambda: status(rconn, "in-hand") == "finished", 20, what="the job to finish")
+    time.sleep(2)  # worker 1 has had time to register what it held and start it
+    assert executions(rconn, "in-hand") == 1 and overlaps(rconn, "default") == [], rconn.lrange("ran:default", 0, -1)
