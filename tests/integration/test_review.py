@@ -64,3 +64,20 @@ def test_a_worker_frozen_with_a_job_in_hand_does_not_run_it_after_its_fencer_put
     wait_until(lambda: status(rconn, "in-hand") == "finished", 20, what="the job to finish")
     time.sleep(2)  # worker 1 has had time to register what it held and start it
     assert executions(rconn, "in-hand") == 1 and overlaps(rconn, "default") == [], rconn.lrange("ran:default", 0, -1)
+
+
+@pytest.mark.xfail(strict=True, reason="a worker frozen after its registration, before its horse starts, runs the job "
+                   "its fencer re-queued on resume, at once with the re-run (until its next tick exits it)")
+def test_a_worker_frozen_after_the_registration_does_not_start_the_job_its_fencer_requeued(start_worker, rconn,
+                                                                                          tmp_path):
+    fast = {"WATCHDOG_USEC": "3000000", "RQ_WITH_SCHEDULER": "no"}
+    frozen = start_worker("1", env={**fast, **fault(tmp_path, "job.registered:SIGSTOP")})
+    wait_until(lambda: rconn.exists(f"rq:worker:{name('1')}"), 10, what="worker 1 to register")
+    Queue(connection=rconn).enqueue(timed_job, 6, job_id="registered-frozen")
+    wait_until(lambda: (tmp_path / "fault-1.done").exists(), 10, what="worker 1 to stop itself after registering")
+    start_worker("2", env=fast)
+    wait_until(lambda: executions(rconn, "registered-frozen") >= 1, 20, what="worker 2 to run the rescued job")
+    frozen.signal(signal.SIGCONT)
+    wait_until(lambda: status(rconn, "registered-frozen") == "finished", 20, what="the job to finish")
+    time.sleep(2)
+    assert executions(rconn, "registered-frozen") == 1, rconn.lrange("ran:default", 0, -1)
