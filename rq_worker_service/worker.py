@@ -228,12 +228,17 @@ class ServiceWorkerMixin(_Base):
         Only while the id is still held (watched): a worker frozen with the id in hand past its
         fencing deadline, or whose rq worker key expired meanwhile, had its held list put back by
         another (``held.put_back``); that job is queued or running elsewhere now, and starting it
-        here too would run it twice at once (``NotHeld``)."""
+        here too would run it twice at once (``NotHeld``). An id gone because an earlier attempt's
+        ``EXEC`` was applied and its reply lost with the link (redis-py then raises WatchError, as
+        the watch died with the connection) is registered: that execution exists."""
+        execution: Execution | None = None
         with self.connection.pipeline() as pipeline:
             while True:
                 try:
                     pipeline.watch(self.parts.held.key)
                     if job.id not in self.parts.held.ids(pipeline):
+                        if execution is not None and pipeline.exists(execution.key):
+                            break
                         raise NotHeld(job.id)
                     pipeline.multi()
                     heartbeat_ttl = self.get_heartbeat_ttl(job)
@@ -243,7 +248,8 @@ class ServiceWorkerMixin(_Base):
                     pipeline.execute()
                     break
                 except redis.exceptions.WatchError:
-                    continue  # the list changed: read it again
+                    continue  # the list changed, or the link dropped: read it again
+        assert execution is not None
         self.executions[execution.id] = execution
         faults.reached("job.registered")
         return execution

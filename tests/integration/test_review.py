@@ -81,3 +81,41 @@ def test_a_worker_frozen_after_the_registration_does_not_start_the_job_its_fence
     wait_until(lambda: status(rconn, "registered-frozen") == "finished", 20, what="the job to finish")
     time.sleep(2)
     assert executions(rconn, "registered-frozen") == 1, rconn.lrange("ran:default", 0, -1)
+
+
+DROP_EXEC_REPLY = '''
+import os
+import redis
+from redis.client import Pipeline
+_run = Pipeline._execute_transaction
+
+def _dropped(self, connection, commands, raise_on_error):
+    watching = self.watching
+    reply = _run(self, connection, commands, raise_on_error)
+    held = any(args[0] == "LREM" and ":service:held:" in str(args[1]) for args, _ in commands)
+    mark = os.environ["DROP_MARK"]
+    if held and not os.path.exists(mark):  # applied by Redis; the reply (EXEC's) never read
+        open(mark, "w").close()
+        self.watching = watching
+        raise redis.exceptions.ConnectionError("Connection closed by server (EXEC reply dropped by the test)")
+    return reply
+
+Pipeline._execute_transaction = _dropped
+'''
+
+
+@pytest.mark.parametrize("queues", ["one", "three"])
+def test_a_registration_whose_reply_is_lost_runs_the_job_once(queues, start_worker, rconn, tmp_path):
+    """The registration's EXEC is applied and its reply lost with the link: the job runs, once."""
+    site = tmp_path / "dropsite"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(DROP_EXEC_REPLY)
+    env = QUEUES if queues == "three" else {"WATCHDOG_USEC": "3000000", "RQ_WITH_SCHEDULER": "no"}
+    start_worker("1", env={**env, "PYTHONPATH": str(site), "DROP_MARK": str(tmp_path / "dropped")})
+    Queue("q1" if queues == "three" else "default", connection=rconn).enqueue(quick_job, 1, job_id="exec-lost")
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and status(rconn, "exec-lost") != "finished":
+        time.sleep(0.2)
+    assert (tmp_path / "dropped").exists()
+    assert status(rconn, "exec-lost") == "finished", (status(rconn, "exec-lost"), where(rconn, "exec-lost"))
+    assert executions(rconn, "exec-lost") == 1
