@@ -119,3 +119,51 @@ def test_a_registration_whose_reply_is_lost_runs_the_job_once(queues, start_work
     assert (tmp_path / "dropped").exists()
     assert status(rconn, "exec-lost") == "finished", (status(rconn, "exec-lost"), where(rconn, "exec-lost"))
     assert executions(rconn, "exec-lost") == 1
+
+
+@pytest.mark.xfail(strict=True, reason="a fencer slow between claiming a lost member and fencing it rescues the "
+                   "running job of that member's restarted instance (same name), which goes on running it")
+def test_a_slow_fencer_does_not_rescue_the_job_of_the_lost_workers_restarted_instance(start_worker, rconn,
+                                                                                     tmp_path):
+    """Worker 1 goes silent; worker 2 claims it as lost, then stalls (a pause, a slow CLIENT LIST) before
+    fencing. Meanwhile worker 1 is restarted (same name), joins anew and starts a job. Worker 2 then
+    fences by name: it closes the new instance's connections, deletes its rq key and re-queues its
+    running job, and the new instance, no longer marked fenced (its join cleared the mark), runs it on."""
+    fast = {"WATCHDOG_USEC": "3000000", "RQ_WITH_SCHEDULER": "no"}
+    site = tmp_path / "fencesite"
+    site.mkdir()
+    fast["PYTHONPATH"] = str(site)
+    (site / "sitecustomize.py").write_text(FENCE_PAUSE)
+    silent = start_worker("1", env=fast)
+    wait_until(lambda: rconn.exists(f"rq:worker:{name('1')}"), 10, what="worker 1 to register")
+    start_worker("2", env={**fast, "RV_FENCE_PAUSE": "6", "RV_FENCE_MARK": str(tmp_path / "fencing")})
+    time.sleep(3.5)  # worker 2 beats on time for a period: it may fence
+    silent.signal(signal.SIGSTOP)
+    wait_until(lambda: (tmp_path / "fencing").exists(), 15, what="worker 2 to claim worker 1 and stall")
+    silent.signal(signal.SIGKILL)
+    silent.wait(10)
+    start_worker("1", env=fast)  # systemd restarts it: it joins anew
+    Queue(connection=rconn).enqueue(timed_job, 8, job_id="new-instance")
+    wait_until(lambda: executions(rconn, "new-instance") >= 1, 10, what="worker 1's new instance to start the job")
+    wait_until(lambda: status(rconn, "new-instance") == "finished", 30, what="the job to finish")
+    time.sleep(2)
+    assert executions(rconn, "new-instance") == 1 and overlaps(rconn, "default") == [], \
+        rconn.lrange("ran:default", 0, -1)
+
+
+FENCE_PAUSE = '''
+import os, signal, subprocess
+if os.environ.get("RV_FENCE_PAUSE"):
+    from rq_worker_service.parts import liveness
+    fence, paused = liveness.Fencer.fence, []
+
+    def slow_fence(self, lost):
+        if not paused:
+            paused.append(1)
+            open(os.environ["RV_FENCE_MARK"], "w").close()
+            subprocess.Popen(["sh", "-c", f"sleep {os.environ['RV_FENCE_PAUSE']}; kill -CONT {os.getpid()}"])
+            os.kill(os.getpid(), signal.SIGSTOP)
+        return fence(self, lost)
+
+    liveness.Fencer.fence = slow_fence
+'''
