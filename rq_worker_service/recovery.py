@@ -33,7 +33,7 @@ from rq.job import Job, JobStatus
 from rq.rate_limit import release_slot
 from rq.registry import StartedJobRegistry
 from rq.results import Result
-from rq.utils import as_text, parse_composite_key
+from rq.utils import as_text, current_timestamp, parse_composite_key
 
 from . import faults, host
 from .config import Settings
@@ -166,8 +166,8 @@ the job or its execution by someone else (a heartbeat of a worker that is alive 
 another rescuer), which the next attempt reads and judges anew."""
 
 
-def claim(queue: Queue, composite: str, owner: str, reason: str, settings: Settings, *, at_once: bool
-          ) -> Claimed | None:
+def claim(queue: Queue, composite: str, owner: str | None, reason: str, settings: Settings, *, at_once: bool,
+          unstarted_only: bool = False) -> Claimed | None:
     """Claim one StartedJobRegistry entry of ``owner`` and retry or fail its job, in one transaction.
 
     Until the transaction commits nothing has changed, so a rescuer that dies or is interrupted at
@@ -177,7 +177,8 @@ def claim(queue: Queue, composite: str, owner: str, reason: str, settings: Setti
     writes one of them in the transaction that removes the entry, so a claim that commits is the
     only one; the registry itself is not watched, since every job starting or ending on the queue
     writes it. Returns None when the entry is no longer ``owner``'s to rescue, or is a leftover of
-    a job not running any more (then it is only removed).
+    a job not running any more (then it is only removed). ``unstarted_only``: leave anything but a
+    job registered and never started (``put_back_unstarted``).
     """
     connection = queue.connection
     registry_key = queue.started_job_registry.key
@@ -189,6 +190,8 @@ def claim(queue: Queue, composite: str, owner: str, reason: str, settings: Setti
                 if pipe.zscore(registry_key, composite) is None or execution_owner(pipe, composite) != owner:
                     return None  # ended, claimed by another rescuer, or another worker's
                 job, status = registered_job(connection, job_id)
+                if unstarted_only and status != JobStatus.QUEUED:
+                    return None
                 pipe.multi()
                 pipe.zrem(registry_key, composite)
                 pipe.delete(execution_key(composite))
@@ -209,6 +212,37 @@ def claim(queue: Queue, composite: str, owner: str, reason: str, settings: Setti
     log.warning("Left job %s of worker %s in the started registry: %d attempts to claim it met other writes; the "
                 "next rescue or rq's cleanup takes it", job_id, owner, CLAIM_ATTEMPTS)
     return None
+
+
+UNSTARTED_MARGIN = 5
+"""Seconds before its expiry that ``put_back_unstarted`` takes an entry rq's cleanup is about to drop.
+A registration that has not reached STARTED ≈55 s after its last heartbeat is no live worker's."""
+
+
+def put_back_unstarted(queue: Queue, settings: Settings) -> list[str]:
+    """Put back the jobs registered and never started whose StartedJobRegistry entry has expired.
+
+    rq's ``StartedJobRegistry.cleanup`` (every worker's maintenance) handles only STARTED jobs and
+    drops every other expired entry: a job whose worker died between the registration and its
+    horse setting STARTED, and whose restarted instance or fencer did not come first (a host that
+    stays down or reboots slowly, every worker of the fleet on it), was lost. Run before it."""
+    connection = queue.connection
+    done = []
+    cutoff = current_timestamp() + UNSTARTED_MARGIN
+    for entry in connection.zrangebyscore(queue.started_job_registry.key, 0, cutoff):
+        composite = as_text(entry)  # type: ignore[arg-type]
+        job_id = parse_composite_key(composite)[0]
+        if as_text(connection.hget(Job.key_for(job_id), "status") or b"") != JobStatus.QUEUED.value:
+            continue
+        owner = execution_owner(connection, composite)
+        claimed = claim(queue, composite, owner, "its registration expired", settings, at_once=True,
+                        unstarted_only=True)
+        if claimed is not None:
+            log.warning("Job %s (%s) was registered by worker %s, which never started it and is gone: put back at "
+                        "the front of queue %s", job_id, job_func(claimed.job), owner or "?", queue.name,
+                        extra={"RQ_JOB_ID": job_id, "RQ_QUEUE": queue.name})
+            done.append(job_id)
+    return done
 
 
 def registered_job(connection: Redis, job_id: str) -> tuple[Job | None, JobStatus | None]:

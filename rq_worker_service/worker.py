@@ -44,7 +44,7 @@ from .notify import Notifier
 from .parts import log
 from .parts.assembly import ServiceParts
 from .process import die_with_parent
-from .recovery import apply_job_defaults, record_interruption
+from .recovery import apply_job_defaults, put_back_unstarted, record_interruption
 from .rqcompat import HORSE_DIED, STUCK_IN_INTERMEDIATE, job_func
 from .scheduling import start_scheduler
 
@@ -120,6 +120,13 @@ class ServiceWorkerMixin(_Base):
 
     def run_maintenance_tasks(self) -> None:
         self.parts.guard.call(super().run_maintenance_tasks)  # tried again on the next pass of the loop
+
+    def clean_registries(self) -> None:
+        """rq's registry maintenance, after putting back what rq's cleanup would drop and lose: jobs
+        registered and never started whose entry expired (``recovery.put_back_unstarted``)."""
+        for queue in self.queues:
+            put_back_unstarted(queue, self.settings)
+        super().clean_registries()
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None
                                      ) -> tuple[Job, Queue] | None:

@@ -167,3 +167,21 @@ if os.environ.get("RV_FENCE_PAUSE"):
 
     liveness.Fencer.fence = slow_fence
 '''
+
+
+def test_a_registered_job_whose_worker_stays_down_is_not_dropped_by_rqs_cleanup(start_worker, rconn, tmp_path):
+    """Worker 1 dies between the registration and STARTED and is not restarted (its host stays down);
+    once the entry expires, the next maintenance (here worker 2's, at its start) must put it back:
+    rq's StartedJobRegistry.cleanup handles only STARTED jobs and drops the entry (the job is lost)."""
+    fast = {"WATCHDOG_USEC": "3000000", "RQ_WITH_SCHEDULER": "no"}
+    worker = start_worker("1", env={**fast, **fault(tmp_path, "job.registered:SIGKILL")})
+    Queue(connection=rconn).enqueue(quick_job, 1, job_id="left-registered")
+    assert worker.wait(20) == -signal.SIGKILL
+    (entry,) = rconn.zrange("rq:wip:default", 0, -1)
+    rconn.zadd("rq:wip:default", {entry: time.time() - 1}, xx=True)  # 61 s later: expired
+    start_worker("2", env=fast)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and status(rconn, "left-registered") != "finished":
+        time.sleep(0.2)
+    assert status(rconn, "left-registered") == "finished", where(rconn, "left-registered")
+    assert executions(rconn, "left-registered") == 1
