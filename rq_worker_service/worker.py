@@ -54,6 +54,9 @@ workers on other hosts and for stock rq workers' intermediate lists (two sightin
 each queue's pass is done by one worker under rq's maintenance lock, so a shorter interval costs
 little."""
 
+PREPARE_RETRIES = (0.5, 1.0, 2.0)
+"""Seconds waited before each retry of the STARTED mark after a Redis error (``prepare_job_execution``)."""
+
 if TYPE_CHECKING:
     _Base = Worker  # what the mixin is mixed into, for the type checker
 else:
@@ -260,6 +263,19 @@ class ServiceWorkerMixin(_Base):
         self.executions[execution.id] = execution
         faults.reached("job.registered")
         return execution
+
+    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        """rq's step that marks the job STARTED (in the horse; in a simple worker's main thread), sent
+        again after a Redis error: rq's ``perform_job`` takes any exception here for the job's own, so
+        a dropped link failed a job that never ran, with no retry. Its writes (STARTED, heartbeats,
+        persist) are the same when sent twice. A Redis that stays away longer still fails it."""
+        for wait in PREPARE_RETRIES:
+            try:
+                super().prepare_job_execution(job, remove_from_intermediate_queue)
+                return
+            except REDIS_ERRORS:
+                time.sleep(wait)
+        super().prepare_job_execution(job, remove_from_intermediate_queue)
 
     def wait_for_horse(self) -> Any:
         self.parts.in_horse_wait = True

@@ -185,3 +185,38 @@ def test_a_registered_job_whose_worker_stays_down_is_not_dropped_by_rqs_cleanup(
         time.sleep(0.2)
     assert status(rconn, "left-registered") == "finished", where(rconn, "left-registered")
     assert executions(rconn, "left-registered") == 1
+
+
+CUT_AT_STARTED = '''
+import os
+import redis
+from redis.client import Pipeline
+_run = Pipeline._execute_transaction
+
+def _cut(self, connection, commands, raise_on_error):
+    starting = any(args[0] == "HSET" and "started" in args[2:] for args, _ in commands)
+    mark = os.environ["CUT_MARK"]
+    if starting and not os.path.exists(mark):  # the link drops as the job is about to be marked STARTED
+        open(mark, "w").close()
+        connection.disconnect()
+        raise redis.exceptions.ConnectionError("Connection closed by server (cut by the test)")
+    return _run(self, connection, commands, raise_on_error)
+
+Pipeline._execute_transaction = _cut
+'''
+
+
+@pytest.mark.parametrize("kind", ["fork", "simple"])
+def test_a_link_drop_as_the_job_is_marked_started_does_not_fail_it(kind, start_worker, rconn, tmp_path):
+    """rq's perform_job catches everything from its own prepare_job_execution as the job's failure."""
+    site = tmp_path / "cutsite"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(CUT_AT_STARTED)
+    start_worker("1", env={"WATCHDOG_USEC": "3000000", "RQ_WITH_SCHEDULER": "no", "RQ_WORKER_CLASS": kind,
+                           "PYTHONPATH": str(site), "CUT_MARK": str(tmp_path / "cut")})
+    Queue(connection=rconn).enqueue(quick_job, 1, job_id="cut-at-started")
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and status(rconn, "cut-at-started") not in ("finished", "failed"):
+        time.sleep(0.2)
+    assert (tmp_path / "cut").exists()
+    assert status(rconn, "cut-at-started") == "finished" and executions(rconn, "cut-at-started") == 1
