@@ -144,8 +144,9 @@ class Held:
         job_id = self.connection.blmove(queue_key, self.key, timeout, "LEFT", "RIGHT")  # type: ignore[arg-type]
         return None if job_id is None else (queue_key, as_text(job_id))
 
-    def ids(self) -> list[str]:
-        return [as_text(i) for i in self.connection.lrange(self.key, 0, -1)]
+    def ids(self, connection=None) -> list[str]:
+        """What is held; ``connection``: read through it (a pipeline watching the list, before its MULTI)."""
+        return [as_text(i) for i in (connection or self.connection).lrange(self.key, 0, -1)]
 
     def join(self) -> None:
         """Be found by the sweep of dead owners' lists (``put_back_dead``)."""

@@ -44,7 +44,7 @@ from .notify import Notifier
 from .parts import log
 from .parts.assembly import ServiceParts
 from .process import die_with_parent
-from .recovery import apply_job_defaults, record_interruption
+from .recovery import apply_job_defaults, put_back_unstarted, record_interruption
 from .rqcompat import HORSE_DIED, STUCK_IN_INTERMEDIATE, job_func
 from .scheduling import start_scheduler
 
@@ -54,10 +54,17 @@ workers on other hosts and for stock rq workers' intermediate lists (two sightin
 each queue's pass is done by one worker under rq's maintenance lock, so a shorter interval costs
 little."""
 
+PREPARE_RETRIES = (0.5, 1.0, 2.0)
+"""Seconds waited before each retry of the STARTED mark after a Redis error (``prepare_job_execution``)."""
+
 if TYPE_CHECKING:
     _Base = Worker  # what the mixin is mixed into, for the type checker
 else:
     _Base = object
+
+
+class NotHeld(Exception):
+    """The popped job left this worker's held list before its registration: someone put it back."""
 
 
 class ServiceWorkerMixin(_Base):
@@ -116,6 +123,13 @@ class ServiceWorkerMixin(_Base):
 
     def run_maintenance_tasks(self) -> None:
         self.parts.guard.call(super().run_maintenance_tasks)  # tried again on the next pass of the loop
+
+    def clean_registries(self) -> None:
+        """rq's registry maintenance, after putting back what rq's cleanup would drop and lose: jobs
+        registered and never started whose entry expired (``recovery.put_back_unstarted``)."""
+        for queue in self.queues:
+            put_back_unstarted(queue, self.settings)
+        super().clean_registries()
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None
                                      ) -> tuple[Job, Queue] | None:
@@ -220,16 +234,49 @@ class ServiceWorkerMixin(_Base):
 
     def prepare_execution(self, job: Job) -> Execution:
         """rq's registration (the execution, the StartedJobRegistry entry, BUSY), and the id leaves the
-        held list in the same transaction: a popped job is never in neither."""
+        held list in the same transaction: a popped job is never in neither.
+
+        Only while the id is still held (watched): a worker frozen with the id in hand past its
+        fencing deadline, or whose rq worker key expired meanwhile, had its held list put back by
+        another (``held.put_back``); that job is queued or running elsewhere now, and starting it
+        here too would run it twice at once (``NotHeld``). An id gone because an earlier attempt's
+        ``EXEC`` was applied and its reply lost with the link (redis-py then raises WatchError, as
+        the watch died with the connection) is registered: that execution exists."""
+        execution: Execution | None = None
         with self.connection.pipeline() as pipeline:
-            heartbeat_ttl = self.get_heartbeat_ttl(job)
-            execution = Execution.create(job, heartbeat_ttl, pipeline=pipeline, worker_name=self.name)
-            self.executions[execution.id] = execution
-            self.set_state(WorkerStatus.BUSY, pipeline=pipeline)
-            self.parts.held.release(job.id, pipeline)
-            pipeline.execute()
+            while True:
+                try:
+                    pipeline.watch(self.parts.held.key)
+                    if job.id not in self.parts.held.ids(pipeline):
+                        if execution is not None and pipeline.exists(execution.key):
+                            break
+                        raise NotHeld(job.id)
+                    pipeline.multi()
+                    heartbeat_ttl = self.get_heartbeat_ttl(job)
+                    execution = Execution.create(job, heartbeat_ttl, pipeline=pipeline, worker_name=self.name)
+                    self.set_state(WorkerStatus.BUSY, pipeline=pipeline)
+                    self.parts.held.release(job.id, pipeline)
+                    pipeline.execute()
+                    break
+                except redis.exceptions.WatchError:
+                    continue  # the list changed, or the link dropped: read it again
+        assert execution is not None
+        self.executions[execution.id] = execution
         faults.reached("job.registered")
         return execution
+
+    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        """rq's step that marks the job STARTED (in the horse; in a simple worker's main thread), sent
+        again after a Redis error: rq's ``perform_job`` takes any exception here for the job's own, so
+        a dropped link failed a job that never ran, with no retry. Its writes (STARTED, heartbeats,
+        persist) are the same when sent twice. A Redis that stays away longer still fails it."""
+        for wait in PREPARE_RETRIES:
+            try:
+                super().prepare_job_execution(job, remove_from_intermediate_queue)
+                return
+            except REDIS_ERRORS:
+                time.sleep(wait)
+        super().prepare_job_execution(job, remove_from_intermediate_queue)
 
     def wait_for_horse(self) -> Any:
         self.parts.in_horse_wait = True
@@ -273,6 +320,11 @@ class ServiceWorkerMixin(_Base):
         try:
             super().execute_job(job, queue)
             faults.reached("job.ended")
+        except NotHeld:
+            log.warning("Job %s (%s) was put back on queue %s while this worker was silent (frozen or cut off) "
+                        "between taking it and starting it: not starting it here", job.id, func, queue.name,
+                        extra={"RQ_JOB_ID": job.id, "RQ_QUEUE": queue.name})
+            self.parts.guard.call(self.set_state, WorkerStatus.IDLE)
         except redis.exceptions.ResponseError as exc:
             self.parts.guard.exit_if_fatal(exc)  # a refusal, a moved cluster slot: one line, and out
             raise

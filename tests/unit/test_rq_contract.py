@@ -77,6 +77,8 @@ OVERRIDES: dict[type, dict[str, str]] = {
         "dequeue_timeout": "worker.py: a third of WatchdogSec",
         "check_for_suspension": "worker.py: a failed GET waits for Redis instead of ending the worker",
         "run_maintenance_tasks": "worker.py: likewise; tried again on the next pass",
+        "prepare_job_execution": "worker.py: the STARTED mark is sent again after a Redis error",
+        "clean_registries": "worker.py: registered, never started, expired: put back before rq's cleanup drops it",
         "wait_for_horse": "worker.py: a stop wakes the monitor at once",
         "kill_horse": "worker.py: a deliberate kill is not a crash",
     },
