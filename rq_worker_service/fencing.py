@@ -102,6 +102,8 @@ class Lost:
     """Seconds this fencer saw no beat of it, by its own clock."""
     period: float
     """The period it was judged by (the longer of its own and the fencer's)."""
+    mark: str = ""
+    """What this fencer wrote as its fencing mark (``FENCED_KEY``); a rejoin of the name removes it."""
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,13 @@ class Membership:
         self._sightings.clear()
         return json.loads(previous) if previous else None
 
+    def still_fenced(self, lost: Lost) -> bool:
+        """Whether ``lost`` is still the member this fencer claimed: not rejoined since. A fencer slow
+        between its claim and its steps (paused, a slow CLIENT LIST) must not act on a restarted
+        instance of the same name, which joined anew (clearing the mark) and runs jobs of its own."""
+        mark = self.connection.hget(FENCED_KEY, lost.name)
+        return mark is not None and (mark.decode() if isinstance(mark, bytes) else str(mark)) == lost.mark
+
     def beat(self) -> bool:
         """Count a beat; False if we were fenced meanwhile (then nothing is written).
 
@@ -201,7 +210,7 @@ class Membership:
             faults.reached("fence.claimed")
             member = json.loads(result)
             yield Lost(name=name, host=member.get("host", "?"), pid=member.get("pid"),
-                       queues=list(member.get("queues", [])), silent=silent, period=period)
+                       queues=list(member.get("queues", [])), silent=silent, period=period, mark=record)
 
     def _silent(self) -> list[tuple[str, Token, float, float]]:
         """(name, token, seconds silent, period) of each member whose token has not moved for its

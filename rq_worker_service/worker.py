@@ -67,6 +67,11 @@ class NotHeld(Exception):
     """The popped job left this worker's held list before its registration: someone put it back."""
 
 
+class TakenBack(Exception):
+    """This worker's execution of a job is gone: a rescue claimed it while the worker was silent
+    (frozen, cut off) and the job is queued, failed or running elsewhere now."""
+
+
 class ServiceWorkerMixin(_Base):
     """Everything systemd-specific; mixed in front of one of rq's worker classes."""
 
@@ -266,17 +271,55 @@ class ServiceWorkerMixin(_Base):
         return execution
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
-        """rq's step that marks the job STARTED (in the horse; in a simple worker's main thread), sent
-        again after a Redis error: rq's ``perform_job`` takes any exception here for the job's own, so
-        a dropped link failed a job that never ran, with no retry. Its writes (STARTED, heartbeats,
-        persist) are the same when sent twice. A Redis that stays away longer still fails it."""
-        for wait in PREPARE_RETRIES:
+        """rq's step that marks the job STARTED (in the horse; in a simple worker's main thread).
+
+        Only while this execution is still registered (its hash watched): a worker frozen between
+        its registration and this mark past its fencing deadline had the job put back by its fencer
+        (``recovery.claim`` deletes the execution); running it here too would run it twice at once,
+        and marking it STARTED would overwrite what the other run wrote (``TakenBack``, and nothing is
+        written). Sent again after a Redis error: rq's ``perform_job`` takes any exception here for
+        the job's own, so a dropped link failed a job that never ran, with no retry; the writes
+        (STARTED, heartbeats, persist) are the same when sent twice. A longer outage still fails it."""
+        for wait in (*PREPARE_RETRIES, None):
             try:
-                super().prepare_job_execution(job, remove_from_intermediate_queue)
-                return
+                self._mark_started(job)
+                break
             except REDIS_ERRORS:
+                if wait is None:
+                    raise
                 time.sleep(wait)
-        super().prepare_job_execution(job, remove_from_intermediate_queue)
+        self.procline(f"Processing {job.func_name} from {job.origin} since {time.time()}")
+
+    def _mark_started(self, job: Job) -> None:
+        """rq's ``prepare_job_execution`` writes, committed only while our execution exists."""
+        execution = getattr(self, "execution", None)
+        with self.connection.pipeline() as pipeline:
+            while True:
+                try:
+                    if execution is not None:
+                        pipeline.watch(execution.key)
+                        if not pipeline.exists(execution.key):
+                            raise TakenBack(job.id)
+                        pipeline.multi()
+                    heartbeat_ttl = self.get_heartbeat_ttl(job)
+                    self.heartbeat(heartbeat_ttl, pipeline=pipeline)
+                    job.heartbeat(now(), heartbeat_ttl, pipeline=pipeline)
+                    job.prepare_for_execution(self.name, pipeline=pipeline)
+                    pipeline.persist(job.key)
+                    pipeline.execute()
+                    return
+                except redis.exceptions.WatchError:
+                    continue  # the execution's heartbeat moved (the main process), or the link dropped
+
+    def _finalize_failure(self, job: Job, queue: Queue, execution: Execution, exc_info: Any) -> None:
+        """A job taken back before it started here (``TakenBack``) is not this worker's to fail: nothing
+        is written; a horse then exits 0, and its worker leaves the job to where it is now."""
+        if isinstance(exc_info[1], TakenBack):
+            log.warning("Job %s was put back on its queue while this worker was silent (frozen or cut off) between "
+                        "registering it and starting it: not running it here", job.id,
+                        extra={"RQ_JOB_ID": job.id, "RQ_QUEUE": queue.name})
+            return
+        super()._finalize_failure(job, queue, execution, exc_info)
 
     def wait_for_horse(self) -> Any:
         self.parts.in_horse_wait = True
@@ -348,7 +391,17 @@ class ServiceWorkerMixin(_Base):
 
     def handle_job_failure(self, job: Job, queue: Queue, started_job_registry: Any = None,
                            exc_string: str = "", execution: Execution | None = None) -> None:
-        """Record a job cut off under its worker as interrupted, with the default retry if it has none."""
+        """Record a job cut off under its worker as interrupted, with the default retry if it has none.
+
+        Not when a rescue took the job from this worker meanwhile (its execution is gone: the worker
+        was silent, and fenced): the job is queued, failed or running elsewhere, and a second retry
+        written here would queue it twice."""
+        if not self.is_horse and execution is not None and self.parts.guard.call(
+                self.connection.exists, execution.key) == 0:
+            log.warning("Job %s (%s) was rescued by another worker while this one was silent; its end here is not "
+                        "recorded (%s)", job.id, job_func(job), exc_string.strip(),
+                        extra={"RQ_JOB_ID": job.id, "RQ_QUEUE": queue.name})
+            return
         reason = None
         if not self.is_horse:
             reason = self.parts.lifecycle.cut_reason

@@ -147,8 +147,14 @@ class Fencer(Part):
         """Shut a lost worker out and re-run what it was running, now (see ``fencing``)."""
         connection, name = self.membership.connection, self.membership.name
         queues = lost.queues or self.queue_names()
+        if not self.membership.still_fenced(lost):
+            log.warning("Worker %s rejoined before this worker could fence it: left alone", lost.name)
+            return
         killed = self.membership.kill_connections(lost)
         forget_worker(connection, lost.name, queues)
+        if not self.membership.still_fenced(lost):  # (checked again: the steps above may have been slow)
+            log.warning("Worker %s rejoined while this worker fenced it: its jobs are its own", lost.name)
+            return
         reason = (f"worker {lost.name} on host {lost.host} stopped beating (frozen, cut off or its host lost) and "
                   f"was fenced by {name}")
         rescued = rescue_executions(connection, lost.name, queues, self.settings, reason, at_once=True)

@@ -66,8 +66,6 @@ def test_a_worker_frozen_with_a_job_in_hand_does_not_run_it_after_its_fencer_put
     assert executions(rconn, "in-hand") == 1 and overlaps(rconn, "default") == [], rconn.lrange("ran:default", 0, -1)
 
 
-@pytest.mark.xfail(strict=True, reason="a worker frozen after its registration, before its horse starts, runs the job "
-                   "its fencer re-queued on resume, at once with the re-run (until its next tick exits it)")
 def test_a_worker_frozen_after_the_registration_does_not_start_the_job_its_fencer_requeued(start_worker, rconn,
                                                                                           tmp_path):
     fast = {"WATCHDOG_USEC": "3000000", "RQ_WITH_SCHEDULER": "no"}
@@ -121,8 +119,6 @@ def test_a_registration_whose_reply_is_lost_runs_the_job_once(queues, start_work
     assert executions(rconn, "exec-lost") == 1
 
 
-@pytest.mark.xfail(strict=True, reason="a fencer slow between claiming a lost member and fencing it rescues the "
-                   "running job of that member's restarted instance (same name), which goes on running it")
 def test_a_slow_fencer_does_not_rescue_the_job_of_the_lost_workers_restarted_instance(start_worker, rconn,
                                                                                      tmp_path):
     """Worker 1 goes silent; worker 2 claims it as lost, then stalls (a pause, a slow CLIENT LIST) before
