@@ -107,6 +107,8 @@ class Held:
         self.key = keys.held(name)
         self._take = connection.register_script(_TAKE)
         self.retake = False
+        self.in_hand: str | None = None
+        """The id the last pop returned, until its registration (``worker.prepare_execution``)."""
         """A Redis error may have lost a pop's reply or a registration: the next pop takes what is held
         first. Only then: an id handed to rq that stays held without an error (an app's execute_job
         that returns without starting it) is put back when the worker leaves, not served again in a loop."""

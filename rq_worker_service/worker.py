@@ -199,6 +199,7 @@ class ServiceWorkerMixin(_Base):
         reply = self.parts.held.pop([queue.key for queue in self._ordered_queues], timeout)
         if reply is not None:
             self.parts.popping = False  # in hand: from here on the job is started, whatever comes
+            self.parts.held.in_hand = reply[1]
             faults.reached("pop.reply")
         return reply
 
@@ -246,7 +247,11 @@ class ServiceWorkerMixin(_Base):
         another (``held.put_back``); that job is queued or running elsewhere now, and starting it
         here too would run it twice at once (``NotHeld``). An id gone because an earlier attempt's
         ``EXEC`` was applied and its reply lost with the link (redis-py then raises WatchError, as
-        the watch died with the connection) is registered: that execution exists."""
+        the watch died with the connection) is registered: that execution exists. A job this worker
+        did not pop (rq's API called directly, as rq's own tests do) is registered as rq does."""
+        if job.id != self.parts.held.in_hand:
+            return super().prepare_execution(job)
+        self.parts.held.in_hand = None
         execution: Execution | None = None
         with self.connection.pipeline() as pipeline:
             while True:
@@ -293,6 +298,8 @@ class ServiceWorkerMixin(_Base):
     def _mark_started(self, job: Job) -> None:
         """rq's ``prepare_job_execution`` writes, committed only while our execution exists."""
         execution = getattr(self, "execution", None)
+        if execution is not None and execution.job_id != job.id:
+            execution = None  # rq's API called directly, for a job this worker is not executing
         with self.connection.pipeline() as pipeline:
             while True:
                 try:
