@@ -287,7 +287,7 @@ class ServiceWorkerMixin(_Base):
         (STARTED, heartbeats, persist) are the same when sent twice. A longer outage still fails it."""
         for wait in (*PREPARE_RETRIES, None):
             try:
-                self._mark_started(job)
+                self._mark_started(job, remove_from_intermediate_queue)
                 break
             except REDIS_ERRORS:
                 if wait is None:
@@ -295,7 +295,7 @@ class ServiceWorkerMixin(_Base):
                 time.sleep(wait)
         self.procline(f"Processing {job.func_name} from {job.origin} since {time.time()}")
 
-    def _mark_started(self, job: Job) -> None:
+    def _mark_started(self, job: Job, remove_from_intermediate_queue: bool) -> None:
         """rq's ``prepare_job_execution`` writes, committed only while our execution exists."""
         execution = getattr(self, "execution", None)
         if execution is not None and execution.job_id != job.id:
@@ -313,6 +313,9 @@ class ServiceWorkerMixin(_Base):
                     job.heartbeat(now(), heartbeat_ttl, pipeline=pipeline)
                     job.prepare_for_execution(self.name, pipeline=pipeline)
                     pipeline.persist(job.key)
+                    if remove_from_intermediate_queue:  # (rq's API; our pop never uses rq's intermediate list)
+                        pipeline.lrem(self.queue_class(job.origin, connection=self.connection).intermediate_queue_key,
+                                      1, job.id)
                     pipeline.execute()
                     return
                 except redis.exceptions.WatchError:
@@ -400,11 +403,9 @@ class ServiceWorkerMixin(_Base):
                            exc_string: str = "", execution: Execution | None = None) -> None:
         """Record a job cut off under its worker as interrupted, with the default retry if it has none.
 
-        Not when a rescue took the job from this worker meanwhile (its execution is gone: the worker
-        was silent, and fenced): the job is queued, failed or running elsewhere, and a second retry
-        written here would queue it twice."""
-        if not self.is_horse and execution is not None and self.parts.guard.call(
-                self.connection.exists, execution.key) == 0:
+        Not when a rescue took the job from this worker meanwhile (the worker was silent, and fenced):
+        the job is queued, failed or running elsewhere, and a retry written here would queue it twice."""
+        if not self.is_horse and execution is not None and self._claimed_by_a_rescue(queue, execution):
             log.warning("Job %s (%s) was rescued by another worker while this one was silent; its end here is not "
                         "recorded (%s)", job.id, job_func(job), exc_string.strip(),
                         extra={"RQ_JOB_ID": job.id, "RQ_QUEUE": queue.name})
@@ -423,6 +424,15 @@ class ServiceWorkerMixin(_Base):
                         "it will be retried" if retry else "no retries left, it is failed")
         super().handle_job_failure(job, queue, started_job_registry=started_job_registry, exc_string=exc_string,
                                    execution=execution)
+
+    def _claimed_by_a_rescue(self, queue: Queue, execution: Execution) -> bool:
+        """Whether a rescue took this execution's StartedJobRegistry entry (its claim removes it; the
+        execution's own hash is no sign: it also expires with its heartbeat TTL near a job's limit).
+        A Redis error says nothing: rq's own write that follows meets it too."""
+        try:
+            return self.connection.zscore(queue.started_job_registry.key, execution.composite_key) is None
+        except REDIS_ERRORS:
+            return False
 
     # -- signals: record, then let the tick act -------------------------------------------------
 
