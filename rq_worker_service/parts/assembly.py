@@ -22,6 +22,7 @@ from ..connection import Outage, primary_address, refresh_primary
 from ..fencing import Membership
 from ..handoff import Handoff
 from ..held import Held
+from ..lease import HorseLease
 from ..lifecycle import Lifecycle
 from ..notify import Notifier
 from ..orphans import IntermediateWatch
@@ -82,6 +83,9 @@ class ServiceParts:
         """The fork worker's: the next horse's Redis connection."""
         self.watch: JobWatch | None = None
         """The simple worker's: the thread that ticks while a job runs."""
+        self.lease: HorseLease | None = None
+        """The main loop's last tick, shared with the horse (``lease``): made at the first tick, before
+        any horse; a spawn horse's is its worker's."""
         self.order: list[Part] = []
 
     def attach(self, worker: ServiceWorkerMixin) -> None:
@@ -126,6 +130,7 @@ class ServiceParts:
         self.next_tick = self.clock() + self.interval
         if main_loop:
             self.woken.clear()
+            self.renew_lease()
         if alive:
             for part in self.order:
                 part.beat()
@@ -133,6 +138,13 @@ class ServiceParts:
             part.tick(main_loop)
         if main_loop and not self.lifecycle.stopping:
             self.guard.call(self._sweep)
+
+    def renew_lease(self) -> None:
+        """Before the beat: the horse ends its job once this is older than the fencing period less
+        half a tick, before anyone may fence this worker (``lease``)."""
+        if self.lease is None:
+            self.lease = HorseLease.create(limit=3 * self.interval - self.interval / 2)
+        self.lease.renew(time.monotonic())
 
     def _sweep(self) -> None:
         for part in self.order:
