@@ -143,7 +143,7 @@ class ServiceParts:
         """Before the beat: the horse ends its job once this is older than the fencing period less
         half a tick, before anyone may fence this worker (``lease``)."""
         if self.lease is None:
-            self.lease = HorseLease.create(limit=3 * self.interval - self.interval / 2)
+            self.lease = HorseLease.create(limit=self.fencer.membership.period - self.interval / 2)
         self.lease.renew(time.monotonic())
 
     def _sweep(self) -> None:
