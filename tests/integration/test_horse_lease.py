@@ -8,7 +8,6 @@ of a run killed mid-way.
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import time
