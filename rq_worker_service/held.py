@@ -107,6 +107,8 @@ class Held:
         self.key = keys.held(name)
         self._take = connection.register_script(_TAKE)
         self.retake = False
+        self.in_hand: str | None = None
+        """The id the last pop returned, until its registration (``worker.prepare_execution``)."""
         """A Redis error may have lost a pop's reply or a registration: the next pop takes what is held
         first. Only then: an id handed to rq that stays held without an error (an app's execute_job
         that returns without starting it) is put back when the worker leaves, not served again in a loop."""
@@ -144,8 +146,9 @@ class Held:
         job_id = self.connection.blmove(queue_key, self.key, timeout, "LEFT", "RIGHT")  # type: ignore[arg-type]
         return None if job_id is None else (queue_key, as_text(job_id))
 
-    def ids(self) -> list[str]:
-        return [as_text(i) for i in self.connection.lrange(self.key, 0, -1)]
+    def ids(self, connection=None) -> list[str]:
+        """What is held; ``connection``: read through it (a pipeline watching the list, before its MULTI)."""
+        return [as_text(i) for i in (connection or self.connection).lrange(self.key, 0, -1)]
 
     def join(self) -> None:
         """Be found by the sweep of dead owners' lists (``put_back_dead``)."""

@@ -92,9 +92,14 @@ def fencing_deadlines() -> str:
     return _service("deadlines")
 
 
+def fencing_beats() -> str:
+    """Hash: member worker name → how many times it has beaten; fencers judge silence by it not moving."""
+    return _service("beats")
+
+
 def fencing_members() -> str:
-    """Hash: member worker name → JSON {host, pid, queues, machine_id, boot_id}: what a fencer needs once
-    rq's record is gone."""
+    """Hash: member worker name → JSON {host, pid, queues, period, machine_id, boot_id}: what a fencer needs
+    once rq's record is gone."""
     return _service("members")
 
 

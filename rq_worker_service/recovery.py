@@ -33,7 +33,7 @@ from rq.job import Job, JobStatus
 from rq.rate_limit import release_slot
 from rq.registry import StartedJobRegistry
 from rq.results import Result
-from rq.utils import as_text, parse_composite_key
+from rq.utils import as_text, current_timestamp, parse_composite_key
 
 from . import faults, host
 from .config import Settings
@@ -156,6 +156,8 @@ class Claimed:
 
     job: Job
     retried: bool
+    started: bool = True
+    """False: registered but never started (put back at the front, untouched: no attempt, no callback)."""
 
 
 CLAIM_ATTEMPTS = 20
@@ -164,8 +166,8 @@ the job or its execution by someone else (a heartbeat of a worker that is alive 
 another rescuer), which the next attempt reads and judges anew."""
 
 
-def claim(queue: Queue, composite: str, owner: str, reason: str, settings: Settings, *, at_once: bool
-          ) -> Claimed | None:
+def claim(queue: Queue, composite: str, owner: str | None, reason: str, settings: Settings, *, at_once: bool,
+          unstarted_only: bool = False) -> Claimed | None:
     """Claim one StartedJobRegistry entry of ``owner`` and retry or fail its job, in one transaction.
 
     Until the transaction commits nothing has changed, so a rescuer that dies or is interrupted at
@@ -175,7 +177,8 @@ def claim(queue: Queue, composite: str, owner: str, reason: str, settings: Setti
     writes one of them in the transaction that removes the entry, so a claim that commits is the
     only one; the registry itself is not watched, since every job starting or ending on the queue
     writes it. Returns None when the entry is no longer ``owner``'s to rescue, or is a leftover of
-    a job not running any more (then it is only removed).
+    a job not running any more (then it is only removed). ``unstarted_only``: leave anything but a
+    job registered and never started (``put_back_unstarted``).
     """
     connection = queue.connection
     registry_key = queue.started_job_registry.key
@@ -186,15 +189,24 @@ def claim(queue: Queue, composite: str, owner: str, reason: str, settings: Setti
                 pipe.watch(Job.key_for(job_id), execution_key(composite))
                 if pipe.zscore(registry_key, composite) is None or execution_owner(pipe, composite) != owner:
                     return None  # ended, claimed by another rescuer, or another worker's
-                job = started_job(connection, job_id)
+                job, status = registered_job(connection, job_id)
+                if unstarted_only and status != JobStatus.QUEUED:
+                    return None
                 pipe.multi()
                 pipe.zrem(registry_key, composite)
                 pipe.delete(execution_key(composite))
-                retried = job is not None and settle_interrupted(
+                if job is not None and status == JobStatus.QUEUED:
+                    # Registered (prepare_execution) but its horse never set STARTED: it never ran. It
+                    # is in no queue and no held list any more, so this entry is all that is left of it.
+                    pipe.lrem(queue.key, 0, job_id)
+                    pipe.lpush(queue.key, job_id)
+                    pipe.execute()
+                    return Claimed(job, retried=True, started=False)
+                retried = job is not None and status == JobStatus.STARTED and settle_interrupted(
                     job, queue, f"{AbandonedJobError.__name__}: {reason}", settings.name, settings, pipe,
                     at_once=at_once)
                 pipe.execute()
-                return Claimed(job, retried) if job is not None else None
+                return Claimed(job, retried) if job is not None and status == JobStatus.STARTED else None
             except WatchError:
                 continue
     log.warning("Left job %s of worker %s in the started registry: %d attempts to claim it met other writes; the "
@@ -202,13 +214,45 @@ def claim(queue: Queue, composite: str, owner: str, reason: str, settings: Setti
     return None
 
 
-def started_job(connection: Redis, job_id: str) -> Job | None:
-    """The job, if it still exists and is STARTED; else its registry entry is a leftover."""
+UNSTARTED_MARGIN = 5
+"""Seconds before its expiry that ``put_back_unstarted`` takes an entry rq's cleanup is about to drop.
+A registration that has not reached STARTED ≈55 s after its last heartbeat is no live worker's."""
+
+
+def put_back_unstarted(queue: Queue, settings: Settings) -> list[str]:
+    """Put back the jobs registered and never started whose StartedJobRegistry entry has expired.
+
+    rq's ``StartedJobRegistry.cleanup`` (every worker's maintenance) handles only STARTED jobs and
+    drops every other expired entry: a job whose worker died between the registration and its
+    horse setting STARTED, and whose restarted instance or fencer did not come first (a host that
+    stays down or reboots slowly, every worker of the fleet on it), was lost. Run before it."""
+    connection = queue.connection
+    done = []
+    cutoff = current_timestamp() + UNSTARTED_MARGIN
+    for entry in connection.zrangebyscore(queue.started_job_registry.key, 0, cutoff):
+        composite = as_text(entry)  # type: ignore[arg-type]
+        job_id = parse_composite_key(composite)[0]
+        if as_text(connection.hget(Job.key_for(job_id), "status") or b"") != JobStatus.QUEUED.value:
+            continue
+        owner = execution_owner(connection, composite)
+        claimed = claim(queue, composite, owner, "its registration expired", settings, at_once=True,
+                        unstarted_only=True)
+        if claimed is not None:
+            log.warning("Job %s (%s) was registered by worker %s, which never started it and is gone: put back at "
+                        "the front of queue %s", job_id, job_func(claimed.job), owner or "?", queue.name,
+                        extra={"RQ_JOB_ID": job_id, "RQ_QUEUE": queue.name})
+            done.append(job_id)
+    return done
+
+
+def registered_job(connection: Redis, job_id: str) -> tuple[Job | None, JobStatus | None]:
+    """The job and its status, if it still exists. STARTED: it was running; QUEUED: registered but not
+    started yet (the horse sets STARTED); any other: its registry entry is a leftover."""
     try:
         job = Job.fetch(job_id, connection=connection)
     except NoSuchJobError:
-        return None
-    return job if job.get_status(refresh=False) == JobStatus.STARTED else None
+        return None, None
+    return job, job.get_status(refresh=False)
 
 
 def after_claim(job: Job, queue: Queue, retried: bool) -> None:
@@ -245,6 +289,12 @@ def rescue_executions(connection: Redis, owner: str, queue_names: list[str], set
             if claimed is None:
                 continue
             faults.reached("rescue.claimed")
+            if not claimed.started:
+                log.warning("Job %s (%s) of worker %s was registered but never started: put back at the front of "
+                            "queue %s", job_id, job_func(claimed.job), owner, name,
+                            extra={"RQ_JOB_ID": job_id, "RQ_QUEUE": name, "RQ_JOB_FUNC": job_func(claimed.job)})
+                recovered.append(Recovered(job_id, True))
+                continue
             log.warning("Rescued job %s (%s) of worker %s: %s", job_id, job_func(claimed.job), owner,
                         ("requeued at once" if at_once else "retrying") if claimed.retried
                         else "failed, no retries left",

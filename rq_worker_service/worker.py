@@ -44,7 +44,7 @@ from .notify import Notifier
 from .parts import log
 from .parts.assembly import ServiceParts
 from .process import die_with_parent
-from .recovery import apply_job_defaults, record_interruption
+from .recovery import apply_job_defaults, put_back_unstarted, record_interruption
 from .rqcompat import HORSE_DIED, STUCK_IN_INTERMEDIATE, job_func
 from .scheduling import start_scheduler
 
@@ -54,10 +54,22 @@ workers on other hosts and for stock rq workers' intermediate lists (two sightin
 each queue's pass is done by one worker under rq's maintenance lock, so a shorter interval costs
 little."""
 
+PREPARE_RETRIES = (0.5, 1.0, 2.0)
+"""Seconds waited before each retry of the STARTED mark after a Redis error (``prepare_job_execution``)."""
+
 if TYPE_CHECKING:
     _Base = Worker  # what the mixin is mixed into, for the type checker
 else:
     _Base = object
+
+
+class NotHeld(Exception):
+    """The popped job left this worker's held list before its registration: someone put it back."""
+
+
+class TakenBack(Exception):
+    """This worker's execution of a job is gone: a rescue claimed it while the worker was silent
+    (frozen, cut off) and the job is queued, failed or running elsewhere now."""
 
 
 class ServiceWorkerMixin(_Base):
@@ -116,6 +128,13 @@ class ServiceWorkerMixin(_Base):
 
     def run_maintenance_tasks(self) -> None:
         self.parts.guard.call(super().run_maintenance_tasks)  # tried again on the next pass of the loop
+
+    def clean_registries(self) -> None:
+        """rq's registry maintenance, after putting back what rq's cleanup would drop and lose: jobs
+        registered and never started whose entry expired (``recovery.put_back_unstarted``)."""
+        for queue in self.queues:
+            put_back_unstarted(queue, self.settings)
+        super().clean_registries()
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None
                                      ) -> tuple[Job, Queue] | None:
@@ -180,6 +199,7 @@ class ServiceWorkerMixin(_Base):
         reply = self.parts.held.pop([queue.key for queue in self._ordered_queues], timeout)
         if reply is not None:
             self.parts.popping = False  # in hand: from here on the job is started, whatever comes
+            self.parts.held.in_hand = reply[1]
             faults.reached("pop.reply")
         return reply
 
@@ -220,16 +240,93 @@ class ServiceWorkerMixin(_Base):
 
     def prepare_execution(self, job: Job) -> Execution:
         """rq's registration (the execution, the StartedJobRegistry entry, BUSY), and the id leaves the
-        held list in the same transaction: a popped job is never in neither."""
+        held list in the same transaction: a popped job is never in neither.
+
+        Only while the id is still held (watched): a worker frozen with the id in hand past its
+        fencing deadline, or whose rq worker key expired meanwhile, had its held list put back by
+        another (``held.put_back``); that job is queued or running elsewhere now, and starting it
+        here too would run it twice at once (``NotHeld``). An id gone because an earlier attempt's
+        ``EXEC`` was applied and its reply lost with the link (redis-py then raises WatchError, as
+        the watch died with the connection) is registered: that execution exists. A job this worker
+        did not pop (rq's API called directly, as rq's own tests do) is registered as rq does."""
+        if job.id != self.parts.held.in_hand:
+            return super().prepare_execution(job)
+        self.parts.held.in_hand = None
+        execution: Execution | None = None
         with self.connection.pipeline() as pipeline:
-            heartbeat_ttl = self.get_heartbeat_ttl(job)
-            execution = Execution.create(job, heartbeat_ttl, pipeline=pipeline, worker_name=self.name)
-            self.executions[execution.id] = execution
-            self.set_state(WorkerStatus.BUSY, pipeline=pipeline)
-            self.parts.held.release(job.id, pipeline)
-            pipeline.execute()
+            while True:
+                try:
+                    pipeline.watch(self.parts.held.key)
+                    if job.id not in self.parts.held.ids(pipeline):
+                        if execution is not None and pipeline.exists(execution.key):
+                            break
+                        raise NotHeld(job.id)
+                    pipeline.multi()
+                    heartbeat_ttl = self.get_heartbeat_ttl(job)
+                    execution = Execution.create(job, heartbeat_ttl, pipeline=pipeline, worker_name=self.name)
+                    self.set_state(WorkerStatus.BUSY, pipeline=pipeline)
+                    self.parts.held.release(job.id, pipeline)
+                    pipeline.execute()
+                    break
+                except redis.exceptions.WatchError:
+                    continue  # the list changed, or the link dropped: read it again
+        assert execution is not None
+        self.executions[execution.id] = execution
         faults.reached("job.registered")
         return execution
+
+    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        """rq's step that marks the job STARTED (in the horse; in a simple worker's main thread).
+
+        Only while this execution is still registered (its hash watched): a worker frozen between
+        its registration and this mark past its fencing deadline had the job put back by its fencer
+        (``recovery.claim`` deletes the execution); running it here too would run it twice at once,
+        and marking it STARTED would overwrite what the other run wrote (``TakenBack``, and nothing is
+        written). Sent again after a Redis error: rq's ``perform_job`` takes any exception here for
+        the job's own, so a dropped link failed a job that never ran, with no retry; the writes
+        (STARTED, heartbeats, persist) are the same when sent twice. A longer outage still fails it."""
+        for wait in (*PREPARE_RETRIES, None):
+            try:
+                self._mark_started(job)
+                break
+            except REDIS_ERRORS:
+                if wait is None:
+                    raise
+                time.sleep(wait)
+        self.procline(f"Processing {job.func_name} from {job.origin} since {time.time()}")
+
+    def _mark_started(self, job: Job) -> None:
+        """rq's ``prepare_job_execution`` writes, committed only while our execution exists."""
+        execution = getattr(self, "execution", None)
+        if execution is not None and execution.job_id != job.id:
+            execution = None  # rq's API called directly, for a job this worker is not executing
+        with self.connection.pipeline() as pipeline:
+            while True:
+                try:
+                    if execution is not None:
+                        pipeline.watch(execution.key)
+                        if not pipeline.exists(execution.key):
+                            raise TakenBack(job.id)
+                        pipeline.multi()
+                    heartbeat_ttl = self.get_heartbeat_ttl(job)
+                    self.heartbeat(heartbeat_ttl, pipeline=pipeline)
+                    job.heartbeat(now(), heartbeat_ttl, pipeline=pipeline)
+                    job.prepare_for_execution(self.name, pipeline=pipeline)
+                    pipeline.persist(job.key)
+                    pipeline.execute()
+                    return
+                except redis.exceptions.WatchError:
+                    continue  # the execution's heartbeat moved (the main process), or the link dropped
+
+    def _finalize_failure(self, job: Job, queue: Queue, execution: Execution, exc_info: Any) -> None:
+        """A job taken back before it started here (``TakenBack``) is not this worker's to fail: nothing
+        is written; a horse then exits 0, and its worker leaves the job to where it is now."""
+        if isinstance(exc_info[1], TakenBack):
+            log.warning("Job %s was put back on its queue while this worker was silent (frozen or cut off) between "
+                        "registering it and starting it: not running it here", job.id,
+                        extra={"RQ_JOB_ID": job.id, "RQ_QUEUE": queue.name})
+            return
+        super()._finalize_failure(job, queue, execution, exc_info)
 
     def wait_for_horse(self) -> Any:
         self.parts.in_horse_wait = True
@@ -273,6 +370,11 @@ class ServiceWorkerMixin(_Base):
         try:
             super().execute_job(job, queue)
             faults.reached("job.ended")
+        except NotHeld:
+            log.warning("Job %s (%s) was put back on queue %s while this worker was silent (frozen or cut off) "
+                        "between taking it and starting it: not starting it here", job.id, func, queue.name,
+                        extra={"RQ_JOB_ID": job.id, "RQ_QUEUE": queue.name})
+            self.parts.guard.call(self.set_state, WorkerStatus.IDLE)
         except redis.exceptions.ResponseError as exc:
             self.parts.guard.exit_if_fatal(exc)  # a refusal, a moved cluster slot: one line, and out
             raise
@@ -298,7 +400,17 @@ class ServiceWorkerMixin(_Base):
 
     def handle_job_failure(self, job: Job, queue: Queue, started_job_registry: Any = None,
                            exc_string: str = "", execution: Execution | None = None) -> None:
-        """Record a job cut off under its worker as interrupted, with the default retry if it has none."""
+        """Record a job cut off under its worker as interrupted, with the default retry if it has none.
+
+        Not when a rescue took the job from this worker meanwhile (its execution is gone: the worker
+        was silent, and fenced): the job is queued, failed or running elsewhere, and a second retry
+        written here would queue it twice."""
+        if not self.is_horse and execution is not None and self.parts.guard.call(
+                self.connection.exists, execution.key) == 0:
+            log.warning("Job %s (%s) was rescued by another worker while this one was silent; its end here is not "
+                        "recorded (%s)", job.id, job_func(job), exc_string.strip(),
+                        extra={"RQ_JOB_ID": job.id, "RQ_QUEUE": queue.name})
+            return
         reason = None
         if not self.is_horse:
             reason = self.parts.lifecycle.cut_reason

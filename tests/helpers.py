@@ -63,6 +63,8 @@ class RedisServer:
         self.dir = tempfile.mkdtemp(prefix="rqws-redis-")
         self.proc: subprocess.Popen | None = None
         self.extra_args: list[str] = []
+        self.env: dict[str, str] | None = None
+        """The server's environment (None: the test's), e.g. libfaketime's to step its clock."""
 
     @property
     def url(self) -> str:
@@ -75,7 +77,7 @@ class RedisServer:
         if self.password:
             args += ["--requirepass", self.password]
         args += self.extra_args
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=self.env)
         client = self.client()
         wait_until(lambda: _pings(client), 10, what="redis-server to answer")
         return self
@@ -92,6 +94,30 @@ class RedisServer:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class ClockShift:
+    """Steps the wall clock of the processes started with ``env()`` (``tests/clockshift/clockshift.c``,
+    built here with gcc): ``step_to(+60)`` puts it a minute ahead of the real one, at once."""
+
+    SOURCE = ROOT / "tests" / "clockshift" / "clockshift.c"
+
+    def __init__(self, directory: Path) -> None:
+        self.library = directory / "clockshift.so"
+        subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-o", str(self.library), str(self.SOURCE)], check=True)
+        self.file = directory / "clock-shift"
+        self.file.write_bytes(self._text(0))
+
+    @staticmethod
+    def _text(seconds: int) -> bytes:
+        return f"{seconds:+d}".ljust(15).encode() + b"\n"  # one width: rewritten in place, never truncated
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "LD_PRELOAD": str(self.library), "CLOCKSHIFT_FILE": str(self.file)}
+
+    def step_to(self, seconds: int) -> None:
+        with open(self.file, "r+b") as f:
+            f.write(self._text(seconds))
 
 
 def _port_free(port: int) -> bool:

@@ -67,6 +67,8 @@ class ServiceParts:
         """rq's job_monitoring_interval as set (the worker's property shortens it to land on a deadline)."""
         self.woken = threading.Event()
         """A signal asked for a tick now."""
+        self.sweeps_owed = False
+        """A tick off the main loop skipped the sweeps: the main loop owes them before its next pop."""
         self.next_tick = self.next_beat = 0.0
         """time.monotonic() at which the next tick, and the next of rq's heartbeats, are due."""
         self.popping = False
@@ -120,24 +122,37 @@ class ServiceParts:
     @property
     def tick_due(self) -> bool:
         """Between jobs: a tick is due once a tick interval has passed, when a signal asked for one
-        (``wake``) or while a job's end may be lost (the rescue waits for a tick)."""
-        return self.clock() >= self.next_tick or self.woken.is_set() or self.rescue.lost is not None
+        (``wake``), while a job's end may be lost (the rescue waits for a tick) or when the sweeps
+        are owed (the job just ended was ticked off the main loop)."""
+        return (self.clock() >= self.next_tick or self.woken.is_set() or self.rescue.lost is not None
+                or self.sweeps_owed)
 
     def tick(self, *, alive: bool = True, main_loop: bool = True) -> None:
         """Every part's hooks, in order. ``alive``: ping the watchdog and beat (every tick of the main
         loop is alive; only the simple worker's watch thread ticks without, once its job overran);
-        ``main_loop``: False on that thread, which waits on an event of its own."""
+        ``main_loop``: False on that thread, which waits on an event of its own.
+
+        The sweeps (fencing lost members, rescues, orphans) run from the main loop only: in the fork
+        and spawn workers that includes the ticks while the horse runs (rq's ``maintain_heartbeats``);
+        the simple worker's job holds the main loop, and a rescue's failure callbacks need the main
+        thread (rq's SIGALRM time limit), so its watch thread leaves them owed, and the main loop
+        does them as soon as the job ends, before its next pop: otherwise, with back-to-back jobs
+        longer than a tick, the watch thread's ticks keep the main loop's from ever being due."""
         self.next_tick = self.clock() + self.interval
         if main_loop:
             self.woken.clear()
             self.renew_lease()
+            self.sweeps_owed = False
         if alive:
             for part in self.order:
                 part.beat()
         for part in self.order:
             part.tick(main_loop)
-        if main_loop and not self.lifecycle.stopping:
-            self.guard.call(self._sweep)
+        if not self.lifecycle.stopping:
+            if main_loop:
+                self.guard.call(self._sweep)
+            else:
+                self.sweeps_owed = True
 
     def renew_lease(self) -> None:
         """Before the beat: the horse ends its job once this is older than the fencing period less

@@ -116,7 +116,8 @@ class PrimaryFollower(Part):
 
 class Fencer(Part):
     """This worker's membership (``fencing``): it beats from each live tick, exits once fenced, and
-    between jobs fences the members that went silent and re-runs what they were running."""
+    from the main loop's sweeps (between jobs, and while a fork or spawn horse runs one) fences the
+    members that went silent and re-runs what they were running."""
 
     def __init__(self, membership: Membership, guard: RedisGuard, queue_names: Callable[[], list[str]],
                  settings: Settings, host: Callable[[], str]) -> None:
@@ -146,16 +147,22 @@ class Fencer(Part):
         """Shut a lost worker out and re-run what it was running, now (see ``fencing``)."""
         connection, name = self.membership.connection, self.membership.name
         queues = lost.queues or self.queue_names()
+        if not self.membership.still_fenced(lost):
+            log.warning("Worker %s rejoined before this worker could fence it: left alone", lost.name)
+            return
         killed = self.membership.kill_connections(lost)
         forget_worker(connection, lost.name, queues)
+        if not self.membership.still_fenced(lost):  # (checked again: the steps above may have been slow)
+            log.warning("Worker %s rejoined while this worker fenced it: its jobs are its own", lost.name)
+            return
         reason = (f"worker {lost.name} on host {lost.host} stopped beating (frozen, cut off or its host lost) and "
                   f"was fenced by {name}")
         rescued = rescue_executions(connection, lost.name, queues, self.settings, reason, at_once=True)
         put_back(connection, lost.name, owner_gone=True, reason=f"it was fenced by {name}")  # popped, not started
         self.membership.record(lost, [r.job_id for r in rescued])
-        log.warning("Fenced worker %s on host %s (pid %s): silent %.0fs past its deadline; closed %d of its Redis "
-                    "connections, rescued %d job(s)%s", lost.name, lost.host, lost.pid or "?", lost.overdue, killed,
-                    len(rescued), "".join(f" {r.job_id}" for r in rescued))
+        log.warning("Fenced worker %s on host %s (pid %s): no beat for %.0fs by this worker's clock (period %.0fs); "
+                    "closed %d of its Redis connections, rescued %d job(s)%s", lost.name, lost.host, lost.pid or "?",
+                    lost.silent, lost.period, killed, len(rescued), "".join(f" {r.job_id}" for r in rescued))
 
     def exit_fenced(self) -> None:
         """Another worker fenced this one while it was silent and took over its jobs: take no other

@@ -29,8 +29,8 @@ SHIPPED_BOUND = 45
 WATCHDOG, ABORT, RESTART = 6, 2, 5
 """The short WatchdogSec= and TimeoutAbortSec= of the other tests, and the shipped RestartSec=."""
 PERIOD = WATCHDOG + 1
-"""A member is lost a watchdog period (three ticks) after its last beat, plus the second the deadline
-is rounded up by."""
+"""A member is lost a watchdog period (three ticks) after a fencer first saw its last beat (within a
+tick of it), by the fencer's clock; the second is slack."""
 RERUN_BOUND = 2 * PERIOD + 10
 """A lost host's jobs re-run within this (the shipped 60 s for a 31 s period, scaled)."""
 WATCHDOG_DROPIN = "/etc/systemd/system/rq-worker@.service.d/e2e-watchdog.conf"

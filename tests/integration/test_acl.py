@@ -75,7 +75,7 @@ def test_the_printed_rule_is_enough_for_workers_commands_and_the_helper(acl_user
     lost = redis.Redis.from_url(url, client_name="lost-worker")
     lost.ping()
     membership = Membership(user, "fencer", period=3)
-    assert membership.kill_connections(Lost("lost-worker", "host", None, ["default"], 1.0)) == 1
+    assert membership.kill_connections(Lost("lost-worker", "host", None, ["default"], 5.0, 3.0)) == 1
     denied = [entry for entry in rconn.acl_log() if entry.get("username") == "rqworker"]
     assert denied == [], denied  # nothing was refused to the user along the way
 

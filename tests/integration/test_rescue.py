@@ -57,7 +57,7 @@ def test_two_rescuers_interleaved_on_a_real_redis_requeue_once(rconn, monkeypatc
     queue.remove(job)
     dead.prepare_execution(job)
     dead.prepare_job_execution(job)
-    fetch, second = recovery.started_job, []
+    fetch, second = recovery.registered_job, []
 
     def second_rescuer_meanwhile(connection, job_id):
         if not second:
@@ -65,7 +65,7 @@ def test_two_rescuers_interleaved_on_a_real_redis_requeue_once(rconn, monkeypatc
             second[0] = recovery.rescue_executions(rconn, settings.name, ["default"], settings, "2nd", at_once=True)
         return fetch(connection, job_id)
 
-    monkeypatch.setattr(recovery, "started_job", second_rescuer_meanwhile)
+    monkeypatch.setattr(recovery, "registered_job", second_rescuer_meanwhile)
     first = recovery.rescue_executions(rconn, settings.name, ["default"], settings, "1st", at_once=True)
     assert (first, [r.job_id for r in second[0]]) == ([], [job.id])
     assert queue.job_ids == [job.id]

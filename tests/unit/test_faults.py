@@ -16,13 +16,6 @@ from rq_worker_service import faults
 
 PACKAGE = Path(faults.__file__).resolve().parent
 
-PLACED_ON_OTHER_BRANCHES = {
-    "fence.claimed",  # branch `fence` (item 3)
-}
-"""Points whose step is being written on another branch of issue 25. Their cases are strict xfails:
-once the branches are merged they pass, which fails the run (XPASS strict) until this set is emptied.
-TODO(lead): empty this set after merging pop and fence (rescue's points came with main)."""
-
 
 def reached_in_source() -> dict[str, list[str]]:
     """Each point name passed to ``faults.reached`` in the package, with the files that pass it."""
@@ -33,11 +26,7 @@ def reached_in_source() -> dict[str, list[str]]:
     return found
 
 
-@pytest.mark.parametrize("point", [
-    pytest.param(point, marks=pytest.mark.xfail(strict=True, reason="placed on another branch of issue 25"))
-    if point in PLACED_ON_OTHER_BRANCHES else point
-    for point in faults.POINTS
-])
+@pytest.mark.parametrize("point", list(faults.POINTS))
 def test_each_point_is_reached_somewhere(point):
     assert point in reached_in_source(), f"no code calls faults.reached({point!r}): place it after its step"
 

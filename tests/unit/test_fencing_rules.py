@@ -1,5 +1,5 @@
-"""Membership, deadlines and claims (``fencing``) and the intermediate-list watch (``orphans``), on fakeredis
-with Lua: a fake clock for the members, Redis server time moved by rewriting the deadlines."""
+"""Membership, beats and claims (``fencing``) and the intermediate-list watch (``orphans``), on fakeredis
+with Lua: a fake monotonic clock for the members; a step of Redis's clock is the deadlines rewritten."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from helpers import FakeClock
 from rq import Queue
 from testjobs import quick_job
 
-from rq_worker_service.fencing import BEATS_KEY, FENCED_KEY, HISTORY_KEY, Membership, recent_fencings
+from rq_worker_service import fencing
+from rq_worker_service.fencing import BEATS_KEY, COUNTS_KEY, FENCED_KEY, HISTORY_KEY, MEMBERS_KEY, Membership
 from rq_worker_service.levels import WARNING
 from rq_worker_service.orphans import SETTLE, IntermediateWatch
 from rq_worker_service.recovery import predecessor_hung
@@ -37,104 +38,172 @@ def member(conn, name: str, clock: FakeClock, period: float = 3) -> Membership:
     return m
 
 
-def beat_for(clock: FakeClock, seconds: int, *members: Membership) -> None:
-    """Let time pass with every member beating each second, as their ticks would."""
+def run(clock: FakeClock, seconds: int, beating: list[Membership], fencers: list[Membership]
+        ) -> list[tuple[float, fencing.Lost]]:
+    """Let time pass a second at a time: each member in ``beating`` beats and each fencer sweeps, as
+    their ticks would; returns (time, claimed) of each claim."""
+    claims = []
     for _ in range(seconds):
         clock.now += 1
-        for m in members:
+        for m in beating:
             assert m.beat()
+        for f in fencers:
+            claims += [(clock.now, lost) for lost in f.claim_lost()]
+    return claims
 
 
-def expire(conn, name: str) -> None:
-    """Move ``name``'s deadline into the past, as if it had been silent for a while."""
-    conn.zadd(BEATS_KEY, {name: 1})
+def step_redis_clock(conn, seconds: float) -> None:
+    """What a step of Redis's clock does to the deadlines older versions judge by."""
+    for name, deadline in conn.zrange(BEATS_KEY, 0, -1, withscores=True):
+        conn.zadd(BEATS_KEY, {name: deadline - seconds})
 
 
-def test_a_silent_member_is_claimed_once_and_fenced_until_it_rejoins(conn):
+def test_a_silent_member_is_claimed_once_after_its_period_and_fenced_until_it_rejoins(conn):
     clock = FakeClock(1000.0)
     a, b, c = member(conn, "a", clock), member(conn, "b", clock), member(conn, "c", clock)
-    beat_for(clock, 3, a, b, c)
-    expire(conn, "b")
-    claimed = a.claim_lost()
-    assert [(lost.name, lost.host, lost.queues) for lost in claimed] == [("b", "host-b", ["default"])]
-    assert c.claim_lost() == []  # claimed once: the second fencer finds nothing
+    run(clock, 2, [a, b, c], [a, c])
+    silent_from = clock.now
+    claims = run(clock, 8, [a, c], [a, c])
+    assert [(lost.name, lost.host, lost.queues) for _, lost in claims] == [("b", "host-b", ["default"])]  # once
+    at, lost = claims[0]
+    assert at - silent_from == 3  # its last beat seen at once, lost a period later by a's clock
+    assert lost.silent == 3 and lost.period == 3
     assert b.beat() is False  # b wakes up: fenced, and its beat writes nothing
-    assert conn.zscore(BEATS_KEY, "b") is None
+    assert conn.zscore(BEATS_KEY, "b") is None and not conn.hexists(COUNTS_KEY, "b")
     assert json.loads(conn.hget(FENCED_KEY, "b"))["by"] == "a"
     b.join("host-b", 4343, ["default"])  # restarted by its systemd
     assert conn.hget(FENCED_KEY, "b") is None and b.beat() is True
 
 
-def test_rejoining_reports_who_fenced_it(conn):
-    clock = FakeClock(1000.0)
-    a, b = member(conn, "a", clock), member(conn, "b", clock)
-    beat_for(clock, 3, a)
-    expire(conn, "b")
-    a.claim_lost()
-    assert b.join("host-b", 1, ["default"])["by"] == "a"
-
-
-def test_no_fencing_until_the_fencer_has_beaten_on_time_for_a_whole_period(conn):
+def test_the_third_sweep_finds_a_member_silent_for_three_ticks_even_if_a_little_early(conn):
+    """Sweeps land a little earlier or later in their ticks; a period of three ticks must not wait
+    for a fourth sweep because the third came a few milliseconds short."""
     clock = FakeClock(1000.0)
     a, _ = member(conn, "a", clock), member(conn, "b", clock)
-    expire(conn, "b")
-    assert a.claim_lost() == []  # joined just now
-    clock.now += 1
+    claims = []
+    for _ in range(4):
+        clock.now += 0.95
+        a.beat()
+        claims.append([lost.name for lost in a.claim_lost()])
+    assert claims == [[], [], [], ["b"]]  # seen at the first sweep, lost at the fourth: three ticks later
+
+
+def test_a_step_of_redis_clock_fences_no_one(conn):
+    """Deadlines in Redis time all pass at once when Redis's clock steps forward: the old rule fenced
+    every member at the first sweep. Silence on the fencer's clock is what counts."""
+    clock = FakeClock(1000.0)
+    a, b = member(conn, "a", clock), member(conn, "b", clock)
+    run(clock, 3, [a, b], [a, b])
+    for step in (60, -60, 3600):
+        step_redis_clock(conn, step)
+        assert run(clock, 1, [], [a, b]) == []  # no one beat in between: every deadline past, no claim
+        assert run(clock, 6, [a, b], [a, b]) == []
+
+
+def test_a_member_that_beats_between_the_look_and_the_claim_is_not_claimed(conn):
+    clock = FakeClock(1000.0)
+    a, b = member(conn, "a", clock), member(conn, "b", clock)
+    run(clock, 3, [a], [a])  # b silent for 2 s by a's clock: one more second and it is lost
+    claim = a._claim
+
+    def b_beats_first(**kwargs):
+        assert b.beat()
+        return claim(**kwargs)
+
+    a._claim = b_beats_first
+    assert run(clock, 1, [a], [a]) == []
+    a._claim = claim
+    assert conn.zscore(BEATS_KEY, "b") is not None and not conn.hexists(FENCED_KEY, "b")
+    assert run(clock, 3, [a], [a]) == []  # its beat counts from when a saw it: a full period again
+    assert [lost.name for _, lost in run(clock, 1, [a], [a])] == ["b"]
+
+
+def test_a_break_in_the_fencers_own_beats_forgets_what_it_saw(conn):
+    clock = FakeClock(1000.0)
+    a, _ = member(conn, "a", clock), member(conn, "b", clock)
+    run(clock, 3, [a], [a])
+    clock.now += 2  # a late beat of its own (Redis or this process stalled): b may not have been able to beat
     a.beat()
-    clock.now += 1
-    a.beat()
-    clock.now += 1.6  # a late beat of its own (Redis or this process stalled): the count starts again
-    a.beat()
-    clock.now += 1
-    a.beat()
-    assert a.claim_lost() == []
-    clock.now += 1.4
-    a.beat()
-    clock.now += 0.6
-    a.beat()
-    assert [lost.name for lost in a.claim_lost()] == ["b"]
+    assert list(a.claim_lost()) == []
+    assert run(clock, 2, [a], [a]) == []  # seen again at the late beat's sweep: a period from there
+    assert [lost.name for _, lost in run(clock, 1, [a], [a])] == ["b"]
+
+
+def test_a_sweep_long_after_the_fencers_last_beat_vouches_for_no_one(conn):
+    clock = FakeClock(1000.0)
+    a, _ = member(conn, "a", clock), member(conn, "b", clock)
+    run(clock, 3, [a], [a])
+    clock.now += 10  # frozen between its beat and its sweep: Redis may have been away meanwhile
+    assert list(a.claim_lost()) == []
+    assert run(clock, 3, [a], [a]) == []  # its next beat is late too: b is seen anew from there
+    assert [lost.name for _, lost in run(clock, 1, [a], [a])] == ["b"]
 
 
 def test_a_failed_beat_is_a_break(conn, server):
     clock = FakeClock(1000.0)
-    a = member(conn, "a", clock)
-    beat_for(clock, 3, a)
-    assert a.may_fence
+    a, _ = member(conn, "a", clock), member(conn, "b", clock)
+    run(clock, 2, [a], [a])
     server.connected = False
     with pytest.raises(redis.exceptions.ConnectionError):
         a.beat()
     server.connected = True
-    a.beat()
-    assert not a.may_fence
+    assert run(clock, 3, [a], [a]) == []
+    assert [lost.name for _, lost in run(clock, 1, [a], [a])] == ["b"]
+
+
+def test_a_member_is_judged_by_the_longer_of_its_period_and_the_fencers(conn):
+    """A fencer's own beats vouch for Redis only at their grain: a member with a shorter period
+    waits for the fencer's."""
+    clock = FakeClock(1000.0)
+    fast, _, _ = member(conn, "fast", clock, period=3), member(conn, "quick", clock), member(conn, "slow", clock, 9)
+    claims = run(clock, 12, [fast], [fast])
+    assert [(at - 1000, lost.name, lost.period) for at, lost in claims] == [(4, "quick", 3), (10, "slow", 9)]
+    slow, _ = member(conn, "slow", clock, period=9), member(conn, "quick", clock)
+    claims = run(clock, 12, [slow, fast], [slow])
+    assert [(at - 1012, lost.name, lost.period) for at, lost in claims] == [(10, "quick", 9)]
+
+
+def test_an_older_versions_member_is_judged_by_its_moving_deadline_and_the_longest_period(conn):
+    """A worker of an older version beats only its deadline and records no period: it is lost after
+    the longest period a member can have, and a deadline moving with Redis's clock is a beat."""
+    clock = FakeClock(1000.0)
+    a = member(conn, "a", clock)
+    conn.hset(MEMBERS_KEY, "old", json.dumps({"host": "h", "pid": 1, "queues": ["default"]}))
+    conn.hset(COUNTS_KEY, "old", 7)  # left by a newer version of it: stays put now
+    deadline = 2000
+    for _ in range(int(fencing.LEGACY_PERIOD) * 2):
+        deadline += 1
+        conn.zadd(BEATS_KEY, {"old": deadline})
+        assert run(clock, 1, [a], [a]) == []
+    claims = run(clock, int(fencing.LEGACY_PERIOD), [a], [a])
+    legacy = fencing.LEGACY_PERIOD
+    assert [(lost.name, lost.silent, lost.period) for _, lost in claims] == [("old", legacy, legacy)]
 
 
 def test_leaving_cleanly_is_never_fenced_and_a_member_never_fences_itself(conn):
     clock = FakeClock(1000.0)
     a, b = member(conn, "a", clock), member(conn, "b", clock)
-    beat_for(clock, 3, a)
+    run(clock, 2, [a], [a])
     b.leave()
-    expire(conn, "a")
-    assert a.claim_lost() == []
-    assert conn.zcard(BEATS_KEY) == 1
+    assert run(clock, 8, [], [a]) == []  # a stops beating too: late, so it judges no one, itself least
+    assert conn.zcard(BEATS_KEY) == 1 and not conn.hexists(COUNTS_KEY, "b")
 
 
 def test_fencing_history_is_listed_and_warned_about_in_status(conn):
     clock = FakeClock(1000.0)
     a, _ = member(conn, "a", clock), member(conn, "host-b.rq-worker@1", clock)
-    beat_for(clock, 3, a)
-    expire(conn, "host-b.rq-worker@1")
-    [lost] = a.claim_lost()
+    [(_, lost)] = run(clock, 6, [a], [a])
     a.record(lost, ["job-1", "job-2"])
-    assert [f.worker for f in recent_fencings(conn)] == ["host-b.rq-worker@1"]
+    assert [f.worker for f in fencing.recent_fencings(conn)] == ["host-b.rq-worker@1"]
     report = evaluate(collect(conn, "redis://x"))
     assert report.level == WARNING
     assert any("host-b.rq-worker@1 on host host-host-b.rq-worker@1 was fenced by a" in p for p in report.problems)
     text = render_text(report)
     assert "Fenced workers" in text and "job-1 job-2" in text
     assert 'rq_fenced_workers{host="host-host-b.rq-worker@1"} 1' in render_prometheus(report)
-    assert recent_fencings(conn, keep=-1) == []  # older than the window: not listed
+    assert fencing.recent_fencings(conn, keep=-1) == []  # older than the window: not listed
     conn.lpush(HISTORY_KEY, "not json")
-    assert len(recent_fencings(conn)) == 1
+    assert len(fencing.recent_fencings(conn)) == 1
 
 
 def test_intermediate_watch_requeues_an_unstarted_job_at_the_second_sighting(conn):

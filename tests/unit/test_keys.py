@@ -17,11 +17,11 @@ def test_the_service_keys_keep_their_names():
     """Stored data: a renamed key would hide every worker's and autoscaler's entries from the others."""
     assert keys.imported() == "rq"  # the test process imported rq without RQ_KEY_PREFIX
     assert [keys.enqueued(), keys.autoscalers(), keys.autoscale_step(), keys.fencing_deadlines(),
-            keys.fencing_members(), keys.fencing_fenced(), keys.fencing_history(), keys.held("h.rq-worker@1"),
-            keys.holders()] == [
+            keys.fencing_members(), keys.fencing_fenced(), keys.fencing_history(), keys.fencing_beats(),
+            keys.held("h.rq-worker@1"), keys.holders()] == [
         "rq:service:enqueued", "rq:service:autoscalers", "rq:service:autoscale-step", "rq:service:deadlines",
-        "rq:service:members", "rq:service:fenced", "rq:service:fencings", "rq:service:held:h.rq-worker@1",
-        "rq:service:holders"]
+        "rq:service:members", "rq:service:fenced", "rq:service:fencings", "rq:service:beats",
+        "rq:service:held:h.rq-worker@1", "rq:service:holders"]
 
 
 def test_the_acl_rule_covers_every_key_and_channel_under_the_prefix():

@@ -244,10 +244,13 @@ def test_the_sweep_fences_a_silent_member_and_records_it(conn, clock, guard, cap
     a, b = fencer(conn, "a", clock, guard), fencer(conn, "b", clock, guard)
     a.started()
     b.started()
-    for _ in range(3):
+    for _ in range(3):  # b is silent: a sees its beat count stand still for a period
         clock.now += 1
         a.beat()
-    conn.zadd(BEATS_KEY, {"b": 1})  # b has been silent past its deadline
+        a.sweep()
+    assert not conn.hexists(FENCED_KEY, "b")
+    clock.now += 1
+    a.beat()
     a.sweep()
     assert json.loads(conn.hget(FENCED_KEY, "b"))["by"] == "a"
     assert json.loads(conn.lindex(HISTORY_KEY, 0))["worker"] == "b"
@@ -564,6 +567,26 @@ def test_between_jobs_a_tick_runs_only_when_due(parts, clock):
     clock.now += parts.interval
     parts.between_jobs()
     assert calls.count("a.beat") == 4
+
+
+def test_sweeps_a_watch_thread_tick_skipped_are_done_before_the_next_pop(parts, clock):
+    """The simple worker's watch thread ticks through a long job without sweeping; each of its
+    ticks pushes the main loop's next one a tick away, so with back-to-back long jobs the main loop
+    would never sweep (fence, rescue, re-queue orphans). The sweeps it owes are done at once."""
+    calls: list[str] = []
+    parts.order = [Hooks("a", calls)]
+    parts.between_jobs()
+    clock.now += parts.interval
+    parts.tick(main_loop=False)  # the job ran a tick long; it ends now
+    parts.between_jobs()
+    assert calls[-2:] == ["a.tick(True)", "a.sweep"]
+    calls.clear()
+    parts.between_jobs()  # owed once
+    assert calls == []
+    parts.lifecycle.request_stop("SIGTERM")
+    parts.tick(main_loop=False)
+    parts.between_jobs()
+    assert calls == ["a.beat", "a.tick(False)"]  # nothing owed while stopping: no sweeping then
 
 
 def test_rqs_heartbeat_goes_out_once_per_beat_interval_unless_rq_gives_a_timeout(parts, clock):

@@ -80,7 +80,7 @@ def test_two_rescuers_at_once_requeue_the_job_once(conn, monkeypatch):
     fetches the job): the first one's transaction fails, it reads again, finds the entry gone."""
     job, _ = predecessor_running(conn, {"retry": Retry(max=3)})
     s = settings()
-    fetch, inner = recovery.started_job, []
+    fetch, inner = recovery.registered_job, []
 
     def second_rescuer_meanwhile(connection, job_id):
         if not inner:
@@ -88,7 +88,7 @@ def test_two_rescuers_at_once_requeue_the_job_once(conn, monkeypatch):
             inner[0] = rescue_executions(conn, s.name, ["default"], s, "second", at_once=True)
         return fetch(connection, job_id)
 
-    monkeypatch.setattr(recovery, "started_job", second_rescuer_meanwhile)
+    monkeypatch.setattr(recovery, "registered_job", second_rescuer_meanwhile)
     first = rescue_executions(conn, s.name, ["default"], s, "first", at_once=True)
     assert (first, [r.job_id for r in inner[0]]) == ([], [job.id])
     queue = Queue("default", connection=conn)
@@ -219,3 +219,25 @@ def test_apply_default_retry_leaves_jobs_with_their_own_retry_alone(conn):
     job = Queue(connection=conn).enqueue(quick_job, 1)
     assert apply_default_retry(job, settings(RQ_JOB_RETRY_MAX="4", RQ_JOB_RETRY_DELAY="7")) is True
     assert (job.retries_left, job.retry_intervals) == (4, [7])
+
+
+def test_a_job_registered_but_never_started_goes_back_to_the_front_untouched(conn):
+    """Killed between the registration and the horse's STARTED: the entry's job is still queued,
+    in no list; the rescue puts it back first in line, no attempt taken, no callback, no result."""
+    s = settings()
+    queue = Queue("default", connection=conn)
+    job = queue.enqueue(quick_job, 1, retry=Retry(max=2), on_failure=Callback(note_failure))
+    waiting = queue.enqueue(quick_job, 2)
+    worker = Worker([queue], name=s.name, connection=conn)
+    worker.register_birth()
+    queue.remove(job)
+    worker.prepare_execution(job)  # the horse never ran prepare_job_execution
+    conn.hset(worker.key, mapping={"pid": DEAD_PID, "hostname": HOST})
+    recovered = recover_predecessor(conn, s, HOST)
+    assert [(r.job_id, r.retried) for r in recovered] == [(job.id, True)]
+    assert queue.job_ids == [job.id, waiting.id]
+    job = Job.fetch(job.id, connection=conn)
+    assert (job.get_status(), job.retries_left, job.latest_result()) == (JobStatus.QUEUED, 2, None)
+    assert not conn.exists(f"failure-callback:{job.id}")
+    assert queue.started_job_registry.get_job_ids(cleanup=False) == []
+    assert rescue_executions(conn, s.name, ["default"], s, "again", at_once=True) == []

@@ -77,6 +77,9 @@ OVERRIDES: dict[type, dict[str, str]] = {
         "dequeue_timeout": "worker.py: a third of WatchdogSec",
         "check_for_suspension": "worker.py: a failed GET waits for Redis instead of ending the worker",
         "run_maintenance_tasks": "worker.py: likewise; tried again on the next pass",
+        "prepare_job_execution": "worker.py: the STARTED mark, only while our execution exists; again after an error",
+        "_finalize_failure": "worker.py: a job taken back before it started here is not failed here",
+        "clean_registries": "worker.py: registered, never started, expired: put back before rq's cleanup drops it",
         "wait_for_horse": "worker.py: a stop wakes the monitor at once",
         "kill_horse": "worker.py: a deliberate kill is not a crash",
     },
@@ -170,6 +173,9 @@ class Internal(NamedTuple):
 
 INTERNALS: list[Internal] = [
     # rq: the worker
+    Internal(("rq.worker.BaseWorker._finalize_failure",),
+             "worker.py: a job taken back (its execution claimed) before its STARTED mark is not failed here",
+             ("test_a_failure_rq_finalizes_goes_through_finalize_failure",)),
     Internal(("rq.worker.Worker._stop_requested",),
              "worker.py `_shutdown`: take no new job; cleared when a stop ends the pop, as rq leaves it",
              ("test_rqs_loop_pops_with_dequeue_timeout_and_ends_on_a_stop",)),
@@ -494,6 +500,27 @@ def test_the_registration_we_repeat_is_still_rqs():
     assert -1 not in positions and positions == sorted(positions), (
         f"rq {rq.__version__} changed prepare_execution: port worker.py's")
     assert source.count("pipeline.") == 1, f"rq {rq.__version__}'s prepare_execution does more: port worker.py's"
+
+
+def test_the_started_mark_we_repeat_is_still_rqs():
+    """worker.py repeats rq's prepare_job_execution writes inside a transaction watching the execution."""
+    source = inspect.getsource(BaseWorker.prepare_job_execution)
+    steps = ("with self.connection.pipeline() as pipeline:", "heartbeat_ttl = self.get_heartbeat_ttl(job)",
+             "self.heartbeat(heartbeat_ttl, pipeline=pipeline)",
+             "job.heartbeat(now(), heartbeat_ttl, pipeline=pipeline)",
+             "job.prepare_for_execution(self.name, pipeline=pipeline)", "pipeline.persist(job.key)",
+             "pipeline.execute()")
+    positions = [source.find(step) for step in steps]
+    assert -1 not in positions and positions == sorted(positions), (
+        f"rq {rq.__version__} changed prepare_job_execution: port worker.py's _mark_started")
+    assert source.count("pipeline.") == 3, f"rq {rq.__version__}'s prepare_job_execution does more: port worker.py's"
+
+
+def test_a_failure_rq_finalizes_goes_through_finalize_failure():
+    """worker.py's ``_finalize_failure`` sees every exception of perform_job, the STARTED mark's too."""
+    source = inspect.getsource(BaseWorker.perform_job)
+    assert source.find("self.prepare_job_execution(") < source.find("self._finalize_failure(job, queue, execution, "
+                                                                     "sys.exc_info())")
 
 
 if __name__ == "__main__":
