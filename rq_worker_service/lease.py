@@ -35,8 +35,10 @@ log = logging.getLogger("rq_worker_service.worker")
 LEASE_VAR = "RQ_WORKER_SERVICE_HORSE_LEASE"
 """Environment variable with the lease's path for the spawn horse, read and removed by ``horse``."""
 
-CHECK_EVERY = 0.5
-"""Seconds between two looks of the horse at the lease."""
+CHECK_EVERY = 0.1
+"""Seconds between two looks of the horse at the lease: a fencer may fence SWEEP_JITTER (0.25 s) short
+of a whole period after the beat, and the lease ends half a tick before that period, so the look
+must come well within the rest (half a tick less 0.35 s: 0.65 s at a 2 s tick, 4.65 s shipped)."""
 
 _LAYOUT = struct.Struct("=dd")
 """The main loop's last tick, and the limit (seconds) beyond which the horse must end."""

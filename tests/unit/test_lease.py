@@ -54,7 +54,7 @@ def test_the_horse_ends_itself_once_the_main_loop_is_silent_past_the_limit(caplo
     lease.renew(100.0)
     clock, ended = Clock(104.0), []
     thread = lease.guard_horse(clock, end=lambda: ended.append(clock.now))
-    thread.join(0.7)  # a look at 104 s, another at 104 s half a second later: not yet
+    thread.join(0.7)  # several looks at 104 s: not yet
     assert thread.is_alive() and not ended
     clock.now = 105.5
     with caplog.at_level(logging.ERROR):
