@@ -21,6 +21,7 @@ from rq.executions import Execution
 from . import journal
 from .config import load_settings
 from .connection import make_connection
+from .lease import LEASE_VAR, HorseLease
 from .notify import Notifier
 from .process import die_with_parent
 from .rqcompat import job_func
@@ -59,6 +60,9 @@ def main(argv: list[str]) -> None:
     worker._is_horse = True
     if isinstance(worker, ServiceWorkerMixin):
         worker.parts.main_pid = int(parent_pid)  # our main_work_horse dies with it
+        lease = os.environ.pop(LEASE_VAR, None)
+        if lease is not None:
+            worker.parts.lease = HorseLease.open(lease)  # our main_work_horse keeps to it
     worker.main_work_horse(job, queue)
 
 

@@ -390,6 +390,8 @@ class ServiceWorkerMixin(_Base):
 
     def main_work_horse(self, job: Job, queue: Queue) -> None:
         die_with_parent(self.parts.main_pid)
+        if self.parts.lease is not None:
+            self.parts.lease.guard_horse()  # ends this horse before anyone may fence its worker
         # The horse opens its own connections (redis-py's pool notices the fork) and lives for one
         # job: a health-check PING before its first command would be one more round trip per job.
         self.connection.connection_pool.connection_kwargs["health_check_interval"] = 0
@@ -413,6 +415,10 @@ class ServiceWorkerMixin(_Base):
         reason = None
         if not self.is_horse:
             reason = self.parts.lifecycle.cut_reason
+            if exc_string.startswith(HORSE_DIED):
+                # A horse that ended itself for its lease (``lease``): this worker may have been fenced
+                # meanwhile, the job re-queued and run elsewhere; then it is not ours to record.
+                self.parts.fencer.beat()
             if reason is None and exc_string.startswith(HORSE_DIED) and not self.parts.horse_killed:
                 reason = f"the work horse died under the job ({exc_string.strip().rstrip(';')})"
             elif reason is None and exc_string.startswith(STUCK_IN_INTERMEDIATE):

@@ -18,6 +18,7 @@ from rq.queue import Queue
 
 from . import faults
 from .handoff import Handoff
+from .lease import LEASE_VAR
 from .parts.jobwatch import JobWatch
 from .worker import ServiceWorkerMixin
 
@@ -73,6 +74,8 @@ class ServiceSpawnWorker(ServiceWorkerMixin, SpawnWorker):
         for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
             env.pop(name, None)  # only the worker talks to systemd
         env[HORSE_CONFIG_VAR] = base64.b64encode(self._dump_worker_config()).decode()
+        if self.parts.lease is not None:
+            env[LEASE_VAR] = self.parts.lease.path
         execution = self.execution
         assert execution is not None
         argv = [sys.executable, "-m", "rq_worker_service.horse", self.key, job.id, queue.name, execution.id,

@@ -22,6 +22,7 @@ from ..connection import Outage, primary_address, refresh_primary
 from ..fencing import Membership
 from ..handoff import Handoff
 from ..held import Held
+from ..lease import HorseLease
 from ..lifecycle import Lifecycle
 from ..notify import Notifier
 from ..orphans import IntermediateWatch
@@ -84,6 +85,9 @@ class ServiceParts:
         """The fork worker's: the next horse's Redis connection."""
         self.watch: JobWatch | None = None
         """The simple worker's: the thread that ticks while a job runs."""
+        self.lease: HorseLease | None = None
+        """The main loop's last tick, shared with the horse (``lease``): made at the first tick, before
+        any horse; a spawn horse's is its worker's."""
         self.order: list[Part] = []
 
     def attach(self, worker: ServiceWorkerMixin) -> None:
@@ -137,6 +141,7 @@ class ServiceParts:
         self.next_tick = self.clock() + self.interval
         if main_loop:
             self.woken.clear()
+            self.renew_lease()
             self.sweeps_owed = False
         if alive:
             for part in self.order:
@@ -148,6 +153,13 @@ class ServiceParts:
                 self.guard.call(self._sweep)
             else:
                 self.sweeps_owed = True
+
+    def renew_lease(self) -> None:
+        """Before the beat: the horse ends its job once this is older than the fencing period less
+        half a tick, before anyone may fence this worker (``lease``)."""
+        if self.lease is None:
+            self.lease = HorseLease.create(limit=self.fencer.membership.period - self.interval / 2)
+        self.lease.renew(time.monotonic())
 
     def _sweep(self) -> None:
         for part in self.order:

@@ -7,6 +7,7 @@ ran once from one that ran twice.
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 from rq import get_current_job
@@ -59,6 +60,20 @@ def timed_job(seconds: float) -> str:
     time.sleep(seconds)
     job.connection.rpush(f"ran:{job.origin}", f"{started} {time.time()} {job.id}")
     return job.id
+
+
+def alive_job(path: str, seconds: float) -> str:
+    """Runs ``seconds``, appending "<pid> <time>" to ``path`` at its start and every 0.1 s, and
+    "<pid> <time> end" at its end: each run's span, even of a run killed mid-way, for overlap checks."""
+    _count()
+    ends = time.monotonic() + seconds
+    while True:
+        done = time.monotonic() >= ends
+        with open(path, "a") as f:
+            f.write(f"{os.getpid()} {time.time()}{' end' if done else ''}\n")
+        if done:
+            return "done"
+        time.sleep(0.1)
 
 
 def logged_job(path: str, tag: str, seconds: float = 0.0) -> str:

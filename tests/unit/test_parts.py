@@ -13,6 +13,7 @@ import fakeredis
 import pytest
 import redis
 from helpers import FakeClock
+from rq import Queue
 
 from rq_worker_service import exits, journal
 from rq_worker_service.config import RedisTarget, Sentinels, load_settings
@@ -28,6 +29,7 @@ from rq_worker_service.parts.jobwatch import JobWatch
 from rq_worker_service.parts.liveness import FAILOVER_RETRY, Fencer, HostRecord, OwnRescue, PrimaryFollower, Watchdog
 from rq_worker_service.parts.reporting import COUNTS_VAR, Counters, StatusReporter
 from rq_worker_service.parts.stops import STOP_GRACE, Cutter, StopAnnouncer
+from rq_worker_service.rqcompat import HORSE_DIED
 from rq_worker_service.worker_classes import ServiceSimpleWorker, ServiceWorker
 
 TARGET = RedisTarget(url="redis://127.0.0.1:6379/0")
@@ -220,6 +222,22 @@ def test_a_fenced_worker_exits_at_its_next_beat_and_logs_who_fenced_it_when_it_r
     assert exited.value.args[1] == exits.TEMPFAIL and "worker a was fenced" in exited.value.args[0]
     a.started()
     assert "Rejoining: this worker had been fenced by b" in caplog.text
+
+
+def test_a_worker_fenced_while_its_horse_died_leaves_the_job_to_the_fencer(worker, monkeypatch):
+    """A horse that ended itself for its lease: the job was re-queued by the fencer and may run
+    elsewhere; recording the death (and its default retry) would run it once more."""
+    def leave(message, status, error):
+        raise Exited(message, status)
+    monkeypatch.setattr(worker.parts.guard, "exit_now", leave)
+    worker.parts.fencer.started()
+    queue = Queue("default", connection=worker.connection)
+    job = queue.enqueue("os.getpid")
+    worker.connection.hset(FENCED_KEY, worker.name, json.dumps({"by": "b", "at": 1}))
+    with pytest.raises(Exited) as exited:
+        worker.handle_job_failure(job, queue, exc_string=f"{HORSE_DIED}; waitpid returned 9 (signal 9); ")
+    assert exited.value.args[1] == exits.TEMPFAIL
+    assert job.get_status(refresh=True) == "queued" and worker.connection.zcard("rq:failed:default") == 0
 
 
 def test_the_sweep_fences_a_silent_member_and_records_it(conn, clock, guard, caplog):

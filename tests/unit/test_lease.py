@@ -1,0 +1,63 @@
+"""The horse lease (``lease``): the main loop's ticks renew it; the horse ends once it is too old."""
+
+from __future__ import annotations
+
+import logging
+
+import fakeredis
+
+from rq_worker_service.config import load_settings
+from rq_worker_service.lease import HorseLease
+from rq_worker_service.notify import Notifier
+from rq_worker_service.worker_classes import ServiceWorker
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def watchdog(usec: int) -> Notifier:
+    notifier = Notifier()
+    notifier.watchdog_usec = usec
+    return notifier
+
+
+def test_each_tick_of_the_main_loop_renews_the_lease_and_the_watch_thread_does_not():
+    parts = ServiceWorker(["default"], connection=fakeredis.FakeRedis(), settings=load_settings({}),
+                          notifier=watchdog(6_000_000)).parts
+    parts.order = []  # the parts' hooks are theirs to test
+    assert parts.lease is None  # no horse before the first tick, and none needs it
+    parts.tick()
+    assert parts.lease is not None
+    first, limit = parts.lease.read()
+    assert limit == 5.0  # the fencing period (3 ticks of 2 s) less half a tick
+    parts.tick(main_loop=False)  # the simple worker's watch thread: its ticks say nothing of the main loop
+    assert parts.lease.read()[0] == first
+    parts.tick()
+    assert parts.lease.read()[0] > first
+
+
+def test_a_horse_sees_its_workers_ticks_through_the_path_it_is_given():
+    lease = HorseLease.create(limit=5.0)
+    horse = HorseLease.open(lease.path)
+    lease.renew(1234.5)
+    assert horse.read() == (1234.5, 5.0)
+    assert horse.silent_for(1239.5) is None and horse.silent_for(1239.6) == 1239.6 - 1234.5
+
+
+def test_the_horse_ends_itself_once_the_main_loop_is_silent_past_the_limit(caplog):
+    lease = HorseLease.create(limit=5.0)
+    lease.renew(100.0)
+    clock, ended = Clock(104.0), []
+    thread = lease.guard_horse(clock, end=lambda: ended.append(clock.now))
+    thread.join(0.7)  # several looks at 104 s: not yet
+    assert thread.is_alive() and not ended
+    clock.now = 105.5
+    with caplog.at_level(logging.ERROR):
+        thread.join(2)
+    assert ended == [105.5] and not thread.is_alive()
+    assert "main loop has been silent for 6s (frozen or hung): this horse ends its job now" in caplog.text
