@@ -34,6 +34,11 @@ def set_job(job_id: str, func: str, queue: str) -> None:
     _context.update(RQ_JOB_ID=job_id, RQ_JOB_FUNC=func, RQ_QUEUE=queue)
 
 
+def current_job() -> str | None:
+    """The id of the job in hand in this process, if any (the fault suite records what it hit)."""
+    return _context.get("RQ_JOB_ID")
+
+
 def clear_job() -> None:
     for key in ("RQ_JOB_ID", "RQ_JOB_FUNC", "RQ_QUEUE"):
         _context.pop(key, None)

@@ -51,8 +51,9 @@ def reached(point: str) -> None:
         fd = os.open(_record_path(), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
         return
+    from rq_worker_service import journal  # the job in hand, if any (set by execute_job)
     record = {"point": point, "action": action, "pid": os.getpid(), "main": os.getpid() == _main_pid(),
-              "t": time.time()}
+              "t": time.time(), "job": journal.current_job()}
     os.write(fd, json.dumps(record).encode())
     os.close(fd)
     ACT[action]()
