@@ -12,6 +12,7 @@ command line.
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import pickle
 import sys
@@ -28,6 +29,8 @@ from .rqcompat import job_func
 from .service import extend_import_path
 from .worker import ServiceWorkerMixin
 from .worker_classes import HORSE_CONFIG_VAR
+
+log = logging.getLogger("rq_worker_service.horse")
 
 
 def main(argv: list[str]) -> None:
@@ -62,7 +65,10 @@ def main(argv: list[str]) -> None:
         worker.parts.main_pid = int(parent_pid)  # our main_work_horse dies with it
         lease = os.environ.pop(LEASE_VAR, None)
         if lease is not None:
-            worker.parts.lease = HorseLease.open(lease)  # our main_work_horse keeps to it
+            try:
+                worker.parts.lease = HorseLease.open(lease)  # our main_work_horse keeps to it
+            except OSError as exc:  # the job runs all the same, as before the lease existed
+                log.warning("This horse cannot read its worker's lease (%s): it runs without it", exc)
     worker.main_work_horse(job, queue)
 
 

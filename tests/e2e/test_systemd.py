@@ -159,6 +159,27 @@ def test_frozen_main_loop_is_aborted_by_watchdog_and_job_completes(box):
 
 
 
+def test_a_spawn_horse_keeps_its_lease_under_the_units_hardening(box):
+    """The spawn horse opens its worker's lease by /proc/<pid>/fd/<n>, under ProtectProc=invisible,
+    PrivateUsers= and the system-call filter: with the worker frozen mid-job the horse ends itself
+    (its line in the journal) before the watchdog, and the job runs again to the end."""
+    reset(box, "WatchdogSec=6s", "TimeoutAbortSec=2s")
+    box.write("/etc/rq-worker/worker-1.env", "RQ_WORKER_CLASS=spawn\n")
+    try:
+        systemctl(box, "start", "rq-worker@1")
+        ctl(box, "enqueue", "sleep_job", "12", "--id", "lease-job", "--retry", "3", "--interval", "1")
+        wait_status(box, "lease-job", "started", 20)
+        old = main_pid(box, "rq-worker@1")
+        box.run(["kill", "-STOP", str(old)])
+        wait_for(lambda: main_pid(box, "rq-worker@1") not in (0, old), 30, "the watchdog restart")
+        job = wait_status(box, "lease-job", "finished", 60)
+        assert job["executions"] == 2
+        log = box.run(["journalctl", "-u", "rq-worker@1", "--no-pager", "-o", "cat"]).stdout
+        assert "this horse ends its job now" in log and "cannot read its worker's lease" not in log
+    finally:
+        box.run(["rm", "-f", "/etc/rq-worker/worker-1.env"])
+
+
 def test_a_simple_workers_job_that_ends_the_process_restarts_the_unit_and_runs_again(box):
     """A job calling os._exit(0) ends a simple worker with status 0, which systemd counts as a
     success: the unit's ExecStopPost= sees that the worker did not leave its own way (no "left" in
