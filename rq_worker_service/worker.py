@@ -67,6 +67,19 @@ class NotHeld(Exception):
     """The popped job left this worker's held list before its registration: someone put it back."""
 
 
+_IF_EXISTS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local i = 1
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
+return 1
+"""
+"""Run the commands in ARGV (each: its length, then its words) only while KEYS[1] exists, at once."""
+
+
 class TakenBack(Exception):
     """This worker's execution of a job is gone: a rescue claimed it while the worker was silent
     (frozen, cut off) and the job is queued, failed or running elsewhere now."""
@@ -296,30 +309,37 @@ class ServiceWorkerMixin(_Base):
         self.procline(f"Processing {job.func_name} from {job.origin} since {time.time()}")
 
     def _mark_started(self, job: Job, remove_from_intermediate_queue: bool) -> None:
-        """rq's ``prepare_job_execution`` writes, committed only while our execution exists."""
+        """rq's ``prepare_job_execution`` writes, committed only while our execution exists.
+
+        rq's own methods queue the writes on a pipeline that is never executed; its commands go to
+        Redis in one script that runs them only if the execution's hash exists (``_IF_EXISTS``). A
+        WATCH, EXISTS, MULTI and EXEC around them did the same at two more commands per job."""
         execution = getattr(self, "execution", None)
         if execution is not None and execution.job_id != job.id:
             execution = None  # rq's API called directly, for a job this worker is not executing
         with self.connection.pipeline() as pipeline:
-            while True:
-                try:
-                    if execution is not None:
-                        pipeline.watch(execution.key)
-                        if not pipeline.exists(execution.key):
-                            raise TakenBack(job.id)
-                        pipeline.multi()
-                    heartbeat_ttl = self.get_heartbeat_ttl(job)
-                    self.heartbeat(heartbeat_ttl, pipeline=pipeline)
-                    job.heartbeat(now(), heartbeat_ttl, pipeline=pipeline)
-                    job.prepare_for_execution(self.name, pipeline=pipeline)
-                    pipeline.persist(job.key)
-                    if remove_from_intermediate_queue:  # (rq's API; our pop never uses rq's intermediate list)
-                        pipeline.lrem(self.queue_class(job.origin, connection=self.connection).intermediate_queue_key,
-                                      1, job.id)
-                    pipeline.execute()
-                    return
-                except redis.exceptions.WatchError:
-                    continue  # the execution's heartbeat moved (the main process), or the link dropped
+            heartbeat_ttl = self.get_heartbeat_ttl(job)
+            self.heartbeat(heartbeat_ttl, pipeline=pipeline)
+            job.heartbeat(now(), heartbeat_ttl, pipeline=pipeline)
+            job.prepare_for_execution(self.name, pipeline=pipeline)
+            pipeline.persist(job.key)
+            if remove_from_intermediate_queue:  # (rq's API; our pop never uses rq's intermediate list)
+                pipeline.lrem(self.queue_class(job.origin, connection=self.connection).intermediate_queue_key,
+                              1, job.id)
+            if execution is None:
+                pipeline.execute()
+                return
+            encode = self.connection.get_encoder().encode
+            flat: list[Any] = []
+            for args, _options in pipeline.command_stack:
+                flat += [len(args), *(encode(arg) for arg in args)]
+            pipeline.reset()
+        if not self._if_exists(keys=[execution.key], args=flat):
+            raise TakenBack(job.id)
+
+    @property
+    def _if_exists(self) -> Any:
+        return self.connection.register_script(_IF_EXISTS)
 
     def _finalize_failure(self, job: Job, queue: Queue, execution: Execution, exc_info: Any) -> None:
         """A job taken back before it started here (``TakenBack``) is not this worker's to fail: nothing
