@@ -186,19 +186,19 @@ def test_a_registered_job_whose_worker_stays_down_is_not_dropped_by_rqs_cleanup(
 CUT_AT_STARTED = '''
 import os
 import redis
-from redis.client import Pipeline
-_run = Pipeline._execute_transaction
+from redis.commands.core import Script
+_call = Script.__call__
 
-def _cut(self, connection, commands, raise_on_error):
-    starting = any(args[0] == "HSET" and "started" in args[2:] for args, _ in commands)
+def _cut(self, keys=[], args=[], client=None):
+    starting = any(arg in (b"started", "started") for arg in args)  # the STARTED mark's script
     mark = os.environ["CUT_MARK"]
     if starting and not os.path.exists(mark):  # the link drops as the job is about to be marked STARTED
         open(mark, "w").close()
-        connection.disconnect()
+        (client or self.registered_client).connection_pool.disconnect()
         raise redis.exceptions.ConnectionError("Connection closed by server (cut by the test)")
-    return _run(self, connection, commands, raise_on_error)
+    return _call(self, keys=keys, args=args, client=client)
 
-Pipeline._execute_transaction = _cut
+Script.__call__ = _cut
 '''
 
 
