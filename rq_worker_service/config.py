@@ -32,6 +32,7 @@ from .variables import (
 )
 
 CREDENTIAL_NAME = "redis-password"
+SENTINEL_CREDENTIAL_NAME = "redis-sentinel-password"
 MASK = "***"
 _SPLIT_REDIS_VARS = ("REDIS_HOST", "REDIS_PORT", "REDIS_DB")
 
@@ -157,35 +158,41 @@ def read(env: Mapping[str, str], name: str) -> Any:
     return var.default if raw is None else parse_value(var, raw)
 
 
-def _read_secret_file(path: str, variable: str) -> str:
+def _read_secret_file(path: str, variable: str, what: str) -> str:
     try:
         return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
     except OSError as exc:
-        raise ConfigError(variable, path, f"a readable file holding the Redis password ({exc.strerror})") from None
+        raise ConfigError(variable, path, f"a readable file holding the {what} ({exc.strerror})") from None
 
 
-def _password(env: Mapping[str, str]) -> str | None:
-    """The password from, in order: a systemd credential, REDIS_PASSWORD_FILE, REDIS_PASSWORD."""
+def _secret(env: Mapping[str, str], credential_name: str, variable: str, what: str) -> str | None:
+    """A password from, in order: the systemd credential ``credential_name``, ``<variable>_FILE``,
+    ``variable``. The same precedence for Redis's password and the sentinels'."""
     cred_dir = _get(env, "CREDENTIALS_DIRECTORY")
     if cred_dir:
-        credential = Path(cred_dir) / CREDENTIAL_NAME
+        credential = Path(cred_dir) / credential_name
         try:
             present = credential.is_file()
             vanished = not present and not Path(cred_dir).is_dir()
         except OSError as exc:  # systemd set the credential up, but we may not read it
-            raise ConfigError(f"credential {CREDENTIAL_NAME}", str(credential),
+            raise ConfigError(f"credential {credential_name}", str(credential),
                               f"a credential this service's user can read ({exc.strerror})") from None
         if vanished:  # systemd named a directory it did not set up: falling back would hide that
-            raise ConfigError(f"credential {CREDENTIAL_NAME}", str(credential),
+            raise ConfigError(f"credential {credential_name}", str(credential),
                               "a credential directory systemd has set up (CREDENTIALS_DIRECTORY names one "
                               "that does not exist in this service)")
         if present:
-            return _read_secret_file(str(credential), f"credential {CREDENTIAL_NAME}")
-    path = _get(env, "REDIS_PASSWORD_FILE")
+            return _read_secret_file(str(credential), f"credential {credential_name}", what)
+    path = _get(env, f"{variable}_FILE")
     if path:
-        return _read_secret_file(path, "REDIS_PASSWORD_FILE")
-    value = env.get("REDIS_PASSWORD")  # not stripped: a password may end in a space
+        return _read_secret_file(path, f"{variable}_FILE", what)
+    value = env.get(variable)  # not stripped: a password may end in a space
     return value if value else None
+
+
+def _password(env: Mapping[str, str]) -> str | None:
+    """The Redis password from a systemd credential, REDIS_PASSWORD_FILE or REDIS_PASSWORD (``_secret``)."""
+    return _secret(env, CREDENTIAL_NAME, "REDIS_PASSWORD", "Redis password")
 
 
 def _check_url(url: str, variable: str) -> tuple[str, str | None, str | None]:
@@ -276,8 +283,9 @@ def _sentinels(env: Mapping[str, str], variable: str, url: str, scheme: str, clu
                         f"primary of {master}")
     if variable == "REDIS_HOST" and (_get(env, "REDIS_HOST") or _get(env, "REDIS_PORT")):
         warnings.append("REDIS_SENTINELS is set, so REDIS_HOST and REDIS_PORT are not used (REDIS_DB is)")
+    password = _secret(env, SENTINEL_CREDENTIAL_NAME, "REDIS_SENTINEL_PASSWORD", "Sentinel password")
     return Sentinels(addresses=addresses, master=master, username=_get(env, "REDIS_SENTINEL_USERNAME"),
-                     password=env.get("REDIS_SENTINEL_PASSWORD") or None, ssl=read(env, "REDIS_SENTINEL_SSL"))
+                     password=password, ssl=read(env, "REDIS_SENTINEL_SSL"))
 
 
 _TLS_VARIABLES = {"REDIS_SSL_CA_CERTS": "ssl_ca_certs", "REDIS_SSL_CERTFILE": "ssl_certfile",

@@ -254,7 +254,9 @@ VARIABLES: tuple[Variable, ...] = (
              "required with REDIS_SENTINELS.", identifier, example="mymaster"),
     Variable("REDIS_SENTINEL_USERNAME", "ACL user name for the sentinels themselves (not for Redis)."),
     Variable("REDIS_SENTINEL_PASSWORD", "Password of the sentinels themselves (sentinel requirepass), if they "
-             "have one. Never logged or shown.", secret=True),
+             "have one. Never logged or shown. Prefer REDIS_SENTINEL_PASSWORD_FILE or the credential "
+             "redis-sentinel-password (LoadCredential=), which take precedence in that order.", secret=True),
+    Variable("REDIS_SENTINEL_PASSWORD_FILE", "File whose first line is the sentinels' password."),
     Variable("REDIS_SENTINEL_SSL", "Talk TLS to the sentinels too, with the REDIS_SSL_* files.", boolean,
              default=False),
     Variable("REDIS_SSL_CA_CERTS", "TLS (rediss://): the CA certificate(s) that signed Redis's certificate (PEM). "

@@ -65,6 +65,26 @@ def test_password_sources_in_order(tmp_path):
     assert load(REDIS_PASSWORD_FILE=pw_file, CREDENTIALS_DIRECTORY=creds).redis.password == "cred"
 
 
+def test_sentinel_password_sources_in_order_as_redis_password(tmp_path):
+    sentinel = dict(REDIS_SENTINELS="a:1", REDIS_SENTINEL_MASTER="m")
+    pw_file = tmp_path / "spw"
+    pw_file.write_text("from-file\n")
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    assert load(**sentinel, REDIS_SENTINEL_PASSWORD="var").redis.sentinels.password == "var"
+    assert load(**sentinel, REDIS_SENTINEL_PASSWORD="var",
+                REDIS_SENTINEL_PASSWORD_FILE=pw_file).redis.sentinels.password == "from-file"
+    (creds / "redis-password").write_text("not-the-sentinels")
+    assert load(**sentinel, REDIS_SENTINEL_PASSWORD_FILE=pw_file,
+                CREDENTIALS_DIRECTORY=creds).redis.sentinels.password == "from-file"
+    (creds / "redis-sentinel-password").write_text("cred\n")
+    settings = load(**sentinel, REDIS_SENTINEL_PASSWORD_FILE=pw_file, CREDENTIALS_DIRECTORY=creds)
+    assert (settings.redis.sentinels.password, settings.redis.password) == ("cred", "not-the-sentinels")
+    with pytest.raises(ConfigError, match="^REDIS_SENTINEL_PASSWORD_FILE='/no/file' is invalid: expected a "
+                       "readable file holding the Sentinel password"):
+        load(**sentinel, REDIS_SENTINEL_PASSWORD_FILE="/no/file")
+
+
 def test_special_characters_in_password_survive_the_url():
     s = load(REDIS_URL="rediss://user@h:6380/0", REDIS_PASSWORD="p@ss:w/rd#1")
     import redis
