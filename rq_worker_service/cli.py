@@ -58,8 +58,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-n", "--name", help="worker name (default: <hostname>.rq-worker@<instance>); it must be "
                    "stable for crash recovery to find the previous run's jobs")
     p.add_argument("--env-file", action="append", default=[], metavar="PATH",
-                   help="environment file to (re)apply at start and on every reload; the unit passes its "
-                        "EnvironmentFile= paths (default: none)")
+                   help="environment file to (re)apply at start and on every reload; the unit passes "
+                        "/etc/rq-worker/worker.env and worker-<instance>.env (default: none)")
     p.add_argument("--check", action="store_true",
                    help="only read and validate the configuration as run would (files, flags, the app's "
                         "virtualenv), print one line and exit 0, or 78 with the error; connects to nothing. "
@@ -367,6 +367,9 @@ def _acl(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if not args.check:
+        from .secret_env import scrub
+
+        scrub()  # first: a secret in the environment this process was started with must not stay there
         from .startup import early
 
         early.install()  # first: until the worker's own handlers exist, a stop or reload is recorded, not fatal

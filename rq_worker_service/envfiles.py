@@ -2,12 +2,13 @@
 
 Who wins differs on purpose between the two callers, and ``merge`` takes it as an argument:
 
-* ``run`` (``refresh_environment``): systemd reads ``EnvironmentFile=`` only when it starts the
-  process, so a reload that re-executes us in place would keep the old values. ``run --env-file
-  PATH`` (the unit passes the same files) re-applies them before each re-exec, each file *replacing*
+* ``run`` (``refresh_environment``): ``run --env-file PATH`` (the unit passes its files so, not as
+  ``EnvironmentFile=``, whose values systemd would put in every process's environment, secrets
+  included) applies them at start and again before each reload's re-exec, each file *replacing*
   what the environment holds, later files winning, as systemd does; then ``.env`` fills in only
   what is still unset. Keys the files set last time and no longer set are removed, so deleting a
-  line takes effect too.
+  line takes effect too. The environment written to is ``secret_env.environment``: a password
+  goes to its private side, never into ``os.environ``.
 * the operator commands (``status``, ``job`` …; ``commands_environment``): run from a shell, where
   a variable the operator sets by hand (``REDIS_URL=… rq-worker-service status``) must win; so the
   environment comes first, then the workers' env file, then ``.env``, each only *filling in*: the
@@ -64,7 +65,8 @@ def app_dotenv(env: Mapping[str, str], default: Path) -> Path:
 def refresh_environment(env_files: Sequence[str], dotenv: Path,
                         environ: MutableMapping[str, str] | None = None) -> None:
     """For ``run``: the unit's files replace, then ``.env`` (RQ_APP_DIR's, else ``dotenv``) fills in;
-    keys dropped from them since the last time are removed."""
+    keys dropped from them since the last time are removed. ``environ``: ``os.environ`` unless given
+    (``run`` gives ``secret_env.environment``)."""
     env = os.environ if environ is None else environ
     for key in filter(None, env.get(KEYS_VAR, "").split(",")):
         env.pop(key, None)

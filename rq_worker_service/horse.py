@@ -4,9 +4,10 @@ rq's SpawnWorker starts a bare interpreter from a ``-c`` source that knows nothi
 configuration: the job's module is not importable from RQ_APP_PATH, its log lines lose the job's
 journal fields, and its connection (the Redis password included) is spelled out on its command
 line, visible in ``ps``. This horse instead reads the same configuration as its parent from the
-environment it inherits, gets the worker's own configuration (its class, job and queue classes,
-exception handlers: what rq 3 hands its horse) from that environment too, and only ids on its
-command line.
+environment it inherits and the secrets from a descriptor it inherits (``secret_env``: never from
+its environment, which every subprocess of the job would inherit), gets the worker's own
+configuration (its class, job and queue classes, exception handlers: what rq 3 hands its horse) from
+that environment too, and only ids on its command line.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .lease import LEASE_VAR, HorseLease
 from .notify import Notifier
 from .process import die_with_parent
 from .rqcompat import job_func
+from .secret_env import environment
 from .service import extend_import_path
 from .worker import ServiceWorkerMixin
 from .worker_classes import HORSE_CONFIG_VAR
@@ -36,7 +38,8 @@ log = logging.getLogger("rq_worker_service.horse")
 def main(argv: list[str]) -> None:
     worker_key, job_id, queue_name, execution_id, parent_pid, serializer = argv
     die_with_parent(int(parent_pid))
-    settings = load_settings(os.environ)
+    environment.receive()  # the secrets, handed over by the worker (never in this process's environment)
+    settings = load_settings(environment)
     journal.setup_logging(settings.log_level)
     extend_import_path(settings)  # before unpickling: the classes may be the app's
     worker_class, attributes = pickle.loads(base64.b64decode(os.environ.pop(HORSE_CONFIG_VAR)))

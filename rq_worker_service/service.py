@@ -36,6 +36,7 @@ from .notify import Notifier
 from .parts.reporting import COUNTS_VAR
 from .recovery import WorkerNameInUse, predecessor_hung, recover_predecessor
 from .rqcompat import mixed_rq_workers
+from .secret_env import environment, handover, url_has_secret
 from .startup import StartupStopped, early
 from .worker import ServiceWorkerMixin
 from .worker_classes import WORKER_CLASSES
@@ -64,9 +65,17 @@ def build_worker(settings: Settings, connection, notifier: Notifier) -> ServiceW
 
 
 def configure(overrides: dict, env_files: Sequence[str]) -> Settings:
-    """Apply the env files, validate, and enter RQ_APP_DIR; raises ConfigError."""
-    refresh_environment(env_files, Path.cwd() / ".env")
-    settings = load_settings(os.environ, overrides)
+    """Apply the env files, validate, and enter RQ_APP_DIR; raises ConfigError.
+
+    A password in ``--url`` is refused: ``ps`` shows a command line to every user of the host, and
+    the unit's stays in ``systemctl show`` too."""
+    url = overrides.get("url")
+    if url and url_has_secret(url):
+        raise ConfigError("--url", None, "holds a password, which any user sees in the command line (ps): give "
+                          "--url without it and the password in REDIS_PASSWORD_FILE, the credential "
+                          "redis-password (LoadCredential=) or REDIS_PASSWORD in the env file")
+    refresh_environment(env_files, Path.cwd() / ".env", environment)
+    settings = load_settings(environment, overrides)
     if settings.app_dir:
         try:
             os.chdir(settings.app_dir)  # the app's relative paths, as under its old supervisor
@@ -176,5 +185,6 @@ def reexec(marker: str = REEXEC_VAR) -> None:
     os.environ[marker] = "1"
     for handler in logging.getLogger().handlers:
         handler.flush()
+    handover(environment.private, os.environ)  # the secrets, never in the new process's environment
     startup.block()  # a signal that comes before the new process can record it waits for it
     os.execv(sys.executable, sys.orig_argv)

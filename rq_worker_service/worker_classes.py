@@ -20,6 +20,7 @@ from . import faults
 from .handoff import Handoff
 from .lease import LEASE_VAR
 from .parts.jobwatch import JobWatch
+from .secret_env import SecretEnvironment, handover
 from .worker import ServiceWorkerMixin
 
 HORSE_CONFIG_VAR = "RQ_WORKER_SERVICE_HORSE_CONFIG"
@@ -67,12 +68,19 @@ class ServiceSpawnWorker(ServiceWorkerMixin, SpawnWorker):
         penalty, exception handlers, result TTL: ``_dump_worker_config``) travels in the horse's
         environment rather than in a ``-c`` source on its command line, which ``ps`` shows to anyone.
         """
-        env = dict(os.environ, REDIS_URL=self.settings.redis.url, RQ_APP_PATH=":".join(self.settings.app_path),
-                   RQ_LOG_LEVEL=self.settings.log_level, RQ_WORKER_ID=self.name, RQ_JOB_ID=job.id)
-        for name in ("REDIS_PASSWORD", "REDIS_PASSWORD_FILE", "REDIS_HOST", "REDIS_PORT", "REDIS_DB"):
-            env.pop(name, None)  # the URL above already says it all, including flags' overrides
+        env = dict(os.environ, RQ_APP_PATH=":".join(self.settings.app_path), RQ_LOG_LEVEL=self.settings.log_level,
+                   RQ_WORKER_ID=self.name, RQ_JOB_ID=job.id)
+        for name in ("REDIS_PASSWORD", "REDIS_PASSWORD_FILE", "REDIS_SENTINEL_PASSWORD_FILE", "REDIS_HOST",
+                     "REDIS_PORT", "REDIS_DB"):
+            env.pop(name, None)  # the URL below already says it all, including flags' overrides
         for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
             env.pop(name, None)  # only the worker talks to systemd
+        # The secrets go in a descriptor the horse inherits, never in its environment (secret_env).
+        horse_env = SecretEnvironment(env)
+        horse_env["REDIS_URL"] = self.settings.redis.url
+        sentinels = self.settings.redis.sentinels
+        if sentinels and sentinels.password:
+            horse_env["REDIS_SENTINEL_PASSWORD"] = sentinels.password
         env[HORSE_CONFIG_VAR] = base64.b64encode(self._dump_worker_config()).decode()
         if self.parts.lease is not None:
             env[LEASE_VAR] = self.parts.lease.path
@@ -80,7 +88,12 @@ class ServiceSpawnWorker(ServiceWorkerMixin, SpawnWorker):
         assert execution is not None
         argv = [sys.executable, "-m", "rq_worker_service.horse", self.key, job.id, queue.name, execution.id,
                 str(os.getpid()), self._serializer_arg or ""]
-        self._horse_pid = os.posix_spawn(sys.executable, argv, env, setpgroup=0)
+        secrets = handover(horse_env.private, env)
+        try:
+            self._horse_pid = os.posix_spawn(sys.executable, argv, env, setpgroup=0)
+        finally:
+            if secrets is not None:
+                os.close(secrets)
         faults.reached("horse.started")
         self.procline(f"Spawned {self._horse_pid} at {time.time()}")
 

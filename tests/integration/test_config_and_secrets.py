@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 
 import pytest
 from helpers import RedisServer, wait_until
 from rq import Queue
 from rq.job import Job, JobStatus
-from testjobs import sleep_job
+from testjobs import environ_job, sleep_job
 
 SECRET = "Tr0ub4dor-s3cret"
 
@@ -108,3 +109,65 @@ def test_rq_app_dir_the_worker_runs_in_the_app_with_its_env_and_modules(start_wo
     wait_until(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 20, what="the app's job to run")
     assert job.return_value() == f"{app} production 42"
     assert worker.proc is not None and worker.proc.poll() is None
+
+
+DECOYS = {name: f"decoy-{name}-s3cret" for name in ("url", "env", "envfile", "sentinel", "file-url", "file-var")}
+"""Passwords some source holds but precedence passes over: they must not appear either."""
+
+
+def _proc_text(pid: int) -> str:
+    return "".join(Path(f"/proc/{pid}/{name}").read_bytes().decode("latin-1") for name in ("environ", "cmdline"))
+
+
+@pytest.mark.parametrize("worker_class", ["fork", "spawn", "simple"])
+def test_no_secret_in_any_process_environment_or_command_line(start_worker, secured_redis, tmp_path, worker_class):
+    """Every source at once, decoys where precedence passes a source over: the worker, the horse and a
+    subprocess of the job start with, and hold, no password in their environment or command line.
+    The spawn horse logs in with what its worker handed over, never with its environment."""
+    address = f"127.0.0.1:{secured_redis.port}/0"
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "redis-password").write_text(SECRET + "\n")
+    (tmp_path / "cred.env").write_text(f"REDIS_SENTINEL_PASSWORD={DECOYS['sentinel']}\n"
+                                       f"REDIS_PASSWORD={DECOYS['envfile']}\n")
+    (tmp_path / "password").write_text(SECRET + "\n")
+    (tmp_path / "file.env").write_text(f"REDIS_URL=redis://:{DECOYS['file-url']}@{address}\n"
+                                       f"REDIS_PASSWORD_FILE={tmp_path / 'password'}\n"
+                                       f"REDIS_PASSWORD={DECOYS['file-var']}\n")
+    sources = {  # instance: (REDIS_URL in the environment, more environment, --env-file)
+        "cred": (f"redis://:{DECOYS['url']}@{address}",
+                 {"REDIS_PASSWORD": DECOYS["env"], "CREDENTIALS_DIRECTORY": str(creds)}, "cred.env"),
+        "file": (f"redis://{address}", {"REDIS_SENTINEL_PASSWORD": DECOYS["sentinel"]}, "file.env"),
+        "query": (f"redis://{address}?password={SECRET}", {}, None),
+    }
+    workers = {}
+    for instance, (url, env, env_file) in sources.items():
+        args = ["--queues", instance] + (["--env-file", str(tmp_path / env_file)] if env_file else [])
+        workers[instance] = start_worker(instance, url=url, env={**env, "RQ_WORKER_CLASS": worker_class}, args=args)
+    client = secured_redis.client()
+    jobs = {instance: Queue(instance, connection=client).enqueue(environ_job) for instance in workers}
+    for instance, job in jobs.items():
+        wait_until(lambda j=job: j.get_status(refresh=True) in (JobStatus.FINISHED, JobStatus.FAILED), 30,
+                   what=f"the {instance} worker's job")
+        assert job.get_status() == JobStatus.FINISHED, f"{instance}: {job.latest_result().exc_string}"
+    for instance, worker in workers.items():
+        seen = {"worker": _proc_text(worker.pid), "job and its subprocess": jobs[instance].return_value()}
+        if instance != "query":  # a ?password= URL in the log lines: masking's own tests
+            seen["log"] = worker.output()
+        for secret in (SECRET, *DECOYS.values()):
+            for where, text in seen.items():
+                assert secret not in text, f"{worker_class} worker {instance}: a password in the {where}"
+
+
+def test_a_reload_keeps_the_password_it_was_started_with_and_out_of_the_environment(start_worker, notify,
+                                                                                    secured_redis):
+    """The environment it started with is gone after the start-up's re-execution: a reload's
+    re-execution hands the password over the same way, and the worker logs in again with it."""
+    worker = start_worker("1", notify=notify, url=secured_redis.url, env={"REDIS_PASSWORD": SECRET})
+    notify.wait_for("READY=1")
+    worker.signal(signal.SIGHUP)
+    wait_until(lambda: "Reloaded worker" in worker.output(), 15, what="the reload")
+    job = Queue(connection=secured_redis.client()).enqueue(environ_job)
+    wait_until(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 15, what="a job after the reload")
+    for where, text in {"worker": _proc_text(worker.pid), "job": job.return_value(), "log": worker.output()}.items():
+        assert SECRET not in text, f"the password in the {where}"

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import time
+from pathlib import Path
 
 from rq import get_current_job
 from rq.defaults import RQ_KEY_PREFIX
@@ -118,3 +120,12 @@ def marked_failure_callback(job, connection, exc_type, exc_value, traceback) -> 
     connection.set(f"failure-callback-started:{job.id}", 1)
     time.sleep(3)
     connection.set(f"failure-callback:{job.id}", exc_type.__name__)
+
+
+def environ_job() -> str:
+    """What the job's process (the horse, or a simple worker) started with and holds, and what a
+    subprocess the job starts gets: /proc/<pid>/environ and cmdline of both, and ``os.environ``."""
+    _count()
+    own = b"".join(Path(f"/proc/self/{name}").read_bytes() for name in ("environ", "cmdline"))
+    child = subprocess.run(["cat", "/proc/self/environ", "/proc/self/cmdline"], capture_output=True, check=True)
+    return (own + b"\n" + child.stdout + b"\n" + repr(dict(os.environ)).encode()).decode("latin-1")

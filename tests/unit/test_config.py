@@ -350,3 +350,13 @@ def test_tls_options_go_to_redis_py_only_for_tls():
     s = load(REDIS_SENTINELS="a:1", REDIS_SENTINEL_MASTER="m", REDIS_SENTINEL_SSL="yes",
              REDIS_SSL_CA_CERTS="/etc/hostname")
     assert s.redis.sentinels.ssl and dict(s.redis.tls)["ssl_ca_certs"] == "/etc/hostname"
+
+
+def test_run_refuses_a_password_in_its_url_flag_which_ps_shows():
+    from rq_worker_service.service import configure
+
+    for url in ("redis://:pw-in-argv@h/0", "redis://h/0?password=pw-in-argv"):
+        with pytest.raises(ConfigError) as caught:
+            configure({"url": url}, [])
+        assert "--url: holds a password" in str(caught.value) and "REDIS_PASSWORD_FILE" in str(caught.value)
+        assert "pw-in-argv" not in str(caught.value)
