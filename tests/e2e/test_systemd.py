@@ -331,6 +331,76 @@ def test_password_from_a_systemd_credential_wins(box):
         box.run(["rm", "-f", "/etc/rq-worker/worker-1.env", "/etc/rq-worker/redis-password"])
 
 
+DECOY = "e2e-decoy-pa55word"
+"""A password some source holds but precedence passes over: it must not appear either."""
+SECRET_SOURCES = {  # case: (what each instance file adds, drop-in lines, the `status` command's environment)
+    "worker.env REDIS_PASSWORD": ("", (), {}),
+    "REDIS_URL userinfo": (f"REDIS_PASSWORD=\nREDIS_URL=redis://:{PASSWORD}@localhost:6379/0\n", (),
+                           {"REDIS_PASSWORD": "", "REDIS_URL": f"redis://:{PASSWORD}@localhost:6379/0"}),
+    # Passes once `?password=` is masked in the log lines and `status` too (issue 26, item 2).
+    "REDIS_URL query": (f"REDIS_PASSWORD=\nREDIS_URL=redis://localhost:6379/0?password={PASSWORD}\n", (),
+                        {"REDIS_PASSWORD": "", "REDIS_URL": f"redis://localhost:6379/0?password={PASSWORD}"}),
+    "REDIS_PASSWORD_FILE": (f"REDIS_PASSWORD={DECOY}\nREDIS_PASSWORD_FILE=/etc/rq-worker/redis-password\n", (),
+                            {"REDIS_PASSWORD_FILE": "/etc/rq-worker/redis-password"}),
+    "credential": (f"REDIS_PASSWORD={DECOY}\n", ("LoadCredential=redis-password:/etc/rq-worker/redis-password",), {}),
+    # The worker's start-up re-execution drops what systemd put in its environment. (`systemctl show`
+    # shows a unit's Environment= to every user: README says never to put a password there.)
+    "drop-in Environment=": ("", (f"Environment=REDIS_PASSWORD={PASSWORD} REDIS_SENTINEL_PASSWORD={DECOY}",), {}),
+}
+
+
+def processes_of(box, unit: str) -> list[str]:
+    """``environ`` and ``cmdline`` of each process in ``unit``'s cgroup, one text per process."""
+    group = box.show(unit, "ControlGroup")["ControlGroup"]
+    out = box.run(["sh", "-c", f"for p in $(cat /sys/fs/cgroup{group}/cgroup.procs); do cat /proc/$p/environ "
+                               "/proc/$p/cmdline; echo; done"], check=False).stdout
+    return out.splitlines()
+
+
+@pytest.mark.parametrize("case", list(SECRET_SOURCES))
+def test_no_secret_in_the_units_processes_journal_show_or_status(box, case):
+    """For each source of the password: no process of the unit (worker, fork and spawn horse, a
+    simple worker, a job's subprocess) has it in its environment or command line, and neither have
+    the journal, `systemctl show` or `status --json`/`--prometheus`."""
+    instance_file, dropin, status_env = SECRET_SOURCES[case]
+    reset(box, *dropin)
+    if case == "credential" and not credentials_reach_service_users(box):
+        pytest.skip("systemd in this sandbox cannot hand credentials to a non-root User= (see "
+                    "test_password_from_a_systemd_credential_wins)")
+    box.write("/etc/rq-worker/redis-password", PASSWORD + "\n", mode=0o640)
+    box.run(["chgrp", "rq-worker", "/etc/rq-worker/redis-password"])
+    classes = {"1": "fork", "2": "spawn", "3": "simple"}
+    units = [f"rq-worker@{i}" for i in classes]
+    since = box.run(["date", "+@%s"]).stdout.strip()
+    try:
+        for i, worker_class in classes.items():
+            box.write(f"/etc/rq-worker/worker-{i}.env",
+                      f"RQ_WORKER_CLASS={worker_class}\nRQ_QUEUES=secrets-{i}\n{instance_file}")
+        systemctl(box, "start", *units)
+        ids = [ctl(box, "enqueue", "subprocess_job", "2", "--id", f"secrets-{i}", "--queue", f"secrets-{i}")[0]
+               for i in classes]
+        seen = {unit: wait_for(lambda u=unit: (lambda p: p if any("sleep\x002" in t for t in p) else None)(
+            processes_of(box, u)), 20, f"{unit}'s job to run its subprocess") for unit in units}
+        for unit, processes in seen.items():
+            assert len(processes) >= (2 if unit == "rq-worker@3" else 3), processes  # worker (horse) sleep
+            for text in processes:
+                assert PASSWORD not in text and DECOY not in text, f"{case}: a password in {unit}: {text[:200]}"
+        wait_for(lambda: all(j["status"] == "finished" for j in jobs(box, ids).values()), 20, "the jobs")
+        env = [f"{k}={v}" for k, v in status_env.items()]
+        outputs = {
+            "journal": box.run(["journalctl", "--no-pager", "--since", since, *(f"-u{u}" for u in units)]).stdout,
+            "systemctl show": "" if dropin and "Environment=" in dropin[0] else
+            "".join(box.run(["systemctl", "show", u]).stdout for u in units),
+            "status --json": box.run(["env", *env, "rq-worker-service", "status", "--json"]).stdout,
+            "status --prometheus": box.run(["env", *env, "rq-worker-service", "status", "--prometheus"]).stdout,
+        }
+        assert "secrets-1" in outputs["status --json"] and "rq_up 1" in outputs["status --prometheus"]
+        for where, text in outputs.items():
+            assert PASSWORD not in text and DECOY not in text, f"{case}: a password in {where}"
+    finally:
+        box.run(["rm", "-f", "/etc/rq-worker/redis-password", *(f"/etc/rq-worker/worker-{i}.env" for i in classes)])
+
+
 def test_a_reload_with_an_invalid_file_fails_and_leaves_the_worker_running(box):
     reset(box)
     box.write("/etc/rq-worker/worker-1.env", "RQ_QUEUES=default\n")

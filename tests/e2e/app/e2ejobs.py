@@ -6,6 +6,7 @@ import ctypes
 import json
 import logging
 import socket
+import subprocess
 import time
 
 from rq import get_current_job
@@ -30,6 +31,13 @@ def quick_job(value: int) -> int:
     _count()
     time.sleep(0.05)
     return value
+
+
+def subprocess_job(seconds: float) -> str:
+    """Runs ``sleep`` as a subprocess, as jobs run their tools: it starts with the job's environment."""
+    _count()
+    subprocess.run(["sleep", str(seconds)], check=True)
+    return "ok"
 
 
 def ffi_callback_job() -> list[int]:
