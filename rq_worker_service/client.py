@@ -13,7 +13,6 @@ takes the write with it unless a replica that the sentinels can promote already 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,6 +24,7 @@ from rq.utils import as_text
 from . import keys
 from .config import Settings, load_settings
 from .connection import make_connection, refresh_primary
+from .secret_env import environment
 
 PENDING = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
 _UNSET: Any = object()
@@ -62,7 +62,9 @@ def wait_for_replicas(connection: redis.Redis, job: Job, settings: Settings) -> 
 
 
 def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
-    return load_settings(os.environ if env is None else env)
+    """``env``, or the process's environment: in a job, that includes the secrets its worker keeps
+    out of ``os.environ`` (``secret_env``), so a job enqueues with this helper as any app process does."""
+    return load_settings(environment if env is None else env)
 
 
 def enqueue(func: Callable[..., Any] | str, *args: Any, queue: str = "default", job_id: str | None = None,

@@ -124,8 +124,14 @@ def marked_failure_callback(job, connection, exc_type, exc_value, traceback) -> 
 
 def environ_job() -> str:
     """What the job's process (the horse, or a simple worker) started with and holds, and what a
-    subprocess the job starts gets: /proc/<pid>/environ and cmdline of both, and ``os.environ``."""
+    subprocess the job starts gets: /proc/<pid>/environ and cmdline of both, and ``os.environ``.
+    First the enqueue helper's settings log in from the job, as they do in an app process."""
+    from rq_worker_service.client import settings_from_env
+    from rq_worker_service.connection import make_connection
+
     _count()
+    settings = settings_from_env()
+    make_connection(settings.redis, settings.key_prefix).ping()
     own = b"".join(Path(f"/proc/self/{name}").read_bytes() for name in ("environ", "cmdline"))
     child = subprocess.run(["cat", "/proc/self/environ", "/proc/self/cmdline"], capture_output=True, check=True)
     return (own + b"\n" + child.stdout + b"\n" + repr(dict(os.environ)).encode()).decode("latin-1")
