@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import RedisServer, wait_until
+from helpers import RedisServer, free_port, wait_until
 from rq import Queue
 from rq.job import Job, JobStatus
 from testjobs import environ_job, sleep_job
@@ -171,3 +173,51 @@ def test_a_reload_keeps_the_password_it_was_started_with_and_out_of_the_environm
     wait_until(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 15, what="a job after the reload")
     for where, text in {"worker": _proc_text(worker.pid), "job": job.return_value(), "log": worker.output()}.items():
         assert SECRET not in text, f"the password in the {where}"
+
+
+SENTINEL_SECRET = "S3ntinel-s3cret"
+
+
+@pytest.fixture
+def secured_sentinel(secured_redis, tmp_path):
+    """One sentinel with its own password, watching ``secured_redis`` as ``mymaster``."""
+    port = free_port()
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\nrequirepass {SENTINEL_SECRET}\n"
+                    f"sentinel monitor mymaster 127.0.0.1 {secured_redis.port} 1\n"
+                    f"sentinel auth-pass mymaster {SECRET}\n")
+    binary = shutil.which("redis-sentinel") or "redis-server"
+    proc = subprocess.Popen([binary, str(conf)] + (["--sentinel"] if binary == "redis-server" else []),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import redis
+
+    client = redis.Redis(port=port, password=SENTINEL_SECRET, socket_timeout=2)
+    wait_until(lambda: _answers(client), 10, what="the sentinel to answer")
+    yield port
+    proc.kill()
+    proc.wait(10)
+
+
+def _answers(client) -> bool:
+    import redis
+
+    try:
+        return bool(client.sentinel_get_master_addr_by_name("mymaster"))
+    except redis.exceptions.RedisError:
+        return False
+
+
+@pytest.mark.parametrize("worker_class", ["fork", "spawn", "simple"])
+def test_the_sentinels_password_from_its_file_reaches_no_environment(start_worker, secured_redis, secured_sentinel,
+                                                                       tmp_path, worker_class):
+    """REDIS_SENTINEL_PASSWORD_FILE logs in to the sentinels (the spawn horse with what its worker
+    handed over), and neither password is in any process's environment or command line."""
+    (tmp_path / "sentinel-password").write_text(SENTINEL_SECRET + "\n")
+    env = {"REDIS_SENTINELS": f"127.0.0.1:{secured_sentinel}", "REDIS_SENTINEL_MASTER": "mymaster",
+           "REDIS_SENTINEL_PASSWORD_FILE": str(tmp_path / "sentinel-password"), "RQ_WORKER_CLASS": worker_class}
+    worker = start_worker("1", url=f"redis://:{SECRET}@mymaster/0", env=env)
+    job = Queue(connection=secured_redis.client()).enqueue(environ_job)
+    wait_until(lambda: job.get_status(refresh=True) in (JobStatus.FINISHED, JobStatus.FAILED), 30, what="the job")
+    assert job.get_status() == JobStatus.FINISHED, job.latest_result().exc_string
+    for where, text in {"worker": _proc_text(worker.pid), "job": job.return_value(), "log": worker.output()}.items():
+        assert SECRET not in text and SENTINEL_SECRET not in text, f"{worker_class}: a password in the {where}"
