@@ -106,6 +106,7 @@ class Settings:
     failure_ttl: int | None
     with_scheduler: bool
     log_level: str
+    disable_job_desc_logging: bool
     shutdown_timeout: float
     retry_max: int
     retry_delay: int

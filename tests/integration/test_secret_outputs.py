@@ -1,5 +1,6 @@
 """A password given as ``?password=`` in REDIS_URL (redis-py logs in with it) logs in and is shown in
-no output (issue 26, item 2). Against a real redis-server that requires the password."""
+no output (issue 26, item 2); a job's secret arguments reach no log line with
+RQ_DISABLE_JOB_DESC_LOGGING (item 5). Against a real redis-server that requires the password."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from rq import Queue
 from rq.job import Job, JobStatus
 
 SECRET = "Qu3ry-s3cret"
+ARGUMENT = "Arg-t0ken"
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +110,27 @@ def test_configuration_errors_show_no_password(url):
         assert out.returncode == 78 and "REDIS_URL=" in out.stderr, out.stderr
         assert SECRET not in out.stdout + out.stderr and "admin" not in out.stderr
         assert len(out.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("kind", ["fork", "spawn", "simple"])
+@pytest.mark.parametrize("disabled", ["no", "yes"])
+def test_a_jobs_secret_arguments_reach_no_log_line(start_worker, notify, rconn, kind, disabled):
+    """One job that succeeds and one that fails, each called with a secret: with the setting on, the
+    worker's and its horse's output (what the journal gets) has it nowhere; off, rq's lines show it."""
+    worker = start_worker("1", notify=notify, env={"RQ_WORKER_CLASS": kind, "RQ_DISABLE_JOB_DESC_LOGGING": disabled})
+    notify.wait_for("READY=1")
+    queue = Queue(connection=rconn)
+    done = queue.enqueue("os.path.isfile", ARGUMENT)
+    failed = queue.enqueue("time.sleep", ARGUMENT)  # its TypeError does not repeat the argument
+    wait_until(lambda: (Job.fetch(done.id, connection=rconn).get_status(), Job.fetch(failed.id, connection=rconn)
+                        .get_status()) == (JobStatus.FINISHED, JobStatus.FAILED), 20, what="both jobs")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(10) == 0
+    out = worker.output()
+    assert done.id in out and failed.id in out and "time.sleep" in out
+    shown = [line for line in out.splitlines() if ARGUMENT in line]
+    if disabled == "yes":
+        assert not shown
+    else:  # the picked-up lines (worker), and the completion line, written where the job ran (the horse)
+        assert len([line for line in shown if "Successfully completed" in line]) == 1, shown
+        assert len(shown) >= 3, shown
