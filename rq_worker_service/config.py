@@ -185,13 +185,24 @@ def _get(env: Mapping[str, str], name: str) -> str | None:
     return value.strip()
 
 
+_ADDRESS_VARIABLES = ("REDIS_HOST", "REDIS_SENTINELS")
+"""They name hosts: an ``@`` in one is a login written there by mistake (``user:password@host``, a
+sentinel URL), which their parsers refuse; the error shows each such item through ``mask_url``."""
+
+
+def _shown(var: Variable, raw: str) -> str:
+    if var.name not in _ADDRESS_VARIABLES:
+        return raw
+    return ",".join(mask_url(item) if "@" in item else item for item in raw.split(","))
+
+
 def parse_value(var: Variable, raw: str, label: str | None = None) -> Any:
     """``raw`` through ``var``'s parser; a refusal becomes a ConfigError naming ``label`` (the flag
     the value came from) or the variable."""
     try:
         return var.parse(raw)
     except Invalid as exc:
-        raise ConfigError(label or var.name, raw, str(exc), secret=var.secret) from None
+        raise ConfigError(label or var.name, _shown(var, raw), str(exc), secret=var.secret) from None
 
 
 def read(env: Mapping[str, str], name: str) -> Any:

@@ -156,6 +156,20 @@ def test_configuration_errors_never_show_the_password(env):
     assert "Sek" not in message and "Adm1n" not in message
 
 
+@pytest.mark.parametrize("env, shown", [
+    ({"REDIS_SENTINELS": "10.0.0.1:26379,user:Sekr1t@10.0.0.2:26379", "REDIS_SENTINEL_MASTER": "m"},
+     "REDIS_SENTINELS='10.0.0.1:26379,***' is invalid"),
+    ({"REDIS_SENTINELS": "redis://:Sekr1t@10.0.0.1:26379", "REDIS_SENTINEL_MASTER": "m"},
+     "REDIS_SENTINELS='redis://:***@10.0.0.1:26379' is invalid"),
+    ({"REDIS_HOST": ":Sekr1t@redis.local"}, "REDIS_HOST='***' is invalid"),
+    ({"REDIS_HOST": "redis://u:Sekr1t@redis.local"}, "REDIS_HOST='redis://u:***@redis.local' is invalid"),
+])
+def test_a_login_written_into_a_host_variable_is_masked_in_its_error(env, shown):
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    assert str(info.value).startswith(shown) and "Sek" not in str(info.value)
+
+
 def test_a_warning_about_the_url_shows_no_password():
     s = load_settings({"REDIS_URL": "redis://other:6379/0?password=Sekr1t", "REDIS_SENTINELS": "s1",
                        "REDIS_SENTINEL_MASTER": "m", "REDIS_HOST": "x"})
