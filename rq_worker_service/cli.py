@@ -38,6 +38,14 @@ def _flag_help(var: Variable) -> str:
     return f"{var.help} (default: {var.doc_default}) [{var.name}]".replace("%", "%%")
 
 
+def opposite_flag(flag: str) -> str:
+    """The flag that turns a boolean flag's variable off again: --with-X/--without-X, --disable-X/--enable-X."""
+    for on, off in (("--with-", "--without-"), ("--disable-", "--enable-")):
+        if flag.startswith(on):
+            return off + flag[len(on):]
+    raise ValueError(f"{flag}: a boolean flag starts with --with- or --disable-")
+
+
 def _add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run", help="run one worker in the foreground (what rq-worker@<i>.service starts)",
@@ -50,7 +58,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
             continue
         if var.parse is boolean:
             p.add_argument(var.flag, dest=var.field, action="store_true", default=None, help=_flag_help(var))
-            p.add_argument(var.flag.replace("--with-", "--without-"), dest=var.field, action="store_false",
+            p.add_argument(opposite_flag(var.flag), dest=var.field, action="store_false",
                            help=f"the opposite of {var.flag}")
             continue
         names = [var.short, var.flag] if var.short else [var.flag]

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, unquote_plus, urlsplit
 
 from .variables import (
     BY_NAME,
@@ -107,6 +107,7 @@ class Settings:
     failure_ttl: int | None
     with_scheduler: bool
     log_level: str
+    disable_job_desc_logging: bool
     shutdown_timeout: float
     retry_max: int
     retry_delay: int
@@ -122,16 +123,59 @@ def _compose(scheme: str, userinfo: str, host: str, path: str, query: str) -> st
     return f"{scheme}://{userinfo}{host}{path}" + (f"?{query}" if query else "")
 
 
+LOGIN_QUERY_KEYS = ("username", "password")
+"""Query keys redis-py logs in with (``redis.connection.parse_url`` hands every query value to the
+connection as a keyword; a login in the userinfo wins over these)."""
+
+
+def _secret_query_key(key: str) -> bool:
+    """Whether a query value is masked: the login keys and any key naming a password (redis-py's
+    ``ssl_password`` unlocks the client key), in any case, the key decoded as redis-py decodes it."""
+    name = unquote_plus(key).lower()
+    return name == "username" or "password" in name
+
+
 def mask_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***`` (user names are kept: they help)."""
+    """Return ``url`` with every secret replaced by ``***``: the userinfo's password, and the values of
+    ``password=``, ``username=`` (and other password keys) in the query. A user name in the userinfo is
+    kept: it helps, and ``acl`` prints it anyway. What redis-py ignores is masked whole: the fragment
+    and a query item without ``=`` (both most likely the rest of a password with a raw ``#`` or ``&``).
+
+    An ``@`` after the authority means a password with a raw ``/``, ``?`` or ``#`` (urlsplit ends the
+    authority there, and would show its first part as the host): everything up to the last ``@`` is
+    masked then."""
     try:
         parts = urlsplit(url)
+        if "@" in url and "@" not in parts.netloc:
+            start, last = url.find("://"), url.rfind("@")
+            if not 0 <= start < last:
+                return MASK
+            url = url[:start + 3] + MASK + url[last:]
+            parts = urlsplit(url)
+            if "@" not in parts.netloc:
+                return MASK
     except ValueError:
         return MASK
-    if parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return _compose(parts.scheme, f"{parts.username or ''}:{MASK}@", host, parts.path, parts.query)
+    pairs = [pair.partition("=") for pair in parts.query.split("&")] if parts.query else []
+    secret_pairs = [_secret_query_key(key) if sep else bool(key) for key, sep, _ in pairs]
+    if parts.password is None and not any(secret_pairs) and not parts.fragment:
+        return url  # nothing to hide: as given (a URL put back together could read differently: no scheme, say)
+    login, at, host = parts.netloc.rpartition("@")
+    if parts.password is not None:
+        login = f"{parts.username or ''}:{MASK}"
+    query = "&".join((f"{key}={MASK}" if sep else MASK) if secret else f"{key}{sep}{value}"
+                     for (key, sep, value), secret in zip(pairs, secret_pairs, strict=True))
+    fragment = f"#{MASK}" if parts.fragment else ""
+    return _compose(parts.scheme, login + at, host, parts.path, query) + fragment
+
+
+def _login_from_query(query: str) -> tuple[dict[str, str], str]:
+    """The ``username``/``password`` values of a URL's query as redis-py reads them (``parse_qs``:
+    keys and values decoded, blank values dropped, the first of repeated keys used), and the query
+    without them, so that they reach a display nowhere."""
+    values = {key: found[0] for key, found in parse_qs(query).items() if key in LOGIN_QUERY_KEYS}
+    rest = [pair for pair in query.split("&") if unquote_plus(pair.partition("=")[0]) not in LOGIN_QUERY_KEYS]
+    return values, "&".join(rest)
 
 
 def _get(env: Mapping[str, str], name: str) -> str | None:
@@ -142,13 +186,24 @@ def _get(env: Mapping[str, str], name: str) -> str | None:
     return value.strip()
 
 
+_ADDRESS_VARIABLES = ("REDIS_HOST", "REDIS_SENTINELS")
+"""They name hosts: an ``@`` in one is a login written there by mistake (``user:password@host``, a
+sentinel URL), which their parsers refuse; the error shows each such item through ``mask_url``."""
+
+
+def _shown(var: Variable, raw: str) -> str:
+    if var.name not in _ADDRESS_VARIABLES:
+        return raw
+    return ",".join(mask_url(item) if "@" in item else item for item in raw.split(","))
+
+
 def parse_value(var: Variable, raw: str, label: str | None = None) -> Any:
     """``raw`` through ``var``'s parser; a refusal becomes a ConfigError naming ``label`` (the flag
     the value came from) or the variable."""
     try:
         return var.parse(raw)
     except Invalid as exc:
-        raise ConfigError(label or var.name, raw, str(exc), secret=var.secret) from None
+        raise ConfigError(label or var.name, _shown(var, raw), str(exc), secret=var.secret) from None
 
 
 def read(env: Mapping[str, str], name: str) -> Any:
@@ -196,7 +251,8 @@ def _password(env: Mapping[str, str]) -> str | None:
 
 
 def _check_url(url: str, variable: str) -> tuple[str, str | None, str | None]:
-    """Validate a Redis URL; return it without credentials, plus the user and password it held."""
+    """Validate a Redis URL; return it without credentials, plus the user and password it held (in
+    the userinfo, or else as ``?username=``/``?password=``: redis-py's precedence)."""
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
@@ -214,10 +270,11 @@ def _check_url(url: str, variable: str) -> tuple[str, str | None, str | None]:
         db = parts.path.lstrip("/")
         if db and not db.isdigit():
             raise ConfigError(variable, mask_url(url), "a database number after the host, as in redis://host:6379/0")
-    username = unquote(parts.username) if parts.username else None
-    password = unquote(parts.password) if parts.password is not None else None
+    from_query, query = _login_from_query(parts.query)
+    username = unquote(parts.username) if parts.username else from_query.get("username")
+    password = unquote(parts.password) if parts.password else from_query.get("password")
     host = parts.netloc.rsplit("@", 1)[-1]
-    return _compose(parts.scheme, "", host, parts.path, parts.query), username, password
+    return _compose(parts.scheme, "", host, parts.path, query), username, password
 
 
 def redis_target(env: Mapping[str, str], url_override: str | None = None) -> tuple[RedisTarget, list[str]]:

@@ -305,6 +305,10 @@ VARIABLES: tuple[Variable, ...] = (
              default=True, field="with_scheduler", flag="--with-scheduler"),
     Variable("RQ_LOG_LEVEL", "DEBUG, INFO, WARNING, ERROR or CRITICAL.", choice(*LOG_LEVELS, normalise=str.upper),
              default="INFO", field="log_level", flag="--log-level", short="-l", metavar="LEVEL"),
+    Variable("RQ_DISABLE_JOB_DESC_LOGGING", "Log jobs by id only. rq logs each job's call with its arguments, "
+             "as in send_mail('a@example.com', token='…'), when it takes the job and when the job succeeds: turn "
+             "this on when jobs get secrets as arguments (rq's --disable-job-desc-logging).", boolean, default=False,
+             field="disable_job_desc_logging", flag="--disable-job-desc-logging"),
     Variable("RQ_SHUTDOWN_TIMEOUT", "Seconds a stop waits for the running job. Past it the job is cut, recorded "
              "as interrupted and retried (cold shutdown).", seconds(), default=600.0, field="shutdown_timeout",
              flag="--shutdown-timeout", metavar="SECONDS"),

@@ -93,6 +93,9 @@ class ServiceWorkerMixin(_Base):
         self.parts = ServiceParts(settings, notifier)  # first: rq's __init__ sets job_monitoring_interval
         kwargs.setdefault("job_monitoring_interval", int(self.parts.interval))
         kwargs.setdefault("maintenance_interval", MAINTENANCE_INTERVAL)
+        # rq logs a job's call with its arguments (rq's --disable-job-desc-logging); the spawn horse
+        # gets this from the same settings, and from rq's _dump_worker_config, a fork horse as a copy.
+        kwargs.setdefault("log_job_description", not settings.disable_job_desc_logging)
         super().__init__(*args, **kwargs)
         self.max_connection_wait_time = self.parts.retry_every
         self.parts.attach(self)
