@@ -314,7 +314,7 @@ INTERNALS: list[Internal] = [
              "handoff.py `forked`: no `shutdown()` for the horse's socket",
              ("test_disconnect_shuts_a_socket_down_only_in_its_owners_process",)),
     Internal(("redis.connection.ConnectionPool.connection_kwargs", "redis.connection.ConnectionPool.cache"),
-             "worker.py `main_work_horse`, handoff.py, connection.py",
+             "worker.py `main_work_horse`, handoff.py, connection.py, prepare.py",
              ("test_a_pool_makes_new_connections_from_connection_kwargs",
               "test_sentinel_discovery_failures_say_whether_sentinels_answered")),
     Internal(("redis.driver_info.DriverInfo",), "connection.py `_driver_info`",

@@ -1,4 +1,4 @@
-"""Bad input that passed the check and crashed the start: refused by the check, in one line, exit 78.
+"""``run --check`` builds what ``run`` builds before it connects: what passes it cannot fail the start.
 
 Each case below passed the check (the unit's ExecReload= guard) and then failed ``run`` with a
 traceback and exit 1, which Restart=on-failure repeats every 5 s for ever (issue 26).
@@ -7,9 +7,12 @@ traceback and exit 1, which Restart=on-failure repeats every 5 s for ever (issue
 from __future__ import annotations
 
 import pytest
+import redis
 
 from rq_worker_service import cli
 from rq_worker_service.config import ConfigError, load_settings
+from rq_worker_service.connection import make_connection
+from rq_worker_service.prepare import prepare
 from rq_worker_service.variables import MAX_SECONDS
 
 SECRET = "Tr0ub4dor-s3cret"
@@ -18,7 +21,7 @@ SECRET = "Tr0ub4dor-s3cret"
 def refused(env: dict[str, str], overrides: dict | None = None) -> str:
     """The one line ``run --check`` and ``run`` end with for ``env``."""
     with pytest.raises(ConfigError) as info:
-        load_settings(env, overrides)
+        prepare(load_settings(env, overrides))
     message = str(info.value)
     assert "\n" not in message and SECRET not in message, message
     return message
@@ -44,6 +47,22 @@ def refused(env: dict[str, str], overrides: dict | None = None) -> str:
 def test_url_options_redis_py_refuses_or_misreads_are_refused_by_the_check(url, named):
     message = refused({"REDIS_URL": url})
     assert message.startswith("REDIS_URL=") and named in message, message
+
+
+def test_url_options_a_worker_takes_pass_and_reach_redis_py():
+    settings = load_settings({"REDIS_URL": "unix:///run/redis.sock?db=3&socket_timeout=2.5"})
+    prepare(settings)
+    kwargs = make_connection(settings.redis, offline=True).connection_pool.connection_kwargs
+    assert (kwargs["db"], kwargs["socket_timeout"], kwargs["path"]) == (3, 2.5, "/run/redis.sock")
+
+
+def test_a_unix_socket_url_makes_a_connection_redis_py_accepts(tmp_path):
+    """redis-py's Unix socket connection takes no TCP keepalive options: every unix:// URL failed the
+    start with a TypeError at the first connect."""
+    settings = load_settings({"REDIS_URL": f"unix://{tmp_path}/absent.sock"})
+    prepare(settings)
+    with pytest.raises(redis.exceptions.ConnectionError):  # an outage, waited out: not a TypeError
+        make_connection(settings.redis).ping()
 
 
 def test_the_status_command_refuses_a_bad_url_in_one_line(capsys, tmp_path, monkeypatch):

@@ -1,0 +1,81 @@
+"""What passes ``run --check`` starts; what ``run`` refuses, the check refused first (issue 26).
+
+Each bad value here passed the check, then crashed ``run`` with a traceback and exit 1 (a restart
+every 5 s for ever under Restart=on-failure); the values at the new bounds run jobs as before.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from helpers import RedisServer, free_port, wait_until
+from rq import Queue
+from rq.job import Job, JobStatus
+from testjobs import failing_job, quick_job
+
+from rq_worker_service.variables import MAX_SECONDS
+
+SECRET = "Tr0ub4dor-s3cret"
+
+
+def check(env: dict[str, str], tmp_path) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("RQ_", "REDIS_", "NOTIFY_"))}
+    return subprocess.run([sys.executable, "-m", "rq_worker_service", "run", "--check"], env={**base, **env},
+                          cwd=tmp_path, capture_output=True, text=True, errors="replace", timeout=60)
+
+
+@pytest.mark.parametrize("env, fragment", [
+    ({"REDIS_URL": f"redis://:{SECRET}@127.0.0.1:{{port}}/0?socket_timeout=abc"}, "socket_timeout="),
+    ({"REDIS_URL": "unix:///run/redis/redis.sock?db=abc"}, "db="),
+    ({"RQ_QUEUES": "default,caf\udcc3"}, "RQ_QUEUES="),  # the bytes 'caf\xc3': not UTF-8
+    ({"RQ_RESULT_TTL": "99999999999999999"}, "RQ_RESULT_TTL="),
+])
+def test_the_check_and_the_start_both_refuse_in_one_line_with_78(start_worker, notify, env, fragment, tmp_path):
+    env = {key: value.replace("{port}", str(free_port())) for key, value in env.items()}
+    checked = check(env, tmp_path)
+    assert checked.returncode == 78, checked.stderr
+    worker = start_worker("1", notify=notify, env=env)
+    assert worker.wait(15) == 78
+    for out in (checked.stderr, worker.output()):
+        assert fragment in out and "Traceback" not in out and SECRET not in out, out
+        assert len(out.strip().splitlines()) == 1, out
+    assert notify.wait_for("ERRNO=22")
+
+
+def test_ttls_and_timeouts_at_their_bound_run_jobs_as_before(start_worker, notify, rconn):
+    """The bound is within what rq and Redis take: a job that succeeds is FINISHED with its result kept
+    (with RQ_RESULT_TTL above Redis's EXPIRE limit it was recorded FAILED), a failure is FAILED."""
+    bound = str(MAX_SECONDS)
+    start_worker("1", notify=notify, env={"RQ_RESULT_TTL": bound, "RQ_FAILURE_TTL": bound, "RQ_JOB_TIMEOUT": bound,
+                                          "RQ_JOB_RETRY_DELAY": bound, "RQ_SHUTDOWN_TIMEOUT": bound})
+    notify.wait_for("READY=1")
+    queue = Queue(connection=rconn)
+    done, failed = queue.enqueue(quick_job, 21), queue.enqueue(failing_job, 1)
+    wait_until(lambda: Job.fetch(done.id, connection=rconn).get_status() == JobStatus.FINISHED, 15, what="the job")
+    wait_until(lambda: Job.fetch(failed.id, connection=rconn).get_status() == JobStatus.FAILED, 15, what="the failure")
+    assert Job.fetch(done.id, connection=rconn).return_value() == 42
+    assert rconn.ttl(done.key) > MAX_SECONDS - 60
+
+
+def test_a_worker_on_a_unix_socket_runs_jobs(start_worker, notify, tmp_path):
+    """redis-py's Unix socket connection takes no TCP keepalive options: every unix:// REDIS_URL
+    passed the check, then failed the start with a TypeError."""
+    server = RedisServer()
+    socket_path = f"{server.dir}/redis.sock"
+    server.extra_args = ["--unixsocket", socket_path, "--unixsocketperm", "700"]
+    server.start()
+    try:
+        client = server.client()
+        worker = start_worker("1", notify=notify, url=f"unix://{socket_path}?db=0")
+        notify.wait_for("READY=1")
+        job = Queue(connection=client).enqueue(quick_job, 2)
+        wait_until(lambda: Job.fetch(job.id, connection=client).get_status() == JobStatus.FINISHED, 15, what="job")
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(15) == 0
+        assert "Traceback" not in worker.output()
+    finally:
+        server.cleanup()
