@@ -52,8 +52,14 @@ class ConfigError(Exception):
             message = f"{variable}: {expected}"
         else:
             message = f"{variable}={shown!r} is invalid: expected {expected}"
-        super().__init__(message)
+        super().__init__(_one_line(message))
         self.variable = variable
+
+
+def _one_line(text: str) -> str:
+    """``text`` with what is not printable escaped as Python would (a path or file name in a message
+    may hold a newline or an undecodable byte): one line, which any log and terminal can take."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 @dataclass(frozen=True)
@@ -135,7 +141,7 @@ def mask_url(url: str) -> str:
     except ValueError:
         return MASK
     if parts.password is None:
-        return url
+        return MASK if "@" in url and not parts.netloc else url  # '://:pw@h': no URL to find the password in
     host = parts.netloc.rsplit("@", 1)[1]
     return _compose(parts.scheme, f"{parts.username or ''}:{MASK}@", host, parts.path, parts.query)
 
@@ -147,8 +153,10 @@ def utf8(variable: str, value: str, *, secret: bool = False) -> str:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise ConfigError(variable, value, "UTF-8 text (the value holds bytes that are not UTF-8)",
+        raise ConfigError(variable, mask_url(value), "UTF-8 text (the value holds bytes that are not UTF-8)",
                           secret=secret) from None
+    if "\x00" in value:  # only a .env can carry one; the environment and every path refuse it (ValueError)
+        raise ConfigError(variable, mask_url(value), "text without NUL characters", secret=secret)
     return value
 
 

@@ -130,10 +130,27 @@ def key_prefix(raw: str) -> str:
     return raw
 
 
+def _is_dir(path: Path) -> bool:
+    """``path.is_dir()``, False for a path the system cannot even look up (a name too long for it,
+    ENAMETOOLONG), which ``Path.is_dir`` raises as OSError: a traceback in the check itself."""
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
+
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, False where ``_is_dir`` is."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def directories(raw: str) -> tuple[str, ...]:
     paths = tuple(p for p in raw.split(":") if p)
     for p in paths:
-        if not Path(p).is_dir():
+        if not _is_dir(Path(p)):
             raise Invalid(f"existing directories separated by ':' ({p} is not a directory)")
     return paths
 
@@ -142,7 +159,7 @@ def app_directory(raw: str) -> str:
     path = Path(raw)
     if not path.is_absolute():
         raise Invalid("an absolute path, e.g. /srv/myapp")
-    if not path.is_dir():
+    if not _is_dir(path):
         raise Invalid("an existing directory (the app's project directory)")
     return str(path)
 
@@ -151,7 +168,7 @@ def site_packages(venv: str) -> Path:
     """The site-packages of an app virtualenv, which must match our Python's minor version."""
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     root = Path(venv)
-    if not root.is_dir():
+    if not _is_dir(root):
         raise Invalid("the directory of the app's virtualenv")
     site = root / "lib" / version / "site-packages"
     if not site.is_dir():
@@ -202,7 +219,7 @@ def sentinel_addresses(raw: str) -> tuple[tuple[str, int], ...]:
 def readable_file(raw: str) -> str:
     """A file the service can read now: a missing certificate must fail the start, not each connect."""
     path = Path(raw)
-    if not path.is_file():
+    if not _is_file(path):
         raise Invalid("an existing file (PEM)")
     try:
         path.open("rb").close()

@@ -125,3 +125,22 @@ def test_sentinel_lists_redis_py_cannot_use_are_refused(sentinels):
     message = refused({"REDIS_SENTINELS": sentinels, "REDIS_SENTINEL_MASTER": "m"})
     assert message.startswith("REDIS_SENTINELS="), message
 
+
+
+@pytest.mark.parametrize("url", [f"redis://u:{SECRET}\udcff@127.0.0.1:1/0", f"://:{SECRET}@127.0.0.1:1/0",
+                                 f"redis:/:{SECRET}@h/0"])
+def test_a_url_refused_before_it_could_be_parsed_shows_no_password(url):
+    """Found by the corpus: a URL that is not UTF-8 was shown as it was, and one whose scheme is missing
+    or malformed has no netloc for mask_url to find the password in."""
+    message = refused({"REDIS_URL": url})
+    assert message.startswith("REDIS_URL="), message
+
+
+@pytest.mark.parametrize("variable", ["RQ_APP_PATH", "RQ_APP_DIR", "RQ_APP_VIRTUALENV", "REDIS_SSL_CA_CERTS",
+                                      "REDIS_PASSWORD_FILE"])
+@pytest.mark.parametrize("path", ["/" + "x" * 300, "/a\x00b", "/a\nb"])
+def test_a_path_the_system_cannot_look_up_is_one_line(variable, path):
+    """Found by the corpus: Path.is_dir() raises OSError for a name too long (ENAMETOOLONG) and
+    ValueError for a NUL; a newline in the path made the message two lines."""
+    message = refused({variable: path, "REDIS_URL": "rediss://h:1/0"})
+    assert message.startswith(f"{variable}="), message
