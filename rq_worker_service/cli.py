@@ -190,7 +190,7 @@ def _settings(args: argparse.Namespace):
 
 def _connect(args: argparse.Namespace, settings=None):
     """A Redis client that answered PING, or CommandError with a one-line reason."""
-    from .connection import REDIS_ERRORS, RedisAuthError, make_connection, ping, unreachable
+    from .connection import REDIS_ERRORS, RedisAuthError, RedisNoSuchDatabase, make_connection, ping, unreachable
 
     settings = settings or _settings(args)
     try:
@@ -198,6 +198,8 @@ def _connect(args: argparse.Namespace, settings=None):
         ping(connection, settings.redis)
     except RedisAuthError as exc:
         raise CommandError(str(exc), exits.NOPERM) from None
+    except RedisNoSuchDatabase as exc:
+        raise CommandError(f"configuration error: {exc}", exits.CONFIG) from None
     except REDIS_ERRORS as exc:
         raise CommandError(unreachable(settings.redis, exc), exits.UNAVAILABLE) from None
     return connection, settings

@@ -49,6 +49,11 @@ class RedisAuthError(Exception):
     Exit 77 (EX_NOPERM), which the unit does not restart: the operator must act."""
 
 
+class RedisNoSuchDatabase(Exception):
+    """Redis has fewer databases than the one configured (its ``databases`` setting): a mistake in
+    configuration that only the server can tell, and that waiting does not cure. Exit 78."""
+
+
 CLUSTER_MOVED = ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN")
 """How a cluster node answers for a slot it no longer serves (a failover or a reshard)."""
 CLUSTER_MOVED_ERRORS = (redis.exceptions.AskError, redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError)
@@ -240,7 +245,8 @@ def ping(connection: redis.Redis, target: RedisTarget) -> None:
     """One PING, the one place that tells a refused login from an unreachable Redis.
 
     Raises ``RedisAuthError`` for refused credentials (whatever form the server's refusal takes)
-    and for a TLS handshake that cannot succeed, and lets redis-py's ConnectionError /
+    and for a TLS handshake that cannot succeed, ``RedisNoSuchDatabase`` for a database number the
+    server does not have, and lets redis-py's ConnectionError /
     TimeoutError through for the caller to wait or give up.
     """
     try:
@@ -250,6 +256,10 @@ def ping(connection: redis.Redis, target: RedisTarget) -> None:
     except redis.exceptions.ResponseError as exc:
         if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
             raise _auth_error(target, exc) from None
+        if "DB index is out of range" in str(exc):  # SELECT, sent as the connection is made
+            raise RedisNoSuchDatabase(f"Redis at {target.display} has no such database ({exc}); set the database "
+                                      "number in REDIS_URL (or REDIS_DB) below the server's `databases` "
+                                      "setting (16 by default)") from None
         raise
     except REDIS_ERRORS as exc:
         failure = tls_failure(exc)

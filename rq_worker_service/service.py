@@ -23,6 +23,7 @@ from .config import ConfigError, Settings, load_settings, virtualenv_site_packag
 from .connection import (
     REDIS_ERRORS,
     RedisAuthError,
+    RedisNoSuchDatabase,
     RedisUnavailable,
     make_connection,
     slot_moved,
@@ -142,6 +143,8 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
         return notifier.fail(str(exc), exits.UNAVAILABLE, errno.ECONNREFUSED)
     except RedisAuthError as exc:
         return notifier.fail(str(exc), exits.NOPERM, errno.EACCES)
+    except RedisNoSuchDatabase as exc:
+        return notifier.fail(f"configuration error: {exc}", exits.CONFIG, errno.EINVAL)
     except WorkerNameInUse as exc:
         return notifier.fail(str(exc), exits.TEMPFAIL, errno.EEXIST)
     except StopRequested:

@@ -79,3 +79,18 @@ def test_a_worker_on_a_unix_socket_runs_jobs(start_worker, notify, tmp_path):
         assert "Traceback" not in worker.output()
     finally:
         server.cleanup()
+
+
+def test_a_database_the_server_does_not_have_exits_78_in_one_line(start_worker, notify, redis_server, tmp_path):
+    """redis://…/99 on a server with 16 databases: only the server can tell, at the connect; the
+    SELECT's ResponseError was a traceback and exit 1, a restart every 5 s for ever."""
+    url = redis_server.url.rsplit("/", 1)[0] + "/99"
+    worker = start_worker("1", notify=notify, url=url)
+    assert worker.wait(15) == 78
+    out = worker.output()
+    assert "configuration error: Redis at" in out and "REDIS_URL" in out and "Traceback" not in out, out
+    assert notify.wait_for("ERRNO=22")
+    (tmp_path / "worker.env").write_text("")
+    status = subprocess.run([sys.executable, "-m", "rq_worker_service", "status", "--url", url, "--env-file",
+                             str(tmp_path / "worker.env")], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert status.returncode == 78 and status.stderr.count("\n") == 1, status.stderr
