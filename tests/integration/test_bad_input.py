@@ -12,20 +12,23 @@ import subprocess
 import sys
 
 import pytest
+from badinput import SECRET, environments, loopback
 from helpers import RedisServer, free_port, wait_until
+from hypothesis import HealthCheck, assume, given, settings
 from rq import Queue
 from rq.job import Job, JobStatus
 from testjobs import failing_job, quick_job
 
+from rq_worker_service.config import ConfigError, load_settings
 from rq_worker_service.variables import MAX_SECONDS
 
-SECRET = "Tr0ub4dor-s3cret"
 
-
-def check(env: dict[str, str], tmp_path) -> subprocess.CompletedProcess:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("RQ_", "REDIS_", "NOTIFY_"))}
-    return subprocess.run([sys.executable, "-m", "rq_worker_service", "run", "--check"], env={**base, **env},
-                          cwd=tmp_path, capture_output=True, text=True, errors="replace", timeout=60)
+def check(env: dict[str, str], tmp_path, *args: str) -> subprocess.CompletedProcess:
+    """``run --check`` (or ``run`` with ``args``) as a process, in an environment of ``env`` only."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("RQ_", "REDIS_", "NOTIFY_", "CREDENTIALS_"))}
+    return subprocess.run([sys.executable, "-m", "rq_worker_service", "run", *(args or ["--check"])],
+                          env={**base, **env}, cwd=tmp_path, capture_output=True, text=True, errors="replace",
+                          timeout=60)
 
 
 @pytest.mark.parametrize("env, fragment", [
@@ -94,3 +97,28 @@ def test_a_database_the_server_does_not_have_exits_78_in_one_line(start_worker, 
     status = subprocess.run([sys.executable, "-m", "rq_worker_service", "status", "--url", url, "--env-file",
                              str(tmp_path / "worker.env")], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert status.returncode == 78 and status.stderr.count("\n") == 1, status.stderr
+
+
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                HealthCheck.filter_too_much])
+@given(env=environments(max_variables=3))
+def test_the_corpus_as_processes_check_and_run_agree_on_exit_status(env, tmp_path):
+    """The unit corpus (tests/unit/test_bad_input_corpus.py) in process proves the rule; these few
+    real processes prove the exit statuses: 78 from both with the same one line, or a check that
+    passes and a start that fails only as an outage does (69: nothing listens; 77: TLS)."""
+    assume(all("\x00" not in value for value in env.values()))  # an environment cannot carry one
+    try:
+        assume(loopback(load_settings(env).redis))
+    except ConfigError:
+        pass
+    env = {**env, "RQ_REDIS_STARTUP_WAIT": "0.2"}
+    checked, ran = check(env, tmp_path, "--check", "--instance", "1"), check(env, tmp_path, "--instance", "1")
+    for out in (checked.stderr, ran.stderr):
+        assert "Traceback" not in out and SECRET not in out, out
+    if checked.returncode == 78:
+        assert ran.returncode == 78, ran.stderr
+        line = checked.stderr.strip().split(": configuration error: ", 1)[1]
+        assert len(ran.stderr.strip().splitlines()) == 1 and line in ran.stderr, (checked.stderr, ran.stderr)
+    else:
+        assert checked.returncode == 0, checked.stderr
+        assert ran.returncode in (69, 77), ran.stderr
