@@ -47,9 +47,12 @@ _DIRS = Path(tempfile.mkdtemp(prefix="rqws-corpus-"))
 PATHS = [str(_DIRS), str(_DIRS / "not-utf8"), str(_DIRS / "password"), str(_DIRS / "not-pem"),
          str(_DIRS / "absent"), "/nonexistent", "relative", "/", f"{_DIRS}:{_DIRS}", f"{_DIRS}::"]
 
-HOSTS = ["127.0.0.1", "localhost", "[::1]", "", "a" * 64, "h\udcff", "a..b", "é", "h h", "h%20"]
-PORTS = [f":{UNUSED_PORT}", f":{UNUSED_PORT}", ":0", ":65536", ":abc", ":²", ":-1"]
-DATABASES = ["", "/", "/0", "/15", "/abc", "/²", "/-1", "/99999999999999999999", "/1/2"]
+GOOD_HOSTS = ["127.0.0.1", "localhost", "[::1]"]
+BAD_HOSTS = ["", "a" * 64, "h\udcff", "a..b", "é", "h h", "h%20"]
+GOOD_PORTS = [f":{UNUSED_PORT}"]
+BAD_PORTS = [":0", ":65536", ":abc", ":²", ":-1"]
+GOOD_DATABASES = ["", "/", "/0", "/15"]
+BAD_DATABASES = ["/abc", "/²", "/-1", "/99999999999999999999", "/1/2"]
 QUERY_NAMES = ["db", "socket_timeout", "socket_connect_timeout", "health_check_interval", "retry_on_timeout",
                "ssl_check_hostname", "protocol", "username", "foo", "client_name", "decode_responses",
                "max_connections", "ssl_cert_reqs", "retry_on_error", "socket_keepalive", "encoding", "timeout"]
@@ -57,22 +60,27 @@ QUERY_NAMES = ["db", "socket_timeout", "socket_connect_timeout", "health_check_i
 QUERY_VALUES = ["", "0", "1", "2", "3", "-1", "abc", "nan", "inf", "1e300", "2.5", "yes", "\udcff", "%ff", "required"]
 
 
+def _mostly(good: list[str], bad: list[str]) -> st.SearchStrategy[str]:
+    """Three draws in four from ``good``: a URL gets past its first part often enough to test the rest."""
+    return st.one_of(st.sampled_from(good), st.sampled_from(good), st.sampled_from(good), st.sampled_from(bad))
+
+
 def _url() -> st.SearchStrategy[str]:
     userinfo = st.sampled_from(["", "", f":{SECRET}@", f"u:{SECRET}@", "u@", f"u:{SECRET}\udcff@"])
     query = st.lists(st.tuples(st.sampled_from(QUERY_NAMES), st.sampled_from(QUERY_VALUES)), max_size=3).map(
         lambda pairs: ("?" + "&".join(f"{name}={value}" for name, value in pairs)) if pairs else "")
     tcp = st.builds(lambda scheme, user, host, port, db, q: f"{scheme}://{user}{host}{port}{db}{q}",
-                    st.sampled_from(["redis", "rediss", "redis", "http", "REDIS", "redis+sentinel", ""]),
-                    userinfo, st.sampled_from(HOSTS), st.sampled_from(PORTS), st.sampled_from(DATABASES), query)
-    unix = st.builds(lambda path, q: f"unix://{path}{q}", st.sampled_from([f"{_DIRS}/absent.sock", "", "relative",
-                                                                          "/x\udcff.sock"]), query)
-    return st.one_of(tcp, unix, st.sampled_from(EVERY_KIND_WRONG))
+                    _mostly(["redis", "rediss"], ["http", "REDIS", "redis+sentinel", ""]), userinfo,
+                    _mostly(GOOD_HOSTS, BAD_HOSTS), _mostly(GOOD_PORTS, BAD_PORTS),
+                    _mostly(GOOD_DATABASES, BAD_DATABASES), query)
+    unix = st.builds(lambda path, q: f"unix://{path}{q}", _mostly([f"{_DIRS}/absent.sock"], ["", "relative",
+                                                                                              "/x\udcff.sock"]), query)
+    return st.one_of(tcp, tcp, unix, st.sampled_from(EVERY_KIND_WRONG))
 
 
 def _sentinels() -> st.SearchStrategy[str]:
-    item = st.builds(lambda host, port: f"{host}{port}", st.sampled_from(["127.0.0.1", "localhost", "[::1]", "",
-                                                                           "a" * 64, "h\udcff", "a/b"]),
-                     st.sampled_from(PORTS))
+    item = st.builds(lambda host, port: f"{host}{port}", _mostly(GOOD_HOSTS, BAD_HOSTS + ["a/b"]),
+                     _mostly(GOOD_PORTS, BAD_PORTS))
     return st.one_of(st.lists(item, min_size=1, max_size=3).map(",".join), st.sampled_from(EVERY_KIND_WRONG))
 
 
@@ -136,3 +144,63 @@ def loopback(target: RedisTarget) -> bool:
         return all(host in LOOPBACK for host, _ in target.sentinels.addresses)
     parts = urlsplit(target.url)
     return parts.scheme == "unix" or parts.hostname in LOOPBACK
+
+
+VALID_QUERY = ["db=1", "socket_timeout=2.5", "socket_connect_timeout=1", "health_check_interval=0",
+               "retry_on_timeout=yes", "protocol=2", "protocol=3", "username=u", "ssl_check_hostname=no"]
+
+
+def _valid_url() -> st.SearchStrategy[str]:
+    query = st.lists(st.sampled_from(VALID_QUERY), max_size=3, unique_by=lambda q: q.split("=")[0]).map(
+        lambda items: ("?" + "&".join(items)) if items else "")
+    tcp = st.builds(lambda scheme, user, host, db, q: f"{scheme}://{user}{host}:{UNUSED_PORT}{db}{q}",
+                    st.sampled_from(["redis", "rediss"]), st.sampled_from(["", f":{SECRET}@", f"u:{SECRET}@"]),
+                    st.sampled_from(["127.0.0.1", "localhost", "[::1]"]), st.sampled_from(["", "/0", "/15"]), query)
+    unix = st.builds(lambda q: f"unix://{_DIRS}/absent.sock{q}", query)
+    return st.one_of(tcp, unix)
+
+
+def _valid(var: Variable) -> st.SearchStrategy[str]:
+    """A value ``var`` accepts, of those the corpus draws (paths and URLs: ones that exist or parse)."""
+    name = var.name
+    if name == "REDIS_URL":
+        return _valid_url()
+    if name == "REDIS_HOST":
+        return st.sampled_from(["127.0.0.1", "localhost"])
+    if name == "REDIS_PASSWORD_FILE":
+        return st.just(str(_DIRS / "password"))
+    if name in ("RQ_APP_DIR", "RQ_APP_PATH"):
+        return st.just(str(_DIRS))
+    if var.secret:
+        return st.sampled_from([SECRET, f" {SECRET} ", SECRET + "%"])
+
+    def accepted(value: str) -> bool:
+        try:
+            value.encode("utf-8")
+            var.parse(value)
+        except ValueError:  # (UnicodeEncodeError is one)
+            return False
+        return "\x00" not in value
+
+    return _own_kind(var).filter(lambda value: value.strip() != "" and accepted(value.strip()))
+
+
+VALID_DRAWN = [var for var in DRAWN if var.name not in (
+    "REDIS_SENTINELS", "REDIS_SENTINEL_MASTER",  # drawn together, below
+    "REDIS_CLUSTER",  # needs a hash-tag RQ_KEY_PREFIX (excluded) and a reachable seed
+    "RQ_APP_VIRTUALENV", "REDIS_SSL_CA_CERTS", "REDIS_SSL_CERTFILE", "REDIS_SSL_KEYFILE", "REDIS_SSL_CERT_REQS")]
+
+
+@st.composite
+def valid_environments(draw: st.DrawFn) -> dict[str, str]:
+    """Environments every variable of which is valid, alone and together: the check must pass them."""
+    chosen = draw(st.lists(st.sampled_from(VALID_DRAWN), min_size=1, max_size=5, unique_by=lambda v: v.name))
+    env = {var.name: draw(_valid(var)) for var in chosen}
+    env.setdefault("REDIS_URL", f"redis://127.0.0.1:{UNUSED_PORT}/0")
+    if "REDIS_HOST" in env:
+        env["REDIS_PORT"] = str(UNUSED_PORT)
+    if not env["REDIS_URL"].startswith("unix:") and draw(st.booleans()):
+        env["REDIS_SENTINELS"] = draw(st.sampled_from([f"127.0.0.1:{UNUSED_PORT}",
+                                                       f"localhost:{UNUSED_PORT},[::1]:{UNUSED_PORT}"]))
+        env["REDIS_SENTINEL_MASTER"] = "mymaster"
+    return env

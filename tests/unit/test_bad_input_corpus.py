@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 
 import fakeredis
-from badinput import SECRET, environments, loopback
+from badinput import SECRET, environments, loopback, valid_environments
 from hypothesis import HealthCheck, given, settings
 
 from rq_worker_service.config import ConfigError, load_settings
@@ -48,19 +48,32 @@ def assert_one_clean_line(message: str, env: dict[str, str]) -> None:
         f"{message} (drawn: {sorted(env)})")
 
 
+def passes_and_starts_as_run_would(env: dict[str, str]) -> None:
+    """What ``run`` does after the check, short of the loop: connect (nothing listens: an outage, never
+    a TypeError/ValueError/UnicodeError) and build the worker (on fakeredis, a Redis that answers)."""
+    prepared = prepare(load_settings(env))
+    settings_ = prepared.settings
+    if loopback(settings_.redis):  # ("2" is the address 0.0.0.2: a connect there may wait for its timeout)
+        try:
+            ping(make_connection(settings_.redis, settings_.key_prefix, settings_.name), settings_.redis)
+        except (*REDIS_ERRORS, RedisAuthError):
+            pass
+    worker = build_worker(prepared, fakeredis.FakeRedis(), Notifier())
+    assert worker.name == settings_.name
+
+
 @settings(deadline=1000, suppress_health_check=[HealthCheck.too_slow])  # max_examples: the profile's
 @given(environments())
 def test_the_check_refuses_in_one_line_or_the_start_does_not_fail_on_configuration(env):
     try:
-        prepared = prepare(load_settings(env))
+        passes_and_starts_as_run_would(env)
     except ConfigError as exc:
         assert_one_clean_line(str(exc), env)
-        return
-    settings_ = prepared.settings
-    if loopback(settings_.redis):  # ("2" is the address 0.0.0.2: a connect there may wait for its timeout)
-        try:  # run's connect: refused (nothing listens), never a TypeError/ValueError/UnicodeError
-            ping(make_connection(settings_.redis, settings_.key_prefix, settings_.name), settings_.redis)
-        except (*REDIS_ERRORS, RedisAuthError):
-            pass
-    worker = build_worker(prepared, fakeredis.FakeRedis(), Notifier())  # run's next step, on a Redis that answers
-    assert worker.name == settings_.name
+
+
+@settings(max_examples=150, deadline=1000, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(valid_environments())
+def test_what_is_valid_passes_the_check_and_starts(env):
+    """The other half: a check that refused everything would satisfy the rule above. Every variable
+    valid (unix:// URLs included, which redis-py's keepalive options once broke) passes."""
+    passes_and_starts_as_run_would(env)
