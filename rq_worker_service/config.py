@@ -255,7 +255,6 @@ _URL_OPTIONS: dict[str, Parser] = {
     "socket_connect_timeout": seconds(),
     "health_check_interval": whole(0, "seconds, a whole number, 0 or more"),
     "retry_on_timeout": boolean,
-    "ssl_check_hostname": boolean,
     "protocol": choice("2", "3"),
 }
 """The query parameters of REDIS_URL a worker takes, with what each must be. redis-py takes more, and

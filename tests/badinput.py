@@ -147,7 +147,7 @@ def loopback(target: RedisTarget) -> bool:
 
 
 VALID_QUERY = ["db=1", "socket_timeout=2.5", "socket_connect_timeout=1", "health_check_interval=0",
-               "retry_on_timeout=yes", "protocol=2", "protocol=3", "username=u", "ssl_check_hostname=no"]
+               "retry_on_timeout=yes", "protocol=2", "protocol=3", "username=u"]
 
 
 def _valid_url() -> st.SearchStrategy[str]:

@@ -37,6 +37,7 @@ def refused(env: dict[str, str], overrides: dict | None = None) -> str:
     ("redis://h/0?decode_responses=1", "'decode_responses'"),  # rq needs bytes
     ("redis://h/0?client_name=x", "'client_name'"),  # would hide the worker's connections from fencing
     ("rediss://h/0?ssl_cert_reqs=none", "'ssl_cert_reqs'"),  # would override REDIS_SSL_CERT_REQS silently
+    ("rediss://h/0?ssl_check_hostname=no", "'ssl_check_hostname'"),  # the same; a TypeError without TLS
     ("redis://h/0?db=1&db=2", "'db' is repeated"),
     ("redis://h/0?protocol=4", "protocol="),  # redis-py: ConnectionError at connect, waited out as an outage
     (f"redis://:{SECRET}@h/0?health_check_interval=-1", "health_check_interval="),
