@@ -61,8 +61,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                    help="environment file to (re)apply at start and on every reload; the unit passes its "
                         "EnvironmentFile= paths (default: none)")
     p.add_argument("--check", action="store_true",
-                   help="only read and validate the configuration as run would (files, flags, the app's "
-                        "virtualenv), print one line and exit 0, or 78 with the error; connects to nothing. "
+                   help="only read and validate the configuration and build what run builds before it "
+                        "connects (files, flags, the app's virtualenv, the Redis client, the queues), print one "
+                        "line and exit 0, or 78 with the error; connects to nothing. "
                         "The unit's ExecReload= runs it first, so an invalid file fails the reload and the "
                         "worker keeps running (default: off)")
 
