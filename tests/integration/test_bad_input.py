@@ -53,8 +53,9 @@ def test_ttls_and_timeouts_at_their_bound_run_jobs_as_before(start_worker, notif
     """The bound is within what rq and Redis take: a job that succeeds is FINISHED with its result kept
     (with RQ_RESULT_TTL above Redis's EXPIRE limit it was recorded FAILED), a failure is FAILED."""
     bound = str(MAX_SECONDS)
-    start_worker("1", notify=notify, env={"RQ_RESULT_TTL": bound, "RQ_FAILURE_TTL": bound, "RQ_JOB_TIMEOUT": bound,
-                                          "RQ_JOB_RETRY_DELAY": bound, "RQ_SHUTDOWN_TIMEOUT": bound})
+    worker = start_worker("1", notify=notify, env={"RQ_RESULT_TTL": bound, "RQ_FAILURE_TTL": bound,
+                                                   "RQ_JOB_TIMEOUT": bound, "RQ_JOB_RETRY_DELAY": bound,
+                                                   "RQ_SHUTDOWN_TIMEOUT": bound})
     notify.wait_for("READY=1")
     queue = Queue(connection=rconn)
     done, failed = queue.enqueue(quick_job, 21), queue.enqueue(failing_job, 1)
@@ -62,6 +63,9 @@ def test_ttls_and_timeouts_at_their_bound_run_jobs_as_before(start_worker, notif
     wait_until(lambda: Job.fetch(failed.id, connection=rconn).get_status() == JobStatus.FAILED, 15, what="the failure")
     assert Job.fetch(done.id, connection=rconn).return_value() == 42
     assert rconn.ttl(done.key) > MAX_SECONDS - 60
+    worker.signal(signal.SIGTERM)  # a stop with RQ_SHUTDOWN_TIMEOUT at the bound (EXTEND_TIMEOUT_USEC …)
+    assert worker.wait(15) == 0
+    assert worker.output().count("Traceback") == 1  # the failing job's own, logged by rq
 
 
 def test_a_worker_on_a_unix_socket_runs_jobs(start_worker, notify, tmp_path):
