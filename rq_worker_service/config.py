@@ -300,7 +300,7 @@ def redis_target(env: Mapping[str, str], url_override: str | None = None) -> tup
     Returns the target and warnings to log (for variables that were set but are ignored).
     """
     warnings: list[str] = []
-    url = url_override or _get(env, "REDIS_URL")
+    url = utf8("--url", url_override) if url_override else _get(env, "REDIS_URL")
     variable = "--url" if url_override else "REDIS_URL"
     if url:
         ignored = [name for name in _SPLIT_REDIS_VARS if _get(env, name)]

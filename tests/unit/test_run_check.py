@@ -96,6 +96,7 @@ def test_values_that_are_not_utf8_text_are_refused_and_secrets_stay_masked(env, 
 
 def test_a_flag_that_is_not_utf8_is_refused_under_its_name():
     assert refused({}, {"queues": "a\udcff"}).startswith("--queues=")
+    assert refused({}, {"url": "unix:///r\udcff.sock"}).startswith("--url=")  # passed: a crash at the connect
 
 
 def test_a_password_file_that_is_not_utf8_is_one_line(tmp_path):
