@@ -13,6 +13,8 @@ tests/integration/test_bad_input.py (a few real ``run`` processes).
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -41,6 +43,7 @@ EVERY_KIND_WRONG = [
 ]
 
 _DIRS = Path(tempfile.mkdtemp(prefix="rqws-corpus-"))
+atexit.register(shutil.rmtree, _DIRS, True)
 (_DIRS / "not-utf8").write_bytes(SECRET.encode() + b"\xff\n")
 (_DIRS / "password").write_text(SECRET + "\n")
 (_DIRS / "not-pem").write_text("not a certificate\n")
