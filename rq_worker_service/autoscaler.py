@@ -298,7 +298,7 @@ def run(env_file: str) -> int:
     import redis
 
     from .acl import denied
-    from .connection import REDIS_ERRORS, RedisAuthError, make_connection, ping
+    from .connection import REDIS_ERRORS, RedisAuthError, RedisNoSuchDatabase, make_connection, ping
 
     units = Units()
     try:
@@ -315,6 +315,8 @@ def run(env_file: str) -> int:
         ping(connection, settings.redis)
     except RedisAuthError as exc:
         return notifier.fail(str(exc), exits.NOPERM, errno.EACCES)
+    except RedisNoSuchDatabase as exc:
+        return notifier.fail(f"configuration error: {exc}", exits.CONFIG, errno.EINVAL)
     except REDIS_ERRORS:
         pass  # Redis may come later: the loop holds until it answers, and says so
     scaler = Autoscaler(connection, units, limits, queues, host, state_dir)

@@ -69,8 +69,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                    help="environment file to (re)apply at start and on every reload; the unit passes "
                         "/etc/rq-worker/worker.env and worker-<instance>.env (default: none)")
     p.add_argument("--check", action="store_true",
-                   help="only read and validate the configuration as run would (files, flags, the app's "
-                        "virtualenv), print one line and exit 0, or 78 with the error; connects to nothing. "
+                   help="only read and validate the configuration and build what run builds before it "
+                        "connects (files, flags, the app's virtualenv, the Redis client, the queues), print one "
+                        "line and exit 0, or 78 with the error; connects to nothing. "
                         "The unit's ExecReload= runs it first, so an invalid file fails the reload and the "
                         "worker keeps running (default: off)")
 
@@ -198,7 +199,7 @@ def _settings(args: argparse.Namespace):
 
 def _connect(args: argparse.Namespace, settings=None):
     """A Redis client that answered PING, or CommandError with a one-line reason."""
-    from .connection import REDIS_ERRORS, RedisAuthError, make_connection, ping, unreachable
+    from .connection import REDIS_ERRORS, RedisAuthError, RedisNoSuchDatabase, make_connection, ping, unreachable
 
     settings = settings or _settings(args)
     try:
@@ -206,6 +207,8 @@ def _connect(args: argparse.Namespace, settings=None):
         ping(connection, settings.redis)
     except RedisAuthError as exc:
         raise CommandError(str(exc), exits.NOPERM) from None
+    except RedisNoSuchDatabase as exc:
+        raise CommandError(f"configuration error: {exc}", exits.CONFIG) from None
     except REDIS_ERRORS as exc:
         raise CommandError(unreachable(settings.redis, exc), exits.UNAVAILABLE) from None
     return connection, settings

@@ -16,19 +16,26 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote, unquote, unquote_plus, urlsplit
+from urllib.parse import parse_qs, parse_qsl, quote, unquote, unquote_plus, urlsplit
 
 from .variables import (
     BY_NAME,
     DEFAULT_REDIS_URL,
     HASH_TAG_RE,
     INTERNAL_PREFIX,
+    MAX_SECONDS,
     NOT_CONFIGURATION,
     VARIABLES,
     Invalid,
+    Parser,
     Variable,
+    boolean,
+    choice,
     identifier,
+    seconds,
     site_packages,
+    text,
+    whole,
 )
 
 CREDENTIAL_NAME = "redis-password"
@@ -46,8 +53,14 @@ class ConfigError(Exception):
             message = f"{variable}: {expected}"
         else:
             message = f"{variable}={shown!r} is invalid: expected {expected}"
-        super().__init__(message)
+        super().__init__(_one_line(message))
         self.variable = variable
+
+
+def _one_line(text: str) -> str:
+    """``text`` with what is not printable escaped as Python would (a path or file name in a message
+    may hold a newline or an undecodable byte): one line, which any log and terminal can take."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 @dataclass(frozen=True)
@@ -178,12 +191,26 @@ def _login_from_query(query: str) -> tuple[dict[str, str], str]:
     return values, "&".join(rest)
 
 
+def utf8(variable: str, value: str, *, secret: bool = False) -> str:
+    """``value``, refused unless it is UTF-8 text. Python hands bytes that are not (an EnvironmentFile
+    or a command line may carry any) on as lone surrogates, which every check here lets pass and
+    which fail only when redis-py encodes them: at the start, with a traceback."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(variable, mask_url(value), "UTF-8 text (the value holds bytes that are not UTF-8)",
+                          secret=secret) from None
+    if "\x00" in value:  # only a .env can carry one; the environment and every path refuse it (ValueError)
+        raise ConfigError(variable, mask_url(value), "text without NUL characters", secret=secret)
+    return value
+
+
 def _get(env: Mapping[str, str], name: str) -> str | None:
     """A variable's value, with an empty or blank value meaning 'not set' (as in systemd units)."""
     value = env.get(name)
     if value is None or not value.strip():
         return None
-    return value.strip()
+    return utf8(name, value.strip(), secret=name in BY_NAME and BY_NAME[name].secret)
 
 
 _ADDRESS_VARIABLES = ("REDIS_HOST", "REDIS_SENTINELS")
@@ -201,7 +228,7 @@ def parse_value(var: Variable, raw: str, label: str | None = None) -> Any:
     """``raw`` through ``var``'s parser; a refusal becomes a ConfigError naming ``label`` (the flag
     the value came from) or the variable."""
     try:
-        return var.parse(raw)
+        return var.parse(utf8(label or var.name, raw, secret=var.secret))
     except Invalid as exc:
         raise ConfigError(label or var.name, _shown(var, raw), str(exc), secret=var.secret) from None
 
@@ -218,6 +245,8 @@ def _read_secret_file(path: str, variable: str, what: str) -> str:
         return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
     except OSError as exc:
         raise ConfigError(variable, path, f"a readable file holding the {what} ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(variable, path, f"a file holding the {what} as UTF-8 text") from None
 
 
 def _secret(env: Mapping[str, str], credential_name: str, variable: str, what: str) -> str | None:
@@ -241,8 +270,13 @@ def _secret(env: Mapping[str, str], credential_name: str, variable: str, what: s
     path = _get(env, f"{variable}_FILE")
     if path:
         return _read_secret_file(path, f"{variable}_FILE", what)
-    value = env.get(variable)  # not stripped: a password may end in a space
-    return value if value else None
+    return _get_secret(env, variable)
+
+
+def _get_secret(env: Mapping[str, str], name: str) -> str | None:
+    """A password variable: not stripped (a password may end in a space), but UTF-8 like every value."""
+    value = env.get(name)
+    return utf8(name, value, secret=True) if value else None
 
 
 def _password(env: Mapping[str, str]) -> str | None:
@@ -268,7 +302,7 @@ def _check_url(url: str, variable: str) -> tuple[str, str | None, str | None]:
         if not parts.hostname:
             raise ConfigError(variable, mask_url(url), "a host name, as in redis://localhost:6379/0")
         db = parts.path.lstrip("/")
-        if db and not db.isdigit():
+        if db and not (db.isascii() and db.isdigit() and int(db) <= MAX_SECONDS):
             raise ConfigError(variable, mask_url(url), "a database number after the host, as in redis://host:6379/0")
     from_query, query = _login_from_query(parts.query)
     username = unquote(parts.username) if parts.username else from_query.get("username")
@@ -277,13 +311,60 @@ def _check_url(url: str, variable: str) -> tuple[str, str | None, str | None]:
     return _compose(parts.scheme, "", host, parts.path, query), username, password
 
 
+_URL_OPTIONS: dict[str, Parser] = {
+    "db": whole(0, "a database number (0, 1, 2, …)"),
+    "username": text,
+    "password": text,
+    "socket_timeout": seconds(),
+    "socket_connect_timeout": seconds(),
+    "health_check_interval": whole(0, "seconds, a whole number, 0 or more"),
+    "retry_on_timeout": boolean,
+    "protocol": choice("2", "3"),
+}
+"""The query parameters of REDIS_URL a worker takes, with what each must be. redis-py takes more, and
+any name as a keyword argument of its connections, most of them only when it connects: an unknown
+name, ``retry_on_error=x`` or ``decode_responses=1`` passed the check and then failed the start or
+broke rq; ``client_name`` would hide a worker's connections from fencing, and ``ssl_*`` would
+silently override the REDIS_SSL_* variables."""
+
+
+def _check_url_options(url: str, variable: str) -> None:
+    """The URL's host and query as redis-py will read them, refused here instead of at the connect."""
+    from redis import ConnectionPool
+
+    parts = urlsplit(url)
+    if parts.hostname:
+        try:
+            parts.hostname.encode("idna")  # what the resolver will do with it
+        except UnicodeError:
+            raise ConfigError(variable, mask_url(url), "a host name whose labels (between dots) are 1 to 63 "
+                              "characters") from None
+    seen: set[str] = set()
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name not in _URL_OPTIONS:
+            raise ConfigError(variable, mask_url(url), f"only these query parameters: {', '.join(_URL_OPTIONS)} "
+                              f"(not {name!r}; TLS settings are the REDIS_SSL_* variables)")
+        if name in seen:
+            raise ConfigError(variable, mask_url(url), f"each query parameter once ({name!r} is repeated)")
+        seen.add(name)
+        if value:
+            try:
+                _URL_OPTIONS[name](value)
+            except Invalid as exc:
+                raise ConfigError(variable, mask_url(url), f"{name}= to be {exc}") from None
+    try:
+        ConnectionPool.from_url(url)  # redis-py's own parser (builds a pool; connects to nothing)
+    except ValueError as exc:
+        raise ConfigError(variable, mask_url(url), f"a URL redis-py takes ({exc})") from None
+
+
 def redis_target(env: Mapping[str, str], url_override: str | None = None) -> tuple[RedisTarget, list[str]]:
     """Build the Redis target from REDIS_URL or the split REDIS_HOST/PORT/DB form.
 
     Returns the target and warnings to log (for variables that were set but are ignored).
     """
     warnings: list[str] = []
-    url = url_override or _get(env, "REDIS_URL")
+    url = utf8("--url", url_override) if url_override else _get(env, "REDIS_URL")
     variable = "--url" if url_override else "REDIS_URL"
     if url:
         ignored = [name for name in _SPLIT_REDIS_VARS if _get(env, name)]
@@ -296,6 +377,7 @@ def redis_target(env: Mapping[str, str], url_override: str | None = None) -> tup
     else:
         url = DEFAULT_REDIS_URL
     clean, url_user, url_password = _check_url(url, variable)
+    _check_url_options(clean, variable)
     username = _get(env, "REDIS_USERNAME") or url_user
     password = _password(env)
     if password is None:

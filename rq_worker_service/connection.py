@@ -49,6 +49,11 @@ class RedisAuthError(Exception):
     Exit 77 (EX_NOPERM), which the unit does not restart: the operator must act."""
 
 
+class RedisNoSuchDatabase(Exception):
+    """Redis has fewer databases than the one configured (its ``databases`` setting): a mistake in
+    configuration that only the server can tell, and that waiting does not cure. Exit 78."""
+
+
 CLUSTER_MOVED = ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN")
 """How a cluster node answers for a slot it no longer serves (a failover or a reshard)."""
 CLUSTER_MOVED_ERRORS = (redis.exceptions.AskError, redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError)
@@ -74,6 +79,7 @@ def slot_moved_message(key_prefix: str, exc: BaseException) -> str:
 KEEPALIVE = {socket.TCP_KEEPIDLE: 10, socket.TCP_KEEPINTVL: 5, socket.TCP_KEEPCNT: 3}
 """TCP keepalive on every connection: a Redis host that vanished without a FIN (power cut,
 partition) is noticed by the kernel within ≈25 s of silence instead of after hours."""
+TCP_OPTIONS = {"socket_keepalive": True, "socket_keepalive_options": KEEPALIVE}
 
 
 @functools.cache
@@ -88,7 +94,8 @@ def _driver_info() -> dict[str, Any]:
     return {"driver_info": DriverInfo()}
 
 
-def make_connection(target: RedisTarget, key_prefix: str = "rq", client_name: str | None = None) -> redis.Redis:
+def make_connection(target: RedisTarget, key_prefix: str = "rq", client_name: str | None = None, *,
+                    offline: bool = False) -> redis.Redis:
     """A client for ``target``; timeouts so that no call can hang the main loop for long.
 
     ``client_name``: every connection of a worker carries its name (CLIENT SETNAME on connect), so
@@ -99,13 +106,16 @@ def make_connection(target: RedisTarget, key_prefix: str = "rq", client_name: st
     For Redis Sentinel (REDIS_SENTINELS) every new connection asks the sentinels for the primary
     first, and a connection to a primary that became a replica fails: after a failover the next
     command (or the retry of the failed one) reaches the new primary with no restart.
+    ``offline``: connect to nothing (``run --check``); a cluster's client is then its seed node's,
+    which differs from the slot owner's only in host and port.
     """
-    options: dict = dict(socket_connect_timeout=CONNECT_TIMEOUT, socket_keepalive=True,
-                         socket_keepalive_options=KEEPALIVE, health_check_interval=30, client_name=client_name)
+    options: dict = dict(socket_connect_timeout=CONNECT_TIMEOUT, health_check_interval=30, client_name=client_name)
     options.update(_driver_info())
     if target.sentinels:
-        return _sentinel_client(target, options)
-    url = _slot_owner_url(target, key_prefix) if target.cluster else target.url
+        return _sentinel_client(target, dict(options, **TCP_OPTIONS))
+    url = _slot_owner_url(target, key_prefix) if target.cluster and not offline else target.url
+    if urlsplit(url).scheme != "unix":  # redis-py's socket connection refuses them (a TypeError at connect)
+        options.update(TCP_OPTIONS)
     if urlsplit(url).scheme == "rediss":
         options.update(target.tls)
     return redis.Redis.from_url(url, **options)
@@ -235,7 +245,8 @@ def ping(connection: redis.Redis, target: RedisTarget) -> None:
     """One PING, the one place that tells a refused login from an unreachable Redis.
 
     Raises ``RedisAuthError`` for refused credentials (whatever form the server's refusal takes)
-    and for a TLS handshake that cannot succeed, and lets redis-py's ConnectionError /
+    and for a TLS handshake that cannot succeed, ``RedisNoSuchDatabase`` for a database number the
+    server does not have, and lets redis-py's ConnectionError /
     TimeoutError through for the caller to wait or give up.
     """
     try:
@@ -245,6 +256,10 @@ def ping(connection: redis.Redis, target: RedisTarget) -> None:
     except redis.exceptions.ResponseError as exc:
         if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
             raise _auth_error(target, exc) from None
+        if "DB index is out of range" in str(exc):  # SELECT, sent as the connection is made
+            raise RedisNoSuchDatabase(f"Redis at {target.display} has no such database ({exc}); set the database "
+                                      "number in REDIS_URL (or REDIS_DB) below the server's `databases` "
+                                      "setting (16 by default)") from None
         raise
     except REDIS_ERRORS as exc:
         failure = tls_failure(exc)

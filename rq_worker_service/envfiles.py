@@ -49,6 +49,8 @@ def merge(env: MutableMapping[str, str], files: Iterable[Path], *, replace: bool
             raise ConfigError(str(path), None, f"cannot read it ({reason}); make it readable by the service's user "
                               "(e.g. SupplementaryGroups= with the file's group) or remove it") from None
         for key, value in values.items():
+            if value is not None and "\x00" in key + value:  # the environment cannot hold one (ValueError)
+                raise ConfigError(str(path), None, f"{key!r} holds a NUL character; remove it")
             if value is not None and (replace or key not in env):
                 env[key] = value
                 applied.add(key)

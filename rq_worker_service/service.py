@@ -23,6 +23,7 @@ from .config import ConfigError, Settings, load_settings, virtualenv_site_packag
 from .connection import (
     REDIS_ERRORS,
     RedisAuthError,
+    RedisNoSuchDatabase,
     RedisUnavailable,
     make_connection,
     slot_moved,
@@ -34,12 +35,12 @@ from .envfiles import refresh_environment
 from .lifecycle import Phase
 from .notify import Notifier
 from .parts.reporting import COUNTS_VAR
+from .prepare import Prepared, prepare
 from .recovery import WorkerNameInUse, predecessor_hung, recover_predecessor
 from .rqcompat import mixed_rq_workers
 from .secret_env import environment, handover, url_has_secret
 from .startup import StartupStopped, early
 from .worker import ServiceWorkerMixin
-from .worker_classes import WORKER_CLASSES
 
 log = logging.getLogger("rq_worker_service")
 
@@ -58,14 +59,15 @@ def extend_import_path(settings: Settings) -> None:
             sys.path.append(site)
 
 
-def build_worker(settings: Settings, connection, notifier: Notifier) -> ServiceWorkerMixin:
-    cls = WORKER_CLASSES[settings.worker_class]
-    return cls(list(settings.queues), name=settings.name, connection=connection,
-               default_result_ttl=settings.result_ttl, settings=settings, notifier=notifier)
+def build_worker(prepared: Prepared, connection, notifier: Notifier) -> ServiceWorkerMixin:
+    settings = prepared.settings
+    return prepared.worker_class(list(settings.queues), name=settings.name, connection=connection,
+                                 default_result_ttl=settings.result_ttl, settings=settings, notifier=notifier)
 
 
-def configure(overrides: dict, env_files: Sequence[str]) -> Settings:
-    """Apply the env files, validate, and enter RQ_APP_DIR; raises ConfigError.
+def configure(overrides: dict, env_files: Sequence[str]) -> Prepared:
+    """Apply the env files, validate, build what is built before connecting (``prepare``: the same
+    for ``run --check``), and enter RQ_APP_DIR; raises ConfigError.
 
     A password in ``--url`` is refused: ``ps`` shows a command line to every user of the host, and
     the unit's stays in ``systemctl show`` too."""
@@ -75,14 +77,15 @@ def configure(overrides: dict, env_files: Sequence[str]) -> Settings:
                           "--url without it and the password in REDIS_PASSWORD_FILE, the credential "
                           "redis-password (LoadCredential=) or REDIS_PASSWORD in the env file")
     refresh_environment(env_files, Path.cwd() / ".env", environment)
-    settings = load_settings(environment, overrides)
+    prepared = prepare(load_settings(environment, overrides))
+    settings = prepared.settings
     if settings.app_dir:
         try:
             os.chdir(settings.app_dir)  # the app's relative paths, as under its old supervisor
         except OSError as exc:
             raise ConfigError("RQ_APP_DIR", None, f"cannot enter {settings.app_dir} ({exc.strerror}); give the "
                               "service's user access to it (e.g. SupplementaryGroups= with its group)") from None
-    return settings
+    return prepared
 
 
 def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False) -> int:
@@ -96,12 +99,13 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
     journal.setup_logging("INFO")
     notifier = Notifier()
     try:
-        settings = configure(overrides, env_files)
+        prepared = configure(overrides, env_files)
     except ConfigError as exc:
         if check_only:  # the running worker is not this process: no STATUS=/ERRNO= on its behalf
             log.error("configuration error: %s", exc)
             return exits.CONFIG
         return notifier.fail(f"configuration error: {exc}", exits.CONFIG, errno.EINVAL)
+    settings = prepared.settings
     if check_only:
         for warning in settings.warnings:
             log.warning("%s", warning)
@@ -138,7 +142,7 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
                                         went_silent=predecessor_hung(settings.instance, os.environ))
         if recovered:
             log.warning("Recovered %d job(s) from this instance's previous run", len(recovered))
-        worker = build_worker(settings, connection, notifier)
+        worker = build_worker(prepared, connection, notifier)
         if early.stop_requested:  # its started jobs are re-queued; what it held, any worker puts back (its key is gone)
             return stopped_during_startup()
         worker.work(with_scheduler=settings.with_scheduler, logging_level=settings.log_level)  # hands over the rest
@@ -148,6 +152,8 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
         return notifier.fail(str(exc), exits.UNAVAILABLE, errno.ECONNREFUSED)
     except RedisAuthError as exc:
         return notifier.fail(str(exc), exits.NOPERM, errno.EACCES)
+    except RedisNoSuchDatabase as exc:
+        return notifier.fail(f"configuration error: {exc}", exits.CONFIG, errno.EINVAL)
     except WorkerNameInUse as exc:
         return notifier.fail(str(exc), exits.TEMPFAIL, errno.EEXIST)
     except StopRequested:

@@ -12,7 +12,6 @@ bare python3 to write the env file and the man page.
 
 from __future__ import annotations
 
-import math
 import re
 import sys
 import textwrap
@@ -28,9 +27,21 @@ class Invalid(ValueError):
 
 Parser = Callable[[str], Any]
 
+MAX_SECONDS = 2**31 - 1
+"""The most seconds (and the largest count) any variable takes: about 68 years. Each number ends in a C
+call or a Redis command with a limit, and a value past one passed the check, then failed at the start
+or worse, at each job (RQ_RESULT_TTL=99999999999999999: Redis refused its EXPIRE and every successful
+job was recorded FAILED). The smallest of those limits is alarm(2)'s, a C int, which rq's job timeout
+reaches; the others are far above it: Redis EXPIRE ≈9.2e15 s (2^63 ms less the clock), a retry's
+date before year 10000 (≈2.5e11 s from now), a socket timeout ≈9.2e9 s. One bound for all of them
+keeps the rule one line; -1 (forever, no limit) remains where a variable has it."""
 
-def whole(minimum: int, expected: str, *, maximum: int | None = None, also: tuple[int, ...] = ()) -> Parser:
-    """An integer ``>= minimum`` (and ``<= maximum``), or one of the special values ``also``."""
+
+def whole(minimum: int, expected: str, *, maximum: int = MAX_SECONDS, also: tuple[int, ...] = ()) -> Parser:
+    """An integer ``>= minimum`` and ``<= maximum`` (MAX_SECONDS unless said), or one of the special
+    values ``also``; ``expected`` is completed with the maximum when it is MAX_SECONDS."""
+    if maximum == MAX_SECONDS:
+        expected = f"{expected}, at most {MAX_SECONDS}"
 
     def parse(raw: str) -> int:
         try:
@@ -39,23 +50,24 @@ def whole(minimum: int, expected: str, *, maximum: int | None = None, also: tupl
             raise Invalid(expected) from None
         if value in also:
             return value
-        if value < minimum or (maximum is not None and value > maximum):
+        if value < minimum or value > maximum:
             raise Invalid(expected)
         return value
 
     return parse
 
 
-def seconds(expected: str = "seconds, a number above 0") -> Parser:
-    """A finite number of seconds above 0: ``inf`` and ``nan`` are refused, since every timeout
-    is eventually added to a clock and told to systemd in microseconds."""
+def seconds(expected: str = f"seconds, a number above 0 and at most {MAX_SECONDS}") -> Parser:
+    """A finite number of seconds above 0, at most MAX_SECONDS: ``inf`` and ``nan`` are refused,
+    since every timeout is eventually added to a clock, given to a socket and told to systemd in
+    microseconds."""
 
     def parse(raw: str) -> float:
         try:
             value = float(raw)
         except ValueError:
             raise Invalid(expected) from None
-        if not (value > 0 and math.isfinite(value)):
+        if not (0 < value <= MAX_SECONDS):  # (False for nan; inf is above the maximum)
             raise Invalid(expected)
         return value
 
@@ -90,6 +102,8 @@ def queue_list(raw: str) -> tuple[str, ...]:
         raise Invalid("a comma-separated list of queue names, e.g. 'high,default,low'")
     if any(any(c.isspace() for c in q) for q in names):
         raise Invalid("queue names without spaces")
+    if not all(q.isprintable() for q in names):
+        raise Invalid("queue names of printable characters")
     if len(set(names)) != len(names):
         raise Invalid("each queue name once")
     return tuple(names)
@@ -116,10 +130,27 @@ def key_prefix(raw: str) -> str:
     return raw
 
 
+def _is_dir(path: Path) -> bool:
+    """``path.is_dir()``, False for a path the system cannot even look up (a name too long for it,
+    ENAMETOOLONG), which ``Path.is_dir`` raises as OSError: a traceback in the check itself."""
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
+
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, False where ``_is_dir`` is."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def directories(raw: str) -> tuple[str, ...]:
     paths = tuple(p for p in raw.split(":") if p)
     for p in paths:
-        if not Path(p).is_dir():
+        if not _is_dir(Path(p)):
             raise Invalid(f"existing directories separated by ':' ({p} is not a directory)")
     return paths
 
@@ -128,7 +159,7 @@ def app_directory(raw: str) -> str:
     path = Path(raw)
     if not path.is_absolute():
         raise Invalid("an absolute path, e.g. /srv/myapp")
-    if not path.is_dir():
+    if not _is_dir(path):
         raise Invalid("an existing directory (the app's project directory)")
     return str(path)
 
@@ -137,7 +168,7 @@ def site_packages(venv: str) -> Path:
     """The site-packages of an app virtualenv, which must match our Python's minor version."""
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     root = Path(venv)
-    if not root.is_dir():
+    if not _is_dir(root):
         raise Invalid("the directory of the app's virtualenv")
     site = root / "lib" / version / "site-packages"
     if not site.is_dir():
@@ -152,8 +183,18 @@ def virtualenv(raw: str) -> str:
     return raw
 
 
+def _resolvable(name: str) -> bool:
+    """Whether the resolver can take ``name``: it encodes it as IDNA, whose labels (between dots) are
+    1 to 63 characters; a longer one raised UnicodeError inside redis-py's connect, a traceback."""
+    try:
+        name.encode("idna")
+    except UnicodeError:
+        return False
+    return True
+
+
 def host(raw: str) -> str:
-    if any(c in raw for c in "/@:?# "):
+    if any(c in raw for c in "/@:?# ") or not _resolvable(raw):
         raise Invalid("a host name or IP address, without scheme or port")
     return raw
 
@@ -168,7 +209,8 @@ def sentinel_addresses(raw: str) -> tuple[tuple[str, int], ...]:
     found = []
     for item in (part.strip() for part in raw.split(",")):
         name, _, port = item.rpartition(":") if ":" in item else (item, ":", "26379")
-        if not name or any(c in name for c in "/@?# ") or not port.isdigit() or not 0 < int(port) < 65536:
+        if (not name or any(c in name for c in "/@?# ") or not _resolvable(name) or not port.isascii()
+                or not port.isdigit() or not 0 < int(port) < 65536):
             raise Invalid(expected)
         found.append((name[1:-1] if name.startswith("[") and name.endswith("]") else name, int(port)))
     return tuple(found)
@@ -177,7 +219,7 @@ def sentinel_addresses(raw: str) -> tuple[tuple[str, int], ...]:
 def readable_file(raw: str) -> str:
     """A file the service can read now: a missing certificate must fail the start, not each connect."""
     path = Path(raw)
-    if not path.is_file():
+    if not _is_file(path):
         raise Invalid("an existing file (PEM)")
     try:
         path.open("rb").close()

@@ -35,8 +35,10 @@ class _Adapter:
         pool = self.connection.connection_pool
         where = f"{pool.connection_kwargs.get('host', 'localhost')}:{pool.connection_kwargs.get('port', 6379)}"
         url = f"redis://{where}/{pool.connection_kwargs.get('db', 0)}"
+        os.environ.pop("REDIS_SSL_CERT_REQS", None)
         if issubclass(pool.connection_class, SSLConnection):  # rq's TLS tests: a certificate nobody checks
-            url = f"rediss://{where}/{pool.connection_kwargs.get('db', 0)}?ssl_cert_reqs=none"
+            url = f"rediss://{where}/{pool.connection_kwargs.get('db', 0)}"
+            os.environ["REDIS_SSL_CERT_REQS"] = "none"  # for the spawn horse's settings (REDIS_URL takes no ssl_*)
         self.settings = dataclasses.replace(self.settings, redis=dataclasses.replace(self.settings.redis, url=url))
 
 

@@ -64,3 +64,13 @@ def test_the_commands_see_what_the_workers_see_from_any_directory(tmp_path):
     unit_file = app_and_unit_file(tmp_path, "REDIS_DB=1\nRQ_QUEUES=from-app\n")
     env = commands_environment(unit_file, tmp_path / "elsewhere" / ".env", {"REDIS_PASSWORD": "typed-by-hand"})
     assert (env["REDIS_DB"], env["RQ_QUEUES"], env["REDIS_PASSWORD"]) == ("1", "report_analysis", "typed-by-hand")
+
+
+def test_a_nul_in_an_env_file_is_a_one_line_config_error(tmp_path):
+    """Found by issue 26's corpus work: a NUL in a value (only a file can carry one) reached
+    os.environ, which raises ValueError: a traceback from `run`, `run --check` and `status`."""
+    env_file = tmp_path / "worker.env"
+    env_file.write_bytes(b"RQ_QUEUES=a\x00b\n")
+    with pytest.raises(ConfigError) as info:
+        refresh_environment([str(env_file)], tmp_path / ".env", environ={})
+    assert str(info.value) == f"{env_file}: 'RQ_QUEUES' holds a NUL character; remove it"

@@ -1,0 +1,51 @@
+"""What ``run`` builds from its ``Settings`` before it connects, built once, for ``run`` and ``run --check``.
+
+``run --check`` is the unit's ``ExecReload=`` guard: what passes it is what the re-executed worker
+starts with. Validating the variables one by one was not enough: redis-py reads the URL again, with
+its own parser and its own checks, and builds the connection only when it connects; rq encodes the
+queue keys only when it sends them. A value each variable's check let pass then failed the start
+with a traceback and exit 1, which ``Restart=on-failure`` repeats every five seconds for ever. So
+both paths go through ``prepare``: the Redis client exactly as ``run`` makes it (for a cluster, its
+seed node's; the slot owner's differs only in host and port), one connection object of it (which
+is where redis-py checks its arguments), the queues as rq's ``Queue`` objects with their keys as
+redis-py will send them, and the worker class. A mistake here is a ``ConfigError``: one line, exit 78.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+from rq.queue import Queue
+
+from .config import ConfigError, Settings
+from .connection import make_connection
+from .worker import ServiceWorkerMixin
+from .worker_classes import WORKER_CLASSES
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The settings, and what ``run`` builds from them before its first connection."""
+
+    settings: Settings
+    worker_class: type[ServiceWorkerMixin]
+
+
+def prepare(settings: Settings) -> Prepared:
+    """Build, without connecting, everything ``run`` builds before it connects; raises ConfigError."""
+    target = settings.redis
+    variable = "REDIS_SENTINELS" if target.sentinels else "REDIS_URL"
+    try:
+        client = make_connection(target, settings.key_prefix, settings.name, offline=True)
+        pool = client.connection_pool
+        pool.connection_class(**pool.connection_kwargs)  # redis-py checks its arguments here, not before
+    except (TypeError, ValueError, redis.exceptions.RedisError) as exc:
+        raise ConfigError(variable, target.display, f"settings redis-py can connect with ({exc})") from None
+    encoder = client.get_encoder()
+    for queue in (Queue(name, connection=client) for name in settings.queues):  # as the worker makes them
+        try:
+            encoder.encode(queue.key)
+        except (UnicodeError, redis.exceptions.DataError):
+            raise ConfigError("RQ_QUEUES", queue.name, "queue names redis-py can send (UTF-8 text)") from None
+    return Prepared(settings=settings, worker_class=WORKER_CLASSES[settings.worker_class])
