@@ -14,33 +14,14 @@ import sys
 
 import pytest
 import redis
+from helpers import ACL_PASSWORD as PASSWORD
 from helpers import JOBS_DIR, wait_until
 from rq.job import Job
 from testjobs import failing_job, quick_job
 
 from rq_worker_service import exits
-from rq_worker_service.acl import rule
 from rq_worker_service.client import enqueue
 from rq_worker_service.fencing import Lost, Membership
-
-PASSWORD = "acl-test-pw"
-
-
-@pytest.fixture
-def acl_user(redis_server, rconn):
-    """Make users with the rule (plus the test jobs' keys and ``extra``); their URLs; removed after."""
-    made: list[str] = []
-    rconn.acl_log_reset()
-
-    def make(name: str, *extra: str, allow_client_kill: bool = False) -> str:
-        rconn.execute_command("ACL", "SETUSER", name, "reset", "on", f">{PASSWORD}",
-                              *rule(allow_client_kill=allow_client_kill).split(), "~executions:*", *extra)
-        made.append(name)
-        return f"redis://{name}:{PASSWORD}@127.0.0.1:{redis_server.port}/0"
-
-    yield make
-    for name in made:
-        rconn.execute_command("ACL", "DELUSER", name)
 
 
 def cli(url: str, *args: str) -> subprocess.CompletedProcess:
