@@ -233,6 +233,26 @@ def test_acl_refuses_a_user_name_the_printed_command_and_users_acl_would_read_di
     assert "letters, digits" in err and "Traceback" not in err
 
 
+def test_every_user_name_acl_prints_reads_the_same_in_redis_cli_and_in_users_acl():
+    """Each character of the first 0x250 code points, and a few beyond, inside a name: either the name
+    is refused, or both forms (redis-cli splits like a shell, users.acl at blanks, no quoting) give back
+    that name and the same rule."""
+    from rq_worker_service.acl import bad_user_name, rule, setuser
+
+    printed = 0
+    for code in [*range(0x250), 0x2028, 0x3000, 0xFEFF, 0x1F600]:
+        name = f"rq{chr(code)}w"
+        if bad_user_name(name):
+            continue
+        line = setuser(name)
+        cli_words = shlex.split(line)
+        acl_words = f"user {name} on >pw {rule()}".split()
+        assert cli_words[2] == name and acl_words[1] == name, repr(name)
+        assert cli_words[6:] == acl_words[4:] == rule().split(), repr(name)
+        printed += 1
+    assert printed == 62 + 1 + 4  # letters, digits, _ and . : @ -
+
+
 @pytest.mark.parametrize("line", ['REDIS_USERNAME="a b"', "REDIS_USERNAME='rq>w'", "REDIS_USERNAME=~rq",
                                   "REDIS_USERNAME=ünïcode", 'REDIS_USERNAME="rq\'w"',
                                   "REDIS_URL=redis://a%20b:pw@localhost/0"])
