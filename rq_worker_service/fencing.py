@@ -155,6 +155,7 @@ class Membership:
         self.clock = clock
         self._last_beat: float | None = None
         """When our last beat went through on time; None after one failed."""
+        self._joined = False
         self._sightings: dict[str, _Sighting] = {}
         self._join = connection.register_script(_JOIN)
         self._beat = connection.register_script(_BEAT)
@@ -169,6 +170,7 @@ class Membership:
         self._join(keys=[BEATS_KEY, COUNTS_KEY, MEMBERS_KEY, FENCED_KEY],
                    args=[self.name, int(self.period) + 1, member])
         self._last_beat = self.clock()
+        self._joined = True
         self._sightings.clear()
         return json.loads(previous) if previous else None
 
@@ -195,6 +197,13 @@ class Membership:
             self._sightings.clear()
         self._last_beat = now
         return alive
+
+    def may_be_fenced(self) -> bool:
+        """Whether a fencer may have claimed this member by now: its last beat that went through is
+        older than half a period, or the last one failed. A fencer claims only after a whole period
+        without a beat (less its sweep's jitter), so a member that beat since cannot be fenced; nor
+        can a worker that never joined (rq's API called directly)."""
+        return self._joined and (self._last_beat is None or self.clock() - self._last_beat > self.period / 2)
 
     def leave(self) -> None:
         """A clean exit: no one must fence a worker that stopped on request."""

@@ -431,7 +431,16 @@ class ServiceWorkerMixin(_Base):
         super().main_work_horse(job, queue)
 
     def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
-        faults.reached("job.performed")  # rq calls this first thing after the job's function returned or raised
+        """rq calls this first thing after the job's function returned or raised, before it writes the end.
+
+        A simple worker runs the job in its main process: frozen with it past its fencing and woken,
+        the job was re-queued (perhaps run elsewhere) and its end is not this worker's to write. So
+        when its last beat that went through is older than half a period (only then may a fencer
+        have claimed it) it beats first, and exits there if fenced (``Fencer.exit_fenced``); otherwise
+        no Redis call is added. A horse's end needs no check: its lease ends it before any fencing."""
+        faults.reached("job.performed")
+        if not self.is_horse and self.parts.fencer.membership.may_be_fenced():
+            self.parts.fencer.beat()
         super().handle_execution_ended(job, queue, heartbeat_ttl)
 
     def handle_job_failure(self, job: Job, queue: Queue, started_job_registry: Any = None,

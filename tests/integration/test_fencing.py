@@ -18,6 +18,7 @@ from pathlib import Path
 from helpers import NotifySocket, RedisServer, wait_until
 from rq import Queue
 from rq.job import Job, JobStatus
+from test_pop import fault
 from testjobs import quick_job, sleep_job
 
 from rq_worker_service import exits
@@ -238,3 +239,28 @@ def test_a_worker_woken_after_its_fencing_moves_no_job_without_client_kill(acl_u
     assert {i: executions(rconn, j.id) for i, j in jobs.items()} == dict.fromkeys(cases, 1)
     for note in notes.values():
         note.close()
+
+
+def test_a_simple_worker_woken_past_its_fencing_as_its_job_returns_does_not_record_its_end(
+        acl_user, start_worker, rconn, tmp_path):
+    """A simple worker runs its job in its main process: stopped (SIGSTOP) just as the job's function
+    returned, before rq writes its end, it is fenced and the job runs again on the fencer. Woken, it
+    exits 75 without writing that end: the job has the re-run's result only."""
+    url = acl_user("rqworker")
+    one, two = ready(tmp_path, "one"), ready(tmp_path, "two")
+    frozen = start_worker("1", notify=one, url=url,
+                          env={**FAST, "RQ_WORKER_CLASS": "simple", **fault(tmp_path, "job.performed:SIGSTOP")})
+    start_worker("2", notify=two, url=url, env=FAST)
+    one.wait_for("READY=1")
+    two.wait_for("READY=1")
+    job = Queue(connection=rconn).enqueue(sleep_job, 0.2, job_id="ended-while-frozen")
+    wait_until(lambda: (tmp_path / "fault-1.done").exists() and stopped(frozen.pid), 10,
+               what="worker 1 to stop as the job returns")
+    wait_until(lambda: status(rconn, job.id) == "finished" and executions(rconn, job.id) == 2, 20,
+               what="the fencer to re-run the job")
+    frozen.signal(signal.SIGCONT)
+    assert frozen.wait(15) == exits.TEMPFAIL, frozen.output()
+    results = Job.fetch(job.id, connection=rconn).results()
+    assert [r.type.name for r in results] == ["SUCCESSFUL", "FAILED"], results  # the re-run's; the rescue's
+    one.close()
+    two.close()

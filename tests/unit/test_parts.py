@@ -297,6 +297,31 @@ def test_a_worker_fenced_before_its_pop_takes_nothing_and_exits(worker, monkeypa
     assert exited.value.args[1] == exits.TEMPFAIL and queue.job_ids == [job.id]
 
 
+def test_a_simple_worker_woken_past_its_fencing_mid_job_does_not_write_the_job_s_end(conn, monkeypatch):
+    """Its job ran in its main process through the freeze; the fencer re-queued it. When the job returns,
+    a last beat older than half a period means a fencer may have claimed it: it beats, and exits there
+    if fenced, before rq writes the end. A recent beat adds no Redis call (no fencer can have claimed)."""
+    worker = ServiceSimpleWorker(["default"], connection=conn, settings=load_settings({}), notifier=Recorder())
+    _exits_raise(worker, monkeypatch)
+    membership, now = worker.parts.fencer.membership, [100.0]
+    membership.clock = lambda: now[0]
+    worker.parts.fencer.started()
+    queue = Queue("default", connection=conn)
+    job = queue.enqueue("os.getpid")
+    conn.hset(FENCED_KEY, worker.name, json.dumps({"by": "b", "at": 1}))
+    calls: list[str] = []
+    monkeypatch.setattr(conn, "evalsha", lambda *a, **k: calls.append("evalsha") or 1)
+    now[0] += membership.period / 2  # (a tick of the watch thread beat this long ago: no one may fence yet)
+    worker.handle_execution_ended(job, queue, 60)
+    assert calls == []
+    monkeypatch.undo()
+    _exits_raise(worker, monkeypatch)
+    now[0] += 0.1
+    with pytest.raises(Exited) as exited:
+        worker.handle_execution_ended(job, queue, 60)
+    assert exited.value.args[1] == exits.TEMPFAIL
+
+
 def test_the_sweep_fences_a_silent_member_and_records_it(conn, clock, guard, caplog):
     a, b = fencer(conn, "a", clock, guard), fencer(conn, "b", clock, guard)
     a.started()
