@@ -230,6 +230,8 @@ def test_a_worker_woken_after_its_fencing_moves_no_job_without_client_kill(acl_u
                              rconn.llen(f"rq:service:held:{name(instance)}"))
     assert outcome == dict.fromkeys(cases, (exits.TEMPFAIL, 0, True, 0)), outcome
     assert all("was fenced" in worker.output() for worker in workers.values())
+    put_back = {i for i, w in workers.items() if f"which did not start it ({name(i)} was fenced)" in w.output()}
+    assert put_back == {i for i, (_, at) in cases.items() if at == "blocking"}  # the pop's job, held, put back
     assert {e["object"] for e in rconn.acl_log()} <= {"config|get", "client|list"}  # (refused, and skipped)
 
     for instance in cases:  # systemd restarts them: each runs its job, once
@@ -250,12 +252,11 @@ def test_a_simple_worker_woken_past_its_fencing_as_its_job_returns_does_not_reco
     one, two = ready(tmp_path, "one"), ready(tmp_path, "two")
     frozen = start_worker("1", notify=one, url=url,
                           env={**FAST, "RQ_WORKER_CLASS": "simple", **fault(tmp_path, "job.performed:SIGSTOP")})
-    start_worker("2", notify=two, url=url, env=FAST)
     one.wait_for("READY=1")
-    two.wait_for("READY=1")
     job = Queue(connection=rconn).enqueue(sleep_job, 0.2, job_id="ended-while-frozen")
     wait_until(lambda: (tmp_path / "fault-1.done").exists() and stopped(frozen.pid), 10,
                what="worker 1 to stop as the job returns")
+    start_worker("2", notify=two, url=url, env=FAST)  # (only now: the job is worker 1's)
     wait_until(lambda: status(rconn, job.id) == "finished" and executions(rconn, job.id) == 2, 20,
                what="the fencer to re-run the job")
     frozen.signal(signal.SIGCONT)
