@@ -160,12 +160,25 @@ def _add_acl(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("acl", help="print the least-privilege Redis ACL rule for the workers and these commands",
                        description="Print an ACL SETUSER command granting exactly what workers, these commands and "
                                    "the enqueue helper need: the keys and channels under RQ_KEY_PREFIX, data "
-                                   "commands without @dangerous ones, scripts, INFO, TIME, and CLIENT LIST/KILL "
-                                   "for fencing. Replace YOUR-PASSWORD; connects to nothing.")
+                                   "commands without @dangerous ones, the service's scripts, INFO and TIME; "
+                                   "nothing that acts on the whole server. Replace YOUR-PASSWORD; connects to "
+                                   "nothing.")
     p.add_argument("--env-file", default=DEFAULT_ENV_FILE, metavar="PATH",
                    help=f"read RQ_KEY_PREFIX and REDIS_USERNAME from PATH too (default {DEFAULT_ENV_FILE})")
-    p.add_argument("--user", help="the ACL user name (default: REDIS_USERNAME, or rqworker)")
+    p.add_argument("--user", type=_acl_user, help="the ACL user name (default: REDIS_USERNAME, or rqworker)")
     p.add_argument("--rule", action="store_true", help="only the rule, for a users.acl file or your own tooling")
+    p.add_argument("--allow-client-kill", action="store_true",
+                   help="also grant CLIENT LIST and CLIENT KILL, which act on every client of the server: "
+                        "a fencer then closes a lost worker's connections at once (README: ACL users)")
+
+
+def _acl_user(value: str) -> str:
+    from .acl import bad_user_name
+
+    problem = bad_user_name(value)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -367,12 +380,20 @@ def _cleanup(args: argparse.Namespace) -> int:
 
 
 def _acl(args: argparse.Namespace) -> int:
-    from .acl import rule, setuser
+    from .acl import bad_user_name, rule, setuser
 
     args.url = None
     settings = _settings(args)
+    allow = args.allow_client_kill
+    if args.rule:
+        print(rule(settings.key_prefix, allow_client_kill=allow))
+        return 0
     user = args.user or settings.redis.username or "rqworker"
-    print(rule(settings.key_prefix) if args.rule else setuser(user, settings.key_prefix))
+    problem = bad_user_name(user)
+    if problem:  # (--user is checked by argparse: this one is REDIS_USERNAME, or the user in REDIS_URL)
+        raise CommandError(f"REDIS_USERNAME (or the user in REDIS_URL): {problem}; or name the user to print "
+                           "with --user", exits.CONFIG)
+    print(setuser(user, settings.key_prefix, allow_client_kill=allow))
     return 0
 
 

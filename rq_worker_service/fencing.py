@@ -17,12 +17,21 @@ its own beats went through on time: a failed or late beat of its own (Redis stal
 did) forgets every count it noted, so a Redis outage, or a pause of the fencer, fences no one.
 
 Any live member that sees a lost one claims it atomically (only while the count is still the one it
-saw, so a member that beat meanwhile is not claimed, and only once: the claim removes it), records
-who fenced whom, kills the lost worker's Redis connections (``CLIENT KILL``, found by client name:
-every connection of a worker is named after it) so no pop can be served to it any more, and rescues
-the jobs it was running (``recovery.rescue_executions``). The lost worker, if it ever runs again,
-finds itself fenced at its next beat and exits without taking another job; systemd restarts it and
-it rejoins as a new member.
+saw, so a member that beat meanwhile is not claimed, and only once: the claim removes it), which
+marks it fenced (``FENCED_KEY``): its membership is revoked. The fencer then rescues the jobs it was
+running (``recovery.rescue_executions``) and puts back what it had popped (``held.put_back``).
+
+The lost worker, if it ever runs again, may wake anywhere; every step of its own that moves a job
+reads the mark in the same atomic step, and stops it (``Fenced``, then ``Fencer.exit_fenced``):
+its beat, its pop (the take script), its registration (watched with the mark) and its STARTED mark
+(one script with the check). So a fenced worker moves no job: a job a blocking pop hands it after
+its fencing lands in its held list, is not started, and is put back by the worker itself as it
+exits (or by its restarted instance). Its blocking pops end by themselves: each is sent at most a
+tick after a beat and blocks at most a tick, and no one may fence it before a whole period (three
+ticks) has passed since that beat. Closing its connections (``CLIENT KILL``, found by client name)
+is therefore not needed; a fencer whose ACL user is granted CLIENT LIST and CLIENT KILL (``acl
+--allow-client-kill``) still does it, which ends such a pop at once; CLIENT KILL never stopped a
+woken worker's later writes (redis-py reconnects), the marks do.
 """
 
 from __future__ import annotations
@@ -90,6 +99,11 @@ Token = tuple[str, float]
 moves both, one of an older version the deadline: any beat of either changes the token."""
 
 
+class Fenced(Exception):
+    """This worker is marked fenced: another worker revoked its membership while it was silent and took
+    over its jobs. Nothing was moved; the worker must exit (``Fencer.exit_fenced``)."""
+
+
 @dataclass(frozen=True)
 class Lost:
     """A member claimed by this fencer: where it ran and how long it had been silent."""
@@ -141,6 +155,7 @@ class Membership:
         self.clock = clock
         self._last_beat: float | None = None
         """When our last beat went through on time; None after one failed."""
+        self._joined = False
         self._sightings: dict[str, _Sighting] = {}
         self._join = connection.register_script(_JOIN)
         self._beat = connection.register_script(_BEAT)
@@ -155,6 +170,7 @@ class Membership:
         self._join(keys=[BEATS_KEY, COUNTS_KEY, MEMBERS_KEY, FENCED_KEY],
                    args=[self.name, int(self.period) + 1, member])
         self._last_beat = self.clock()
+        self._joined = True
         self._sightings.clear()
         return json.loads(previous) if previous else None
 
@@ -181,6 +197,13 @@ class Membership:
             self._sightings.clear()
         self._last_beat = now
         return alive
+
+    def may_be_fenced(self) -> bool:
+        """Whether a fencer may have claimed this member by now: its last beat that went through is
+        older than half a period, or the last one failed. A fencer claims only after a whole period
+        without a beat (less its sweep's jitter), so a member that beat since cannot be fenced; nor
+        can a worker that never joined (rq's API called directly)."""
+        return self._joined and (self._last_beat is None or self.clock() - self._last_beat > self.period / 2)
 
     def leave(self) -> None:
         """A clean exit: no one must fence a worker that stopped on request."""
@@ -256,9 +279,11 @@ class Membership:
         return {_text(name): (count.get(_text(name), ""), float(deadline)) for name, deadline in roster}
 
     def kill_connections(self, lost: Lost) -> int:
-        """Close every Redis connection named after ``lost``; returns how many. Without the CLIENT
-        permission (an ACL user) this is skipped with one warning: the lost worker's pops still end
-        by themselves within a tick, so nothing is lost, only that gap is not closed at once."""
+        """Close every Redis connection named after ``lost``, if this user may; returns how many.
+
+        Not needed for safety (the fenced worker stops itself before it moves a job, and its pops end
+        by themselves within a tick): the default ACL rule does not grant CLIENT LIST and CLIENT KILL,
+        which act on every client of the server. Refused, it is not tried again, and said once."""
         if self._kill_refused:
             return 0
         try:
@@ -270,8 +295,8 @@ class Membership:
             return killed
         except redis.exceptions.ResponseError as exc:
             self._kill_refused = True
-            log.warning("cannot close a lost worker's Redis connections (%s); allow CLIENT LIST and CLIENT KILL "
-                        "to this user to fence at once", exc)
+            log.info("Not closing fenced workers' Redis connections (%s: the default ACL rule does not grant CLIENT "
+                     "LIST and CLIENT KILL); a fenced worker stops itself before it moves a job", exc)
             return 0
 
     def record(self, lost: Lost, job_ids: list[str]) -> None:

@@ -25,6 +25,8 @@ atomic step per job, by:
 * the owner itself when it leaves (a stop or reload that came with a reply in hand) and when it
   starts (what its previous run held when it died);
 * the fencer that fenced the owner (its rq worker key is gone by then);
+* the owner once it finds itself fenced (``fencing.Fenced``: a pop served to it after its fencing
+  is not started), as it exits;
 * any worker's sweep, once the owner's rq worker key is gone (checked inside the same script).
 
 Nobody guesses from sightings: a live worker's list is never touched by another worker.
@@ -43,6 +45,7 @@ from rq.queue import Queue
 from rq.utils import as_text, current_timestamp, get_version, now, utcformat
 
 from . import faults, keys
+from .fencing import Fenced
 from .rqcompat import worker_key
 
 log = logging.getLogger("rq_worker_service.held")
@@ -55,11 +58,12 @@ worker, each a script run (6–50 µs of Redis time) and a timed-out BLMOVE (≈
 Redis core per idle worker, 0.5 % of a core in the worker."""
 
 _TAKE = """
+if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return -1 end
 if ARGV[1] == '1' then
   local held = redis.call('LINDEX', KEYS[1], 0)
   if held then return {'', held} end
 end
-for i = 2, #KEYS do
+for i = 3, #KEYS do
   local id = redis.call('LPOP', KEYS[i])
   if id then
     redis.call('RPUSH', KEYS[1], id)
@@ -68,6 +72,18 @@ for i = 2, #KEYS do
 end
 return false
 """
+
+_TAKE_FENCED = -1
+"""The take script's answer when this worker is marked fenced (KEYS[2], ARGV[2]): nothing was moved."""
+
+_HOLDS = """
+if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return -1 end
+for _, id in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  if id == ARGV[1] then return 1 end
+end
+return 0
+"""
+"""KEYS: held list, fenced marks; ARGV: id, worker name. -1: this worker is fenced; 1: the id is held; 0: not."""
 
 _PUT_BACK = """
 if ARGV[2] == '1' and redis.call('EXISTS', KEYS[4]) == 1 then return -1 end
@@ -105,7 +121,10 @@ class Held:
         self.connection = connection
         self.name = name
         self.key = keys.held(name)
+        self.fenced_key = keys.fencing_fenced()
+        """The fencers' marks: a worker marked there moves no job any more (``fencing``)."""
         self._take = connection.register_script(_TAKE)
+        self._holds = connection.register_script(_HOLDS)
         self.retake = False
         self.in_hand: str | None = None
         """The id the last pop returned, until its registration (``worker.prepare_execution``)."""
@@ -118,11 +137,12 @@ class Held:
             ) -> tuple[str | None, str] | None:
         """(queue key, job id) of the job now held, or None: nothing came within ``timeout`` seconds
         (None: do not wait). The queue key is None for an id that was held already (its job's origin
-        says which queue)."""
-        reply = self._take(keys=[self.key, *queue_keys], args=[int(self.retake)])
+        says which queue). Raises ``Fenced`` once this worker is marked fenced, having moved nothing:
+        its membership was revoked while it was silent, and its held list is its fencer's."""
+        reply = self._take_one(queue_keys, retake=self.retake)
         self.retake = False
         if reply:
-            return as_text(reply[0]) or None, as_text(reply[1])
+            return reply
         if timeout is None:
             return None
         blocking = get_version(self.connection) >= (6, 2, 0)  # BLMOVE (rq's own test; cached on the connection)
@@ -136,10 +156,26 @@ class Held:
                     return taken
             else:
                 time.sleep(min(POLL, left))
-            reply = self._take(keys=[self.key, *queue_keys], args=[0])
+            reply = self._take_one(queue_keys, retake=False)
             if reply:
-                return as_text(reply[0]) or None, as_text(reply[1])
+                return reply
         return None
+
+    def _take_one(self, queue_keys: list[str], retake: bool) -> tuple[str | None, str] | None:
+        reply = self._take(keys=[self.key, self.fenced_key, *queue_keys], args=[int(retake), self.name])
+        if reply == _TAKE_FENCED:
+            raise Fenced(self.name)
+        return (as_text(reply[0]) or None, as_text(reply[1])) if reply else None
+
+    def holds(self, job_id: str, pipeline) -> bool:
+        """Whether ``job_id`` is in this worker's held list, read through ``pipeline`` (watching the list
+        and the fenced marks, before its MULTI). Raises ``Fenced`` once this worker is marked fenced:
+        a pop served after its fencing (a blocking pop that outlived it, or one sent after it) is not
+        started; the id stays held, for the worker to put back as it exits (``Fencer.exit_fenced``)."""
+        found = self._holds(keys=[self.key, self.fenced_key], args=[job_id, self.name], client=pipeline)
+        if found == _TAKE_FENCED:
+            raise Fenced(self.name)
+        return bool(found)
 
     def _blmove(self, queue_key: str, timeout: float) -> tuple[str, str] | None:
         # (Redis takes a fractional timeout since 6.0; redis-py's hint says int)

@@ -37,9 +37,10 @@ from rq.queue import Queue
 from rq.utils import as_text, now
 from rq.worker import SHUTDOWN_SIGNAL, WorkerStatus
 
-from . import faults, journal, startup
+from . import faults, journal, keys, startup
 from .config import Settings
 from .connection import REDIS_ERRORS
+from .fencing import Fenced
 from .notify import Notifier
 from .parts import log
 from .parts.assembly import ServiceParts
@@ -69,7 +70,8 @@ class NotHeld(Exception):
 
 _IF_EXISTS = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local i = 1
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return -1 end
+local i = 2
 while i <= #ARGV do
   local n = tonumber(ARGV[i])
   redis.call(unpack(ARGV, i + 1, i + n))
@@ -77,7 +79,8 @@ while i <= #ARGV do
 end
 return 1
 """
-"""Run the commands in ARGV (each: its length, then its words) only while KEYS[1] exists, at once."""
+"""Run the commands in ARGV[2…] (each: its length, then its words) only while KEYS[1] exists and the worker
+ARGV[1] is not marked fenced in KEYS[2], at once. 0: the execution is gone; -1: the worker is fenced."""
 
 
 class TakenBack(Exception):
@@ -161,7 +164,8 @@ class ServiceWorkerMixin(_Base):
         reply is in hand the stop flag no longer matters: the job is started, and a stop that
         raised in between leaves the id in the held list, which the worker puts back as it leaves.
         After a Redis error the id of a reply that was lost on the way may be held already: it is
-        taken from the held list first (``held``). No tick runs between the pop and the registration."""
+        taken from the held list first (``held``). No tick runs between the pop and the registration.
+        A worker marked fenced (woken after another revoked its membership) pops nothing and exits."""
         self.parts.guard.call(self.set_state, WorkerStatus.IDLE)
         self.procline("Listening on " + ",".join(self.queue_names()))
         idle_since = now()
@@ -170,9 +174,9 @@ class ServiceWorkerMixin(_Base):
             while True:
                 self.parts.popping = True  # nothing in hand (an id held after an error is put back on a stop)
                 try:
-                    self.heartbeat()
                     if self.should_run_maintenance_tasks:
                         self.run_maintenance_tasks()
+                    self.heartbeat()  # last before the pop: a pop goes out at most a tick after a beat (``fencing``)
                     if timeout is not None and max_idle_time is not None:
                         timeout = min(timeout, max(1, math.ceil(max_idle_time - (now() - idle_since).total_seconds())))
                     reply = self._pop(timeout)
@@ -194,6 +198,8 @@ class ServiceWorkerMixin(_Base):
         except redis.exceptions.ResponseError as exc:
             self.parts.guard.exit_if_fatal(exc)  # a refusal, a moved cluster slot: one line, and out
             raise
+        except Fenced:  # woken after its fencing: the pop moved nothing
+            self.parts.fencer.exit_fenced()
         except StopRequested:  # carried out now: the flag (its backup) is left unset, as rq leaves it when idle
             self._stop_requested = False
             raise
@@ -264,7 +270,10 @@ class ServiceWorkerMixin(_Base):
         here too would run it twice at once (``NotHeld``). An id gone because an earlier attempt's
         ``EXEC`` was applied and its reply lost with the link (redis-py then raises WatchError, as
         the watch died with the connection) is registered: that execution exists. A job this worker
-        did not pop (rq's API called directly, as rq's own tests do) is registered as rq does."""
+        did not pop (rq's API called directly, as rq's own tests do) is registered as rq does.
+
+        Nor once this worker is marked fenced (the marks are watched too): a pop served to it after
+        its fencing (``Fenced``; its caller exits, putting the id back)."""
         if job.id != self.parts.held.in_hand:
             return super().prepare_execution(job)
         self.parts.held.in_hand = None
@@ -272,8 +281,8 @@ class ServiceWorkerMixin(_Base):
         with self.connection.pipeline() as pipeline:
             while True:
                 try:
-                    pipeline.watch(self.parts.held.key)
-                    if job.id not in self.parts.held.ids(pipeline):
+                    pipeline.watch(self.parts.held.key, self.parts.held.fenced_key)
+                    if not self.parts.held.holds(job.id, pipeline):
                         if execution is not None and pipeline.exists(execution.key):
                             break
                         raise NotHeld(job.id)
@@ -294,13 +303,14 @@ class ServiceWorkerMixin(_Base):
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
         """rq's step that marks the job STARTED (in the horse; in a simple worker's main thread).
 
-        Only while this execution is still registered (its hash watched): a worker frozen between
-        its registration and this mark past its fencing deadline had the job put back by its fencer
-        (``recovery.claim`` deletes the execution); running it here too would run it twice at once,
-        and marking it STARTED would overwrite what the other run wrote (``TakenBack``, and nothing is
-        written). Sent again after a Redis error: rq's ``perform_job`` takes any exception here for
-        the job's own, so a dropped link failed a job that never ran, with no retry; the writes
-        (STARTED, heartbeats, persist) are the same when sent twice. A longer outage still fails it."""
+        Only while this execution is still registered and this worker is not marked fenced: a worker
+        frozen between its registration and this mark past its fencing deadline had the job put back
+        by its fencer (its claim marks it, then ``recovery.claim`` deletes the execution); running it
+        here too would run it twice at once, and marking it STARTED would overwrite what the other
+        run wrote (``TakenBack``, and nothing is written). Sent again after a Redis error: rq's
+        ``perform_job`` takes any exception here for the job's own, so a dropped link failed a job
+        that never ran, with no retry; the writes (STARTED, heartbeats, persist) are the same when
+        sent twice. A longer outage still fails it."""
         for wait in (*PREPARE_RETRIES, None):
             try:
                 self._mark_started(job, remove_from_intermediate_queue)
@@ -315,7 +325,8 @@ class ServiceWorkerMixin(_Base):
         """rq's ``prepare_job_execution`` writes, committed only while our execution exists.
 
         rq's own methods queue the writes on a pipeline that is never executed; its commands go to
-        Redis in one script that runs them only if the execution's hash exists (``_IF_EXISTS``). A
+        Redis in one script that runs them only if the execution's hash exists and this worker is not
+        marked fenced (``_IF_EXISTS``). A
         WATCH, EXISTS, MULTI and EXEC around them did the same at two more commands per job."""
         execution = getattr(self, "execution", None)
         if execution is not None and execution.job_id != job.id:
@@ -337,7 +348,7 @@ class ServiceWorkerMixin(_Base):
             for args, _options in pipeline.command_stack:
                 flat += [len(args), *(encode(arg) for arg in args)]
             pipeline.reset()
-        if not self._if_exists(keys=[execution.key], args=flat):
+        if self._if_exists(keys=[execution.key, keys.fencing_fenced()], args=[self.name, *flat]) != 1:
             raise TakenBack(job.id)
 
     @property
@@ -396,6 +407,8 @@ class ServiceWorkerMixin(_Base):
         try:
             super().execute_job(job, queue)
             faults.reached("job.ended")
+        except Fenced:  # a pop served after its fencing: not started, the id held
+            self.parts.fencer.exit_fenced()
         except NotHeld:
             log.warning("Job %s (%s) was put back on queue %s while this worker was silent (frozen or cut off) "
                         "between taking it and starting it: not starting it here", job.id, func, queue.name,
@@ -421,7 +434,16 @@ class ServiceWorkerMixin(_Base):
         super().main_work_horse(job, queue)
 
     def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
-        faults.reached("job.performed")  # rq calls this first thing after the job's function returned or raised
+        """rq calls this first thing after the job's function returned or raised, before it writes the end.
+
+        A simple worker runs the job in its main process: frozen with it past its fencing and woken,
+        the job was re-queued (perhaps run elsewhere) and its end is not this worker's to write. So
+        when its last beat that went through is older than half a period (only then may a fencer
+        have claimed it) it beats first, and exits there if fenced (``Fencer.exit_fenced``); otherwise
+        no Redis call is added. A horse's end needs no check: its lease ends it before any fencing."""
+        faults.reached("job.performed")
+        if not self.is_horse and self.parts.fencer.membership.may_be_fenced():
+            self.parts.fencer.beat()
         super().handle_execution_ended(job, queue, heartbeat_ttl)
 
     def handle_job_failure(self, job: Job, queue: Queue, started_job_registry: Any = None,

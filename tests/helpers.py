@@ -18,6 +18,8 @@ import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 JOBS_DIR = ROOT / "tests" / "jobs"
+ACL_PASSWORD = "acl-test-pw"
+"""The password of the ACL users the integration tests make (``acl_user``)."""
 
 
 class FakeClock:

@@ -7,6 +7,7 @@ import errno
 import os
 import time
 from collections.abc import Callable
+from typing import NoReturn
 
 from redis import Redis
 
@@ -164,9 +165,16 @@ class Fencer(Part):
                     "closed %d of its Redis connections, rescued %d job(s)%s", lost.name, lost.host, lost.pid or "?",
                     lost.silent, lost.period, killed, len(rescued), "".join(f" {r.job_id}" for r in rescued))
 
-    def exit_fenced(self) -> None:
+    def exit_fenced(self) -> NoReturn:
         """Another worker fenced this one while it was silent and took over its jobs: take no other
-        job, stop the one in hand (it was requeued), and exit so that systemd restarts us cleanly."""
+        job, stop the one in hand (it was requeued), and exit so that systemd restarts us cleanly.
+
+        What a pop served after the fencing left in our held list is put back first: the fencer put
+        back what was held when it fenced, a sweep puts back a list only once its owner's rq key is
+        gone (our own beats may have written it again since), and the restarted instance, which would
+        put it back too, may be long in coming (a host that stays down)."""
+        connection, name = self.membership.connection, self.membership.name
+        self.guard.call(lambda: put_back(connection, name, owner_gone=False, reason=f"{name} was fenced"))
         self.guard.exit_now(f"worker {self.membership.name} was fenced: it was silent for over "
                             f"{self.membership.period:.0f}s and another worker re-queued its jobs; exiting without "
                             "taking another job so that systemd restarts it", exits.TEMPFAIL, errno.ESTALE)

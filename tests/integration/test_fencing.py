@@ -18,6 +18,7 @@ from pathlib import Path
 from helpers import NotifySocket, RedisServer, wait_until
 from rq import Queue
 from rq.job import Job, JobStatus
+from test_pop import fault
 from testjobs import quick_job, sleep_job
 
 from rq_worker_service import exits
@@ -168,3 +169,99 @@ def test_a_redis_stall_longer_than_the_period_fences_no_one(tmp_path):
             p.kill()
             p.wait(10)
         server.cleanup()
+
+
+FREEZE = '''
+import os, signal
+arm = os.environ.get("FREEZE_ARM")
+if arm:
+    from rq_worker_service import held
+    step = "pop" if os.environ["FREEZE_AT"] == "take" else "_blmove"
+    original = getattr(held.Held, step)
+
+    def frozen_first(self, *args, **kwargs):
+        if os.path.exists(arm):  # armed by the test: stop here, once, as a SIGSTOP or a paused VM would
+            os.remove(arm)
+            os.kill(os.getpid(), signal.SIGSTOP)
+        return original(self, *args, **kwargs)
+
+    setattr(held.Held, step, frozen_first)
+'''
+
+
+def stopped(pid: int) -> bool:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+
+
+def test_a_worker_woken_after_its_fencing_moves_no_job_without_client_kill(acl_user, start_worker, rconn, tmp_path):
+    """Workers of the default ACL rule (no CLIENT LIST/KILL: the fencer cannot end their pops) are
+    frozen where a woken worker would next move a job: before its pop's take script ("take"), and
+    before its blocking pop goes out ("blocking", which then hands it a job after its fencing). A
+    live worker fences them; they are woken with a job waiting on each one's own queue. Each stops
+    itself (exit 75) having run nothing, its job back in its queue; restarted, it runs it once."""
+    site = tmp_path / "freezesite"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(FREEZE)
+    url = acl_user("rqworker")
+    cases = {"f1": ("fork", "take"), "f2": ("fork", "blocking"), "s1": ("simple", "take"),
+             "s2": ("simple", "blocking"), "p2": ("spawn", "blocking")}
+    env = {instance: {**FAST, "RQ_QUEUES": f"q-{instance}", "RQ_WORKER_CLASS": kind, "PYTHONPATH": str(site),
+                      "FREEZE_ARM": str(tmp_path / f"arm-{instance}"), "FREEZE_AT": at}
+           for instance, (kind, at) in cases.items()}
+    notes = {instance: ready(tmp_path, instance) for instance in [*cases, "fencer"]}
+    workers = {instance: start_worker(instance, notify=notes[instance], url=url, env=env[instance])
+               for instance in cases}
+    start_worker("fencer", notify=notes["fencer"], url=url, env={**FAST, "RQ_QUEUES": "q-fencer"})
+    for note in notes.values():
+        note.wait_for("READY=1")
+    for instance in cases:
+        (tmp_path / f"arm-{instance}").touch()
+    wait_until(lambda: all(stopped(w.pid) for w in workers.values()), 5, what="every armed worker to freeze at its pop")
+    wait_until(lambda: all(rconn.hexists(FENCED_KEY, name(i)) for i in cases), 20,
+               what="the fencer to fence every frozen worker")
+    jobs = {i: Queue(f"q-{i}", connection=rconn).enqueue(sleep_job, 1.5, job_id=f"woken-{i}") for i in cases}
+    for worker in workers.values():
+        worker.signal(signal.SIGCONT)
+    outcome = {}  # each case's: exit, runs of its job, the job back in its queue, anything left held
+    for instance, worker in workers.items():
+        worker.wait(15)
+        outcome[instance] = (worker.proc.returncode, executions(rconn, jobs[instance].id),
+                             Queue(f"q-{instance}", connection=rconn).job_ids == [jobs[instance].id],
+                             rconn.llen(f"rq:service:held:{name(instance)}"))
+    assert outcome == dict.fromkeys(cases, (exits.TEMPFAIL, 0, True, 0)), outcome
+    assert all("was fenced" in worker.output() for worker in workers.values())
+    put_back = {i for i, w in workers.items() if f"which did not start it ({name(i)} was fenced)" in w.output()}
+    assert put_back == {i for i, (_, at) in cases.items() if at == "blocking"}  # the pop's job, held, put back
+    assert {e["object"] for e in rconn.acl_log()} <= {"config|get", "client|list"}  # (refused, and skipped)
+
+    for instance in cases:  # systemd restarts them: each runs its job, once
+        start_worker(instance, url=url, env=env[instance])
+    wait_until(lambda: all(status(rconn, j.id) == "finished" for j in jobs.values()), 20,
+               what="the restarted workers to run the jobs")
+    assert {i: executions(rconn, j.id) for i, j in jobs.items()} == dict.fromkeys(cases, 1)
+    for note in notes.values():
+        note.close()
+
+
+def test_a_simple_worker_woken_past_its_fencing_as_its_job_returns_does_not_record_its_end(
+        acl_user, start_worker, rconn, tmp_path):
+    """A simple worker runs its job in its main process: stopped (SIGSTOP) just as the job's function
+    returned, before rq writes its end, it is fenced and the job runs again on the fencer. Woken, it
+    exits 75 without writing that end: the job has the re-run's result only."""
+    url = acl_user("rqworker")
+    one, two = ready(tmp_path, "one"), ready(tmp_path, "two")
+    frozen = start_worker("1", notify=one, url=url,
+                          env={**FAST, "RQ_WORKER_CLASS": "simple", **fault(tmp_path, "job.performed:SIGSTOP")})
+    one.wait_for("READY=1")
+    job = Queue(connection=rconn).enqueue(sleep_job, 0.2, job_id="ended-while-frozen")
+    wait_until(lambda: (tmp_path / "fault-1.done").exists() and stopped(frozen.pid), 10,
+               what="worker 1 to stop as the job returns")
+    start_worker("2", notify=two, url=url, env=FAST)  # (only now: the job is worker 1's)
+    wait_until(lambda: status(rconn, job.id) == "finished" and executions(rconn, job.id) == 2, 20,
+               what="the fencer to re-run the job")
+    frozen.signal(signal.SIGCONT)
+    assert frozen.wait(15) == exits.TEMPFAIL, frozen.output()
+    results = Job.fetch(job.id, connection=rconn).results()
+    assert [r.type.name for r in results] == ["SUCCESSFUL", "FAILED"], results  # the re-run's; the rescue's
+    one.close()
+    two.close()

@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import logging
+import os
+import shlex
 import time
 
 import pytest
 import redis
 from helpers import FakeClock
 
+from rq_worker_service import exits
 from rq_worker_service.config import RedisTarget, load_settings
 from rq_worker_service.connection import (
     RedisAuthError,
@@ -161,7 +164,10 @@ def test_acl_rule_and_refusals():
     from rq_worker_service.acl import denied, rule
 
     assert rule("{reports}").startswith("resetkeys ~{reports}:* resetchannels &{reports}:* -@all +@read")
-    assert "+client|kill" in rule() and rule().index("-@dangerous") < rule().index("+info")
+    assert rule().index("-@dangerous") < rule().index("+info")
+    default, opt_in = rule().split(), rule(allow_client_kill=True).split()
+    assert not {"+client|kill", "+client|list", "+config|get"} & set(default)  # nothing server-wide by default
+    assert [w for w in opt_in if w not in default] == ["+client|list", "+client|kill"]
     message = denied(redis.exceptions.NoPermissionError("this user has no permissions to run the 'blmove' command"))
     assert message and "'blmove'" in message and "rq-worker-service acl" in message
     assert denied(redis.exceptions.AuthenticationError("WRONGPASS invalid username-password pair")) is None
@@ -209,6 +215,69 @@ def test_acl_command_prints_the_rule_for_the_configured_prefix_and_user(monkeypa
     assert "hunter2" not in out
     assert main(["acl", "--env-file", str(env_file), "--rule"]) == 0
     assert capsys.readouterr().out.startswith("resetkeys ~{reports}:* resetchannels &{reports}:* -@all")
+
+
+@pytest.mark.parametrize("user", ["a b", "a\tb", "rq'w", 'rq"w', "rq>w", "rq<w", "~rq", "%rq", "&rq", "rq#w", "rqw\n",
+                                  "ünïcode", "rq\\w", "", "-rq", "rq\x1bw"])
+def test_acl_refuses_a_user_name_the_printed_command_and_users_acl_would_read_differently(user, capsys):
+    """The printed ``ACL SETUSER`` line and a ``users.acl`` line (split at blanks, no quoting) must name
+    the same user: a name they would read differently is refused in one line naming --user (exit 2,
+    argparse's usage error); nothing is printed on stdout."""
+    from rq_worker_service.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["acl", "--env-file", os.devnull, f"--user={user}"])
+    out, err = capsys.readouterr()
+    assert exc.value.code == 2 and out == ""
+    assert err.splitlines()[-1].startswith("rq-worker-service acl: error: argument --user:"), err
+    assert "letters, digits" in err and "Traceback" not in err
+
+
+def test_every_user_name_acl_prints_reads_the_same_in_redis_cli_and_in_users_acl():
+    """Each character of the first 0x250 code points, and a few beyond, inside a name: either the name
+    is refused, or both forms (redis-cli splits like a shell, users.acl at blanks, no quoting) give back
+    that name and the same rule."""
+    from rq_worker_service.acl import bad_user_name, rule, setuser
+
+    printed = 0
+    for code in [*range(0x250), 0x2028, 0x3000, 0xFEFF, 0x1F600]:
+        name = f"rq{chr(code)}w"
+        if bad_user_name(name):
+            continue
+        line = setuser(name)
+        cli_words = shlex.split(line)
+        acl_words = f"user {name} on >pw {rule()}".split()
+        assert cli_words[2] == name and acl_words[1] == name, repr(name)
+        assert cli_words[6:] == acl_words[4:] == rule().split(), repr(name)
+        printed += 1
+    assert printed == 62 + 1 + 4  # letters, digits, _ and . : @ -
+
+
+@pytest.mark.parametrize("line", ['REDIS_USERNAME="a b"', "REDIS_USERNAME='rq>w'", "REDIS_USERNAME=~rq",
+                                  "REDIS_USERNAME=ünïcode", 'REDIS_USERNAME="rq\'w"',
+                                  "REDIS_URL=redis://a%20b:pw@localhost/0"])
+def test_acl_refuses_such_a_user_name_from_the_env_file_in_one_line_exit_78(line, capsys, tmp_path):
+    from rq_worker_service.cli import main
+
+    env_file = tmp_path / "worker.env"
+    env_file.write_text(line + "\n", encoding="utf-8")
+    assert main(["acl", "--env-file", str(env_file)]) == exits.CONFIG
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and "REDIS_USERNAME" in err and "--user" in err, err
+    assert "pw" not in err.replace("print", "")
+    assert main(["acl", "--env-file", str(env_file), "--user", "rqworker"]) == 0  # the fix the line names
+    assert capsys.readouterr().out.startswith("ACL SETUSER rqworker ")
+
+
+@pytest.mark.parametrize("user", ["rqworker", "rq.worker-1", "app_rq", "svc:rq", "rq@app", "RQ9"])
+def test_acl_prints_a_plain_user_name_as_it_is_in_both_forms(user, capsys):
+    from rq_worker_service.cli import main
+
+    assert main(["acl", "--env-file", os.devnull, "--user", user]) == 0
+    line = capsys.readouterr().out.strip()
+    assert shlex.split(line)[:3] == ["ACL", "SETUSER", user] and line.split()[2] == user
+    assert main(["acl", "--env-file", os.devnull, "--user", user, "--allow-client-kill"]) == 0
+    assert capsys.readouterr().out.strip().endswith("+info +client|list +client|kill")
 
 
 def test_no_primary_from_the_sentinels_is_one_short_line_without_secrets():

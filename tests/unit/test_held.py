@@ -141,3 +141,36 @@ def test_a_failed_put_back_at_teardown_is_a_warning_not_an_exception(caplog):
 
     HeldJobs(Unreachable()).teardown()  # type: ignore[arg-type]
     assert "its next start will" in caplog.text
+
+
+def test_a_fenced_worker_s_pop_moves_nothing_and_says_so(conn):
+    """Once a fencer marked this worker (its membership revoked while it was silent), its take script
+    moves nothing, retake or not, from one queue or several: the worker woke after its fencing."""
+    from rq_worker_service.fencing import FENCED_KEY, Fenced
+
+    q1, q2 = queues(conn, "q1", "q2")
+    waiting = q2.enqueue(quick_job, 1)
+    held, other = Held(conn, "w1"), Held(conn, "w2")
+    conn.hset(FENCED_KEY, "w1", '{"by": "w2"}')
+    for retake, keys in ((False, [q1.key, q2.key]), (True, [q2.key]), (False, [q2.key])):
+        held.retake = retake
+        with pytest.raises(Fenced):
+            held.pop(keys, None)
+        assert q2.job_ids == [waiting.id] and held.ids() == []
+    assert other.pop([q1.key, q2.key], None) == (q2.key, waiting.id), "only the marked worker is refused"
+
+
+def test_a_job_a_blocking_pop_handed_to_a_fenced_worker_is_not_held_for_a_start(conn):
+    """``holds`` (the registration's watched read) refuses once the worker is marked fenced, though the
+    id is in its list: a blocking pop served after the fencing; else it says whether the id is held."""
+    from rq_worker_service.fencing import FENCED_KEY, Fenced
+
+    (q1,) = queues(conn, "q1")
+    job = q1.enqueue(quick_job, 1)
+    held = Held(conn, "w1")
+    conn.lmove(q1.key, held.key)
+    assert held.holds(job.id, conn) and not held.holds("other", conn)
+    conn.hset(FENCED_KEY, "w1", '{"by": "w2"}')
+    with pytest.raises(Fenced):
+        held.holds(job.id, conn)
+    assert held.ids() == [job.id], "left held: the worker puts it back as it exits"

@@ -240,6 +240,88 @@ def test_a_worker_fenced_while_its_horse_died_leaves_the_job_to_the_fencer(worke
     assert job.get_status(refresh=True) == "queued" and worker.connection.zcard("rq:failed:default") == 0
 
 
+def _popped(worker):
+    """A job popped by ``worker`` (in its held list, in hand), and its queue."""
+    queue = Queue("default", connection=worker.connection)
+    queue.enqueue("os.getpid")
+    queue_key, job_id = worker._pop(None)
+    return worker._fetch_popped(queue_key, job_id)
+
+
+def _exits_raise(worker, monkeypatch):
+    def leave(message, status, error):
+        raise Exited(message, status)
+    monkeypatch.setattr(worker.parts.guard, "exit_now", leave)
+
+
+def test_a_worker_fenced_with_a_pop_in_hand_does_not_start_it_and_puts_it_back_as_it_exits(worker, monkeypatch):
+    """A blocking pop served after the fencing (or sent after it): the registration reads the mark
+    under its watch and refuses; the worker puts what it holds back and exits 75."""
+    _exits_raise(worker, monkeypatch)
+    worker.parts.fencer.started()
+    job, queue = _popped(worker)
+    worker.connection.hset(FENCED_KEY, worker.name, json.dumps({"by": "b", "at": 1}))
+    with pytest.raises(Exited) as exited:
+        worker.execute_job(job, queue)
+    assert exited.value.args[1] == exits.TEMPFAIL
+    assert queue.job_ids == [job.id] and worker.parts.held.ids() == []
+    assert job.get_status(refresh=True) == "queued" and queue.started_job_registry.count == 0
+
+
+def test_a_worker_fenced_between_its_registration_and_its_started_mark_writes_nothing(worker):
+    """Claimed by a fencer that has not yet rescued the job: the STARTED mark reads the mark in its
+    script and writes nothing (``TakenBack``): the fencer's rescue re-queues the job."""
+    from rq_worker_service.worker import TakenBack
+
+    worker.parts.fencer.started()
+    job, queue = _popped(worker)
+    worker.execution = worker.prepare_execution(job)
+    worker.connection.hset(FENCED_KEY, worker.name, json.dumps({"by": "b", "at": 1}))
+    with pytest.raises(TakenBack):
+        worker.prepare_job_execution(job)
+    assert job.get_status(refresh=True) == "queued" and not worker.connection.hget(job.key, "started_at")
+    worker.connection.hdel(FENCED_KEY, worker.name)  # (rejoined: its own again)
+    worker.prepare_job_execution(job)
+    assert job.get_status(refresh=True) == "started"
+
+
+def test_a_worker_fenced_before_its_pop_takes_nothing_and_exits(worker, monkeypatch):
+    _exits_raise(worker, monkeypatch)
+    worker.parts.fencer.started()
+    queue = Queue("default", connection=worker.connection)
+    job = queue.enqueue("os.getpid")
+    worker.connection.hset(FENCED_KEY, worker.name, json.dumps({"by": "b", "at": 1}))
+    monkeypatch.setattr(worker, "heartbeat", lambda *a, **k: None)  # (woken past its beat: the pop is next)
+    with pytest.raises(Exited) as exited:
+        worker.dequeue_job_and_maintain_ttl(1)
+    assert exited.value.args[1] == exits.TEMPFAIL and queue.job_ids == [job.id]
+
+
+def test_a_simple_worker_woken_past_its_fencing_mid_job_does_not_write_the_job_s_end(conn, monkeypatch):
+    """Its job ran in its main process through the freeze; the fencer re-queued it. When the job returns,
+    a last beat older than half a period means a fencer may have claimed it: it beats, and exits there
+    if fenced, before rq writes the end. A recent beat adds no Redis call (no fencer can have claimed)."""
+    worker = ServiceSimpleWorker(["default"], connection=conn, settings=load_settings({}), notifier=Recorder())
+    _exits_raise(worker, monkeypatch)
+    membership, now = worker.parts.fencer.membership, [100.0]
+    membership.clock = lambda: now[0]
+    worker.parts.fencer.started()
+    queue = Queue("default", connection=conn)
+    job = queue.enqueue("os.getpid")
+    conn.hset(FENCED_KEY, worker.name, json.dumps({"by": "b", "at": 1}))
+    calls: list[str] = []
+    monkeypatch.setattr(conn, "evalsha", lambda *a, **k: calls.append("evalsha") or 1)
+    now[0] += membership.period / 2  # (a tick of the watch thread beat this long ago: no one may fence yet)
+    worker.handle_execution_ended(job, queue, 60)
+    assert calls == []
+    monkeypatch.undo()
+    _exits_raise(worker, monkeypatch)
+    now[0] += 0.1
+    with pytest.raises(Exited) as exited:
+        worker.handle_execution_ended(job, queue, 60)
+    assert exited.value.args[1] == exits.TEMPFAIL
+
+
 def test_the_sweep_fences_a_silent_member_and_records_it(conn, clock, guard, caplog):
     a, b = fencer(conn, "a", clock, guard), fencer(conn, "b", clock, guard)
     a.started()
