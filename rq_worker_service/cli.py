@@ -12,8 +12,9 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from . import __version__, exits, keys
 from .levels import UNKNOWN, Threshold
@@ -23,6 +24,20 @@ DESCRIPTION = "Run RQ workers as systemd services, and inspect them."
 DEFAULT_ENV_FILE = "/etc/rq-worker/worker.env"
 THRESHOLDS = ("max_queued", "max_age", "max_failed", "min_workers", "max_heartbeat_age")
 """The ``status`` options that are ``Threshold``s, named as ``status.judge.evaluate`` takes them."""
+
+
+def one_line(text: str) -> str:
+    """``text`` with every character a terminal would not show as itself (newlines, controls, the
+    surrogates that stand for bytes that are not UTF-8) escaped: an error stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's, except that a usage error is one line (the problem and where help is), not the
+    usage block: the same shape as every other error of these commands."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {one_line(message)}; see {self.prog} --help\n")
 
 
 class CommandError(Exception):
@@ -95,11 +110,16 @@ def _connection_options(p: argparse.ArgumentParser) -> None:
                         "and .env in the working directory are read too, and the environment wins")
 
 
-def _threshold(text: str) -> Threshold:
-    try:
-        return Threshold.parse(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a number W or two numbers W,C") from None
+def _threshold(fewer_is_worse: bool = False) -> Callable[[str], Threshold]:
+    """argparse's type for a ``W[,C]`` option; its refusal names the option and what it expects."""
+
+    def parse(text: str) -> Threshold:
+        try:
+            return Threshold.parse(text, fewer_is_worse=fewer_is_worse)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
 
 
 def _add_status(sub: argparse._SubParsersAction) -> None:
@@ -117,13 +137,13 @@ def _add_status(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", metavar="FILE",
                    help="write to FILE atomically (for node_exporter's textfile collector) instead of stdout")
     p.add_argument("--check", action="store_true", help="exit with the verdict's status (0/1/2/3)")
-    p.add_argument("--max-queued", type=_threshold, metavar="W[,C]",
+    p.add_argument("--max-queued", type=_threshold(), metavar="W[,C]",
                    help="queued jobs, all queues together; past C, also jobs queued where no live "
                         "worker listens")
-    p.add_argument("--max-age", type=_threshold, metavar="W[,C]", help="seconds the oldest queued job waits")
-    p.add_argument("--max-failed", type=_threshold, metavar="W[,C]", help="failed jobs, all queues together")
-    p.add_argument("--min-workers", type=_threshold, metavar="W[,C]", help="live workers")
-    p.add_argument("--max-heartbeat-age", type=_threshold, metavar="W[,C]",
+    p.add_argument("--max-age", type=_threshold(), metavar="W[,C]", help="seconds the oldest queued job waits")
+    p.add_argument("--max-failed", type=_threshold(), metavar="W[,C]", help="failed jobs, all queues together")
+    p.add_argument("--min-workers", type=_threshold(fewer_is_worse=True), metavar="W[,C]", help="live workers")
+    p.add_argument("--max-heartbeat-age", type=_threshold(), metavar="W[,C]",
                    help="seconds since any worker's last heartbeat")
     p.add_argument("--key-prefix", metavar="PREFIX",
                    help="only this RQ_KEY_PREFIX (default: RQ_KEY_PREFIX and every one set in the "
@@ -168,7 +188,7 @@ def _add_acl(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rq-worker-service", description=DESCRIPTION)
+    parser = Parser(prog="rq-worker-service", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -422,7 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except CommandError as exc:
-        print(f"rq-worker-service: {exc}", file=sys.stderr)
+        print(f"rq-worker-service: {one_line(str(exc))}", file=sys.stderr)
         return exc.status
     except Exception as exc:  # a refused command surfaces wherever the command first needs it
         from .acl import denied
