@@ -293,14 +293,27 @@ def _status_per_prefix(args: argparse.Namespace, prefixes: list[str]) -> int:
     return max(r.level for r in reports) if args.check else 0
 
 
+def _key_prefix(raw: str) -> str:
+    """``--key-prefix``, through RQ_KEY_PREFIX's own parser: a prefix rq would refuse at its import (empty,
+    blanks, other characters) is one configuration error naming the flag."""
+    from .config import ConfigError, parse_value
+    from .variables import BY_NAME
+
+    try:
+        return parse_value(BY_NAME[keys.VARIABLE], raw, "--key-prefix")
+    except ConfigError as exc:
+        raise CommandError(f"configuration error: {exc}", exits.CONFIG) from None
+
+
 def _status(args: argparse.Namespace) -> int:
     import redis
 
-    if args.key_prefix:
-        keys.export(args.key_prefix)  # read below as the shell's environment: it wins (and is validated)
     try:
+        if args.key_prefix is not None:
+            keys.export(_key_prefix(args.key_prefix))  # read below as the shell's environment: it wins
         settings = _settings(args)
-        prefixes = [] if args.key_prefix or args.prometheus else _instance_prefixes(args, settings.key_prefix)
+        prefixes = [] if args.key_prefix is not None or args.prometheus else _instance_prefixes(args,
+                                                                                                settings.key_prefix)
         if len(prefixes) < 2:
             connection, settings = _connect(args, settings)
             from .status.collect import collect

@@ -130,3 +130,25 @@ def test_a_threshold_passed_on_to_a_prefix_s_child_is_the_same_threshold(text):
     """``status`` hands each key prefix's child ``str(threshold)``: ``:g`` made 1234567 into 1234570."""
     threshold = Threshold.parse(text)
     assert Threshold.parse(str(threshold)) == threshold
+
+
+@pytest.mark.parametrize("value", ["a b", "", " ", " rq ", "rq\n", "caf\u00e9", "x\udcff", "a%s"])
+def test_a_key_prefix_flag_rq_would_refuse_is_one_line_naming_the_flag(shell, value):
+    """Through RQ_KEY_PREFIX's parser, as the variable: ``--key-prefix 'a b'`` named RQ_KEY_PREFIX, and an
+    empty or blank one was silently the default prefix's report."""
+    refused(invoke(status_argv(shell, f"--key-prefix={value}"), shell / "cwd"), 78,
+            f"configuration error: --key-prefix={value!r} is invalid: expected letters, digits")
+
+
+def test_a_key_prefix_flag_refused_is_unknown_to_a_check_and_rq_up_0_to_prometheus(shell):
+    """The monitoring contract of every configuration error."""
+    check = invoke(status_argv(shell, "--check", "--key-prefix", "a b"), shell / "cwd")
+    assert check.status == 3 and check.stdout.startswith("UNKNOWN: configuration error: --key-prefix='a b'")
+    prom = invoke(status_argv(shell, "--prometheus", "--key-prefix", "a b"), shell / "cwd")
+    assert prom.status == 0 and "rq_up 0" in prom.stdout and "--key-prefix='a b'" in prom.stderr
+
+
+@pytest.mark.parametrize("value", ["{reports}", "rq", "app:v2"])
+def test_a_sound_key_prefix_flag_is_taken(shell, value):
+    outcome = invoke(status_argv(shell, "--json", "--key-prefix", value), shell / "cwd")
+    assert outcome.status == 0 and outcome.stderr == "", outcome
