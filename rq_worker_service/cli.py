@@ -249,17 +249,18 @@ def write_output(text: str, path: str | None) -> None:
 
 def _instance_prefixes(args: argparse.Namespace, own: str) -> list[str]:
     """``own`` and every other RQ_KEY_PREFIX the instance files beside the env file set."""
-    from dotenv import dotenv_values
-
     from .config import ConfigError
+    from .envfiles import read_values
 
     env_file = Path(args.env_file)
     prefixes = [own]
     for path in sorted(env_file.parent.glob(f"{env_file.stem}-*.env")):
-        try:
-            value = dotenv_values(path).get(keys.VARIABLE)
-        except OSError:
+        if not os.access(path, os.R_OK):
             continue  # an instance file we may not read: its workers' own status shows them
+        try:
+            value = (read_values(path) or {}).get(keys.VARIABLE)
+        except ConfigError as exc:  # not UTF-8 (or gone unreadable since): its workers cannot start either
+            raise CommandError(f"configuration error: {exc}", exits.CONFIG) from None
         if not value or not value.strip():
             continue  # not set there: its workers use the env file's
         try:

@@ -152,3 +152,28 @@ def test_a_key_prefix_flag_refused_is_unknown_to_a_check_and_rq_up_0_to_promethe
 def test_a_sound_key_prefix_flag_is_taken(shell, value):
     outcome = invoke(status_argv(shell, "--json", "--key-prefix", value), shell / "cwd")
     assert outcome.status == 0 and outcome.stderr == "", outcome
+
+
+NOT_UTF8 = b"REDIS_DB=0\nRQ_KEY_PREFIX=caf\xe9\n"
+
+
+@pytest.mark.parametrize("where", ["etc/worker-2.env", "etc/worker.env", "cwd/.env"])
+@pytest.mark.parametrize("command", [["status"], ["status", "--json"], ["job", "x"], ["requeue", "x"],
+                                     ["cleanup"], ["acl"]])
+def test_an_env_file_that_is_not_utf8_is_one_line_naming_it_and_the_fix(shell, where, command):
+    """A worker-*.env that is not UTF-8 crashed ``status`` (only OSError was caught); worker.env's and
+    .env's error told to make the file readable, which does not help."""
+    (shell / where).write_bytes(NOT_UTF8)
+    outcome = invoke([*command, "--env-file", str(shell / "etc" / "worker.env")], shell / "cwd")
+    if where == "etc/worker-2.env" and command[0] != "status":
+        assert outcome.status in (0, 1), outcome  # only status reads the instance files
+        return
+    refused(outcome, 78, f"{shell / where}: line 2 is not UTF-8 text; write the file in UTF-8")
+    assert "caf" not in outcome.stderr, "the bytes may be a password's: only the line is named"
+
+
+def test_an_env_file_that_is_not_utf8_is_unknown_to_a_check(shell):
+    (shell / "etc" / "worker-2.env").write_bytes(NOT_UTF8)
+    outcome = invoke(status_argv(shell, "--check"), shell / "cwd")
+    assert outcome.status == 3 and outcome.stdout.startswith("UNKNOWN: configuration error: ")
+    assert "worker-2.env: line 2 is not UTF-8 text" in outcome.stdout
