@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -48,6 +49,38 @@ class CommandError(Exception):
         self.status = status
 
 
+_JOB_ID_RE = re.compile(r"[A-Za-z0-9_-]+(?::[A-Za-z0-9_-]+)?")
+"""A job id as rq 3 accepts it (``rq.job.JOB_ID_PATTERN``; a unit test pins the two together), or rq's
+``JOB_ID:EXECUTION_ID`` as its started registries hold them. rq raised ValueError for any other."""
+
+
+def job_id(text: str) -> str:
+    if not _JOB_ID_RE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a job id: letters, digits, _ and - (as rq makes "
+                                         "them), e.g. 5f3c1e0a-…; status --json lists them")
+    return text
+
+
+def queue_name(text: str) -> str:
+    """A queue a worker can be told to listen to (RQ_QUEUES): Redis keys are UTF-8, and a name with blanks
+    or commas cannot be written in RQ_QUEUES."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a queue name in UTF-8 text") from None
+    if not text or any(c.isspace() or c == "," for c in text):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected one queue name, without blanks or commas, "
+                                         "e.g. default") from None
+    return text
+
+
+def path(text: str) -> str:
+    """A file's path: an empty one would be the working directory."""
+    if not text:
+        raise argparse.ArgumentTypeError("'': expected a file's path")
+    return text
+
+
 def _flag_help(var: Variable) -> str:
     """A flag's help: what it does, its default and the variable it overrides (dramatiq's habit)."""
     return f"{var.help} (default: {var.doc_default}) [{var.name}]".replace("%", "%%")
@@ -80,7 +113,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         p.add_argument(*names, dest=var.field or var.flag.lstrip("-"), metavar=var.metavar, help=_flag_help(var))
     p.add_argument("-n", "--name", help="worker name (default: <hostname>.rq-worker@<instance>); it must be "
                    "stable for crash recovery to find the previous run's jobs")
-    p.add_argument("--env-file", action="append", default=[], metavar="PATH",
+    p.add_argument("--env-file", action="append", default=[], metavar="PATH", type=path,
                    help="environment file to (re)apply at start and on every reload; the unit passes "
                         "/etc/rq-worker/worker.env and worker-<instance>.env (default: none)")
     p.add_argument("--check", action="store_true",
@@ -98,14 +131,14 @@ def _add_autoscale(sub: argparse._SubParsersAction) -> None:
                     "start or (warm-)stop instances through systemd's D-Bus API, within RQ_AUTOSCALE_MIN and "
                     "RQ_AUTOSCALE_MAX. Settings: the RQ_AUTOSCALE_* variables. Runs until SIGTERM; the "
                     "instances keep running.")
-    p.add_argument("--env-file", default=DEFAULT_ENV_FILE, metavar="PATH",
+    p.add_argument("--env-file", default=DEFAULT_ENV_FILE, metavar="PATH", type=path,
                    help=f"the workers' environment file, read for Redis and RQ_AUTOSCALE_* (default: "
                         f"{DEFAULT_ENV_FILE})")
 
 
 def _connection_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-u", "--url", help="Redis URL (default: REDIS_URL, as the workers use it)")
-    p.add_argument("--env-file", default=DEFAULT_ENV_FILE, metavar="PATH",
+    p.add_argument("--env-file", default=DEFAULT_ENV_FILE, metavar="PATH", type=path,
                    help=f"read the workers' settings from PATH (default {DEFAULT_ENV_FILE}); the environment "
                         "and .env in the working directory are read too, and the environment wins")
 
@@ -129,12 +162,12 @@ def _add_status(sub: argparse._SubParsersAction) -> None:
                     "abandoned jobs, under a one-line verdict. With --check, exit 0 OK, 1 WARNING, 2 CRITICAL, "
                     "3 UNKNOWN, as Nagios/Icinga plugins do. Thresholds are W or W,C (warning, critical).")
     _connection_options(p)
-    p.add_argument("-q", "--queue", action="append", dest="queues", metavar="NAME",
+    p.add_argument("-q", "--queue", action="append", dest="queues", metavar="NAME", type=queue_name,
                    help="only this queue (repeatable; default: every queue in Redis)")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="machine-readable output")
     fmt.add_argument("--prometheus", action="store_true", help="Prometheus text exposition format")
-    p.add_argument("-o", "--output", metavar="FILE",
+    p.add_argument("-o", "--output", metavar="FILE", type=path,
                    help="write to FILE atomically (for node_exporter's textfile collector) instead of stdout")
     p.add_argument("--check", action="store_true", help="exit with the verdict's status (0/1/2/3)")
     p.add_argument("--max-queued", type=_threshold(), metavar="W[,C]",
@@ -156,15 +189,15 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
                        description="Show one job: status, queue, function and (truncated) arguments, times, "
                                    "retries left, worker and the last failure's traceback.")
     _connection_options(p)
-    p.add_argument("job_id", metavar="JOB_ID")
+    p.add_argument("job_id", metavar="JOB_ID", type=job_id)
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("requeue", help="send failed jobs back to their queue",
                        description="Requeue failed jobs: the given ids, or with --queue every failed job of a "
                                    "queue. --dry-run lists what would be requeued.")
     _connection_options(p)
-    p.add_argument("job_ids", nargs="*", metavar="JOB_ID")
-    p.add_argument("--queue", metavar="NAME", help="every failed job of this queue")
+    p.add_argument("job_ids", nargs="*", metavar="JOB_ID", type=job_id)
+    p.add_argument("--queue", metavar="NAME", type=queue_name, help="every failed job of this queue")
     p.add_argument("-n", "--dry-run", action="store_true", help="only list the jobs")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -181,7 +214,7 @@ def _add_acl(sub: argparse._SubParsersAction) -> None:
                                    "the enqueue helper need: the keys and channels under RQ_KEY_PREFIX, data "
                                    "commands without @dangerous ones, scripts, INFO, TIME, and CLIENT LIST/KILL "
                                    "for fencing. Replace YOUR-PASSWORD; connects to nothing.")
-    p.add_argument("--env-file", default=DEFAULT_ENV_FILE, metavar="PATH",
+    p.add_argument("--env-file", default=DEFAULT_ENV_FILE, metavar="PATH", type=path,
                    help=f"read RQ_KEY_PREFIX and REDIS_USERNAME from PATH too (default {DEFAULT_ENV_FILE})")
     p.add_argument("--user", help="the ACL user name (default: REDIS_USERNAME, or rqworker)")
     p.add_argument("--rule", action="store_true", help="only the rule, for a users.acl file or your own tooling")
@@ -200,14 +233,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_env_file(name: str) -> Path:
+    """``--env-file``: the default may be missing or unreadable (the caller is not in group rq-worker, or the
+    package is not installed here); a file given by hand must be one this user can read."""
+    env_file = Path(name)
+    if env_file.is_dir():
+        raise CommandError(f"--env-file {name} is a directory: give the workers' environment file, e.g. "
+                           f"{DEFAULT_ENV_FILE}", exits.CONFIG)
+    if name != DEFAULT_ENV_FILE and not os.access(env_file, os.R_OK):
+        raise CommandError(f"cannot read --env-file {name}: give a readable file", exits.CONFIG)
+    return env_file
+
+
 def _settings(args: argparse.Namespace):
     """The workers' configuration as seen from a shell: environment > .env > the env file."""
     from .config import ConfigError, load_settings
     from .envfiles import commands_environment
 
-    env_file = Path(args.env_file)
-    if args.env_file != DEFAULT_ENV_FILE and not os.access(env_file, os.R_OK):
-        raise CommandError(f"cannot read --env-file {args.env_file}: give a readable file", exits.CONFIG)
+    env_file = check_env_file(args.env_file)
     try:
         settings = load_settings(commands_environment(env_file, Path.cwd() / ".env"), {"url": args.url})
     except ConfigError as exc:
@@ -277,15 +320,15 @@ def _status_per_prefix(args: argparse.Namespace, prefixes: list[str]) -> int:
     from .status.render import render_json_per_prefix, render_text_per_prefix
     from .status.report import report_from_dict
 
-    argv = ["status", "--json", "--env-file", args.env_file] + (["--url", args.url] if args.url else [])
-    for queue in args.queues or []:
-        argv += ["--queue", queue]
+    # --flag=value: a value that starts with - (a prefix may) is not taken for an option
+    argv = ["status", "--json", f"--env-file={args.env_file}"] + ([f"--url={args.url}"] if args.url else [])
+    argv += [f"--queue={queue}" for queue in args.queues or []]
     for name in THRESHOLDS:
         if getattr(args, name) is not None:
-            argv += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+            argv.append(f"--{name.replace('_', '-')}={getattr(args, name)}")
     reports = []
     for prefix in prefixes:
-        out = subprocess.run([sys.executable, "-m", "rq_worker_service", *argv, "--key-prefix", prefix],
+        out = subprocess.run([sys.executable, "-m", "rq_worker_service", *argv, f"--key-prefix={prefix}"],
                              capture_output=True, text=True, timeout=120)
         if out.returncode != 0:
             raise CommandError(f"key prefix {prefix}: {out.stderr.strip()}", out.returncode)
@@ -444,6 +487,7 @@ def _run(args: argparse.Namespace) -> int:
 def _autoscale(args: argparse.Namespace) -> int:
     from .autoscaler import run
 
+    check_env_file(args.env_file)
     return run(args.env_file)
 
 

@@ -11,6 +11,7 @@ import contextlib
 import io
 import logging
 import os
+import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,3 +178,85 @@ def test_an_env_file_that_is_not_utf8_is_unknown_to_a_check(shell):
     outcome = invoke(status_argv(shell, "--check"), shell / "cwd")
     assert outcome.status == 3 and outcome.stdout.startswith("UNKNOWN: configuration error: ")
     assert "worker-2.env: line 2 is not UTF-8 text" in outcome.stdout
+
+
+def test_the_job_id_rule_is_rq_s():
+    """Pinned: if rq widens or narrows its rule, ``job``/``requeue`` must follow it."""
+    from rq.job import JOB_ID_PATTERN
+
+    assert cli._JOB_ID_RE.pattern.split("(?:")[0] == JOB_ID_PATTERN.pattern
+
+
+@pytest.mark.parametrize("command, before", [(["job"], []), (["requeue"], []), (["requeue", "--dry-run"], ["ok-id"])])
+@pytest.mark.parametrize("value", ["", " ", "../x", "*", "a b", "x\udcff", "caf\u00e9", "id\n", "a:", ":a", "a:b:c"])
+def test_an_odd_job_id_is_a_usage_error_naming_it(shell, command, before, value):
+    """rq 3 raised ValueError (a traceback) for an id outside its rule."""
+    outcome = invoke([*command, "--env-file", str(shell / "etc" / "worker.env"), "--", *before, value],
+                     shell / "cwd")
+    refused(outcome, 2, "argument JOB_ID: ", "expected a job id: letters, digits, _ and -")
+
+
+@pytest.mark.parametrize("value", ["ghost", "ghost-1_A", "ghost:0123abcd"])
+def test_a_well_formed_job_id_that_does_not_exist_is_status_1(shell, value):
+    outcome = invoke(["job", "--env-file", str(shell / "etc" / "worker.env"), value], shell / "cwd")
+    refused(outcome, 1, f"no job with id {value!r}")
+
+
+@pytest.mark.parametrize("argv", [["status", "-q"], ["status", "--queue"], ["requeue", "--queue"]])
+@pytest.mark.parametrize("value", ["", " ", "a b", "a,b", "x\udcff", "\t"])
+def test_an_odd_queue_name_is_a_usage_error_naming_it(shell, argv, value):
+    """``status -q $'\\xff'`` crashed in redis-py's encoder; an empty name was a silent empty report."""
+    outcome = invoke([*argv[:-1], "--env-file", str(shell / "etc" / "worker.env"), f"{argv[-1]}={value}"],
+                     shell / "cwd")
+    refused(outcome, 2, f"argument {'-q/--queue' if argv[0] == 'status' else '--queue'}: ", "queue name")
+
+
+@pytest.mark.parametrize("command", [["status"], ["job", "x"], ["requeue", "x"], ["cleanup"], ["acl"],
+                                     ["autoscale"]])
+def test_an_env_file_that_is_a_directory_missing_or_empty_is_one_line(shell, command):
+    outcomes = {kind: invoke([*command, f"--env-file={value}"], shell / "cwd", {"RQ_AUTOSCALE_MAX": "0"})
+                for kind, value in [("dir", shell / "etc"), ("missing", shell / "nope.env"), ("empty", "")]}
+    refused(outcomes["dir"], 78, f"--env-file {shell / 'etc'} is a directory: give the workers' environment file")
+    refused(outcomes["missing"], 78, f"cannot read --env-file {shell / 'nope.env'}: give a readable file")
+    refused(outcomes["empty"], 2, "argument --env-file: '': expected a file's path")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file")
+def test_an_env_file_this_user_cannot_read_is_one_line(shell):
+    env_file = shell / "etc" / "worker.env"
+    env_file.chmod(0)
+    refused(invoke(status_argv(shell), shell / "cwd"), 78, f"cannot read --env-file {env_file}")
+
+
+@pytest.mark.parametrize("target, status, fragment", [
+    ("", 2, "argument -o/--output: '': expected a file's path"),
+    ("{tmp}", 73, "cannot write {tmp}: Is a directory"),
+    ("{tmp}/no/such/dir/rq.prom", 73, "cannot write {tmp}/no/such/dir/rq.prom: No such file or directory"),
+    ("/proc/version", 73, "cannot write /proc/version: "),
+    ("{tmp}/no\nsuch/rq.prom", 73, "cannot write {tmp}/no\\nsuch/rq.prom: No such file or directory"),
+])
+@pytest.mark.parametrize("fmt", [[], ["--json"], ["--prometheus"]])
+def test_an_output_that_cannot_be_written_is_one_line(shell, target, status, fragment, fmt):
+    """-o to a directory, a missing one or /proc: exit 73 (EX_CANTCREAT), one line, even with a newline in
+    the path."""
+    target, fragment = (t.replace("{tmp}", str(shell)) for t in (target, fragment))
+    refused(invoke(status_argv(shell, *fmt, f"--output={target}"), shell / "cwd"), status, fragment)
+
+
+def test_status_hands_each_prefix_s_child_options_it_reads_back_the_same(shell, monkeypatch):
+    """A prefix (or queue name) may start with '-': passed as ``--key-prefix -x`` the child took it for an
+    option and failed with 'expected one argument'."""
+    (shell / "etc" / "worker-1.env").write_text("RQ_KEY_PREFIX={b}\n")
+    children = []
+
+    def child(argv, **kwargs):
+        children.append(cli.build_parser().parse_args(argv[3:]))
+        return subprocess.CompletedProcess(argv, 1, "", "stopped here")
+
+    monkeypatch.setattr(cli.subprocess, "run", child)
+    outcome = invoke(status_argv(shell, "--queue=-q", "--url=redis://h/0", "--max-age=1234567,2e6"), shell / "cwd",
+                     {"RQ_KEY_PREFIX": "-own"})
+    refused(outcome, 1, "key prefix -own: stopped here")
+    [args] = children
+    assert (args.key_prefix, args.queues, args.url, str(args.max_age), args.json) == (
+        "-own", ["-q"], "redis://h/0", "1234567,2000000", True)
