@@ -15,7 +15,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from . import __version__, exits, keys
 from .levels import UNKNOWN, Threshold
@@ -39,6 +39,15 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {one_line(message)}; see {self.prog} --help\n")
+
+    def _get_values(self, action: argparse.Action, arg_strings: list[str]) -> Any:
+        """``--flag=--`` is the value '--': Python 3.11's argparse dropped it and handed the command an
+        empty list instead of a string (a traceback further on); 3.12 fixed it the same way."""
+        if action.option_strings and action.nargs is None and arg_strings == ["--"]:
+            value = self._get_value(action, "--")
+            self._check_value(action, value)
+            return value
+        return super()._get_values(action, arg_strings)
 
 
 class CommandError(Exception):
@@ -237,7 +246,12 @@ def check_env_file(name: str) -> Path:
     """``--env-file``: the default may be missing or unreadable (the caller is not in group rq-worker, or the
     package is not installed here); a file given by hand must be one this user can read."""
     env_file = Path(name)
-    if env_file.is_dir():
+    try:
+        is_dir = env_file.is_dir()
+    except OSError as exc:  # a name too long, …: is_dir() lets these through
+        raise CommandError(f"cannot read --env-file {name} ({exc.strerror}): give a readable file",
+                           exits.CONFIG) from None
+    if is_dir:
         raise CommandError(f"--env-file {name} is a directory: give the workers' environment file, e.g. "
                            f"{DEFAULT_ENV_FILE}", exits.CONFIG)
     if name != DEFAULT_ENV_FILE and not os.access(env_file, os.R_OK):

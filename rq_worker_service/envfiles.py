@@ -40,6 +40,9 @@ def read_values(path: Path) -> dict[str, str | None] | None:
             return dotenv_values(stream=f)
     except (FileNotFoundError, NotADirectoryError):
         return None
+    except IsADirectoryError:
+        raise ConfigError(str(path), None, "a directory, not an environment file: name the file of KEY=value "
+                          "lines instead") from None
     except OSError as exc:
         raise ConfigError(str(path), None, f"cannot read it ({exc.strerror}); make it readable by the service's "
                           "user (e.g. SupplementaryGroups= with the file's group) or remove it") from None

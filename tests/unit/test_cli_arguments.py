@@ -260,3 +260,25 @@ def test_status_hands_each_prefix_s_child_options_it_reads_back_the_same(shell, 
     [args] = children
     assert (args.key_prefix, args.queues, args.url, str(args.max_age), args.json) == (
         "-own", ["-q"], "redis://h/0", "1234567,2000000", True)
+
+
+@pytest.mark.parametrize("argv, status, fragment", [
+    (["acl", "--env-file=--"], 78, "cannot read --env-file --: give a readable file"),
+    (["status", "--max-age=--"], 2, "argument --max-age: '--': expected W or W,C"),
+    (["status", "--queue=--"], 0, ""),
+    (["job", "--url=--", "x"], 78, "--url='--' is invalid"),
+])
+def test_a_flag_given_as_flag_equals_dashes_gets_the_value_dashes(shell, argv, status, fragment):
+    """Python 3.11's argparse dropped the '--' of ``--env-file=--`` and handed the command an empty list:
+    a TypeError traceback (found by the corpus)."""
+    outcome = invoke([*argv, "--env-file", str(shell / "etc" / "worker.env")] if "--env-file=--" not in argv
+                     else argv, shell / "cwd")
+    assert outcome.status == status, outcome
+    assert fragment in outcome.stderr and "Traceback" not in outcome.stderr
+
+
+@pytest.mark.parametrize("command", [["status"], ["acl"], ["autoscale"], ["run", "--check"]])
+def test_an_env_file_name_too_long_for_the_file_system_is_one_line(shell, command):
+    """``Path.is_dir()`` raises ENAMETOOLONG instead of answering False (found by the corpus)."""
+    outcome = invoke([*command, "--env-file", "x" * 5000], shell / "cwd", {"RQ_AUTOSCALE_MAX": "0"})
+    refused(outcome, 78, "File name too long")

@@ -27,7 +27,7 @@ def test_files_override_dotenv_does_not_and_removed_keys_disappear(tmp_path):
 
 
 @pytest.mark.parametrize("make, fix", [
-    (lambda p: p.mkdir(), "cannot read it (Is a directory); make it readable"),  # a directory where the file should be
+    (lambda p: p.mkdir(), "a directory, not an environment file: name the file"),  # where the file should be
     (lambda p: p.write_bytes(b"A=1\nRQ_QUEUES=\xff\xfe\n"), "line 2 is not UTF-8 text; write the file in UTF-8"),
 ])
 def test_a_file_that_cannot_be_read_is_a_one_line_config_error(tmp_path, make, fix):
