@@ -382,10 +382,10 @@ def _status(args: argparse.Namespace) -> int:
 
         if args.prometheus:
             write_output(render_prometheus(None), args.output)
-            print(f"rq-worker-service: {exc}", file=sys.stderr)
+            print(f"rq-worker-service: {one_line(str(exc))}", file=sys.stderr)
             return 0  # rq_up 0 is the signal; a failing timer unit would only add noise
         if args.check:
-            print(f"UNKNOWN: {exc}")
+            print(f"UNKNOWN: {one_line(str(exc))}")
             return UNKNOWN
         from .acl import denied
 

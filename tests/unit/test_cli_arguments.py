@@ -285,3 +285,16 @@ def test_an_env_file_name_too_long_for_the_file_system_is_one_line(shell, comman
     """``Path.is_dir()`` raises ENAMETOOLONG instead of answering False (found by the corpus)."""
     outcome = invoke([*command, "--env-file", "x" * 5000], shell / "cwd", {"RQ_AUTOSCALE_MAX": "0"})
     refused(outcome, 78, "File name too long")
+
+
+@pytest.mark.parametrize("mode", ["--check", "--prometheus"])
+def test_a_configuration_error_stays_one_line_for_monitoring_too(shell, mode):
+    """An env file's name with a newline made ``UNKNOWN: …`` (stdout) or the ``rq_up 0`` note (stderr) two
+    lines: a monitoring system reads the first only."""
+    bad = shell / "etc\nx"
+    bad.mkdir()
+    (bad / "worker.env").write_bytes(NOT_UTF8)
+    outcome = invoke(["status", mode, "--env-file", str(bad / "worker.env")], shell / "cwd")
+    assert outcome.status in (0, 3), outcome
+    message = outcome.stdout if mode == "--check" else outcome.stderr
+    assert "etc\\nx" in message and len(message.strip().splitlines()) == 1, outcome
