@@ -8,12 +8,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, NoReturn
 
 from . import __version__, exits, keys
 from .levels import UNKNOWN, Threshold
@@ -25,12 +27,67 @@ THRESHOLDS = ("max_queued", "max_age", "max_failed", "min_workers", "max_heartbe
 """The ``status`` options that are ``Threshold``s, named as ``status.judge.evaluate`` takes them."""
 
 
+def one_line(text: str) -> str:
+    """``text`` with every character a terminal would not show as itself (newlines, controls, the
+    surrogates that stand for bytes that are not UTF-8) escaped: an error stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's, except that a usage error is one line (the problem and where help is), not the
+    usage block: the same shape as every other error of these commands."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {one_line(message)}; see {self.prog} --help\n")
+
+    def _get_values(self, action: argparse.Action, arg_strings: list[str]) -> Any:
+        """``--flag=--`` is the value '--': Python 3.11's argparse dropped it and handed the command an
+        empty list instead of a string (a traceback further on); 3.12 fixed it the same way."""
+        if action.option_strings and action.nargs is None and arg_strings == ["--"]:
+            value = self._get_value(action, "--")
+            self._check_value(action, value)
+            return value
+        return super()._get_values(action, arg_strings)
+
+
 class CommandError(Exception):
     """One line for stderr, and the exit status."""
 
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
         self.status = status
+
+
+_JOB_ID_RE = re.compile(r"[A-Za-z0-9_-]+(?::[A-Za-z0-9_-]+)?")
+"""A job id as rq 3 accepts it (``rq.job.JOB_ID_PATTERN``; a unit test pins the two together), or rq's
+``JOB_ID:EXECUTION_ID`` as its started registries hold them. rq raised ValueError for any other."""
+
+
+def job_id(text: str) -> str:
+    if not _JOB_ID_RE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a job id: letters, digits, _ and - (as rq makes "
+                                         "them), e.g. 5f3c1e0a-…; status --json lists them")
+    return text
+
+
+def queue_name(text: str) -> str:
+    """A queue a worker can be told to listen to (RQ_QUEUES): Redis keys are UTF-8, and a name with blanks
+    or commas cannot be written in RQ_QUEUES."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a queue name in UTF-8 text") from None
+    if not text or any(c.isspace() or c == "," for c in text):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected one queue name, without blanks or commas, "
+                                         "e.g. default") from None
+    return text
+
+
+def path(text: str) -> str:
+    """A file's path: an empty one would be the working directory."""
+    if not text:
+        raise argparse.ArgumentTypeError("'': expected a file's path")
+    return text
 
 
 def _flag_help(var: Variable) -> str:
@@ -65,7 +122,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         p.add_argument(*names, dest=var.field or var.flag.lstrip("-"), metavar=var.metavar, help=_flag_help(var))
     p.add_argument("-n", "--name", help="worker name (default: <hostname>.rq-worker@<instance>); it must be "
                    "stable for crash recovery to find the previous run's jobs")
-    p.add_argument("--env-file", action="append", default=[], metavar="PATH",
+    p.add_argument("--env-file", action="append", default=[], metavar="PATH", type=path,
                    help="environment file to (re)apply at start and on every reload; the unit passes "
                         "/etc/rq-worker/worker.env and worker-<instance>.env (default: none)")
     p.add_argument("--check", action="store_true",
@@ -84,23 +141,28 @@ def _add_autoscale(sub: argparse._SubParsersAction) -> None:
                     "start or (warm-)stop instances through systemd's D-Bus API, within RQ_AUTOSCALE_MIN and "
                     "RQ_AUTOSCALE_MAX. Settings: the RQ_AUTOSCALE_* variables. Runs until SIGTERM; the "
                     "instances keep running.")
-    p.add_argument("--env-file", default=DEFAULT_ENV_FILE, metavar="PATH",
+    p.add_argument("--env-file", default=DEFAULT_ENV_FILE, metavar="PATH", type=path,
                    help=f"the workers' environment file, read for Redis and RQ_AUTOSCALE_* (default: "
                         f"{DEFAULT_ENV_FILE})")
 
 
 def _connection_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-u", "--url", help="Redis URL (default: REDIS_URL, as the workers use it)")
-    p.add_argument("--env-file", default=DEFAULT_ENV_FILE, metavar="PATH",
+    p.add_argument("--env-file", default=DEFAULT_ENV_FILE, metavar="PATH", type=path,
                    help=f"read the workers' settings from PATH (default {DEFAULT_ENV_FILE}); the environment "
                         "and .env in the working directory are read too, and the environment wins")
 
 
-def _threshold(text: str) -> Threshold:
-    try:
-        return Threshold.parse(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a number W or two numbers W,C") from None
+def _threshold(fewer_is_worse: bool = False) -> Callable[[str], Threshold]:
+    """argparse's type for a ``W[,C]`` option; its refusal names the option and what it expects."""
+
+    def parse(text: str) -> Threshold:
+        try:
+            return Threshold.parse(text, fewer_is_worse=fewer_is_worse)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
 
 
 def _add_status(sub: argparse._SubParsersAction) -> None:
@@ -110,21 +172,21 @@ def _add_status(sub: argparse._SubParsersAction) -> None:
                     "abandoned jobs, under a one-line verdict. With --check, exit 0 OK, 1 WARNING, 2 CRITICAL, "
                     "3 UNKNOWN, as Nagios/Icinga plugins do. Thresholds are W or W,C (warning, critical).")
     _connection_options(p)
-    p.add_argument("-q", "--queue", action="append", dest="queues", metavar="NAME",
+    p.add_argument("-q", "--queue", action="append", dest="queues", metavar="NAME", type=queue_name,
                    help="only this queue (repeatable; default: every queue in Redis)")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="machine-readable output")
     fmt.add_argument("--prometheus", action="store_true", help="Prometheus text exposition format")
-    p.add_argument("-o", "--output", metavar="FILE",
+    p.add_argument("-o", "--output", metavar="FILE", type=path,
                    help="write to FILE atomically (for node_exporter's textfile collector) instead of stdout")
     p.add_argument("--check", action="store_true", help="exit with the verdict's status (0/1/2/3)")
-    p.add_argument("--max-queued", type=_threshold, metavar="W[,C]",
+    p.add_argument("--max-queued", type=_threshold(), metavar="W[,C]",
                    help="queued jobs, all queues together; past C, also jobs queued where no live "
                         "worker listens")
-    p.add_argument("--max-age", type=_threshold, metavar="W[,C]", help="seconds the oldest queued job waits")
-    p.add_argument("--max-failed", type=_threshold, metavar="W[,C]", help="failed jobs, all queues together")
-    p.add_argument("--min-workers", type=_threshold, metavar="W[,C]", help="live workers")
-    p.add_argument("--max-heartbeat-age", type=_threshold, metavar="W[,C]",
+    p.add_argument("--max-age", type=_threshold(), metavar="W[,C]", help="seconds the oldest queued job waits")
+    p.add_argument("--max-failed", type=_threshold(), metavar="W[,C]", help="failed jobs, all queues together")
+    p.add_argument("--min-workers", type=_threshold(fewer_is_worse=True), metavar="W[,C]", help="live workers")
+    p.add_argument("--max-heartbeat-age", type=_threshold(), metavar="W[,C]",
                    help="seconds since any worker's last heartbeat")
     p.add_argument("--key-prefix", metavar="PREFIX",
                    help="only this RQ_KEY_PREFIX (default: RQ_KEY_PREFIX and every one set in the "
@@ -137,15 +199,15 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
                        description="Show one job: status, queue, function and (truncated) arguments, times, "
                                    "retries left, worker and the last failure's traceback.")
     _connection_options(p)
-    p.add_argument("job_id", metavar="JOB_ID")
+    p.add_argument("job_id", metavar="JOB_ID", type=job_id)
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("requeue", help="send failed jobs back to their queue",
                        description="Requeue failed jobs: the given ids, or with --queue every failed job of a "
                                    "queue. --dry-run lists what would be requeued.")
     _connection_options(p)
-    p.add_argument("job_ids", nargs="*", metavar="JOB_ID")
-    p.add_argument("--queue", metavar="NAME", help="every failed job of this queue")
+    p.add_argument("job_ids", nargs="*", metavar="JOB_ID", type=job_id)
+    p.add_argument("--queue", metavar="NAME", type=queue_name, help="every failed job of this queue")
     p.add_argument("-n", "--dry-run", action="store_true", help="only list the jobs")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -163,7 +225,7 @@ def _add_acl(sub: argparse._SubParsersAction) -> None:
                                    "commands without @dangerous ones, the service's scripts, INFO and TIME; "
                                    "nothing that acts on the whole server. Replace YOUR-PASSWORD; connects to "
                                    "nothing.")
-    p.add_argument("--env-file", default=DEFAULT_ENV_FILE, metavar="PATH",
+    p.add_argument("--env-file", default=DEFAULT_ENV_FILE, metavar="PATH", type=path,
                    help=f"read RQ_KEY_PREFIX and REDIS_USERNAME from PATH too (default {DEFAULT_ENV_FILE})")
     p.add_argument("--user", type=_acl_user, help="the ACL user name (default: REDIS_USERNAME, or rqworker)")
     p.add_argument("--rule", action="store_true", help="only the rule, for a users.acl file or your own tooling")
@@ -182,7 +244,7 @@ def _acl_user(value: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rq-worker-service", description=DESCRIPTION)
+    parser = Parser(prog="rq-worker-service", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -194,14 +256,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_env_file(name: str) -> Path:
+    """``--env-file``: the default may be missing or unreadable (the caller is not in group rq-worker, or the
+    package is not installed here); a file given by hand must be one this user can read."""
+    env_file = Path(name)
+    try:
+        is_dir = env_file.is_dir()
+    except OSError as exc:  # a name too long, …: is_dir() lets these through
+        raise CommandError(f"cannot read --env-file {name} ({exc.strerror}): give a readable file",
+                           exits.CONFIG) from None
+    if is_dir:
+        raise CommandError(f"--env-file {name} is a directory: give the workers' environment file, e.g. "
+                           f"{DEFAULT_ENV_FILE}", exits.CONFIG)
+    if name != DEFAULT_ENV_FILE and not os.access(env_file, os.R_OK):
+        raise CommandError(f"cannot read --env-file {name}: give a readable file", exits.CONFIG)
+    return env_file
+
+
 def _settings(args: argparse.Namespace):
     """The workers' configuration as seen from a shell: environment > .env > the env file."""
     from .config import ConfigError, load_settings
     from .envfiles import commands_environment
 
-    env_file = Path(args.env_file)
-    if args.env_file != DEFAULT_ENV_FILE and not os.access(env_file, os.R_OK):
-        raise CommandError(f"cannot read --env-file {args.env_file}: give a readable file", exits.CONFIG)
+    env_file = check_env_file(args.env_file)
     try:
         settings = load_settings(commands_environment(env_file, Path.cwd() / ".env"), {"url": args.url})
     except ConfigError as exc:
@@ -245,17 +322,18 @@ def write_output(text: str, path: str | None) -> None:
 
 def _instance_prefixes(args: argparse.Namespace, own: str) -> list[str]:
     """``own`` and every other RQ_KEY_PREFIX the instance files beside the env file set."""
-    from dotenv import dotenv_values
-
     from .config import ConfigError
+    from .envfiles import read_values
 
     env_file = Path(args.env_file)
     prefixes = [own]
     for path in sorted(env_file.parent.glob(f"{env_file.stem}-*.env")):
-        try:
-            value = dotenv_values(path).get(keys.VARIABLE)
-        except OSError:
+        if not os.access(path, os.R_OK):
             continue  # an instance file we may not read: its workers' own status shows them
+        try:
+            value = (read_values(path) or {}).get(keys.VARIABLE)
+        except ConfigError as exc:  # not UTF-8 (or gone unreadable since): its workers cannot start either
+            raise CommandError(f"configuration error: {exc}", exits.CONFIG) from None
         if not value or not value.strip():
             continue  # not set there: its workers use the env file's
         try:
@@ -272,15 +350,15 @@ def _status_per_prefix(args: argparse.Namespace, prefixes: list[str]) -> int:
     from .status.render import render_json_per_prefix, render_text_per_prefix
     from .status.report import report_from_dict
 
-    argv = ["status", "--json", "--env-file", args.env_file] + (["--url", args.url] if args.url else [])
-    for queue in args.queues or []:
-        argv += ["--queue", queue]
+    # --flag=value: a value that starts with - (a prefix may) is not taken for an option
+    argv = ["status", "--json", f"--env-file={args.env_file}"] + ([f"--url={args.url}"] if args.url else [])
+    argv += [f"--queue={queue}" for queue in args.queues or []]
     for name in THRESHOLDS:
         if getattr(args, name) is not None:
-            argv += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+            argv.append(f"--{name.replace('_', '-')}={getattr(args, name)}")
     reports = []
     for prefix in prefixes:
-        out = subprocess.run([sys.executable, "-m", "rq_worker_service", *argv, "--key-prefix", prefix],
+        out = subprocess.run([sys.executable, "-m", "rq_worker_service", *argv, f"--key-prefix={prefix}"],
                              capture_output=True, text=True, timeout=120)
         if out.returncode != 0:
             raise CommandError(f"key prefix {prefix}: {out.stderr.strip()}", out.returncode)
@@ -289,14 +367,27 @@ def _status_per_prefix(args: argparse.Namespace, prefixes: list[str]) -> int:
     return max(r.level for r in reports) if args.check else 0
 
 
+def _key_prefix(raw: str) -> str:
+    """``--key-prefix``, through RQ_KEY_PREFIX's own parser: a prefix rq would refuse at its import (empty,
+    blanks, other characters) is one configuration error naming the flag."""
+    from .config import ConfigError, parse_value
+    from .variables import BY_NAME
+
+    try:
+        return parse_value(BY_NAME[keys.VARIABLE], raw, "--key-prefix")
+    except ConfigError as exc:
+        raise CommandError(f"configuration error: {exc}", exits.CONFIG) from None
+
+
 def _status(args: argparse.Namespace) -> int:
     import redis
 
-    if args.key_prefix:
-        keys.export(args.key_prefix)  # read below as the shell's environment: it wins (and is validated)
     try:
+        if args.key_prefix is not None:
+            keys.export(_key_prefix(args.key_prefix))  # read below as the shell's environment: it wins
         settings = _settings(args)
-        prefixes = [] if args.key_prefix or args.prometheus else _instance_prefixes(args, settings.key_prefix)
+        prefixes = [] if args.key_prefix is not None or args.prometheus else _instance_prefixes(args,
+                                                                                                settings.key_prefix)
         if len(prefixes) < 2:
             connection, settings = _connect(args, settings)
             from .status.collect import collect
@@ -307,10 +398,10 @@ def _status(args: argparse.Namespace) -> int:
 
         if args.prometheus:
             write_output(render_prometheus(None), args.output)
-            print(f"rq-worker-service: {exc}", file=sys.stderr)
+            print(f"rq-worker-service: {one_line(str(exc))}", file=sys.stderr)
             return 0  # rq_up 0 is the signal; a failing timer unit would only add noise
         if args.check:
-            print(f"UNKNOWN: {exc}")
+            print(f"UNKNOWN: {one_line(str(exc))}")
             return UNKNOWN
         from .acl import denied
 
@@ -434,6 +525,7 @@ def _run(args: argparse.Namespace) -> int:
 def _autoscale(args: argparse.Namespace) -> int:
     from .autoscaler import run
 
+    check_env_file(args.env_file)
     return run(args.env_file)
 
 
@@ -446,7 +538,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except CommandError as exc:
-        print(f"rq-worker-service: {exc}", file=sys.stderr)
+        print(f"rq-worker-service: {one_line(str(exc))}", file=sys.stderr)
         return exc.status
     except Exception as exc:  # a refused command surfaces wherever the command first needs it
         from .acl import denied

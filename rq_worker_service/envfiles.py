@@ -31,6 +31,27 @@ from .config import ConfigError
 KEYS_VAR = "RQ_WORKER_SERVICE_FILE_KEYS"
 
 
+def read_values(path: Path) -> dict[str, str | None] | None:
+    """The variables ``path`` sets; None when it does not exist. ConfigError, one line naming the file and
+    the fix, for one that cannot be read or is not UTF-8 text (the line, never the bytes: it may hold a
+    password)."""
+    try:
+        with path.open(encoding="utf-8") as f:
+            return dotenv_values(stream=f)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except IsADirectoryError:
+        raise ConfigError(str(path), None, "a directory, not an environment file: name the file of KEY=value "
+                          "lines instead") from None
+    except OSError as exc:
+        raise ConfigError(str(path), None, f"cannot read it ({exc.strerror}); make it readable by the service's "
+                          "user (e.g. SupplementaryGroups= with the file's group) or remove it") from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[:exc.start].count(b"\n") + 1
+        raise ConfigError(str(path), None, f"line {line} is not UTF-8 text; write the file in UTF-8 (e.g. iconv -f "
+                          "latin1 -t utf-8) or remove the line") from None
+
+
 def merge(env: MutableMapping[str, str], files: Iterable[Path], *, replace: bool) -> set[str]:
     """Apply each existing file of ``files`` in order onto ``env``; return the keys it set.
 
@@ -39,15 +60,9 @@ def merge(env: MutableMapping[str, str], files: Iterable[Path], *, replace: bool
     """
     applied: set[str] = set()
     for path in files:
-        try:
-            with path.open(encoding="utf-8") as f:
-                values = dotenv_values(stream=f)
-        except (FileNotFoundError, NotADirectoryError):
+        values = read_values(path)
+        if values is None:
             continue  # an optional file, as systemd's EnvironmentFile=-…
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
-            raise ConfigError(str(path), None, f"cannot read it ({reason}); make it readable by the service's user "
-                              "(e.g. SupplementaryGroups= with the file's group) or remove it") from None
         for key, value in values.items():
             if value is not None and "\x00" in key + value:  # the environment cannot hold one (ValueError)
                 raise ConfigError(str(path), None, f"{key!r} holds a NUL character; remove it")

@@ -26,16 +26,16 @@ def test_files_override_dotenv_does_not_and_removed_keys_disappear(tmp_path):
     assert env["HOME"] == "/root"
 
 
-@pytest.mark.parametrize("make", [
-    lambda p: p.mkdir(),  # a directory where the file should be
-    lambda p: p.write_bytes(b"RQ_QUEUES=\xff\xfe\n"),  # not UTF-8 text
+@pytest.mark.parametrize("make, fix", [
+    (lambda p: p.mkdir(), "a directory, not an environment file: name the file"),  # where the file should be
+    (lambda p: p.write_bytes(b"A=1\nRQ_QUEUES=\xff\xfe\n"), "line 2 is not UTF-8 text; write the file in UTF-8"),
 ])
-def test_a_file_that_cannot_be_read_is_a_one_line_config_error(tmp_path, make):
+def test_a_file_that_cannot_be_read_is_a_one_line_config_error(tmp_path, make, fix):
     dotenv = tmp_path / ".env"
     make(dotenv)
     with pytest.raises(ConfigError) as info:
         refresh_environment([], dotenv, {})
-    assert str(info.value).startswith(f"{dotenv}: cannot read it") and "\n" not in str(info.value)
+    assert str(info.value).startswith(f"{dotenv}: {fix}") and "\n" not in str(info.value)
 
 
 def app_and_unit_file(tmp_path, app_dotenv: str):

@@ -139,7 +139,7 @@ def test_a_live_worker_on_another_rq_major_is_a_warning(conn):
 def test_threshold_parse():
     assert Threshold.parse("5") == Threshold(5, None)
     assert Threshold.parse("5,10") == Threshold(5, 10)
-    for text in ("5", "5,10", "2.5,0.5"):  # status passes thresholds on to one child per key prefix
+    for text in ("5", "5,10", "0.5,2.5"):  # status passes thresholds on to one child per key prefix
         assert str(Threshold.parse(text)) == text
     with pytest.raises(ValueError):
         Threshold.parse("a")
