@@ -277,10 +277,13 @@ def _settings(args: argparse.Namespace):
     """The workers' configuration as seen from a shell: environment > .env > the env file."""
     from .config import ConfigError, load_settings
     from .envfiles import commands_environment
+    from .secret_env import environment
 
     env_file = check_env_file(args.env_file)
+    environment.receive()  # a ``status`` per key prefix hands its children the password this way
     try:
-        settings = load_settings(commands_environment(env_file, Path.cwd() / ".env"), {"url": args.url})
+        settings = load_settings(commands_environment(env_file, Path.cwd() / ".env", environment),
+                                 {"url": args.url})
     except ConfigError as exc:
         raise CommandError(f"configuration error: {exc}", exits.CONFIG) from None
     keys.export(settings.key_prefix)  # the commands import rq only after this
@@ -347,19 +350,32 @@ def _instance_prefixes(args: argparse.Namespace, own: str) -> list[str]:
 
 def _status_per_prefix(args: argparse.Namespace, prefixes: list[str]) -> int:
     """One ``status --json`` per prefix (rq's prefix is fixed once rq is imported), shown in sections."""
+    from .secret_env import SecretEnvironment, handover
     from .status.render import render_json_per_prefix, render_text_per_prefix
     from .status.report import report_from_dict
 
+    # The children get a password (--url's, or the shell's REDIS_PASSWORD) through an inherited descriptor,
+    # never on their command line or in their environment; --url becomes their REDIS_URL, which wins there.
+    child_env = SecretEnvironment(dict(os.environ))
+    child_env.absorb()
+    if args.url:
+        child_env["REDIS_URL"] = args.url
     # --flag=value: a value that starts with - (a prefix may) is not taken for an option
-    argv = ["status", "--json", f"--env-file={args.env_file}"] + ([f"--url={args.url}"] if args.url else [])
+    argv = ["status", "--json", f"--env-file={args.env_file}"]
     argv += [f"--queue={queue}" for queue in args.queues or []]
     for name in THRESHOLDS:
         if getattr(args, name) is not None:
             argv.append(f"--{name.replace('_', '-')}={getattr(args, name)}")
     reports = []
     for prefix in prefixes:
-        out = subprocess.run([sys.executable, "-m", "rq_worker_service", *argv, f"--key-prefix={prefix}"],
-                             capture_output=True, text=True, timeout=120)
+        secrets = handover(child_env.private, child_env.public)  # one per child: each reads it from the start
+        try:
+            out = subprocess.run([sys.executable, "-m", "rq_worker_service", *argv, f"--key-prefix={prefix}"],
+                                 capture_output=True, text=True, timeout=120, env=dict(child_env.public),
+                                 pass_fds=() if secrets is None else (secrets,))
+        finally:
+            if secrets is not None:
+                os.close(secrets)
         if out.returncode != 0:
             raise CommandError(f"key prefix {prefix}: {out.stderr.strip()}", out.returncode)
         reports.append(report_from_dict(json.loads(out.stdout)))

@@ -134,3 +134,41 @@ def test_a_jobs_secret_arguments_reach_no_log_line(start_worker, notify, rconn, 
     else:  # the picked-up lines (worker), and the completion line, written where the job ran (the horse)
         assert len([line for line in shown if "Successfully completed" in line]) == 1, shown
         assert len(shown) >= 3, shown
+
+
+@pytest.mark.parametrize("source", ["--url", "REDIS_PASSWORD"])
+def test_status_per_key_prefix_hands_its_children_the_password_off_their_command_line(secured, tmp_path,
+                                                                                      monkeypatch, source):
+    """``status`` with instances on two key prefixes runs one child per prefix: --url's password went on
+    each child's command line (``ps`` shows it to every user), and a shell's REDIS_PASSWORD into its
+    environment. Now both reach the children through an inherited descriptor, and they still log in."""
+    from rq_worker_service import cli
+
+    (tmp_path / "worker.env").write_text("")
+    (tmp_path / "worker-1.env").write_text("RQ_KEY_PREFIX={a}\n")
+    (tmp_path / "worker-2.env").write_text("RQ_KEY_PREFIX={b}\n")
+    for name in [k for k in os.environ if k.startswith(("RQ_", "REDIS_"))]:
+        monkeypatch.delenv(name)
+    url = query_url(secured)
+    if source == "REDIS_PASSWORD":
+        url = url.split("?")[0]
+        monkeypatch.setenv("REDIS_PASSWORD", SECRET)
+    monkeypatch.setenv("PYTHONPATH", str(JOBS_DIR))
+    monkeypatch.chdir(tmp_path)
+    children: list[tuple[list[str], dict[str, str]]] = []
+    run = subprocess.run
+
+    def recorded(argv, **kwargs):
+        children.append((list(argv), dict(kwargs.get("env") or os.environ)))
+        return run(argv, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", recorded)
+    out = tmp_path / "status.json"
+    status = cli.main(["status", "--json", "--url", url, "--env-file", str(tmp_path / "worker.env"),
+                       "-o", str(out)])
+    assert status == 0
+    assert [section["key_prefix"] for section in json.loads(out.read_text())["prefixes"]] == ["rq", "{a}", "{b}"]
+    assert len(children) == 3
+    for argv, env in children:
+        assert SECRET not in " ".join(argv), argv
+        assert not [k for k, v in env.items() if SECRET in v], env

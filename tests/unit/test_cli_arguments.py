@@ -140,8 +140,9 @@ def test_a_threshold_passed_on_to_a_prefix_s_child_is_the_same_threshold(text):
 def test_a_key_prefix_flag_rq_would_refuse_is_one_line_naming_the_flag(shell, value):
     """Through RQ_KEY_PREFIX's parser, as the variable: ``--key-prefix 'a b'`` named RQ_KEY_PREFIX, and an
     empty or blank one was silently the default prefix's report."""
+    expected = "UTF-8 text" if not value.isprintable() and "\udcff" in value else "letters, digits"
     refused(invoke(status_argv(shell, f"--key-prefix={value}"), shell / "cwd"), 78,
-            f"configuration error: --key-prefix={value!r} is invalid: expected letters, digits")
+            f"configuration error: --key-prefix={value!r} is invalid: expected {expected}")
 
 
 def test_a_key_prefix_flag_refused_is_unknown_to_a_check_and_rq_up_0_to_prometheus(shell):
