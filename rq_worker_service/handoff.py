@@ -16,6 +16,7 @@ those keep rq's way. If the spare cannot be opened (Redis is down), the horse op
 from __future__ import annotations
 
 import os
+import time
 
 import redis
 from redis.connection import AbstractConnection, Connection, ConnectionPool, UnixDomainSocketConnection
@@ -44,6 +45,10 @@ class Handoff:
         if not self.enabled or self.spare is not None:
             return
         spare = self.pool.connection_class(**self.pool.connection_kwargs)
+        # redis-py checks a connection's health (a PING) before its first command once it is older than
+        # health_check_interval, and a new one counts as old: a PING before HELLO, one more command per
+        # job. A new socket's HELLO answers for its health.
+        spare.next_health_check = time.monotonic() + spare.health_check_interval
         try:
             spare.connect()
         except (*REDIS_ERRORS, OSError):

@@ -205,7 +205,10 @@ def test_a_worker_woken_after_its_fencing_moves_no_job_without_client_kill(acl_u
     url = acl_user("rqworker")
     cases = {"f1": ("fork", "take"), "f2": ("fork", "blocking"), "s1": ("simple", "take"),
              "s2": ("simple", "blocking"), "p2": ("spawn", "blocking")}
-    env = {instance: {**FAST, "RQ_QUEUES": f"q-{instance}", "RQ_WORKER_CLASS": kind, "PYTHONPATH": str(site),
+    # (the take script, which reads the marks, is the pop of several queues: one queue's is an LMOVE)
+    queues = {instance: f"q-{instance}" + (f",q-{instance}-other" if at == "take" else "")
+              for instance, (_, at) in cases.items()}
+    env = {instance: {**FAST, "RQ_QUEUES": queues[instance], "RQ_WORKER_CLASS": kind, "PYTHONPATH": str(site),
                       "FREEZE_ARM": str(tmp_path / f"arm-{instance}"), "FREEZE_AT": at}
            for instance, (kind, at) in cases.items()}
     notes = {instance: ready(tmp_path, instance) for instance in [*cases, "fencer"]}

@@ -254,15 +254,15 @@ def test_status_hands_each_prefix_s_child_options_it_reads_back_the_same(shell, 
     children = []
 
     def child(argv, **kwargs):
-        children.append(cli.build_parser().parse_args(argv[3:]))
+        children.append((cli.build_parser().parse_args(argv[3:]), kwargs["env"].get("REDIS_URL")))
         return subprocess.CompletedProcess(argv, 1, "", "stopped here")
 
     monkeypatch.setattr(cli.subprocess, "run", child)
     outcome = invoke(status_argv(shell, "--queue=-q", "--url=redis://h/0", "--max-age=1234567,2e6"), shell / "cwd",
                      {"RQ_KEY_PREFIX": "-own"})
     refused(outcome, 1, "key prefix -own: stopped here")
-    [args] = children
-    assert (args.key_prefix, args.queues, args.url, str(args.max_age), args.json) == (
+    [(args, url)] = children  # --url becomes the child's REDIS_URL (its password, if any, goes by memfd)
+    assert (args.key_prefix, args.queues, url, str(args.max_age), args.json) == (
         "-own", ["-q"], "redis://h/0", "1234567,2000000", True)
 
 

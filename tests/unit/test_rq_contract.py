@@ -310,6 +310,9 @@ INTERNALS: list[Internal] = [
     Internal(("redis.connection.ConnectionPool._available_connections",
               "redis.connection.ConnectionPool._created_connections"), "handoff.py `adopt`",
              ("test_a_connection_placed_in_a_fresh_pool_is_the_one_its_first_command_gets",)),
+    Internal(("redis.connection.AbstractConnection.next_health_check",),
+             "handoff.py `prepare`: no PING before a new spare's HELLO",
+             ("test_a_health_check_is_due_by_next_health_check",)),
     Internal(("redis.connection.AbstractConnection.pid",),
              "handoff.py `forked`: no `shutdown()` for the horse's socket",
              ("test_disconnect_shuts_a_socket_down_only_in_its_owners_process",)),
@@ -343,7 +346,8 @@ DOCUMENTED = {
     "redis.connection.Connection",
     "redis.connection.ConnectionPool", "redis.connection.SSLConnection", "redis.connection.UnixDomainSocketConnection",
     "redis.connection.AbstractConnection", "redis.sentinel.Sentinel", "redis.sentinel.MasterNotFoundError",
-    "redis.sentinel.SentinelManagedConnection", "redis.exceptions.WatchError", "systemd.journal",
+    "redis.sentinel.SentinelManagedConnection", "redis.exceptions.WatchError", "redis.exceptions.NoScriptError",
+    "systemd.journal",
     "systemd.journal.JournalHandler",
 }
 """(The logging defaults only serve as our overrides' defaults, which the signature check compares.)"""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 
 import pytest
 import redis
@@ -47,6 +48,22 @@ def test_a_connection_placed_in_a_fresh_pool_is_the_one_its_first_command_gets()
         pool.get_connection()  # the spare counts: no second connection is made beyond the limit
     pool.release(spare)
     assert pool._available_connections == [spare], "a released connection goes back to _available_connections"
+
+
+def test_a_health_check_is_due_by_next_health_check(monkeypatch):
+    """handoff.Handoff.prepare: a new connection's ``next_health_check`` set one interval ahead keeps
+    redis-py from sending a PING before its HELLO (one command more per job); redis-py checks health
+    when ``time.monotonic()`` passes that attribute."""
+    sent = []
+    connection = Connection(health_check_interval=30)
+    monkeypatch.setattr(connection, "_send_ping", lambda: sent.append("PING"))
+    assert hasattr(connection, "next_health_check"), (
+        f"redis-py {redis.__version__} renamed next_health_check: port handoff.Handoff.prepare")
+    connection.check_health()
+    assert sent == ["PING"], "a new connection with health_check_interval was expected to be due a check"
+    connection.next_health_check = time.monotonic() + connection.health_check_interval
+    connection.check_health()
+    assert sent == ["PING"], "redis-py no longer reads next_health_check: port handoff.Handoff.prepare"
 
 
 class Socket:
