@@ -44,7 +44,7 @@ can run the process is past its last pop, and a pop sent by a process the forget
 list the sweep still looks at. A pop's own moves need no check of their own. A fenced name whose
 host never comes back stays in ``holders`` (one ``EXISTS`` per sweep) until an instance of that name
 starts again; what its list holds is put back by the sweep once its rq worker key is gone (a woken
-fenced worker's rq heartbeat recreates that key, so after its kill -9 that waits for the key's TTL).
+fenced worker's rq heartbeat (an HSET) can recreate that key; after its kill -9 that waits for the key's TTL).
 A worker that never joined (rq's API called directly) is forgotten as before, once its key is gone.
 """
 
