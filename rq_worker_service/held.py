@@ -30,6 +30,22 @@ atomic step per job, by:
 * any worker's sweep, once the owner's rq worker key is gone (checked inside the same script).
 
 Nobody guesses from sightings: a live worker's list is never touched by another worker.
+
+Who is found: the sweep looks at the names in ``keys.holders()``, which a worker's start adds
+(``join``, after its membership's join) and which its clean exit removes (``leave``). The sweep forgets
+a name (``_FORGET_HOLDER``) only while its process can pop no more, checked in one script: its list
+empty, its rq worker key gone, and the name neither in the fencing roster nor marked fenced. From its
+first join until its clean leave, a member is always in one of the two: the claim moves it from the
+roster to the fenced marks, and a rejoin back, each in one script; only ``Membership.leave`` (its
+clean exit, after its last pop) takes it out of both. So a name whose pop may still be sent or in
+flight (a worker frozen before its pop goes out, fenced, woken, then killed: review 26) is never
+forgotten, in any order of the forget, the pop's sending, its reply and the kill: while the forget
+can run the process is past its last pop, and a pop sent by a process the forget spares lands in a
+list the sweep still looks at. A pop's own moves need no check of their own. A fenced name whose
+host never comes back stays in ``holders`` (one ``EXISTS`` per sweep) until an instance of that name
+starts again; what its list holds is put back by the sweep once its rq worker key is gone (a woken
+fenced worker's rq heartbeat (an HSET) can recreate that key; after its kill -9 that waits for the key's TTL).
+A worker that never joined (rq's API called directly) is forgotten as before, once its key is gone.
 """
 
 from __future__ import annotations
@@ -100,11 +116,13 @@ whether the job has a queue. -1: the owner is alive; 0: not held (any more); 1: 
 (deleted, cancelled or otherwise handled while held: nothing to run)."""
 
 _FORGET_HOLDER = """
-if redis.call('EXISTS', KEYS[2]) == 0 and redis.call('LLEN', KEYS[1]) == 0 then
-  return redis.call('SREM', KEYS[3], ARGV[1])
-end
-return 0
+if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('LLEN', KEYS[1]) > 0 then return 0 end
+if redis.call('ZSCORE', KEYS[4], ARGV[1]) or redis.call('HEXISTS', KEYS[5], ARGV[1]) == 1 then return 0 end
+return redis.call('SREM', KEYS[3], ARGV[1])
 """
+"""KEYS: held list, owner's rq worker key, holders, fencing roster (deadlines), fenced marks; ARGV: owner.
+Forgets the owner only once it can pop no more: its list empty, its rq worker key gone, and it neither
+a member nor fenced (it left cleanly, or never joined). See the module's docstring, "Who is found"."""
 
 _QUARANTINE = """
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
@@ -274,5 +292,6 @@ def put_back_dead(connection: Redis, living: str) -> list[str]:
     forget = connection.register_script(_FORGET_HOLDER)
     for owner in (o for o, up in zip(owners, alive, strict=True) if not up):
         done += put_back(connection, owner, owner_gone=True, reason="its worker is gone")
-        forget(keys=[keys.held(owner), worker_key(owner), keys.holders()], args=[owner])
+        forget(keys=[keys.held(owner), worker_key(owner), keys.holders(), keys.fencing_deadlines(),
+                     keys.fencing_fenced()], args=[owner])
     return done

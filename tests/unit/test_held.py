@@ -10,6 +10,7 @@ from rq.registry import FailedJobRegistry
 from testjobs import quick_job
 
 from rq_worker_service import held as held_module
+from rq_worker_service.fencing import BEATS_KEY, FENCED_KEY
 from rq_worker_service.held import Held, put_back, put_back_dead
 from rq_worker_service.parts.housekeeping import HeldJobs
 
@@ -108,6 +109,25 @@ def test_a_live_owner_s_list_is_its_own_and_a_dead_one_s_is_put_back(conn):
     conn.delete("rq:worker:w1")
     assert put_back_dead(conn, "w2") == [job.id]
     assert q1.job_ids == [job.id] and not conn.sismember("rq:service:holders", "w1")
+
+
+def test_a_holder_is_forgotten_only_once_neither_a_member_nor_fenced(conn):
+    """Review 26: a fenced worker frozen before its pop may still send it once woken; had the sweep
+    forgotten its name (key gone, list empty), a job that pop moved sat where no sweep looks."""
+    (q1,) = queues(conn, "q1")
+    owner = Held(conn, "w1")
+    owner.join()
+    conn.zadd(BEATS_KEY, {"w1": 1})  # a member: in the roster (its rq worker key is gone, its list empty)
+    assert put_back_dead(conn, "w2") == [] and conn.sismember("rq:service:holders", "w1")
+    conn.zrem(BEATS_KEY, "w1")
+    conn.hset(FENCED_KEY, "w1", "{}")  # claimed: out of the roster, marked fenced
+    assert put_back_dead(conn, "w2") == [] and conn.sismember("rq:service:holders", "w1")
+    job = q1.enqueue(quick_job, 1)
+    conn.lmove(q1.key, owner.key)  # woken, its blocking pop (a plain BLMOVE) lands: the sweep still finds the list
+    assert put_back_dead(conn, "w2") == [job.id] and q1.job_ids == [job.id]
+    assert conn.sismember("rq:service:holders", "w1")
+    conn.hdel(FENCED_KEY, "w1")  # neither (a clean leave, or never joined): forgotten
+    assert put_back_dead(conn, "w2") == [] and not conn.sismember("rq:service:holders", "w1")
 
 
 def test_leaving_puts_back_and_forgets_the_holder(conn):
