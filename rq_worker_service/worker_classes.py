@@ -149,6 +149,11 @@ class ServiceSimpleWorker(ServiceWorkerMixin, SimpleWorker):
             super().execute_job(job, queue)
         finally:
             watch.unwatch()
+            # Nothing runs here any more. A job whose end could not be written (Redis lost as it ended:
+            # ``parts.job_lost``) left its execution in ``executions``; rq's ``worker.execution`` is the
+            # first of them, so the next run of that job (re-queued by the rescue) was marked STARTED
+            # against the deleted one, refused as taken back, and the job left queued in no list.
+            self.executions.clear()
 
 
 WORKER_CLASSES: dict[str, type[ServiceWorkerMixin]] = {
