@@ -47,6 +47,7 @@ class ServiceWorker(ServiceWorkerMixin, Worker):
         return self.parts.handoff
 
     def fork_work_horse(self, job: Job, queue: Queue) -> None:
+        self.parts.horse_starting()  # a fresh lease for the horse (``ServiceParts.horse_starting``)
         self._handoff.prepare()  # opened while the previous horse ran; the first job's, now
         super().fork_work_horse(job, queue)  # (the horse never returns from here)
         self._handoff.forked(self._horse_pid)
@@ -68,6 +69,7 @@ class ServiceSpawnWorker(ServiceWorkerMixin, SpawnWorker):
         penalty, exception handlers, result TTL: ``_dump_worker_config``) travels in the horse's
         environment rather than in a ``-c`` source on its command line, which ``ps`` shows to anyone.
         """
+        self.parts.horse_starting()  # a fresh lease for the horse (``ServiceParts.horse_starting``)
         env = dict(os.environ, RQ_APP_PATH=":".join(self.settings.app_path), RQ_LOG_LEVEL=self.settings.log_level,
                    RQ_WORKER_ID=self.name, RQ_JOB_ID=job.id)
         for name in ("REDIS_PASSWORD", "REDIS_PASSWORD_FILE", "REDIS_SENTINEL_PASSWORD_FILE", "REDIS_HOST",
@@ -147,6 +149,11 @@ class ServiceSimpleWorker(ServiceWorkerMixin, SimpleWorker):
             super().execute_job(job, queue)
         finally:
             watch.unwatch()
+            # Nothing runs here any more. A job whose end could not be written (Redis lost as it ended:
+            # ``parts.job_lost``) left its execution in ``executions``; rq's ``worker.execution`` is the
+            # first of them, so the next run of that job (re-queued by the rescue) was marked STARTED
+            # against the deleted one, refused as taken back, and the job left queued in no list.
+            self.executions.clear()
 
 
 WORKER_CLASSES: dict[str, type[ServiceWorkerMixin]] = {

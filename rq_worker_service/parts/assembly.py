@@ -161,6 +161,19 @@ class ServiceParts:
             self.lease = HorseLease.create(limit=self.fencer.membership.period - self.interval / 2)
         self.lease.renew(time.monotonic())
 
+    def horse_starting(self) -> None:
+        """Just before a horse starts (fork or spawn): the tick, when due.
+
+        Nothing ticks between the pop and here (``dequeue_job_and_maintain_ttl``), and the horse ends
+        its job as soon as the lease is older than its limit (``lease``): a main loop that was silent
+        in between (a SIGSTOP, a VM pause, a slow Redis) started a horse that ended itself at once,
+        before the job ran, and the worker recorded a horse that died under its job: a retry attempt
+        used by a run that never happened, or the job failed when it had none left. The tick renews
+        the lease and beats; a worker fenced while it was silent exits here, before starting the job
+        (its fencer put it back, or its restart does)."""
+        if self.tick_due:
+            self.tick()
+
     def _sweep(self) -> None:
         for part in self.order:
             part.sweep()

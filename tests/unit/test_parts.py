@@ -651,6 +651,19 @@ def test_between_jobs_a_tick_runs_only_when_due(parts, clock):
     assert calls.count("a.beat") == 4
 
 
+def test_a_horse_starts_after_a_tick_when_one_is_due(parts, clock):
+    """Nothing ticks between the pop and the horse: a main loop silent in between (paused, a slow
+    Redis) handed the horse a lease already past its limit, and the horse ended a job that never ran."""
+    calls: list[str] = []
+    parts.order = [Hooks("a", calls)]
+    parts.between_jobs()
+    parts.horse_starting()
+    assert calls.count("a.beat") == 1  # the pop's tick is recent: none more
+    clock.now += parts.interval  # silent for a tick between the pop and the horse
+    parts.horse_starting()
+    assert calls.count("a.beat") == 2 and calls[-1] == "a.sweep"
+
+
 def test_sweeps_a_watch_thread_tick_skipped_are_done_before_the_next_pop(parts, clock):
     """The simple worker's watch thread ticks through a long job without sweeping; each of its
     ticks pushes the main loop's next one a tick away, so with back-to-back long jobs the main loop

@@ -107,9 +107,10 @@ class Outcome:
     reached: dict[str, int] = field(default_factory=dict)
 
     def report(self) -> str:
+        # The whole matrix has each cell at nth=1 only: a sampled nth=2 cell is replayed by its sample.
+        full = "RQWS_FAULTS_FULL=1 " if self.cell.nth == 1 else ""
         lines = [f"cell {self.cell.id} (seed {self.seed}; replay: RQWS_FAULT_SEED={self.seed} "
-                 f"RQWS_FAULTS_FULL=1 .venv/bin/python -m pytest tests/integration/test_fault_matrix.py "
-                 f"-k '{self.cell.id}')",
+                 f"{full}.venv/bin/python -m pytest tests/integration/test_fault_matrix.py -k '{self.cell.id}')",
                  *([f"primer: {self.primer}"] if self.primer else []),
                  f"fault: {self.fired or 'never fired'}; worker starts: {self.starts}, exits: {self.exits}; "
                  f"{self.elapsed:.1f}s", *self.problems]
