@@ -24,6 +24,25 @@ def _note(path, what):
         f.write(f"{what} {os.getpid()} {time.time():.3f}\\n")
 
 
+def overlap_probe(path, seconds):
+    """Counts its runs; the first sleeps ``seconds``; the second notes whether the first's process still lives."""
+    job = get_current_job()
+    n = job.connection.incr(f"executions:{job.id}")
+    if n == 1:
+        _note(path, "start1")
+        time.sleep(seconds)
+        return n
+    with open(path) as f:
+        first = int(f.readline().split()[1])
+    try:
+        with open(f"/proc/{first}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        state = "gone"
+    _note(path, f"start{n}-first-is-{state}")
+    return n
+
+
 def first_waits(path):
     """Counts its runs; the first returns only once ``path`` exists, the others at once."""
     job = get_current_job()
@@ -40,6 +59,12 @@ def jobs_env(tmp_path: Path, extra: str = "") -> dict[str, str]:
     (site / "r26jobs.py").write_text(JOBS)
     path = os.pathsep.join(filter(None, [str(site), extra, os.environ.get("PYTHONPATH")]))
     return {"PYTHONPATH": path}
+
+
+def notes(path: Path) -> list[tuple[str, int, float]]:
+    if not path.exists():
+        return []
+    return [(w, int(p), float(t)) for w, p, t in (line.split() for line in path.read_text().splitlines())]
 
 
 FREEZE_IN_BEAT = '''
@@ -98,5 +123,56 @@ def test_a_beat_whose_reply_is_read_after_a_freeze_is_not_taken_for_a_fresh_one(
     code = frozen.wait(15)
     after = [r.type.name for r in Job.fetch(job.id, connection=rconn).results()]
     assert after == before, (code, before, after)
+    one.close()
+    two.close()
+
+
+FREEZE_AFTER_RENEW = '''
+import os, signal, time
+arm = os.environ.get("R26_RENEW_ARM")
+if arm:
+    from rq_worker_service.parts import assembly
+
+    renew = assembly.ServiceParts.renew_lease
+
+    def renewed_then_frozen(self, *args, **kwargs):
+        renew(self, *args, **kwargs)
+        if os.path.exists(arm):  # once: the lease is renewed, the fencing beat not yet sent
+            os.remove(arm)
+            os.kill(os.getpid(), signal.SIGSTOP)
+            time.sleep(0.1)
+
+    assembly.ServiceParts.renew_lease = renewed_then_frozen
+'''
+
+
+def test_a_worker_frozen_between_renewing_its_lease_and_beating_has_its_horse_outlive_the_fencing(
+        acl_user, start_worker, rconn, tmp_path):
+    """The tick renews the horse's lease *before* the fencing beat. A main process frozen between the two
+    gave its horse a lease of a period (less half a tick) from now, while its last beat in Redis is a tick
+    older: the fencer may fence it up to half a tick plus its jitter before the horse ends itself, and
+    the re-run starts while the first horse still runs."""
+    site = tmp_path / "renewsite"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(FREEZE_AFTER_RENEW)
+    arm, log = tmp_path / "arm", tmp_path / "runs.log"
+    url = acl_user("rqworker")
+    env = {**FAST, "RQ_QUEUES": "renew", "R26_RENEW_ARM": str(arm), **jobs_env(tmp_path, extra=str(site))}
+    one, two = ready(tmp_path, "one"), ready(tmp_path, "two")
+    frozen = start_worker("1", notify=one, url=url, env=env)
+    one.wait_for("READY=1")
+    job = Queue("renew", connection=rconn).enqueue("r26jobs.overlap_probe", str(log), 15, job_id="renewed-lease")
+    wait_until(lambda: notes(log), 10, what="the first run to start")
+    start_worker("2", notify=two, url=url, env={**FAST, "RQ_QUEUES": "renew", **jobs_env(tmp_path)})
+    two.wait_for("READY=1")
+    time.sleep(1.5)  # worker 2 beats on time for a while: it may fence from now on
+    arm.touch()
+    wait_until(lambda: not arm.exists() and stopped(frozen.pid), 5, what="worker 1 to freeze after renewing")
+    try:
+        wait_until(lambda: executions(rconn, job.id) == 2, 15, what="the re-run")
+        wait_until(lambda: len(notes(log)) == 2, 5, what="the re-run's note")
+        assert notes(log)[1][0] != "start2-first-is-S", notes(log)  # S: the first horse still running
+    finally:
+        frozen.signal(signal.SIGCONT)
     one.close()
     two.close()
