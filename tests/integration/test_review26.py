@@ -67,6 +67,51 @@ def notes(path: Path) -> list[tuple[str, int, float]]:
     return [(w, int(p), float(t)) for w, p, t in (line.split() for line in path.read_text().splitlines())]
 
 
+PAUSE_BEFORE_END = '''
+import os, signal
+arm = os.environ.get("R26_ARM")
+if arm:
+    from rq.worker import base
+
+    original = base.BaseWorker.handle_job_success
+
+    def paused_first(self, *args, **kwargs):
+        if os.path.exists(arm):  # once: a pause (SIGSTOP, a paused VM, swap) right before rq writes the end
+            os.remove(arm)
+            os.kill(os.getpid(), signal.SIGSTOP)
+        return original(self, *args, **kwargs)
+
+    base.BaseWorker.handle_job_success = paused_first
+'''
+
+
+def test_a_simple_worker_paused_after_its_end_check_writes_a_second_result(start_worker, rconn, tmp_path):
+    """The simple worker beats before rq writes a job's end only when its last beat is older than half
+    a period; a pause right after that check (before rq's ``handle_job_success``) longer than the period
+    lets the fencer re-run the job, and the woken worker then writes its end over the re-run's."""
+    site = tmp_path / "pausesite"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(PAUSE_BEFORE_END)
+    arm = tmp_path / "arm"
+    arm.touch()
+    env = {**FAST, "RQ_WORKER_CLASS": "simple", "PYTHONPATH": str(site), "R26_ARM": str(arm)}
+    one, two = ready(tmp_path, "one"), ready(tmp_path, "two")
+    frozen = start_worker("1", notify=one, env=env)
+    one.wait_for("READY=1")
+    job = Queue(connection=rconn).enqueue("testjobs.sleep_job", 0.2, job_id="end-after-check")
+    wait_until(lambda: not arm.exists() and stopped(frozen.pid), 10, what="worker 1 to pause before the end")
+    start_worker("2", notify=two, env=FAST)
+    wait_until(lambda: status(rconn, job.id) == "finished" and executions(rconn, job.id) == 2, 20,
+               what="the fencer to re-run the job")
+    before = [r.type.name for r in Job.fetch(job.id, connection=rconn).results()]
+    frozen.signal(signal.SIGCONT)
+    code = frozen.wait(15)
+    after = [r.type.name for r in Job.fetch(job.id, connection=rconn).results()]
+    assert after == before, (code, before, after, frozen.output()[-3000:])
+    one.close()
+    two.close()
+
+
 FREEZE_IN_BEAT = '''
 import os, signal, time
 arm = os.environ.get("R26_BEAT_ARM")
