@@ -167,9 +167,10 @@ class Membership:
         previous = self.connection.hget(FENCED_KEY, self.name)
         member = json.dumps({"host": host, "pid": pid, "queues": queues, "period": self.period,
                              **host_identity().fields()})
+        sent = self.clock()  # (as a beat: dated before it was sent)
         self._join(keys=[BEATS_KEY, COUNTS_KEY, MEMBERS_KEY, FENCED_KEY],
                    args=[self.name, int(self.period) + 1, member])
-        self._last_beat = self.clock()
+        self._last_beat = sent
         self._joined = True
         self._sightings.clear()
         return json.loads(previous) if previous else None
@@ -186,17 +187,25 @@ class Membership:
 
         Raises redis errors. A failed beat, or one that lands more than half a period after the last
         (Redis stalled, or we did), is a break: what we saw of the others' beats before it says
-        nothing, since they could not beat on time either, so it is forgotten."""
+        nothing, since they could not beat on time either, so it is forgotten.
+
+        The beat is dated by the clock read *before* it was sent: Redis counted it somewhere between
+        that and the reply, and a process frozen in between (the reply read long after) must not
+        take it for a fresh one, or ``may_be_fenced`` would say no to a worker fenced meanwhile. A
+        beat answered "fenced" dates nothing: the last beat that went through stays unknown (None)."""
+        sent = self.clock()
         try:
             alive = bool(self._beat(keys=[BEATS_KEY, COUNTS_KEY, FENCED_KEY], args=[self.name, int(self.period) + 1]))
         except redis.exceptions.RedisError:
             self._break()
             raise
-        now = self.clock()
-        if not self._on_time(now):
+        if not alive:
+            self._break()
+            return False
+        if not self._on_time(self.clock()):
             self._sightings.clear()
-        self._last_beat = now
-        return alive
+        self._last_beat = sent
+        return True
 
     def may_be_fenced(self) -> bool:
         """Whether a fencer may have claimed this member by now: its last beat that went through is

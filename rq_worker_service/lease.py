@@ -6,17 +6,20 @@ wait) is not dead, though: its horse runs on, and systemd's watchdog only kills 
 TimeoutAbortSec after its abort, so the old run would go on beside the re-run. A whole process
 group frozen past the period and resumed would do the same until the main loop's next beat.
 
-So the main process writes the monotonic time of each tick of its main loop (before its fencing
-beat) into eight bytes of shared memory, and the horse's own thread ends the horse (SIGKILL to
-itself) once that time is older than the period less half a tick: before the earliest moment
-another worker may fence this one. CLOCK_MONOTONIC is one clock for the whole system, so the two
-processes' times compare. The memory is an anonymous file (memfd): a fork horse inherits its
-mapping, a spawn horse opens it by its ``/proc/<pid>/fd/<n>`` path, given in its environment.
+So the main process writes, after each fencing beat of its main loop's ticks, the monotonic time
+read before that beat into eight bytes of shared memory (a lease renewed before the beat, by a
+process frozen between the two, would outlast what Redis saw of it), and the horse's own thread ends
+the horse (SIGKILL to itself) once that time is older than the period less half a tick: before the
+earliest moment another worker may fence this one. CLOCK_MONOTONIC is one clock for the whole
+system, so the two processes' times compare. The memory is an anonymous file (memfd): a fork horse
+inherits its mapping, a spawn horse opens it by its ``/proc/<pid>/fd/<n>`` path, given in its
+environment.
 
-The tick, not the fencing beat, renews the lease: during a Redis outage the main loop still ticks
-and beats fail for every worker alike, and no worker fences after an outage, so an outage cuts no
-job. The cost is a host cut off from Redis while others still reach it (a partition): it is fenced
-after the period, and its horse runs on until its worker reaches Redis again (docs/operations.md).
+Every tick renews the lease, whether its fencing beat went through or failed (not one answered
+"fenced": the worker exits): during a Redis outage the main loop still ticks and beats fail for
+every worker alike, and no worker fences after an outage, so an outage cuts no job. The cost is a
+host cut off from Redis while others still reach it (a partition): it is fenced after the period,
+and its horse runs on until its worker reaches Redis again (docs/operations.md).
 """
 
 from __future__ import annotations

@@ -446,6 +446,38 @@ class ServiceWorkerMixin(_Base):
             self.parts.fencer.beat()
         super().handle_execution_ended(job, queue, heartbeat_ttl)
 
+    def handle_job_success(self, job: Job, queue: Queue, started_job_registry: Any, execution: Execution) -> None:
+        """rq's end of a job that returned, written by a simple worker only while it is not marked fenced.
+
+        The look in ``handle_execution_ended`` can be passed just before a pause (a stopped process,
+        a paused VM) longer than the period: the fencer re-runs the job, and the woken worker would
+        write FINISHED and a second result over the re-run's. rq writes the end in one transaction
+        after ``WATCH``ing the job's dependents (its loop retries on ``WatchError``); right after that
+        watch (rq's ``move_dependents_to_ready``, before its ``MULTI``) this worker watches the
+        fencing marks too and reads its own: marked, it exits there (``Fencer.exit_fenced``), writing
+        nothing; a fencing after the read fails rq's ``EXEC``, and rq's retry reads the mark again.
+        Two round trips per job. A horse needs none: its lease ends it before any fencing."""
+        if self.is_horse:
+            super().handle_job_success(job, queue, started_job_registry, execution)
+            return
+        move = queue.move_dependents_to_ready
+
+        def unless_fenced(job: Job, pipeline: Any = None, **kwargs: Any) -> Any:
+            self._watch_the_fencing(pipeline)
+            return move(job, pipeline=pipeline, **kwargs)
+
+        queue.move_dependents_to_ready = unless_fenced  # type: ignore[method-assign,assignment]
+        try:
+            super().handle_job_success(job, queue, started_job_registry, execution)
+        finally:
+            del queue.move_dependents_to_ready
+
+    def _watch_the_fencing(self, pipeline: Any) -> None:
+        """On rq's watched pipeline, before its ``MULTI``: watch the fencing marks; exit if ours is set."""
+        pipeline.watch(keys.fencing_fenced())
+        if pipeline.hexists(keys.fencing_fenced(), self.name):
+            self.parts.fencer.exit_fenced()
+
     def handle_job_failure(self, job: Job, queue: Queue, started_job_registry: Any = None,
                            exc_string: str = "", execution: Execution | None = None) -> None:
         """Record a job cut off under its worker as interrupted, with the default retry if it has none.

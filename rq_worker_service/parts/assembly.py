@@ -1,7 +1,8 @@
 """The one object a worker holds for the service (``worker.parts``): its parts, in order, and where rq's loop is.
 
 The parts run in a fixed order, the one the tick has always had: watchdog ping, a look for the
-Sentinel primary, the fencing beat (these three only while the worker is alive), the announcement
+Sentinel primary, the fencing beat (these three only while the worker is alive; the main loop then
+renews its horse's lease, dated before them), the announcement
 of a stop, the cut and EXTEND_TIMEOUT, the counters, STATUS=, the scheduler take-over, then the
 sweeps: the worker's own lost jobs, lost members, orphaned pops. The flags here are set by rq's
 hooks and the signal handlers (which only record, as gunicorn's arbiter does); the loop acts.
@@ -141,11 +142,13 @@ class ServiceParts:
         self.next_tick = self.clock() + self.interval
         if main_loop:
             self.woken.clear()
-            self.renew_lease()
             self.sweeps_owed = False
+        before_beat = time.monotonic()
         if alive:
             for part in self.order:
-                part.beat()
+                part.beat()  # the fencing beat among them: answered "fenced", the worker exits here
+        if main_loop:
+            self.renew_lease(before_beat)
         for part in self.order:
             part.tick(main_loop)
         if not self.lifecycle.stopping:
@@ -154,12 +157,17 @@ class ServiceParts:
             else:
                 self.sweeps_owed = True
 
-    def renew_lease(self) -> None:
-        """Before the beat: the horse ends its job once this is older than the fencing period less
-        half a tick, before anyone may fence this worker (``lease``)."""
+    def renew_lease(self, before_beat: float) -> None:
+        """After the fencing beat, dated by the clock read before it (``time.monotonic``): the horse
+        ends its job once this is older than the fencing period less half a tick, before anyone may
+        fence this worker (``lease``). Renewed before the beat, a main process frozen between the two
+        gave its horse a lease that no beat backed: its last beat in Redis a tick older, a fencer
+        could claim it before the horse ended. A beat answered "fenced" renews nothing (the worker
+        exits); a failed one (Redis unreachable) still renews, as the tick always did: an outage cuts
+        no job (``lease``)."""
         if self.lease is None:
             self.lease = HorseLease.create(limit=self.fencer.membership.period - self.interval / 2)
-        self.lease.renew(time.monotonic())
+        self.lease.renew(before_beat)
 
     def horse_starting(self) -> None:
         """Just before a horse starts (fork or spawn): the tick, when due.

@@ -243,3 +243,25 @@ def test_predecessor_hung_reads_what_the_units_exec_stop_post_wrote(tmp_path):
     (tmp_path / "last-result-1").write_text("watchdog\n")
     (tmp_path / "last-result-2").write_text("signal\n")
     assert predecessor_hung("1", env) and not predecessor_hung("2", env)
+
+
+def test_a_beat_is_dated_before_it_was_sent_and_a_fenced_answer_dates_nothing(conn):
+    """A beat whose reply is read long after Redis counted it (the process frozen in between) is no
+    fresh beat: dated by the reply, ``may_be_fenced`` said no to a worker fenced meanwhile, and a simple
+    worker wrote its job's end over the fencer's re-run (``test_review26``)."""
+    clock = FakeClock(1000.0)
+    a = member(conn, "a", clock)
+    script = a._beat
+
+    def frozen_before_the_reply(*args, **kwargs):
+        reply = script(*args, **kwargs)
+        clock.now += 10  # frozen past the period with the beat counted, its reply unread
+        return reply
+
+    a._beat = frozen_before_the_reply
+    assert a.beat() is True
+    assert a.may_be_fenced()  # the beat counted 10 s ago: a fencer may have claimed a since
+    a._beat = script
+    conn.hset(FENCED_KEY, "a", json.dumps({"by": "b"}))
+    assert a.beat() is False
+    assert a.may_be_fenced()  # fenced: nothing fresh recorded

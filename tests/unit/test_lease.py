@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import fakeredis
 
 from rq_worker_service.config import load_settings
 from rq_worker_service.lease import HorseLease
 from rq_worker_service.notify import Notifier
+from rq_worker_service.parts import Part
 from rq_worker_service.worker_classes import ServiceWorker
 
 
@@ -61,3 +63,27 @@ def test_the_horse_ends_itself_once_the_main_loop_is_silent_past_the_limit(caplo
         thread.join(2)
     assert ended == [105.5] and not thread.is_alive()
     assert "main loop has been silent for 6s (frozen or hung): this horse ends its job now" in caplog.text
+
+
+def test_the_lease_is_renewed_after_the_fencing_beat_dated_before_it():
+    """Renewed before the beat, a main process frozen between the two gave its horse a lease no beat
+    backed: a fencer could claim the worker before the horse ended (``test_review26``)."""
+    parts = ServiceWorker(["default"], connection=fakeredis.FakeRedis(), settings=load_settings({}),
+                          notifier=watchdog(6_000_000)).parts
+    seen: list[float | None] = []
+
+    class Beat(Part):
+        def beat(self) -> None:
+            seen.append(parts.lease.read()[0] if parts.lease else None)
+            time.sleep(0.05)  # the beat's round trip
+
+    parts.order = [Beat()]
+    before = time.monotonic()
+    parts.tick()
+    assert seen == [None]  # no lease yet while the first beat was under way
+    assert parts.lease is not None
+    first = parts.lease.read()[0]
+    assert before <= first < before + 0.05  # dated before the beat, not after its reply
+    parts.tick()
+    assert seen[1] == first  # the second beat went out under the first tick's lease
+    assert parts.lease.read()[0] > first

@@ -14,6 +14,9 @@ import pytest
 import redis
 from helpers import FakeClock
 from rq import Queue
+from rq.executions import Execution
+from rq.job import Job
+from rq.utils import now
 
 from rq_worker_service import exits, journal
 from rq_worker_service.config import RedisTarget, Sentinels, load_settings
@@ -321,6 +324,55 @@ def test_a_simple_worker_woken_past_its_fencing_mid_job_does_not_write_the_job_s
         worker.handle_execution_ended(job, queue, 60)
     assert exited.value.args[1] == exits.TEMPFAIL
 
+
+def _ended_job(worker, conn):
+    queue = Queue("default", connection=conn)
+    job = queue.enqueue("os.getpid")
+    with conn.pipeline() as pipe:
+        execution = Execution.create(job, 60, pipe, worker_name=worker.name)
+        pipe.execute()
+    job.started_at = job.ended_at = now()
+    return job, queue, execution
+
+
+@pytest.mark.parametrize("fenced_after_the_read", [False, True])
+def test_a_simple_worker_marked_fenced_writes_no_end_whenever_the_mark_lands(conn, monkeypatch,
+                                                                            fenced_after_the_read):
+    """The look in ``handle_execution_ended`` can be passed right before a pause past the period; rq's
+    end transaction is then written by a fenced worker over the re-run's. The worker reads its mark on
+    rq's watched pipeline (before its MULTI): marked before (a pause before the end), it exits there;
+    marked after the read, the watched mark fails rq's EXEC and rq's retry reads it."""
+    worker = ServiceSimpleWorker(["default"], connection=conn, settings=load_settings({}), notifier=Recorder())
+    _exits_raise(worker, monkeypatch)
+    worker.parts.fencer.started()
+    job, queue, execution = _ended_job(worker, conn)
+    mark = json.dumps({"by": "b", "at": 1})
+    if fenced_after_the_read:
+        move = Queue.move_dependents_to_ready
+
+        def fenced_meanwhile(self, *args, **kwargs):
+            conn.hset(FENCED_KEY, worker.name, mark)  # (another connection than rq's pipeline)
+            return move(self, *args, **kwargs)
+
+        monkeypatch.setattr(Queue, "move_dependents_to_ready", fenced_meanwhile)
+    else:
+        conn.hset(FENCED_KEY, worker.name, mark)
+    with pytest.raises(Exited) as exited:
+        worker.handle_job_success(job, queue, queue.started_job_registry, execution)
+    assert exited.value.args[1] == exits.TEMPFAIL
+    assert Job.fetch(job.id, connection=conn).get_status() != "finished" and not Job.fetch(
+        job.id, connection=conn).results()
+    assert "move_dependents_to_ready" not in vars(queue)
+
+
+def test_a_simple_worker_not_fenced_writes_its_end(conn, monkeypatch):
+    worker = ServiceSimpleWorker(["default"], connection=conn, settings=load_settings({}), notifier=Recorder())
+    worker.parts.fencer.started()
+    job, queue, execution = _ended_job(worker, conn)
+    job._result = 42
+    worker.handle_job_success(job, queue, queue.started_job_registry, execution)
+    assert Job.fetch(job.id, connection=conn).get_status() == "finished"
+    assert "move_dependents_to_ready" not in vars(queue)
 
 def test_the_sweep_fences_a_silent_member_and_records_it(conn, clock, guard, caplog):
     a, b = fencer(conn, "a", clock, guard), fencer(conn, "b", clock, guard)

@@ -67,6 +67,7 @@ OVERRIDES: dict[type, dict[str, str]] = {
         "_start_scheduler": "worker.py/scheduling.py: the named scheduler",
         "main_work_horse": "worker.py: the horse dies with the worker",
         "handle_job_failure": "worker.py: interrupted jobs get the default retry",
+        "handle_job_success": "worker.py: a simple worker writes a job's end only while it is not marked fenced",
         "handle_execution_ended": "worker.py: the fault point job.performed",
         "perform_job": "worker_classes.py: the fault point horse.started in simple mode",
         "_install_signal_handlers": "worker.py: SIGHUP; SIGUSR1 in simple mode",
@@ -176,6 +177,11 @@ INTERNALS: list[Internal] = [
     Internal(("rq.worker.BaseWorker._finalize_failure",),
              "worker.py: a job taken back (its execution claimed) before its STARTED mark is not failed here",
              ("test_a_failure_rq_finalizes_goes_through_finalize_failure",)),
+    Internal(("`handle_job_success()`: `WATCH` of the dependents, `move_dependents_to_ready()`, then `MULTI`, "
+              "retried on `WatchError`",),
+             "worker.py `handle_job_success`: a simple worker watches the fencing marks and reads its own on rq's "
+             "watched pipeline before its `MULTI`",
+             ("test_the_end_of_a_job_is_one_transaction_watched_before_move_dependents_to_ready",)),
     Internal(("rq.worker.Worker._stop_requested",),
              "worker.py `_shutdown`: take no new job; cleared when a stop ends the pop, as rq leaves it",
              ("test_rqs_loop_pops_with_dequeue_timeout_and_ends_on_a_stop",)),
@@ -527,6 +533,17 @@ def test_a_failure_rq_finalizes_goes_through_finalize_failure():
     assert source.find("self.prepare_job_execution(") < source.find("self._finalize_failure(job, queue, execution, "
                                                                      "sys.exc_info())")
 
+
+def test_the_end_of_a_job_is_one_transaction_watched_before_move_dependents_to_ready():
+    """worker.py's ``handle_job_success`` watches the fencing marks and reads its own inside rq's
+    ``move_dependents_to_ready`` call: after rq's WATCH (the pipeline is in immediate mode), before
+    its MULTI, with rq's loop retrying the whole on a WatchError (a fencing after the read)."""
+    source = inspect.getsource(BaseWorker.handle_job_success)
+    steps = ("pipeline.watch(job.dependents_key)", "queue.move_dependents_to_ready(job, pipeline=pipeline)",
+             "pipeline.multi()", "pipeline.execute()", "except redis.exceptions.WatchError:", "continue")
+    at = [source.find(step) for step in steps]
+    assert -1 not in at and at == sorted(at), dict(zip(steps, at, strict=True))
+    assert "while True:" in source
 
 if __name__ == "__main__":
     print(docs_table(), end="")
