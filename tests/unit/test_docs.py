@@ -6,6 +6,7 @@ import dataclasses
 import re
 from pathlib import Path
 
+from rq_worker_service import parity
 from rq_worker_service.config import Settings
 from rq_worker_service.variables import VARIABLES, env_file_text, man_environment, readme_table
 
@@ -28,6 +29,12 @@ def test_readme_table_is_the_generated_one():
     assert readme_table() in README, (
         "README.md's variables table is stale: replace it with the output of "
         "`.venv/bin/python -m rq_worker_service.variables readme`")
+
+
+def test_readme_parity_table_is_the_generated_one():
+    assert parity.readme_table() in README, (
+        "README.md's table of rq worker's options is stale: replace it with the output of "
+        "`.venv/bin/python -m rq_worker_service.parity readme`")
 
 
 def test_every_settings_field_comes_from_one_variable():

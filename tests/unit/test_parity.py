@@ -47,9 +47,10 @@ def test_every_rq_worker_option_is_mapped_or_listed():
 
 def test_unmatched_sees_an_option_added_or_removed():
     """The comparison itself: an rq option left out is missing, one rq dropped is stale."""
-    rq_options = {**rq_worker_options(), "new_thing": ("--new-thing",)}
-    assert unmatched(OPTIONS, rq_options) == ([("--new-thing",)], [])
-    assert unmatched(OPTIONS + (RqOption(("--gone",), reason="x"),), rq_worker_options()) == ([], [("--gone",)])
+    ours = {option.opts[0]: option.opts for option in OPTIONS}
+    assert unmatched(OPTIONS, ours) == ([], [])
+    assert unmatched(OPTIONS, {**ours, "new_thing": ("--new-thing",)}) == ([("--new-thing",)], [])
+    assert unmatched(OPTIONS + (RqOption(("--gone",), reason="x"),), ours) == ([], [("--gone",)])
 
 
 @pytest.mark.parametrize("option", OPTIONS, ids=lambda option: option.opts[0])
