@@ -122,6 +122,12 @@ class Settings:
     log_level: str
     disable_job_desc_logging: bool
     shutdown_timeout: float
+    max_jobs: int | None
+    max_memory: int | None
+    max_idle_time: int | None
+    worker_ttl: int
+    maintenance_interval: int
+    job_monitoring_interval: int | None
     retry_max: int
     retry_delay: int
     redis_startup_wait: float

@@ -15,6 +15,8 @@ Rules, which are also the operator's contract (README, "How the guarantees work"
   once; one within the window is the same request delivered twice (rq's rule, for worker pools).
 * A reload (SIGHUP) is a warm stop that re-executes afterwards; a stop during a reload wins, and a
   reload during a stop is ignored.
+* A recycle (RQ_MAX_JOBS, RQ_MAX_MEMORY) is a reload the worker asks of itself after a job, with
+  its reason; it follows the reload's rules.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ class Lifecycle:
         self.deadline: float | None = None
         """When the running job is cut, once a stop was requested while it ran."""
         self.cut_reason: str | None = None
+        self.recycle_reason: str | None = None
+        """Why the worker recycles itself (a reload it asked for), if it does."""
         self._stop_requested_at: float | None = None
         self._cut_taken = False
         self._announced = Phase.RUNNING
@@ -80,6 +84,13 @@ class Lifecycle:
         if self.phase is not Phase.RUNNING:
             return False
         self.phase = Phase.RELOADING
+        return True
+
+    def request_recycle(self, reason: str) -> bool:
+        """A reload the worker asks of itself, for ``reason``; True if taken (as ``request_reload``)."""
+        if not self.request_reload():
+            return False
+        self.recycle_reason = reason
         return True
 
     def request_cut(self, reason: str) -> None:
@@ -148,10 +159,14 @@ class Lifecycle:
                 left = max(0, int(self.deadline - self.clock()))
                 return f"Stopping: waiting for job {self.job.label}, running {running}s, cut in {left}s"
             if self.phase is Phase.RELOADING:
-                return f"Reloading: waiting for job {self.job.label}, running {running}s"
+                return f"{self._reloading}: waiting for job {self.job.label}, running {running}s"
             return f"Running job {self.job.label} for {running}s"
         if self.phase is Phase.RELOADING:
-            return "Reloading"
+            return self._reloading
         if self.phase is Phase.STOPPING:
             return "Stopping"
         return idle
+
+    @property
+    def _reloading(self) -> str:
+        return f"Recycling ({self.recycle_reason})" if self.recycle_reason else "Reloading"

@@ -79,11 +79,12 @@ OPTIONS: tuple[RqOption, ...] = (
     RqOption(("--disable-default-exception-handler", "-d"), reason=NOT_YET),
     RqOption(("--config", "-c"), reason=NOT_YET),
     RqOption(("--dequeue-strategy", "-ds"), reason=NOT_YET),
-    RqOption(("--max-jobs",), reason=NOT_YET),
-    RqOption(("--max-idle-time",), reason=NOT_YET),
-    RqOption(("--worker-ttl",), reason=NOT_YET),
-    RqOption(("--maintenance-interval",), reason=NOT_YET),
-    RqOption(("--job-monitoring-interval",), reason=NOT_YET),
+    RqOption(("--max-jobs",), variable="RQ_MAX_JOBS",
+             note="recycled in place (same PID), not exited; also RQ_MAX_MEMORY"),
+    RqOption(("--max-idle-time",), variable="RQ_MAX_IDLE_TIME", note="exits 0: the unit does not restart it"),
+    RqOption(("--worker-ttl",), variable="RQ_WORKER_TTL"),
+    RqOption(("--maintenance-interval",), variable="RQ_MAINTENANCE_INTERVAL"),
+    RqOption(("--job-monitoring-interval",), variable="RQ_JOB_MONITORING_INTERVAL", note="at most a tick"),
 )
 
 

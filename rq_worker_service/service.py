@@ -46,6 +46,8 @@ log = logging.getLogger("rq_worker_service")
 
 REEXEC_VAR = "RQ_WORKER_SERVICE_REEXEC"
 PREFIX_REEXEC_VAR = "RQ_WORKER_SERVICE_PREFIX_REEXEC"
+RECYCLED = "recycle"
+"""REEXEC_VAR's value after a recycle (``parts.recycling``), rather than a reload."""
 
 
 def extend_import_path(settings: Settings) -> None:
@@ -128,8 +130,9 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
         log.warning("%s", warning)
     extend_import_path(settings)
 
-    reloaded = os.environ.pop(REEXEC_VAR, None) is not None
-    log.info("%s worker %s (%s) for queues %s on Redis %s", "Reloaded" if reloaded else "Starting", settings.name,
+    reexec_why = os.environ.pop(REEXEC_VAR, None)
+    started = {None: "Starting", RECYCLED: "Recycled"}.get(reexec_why, "Reloaded")
+    log.info("%s worker %s (%s) for queues %s on Redis %s", started, settings.name,
              settings.worker_class, ", ".join(settings.queues), settings.redis.display)
     try:
         with early.wait():  # nothing is held yet: a stop ends it at once
@@ -145,7 +148,8 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
         worker = build_worker(prepared, connection, notifier)
         if early.stop_requested:  # its started jobs are re-queued; what it held, any worker puts back (its key is gone)
             return stopped_during_startup()
-        worker.work(with_scheduler=settings.with_scheduler, logging_level=settings.log_level)  # hands over the rest
+        worker.work(with_scheduler=settings.with_scheduler, logging_level=settings.log_level,
+                    max_idle_time=settings.max_idle_time)  # hands over the rest (RQ_MAX_JOBS: parts.recycling)
     except StartupStopped:
         return stopped_during_startup()
     except RedisUnavailable as exc:
@@ -171,7 +175,8 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
     if worker.parts.lifecycle.phase is Phase.RELOADING:
         os.environ[COUNTS_VAR] = "{},{}".format(*worker.parts.counters.job_counts)
         faults.reached("reload.exec")
-        reexec()
+        recycle = worker.parts.lifecycle.recycle_reason
+        reexec(why=f"recycling ({recycle})" if recycle else None)
     if worker.parts.lifecycle.phase is Phase.STOPPING:
         log.info("Stopped")
         return exits.OK
@@ -184,11 +189,12 @@ def stopped_during_startup() -> int:
     return exits.OK
 
 
-def reexec(marker: str = REEXEC_VAR) -> None:
+def reexec(marker: str = REEXEC_VAR, why: str | None = None) -> None:
     """Replace this process with a fresh copy of itself: same pid, new config and app code.
-    ``marker`` tells the new process why (a reload, or rq's key prefix to import anew)."""
-    log.info("Re-executing in place to apply new configuration and code")
-    os.environ[marker] = "1"
+    ``marker`` tells the new process why (a reload, or rq's key prefix to import anew); ``why``: a
+    recycle (RQ_MAX_JOBS, RQ_MAX_MEMORY), which the new process says it is."""
+    log.info("Re-executing in place %s", why or "to apply new configuration and code")
+    os.environ[marker] = RECYCLED if why else "1"
     for handler in logging.getLogger().handlers:
         handler.flush()
     handover(environment.private, os.environ)  # the secrets, never in the new process's environment

@@ -109,6 +109,24 @@ def queue_list(raw: str) -> tuple[str, ...]:
     return tuple(names)
 
 
+_SIZE_RE = re.compile(r"^([0-9]+) ?([KMGT]?)(?:I?B)?$")
+_SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+MEMORY_RANGE = (2**20, 2**50)
+"""1M to 1024T: no Python worker runs in less than 1 MiB (a number of bytes meant as MiB is caught)."""
+
+
+def memory_size(raw: str) -> int:
+    """Bytes from ``512M``, ``2G``, ``1536MiB`` or plain bytes; K, M, G, T are powers of 1024, as in
+    systemd's MemoryMax=, so that the two can be compared at a glance."""
+    match = _SIZE_RE.match(raw.strip().upper())
+    if not match:
+        raise Invalid("a size such as 512M or 2G (K, M, G, T: powers of 1024)")
+    value = int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+    if not MEMORY_RANGE[0] <= value <= MEMORY_RANGE[1]:
+        raise Invalid("a size from 1M to 1024T, such as 512M or 2G")
+    return value
+
+
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.@-]+$")
 
 
@@ -268,6 +286,12 @@ NOT_CONFIGURATION = frozenset({"RQ_WORKER_ID", "RQ_JOB_ID", "RQ_EXECUTION_ID"})
 INTERNAL_PREFIX = "RQ_WORKER_SERVICE_"
 """Variables this package sets for its own processes (re-exec markers, the spawn horse's config)."""
 
+LONGEST_TICK = 30
+"""Seconds between two ticks of a worker at most (a third of WatchdogSec=, and this without a watchdog):
+each tick pings the watchdog and beats for fencing; three ticks make the fencing period."""
+MIN_WORKER_TTL = 3 * LONGEST_TICK - 60
+"""rq keeps a worker's key for worker_ttl + 60 s after each beat; that must cover the fencing period."""
+
 WORKER_CLASSES = ("fork", "simple", "spawn")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
@@ -354,6 +378,40 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("RQ_SHUTDOWN_TIMEOUT", "Seconds a stop waits for the running job. Past it the job is cut, recorded "
              "as interrupted and retried (cold shutdown).", seconds(), default=600.0, field="shutdown_timeout",
              flag="--shutdown-timeout", metavar="SECONDS"),
+    Variable("RQ_MAX_JOBS", "Recycle the instance after this many jobs (rq's --max-jobs, counted as rq counts: "
+             "every job taken, whatever its end). Where rq exits, the process re-executes itself in place after the "
+             "job, as on a reload: same PID, no failure, no restart counted by systemd.",
+             whole(1, "a number of jobs, 1 or more (leave it unset for no limit)"), shown_default="(no limit)",
+             field="max_jobs", flag="--max-jobs", metavar="JOBS"),
+    Variable("RQ_MAX_MEMORY", "Recycle the instance, as RQ_MAX_JOBS does, after a job that left the worker "
+             "process, or took the job's work horse at its peak, above this resident memory (Celery's "
+             "max-memory-per-child): 512M, 2G (powers of 1024, as MemoryMax=).", memory_size,
+             shown_default="(no limit)", field="max_memory", flag="--max-memory", metavar="SIZE"),
+    Variable("RQ_MAX_IDLE_TIME", "Exit after this many seconds without a job (rq's --max-idle-time). The exit is "
+             "a clean one (status 0), which Restart=on-failure does not restart: the instance stays inactive "
+             "until started again (by hand, the autoscaler or a timer).",
+             whole(1, "seconds, a whole number, 1 or more (leave it unset to never exit when idle)"),
+             shown_default="(never)", field="max_idle_time", flag="--max-idle-time", metavar="SECONDS"),
+    Variable("RQ_WORKER_TTL", "Seconds the worker's registration (what rq info and rq-dashboard list) outlives "
+             "its last beat, less rq's 60 s of slack (rq's --worker-ttl). At least "
+             f"{MIN_WORKER_TTL}: with the slack it must outlive the fencing period (three ticks, at most "
+             f"{3 * LONGEST_TICK} s), or a worker that is only slow is listed as gone before it could be fenced.",
+             whole(MIN_WORKER_TTL, f"seconds, a whole number, at least {MIN_WORKER_TTL} (the registration must "
+                   f"outlive the fencing period of at most {3 * LONGEST_TICK} s with rq's 60 s of slack)"),
+             default=420, field="worker_ttl", flag="--worker-ttl", metavar="SECONDS"),
+    Variable("RQ_MAINTENANCE_INTERVAL", "Seconds between rq's registry maintenance passes (rq's "
+             "--maintenance-interval, rq's own default 600): the backstop that re-queues the jobs of workers "
+             "gone on other hosts, so a longer one re-queues them later.",
+             whole(1, "seconds, a whole number, 1 or more"), default=60, field="maintenance_interval",
+             flag="--maintenance-interval", metavar="SECONDS"),
+    Variable("RQ_JOB_MONITORING_INTERVAL", "Seconds between the worker's looks at a running job (rq's "
+             "--job-monitoring-interval): each renews the job's heartbeat, pings the watchdog and beats for "
+             f"fencing, so it is at most a tick: a third of WatchdogSec= (at most {LONGEST_TICK} s). A longer "
+             "value is refused; one longer than the unit's tick is shortened to it, with a warning.",
+             whole(1, f"seconds, a whole number from 1 to {LONGEST_TICK} (a tick: the watchdog and the fencing "
+                   "beat are served from each look at the job)", maximum=LONGEST_TICK),
+             shown_default="(a tick)", field="job_monitoring_interval", flag="--job-monitoring-interval",
+             metavar="SECONDS"),
     Variable("RQ_JOB_RETRY_MAX", "Retries given to a job without a Retry of its own when its worker dies under "
              "it (crash, kill, shutdown limit). 0 turns this default off.",
              whole(0, "a whole number of retries, 0 or more (0 turns the default retry off)"), default=3,

@@ -49,12 +49,6 @@ from .recovery import apply_job_defaults, put_back_unstarted, record_interruptio
 from .rqcompat import HORSE_DIED, STUCK_IN_INTERMEDIATE, job_func
 from .scheduling import start_scheduler
 
-MAINTENANCE_INTERVAL = 60
-"""Seconds between rq's registry maintenance (rq: 600). It is a backstop for the jobs of dead
-workers on other hosts and for stock rq workers' intermediate lists (two sightings a minute apart);
-each queue's pass is done by one worker under rq's maintenance lock, so a shorter interval costs
-little."""
-
 PREPARE_RETRIES = (0.5, 1.0, 2.0)
 """Seconds waited before each retry of the STARTED mark after a Redis error (``prepare_job_execution``)."""
 
@@ -94,8 +88,9 @@ class ServiceWorkerMixin(_Base):
     def __init__(self, *args: Any, settings: Settings, notifier: Notifier, **kwargs: Any) -> None:
         self.settings = settings
         self.parts = ServiceParts(settings, notifier)  # first: rq's __init__ sets job_monitoring_interval
-        kwargs.setdefault("job_monitoring_interval", int(self.parts.interval))
-        kwargs.setdefault("maintenance_interval", MAINTENANCE_INTERVAL)
+        kwargs.setdefault("job_monitoring_interval", self._monitoring_interval(settings))
+        kwargs.setdefault("maintenance_interval", settings.maintenance_interval)
+        kwargs.setdefault("worker_ttl", settings.worker_ttl)
         # rq logs a job's call with its arguments (rq's --disable-job-desc-logging); the spawn horse
         # gets this from the same settings, and from rq's _dump_worker_config, a fork horse as a copy.
         kwargs.setdefault("log_job_description", not settings.disable_job_desc_logging)
@@ -104,6 +99,21 @@ class ServiceWorkerMixin(_Base):
         self.parts.attach(self)
 
     # -- timing -------------------------------------------------------------------------------
+
+    def _monitoring_interval(self, settings: Settings) -> int:
+        """RQ_JOB_MONITORING_INTERVAL, at most a tick: each look at the job is a tick (watchdog ping,
+        fencing beat, lease), so a longer one would let the watchdog abort the worker, or the fencing
+        take it for lost, while a job runs. Its parser refuses what no unit's tick allows; a unit whose
+        WatchdogSec= makes the tick shorter shortens it (told once): refused, a reload would end in exit 78."""
+        tick = int(self.parts.interval)
+        wanted = settings.job_monitoring_interval
+        if wanted is None:
+            return tick
+        if wanted > tick:
+            log.warning("RQ_JOB_MONITORING_INTERVAL=%d is longer than this unit's tick of %ds (a third of "
+                        "WatchdogSec=): using %ds; lower it, or raise WatchdogSec= to %ds", wanted, tick, tick,
+                        3 * wanted)
+        return min(wanted, tick)
 
     @property
     def dequeue_timeout(self) -> int:
@@ -184,6 +194,7 @@ class ServiceWorkerMixin(_Base):
                         if timeout is None:
                             return None  # burst: nothing left
                         if max_idle_time is not None and (now() - idle_since).total_seconds() >= max_idle_time:
+                            self.parts.idle_out(max_idle_time)
                             return None
                         continue
                     result = self._fetch_popped(*reply)
@@ -368,9 +379,17 @@ class ServiceWorkerMixin(_Base):
     def wait_for_horse(self) -> Any:
         self.parts.in_horse_wait = True
         try:
-            return super().wait_for_horse()
+            reaped = super().wait_for_horse()
         finally:
             self.parts.in_horse_wait = False
+        rusage = reaped[2] if reaped else None
+        if rusage is not None:
+            self.parts.recycler.horse_ended(rusage.ru_maxrss)  # RQ_MAX_MEMORY
+        return reaped
+
+    def stop_loop(self) -> None:
+        """rq's loop takes no other job and ends before its next pop (a recycle, ``parts.recycling``)."""
+        self._stop_requested = True
 
     def kill_horse(self, sig: signal.Signals = SHUTDOWN_SIGNAL) -> None:
         """Any kill of the horse from this side (an operator's kill-horse or stop-job command, rq's

@@ -29,11 +29,13 @@ from ..notify import Notifier
 from ..orphans import IntermediateWatch
 from ..recovery import rescue_executions
 from ..scheduling import Takeover
+from ..variables import LONGEST_TICK
 from . import Part, log
 from .guard import RedisGuard
 from .housekeeping import HeldJobs, OrphanSweep, SchedulerTakeover
 from .jobwatch import JobWatch
 from .liveness import FAILOVER_RETRY, Fencer, HostRecord, OwnRescue, PrimaryFollower, Watchdog
+from .recycling import Recycler
 from .reporting import Counters, StatusReporter
 from .stops import Cutter, StopAnnouncer
 
@@ -57,7 +59,7 @@ class ServiceParts:
         self.notifier = notifier
         self.clock = clock
         watchdog = notifier.watchdog_seconds
-        self.interval = max(1.0, min(30.0, watchdog / 3)) if watchdog else 30.0
+        self.interval = max(1.0, min(float(LONGEST_TICK), watchdog / 3)) if watchdog else float(LONGEST_TICK)
         """Seconds between ticks: a third of WatchdogSec, so that a hung main loop is what stops the pings."""
         self.retry_every = min(self.interval, FAILOVER_RETRY) if settings.redis.sentinels is not None else self.interval
         """The longest blocking pop and the longest wait for Redis (rq's max_connection_wait_time)."""
@@ -105,6 +107,7 @@ class ServiceParts:
         self.orphans = IntermediateWatch(connection, worker.queues)
         self.held = Held(connection, name)
         self.counters = Counters(connection, lambda: worker.key, self.guard, self.notifier.interval, self.clock)
+        self.recycler = Recycler(self.lifecycle, settings.max_jobs, settings.max_memory, worker.stop_loop)
         self.status = StatusReporter(self.notifier, self.lifecycle, self.outage, self.counters, self.follower, name,
                                      worker.queue_names)
         self.order = [HostRecord(connection, lambda: worker.key),  # first: right after rq's registration
@@ -112,7 +115,7 @@ class ServiceParts:
                       StopAnnouncer(self.lifecycle, self.notifier, self.status.text, worker),
                       Cutter(self.lifecycle, self.notifier, worker._stop_job, self.interval), self.counters,
                       self.status, SchedulerTakeover(self.takeover, self.lifecycle, lambda: worker.scheduler),
-                      HeldJobs(self.held), OrphanSweep(self.orphans)]
+                      HeldJobs(self.held), OrphanSweep(self.orphans), self.recycler]
 
     def add(self, part: Part) -> None:
         """A worker class's own part, after the others."""
@@ -214,6 +217,13 @@ class ServiceParts:
     def started(self) -> None:
         for part in self.order:
             part.started()
+
+    def idle_out(self, seconds: int) -> None:
+        """RQ_MAX_IDLE_TIME passed without a job: a warm stop of its own, which ``run`` ends with status 0
+        (rq's --max-idle-time exits; Restart=on-failure leaves an instance that exited 0 inactive)."""
+        log.info("Idle for %ds (RQ_MAX_IDLE_TIME): exiting with status 0, which systemd does not restart "
+                 "(Restart=on-failure)", seconds)
+        self.lifecycle.request_stop(f"idle for {seconds}s, RQ_MAX_IDLE_TIME")
 
     def job_started(self, job_id: str, func: str, queue_name: str) -> None:
         journal.set_job(job_id, func, queue_name)

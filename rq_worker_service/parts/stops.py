@@ -62,6 +62,9 @@ class StopAnnouncer(Part):
             self.notifier.stopping(self.status())
             if self.worker.scheduler:
                 self.worker.stop_scheduler()  # as rq does: another instance may take scheduling over
+        elif phase is Phase.RELOADING and self.lifecycle.recycle_reason:
+            log.info("Recycling in place (%s)", self.lifecycle.recycle_reason)
+            self.notifier.reloading(self.status())
         elif phase is Phase.RELOADING:
             log.info("Reload requested: %s", f"finishing job {job} first" if job else "now")
             self.notifier.reloading(self.status())

@@ -30,6 +30,7 @@ from rq_worker_service.parts.guard import RedisGuard
 from rq_worker_service.parts.housekeeping import HeldJobs, OrphanSweep, SchedulerTakeover
 from rq_worker_service.parts.jobwatch import JobWatch
 from rq_worker_service.parts.liveness import FAILOVER_RETRY, Fencer, HostRecord, OwnRescue, PrimaryFollower, Watchdog
+from rq_worker_service.parts.recycling import Recycler
 from rq_worker_service.parts.reporting import COUNTS_VAR, Counters, StatusReporter
 from rq_worker_service.parts.stops import STOP_GRACE, Cutter, StopAnnouncer
 from rq_worker_service.rqcompat import HORSE_DIED
@@ -641,7 +642,7 @@ def parts(worker, clock, notifier):
 def test_the_parts_run_in_the_order_the_tick_has_always_had(parts, worker):
     assert [type(p) for p in parts.order] == [HostRecord, Watchdog, PrimaryFollower, OwnRescue, Fencer, StopAnnouncer,
                                               Cutter, Counters, StatusReporter, SchedulerTakeover, HeldJobs,
-                                              OrphanSweep]
+                                              OrphanSweep, Recycler]
     simple = ServiceSimpleWorker(["default"], connection=worker.connection, settings=load_settings({}),
                                  notifier=Recorder())
     assert type(simple.parts.order[-1]) is JobWatch and simple.parts.order[-1] is simple.parts.watch
