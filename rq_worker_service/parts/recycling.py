@@ -6,11 +6,13 @@ asks itself for a reload (``Lifecycle.request_recycle``) once the job is over: r
 its next pop, and ``run`` re-executes the process in place, as after SIGHUP: same PID (systemd's
 MAINPID), RELOADING=1 then READY=1, no failure and no restart counted.
 
-Memory: the larger of the worker process's resident size after the job and, in fork and spawn mode,
-the peak resident size of the job's work horse (``ru_maxrss`` from the ``wait4`` rq reaps it with).
-A simple worker runs its jobs in its own process, where what they leave behind stays; a horse ends
-with its job, but it starts as a copy of the worker (fork) and is where a job's memory is measured:
-one rule for the three classes, in the terms of the unit's MemoryMax=, which counts them all.
+Memory: the larger of the worker process's peak resident size (VmHWM; a re-exec starts it afresh)
+and, in fork and spawn mode, the peak of the job's work horse (``ru_maxrss`` from the ``wait4`` rq
+reaps it with). Peaks, not sizes after the job: a job's large buffers go back to the system when it
+frees them, and a size read afterwards misses the job that nearly reached MemoryMax=. A simple
+worker runs its jobs in its own process, where what they leave behind stays; a horse ends with its
+job, but it starts as a copy of the worker (fork), and is where a job's memory shows: one rule for
+the three classes, in the terms of the unit's MemoryMax=, which counts them all.
 """
 
 from __future__ import annotations
@@ -24,11 +26,11 @@ from . import Part, log
 STATUS_FILE = Path("/proc/self/status")
 
 
-def resident_bytes(status: Path = STATUS_FILE) -> int | None:
-    """This process's resident size now (VmRSS), or None where /proc does not say."""
+def peak_resident_bytes(status: Path = STATUS_FILE) -> int | None:
+    """This process's peak resident size (VmHWM), or None where /proc does not say."""
     try:
         for line in status.read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
@@ -48,7 +50,7 @@ class Recycler(Part):
     reached or RQ_MAX_MEMORY passed, asks for the recycle (``stop_loop``: rq's loop takes no other job)."""
 
     def __init__(self, lifecycle: Lifecycle, max_jobs: int | None, max_memory: int | None,
-                 stop_loop: Callable[[], None], resident: Callable[[], int | None] = resident_bytes) -> None:
+                 stop_loop: Callable[[], None], resident: Callable[[], int | None] = peak_resident_bytes) -> None:
         self.lifecycle = lifecycle
         self.max_jobs = max_jobs
         self.max_memory = max_memory
@@ -78,7 +80,7 @@ class Recycler(Part):
             return f"{self.jobs} jobs done, RQ_MAX_JOBS={self.max_jobs}"
         if self.max_memory is None:
             return None
-        sizes = {"the worker": self.resident(), "the job's work horse at its peak": self.horse_peak}
+        sizes = {"the worker at its peak": self.resident(), "the job's work horse at its peak": self.horse_peak}
         who, size = max(((who, size) for who, size in sizes.items() if size is not None),
                         key=lambda item: item[1], default=(None, None))
         if size is not None and size > self.max_memory:

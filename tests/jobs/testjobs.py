@@ -135,3 +135,19 @@ def environ_job() -> str:
     own = b"".join(Path(f"/proc/self/{name}").read_bytes() for name in ("environ", "cmdline"))
     child = subprocess.run(["cat", "/proc/self/environ", "/proc/self/cmdline"], capture_output=True, check=True)
     return (own + b"\n" + child.stdout + b"\n" + repr(dict(os.environ)).encode()).decode("latin-1")
+
+
+def birth_job(mib: int = 0) -> int:
+    """Notes the registration (``birth``) of the worker process that runs it in ``births:<queue>``, after
+    holding ``mib`` MiB (touched, so resident) for a moment: a recycled worker registers anew."""
+    from rq.worker import Worker
+
+    job = get_current_job()
+    held = bytearray(mib * 2**20)
+    for offset in range(0, len(held), 4096):
+        held[offset] = 1
+    birth = job.connection.hget(Worker.redis_worker_namespace_prefix + str(job.worker_name), "birth")
+    job.connection.rpush(f"births:{job.origin}", birth or b"?")
+    _count()
+    del held
+    return mib

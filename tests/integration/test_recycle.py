@@ -1,0 +1,152 @@
+"""rq's --max-jobs, --max-idle-time, --worker-ttl, --maintenance-interval and --job-monitoring-interval
+under our worker (RQ_MAX_JOBS, …), with stock ``rq worker`` and the same option as the oracle in the
+same test; and RQ_MAX_MEMORY, which rq does not have.
+
+Where rq exits after its max jobs, ours recycles in place: the same process (pid) re-executes itself,
+registers anew (rq's ``birth``, which each job notes) and takes the next job; no job is lost or run
+twice.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import JOBS_DIR, wait_until
+from rq import Queue
+from rq.group import Group
+from rq.job import Job, JobStatus
+from rq.worker import Worker
+from testjobs import birth_job, sleep_job
+
+RQ_CLI = str(Path(sys.executable).parent / "rq")
+HOST = socket.gethostname()
+
+
+@pytest.fixture
+def stock_rq(redis_server, tmp_path):
+    """Stock ``rq worker`` with the options given; killed at teardown."""
+    started: list[subprocess.Popen] = []
+
+    def start(queue: str, *options: str) -> subprocess.Popen:
+        log = open(tmp_path / f"stock-{queue}.log", "ab")
+        proc = subprocess.Popen([RQ_CLI, "worker", "--url", redis_server.url, "--path", str(JOBS_DIR), "--name",
+                                 f"stock-{queue}", *options, queue], stdout=log, stderr=subprocess.STDOUT)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()
+        proc.wait()
+
+
+def statuses(rconn, jobs: list[Job]) -> list[str]:
+    return [Job.fetch(job.id, connection=rconn).get_status() for job in jobs]
+
+
+def executions(rconn, job: Job) -> int:
+    return int(rconn.get(f"executions:{job.id}") or 0)
+
+
+def births(rconn, queue: str) -> list[bytes]:
+    """The registration of the worker process that ran each job, in the order they ran."""
+    return rconn.lrange(f"births:{queue}", 0, -1)
+
+
+def test_max_jobs_recycles_in_place_where_rq_exits(start_worker, stock_rq, notify, rconn):
+    """N=3, 7 jobs. Stock rq: 3 done, then it exits (4 left queued). Ours: all 7, by one process (same
+    pid) re-executed twice: jobs 1-3, 4-6 and 7 noted three registrations; each job ran once."""
+    stock_queue = Queue("stock-max", connection=rconn)
+    stock_jobs = [stock_queue.enqueue(birth_job) for _ in range(7)]
+    stock = stock_rq("stock-max", "--max-jobs", "3")
+    assert stock.wait(30) == 0
+    assert statuses(rconn, stock_jobs) == [JobStatus.FINISHED] * 3 + [JobStatus.QUEUED] * 4
+
+    queue = Queue("ours-max", connection=rconn)
+    jobs = [queue.enqueue(birth_job) for _ in range(7)]
+    worker = start_worker("1", notify=notify, env={"RQ_QUEUES": "ours-max", "RQ_MAX_JOBS": "3",
+                                                   "WATCHDOG_USEC": "3000000"})
+    wait_until(lambda: statuses(rconn, jobs) == [JobStatus.FINISHED] * 7, 60, what="all 7 jobs finished")
+    assert [executions(rconn, job) for job in jobs] == [1] * 7
+    seen = births(rconn, "ours-max")
+    assert len(seen) == 7 and len(set(seen)) == 3, seen
+    assert seen[0] == seen[1] == seen[2] != seen[3] == seen[4] == seen[5] != seen[6], seen
+    assert worker.proc.poll() is None, "recycled, not exited"
+    key = f"{Worker.redis_worker_namespace_prefix}{HOST}.rq-worker@1"
+    wait_until(lambda: rconn.hget(key, "pid") == str(worker.pid).encode(), 10, what="the same pid registered")
+    assert len(notify.lines("RELOADING=1")) == 2
+    assert notify.lines("MAINPID=") == [f"MAINPID={worker.pid}"] * 3, "READY=1 with MAINPID from each"
+    output = worker.output()
+    assert output.count("Recycled worker") == 2
+    assert output.count("RQ_MAX_JOBS=3") >= 2
+
+
+def test_max_memory_recycles_after_the_job_that_passed_it(start_worker, notify, rconn):
+    """A job whose horse took 400 MiB against RQ_MAX_MEMORY=300M: the worker recycles after it, and the
+    next job runs in the new process; small jobs before it do not."""
+    queue = Queue("memory", connection=rconn)
+    jobs = [queue.enqueue(birth_job, mib) for mib in (0, 0, 400, 0, 0)]
+    worker = start_worker("1", notify=notify, env={"RQ_QUEUES": "memory", "RQ_MAX_MEMORY": "300M"})
+    wait_until(lambda: statuses(rconn, jobs) == [JobStatus.FINISHED] * 5, 60, what="all 5 jobs finished")
+    seen = births(rconn, "memory")
+    assert seen[0] == seen[1] == seen[2] != seen[3] == seen[4], seen
+    assert [executions(rconn, job) for job in jobs] == [1] * 5
+    assert worker.proc.poll() is None
+    assert len(notify.lines("RELOADING=1")) == 1
+    assert "the job's work horse at its peak took" in worker.output()
+    assert "RQ_MAX_MEMORY=300M" in worker.output()
+
+
+def test_max_idle_time_exits_0_as_rq_does(start_worker, stock_rq, notify, rconn):
+    """After its job, idle for 2 s: stock rq exits 0, and so does ours (which the unit does not restart)."""
+    Queue("idle-stock", connection=rconn).enqueue(birth_job)
+    started = time.monotonic()
+    stock = stock_rq("idle-stock", "--max-idle-time", "2")
+    assert stock.wait(30) == 0
+    stock_took = time.monotonic() - started
+
+    job = Queue("idle-ours", connection=rconn).enqueue(birth_job)
+    started = time.monotonic()
+    worker = start_worker("1", notify=notify, env={"RQ_QUEUES": "idle-ours", "RQ_MAX_IDLE_TIME": "2"})
+    assert worker.wait(30) == 0
+    took = time.monotonic() - started
+    assert Job.fetch(job.id, connection=rconn).get_status() == JobStatus.FINISHED
+    assert executions(rconn, job) == 1
+    assert 2 <= took < stock_took + 5, (took, stock_took)
+    assert notify.lines("STOPPING=1")
+    assert "Idle for 2s (RQ_MAX_IDLE_TIME)" in worker.output()
+
+
+def test_worker_ttl_maintenance_and_monitoring_intervals_as_rq_sets_them(start_worker, stock_rq, rconn):
+    """The worker key's TTL between jobs (worker TTL + 60), rq's group maintenance lock (interval - 1) and
+    the key's TTL while a job runs (monitoring interval + 60) are the same under ours as under stock rq."""
+
+    def observe(queue_name: str, key: str) -> tuple[int, int, int]:
+        wait_until(lambda: rconn.exists(key) and rconn.exists(Group.REDIS_GROUP_CLEANING_KEY), 20,
+                   what="the worker registered and its maintenance done")
+        time.sleep(1.5)  # a beat or two after the registration
+        idle_ttl, lock_ttl = rconn.ttl(key), rconn.ttl(Group.REDIS_GROUP_CLEANING_KEY)
+        job = Queue(queue_name, connection=rconn).enqueue(sleep_job, 2)
+        wait_until(lambda: Job.fetch(job.id, connection=rconn).get_status() == JobStatus.STARTED, 10)
+        busy_ttl = rconn.ttl(key)
+        wait_until(lambda: Job.fetch(job.id, connection=rconn).get_status() == JobStatus.FINISHED, 10)
+        return idle_ttl, lock_ttl, busy_ttl
+
+    options = {"--worker-ttl": "45", "--maintenance-interval": "40", "--job-monitoring-interval": "5"}
+    stock_proc = stock_rq("ttl-stock", *(word for pair in options.items() for word in pair))
+    stock = observe("ttl-stock", f"{Worker.redis_worker_namespace_prefix}stock-ttl-stock")
+    stock_proc.kill()
+    rconn.delete(Group.REDIS_GROUP_CLEANING_KEY)
+
+    start_worker("1", env={"RQ_QUEUES": "ttl-ours", "RQ_WORKER_TTL": "45", "RQ_MAINTENANCE_INTERVAL": "40",
+                           "RQ_JOB_MONITORING_INTERVAL": "5"})
+    ours = observe("ttl-ours", f"{Worker.redis_worker_namespace_prefix}{HOST}.rq-worker@1")
+
+    assert 100 <= stock[0] <= 105 and 100 <= ours[0] <= 105, (stock, ours)  # 45 + 60
+    assert 36 <= stock[1] <= 39 and 36 <= ours[1] <= 39, (stock, ours)  # 40 - 1
+    assert 60 <= stock[2] <= 65 and 60 <= ours[2] <= 65, (stock, ours)  # 5 + 60
