@@ -108,8 +108,11 @@ def _own_kind(var: Variable) -> st.SearchStrategy[str]:
         return st.sampled_from(["127.0.0.1", "localhost", "a" * 64, "h:1", "é", "a..b"])
     if var.parse is boolean:
         return st.sampled_from(["yes", "no", "1", "0", "on", "TRUE", "maybe"])
+    if name == "RQ_MAX_MEMORY":
+        return st.sampled_from(["512M", "2G", "1536MiB", "1m", "1048576", "1048575", "0M", "1023K", "1025T", "2 G",
+                                "512MB", "-1G", "1.5G", "G", "9" * 30 + "T", "12X"])
     if isinstance(var.default, (int, float)) and not isinstance(var.default, bool) or var.field in (
-            "job_timeout", "failure_ttl"):
+            "job_timeout", "failure_ttl", "max_jobs", "max_idle_time", "job_monitoring_interval"):
         numbers = st.one_of(st.integers(-2, 10**20), st.floats(allow_nan=True, allow_infinity=True))
         return st.one_of(numbers.map(str), st.sampled_from([str(MAX_SECONDS), str(MAX_SECONDS + 1), "-1", "1"]))
     if name == "RQ_QUEUES" or name == "RQ_AUTOSCALE_QUEUES":
