@@ -150,3 +150,21 @@ def test_worker_ttl_maintenance_and_monitoring_intervals_as_rq_sets_them(start_w
     assert 100 <= stock[0] <= 105 and 100 <= ours[0] <= 105, (stock, ours)  # 45 + 60
     assert 36 <= stock[1] <= 39 and 36 <= ours[1] <= 39, (stock, ours)  # 40 - 1
     assert 60 <= stock[2] <= 65 and 60 <= ours[2] <= 65, (stock, ours)  # 5 + 60
+
+
+@pytest.mark.parametrize("worker_class", ["simple", "spawn"])
+def test_simple_and_spawn_workers_recycle_too(worker_class, start_worker, notify, rconn):
+    """RQ_MAX_JOBS=3 over 5 jobs, the fourth taking 400 MiB against RQ_MAX_MEMORY=300M: a simple worker's
+    own peak (its jobs run in it) and a spawned horse's are measured as a forked one's. Two recycles,
+    each after its job (jobs 1-3 for the count, 4 for the memory, then 5), no job twice."""
+    queue = Queue(f"classes-{worker_class}", connection=rconn)
+    jobs = [queue.enqueue(birth_job, mib) for mib in (0, 0, 0, 400, 0)]
+    worker = start_worker("1", notify=notify, env={"RQ_QUEUES": queue.name, "RQ_WORKER_CLASS": worker_class,
+                                                   "RQ_MAX_JOBS": "3", "RQ_MAX_MEMORY": "300M"})
+    wait_until(lambda: statuses(rconn, jobs) == [JobStatus.FINISHED] * 5, 60, what="all 5 jobs finished")
+    seen = births(rconn, queue.name)
+    assert seen[0] == seen[1] == seen[2] != seen[3] != seen[4], seen
+    assert [executions(rconn, job) for job in jobs] == [1] * 5
+    assert worker.proc.poll() is None and len(notify.lines("RELOADING=1")) == 2
+    output = worker.output()
+    assert "RQ_MAX_JOBS=3" in output and "RQ_MAX_MEMORY=300M" in output
