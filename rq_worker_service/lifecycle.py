@@ -60,6 +60,8 @@ class Lifecycle:
         self.cut_reason: str | None = None
         self.recycle_reason: str | None = None
         """Why the worker recycles itself (a reload it asked for), if it does."""
+        self.exit_reason: str | None = None
+        """Why the worker stops by itself (a stop it asked for), if it does."""
         self._stop_requested_at: float | None = None
         self._cut_taken = False
         self._announced = Phase.RUNNING
@@ -85,6 +87,12 @@ class Lifecycle:
             return False
         self.phase = Phase.RELOADING
         return True
+
+    def request_exit(self, reason: str) -> None:
+        """A warm stop the worker asks of itself with nothing in hand (RQ_MAX_IDLE_TIME), for ``reason``."""
+        if self.phase is Phase.RUNNING:
+            self.request_stop("-")
+            self.exit_reason = reason
 
     def request_recycle(self, reason: str) -> bool:
         """A reload the worker asks of itself, for ``reason``; True if taken (as ``request_reload``)."""
@@ -164,7 +172,7 @@ class Lifecycle:
         if self.phase is Phase.RELOADING:
             return self._reloading
         if self.phase is Phase.STOPPING:
-            return "Stopping"
+            return f"Stopping: {self.exit_reason}" if self.exit_reason else "Stopping"
         return idle
 
     @property

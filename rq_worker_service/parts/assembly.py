@@ -223,7 +223,7 @@ class ServiceParts:
         (rq's --max-idle-time exits; Restart=on-failure leaves an instance that exited 0 inactive)."""
         log.info("Idle for %ds (RQ_MAX_IDLE_TIME): exiting with status 0, which systemd does not restart "
                  "(Restart=on-failure)", seconds)
-        self.lifecycle.request_stop(f"idle for {seconds}s, RQ_MAX_IDLE_TIME")
+        self.lifecycle.request_exit(f"idle for {seconds}s (RQ_MAX_IDLE_TIME), exiting with status 0")
 
     def job_started(self, job_id: str, func: str, queue_name: str) -> None:
         journal.set_job(job_id, func, queue_name)

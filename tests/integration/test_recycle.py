@@ -119,6 +119,8 @@ def test_max_idle_time_exits_0_as_rq_does(start_worker, stock_rq, notify, rconn)
     assert executions(rconn, job) == 1
     assert 2 <= took < stock_took + 5, (took, stock_took)
     assert notify.lines("STOPPING=1")
+    assert notify.lines("STATUS=")[-1].startswith("STATUS=Stopping: idle for 2s (RQ_MAX_IDLE_TIME), exiting with "
+                                                  "status 0 · 1 done")
     assert "Idle for 2s (RQ_MAX_IDLE_TIME)" in worker.output()
 
 

@@ -177,3 +177,14 @@ def test_the_process_peak_is_read_from_proc(tmp_path):
     assert peak_resident_bytes(tmp_path / "absent") is None
     assert (peak_resident_bytes() or 0) > MIB  # this very process, on Linux
     assert [size_text(n) for n in (MIB, 1536 * MIB, 3 * 2**40, 2048)] == ["1M", "1.5G", "3T", "2K"]
+
+
+def test_an_idle_exit_is_a_warm_stop_that_says_why():
+    lifecycle = Lifecycle(10, FakeClock(1000.0))
+    lifecycle.request_exit("idle for 60s (RQ_MAX_IDLE_TIME), exiting with status 0")
+    assert lifecycle.phase is Phase.STOPPING
+    assert lifecycle.status("Idle") == "Stopping: idle for 60s (RQ_MAX_IDLE_TIME), exiting with status 0"
+    reloading = Lifecycle(10, FakeClock(1000.0))
+    assert reloading.request_reload()
+    reloading.request_exit("idle")  # (a pop cannot end idle during a reload: it ends at once; and if it did)
+    assert reloading.phase is Phase.RELOADING and reloading.status("Idle") == "Reloading"
