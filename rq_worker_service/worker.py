@@ -90,7 +90,8 @@ class ServiceWorkerMixin(_Base):
         self.parts = ServiceParts(settings, notifier)  # first: rq's __init__ sets job_monitoring_interval
         kwargs.setdefault("job_monitoring_interval", self._monitoring_interval(settings))
         kwargs.setdefault("maintenance_interval", settings.maintenance_interval)
-        kwargs.setdefault("worker_ttl", settings.worker_ttl)
+        if kwargs.get("default_worker_ttl") is None:  # (rq's deprecated spelling yields to worker_ttl only)
+            kwargs.setdefault("worker_ttl", settings.worker_ttl)
         # rq logs a job's call with its arguments (rq's --disable-job-desc-logging); the spawn horse
         # gets this from the same settings, and from rq's _dump_worker_config, a fork horse as a copy.
         kwargs.setdefault("log_job_description", not settings.disable_job_desc_logging)

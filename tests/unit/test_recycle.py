@@ -188,3 +188,16 @@ def test_an_idle_exit_is_a_warm_stop_that_says_why():
     assert reloading.request_reload()
     reloading.request_exit("idle")  # (a pop cannot end idle during a reload: it ends at once; and if it did)
     assert reloading.phase is Phase.RELOADING and reloading.status("Idle") == "Reloading"
+
+
+def test_rq_s_own_arguments_win_over_the_variables():
+    """rq's API, as rq's own tests call it: worker_ttl=, or the deprecated default_worker_ttl=, given to
+    the class is what it gets (RQ_WORKER_TTL is the service's default, not an override)."""
+    settings = load_settings({"RQ_WORKER_TTL": "45", "RQ_MAINTENANCE_INTERVAL": "40"})
+    make = ServiceWorker
+    with pytest.warns(DeprecationWarning):
+        assert make([], connection=fakeredis.FakeRedis(), settings=settings, notifier=Notifier(),
+                    default_worker_ttl=10).worker_ttl == 10
+    worker = make([], connection=fakeredis.FakeRedis(), settings=settings, notifier=Notifier(), worker_ttl=20,
+                  maintenance_interval=7)
+    assert (worker.worker_ttl, worker.maintenance_interval) == (20, 7)
