@@ -383,9 +383,9 @@ VARIABLES: tuple[Variable, ...] = (
              "job, as on a reload: same PID, no failure, no restart counted by systemd.",
              whole(1, "a number of jobs, 1 or more (leave it unset for no limit)"), shown_default="(no limit)",
              field="max_jobs", flag="--max-jobs", metavar="JOBS"),
-    Variable("RQ_MAX_MEMORY", "Recycle the instance, as RQ_MAX_JOBS does, after a job that left the worker "
-             "process, or took the job's work horse at its peak, above this resident memory (Celery's "
-             "max-memory-per-child): 512M, 2G (powers of 1024, as MemoryMax=).", memory_size,
+    Variable("RQ_MAX_MEMORY", "Recycle the instance, as RQ_MAX_JOBS does, after a job during which the worker "
+             "process or the job's work horse peaked above this resident memory (Celery's max-memory-per-child): "
+             "512M, 2G (powers of 1024, as MemoryMax=).", memory_size,
              shown_default="(no limit)", field="max_memory", flag="--max-memory", metavar="SIZE"),
     Variable("RQ_MAX_IDLE_TIME", "Exit after this many seconds without a job (rq's --max-idle-time). The exit is "
              "a clean one (status 0), which Restart=on-failure does not restart: the instance stays inactive "
