@@ -67,6 +67,21 @@ def build_worker(prepared: Prepared, connection, notifier: Notifier) -> ServiceW
                                  default_result_ttl=settings.result_ttl, settings=settings, notifier=notifier)
 
 
+def config_problem(overrides: dict, env_files: Sequence[str], dotenv: Path) -> str | None:
+    """Why a start from the env files as they are now would fail (the one line), or None.
+
+    A recycle (RQ_MAX_JOBS, RQ_MAX_MEMORY) re-reads them, as a reload does; ``systemctl reload`` runs
+    ``run --check`` first, a recycle asks this first, on a copy of the environment: a file edited into
+    an invalid state without a reload must not turn a recycle into a failed instance (exit 78)."""
+    probe = dict(environment)
+    try:
+        refresh_environment(env_files, dotenv, probe)
+        prepare(load_settings(probe, overrides))
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
 def configure(overrides: dict, env_files: Sequence[str]) -> Prepared:
     """Apply the env files, validate, build what is built before connecting (``prepare``: the same
     for ``run --check``), and enter RQ_APP_DIR; raises ConfigError.
@@ -100,6 +115,7 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
     """
     journal.setup_logging("INFO")
     notifier = Notifier()
+    dotenv = Path.cwd() / ".env"  # (before RQ_APP_DIR is entered)
     try:
         prepared = configure(overrides, env_files)
     except ConfigError as exc:
@@ -146,6 +162,7 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
         if recovered:
             log.warning("Recovered %d job(s) from this instance's previous run", len(recovered))
         worker = build_worker(prepared, connection, notifier)
+        worker.parts.recycler.check = lambda: config_problem(overrides, env_files, dotenv)
         if early.stop_requested:  # its started jobs are re-queued; what it held, any worker puts back (its key is gone)
             return stopped_during_startup()
         worker.work(with_scheduler=settings.with_scheduler, logging_level=settings.log_level,

@@ -4,7 +4,9 @@ more resident memory than RQ_MAX_MEMORY (Celery's max-memory-per-child).
 Where rq's worker exits (and systemd would count a restart, or leave the instance dead), the worker
 asks itself for a reload (``Lifecycle.request_recycle``) once the job is over: rq's loop ends before
 its next pop, and ``run`` re-executes the process in place, as after SIGHUP: same PID (systemd's
-MAINPID), RELOADING=1 then READY=1, no failure and no restart counted.
+MAINPID), RELOADING=1 then READY=1, no failure and no restart counted. As a reload runs ``run
+--check`` first, a recycle first checks the env files as they are now (``check``): one edited into
+an invalid state without a reload would fail the new process (exit 78); the worker goes on instead.
 
 Memory: the larger of the worker process's peak resident size (VmHWM; a re-exec starts it afresh)
 and, in fork and spawn mode, the peak of the job's work horse (``ru_maxrss`` from the ``wait4`` rq
@@ -60,6 +62,10 @@ class Recycler(Part):
         """Jobs taken by this process (rq's ``completed_jobs``); a recycle starts again from 0."""
         self.horse_peak: int | None = None
         """The last job's horse at its peak, in bytes (fork and spawn mode)."""
+        self.check: Callable[[], str | None] = lambda: None
+        """Why a start now would fail (``service.config_problem``): then no recycle, until it passes."""
+        self.refused: str | None = None
+        """The problem last told, so that it is told once, not after every job."""
 
     def horse_ended(self, max_rss_kib: int) -> None:
         """rq reaped the job's horse; ``max_rss_kib`` is its ``ru_maxrss`` (KiB on Linux)."""
@@ -71,13 +77,23 @@ class Recycler(Part):
     def job_ended(self) -> None:
         self.jobs += 1
         reason = self.reason()
-        if reason is not None and self.lifecycle.request_recycle(reason):
+        if reason is None or self.lifecycle.stopping:
+            return
+        problem = self.check()
+        if problem is not None:
+            if problem != self.refused:
+                log.error("Not recycling (%s): a start now would fail: configuration error: %s; fix the file (a "
+                          "reload would refuse it too); the worker goes on and tries again after each job",
+                          reason, problem)
+            self.refused = problem
+            return
+        if self.lifecycle.request_recycle(reason):
             log.info("Recycling this worker after its job: %s", reason)
             self.stop_loop()
 
     def reason(self) -> str | None:
         if self.max_jobs is not None and self.jobs >= self.max_jobs:
-            return f"{self.jobs} jobs done, RQ_MAX_JOBS={self.max_jobs}"
+            return f"{self.jobs} job{'s' if self.jobs > 1 else ''} done, RQ_MAX_JOBS={self.max_jobs}"
         if self.max_memory is None:
             return None
         sizes = {"the worker at its peak": self.resident(), "the job's work horse at its peak": self.horse_peak}

@@ -170,3 +170,28 @@ def test_simple_and_spawn_workers_recycle_too(worker_class, start_worker, notify
     assert worker.proc.poll() is None and len(notify.lines("RELOADING=1")) == 2
     output = worker.output()
     assert "RQ_MAX_JOBS=3" in output and "RQ_MAX_MEMORY=300M" in output
+
+
+def test_no_recycle_into_an_env_file_that_would_fail_the_start(start_worker, notify, rconn, tmp_path):
+    """RQ_MAX_JOBS=1, and the env file edited into an invalid state without a reload: the worker does
+    not re-execute into exit 78 (an instance left failed); it goes on in the same process, and
+    recycles after the next job once the file is fixed."""
+    env_file = tmp_path / "worker.env"
+    env_file.write_text("RQ_QUEUES=checked\nRQ_MAX_JOBS=1\n")
+    worker = start_worker("1", notify=notify, args=["--env-file", str(env_file)])
+    notify.wait_for("READY=1")
+    env_file.write_text("RQ_QUEUES=checked\nRQ_MAX_JOBS=1\nRQ_WORKER_TTL=5\n")
+    queue = Queue("checked", connection=rconn)
+    jobs = [queue.enqueue(birth_job) for _ in range(2)]
+    wait_until(lambda: statuses(rconn, jobs) == [JobStatus.FINISHED] * 2, 30, what="both jobs finished")
+    env_file.write_text("RQ_QUEUES=checked\nRQ_MAX_JOBS=1\n")
+    jobs.append(queue.enqueue(birth_job))
+    wait_until(lambda: len(notify.lines("READY=1")) == 2, 30, what="READY=1 from the recycled process")
+    wait_until(lambda: statuses(rconn, jobs) == [JobStatus.FINISHED] * 3, 30)
+    seen = births(rconn, "checked")
+    assert seen[0] == seen[1] == seen[2], seen
+    assert worker.proc.poll() is None
+    output = worker.output()
+    assert output.count("Not recycling (1 job done, RQ_MAX_JOBS=1): a start now would fail: configuration error: "
+                        "RQ_WORKER_TTL='5' is invalid") == 1, output
+    assert output.count("Recycled worker") == 1

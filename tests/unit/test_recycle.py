@@ -201,3 +201,22 @@ def test_rq_s_own_arguments_win_over_the_variables():
     worker = make([], connection=fakeredis.FakeRedis(), settings=settings, notifier=Notifier(), worker_ttl=20,
                   maintenance_interval=7)
     assert (worker.worker_ttl, worker.maintenance_interval) == (20, 7)
+
+
+def test_no_recycle_into_a_configuration_that_would_fail_the_start(caplog):
+    """An env file edited into an invalid state without a reload: the recycle would re-read it and end
+    in exit 78. The worker goes on, says so once, and recycles after the first job once it is fixed."""
+    part, lifecycle, loop = recycler(max_jobs=1)
+    problems = ["RQ_WORKER_TTL='5' is invalid: expected …"]
+    part.check = lambda: problems[0]
+    with caplog.at_level(logging.ERROR, logger="rq_worker_service.worker"):
+        run_job(part, lifecycle)
+        run_job(part, lifecycle)
+    assert lifecycle.phase is Phase.RUNNING and loop.stops == 0
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 1, messages
+    assert messages[0].startswith("Not recycling (1 job done, RQ_MAX_JOBS=1): a start now would fail: configuration "
+                                  "error: RQ_WORKER_TTL='5'"), messages
+    problems[0] = None
+    run_job(part, lifecycle)
+    assert lifecycle.phase is Phase.RELOADING and loop.stops == 1
