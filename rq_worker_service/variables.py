@@ -109,7 +109,7 @@ def queue_list(raw: str) -> tuple[str, ...]:
     return tuple(names)
 
 
-_SIZE_RE = re.compile(r"^([0-9]+) ?([KMGT]?)(?:I?B)?$")
+_SIZE_RE = re.compile(r"^([0-9]{1,20}) ?([KMGT]?)(?:I?B)?$")
 _SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 MEMORY_RANGE = (2**20, 2**50)
 """1M to 1024T: no Python worker runs in less than 1 MiB (a number of bytes meant as MiB is caught)."""
