@@ -9,6 +9,7 @@ twice.
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
@@ -196,3 +197,16 @@ def test_no_recycle_into_an_env_file_that_would_fail_the_start(start_worker, not
     assert set(notify.lines("MAINPID=")) == {f"MAINPID={worker.pid}"}
     assert worker.output().count("Not recycling (1 job done, RQ_MAX_JOBS=1): a start now would fail: configuration "
                                  "error: RQ_WORKER_TTL='5' is invalid") == 1, worker.output()
+
+
+def test_a_stop_during_the_job_that_reaches_max_jobs_wins(start_worker, notify, rconn):
+    """SIGTERM while the job that reaches RQ_MAX_JOBS runs: a warm stop, as without the limit (the job
+    finishes, the worker exits 0); the recycle that job would have asked for does not happen."""
+    job = Queue("stopped", connection=rconn).enqueue(sleep_job, 2)
+    worker = start_worker("1", notify=notify, env={"RQ_QUEUES": "stopped", "RQ_MAX_JOBS": "1"})
+    wait_until(lambda: Job.fetch(job.id, connection=rconn).get_status() == JobStatus.STARTED, 15)
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(20) == 0
+    assert Job.fetch(job.id, connection=rconn).get_status() == JobStatus.FINISHED
+    assert executions(rconn, job) == 1
+    assert not notify.lines("RELOADING=1") and "Recycl" not in worker.output()
