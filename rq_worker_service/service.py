@@ -210,7 +210,7 @@ def reexec(marker: str = REEXEC_VAR, why: str | None = None) -> None:
     """Replace this process with a fresh copy of itself: same pid, new config and app code.
     ``marker`` tells the new process why (a reload, or rq's key prefix to import anew); ``why``: a
     recycle (RQ_MAX_JOBS, RQ_MAX_MEMORY), which the new process says it is."""
-    log.info("Re-executing in place %s", why or "to apply new configuration and code")
+    log.info("Re-executing in place%s", f": {why}" if why else " to apply new configuration and code")
     os.environ[marker] = RECYCLED if why else "1"
     for handler in logging.getLogger().handlers:
         handler.flush()
