@@ -182,6 +182,24 @@ def mask_url(url: str) -> str:
     return _compose(parts.scheme, login + at, host, parts.path, query) + fragment
 
 
+def mask_webhook_url(url: str) -> str:
+    """Return a job's webhook URL with all but its scheme and host replaced by ``***``: such URLs carry
+    their secret anywhere (a token in the query, a key in the path as chat services' incoming webhooks
+    do, a login in the userinfo), so nothing past the host is shown."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return MASK
+    if not parts.scheme or not host:
+        return MASK
+    login = f"{MASK}@" if "@" in parts.netloc else ""
+    host = f"[{host}]" if ":" in host else host
+    rest = f"/{MASK}" if parts.path.strip("/") or parts.query or parts.fragment else parts.path
+    return f"{parts.scheme}://{login}{host}{port}{rest}"
+
+
 def _login_from_query(query: str) -> tuple[dict[str, str], str]:
     """The ``username``/``password`` values of a URL's query as redis-py reads them (``parse_qs``:
     keys and values decoded, blank values dropped, the first of repeated keys used), and the query

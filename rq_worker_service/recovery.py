@@ -35,7 +35,7 @@ from rq.registry import StartedJobRegistry
 from rq.results import Result
 from rq.utils import as_text, current_timestamp, parse_composite_key
 
-from . import faults, host
+from . import faults, host, webhooks
 from .config import Settings
 from .rqcompat import (
     REDIS_WORKER_KEYS,
@@ -158,6 +158,8 @@ class Claimed:
     retried: bool
     started: bool = True
     """False: registered but never started (put back at the front, untouched: no attempt, no callback)."""
+    failure: str = ""
+    """The failure recorded for the interrupted execution (its Result, and the FailedJobRegistry's when failed)."""
 
 
 CLAIM_ATTEMPTS = 20
@@ -202,11 +204,12 @@ def claim(queue: Queue, composite: str, owner: str | None, reason: str, settings
                     pipe.lpush(queue.key, job_id)
                     pipe.execute()
                     return Claimed(job, retried=True, started=False)
+                failure = f"{AbandonedJobError.__name__}: {reason}"
                 retried = job is not None and status == JobStatus.STARTED and settle_interrupted(
-                    job, queue, f"{AbandonedJobError.__name__}: {reason}", settings.name, settings, pipe,
-                    at_once=at_once)
+                    job, queue, failure, settings.name, settings, pipe, at_once=at_once)
                 pipe.execute()
-                return Claimed(job, retried) if job is not None and status == JobStatus.STARTED else None
+                return Claimed(job, retried, failure=failure) if job is not None and status == JobStatus.STARTED \
+                    else None
             except WatchError:
                 continue
     log.warning("Left job %s of worker %s in the started registry: %d attempts to claim it met other writes; the "
@@ -255,13 +258,15 @@ def registered_job(connection: Redis, job_id: str) -> tuple[Job | None, JobStatu
     return job, job.get_status(refresh=False)
 
 
-def after_claim(job: Job, queue: Queue, retried: bool) -> None:
+def after_claim(job: Job, queue: Queue, retried: bool, failure: str) -> None:
     """What follows a committed rescue, as rq's worker does after it records a failure.
 
     Dependents and the rate-limit slot first: they are quick, and a rescuer that dies later would
-    otherwise leave a dependent deferred for good. The app's failure callback (up to 60 s) last, at
+    otherwise leave a dependent deferred for good. The app's failure callback (up to 60 s) next, at
     most once: a rescuer that dies after the commit skips it. rq's own ``StartedJobRegistry.cleanup``
     runs it before its commit instead, so a cleanup that dies in between runs it again next time.
+    Last, a failed job's ``failed`` webhooks (``webhooks``), with the ``failure`` recorded, as rq's
+    cleanup sends them after its commit: at most once, none for a job re-queued.
     """
     if not retried:
         queue.enqueue_dependents(job)
@@ -271,6 +276,8 @@ def after_claim(job: Job, queue: Queue, retried: bool) -> None:
     except Exception:  # the app's callback must not stop recovery
         log.exception("failure callback of job %s raised during recovery", job.id)
     faults.reached("rescue.callback")
+    if not retried:
+        webhooks.send_failed(job, failure)
 
 
 def rescue_executions(connection: Redis, owner: str, queue_names: list[str], settings: Settings, reason: str, *,
@@ -300,7 +307,7 @@ def rescue_executions(connection: Redis, owner: str, queue_names: list[str], set
                         else "failed, no retries left",
                         extra={"RQ_JOB_ID": job_id, "RQ_QUEUE": name, "RQ_JOB_FUNC": job_func(claimed.job)})
             recovered.append(Recovered(job_id, claimed.retried))
-            after_claim(claimed.job, queue, claimed.retried)
+            after_claim(claimed.job, queue, claimed.retried, claimed.failure)
     return recovered
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import redis
 from rq.exceptions import StopRequested
 
-from . import exits, faults, journal, keys, startup
+from . import exits, faults, journal, keys, startup, webhooks
 from .acl import denied
 from .config import ConfigError, Settings, load_settings, virtualenv_site_packages
 from .connection import (
@@ -188,6 +188,7 @@ def reexec(marker: str = REEXEC_VAR) -> None:
     """Replace this process with a fresh copy of itself: same pid, new config and app code.
     ``marker`` tells the new process why (a reload, or rq's key prefix to import anew)."""
     log.info("Re-executing in place to apply new configuration and code")
+    webhooks.drain()  # the exec would end their threads
     os.environ[marker] = "1"
     for handler in logging.getLogger().handlers:
         handler.flush()
