@@ -884,3 +884,24 @@ def test_a_failed_registry_entry_is_scored_as_quarantine_scores_it(connection):
     assert before + DEFAULT_FAILURE_TTL <= score <= current_timestamp() + DEFAULT_FAILURE_TTL
     stamp = as_text(connection.hget(job.key, "ended_at"))
     assert utcformat(utcparse(stamp)) == stamp
+
+
+def test_send_webhooks_sends_the_matching_ones_never_raises_and_logs_the_url_where_we_mask_it(connection, caplog):
+    """webhooks.send_failed hands a rescued job's end to ``job.send_webhooks(JobStatus.FAILED, exc_string=…)``:
+    it sends only the webhooks of that status, never raises for one that cannot be sent, and logs
+    their URL on the lines (and at the argument) journal.WEBHOOK_LINES masks."""
+    from helpers import free_port
+    from rq import Webhook
+
+    from rq_worker_service import journal
+
+    url = f"http://127.0.0.1:{free_port()}/hook/secret?token=secret"
+    job = Queue("q", connection=connection).enqueue("os.getpid", webhooks=[
+        Webhook(url, "failed", method="POST", timeout=1), Webhook("http://127.0.0.1:9/other", "finished")])
+    with caplog.at_level(logging.DEBUG):
+        job.send_webhooks(JobStatus.FAILED, exc_string="AbandonedJobError: gone")
+    lines = [r for r in caplog.records if r.msg in journal.WEBHOOK_LINES]
+    assert len(lines) == 2, f"rq no longer logs a webhook send as journal.WEBHOOK_LINES expects: {caplog.messages}"
+    for line in lines:
+        assert line.args[journal.WEBHOOK_LINES[line.msg]] == url
+    assert "/other" not in caplog.text, "a webhook of another status was sent"
