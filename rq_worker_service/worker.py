@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 from rq import Worker
+from rq.callbacks import execute_failure_callback
 from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
-from rq.exceptions import NoSuchJobError, StopRequested
+from rq.exceptions import AbandonedJobError, NoSuchJobError, StopRequested
 from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
@@ -500,6 +501,9 @@ class ServiceWorkerMixin(_Base):
                 reason = f"the work horse died under the job ({exc_string.strip().rstrip(';')})"
             elif reason is None and exc_string.startswith(STUCK_IN_INTERMEDIATE):
                 reason = "its worker died after taking it from the queue, before starting it"
+        if reason is not None and reason == self.parts.lifecycle.cut_reason and self.parts.horse_killed \
+                and exc_string.startswith(HORSE_DIED):
+            self._run_failure_callback_of_a_cut(job, reason)
         if reason is not None:
             exc_string = f"JobInterrupted: {reason}"
             retry = record_interruption(job, exc_string, self.name, self.settings)
@@ -507,6 +511,18 @@ class ServiceWorkerMixin(_Base):
                         "it will be retried" if retry else "no retries left, it is failed")
         super().handle_job_failure(job, queue, started_job_registry=started_job_registry, exc_string=exc_string,
                                    execution=execution)
+
+    def _run_failure_callback_of_a_cut(self, job: Job, reason: str) -> None:
+        """The app's failure callback of a job whose fork or spawn horse this worker killed for a cold
+        stop: the job never saw the cut, so its horse ran none. Stock rq's cold stop leaves such a job
+        to its abandoned-job cleanup, which runs the callback with ``AbandonedJobError`` (a simple
+        worker's job has ``JobInterrupted`` raised inside it, and rq's worker runs the callback with
+        that). Before the end is written, as rq does; a callback that raises changes nothing."""
+        try:
+            execute_failure_callback(job, self.death_penalty_class, AbandonedJobError, AbandonedJobError(reason),
+                                     None)
+        except Exception:
+            log.exception("The failure callback of job %s raised after the cut", job.id)
 
     def _claimed_by_a_rescue(self, queue: Queue, execution: Execution) -> bool:
         """Whether a rescue took this execution's StartedJobRegistry entry (its claim removes it; the

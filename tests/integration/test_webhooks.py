@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 from helpers import NotifySocket, free_port, wait_until
-from rq import Queue, Retry, Webhook
+from rq import Callback, Queue, Retry, Webhook
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from test_rq3_semantics import stock_worker  # noqa: F401 (the fixture)
-from testjobs import quick_job, sleep_job
+from testjobs import note_failure, quick_job, sleep_job
 
 SECRET = "s3cr3t-t0ken"
 FAST = {"WATCHDOG_USEC": "3000000", "RQ_WITH_SCHEDULER": "no"}
@@ -181,7 +181,8 @@ def test_a_job_failed_by_fencing_sends_its_failed_webhook(start_worker, rconn, e
 def test_a_finished_job_and_a_cold_stops_cut_send_theirs(start_worker, notify, rconn, endpoint, worker_class):
     """Under each worker class: a job that returns sends its finished webhook (rq's own path, in the
     horse or the simple worker's process); a job cut by a cold stop (its RQ_SHUTDOWN_TIMEOUT passed)
-    with no retry left is failed and sends its failed webhook, once, before the worker exits."""
+    with no retry left is failed, runs its failure callback and sends its failed webhook, once,
+    before the worker exits."""
     worker = start_worker("1", notify=notify, env={**FAST, "RQ_WORKER_CLASS": worker_class, "RQ_SHUTDOWN_TIMEOUT": "1",
                                                    "RQ_JOB_RETRY_MAX": "0"})
     notify.wait_for("READY=1")
@@ -193,7 +194,8 @@ def test_a_finished_job_and_a_cold_stops_cut_send_theirs(start_worker, notify, r
     assert finished == {"job_id": done.id, "func_name": "testjobs.quick_job", "status": "finished",
                         "enqueued_at": finished["enqueued_at"], "ended_at": finished["ended_at"]}
     assert finished["ended_at"] is not None
-    cut = queue.enqueue(sleep_job, 60, job_id=f"{worker_class}-cut", webhooks=[failed_hook(endpoint, "cut")])
+    cut = queue.enqueue(sleep_job, 60, job_id=f"{worker_class}-cut", webhooks=[failed_hook(endpoint, "cut")],
+                        on_failure=Callback(note_failure))
     notify.wait_for("STATUS=", contains=f"Running job {cut.id}")
     wait_until(lambda: runs(rconn, cut.id) == 1, 10, what="the job function to start")
     worker.signal(signal.SIGTERM)
@@ -201,6 +203,10 @@ def test_a_finished_job_and_a_cold_stops_cut_send_theirs(start_worker, notify, r
     assert status(rconn, cut.id) == JobStatus.FAILED
     (payload,) = endpoint.posts("cut")
     assert payload["job_id"] == cut.id and "RQ_SHUTDOWN_TIMEOUT" in payload["exc_info"]
+    # its failure callback ran, as rq runs it for a job its cold stop abandoned (its cleanup's
+    # AbandonedJobError), or with the JobInterrupted raised in a simple worker's job
+    assert rconn.get(f"failure-callback:{cut.id}") == (b"JobInterrupted" if worker_class == "simple"
+                                                       else b"AbandonedJobError")
     assert len(endpoint.posts("ok")) == 1
     assert_masked(worker.output())
 
