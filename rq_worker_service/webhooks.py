@@ -58,7 +58,9 @@ def drain() -> int:
     """Wait for the sends still under way, each until its deadline; returns how many were left unfinished.
 
     Called as the process leaves: at exit, and before a reload re-executes it (which would end the
-    threads at once). A send past its timeout is one rq would have given up too."""
+    threads at once). The deadline is the sum of the job's timeouts (rq sends its webhooks one after
+    the other, each with its own): a send still going past it is to an endpoint that trickles its
+    reply, which the process does not wait for."""
     with _lock:
         pending, _pending[:] = list(_pending), []
         atexit.unregister(drain)
