@@ -17,7 +17,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-from .config import ConfigError, Settings, virtualenv_site_packages
+from .config import MASK, ConfigError, Settings, virtualenv_site_packages
 
 WHERE = "RQ_APP_DIR, RQ_APP_PATH, RQ_APP_VIRTUALENV"
 
@@ -43,28 +43,35 @@ def extend_import_path(settings: Settings) -> None:
             sys.path.append(site)
 
 
-def _why(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+def _why(exc: BaseException, settings: Settings) -> str:
+    """The app's exception as text for the one line, without the service's own secrets (an app's
+    connection error at import may quote what it was given)."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    sentinels = settings.redis.sentinels
+    for secret in (settings.redis.password, sentinels.password if sentinels else None):
+        if secret:
+            text = text.replace(secret, MASK)
+    return text
 
 
-def _import_module(variable: str, value: str, name: str) -> ModuleType | None:
+def _import_module(variable: str, value: str, name: str, settings: Settings) -> ModuleType | None:
     """Module ``name``, or None when there is no such module (as opposed to one that fails to import)."""
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:
         if exc.name is not None and (name == exc.name or name.startswith(exc.name + ".")):
             return None  # this name (or a package above it) is not there
-        raise ConfigError(variable, value, f"a module that imports ({name}: {_why(exc)})") from None
+        raise ConfigError(variable, value, f"a module that imports ({name}: {_why(exc, settings)})") from None
     except (Exception, SystemExit) as exc:  # the app's module raised at its import
-        raise ConfigError(variable, value, f"a module that imports ({name} raised {_why(exc)})") from None
+        raise ConfigError(variable, value, f"a module that imports ({name} raised {_why(exc, settings)})") from None
 
 
-def import_object(variable: str, path: str) -> Any:
+def import_object(variable: str, path: str, settings: Settings) -> Any:
     """The object at dotted ``path`` (module, then attributes: ``myapp.errors.Reporter.report`` too, as
     rq's ``import_attribute`` takes it), imported from the app; a ConfigError that says why not."""
     bits = path.split(".")
     for cut in range(len(bits) - 1, 0, -1):
-        module = _import_module(variable, path, ".".join(bits[:cut]))
+        module = _import_module(variable, path, ".".join(bits[:cut]), settings)
         if module is None:
             continue
         found: Any = module
@@ -83,7 +90,7 @@ def exception_handlers(settings: Settings) -> tuple[Callable[..., Any], ...]:
     method would fail the worker's start)."""
     handlers = []
     for path in settings.exception_handlers:
-        handler = import_object("RQ_EXCEPTION_HANDLERS", path)
+        handler = import_object("RQ_EXCEPTION_HANDLERS", path, settings)
         if not callable(handler):
             raise ConfigError("RQ_EXCEPTION_HANDLERS", path, f"a function handler(job, exc_type, exc_value, "
                               f"traceback) (it is a {type(handler).__name__})")
@@ -92,7 +99,7 @@ def exception_handlers(settings: Settings) -> tuple[Callable[..., Any], ...]:
                 pickle.dumps(handler)
             except Exception as exc:
                 raise ConfigError("RQ_EXCEPTION_HANDLERS", path, f"a handler the spawn horse can import by its "
-                                  f"name, such as a module's function ({_why(exc)})") from None
+                                  f"name, such as a module's function ({_why(exc, settings)})") from None
         handlers.append(handler)
     return tuple(handlers)
 
@@ -102,7 +109,7 @@ def import_settings_module(settings: Settings) -> ModuleType | None:
     name = settings.settings_module
     if name is None:
         return None
-    module = _import_module("RQ_SETTINGS_MODULE", name, name)
+    module = _import_module("RQ_SETTINGS_MODULE", name, name, settings)
     if module is None:
         raise ConfigError("RQ_SETTINGS_MODULE", name, f"a module the app has (not found on the import path: "
                           f"{WHERE})")

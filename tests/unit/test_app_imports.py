@@ -42,6 +42,7 @@ MODULES = {
     "raising.py": "raise KeyError('SENTRY_DSN')\n",
     "needs_dep.py": "import no_such_dependency_of_the_app  # noqa: F401\n",
     "exiting.py": "import sys\nsys.exit(3)\n",
+    "quoting.py": "import os\nraise ConnectionError(f\"cannot log in with {os.environ['UNIT_APP_SECRET']}\")\n",
 }
 
 
@@ -145,3 +146,10 @@ def test_the_settings_module_is_imported_and_what_rq_would_read_from_it_is_named
 def test_a_settings_module_that_agrees_with_the_variables_gets_no_warning(app, tmp_path):
     prepared = prepare(load_settings(env_for(app, tmp_path, RQ_SETTINGS_MODULE="APP.same_settings")))
     assert not prepared.settings.warnings
+
+
+def test_an_import_error_that_quotes_the_redis_password_does_not_show_it(app, tmp_path, monkeypatch):
+    monkeypatch.setenv("UNIT_APP_SECRET", "Tr0ub4dor-s3cret")
+    env = {**env_for(app, tmp_path, RQ_SETTINGS_MODULE="APP.quoting"), "REDIS_PASSWORD": "Tr0ub4dor-s3cret"}
+    message = refused(env)
+    assert "cannot log in with ***" in message and "Tr0ub4dor" not in message, message
