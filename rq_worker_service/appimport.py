@@ -122,8 +122,9 @@ def ignored_settings(module: ModuleType, settings: Settings) -> list[str]:
     values = {name: getattr(module, name) for name in RQ_SETTINGS if hasattr(module, name)}
     if list(values.get("QUEUES", ())) == list(settings.queues):
         values.pop("QUEUES")
-    if values.get("NAME") == settings.name:
-        values.pop("NAME")
+    for name, ours in (("NAME", settings.name), ("REDIS_URL", settings.redis.url)):
+        if values.get(name) == ours:
+            values.pop(name)
     if not values:
         return []
     names = ", ".join(f"{name} (here: {RQ_SETTINGS[name]})" for name in values)

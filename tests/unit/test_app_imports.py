@@ -38,7 +38,7 @@ MODULES = {
         QUEUES = ["high", "default"]
         REDIS_URL = "redis://elsewhere:6379/0"
     """,
-    "same_settings.py": "QUEUES = ['default']\n",
+    "same_settings.py": "QUEUES = ['default']\nREDIS_URL = 'redis://127.0.0.1:1/0'\n",
     "raising.py": "raise KeyError('SENTRY_DSN')\n",
     "needs_dep.py": "import no_such_dependency_of_the_app  # noqa: F401\n",
     "exiting.py": "import sys\nsys.exit(3)\n",
