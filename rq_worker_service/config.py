@@ -121,6 +121,9 @@ class Settings:
     with_scheduler: bool
     log_level: str
     disable_job_desc_logging: bool
+    exception_handlers: tuple[str, ...]
+    disable_default_exception_handler: bool
+    settings_module: str | None
     shutdown_timeout: float
     retry_max: int
     retry_delay: int

@@ -8,16 +8,20 @@ with a traceback and exit 1, which ``Restart=on-failure`` repeats every five sec
 both paths go through ``prepare``: the Redis client exactly as ``run`` makes it (for a cluster, its
 seed node's; the slot owner's differs only in host and port), one connection object of it (which
 is where redis-py checks its arguments), the queues as rq's ``Queue`` objects with their keys as
-redis-py will send them, and the worker class. A mistake here is a ``ConfigError``: one line, exit 78.
+redis-py will send them, the worker class, and what the worker imports from the app (its rq settings
+module, its exception handlers: ``appimport``). A mistake here is a ``ConfigError``: one line, exit 78.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
 
 import redis
 from rq.queue import Queue
 
+from .appimport import exception_handlers, extend_import_path, ignored_settings, import_settings_module
 from .config import ConfigError, Settings
 from .connection import make_connection
 from .worker import ServiceWorkerMixin
@@ -30,6 +34,7 @@ class Prepared:
 
     settings: Settings
     worker_class: type[ServiceWorkerMixin]
+    exception_handlers: tuple[Callable[..., Any], ...] = ()
 
 
 def prepare(settings: Settings) -> Prepared:
@@ -48,4 +53,12 @@ def prepare(settings: Settings) -> Prepared:
             encoder.encode(queue.key)
         except (UnicodeError, redis.exceptions.DataError):
             raise ConfigError("RQ_QUEUES", queue.name, "queue names redis-py can send (UTF-8 text)") from None
-    return Prepared(settings=settings, worker_class=WORKER_CLASSES[settings.worker_class])
+    handlers: tuple[Callable[..., Any], ...] = ()
+    if settings.settings_module or settings.exception_handlers:
+        extend_import_path(settings)
+        module = import_settings_module(settings)  # first, as rq worker -c does: it may set up what the rest uses
+        if module is not None:
+            settings = replace(settings, warnings=(*settings.warnings, *ignored_settings(module, settings)))
+        handlers = exception_handlers(settings)
+    return Prepared(settings=settings, worker_class=WORKER_CLASSES[settings.worker_class],
+                    exception_handlers=handlers)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,12 +30,14 @@ from rq import Queue
 from rq.callbacks import execute_failure_callback
 from rq.exceptions import AbandonedJobError, NoSuchJobError
 from rq.job import Job, JobStatus
+from rq.job_lifecycle import call_exception_handlers
 from rq.rate_limit import release_slot
 from rq.registry import StartedJobRegistry
 from rq.results import Result
 from rq.utils import as_text, current_timestamp, parse_composite_key
 
 from . import faults, host, webhooks
+from .appimport import exception_handlers
 from .config import Settings
 from .rqcompat import (
     REDIS_WORKER_KEYS,
@@ -258,15 +260,18 @@ def registered_job(connection: Redis, job_id: str) -> tuple[Job | None, JobStatu
     return job, job.get_status(refresh=False)
 
 
-def after_claim(job: Job, queue: Queue, retried: bool, failure: str) -> None:
+def after_claim(job: Job, queue: Queue, retried: bool, failure: str,
+                handlers: Sequence[Callable[..., object]] = ()) -> None:
     """What follows a committed rescue, as rq's worker does after it records a failure.
 
     Dependents and the rate-limit slot first: they are quick, and a rescuer that dies later would
-    otherwise leave a dependent deferred for good. The app's failure callback (up to 60 s) next, at
-    most once: a rescuer that dies after the commit skips it. rq's own ``StartedJobRegistry.cleanup``
-    runs it before its commit instead, so a cleanup that dies in between runs it again next time.
-    Last, a failed job's ``failed`` webhooks (``webhooks``), with the ``failure`` recorded, as rq's
-    cleanup sends them after its commit: at most once, none for a job re-queued.
+    otherwise leave a dependent deferred for good. The app's failure callback (up to 60 s) and its
+    exception handlers (RQ_EXCEPTION_HANDLERS, with AbandonedJobError, retried or not, as rq's cleanup
+    of an abandoned job calls the cleaning worker's) next, at most once: a rescuer that dies after the
+    commit skips them. rq's own ``StartedJobRegistry.cleanup`` runs them before its commit instead, so a
+    cleanup that dies in between runs them again next time. Last, a failed job's ``failed`` webhooks
+    (``webhooks``), with the ``failure`` recorded, as rq's cleanup sends them after its commit: at most
+    once, none for a job re-queued.
     """
     if not retried:
         queue.enqueue_dependents(job)
@@ -275,6 +280,11 @@ def after_claim(job: Job, queue: Queue, retried: bool, failure: str) -> None:
         execute_failure_callback(job, queue.death_penalty_class, AbandonedJobError, AbandonedJobError(), None)
     except Exception:  # the app's callback must not stop recovery
         log.exception("failure callback of job %s raised during recovery", job.id)
+    if handlers:
+        try:
+            call_exception_handlers(handlers, job, AbandonedJobError, AbandonedJobError(), None)
+        except Exception:  # nor its handlers
+            log.exception("an exception handler raised for job %s during recovery", job.id)
     faults.reached("rescue.callback")
     if not retried:
         webhooks.send_failed(job, failure)
@@ -287,6 +297,7 @@ def rescue_executions(connection: Redis, owner: str, queue_names: list[str], set
     Every rescue goes through here: the restarted instance's, a fencer's, a worker's of its own jobs.
     """
     recovered: list[Recovered] = []
+    handlers = exception_handlers(settings)  # (imported at the start: ``prepare``)
     for name in queue_names:
         queue = Queue(name, connection=connection)
         for job_id, composite, job_owner in started_executions(connection, name):
@@ -307,7 +318,7 @@ def rescue_executions(connection: Redis, owner: str, queue_names: list[str], set
                         else "failed, no retries left",
                         extra={"RQ_JOB_ID": job_id, "RQ_QUEUE": name, "RQ_JOB_FUNC": job_func(claimed.job)})
             recovered.append(Recovered(job_id, claimed.retried))
-            after_claim(claimed.job, queue, claimed.retried, claimed.failure)
+            after_claim(claimed.job, queue, claimed.retried, claimed.failure, handlers)
     return recovered
 
 

@@ -19,7 +19,8 @@ from rq.exceptions import StopRequested
 
 from . import exits, faults, journal, keys, startup, webhooks
 from .acl import denied
-from .config import ConfigError, Settings, load_settings, virtualenv_site_packages
+from .appimport import extend_import_path
+from .config import ConfigError, load_settings
 from .connection import (
     REDIS_ERRORS,
     RedisAuthError,
@@ -48,26 +49,18 @@ REEXEC_VAR = "RQ_WORKER_SERVICE_REEXEC"
 PREFIX_REEXEC_VAR = "RQ_WORKER_SERVICE_PREFIX_REEXEC"
 
 
-def extend_import_path(settings: Settings) -> None:
-    """RQ_APP_PATH first (the app's own modules win), the app's virtualenv after our packages."""
-    for path in reversed(settings.app_path):
-        if path not in sys.path:
-            sys.path.insert(0, path)
-    if settings.app_virtualenv:
-        site = str(virtualenv_site_packages(settings.app_virtualenv))
-        if site not in sys.path:
-            sys.path.append(site)
-
-
 def build_worker(prepared: Prepared, connection, notifier: Notifier) -> ServiceWorkerMixin:
     settings = prepared.settings
     return prepared.worker_class(list(settings.queues), name=settings.name, connection=connection,
-                                 default_result_ttl=settings.result_ttl, settings=settings, notifier=notifier)
+                                 default_result_ttl=settings.result_ttl, settings=settings, notifier=notifier,
+                                 exception_handlers=list(prepared.exception_handlers) or None,
+                                 disable_default_exception_handler=settings.disable_default_exception_handler)
 
 
 def configure(overrides: dict, env_files: Sequence[str]) -> Prepared:
-    """Apply the env files, validate, build what is built before connecting (``prepare``: the same
-    for ``run --check``), and enter RQ_APP_DIR; raises ConfigError.
+    """Apply the env files, validate, enter RQ_APP_DIR (the app's settings module may read relative
+    paths as it is imported) and build what is built before connecting (``prepare``: the same for
+    ``run --check``); raises ConfigError.
 
     A password in ``--url`` is refused: ``ps`` shows a command line to every user of the host, and
     the unit's stays in ``systemctl show`` too."""
@@ -77,15 +70,14 @@ def configure(overrides: dict, env_files: Sequence[str]) -> Prepared:
                           "--url without it and the password in REDIS_PASSWORD_FILE, the credential "
                           "redis-password (LoadCredential=) or REDIS_PASSWORD in the env file")
     refresh_environment(env_files, Path.cwd() / ".env", environment)
-    prepared = prepare(load_settings(environment, overrides))
-    settings = prepared.settings
+    settings = load_settings(environment, overrides)
     if settings.app_dir:
         try:
-            os.chdir(settings.app_dir)  # the app's relative paths, as under its old supervisor
+            os.chdir(settings.app_dir)  # the app's relative paths, as under its old supervisor (and for its imports)
         except OSError as exc:
             raise ConfigError("RQ_APP_DIR", None, f"cannot enter {settings.app_dir} ({exc.strerror}); give the "
                               "service's user access to it (e.g. SupplementaryGroups= with its group)") from None
-    return prepared
+    return prepare(settings)
 
 
 def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False) -> int:

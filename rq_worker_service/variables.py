@@ -216,6 +216,29 @@ def sentinel_addresses(raw: str) -> tuple[tuple[str, int], ...]:
     return tuple(found)
 
 
+_DOTTED_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def dotted_module(raw: str) -> str:
+    """A module's dotted name (``myapp.rq_settings``), imported from the app by ``prepare``."""
+    if not _DOTTED_RE.fullmatch(raw) or not raw.isascii():
+        raise Invalid("a module's dotted name, as in myapp.rq_settings")
+    return raw
+
+
+def dotted_paths(raw: str) -> tuple[str, ...]:
+    """Dotted paths to objects (``myapp.errors.report``), separated by commas or blanks, each once: the
+    order is the order rq calls them in. Checked for their form here; imported from the app by
+    ``prepare``."""
+    paths = tuple(item for item in re.split(r"[\s,]+", raw) if item)
+    expected = "dotted paths to the app's handlers (module.function), separated by commas, as in myapp.errors.report"
+    if not paths or not all(_DOTTED_RE.fullmatch(p) and "." in p and p.isascii() for p in paths):
+        raise Invalid(expected)
+    if len(set(paths)) != len(paths):
+        raise Invalid("each handler once")
+    return paths
+
+
 def readable_file(raw: str) -> str:
     """A file the service can read now: a missing certificate must fail the start, not each connect."""
     path = Path(raw)
@@ -351,6 +374,19 @@ VARIABLES: tuple[Variable, ...] = (
              "as in send_mail('a@example.com', token='…'), when it takes the job and when the job succeeds: turn "
              "this on when jobs get secrets as arguments (rq's --disable-job-desc-logging).", boolean, default=False,
              field="disable_job_desc_logging", flag="--disable-job-desc-logging"),
+    Variable("RQ_EXCEPTION_HANDLERS", "The app's exception handlers, handler(job, exc_type, exc_value, traceback), "
+             "as dotted paths separated by commas, called in this order when a job raises (rq's --exception-handler, "
+             "once per handler); a handler returning False stops the chain. Imported from the app (RQ_APP_DIR, "
+             "RQ_APP_PATH, RQ_APP_VIRTUALENV).", dotted_paths, default=(), shown_default="(none)",
+             field="exception_handlers", example="myapp.errors.report"),
+    Variable("RQ_DISABLE_DEFAULT_EXCEPTION_HANDLER", "Leave out rq's own handler, which moves a failed job to the "
+             "FailedJobRegistry (rq's --disable-default-exception-handler, -d): the job is still marked FAILED.",
+             boolean, default=False, field="disable_default_exception_handler"),
+    Variable("RQ_SETTINGS_MODULE", "The app's rq settings module, imported from the app before the worker takes "
+             "a job, and in every spawned horse (rq's --config, -c): where an app calls sentry_sdk.init() (README: "
+             "Sentry). The worker's settings are this table's: the module's REDIS_URL, QUEUES, NAME … are not "
+             "read (a warning names those rq would have used).", dotted_module, field="settings_module",
+             example="myapp.rq_settings"),
     Variable("RQ_SHUTDOWN_TIMEOUT", "Seconds a stop waits for the running job. Past it the job is cut, recorded "
              "as interrupted and retried (cold shutdown).", seconds(), default=600.0, field="shutdown_timeout",
              flag="--shutdown-timeout", metavar="SECONDS"),

@@ -303,6 +303,8 @@ INTERNALS: list[Internal] = [
               "test_requeue_now_is_a_retry_without_its_interval")),
     Internal(("rq.callbacks.execute_failure_callback", "rq.rate_limit.release_slot"), "recovery.py `after_claim`",
              ("test_the_helpers_recovery_calls_around_a_rescue",)),
+    Internal(("rq.job_lifecycle.call_exception_handlers",), "recovery.py `after_claim`: RQ_EXCEPTION_HANDLERS",
+             ("test_exception_handlers_are_a_chain_a_false_return_ends",)),
     Internal(("rq.registry.clean_registries", "rq.worker_registration.clean_worker_registry"), "jobs.py `cleanup`",
              ("test_the_cleanup_command_runs_rqs_maintenance_steps",)),
     # rq: the scheduler

@@ -790,6 +790,24 @@ def test_the_helpers_recovery_calls_around_a_rescue(connection):
     assert release_slot(job) == [], "a job without a rate limit frees nothing"
 
 
+def test_exception_handlers_are_a_chain_a_false_return_ends(connection):
+    """recovery.after_claim calls RQ_EXCEPTION_HANDLERS with ``call_exception_handlers(handlers, job,
+    *exc_info)``, as rq's worker and its abandoned-job cleanup do: in order, None goes on, a falsy value
+    other than None ends the chain."""
+    from rq.exceptions import AbandonedJobError
+    from rq.job_lifecycle import call_exception_handlers
+
+    job = Queue("q", connection=connection).enqueue("os.getpid")
+    called: list[str] = []
+
+    def handler(name: str, returns: object):
+        return lambda job, exc_type, exc_value, tb: called.append(f"{name}:{job.id}:{exc_type.__name__}") or returns
+
+    call_exception_handlers([handler("a", None), handler("b", 0), handler("c", None)], job,
+                            AbandonedJobError, AbandonedJobError(), None)
+    assert called == [f"a:{job.id}:AbandonedJobError", f"b:{job.id}:AbandonedJobError"]
+
+
 def test_the_cleanup_command_runs_rqs_maintenance_steps(connection):
     """jobs.cleanup: ``clean_registries(queue)`` fails expired started entries and
     ``clean_worker_registry(queue)`` drops the registrations of workers whose record is gone."""
