@@ -270,6 +270,8 @@ INTERNAL_PREFIX = "RQ_WORKER_SERVICE_"
 
 WORKER_CLASSES = ("fork", "simple", "spawn")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DEQUEUE_STRATEGIES = ("default", "round_robin", "random")
+"""rq's ``DequeueStrategy`` values (``rq.worker.DequeueStrategy``; rq is not imported here)."""
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 
 VARIABLES: tuple[Variable, ...] = (
@@ -351,6 +353,11 @@ VARIABLES: tuple[Variable, ...] = (
              "as in send_mail('a@example.com', token='…'), when it takes the job and when the job succeeds: turn "
              "this on when jobs get secrets as arguments (rq's --disable-job-desc-logging).", boolean, default=False,
              field="disable_job_desc_logging", flag="--disable-job-desc-logging"),
+    Variable("RQ_DEQUEUE_STRATEGY", "The order in which the queues of RQ_QUEUES are served, as rq's "
+             "--dequeue-strategy: default (in the order given, each job from the first non-empty queue), "
+             "round_robin (after taking a job from a queue, that queue goes last) or random (the order shuffled "
+             "after each job).", choice(*DEQUEUE_STRATEGIES), default="default", field="dequeue_strategy",
+             flag="--dequeue-strategy", metavar="STRATEGY"),
     Variable("RQ_SHUTDOWN_TIMEOUT", "Seconds a stop waits for the running job. Past it the job is cut, recorded "
              "as interrupted and retried (cold shutdown).", seconds(), default=600.0, field="shutdown_timeout",
              flag="--shutdown-timeout", metavar="SECONDS"),
