@@ -102,6 +102,7 @@ def test_a_suspended_worker_keeps_its_watchdog_and_resumes_without_a_restart(red
     job = queue.enqueue(logged_job, str(tmp_path / "ran"), "during")
     time.sleep(WATCHDOG + 2)  # longer than WatchdogSec
     pings = [t for t, line in notify.drain() if line == "WATCHDOG=1" and t >= suspended_at]
+    assert pings, "no WATCHDOG=1 while suspended"
     gaps = [b - a for a, b in zip([suspended_at, *pings], pings, strict=False)] + [time.monotonic() - pings[-1]]
     assert len(pings) >= 3 and max(gaps) < WATCHDOG / 2, f"pings while suspended at {pings}, gaps {gaps}"
     assert job.get_status(refresh=True) == JobStatus.QUEUED and queue.job_ids == [job.id]
