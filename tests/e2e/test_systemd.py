@@ -165,6 +165,7 @@ def rq_cli(box, *args: str) -> str:
                     f"redis://:{PASSWORD}@localhost:6379/0"]).stdout
 
 
+@pytest.mark.release_independent
 def test_rq_suspend_longer_than_the_watchdog_neither_restarts_nor_runs_a_job_until_rq_resume(box):
     """Stock rq's suspension loop does not ping: the installed 0.2.0 was restarted twice in 75 s of it."""
     reset(box, "WatchdogSec=4s", "TimeoutAbortSec=2s")

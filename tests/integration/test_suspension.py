@@ -50,12 +50,15 @@ def rq(redis_server, *args: str) -> str:
                           text=True, timeout=30).stdout
 
 
+def info_states(redis_server) -> dict[str, str]:
+    """Each worker's state as ``rq info --raw`` shows it (rq-dashboard reads the same key), by name."""
+    lines = [line for line in rq(redis_server, "info", "--raw", "--only-workers").splitlines()
+             if line.startswith("worker ")]
+    return {line.split()[1]: line.split(") ", 1)[1].split()[0] for line in lines}
+
+
 def info_state(redis_server, name: str) -> str:
-    """The state ``rq info --raw`` shows for the worker ``name`` (rq-dashboard reads the same key)."""
-    for line in rq(redis_server, "info", "--raw", "--only-workers").splitlines():
-        if line.startswith(f"worker {name} ("):
-            return line.split(") ", 1)[1].split()[0]
-    return "absent"
+    return info_states(redis_server).get(name, "absent")
 
 
 def our_name(instance: str) -> str:
@@ -71,10 +74,11 @@ def test_rq_info_shows_our_worker_in_each_state_as_stock_rqs(redis_server, rconn
     queues = {"stock": Queue("info-stock", connection=rconn), "ours": Queue("info-ours", connection=rconn)}
 
     def states() -> dict[str, str]:
-        return {kind: info_state(redis_server, name) for kind, name in names.items()}
+        shown = info_states(redis_server)
+        return {kind: shown.get(name, "absent") for kind, name in names.items()}
 
     wait_until(lambda: states() == {"stock": "idle", "ours": "idle"}, 20, what="both workers idle in rq info")
-    jobs = {kind: q.enqueue(sleep_job, 3) for kind, q in queues.items()}
+    jobs = {kind: q.enqueue(sleep_job, 1.5) for kind, q in queues.items()}
     wait_until(lambda: states() == {"stock": "busy", "ours": "busy"}, 10, what="both workers busy in rq info")
     current = {kind: Worker.find_by_key(Worker.redis_worker_namespace_prefix + name, connection=rconn)
                .get_current_job_id() for kind, name in names.items()}
@@ -100,7 +104,7 @@ def test_a_suspended_worker_keeps_its_watchdog_and_resumes_without_a_restart(red
     notify.wait_for("STATUS=", contains="Suspended (rq suspend)", timeout=2 * WATCHDOG)
     suspended_at = time.monotonic()
     job = queue.enqueue(logged_job, str(tmp_path / "ran"), "during")
-    time.sleep(WATCHDOG + 2)  # longer than WatchdogSec
+    time.sleep(WATCHDOG + 1)  # longer than WatchdogSec
     pings = [t for t, line in notify.drain() if line == "WATCHDOG=1" and t >= suspended_at]
     assert pings, "no WATCHDOG=1 while suspended"
     gaps = [b - a for a, b in zip([suspended_at, *pings], pings, strict=False)] + [time.monotonic() - pings[-1]]
@@ -111,7 +115,7 @@ def test_a_suspended_worker_keeps_its_watchdog_and_resumes_without_a_restart(red
     wait_until(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 10, what="the job after rq resume")
     notify.wait_for("STATUS=", contains="Idle", after=len(notify.lines("STATUS=")) - 1)
 
-    rq(redis_server, "suspend", "--duration", "2")
+    rq(redis_server, "suspend", "--duration", "1")
     seen = len(notify.lines("STATUS="))
     notify.wait_for("STATUS=", contains="Suspended (rq suspend)", after=seen, timeout=2 * WATCHDOG)
     later = queue.enqueue(logged_job, str(tmp_path / "ran"), "after-duration")
@@ -138,7 +142,7 @@ def test_a_job_enqueued_during_a_suspension_waits_for_resume_unlike_under_stock_
     stock("stock-p", "pop-stock")
     # WatchdogSec 30 s: a tick, and a blocking pop, of 10 s, so the job arrives during the pop
     worker = start_worker("p", env={"RQ_QUEUES": "pop-ours", "RQ_WITH_SCHEDULER": "no", "WATCHDOG_USEC": "30000000"})
-    wait_until(lambda: info_state(redis_server, "stock-p") == info_state(redis_server, our_name("p")) == "idle", 20,
+    wait_until(lambda: [info_states(redis_server).get(n) for n in ("stock-p", our_name("p"))] == ["idle", "idle"], 20,
                what="both workers idle (blocked in their pop)")
     time.sleep(0.5)
     rq(redis_server, "suspend")
@@ -159,10 +163,11 @@ def test_a_job_enqueued_during_a_suspension_waits_for_resume_unlike_under_stock_
 
 
 JOBS_PER_QUEUE = 4
+STRATEGIES = ("default", "round_robin", "random")
 
 
-def run_strategy(kind: str, strategy: str, rconn, redis_server, start_worker, stock, tmp_path) -> list[str]:
-    """The order in which 3 queues' jobs ran under one worker with ``strategy``."""
+def start_strategy(kind: str, strategy: str, rconn, start_worker, stock, tmp_path) -> Path:
+    """3 queues of JOBS_PER_QUEUE jobs each, and one worker with ``strategy`` on them; the log of the order."""
     names = [f"{kind}-{strategy}-{q}" for q in ("a", "b", "c")]
     log = tmp_path / f"order-{kind}-{strategy}"
     for name in names:
@@ -174,17 +179,18 @@ def run_strategy(kind: str, strategy: str, rconn, redis_server, start_worker, st
     else:
         start_worker(f"ds-{strategy.replace('_', '-')}", env={"RQ_QUEUES": ",".join(names), "RQ_WITH_SCHEDULER": "no",
                                                              "RQ_DEQUEUE_STRATEGY": strategy})
-    total = 3 * JOBS_PER_QUEUE
-    wait_until(lambda: log.exists() and len(log.read_text().splitlines()) == total, 30,
-               what=f"{total} jobs under {kind} --dequeue-strategy {strategy}")
-    return [line.split()[0] for line in log.read_text().splitlines()]
+    return log
 
 
 def test_dequeue_strategies_order_the_jobs_as_stock_rqs(redis_server, rconn, start_worker, stock, tmp_path):
     """3 queues of 4 jobs each, enqueued before the worker starts: default drains a, then b, then c;
     round_robin takes a, b, c, a, …; random mixes them: the same under ours as under stock."""
-    order = {(kind, strategy): run_strategy(kind, strategy, rconn, redis_server, start_worker, stock, tmp_path)
-             for strategy in ("default", "round_robin", "random") for kind in ("stock", "ours")}
+    logs = {(kind, strategy): start_strategy(kind, strategy, rconn, start_worker, stock, tmp_path)
+            for strategy in STRATEGIES for kind in ("stock", "ours")}
+    total = 3 * JOBS_PER_QUEUE
+    wait_until(lambda: all(log.exists() and len(log.read_text().splitlines()) == total for log in logs.values()),
+               30, what=f"{total} jobs under each worker")
+    order = {key: [line.split()[0] for line in log.read_text().splitlines()] for key, log in logs.items()}
     drained = [f"{q}{i}" for q in "abc" for i in range(JOBS_PER_QUEUE)]
     assert order["stock", "default"] == drained, "the oracle itself"
     assert order["ours", "default"] == order["stock", "default"]
