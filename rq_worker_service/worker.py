@@ -172,8 +172,8 @@ class ServiceWorkerMixin(_Base):
             while not self._stop_requested:
                 self.heartbeat()  # the tick when due: watchdog, fencing beat, STATUS=
                 self.parts.woken.wait(SUSPENSION_POLL)  # a stop or reload wakes it (``_shutdown``)
-                if self._stop_requested or not self.parts.guard.call(is_suspended, self.connection, self):
-                    break
+                if self._stop_requested or self.parts.guard.call(is_suspended, self.connection, self) == 0:
+                    break  # (None: Redis did not answer; the wait goes on, the tick reports the outage)
         finally:
             self.parts.suspended = False
         if before and not self._stop_requested:
