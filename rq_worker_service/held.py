@@ -14,7 +14,9 @@ worker's own list (``keys.held(name)``):
   does; several, Redis cannot block inside a script nor wait on several lists without taking from
   one, so the worker blocks on the first queue for ``POLL`` seconds (a job arriving there is taken
   at once) and runs the script again: a job arriving on another queue of an idle worker waits up to
-  ``POLL`` seconds more than with BLPOP.
+  ``POLL`` seconds more than with BLPOP;
+* while ``rq suspend`` holds, nothing is taken: the script looks at rq's flag, and a job a blocking
+  BLMOVE returns then goes back to the head of its queue in one step (``_UNLESS_SUSPENDED``).
 
 The registration (rq's ``prepare_execution`` pipeline, which adds the StartedJobRegistry entry)
 removes the id in the same MULTI/EXEC, so a popped job is at every moment in its queue, in a held
