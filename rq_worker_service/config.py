@@ -131,6 +131,7 @@ class Settings:
     key_prefix: str
     enqueue_wait_replicas: int
     enqueue_wait_timeout: float
+    dequeue_strategy: str = "default"
     warnings: tuple[str, ...] = ()
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import redis
 from rq.exceptions import StopRequested
+from rq.worker import DequeueStrategy
 
 from . import exits, faults, journal, keys, startup, webhooks
 from .acl import denied
@@ -137,7 +138,8 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
         worker = build_worker(prepared, connection, notifier)
         if early.stop_requested:  # its started jobs are re-queued; what it held, any worker puts back (its key is gone)
             return stopped_during_startup()
-        worker.work(with_scheduler=settings.with_scheduler, logging_level=settings.log_level)  # hands over the rest
+        worker.work(with_scheduler=settings.with_scheduler, logging_level=settings.log_level,  # hands over the rest
+                    dequeue_strategy=DequeueStrategy(settings.dequeue_strategy))
     except StartupStopped:
         return stopped_during_startup()
     except RedisUnavailable as exc:

@@ -293,6 +293,8 @@ INTERNAL_PREFIX = "RQ_WORKER_SERVICE_"
 
 WORKER_CLASSES = ("fork", "simple", "spawn")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DEQUEUE_STRATEGIES = ("default", "round_robin", "random")
+"""rq's ``DequeueStrategy`` values (``rq.worker.DequeueStrategy``; rq is not imported here)."""
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 
 VARIABLES: tuple[Variable, ...] = (
@@ -387,6 +389,11 @@ VARIABLES: tuple[Variable, ...] = (
              "Sentry). The worker's settings are this table's: the module's REDIS_URL, QUEUES, NAME … are not "
              "read (a warning names those rq would have used).", dotted_module, field="settings_module",
              example="myapp.rq_settings"),
+    Variable("RQ_DEQUEUE_STRATEGY", "The order in which the queues of RQ_QUEUES are served, as rq's "
+             "--dequeue-strategy: default (in the order given, each job from the first non-empty queue), "
+             "round_robin (after taking a job from a queue, that queue goes last) or random (the order shuffled "
+             "after each job).", choice(*DEQUEUE_STRATEGIES), default="default", field="dequeue_strategy",
+             flag="--dequeue-strategy", metavar="STRATEGY"),
     Variable("RQ_SHUTDOWN_TIMEOUT", "Seconds a stop waits for the running job. Past it the job is cut, recorded "
              "as interrupted and retried (cold shutdown).", seconds(), default=600.0, field="shutdown_timeout",
              flag="--shutdown-timeout", metavar="SECONDS"),

@@ -140,6 +140,9 @@ def _own_kind(var: Variable) -> st.SearchStrategy[str]:
         return st.sampled_from(APP_MODULES)
     if name == "RQ_QUEUES" or name == "RQ_AUTOSCALE_QUEUES":
         return st.sampled_from(["default", "high,default,low", "a,a", "caf\udcc3", "é,ü", "a\x07", "a b", " a , b "])
+    if name == "RQ_DEQUEUE_STRATEGY":  # rq's three, and near misses of them
+        return st.sampled_from(["default", "round_robin", "random", "ROUND_ROBIN", "round-robin", "roundrobin",
+                                "rr", "random,default"])
     examples = [value for value in (var.example, var.default if isinstance(var.default, str) else None) if value]
     return st.one_of(st.sampled_from(examples or ["x"]), st.text(max_size=12))
 

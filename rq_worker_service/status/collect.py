@@ -12,6 +12,7 @@ from redis import Redis
 from rq import Queue, Worker
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
+from rq.suspension import WORKERS_SUSPENDED
 from rq.utils import as_text, utcparse
 from rq.worker import BaseWorker
 
@@ -134,6 +135,8 @@ def collect(connection: Redis, redis_display: str, queue_names: list[str] | None
     abandoned = [a for q in queues for a in _abandoned(connection, q, live, now)]
     fenced = [FencedWorker(worker=f.worker, host=f.host, by=f.by, ago=max(0.0, now.timestamp() - f.at), jobs=f.jobs)
               for f in recent_fencings(connection)]
+    suspension = connection.pttl(WORKERS_SUSPENDED)  # -2: none; -1: until `rq resume`
     return Report(redis=redis_display, queues=[_queue_info(connection, q, now) for q in queues],
                   workers=workers, abandoned=abandoned, fenced=fenced,
-                  autoscalers=_autoscalers(connection, now.timestamp()))
+                  autoscalers=_autoscalers(connection, now.timestamp()), suspended=suspension != -2,
+                  suspension_left=suspension / 1000 if suspension >= 0 else None)

@@ -159,6 +159,35 @@ def test_frozen_main_loop_is_aborted_by_watchdog_and_job_completes(box):
 
 
 
+def rq_cli(box, *args: str) -> str:
+    """rq's own CLI (``rq suspend``, ``rq resume``), from the rq the package bundles, against the box's Redis."""
+    return box.run([PY, "-c", "from rq.cli import main; main()", *args, "--url",
+                    f"redis://:{PASSWORD}@localhost:6379/0"]).stdout
+
+
+@pytest.mark.release_independent
+def test_rq_suspend_longer_than_the_watchdog_neither_restarts_nor_runs_a_job_until_rq_resume(box):
+    """Stock rq's suspension loop does not ping: the installed 0.2.0 was restarted twice in 75 s of it."""
+    reset(box, "WatchdogSec=4s", "TimeoutAbortSec=2s")
+    systemctl(box, "start", "rq-worker@1")
+    wait_for(lambda: box.show("rq-worker@1", "StatusText")["StatusText"].startswith("Idle"), 15, "the worker idle")
+    pid = main_pid(box, "rq-worker@1")
+    rq_cli(box, "suspend")
+    time.sleep(2)  # (a tick, for the worker to look)
+    ctl(box, "enqueue", "quick_job", "5", "--id", "suspended-job")
+    time.sleep(8)  # suspended for 2.5 WatchdogSec
+    shown = box.show("rq-worker@1", "NRestarts", "MainPID", "StatusText", "ActiveState")
+    assert (shown["NRestarts"], int(shown["MainPID"]), shown["ActiveState"]) == ("0", pid, "active"), shown
+    assert shown["StatusText"].startswith("Suspended (rq suspend)")
+    assert status_of(box, "suspended-job")["status"] == "queued"
+    rq_cli(box, "resume")
+    job = wait_status(box, "suspended-job", "finished", 10)
+    assert job["executions"] == 1
+    shown = box.show("rq-worker@1", "NRestarts", "MainPID")
+    assert (shown["NRestarts"], int(shown["MainPID"])) == ("0", pid)
+    assert "Watchdog timeout" not in box.run(["journalctl", "-u", "rq-worker@1", "--no-pager", "-o", "cat"]).stdout
+
+
 def test_a_spawn_horse_keeps_its_lease_under_the_units_hardening(box):
     """The spawn horse opens its worker's lease by /proc/<pid>/fd/<n>, under ProtectProc=invisible,
     PrivateUsers= and the system-call filter: with the worker frozen mid-job the horse ends itself

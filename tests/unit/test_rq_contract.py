@@ -76,7 +76,7 @@ OVERRIDES: dict[type, dict[str, str]] = {
         "_shutdown": "worker.py: only the pop may be interrupted",
         "execute_job": "worker.py / worker_classes.py: job defaults, journal, status",
         "dequeue_timeout": "worker.py: a third of WatchdogSec",
-        "check_for_suspension": "worker.py: a failed GET waits for Redis instead of ending the worker",
+        "check_for_suspension": "worker.py: the wait ticks (watchdog, beats, STATUS=); a failed GET waits for Redis",
         "run_maintenance_tasks": "worker.py: likewise; tried again on the next pass",
         "prepare_job_execution": "worker.py: the STARTED mark, only while our execution exists; again after an error",
         "_finalize_failure": "worker.py: a job taken back before it started here is not failed here",
@@ -196,6 +196,12 @@ INTERNALS: list[Internal] = [
              ("test_each_overridden_method_still_exists_with_the_same_parameters",)),
     Internal(("rq.worker.Worker._shutdown_requested_date", "rq.utils.now"), "worker.py: announcing a warm stop",
              ("test_the_shutdown_date_we_set_is_the_one_rq_records",)),
+    Internal(("rq.suspension.is_suspended", "rq.suspension.WORKERS_SUSPENDED"),
+             "worker.py `check_for_suspension` (rq's look, which beats too), held.py: the take script and the "
+             "put-back after a blocking pop read the flag `rq suspend` sets",
+             ("test_rq_suspend_sets_the_flag_our_pop_reads_and_rqs_look_beats",)),
+    Internal(("rq.worker.DequeueStrategy",), "service.py: RQ_DEQUEUE_STRATEGY given to rq's `work()`, whose "
+             "`reorder_queues` our pop follows", ("test_rqs_dequeue_strategies_reorder_the_queues_our_pop_reads",)),
     Internal(("rq.worker.Worker.max_connection_wait_time",), "worker.py: a failing pop waits at most a tick",
              ("test_a_failing_pop_backs_off_up_to_max_connection_wait_time",)),
     Internal(("`heartbeat()` before the pop, `reorder_queues()` right after it", "rq.worker.Worker._ordered_queues",
@@ -552,3 +558,44 @@ def test_the_end_of_a_job_is_one_transaction_watched_before_move_dependents_to_r
 
 if __name__ == "__main__":
     print(docs_table(), end="")
+
+
+def test_rq_suspend_sets_the_flag_our_pop_reads_and_rqs_look_beats(connection):
+    """``rq suspend`` / ``rq resume`` (rq's ``suspend``/``resume``) set and delete WORKERS_SUSPENDED, under the
+    key prefix, which held.py's scripts read; ``is_suspended`` beats the worker it is given (our suspended
+    wait relies on it for rq's heartbeat). The integration tests run the real ``rq suspend``."""
+    from rq.suspension import WORKERS_SUSPENDED, is_suspended, resume, suspend
+
+    assert WORKERS_SUSPENDED == f"{rq.defaults.RQ_KEY_PREFIX}:suspended"
+    suspend(connection, 60)
+    assert connection.exists(WORKERS_SUSPENDED) and 0 < connection.ttl(WORKERS_SUSPENDED) <= 60
+    worker = rq.Worker(["default"], connection=connection, name="w")
+    worker.register_birth()
+    connection.hdel(worker.key, "last_heartbeat")
+    assert is_suspended(connection, worker) and connection.hget(worker.key, "last_heartbeat")
+    resume(connection)
+    assert not connection.exists(WORKERS_SUSPENDED) and not is_suspended(connection)
+
+
+def test_rqs_dequeue_strategies_reorder_the_queues_our_pop_reads(connection):
+    """RQ_DEQUEUE_STRATEGY's values are rq's; rq's ``reorder_queues`` (called by our pop after each job)
+    rotates ``_ordered_queues`` for round_robin and shuffles them for random."""
+    from rq.worker import DequeueStrategy
+
+    from rq_worker_service.variables import DEQUEUE_STRATEGIES
+
+    assert tuple(s.value for s in DequeueStrategy) == DEQUEUE_STRATEGIES
+    queues = [Queue(n, connection=connection) for n in ("a", "b", "c")]
+    worker = rq.Worker(queues, connection=connection)
+    worker._dequeue_strategy = DequeueStrategy.ROUND_ROBIN
+    worker.reorder_queues(reference_queue=queues[0])
+    assert [q.name for q in worker._ordered_queues] == ["b", "c", "a"]
+    worker._dequeue_strategy = DequeueStrategy.DEFAULT
+    worker.reorder_queues(reference_queue=queues[1])
+    assert [q.name for q in worker._ordered_queues] == ["b", "c", "a"]
+    worker._dequeue_strategy = DequeueStrategy.RANDOM
+    seen = set()
+    for _ in range(50):
+        worker.reorder_queues(reference_queue=queues[0])
+        seen.add(tuple(q.name for q in worker._ordered_queues))
+    assert len(seen) > 1
