@@ -21,14 +21,15 @@ import sys
 from rq.executions import Execution
 
 from . import journal
+from .classes import connection_class
 from .config import load_settings
 from .connection import make_connection
 from .lease import LEASE_VAR, HorseLease
 from .notify import Notifier
+from .prepare import extend_import_path
 from .process import die_with_parent
 from .rqcompat import job_func
 from .secret_env import environment
-from .service import extend_import_path
 from .worker import ServiceWorkerMixin
 from .worker_classes import HORSE_CONFIG_VAR
 
@@ -44,7 +45,7 @@ def main(argv: list[str]) -> None:
     extend_import_path(settings)  # before unpickling: the classes may be the app's
     worker_class, attributes = pickle.loads(base64.b64decode(os.environ.pop(HORSE_CONFIG_VAR)))
     name = worker_key[len(worker_class.redis_worker_namespace_prefix):]
-    connection = make_connection(settings.redis, settings.key_prefix, name)
+    connection = make_connection(settings.redis, settings.key_prefix, name, redis_class=connection_class(settings))
     if not connection.exists(worker_key):
         sys.exit(1)  # the worker is gone: nobody would record this job's outcome
     # Our classes take the service's settings; a class resolved to plain rq's here takes rq's arguments only.

@@ -19,7 +19,7 @@ from rq.exceptions import StopRequested
 
 from . import exits, faults, journal, keys, startup
 from .acl import denied
-from .config import ConfigError, Settings, load_settings, virtualenv_site_packages
+from .config import ConfigError, load_settings
 from .connection import (
     REDIS_ERRORS,
     RedisAuthError,
@@ -48,26 +48,18 @@ REEXEC_VAR = "RQ_WORKER_SERVICE_REEXEC"
 PREFIX_REEXEC_VAR = "RQ_WORKER_SERVICE_PREFIX_REEXEC"
 
 
-def extend_import_path(settings: Settings) -> None:
-    """RQ_APP_PATH first (the app's own modules win), the app's virtualenv after our packages."""
-    for path in reversed(settings.app_path):
-        if path not in sys.path:
-            sys.path.insert(0, path)
-    if settings.app_virtualenv:
-        site = str(virtualenv_site_packages(settings.app_virtualenv))
-        if site not in sys.path:
-            sys.path.append(site)
-
-
 def build_worker(prepared: Prepared, connection, notifier: Notifier) -> ServiceWorkerMixin:
-    settings = prepared.settings
+    settings, classes = prepared.settings, prepared.classes
+    # The serializer by its name: rq hands that to a spawned horse (``_serializer_arg``).
     return prepared.worker_class(list(settings.queues), name=settings.name, connection=connection,
-                                 default_result_ttl=settings.result_ttl, settings=settings, notifier=notifier)
+                                 default_result_ttl=settings.result_ttl, serializer=classes.serializer_name,
+                                 job_class=classes.job_class, queue_class=classes.queue_class, settings=settings,
+                                 notifier=notifier)
 
 
 def configure(overrides: dict, env_files: Sequence[str]) -> Prepared:
-    """Apply the env files, validate, build what is built before connecting (``prepare``: the same
-    for ``run --check``), and enter RQ_APP_DIR; raises ConfigError.
+    """Apply the env files, validate, enter RQ_APP_DIR, and build what is built before connecting
+    (``prepare``: the same for ``run --check``); raises ConfigError.
 
     A password in ``--url`` is refused: ``ps`` shows a command line to every user of the host, and
     the unit's stays in ``systemctl show`` too."""
@@ -77,15 +69,14 @@ def configure(overrides: dict, env_files: Sequence[str]) -> Prepared:
                           "--url without it and the password in REDIS_PASSWORD_FILE, the credential "
                           "redis-password (LoadCredential=) or REDIS_PASSWORD in the env file")
     refresh_environment(env_files, Path.cwd() / ".env", environment)
-    prepared = prepare(load_settings(environment, overrides))
-    settings = prepared.settings
+    settings = load_settings(environment, overrides)
     if settings.app_dir:
         try:
-            os.chdir(settings.app_dir)  # the app's relative paths, as under its old supervisor
+            os.chdir(settings.app_dir)  # the app's relative paths, as under its old supervisor (and its imports)
         except OSError as exc:
             raise ConfigError("RQ_APP_DIR", None, f"cannot enter {settings.app_dir} ({exc.strerror}); give the "
                               "service's user access to it (e.g. SupplementaryGroups= with its group)") from None
-    return prepared
+    return prepare(settings)
 
 
 def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False) -> int:
@@ -126,14 +117,14 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
     journal.set_worker(settings.name)
     for warning in settings.warnings:
         log.warning("%s", warning)
-    extend_import_path(settings)
 
     reloaded = os.environ.pop(REEXEC_VAR, None) is not None
     log.info("%s worker %s (%s) for queues %s on Redis %s", "Reloaded" if reloaded else "Starting", settings.name,
              settings.worker_class, ", ".join(settings.queues), settings.redis.display)
     try:
         with early.wait():  # nothing is held yet: a stop ends it at once
-            connection = wait_for_redis(lambda: make_connection(settings.redis, settings.key_prefix, settings.name),
+            connection = wait_for_redis(lambda: make_connection(settings.redis, settings.key_prefix, settings.name,
+                                                                redis_class=prepared.redis_class),
                                         settings.redis, notifier, settings.redis_startup_wait)
         warn_if_not_persistent(connection, settings.redis)
         for message in mixed_rq_workers(connection, list(settings.queues)):
