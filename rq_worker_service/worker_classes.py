@@ -183,11 +183,26 @@ def _reduce(cls: ComposedType) -> tuple[Any, tuple[type]]:
 
 copyreg.pickle(ComposedType, _reduce)
 
+_MIXIN_REPLACES = frozenset({"dequeue_timeout", "dequeue_job_and_maintain_ttl", "prepare_job_execution",
+                             "request_stop", "request_force_stop", "_shutdown"})
+REPLACED: dict[type[ServiceWorkerMixin], frozenset[str]] = {
+    ServiceWorker: _MIXIN_REPLACES,
+    ServiceSpawnWorker: _MIXIN_REPLACES | {"fork_work_horse"},
+    ServiceSimpleWorker: _MIXIN_REPLACES,
+}
+"""rq's methods each of our classes replaces rather than extends (ours never calls rq's): the pop, the
+STARTED mark, the stop handlers, our spawn horse. An app's override of one would never run behind ours,
+so ``service_class`` refuses such a class (tests/unit/test_app_classes.py keeps this list complete)."""
+
 _OURS: tuple[tuple[type, type[ServiceWorkerMixin]], ...] = (
     (SpawnWorker, ServiceSpawnWorker),  # (before Worker: a SpawnWorker is a Worker)
     (SimpleWorker, ServiceSimpleWorker),
     (Worker, ServiceWorker),
 )
+
+
+def _ours(app_class: type) -> type[ServiceWorkerMixin]:
+    return next(service for rq_class, service in _OURS if issubclass(app_class, rq_class))
 
 
 @functools.cache
@@ -196,7 +211,7 @@ def compose(app_class: type) -> type[ServiceWorkerMixin]:
     ``ServiceWorker`` by the rq class it derives from. Our overrides then call the app's, which call
     rq's: the app's hooks run, and every guarantee of the service holds around them. The same class
     object for the same app class, in the worker and (unpickled) in its spawned horse."""
-    ours = next(service for rq_class, service in _OURS if issubclass(app_class, rq_class))
+    ours = _ours(app_class)
     meta: type = ComposedType
     if type(app_class) is not type:  # the app's class has a metaclass of its own (abc.ABCMeta, say)
         meta = type(f"Composed{type(app_class).__name__}", (ComposedType, type(app_class)), {})
@@ -217,6 +232,14 @@ def service_class(setting: str) -> type[ServiceWorkerMixin]:
                           f"from the app; it names {app_class!r}")
     if issubclass(app_class, ServiceWorkerMixin):
         return app_class  # ours already
+    ours = _ours(app_class)
+    apps = {name for cls in app_class.__mro__ if cls.__module__.partition(".")[0] != "rq" for name in vars(cls)}
+    overridden = sorted(REPLACED[ours] & apps)
+    if overridden:
+        raise ConfigError("RQ_WORKER_CLASS", setting, f"{kind} that does not override {', '.join(overridden)}: the "
+                          "service replaces these with its own (its pop, stop handlers, spawn horse), so the app's "
+                          "would never run; move that code to a method the service extends (execute_job, "
+                          "perform_job, handle_job_success, …)")
     try:
         return compose(app_class)  # type: ignore[arg-type]  # (a class is hashable)
     except TypeError as exc:  # its bases cannot be put behind ours (no consistent method order)

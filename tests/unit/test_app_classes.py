@@ -3,7 +3,9 @@ form, their import from the app, the worker built with them, and the readers of 
 
 from __future__ import annotations
 
+import ast
 import base64
+import inspect
 import logging
 import pickle
 import sys
@@ -29,7 +31,7 @@ from rq_worker_service.recovery import rescue_executions
 from rq_worker_service.service import build_worker
 from rq_worker_service.status.collect import collect
 from rq_worker_service.worker import ServiceWorkerMixin
-from rq_worker_service.worker_classes import ServiceSimpleWorker, ServiceSpawnWorker, ServiceWorker
+from rq_worker_service.worker_classes import REPLACED, ServiceSimpleWorker, ServiceSpawnWorker, ServiceWorker
 
 APP = textwrap.dedent('''
     import abc
@@ -67,6 +69,16 @@ APP = textwrap.dedent('''
 
     class Codec:
         dumps = None
+
+
+    class OwnPopWorker(Worker):
+        def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
+            return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+
+
+    class OwnSpawnWorker(SpawnWorker):
+        def fork_work_horse(self, job, queue):
+            return super().fork_work_horse(job, queue)
 ''')
 
 
@@ -120,6 +132,26 @@ def test_a_dotted_worker_class_gets_the_matching_service_class_in_front(app, nam
     assert pickle.loads(pickle.dumps(worker_class)) is worker_class  # how the spawn horse gets it
 
 
+def calls_its_super(function) -> bool:
+    """Whether ``function`` calls ``super().<its own name>`` somewhere."""
+    function = function.fget if isinstance(function, property) else function
+    tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    return any(isinstance(node, ast.Attribute) and node.attr == function.__name__ and isinstance(node.value, ast.Call)
+               and getattr(node.value.func, "id", None) == "super" for node in ast.walk(tree))
+
+
+@pytest.mark.parametrize(("ours", "rq_class"), [(ServiceWorker, Worker), (ServiceSpawnWorker, SpawnWorker),
+                                                (ServiceSimpleWorker, SimpleWorker)])
+def test_replaced_lists_every_rq_method_our_classes_do_not_extend(ours, rq_class):
+    """An app class overriding one of these is refused (its override would never run behind ours): the list
+    must name every method of rq's that our classes define without calling rq's."""
+    replacing = {name for cls in ours.__mro__ if cls.__module__.startswith("rq_worker_service")
+                 for name, value in vars(cls).items()
+                 if not name.startswith("__") and hasattr(rq_class, name) and callable(
+                     value.fget if isinstance(value, property) else value) and not calls_its_super(value)}
+    assert replacing == REPLACED[ours]
+
+
 def test_a_composed_spawn_workers_config_unpickles_to_its_class(app):
     """rq's ``_dump_worker_config`` pickles ``type(self)``: a class made at run time has no importable name,
     so ours pickles as ``compose(app_class)`` (horse.py then builds the same class)."""
@@ -138,6 +170,8 @@ def test_a_composed_spawn_workers_config_unpickles_to_its_class(app):
     ("RQ_WORKER_CLASS", "{m}.AppJob", "a subclass of rq's Worker, SpawnWorker or SimpleWorker"),
     ("RQ_WORKER_CLASS", "rq.worker.BaseWorker", "a subclass of rq's Worker"),
     ("RQ_SERIALIZER", "{m}.Codec", "with dumps and loads"),
+    ("RQ_WORKER_CLASS", "{m}.OwnPopWorker", "does not override dequeue_job_and_maintain_ttl"),
+    ("RQ_WORKER_CLASS", "{m}.OwnSpawnWorker", "does not override fork_work_horse"),
     ("RQ_JOB_CLASS", "{m}.Absent", "module {m} has no Absent"),
     ("RQ_QUEUE_CLASS", "nomodule_here.Queue", "there is no module nomodule_here"),
 ])
