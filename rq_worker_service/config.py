@@ -115,6 +115,12 @@ class Settings:
     app_path: tuple[str, ...]
     app_virtualenv: str | None
     worker_class: str
+    """fork, simple, spawn, or a dotted path to the app's own worker class (``worker_classes.service_class``)."""
+    serializer: str
+    """pickle, json or a dotted path; these four are imported from the app by ``classes``."""
+    job_class: str | None
+    queue_class: str | None
+    connection_class: str | None
     job_timeout: int | None
     result_ttl: int
     failure_ttl: int | None

@@ -23,6 +23,7 @@ from rq.executions import Execution
 
 from . import exits, journal
 from .appimport import extend_import_path, import_settings_module
+from .classes import connection_class
 from .config import ConfigError, load_settings
 from .connection import make_connection
 from .lease import LEASE_VAR, HorseLease
@@ -50,7 +51,7 @@ def main(argv: list[str]) -> None:
         sys.exit(exits.CONFIG)
     worker_class, attributes = pickle.loads(base64.b64decode(os.environ.pop(HORSE_CONFIG_VAR)))
     name = worker_key[len(worker_class.redis_worker_namespace_prefix):]
-    connection = make_connection(settings.redis, settings.key_prefix, name)
+    connection = make_connection(settings.redis, settings.key_prefix, name, redis_class=connection_class(settings))
     if not connection.exists(worker_key):
         sys.exit(1)  # the worker is gone: nobody would record this job's outcome
     # Our classes take the service's settings; a class resolved to plain rq's here takes rq's arguments only.

@@ -38,6 +38,7 @@ from rq.utils import as_text, current_timestamp, parse_composite_key
 
 from . import faults, host, webhooks
 from .appimport import exception_handlers
+from .classes import app_classes
 from .config import Settings
 from .rqcompat import (
     REDIS_WORKER_KEYS,
@@ -190,10 +191,10 @@ def claim(queue: Queue, composite: str, owner: str | None, reason: str, settings
     with connection.pipeline() as pipe:
         for _ in range(CLAIM_ATTEMPTS):
             try:
-                pipe.watch(Job.key_for(job_id), execution_key(composite))
+                pipe.watch(queue.job_class.key_for(job_id), execution_key(composite))
                 if pipe.zscore(registry_key, composite) is None or execution_owner(pipe, composite) != owner:
                     return None  # ended, claimed by another rescuer, or another worker's
-                job, status = registered_job(connection, job_id)
+                job, status = registered_job(queue, job_id)
                 if unstarted_only and status != JobStatus.QUEUED:
                     return None
                 pipe.multi()
@@ -237,7 +238,7 @@ def put_back_unstarted(queue: Queue, settings: Settings) -> list[str]:
     for entry in connection.zrangebyscore(queue.started_job_registry.key, 0, cutoff):
         composite = as_text(entry)  # type: ignore[arg-type]
         job_id = parse_composite_key(composite)[0]
-        if as_text(connection.hget(Job.key_for(job_id), "status") or b"") != JobStatus.QUEUED.value:
+        if as_text(connection.hget(queue.job_class.key_for(job_id), "status") or b"") != JobStatus.QUEUED.value:
             continue
         owner = execution_owner(connection, composite)
         claimed = claim(queue, composite, owner, "its registration expired", settings, at_once=True,
@@ -250,11 +251,12 @@ def put_back_unstarted(queue: Queue, settings: Settings) -> list[str]:
     return done
 
 
-def registered_job(connection: Redis, job_id: str) -> tuple[Job | None, JobStatus | None]:
+def registered_job(queue: Queue, job_id: str) -> tuple[Job | None, JobStatus | None]:
     """The job and its status, if it still exists. STARTED: it was running; QUEUED: registered but not
-    started yet (the horse sets STARTED); any other: its registry entry is a leftover."""
+    started yet (the horse sets STARTED); any other: its registry entry is a leftover. Read with the
+    queue's job class and serializer (the app's, ``classes``): a JSON job read with pickle was failed."""
     try:
-        job = Job.fetch(job_id, connection=connection)
+        job = queue.job_class.fetch(job_id, connection=queue.connection, serializer=queue.serializer)
     except NoSuchJobError:
         return None, None
     return job, job.get_status(refresh=False)
@@ -298,8 +300,9 @@ def rescue_executions(connection: Redis, owner: str, queue_names: list[str], set
     """
     recovered: list[Recovered] = []
     handlers = exception_handlers(settings)  # (imported at the start: ``prepare``)
+    classes = app_classes(settings)
     for name in queue_names:
-        queue = Queue(name, connection=connection)
+        queue = classes.queue(name, connection)
         for job_id, composite, job_owner in started_executions(connection, name):
             if job_owner != owner:
                 continue

@@ -20,7 +20,6 @@ from rq.worker import DequeueStrategy
 
 from . import exits, faults, journal, keys, startup, webhooks
 from .acl import denied
-from .appimport import extend_import_path
 from .config import ConfigError, load_settings
 from .connection import (
     REDIS_ERRORS,
@@ -51,17 +50,19 @@ PREFIX_REEXEC_VAR = "RQ_WORKER_SERVICE_PREFIX_REEXEC"
 
 
 def build_worker(prepared: Prepared, connection, notifier: Notifier) -> ServiceWorkerMixin:
-    settings = prepared.settings
+    settings, classes = prepared.settings, prepared.classes
+    # The serializer by its name: rq hands that to a spawned horse (``_serializer_arg``).
     return prepared.worker_class(list(settings.queues), name=settings.name, connection=connection,
-                                 default_result_ttl=settings.result_ttl, settings=settings, notifier=notifier,
-                                 exception_handlers=list(prepared.exception_handlers) or None,
+                                 default_result_ttl=settings.result_ttl, serializer=classes.serializer_name,
+                                 job_class=classes.job_class, queue_class=classes.queue_class, settings=settings,
+                                 notifier=notifier, exception_handlers=list(prepared.exception_handlers) or None,
                                  disable_default_exception_handler=settings.disable_default_exception_handler)
 
 
 def configure(overrides: dict, env_files: Sequence[str]) -> Prepared:
-    """Apply the env files, validate, enter RQ_APP_DIR (the app's settings module may read relative
-    paths as it is imported) and build what is built before connecting (``prepare``: the same for
-    ``run --check``); raises ConfigError.
+    """Apply the env files, validate, enter RQ_APP_DIR (the app's settings module and classes may read
+    relative paths as they are imported) and build what is built before connecting (``prepare``: the
+    same for ``run --check``); raises ConfigError.
 
     A password in ``--url`` is refused: ``ps`` shows a command line to every user of the host, and
     the unit's stays in ``systemctl show`` too."""
@@ -74,7 +75,7 @@ def configure(overrides: dict, env_files: Sequence[str]) -> Prepared:
     settings = load_settings(environment, overrides)
     if settings.app_dir:
         try:
-            os.chdir(settings.app_dir)  # the app's relative paths, as under its old supervisor (and for its imports)
+            os.chdir(settings.app_dir)  # the app's relative paths, as under its old supervisor (and its imports)
         except OSError as exc:
             raise ConfigError("RQ_APP_DIR", None, f"cannot enter {settings.app_dir} ({exc.strerror}); give the "
                               "service's user access to it (e.g. SupplementaryGroups= with its group)") from None
@@ -119,14 +120,14 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
     journal.set_worker(settings.name)
     for warning in settings.warnings:
         log.warning("%s", warning)
-    extend_import_path(settings)
 
     reloaded = os.environ.pop(REEXEC_VAR, None) is not None
     log.info("%s worker %s (%s) for queues %s on Redis %s", "Reloaded" if reloaded else "Starting", settings.name,
              settings.worker_class, ", ".join(settings.queues), settings.redis.display)
     try:
         with early.wait():  # nothing is held yet: a stop ends it at once
-            connection = wait_for_redis(lambda: make_connection(settings.redis, settings.key_prefix, settings.name),
+            connection = wait_for_redis(lambda: make_connection(settings.redis, settings.key_prefix, settings.name,
+                                                                redis_class=prepared.redis_class),
                                         settings.redis, notifier, settings.redis_startup_wait)
         warn_if_not_persistent(connection, settings.redis)
         for message in mixed_rq_workers(connection, list(settings.queues)):

@@ -47,6 +47,37 @@ atexit.register(shutil.rmtree, _DIRS, True)
 (_DIRS / "not-utf8").write_bytes(SECRET.encode() + b"\xff\n")
 (_DIRS / "password").write_text(SECRET + "\n")
 (_DIRS / "not-pem").write_text("not a certificate\n")
+(_DIRS / "rqws_corpus_app.py").write_text("""
+import rq, redis
+from rq.job import Job
+from rq.queue import Queue
+class MyJob(Job): pass
+class MyQueue(Queue): pass
+class MyRedis(redis.Redis): pass
+class MyWorker(rq.Worker): pass
+class MySimpleWorker(rq.SimpleWorker): pass
+class MySerializer:
+    dumps = staticmethod(rq.serializers.JSONSerializer.dumps)
+    loads = staticmethod(rq.serializers.JSONSerializer.loads)
+NOT_A_CLASS = 1
+""")
+(_DIRS / "rqws_corpus_broken.py").write_text("raise RuntimeError('the app module fails at import')\n")
+CORPUS_APP = "rqws_corpus_app"
+"""A module of the app's classes (RQ_JOB_CLASS …), importable when RQ_APP_PATH names ``_DIRS``."""
+CLASSES = {
+    "RQ_JOB_CLASS": ["rq.job.Job", f"{CORPUS_APP}.MyJob"],
+    "RQ_QUEUE_CLASS": ["rq.queue.Queue", f"{CORPUS_APP}.MyQueue"],
+    "RQ_CONNECTION_CLASS": ["redis.Redis", "redis.client.Redis", f"{CORPUS_APP}.MyRedis"],
+    "RQ_WORKER_CLASS": ["fork", "simple", "spawn", "SPAWN", "rq.worker.SimpleWorker", "rq.worker.SpawnWorker",
+                        "rq.worker.RoundRobinWorker", f"{CORPUS_APP}.MyWorker", f"{CORPUS_APP}.MySimpleWorker"],
+    "RQ_SERIALIZER": ["pickle", "json", "JSON", "rq.serializers.JSONSerializer", "rq.serializers.DefaultSerializer",
+                      f"{CORPUS_APP}.MySerializer"],
+}
+"""Values of the app-class variables: the first of each always imports (rq's own), the rest with RQ_APP_PATH."""
+WRONG_CLASSES = ["rq.queue.Queue", "rq.job.Job", "redis.Redis", "rq.worker.BaseWorker", "rq.worker.HerokuWorker",
+                 "rq.serializers", "rq.Worker.work", f"{CORPUS_APP}.NOT_A_CLASS", f"{CORPUS_APP}.Absent",
+                 "rqws_corpus_broken.X", "nomodule.X", "os.path.join", "x..y", ".x", "x.", "1a.b", "thread",
+                 "a.b-c", "é.x"]
 PATHS = [str(_DIRS), str(_DIRS / "not-utf8"), str(_DIRS / "password"), str(_DIRS / "not-pem"),
          str(_DIRS / "absent"), "/nonexistent", "relative", "/", f"{_DIRS}:{_DIRS}", f"{_DIRS}::"]
 
@@ -128,6 +159,8 @@ def _own_kind(var: Variable) -> st.SearchStrategy[str]:
         return st.sampled_from([str(UNUSED_PORT), "0", "65536", "-1", "abc", "²", " 1 "])
     if name == "REDIS_HOST":
         return st.sampled_from(["127.0.0.1", "localhost", "a" * 64, "h:1", "é", "a..b"])
+    if name in CLASSES:
+        return st.sampled_from(CLASSES[name] + WRONG_CLASSES)
     if var.parse is boolean:
         return st.sampled_from(["yes", "no", "1", "0", "on", "TRUE", "maybe"])
     if isinstance(var.default, (int, float)) and not isinstance(var.default, bool) or var.field in (
@@ -214,6 +247,8 @@ def _valid(var: Variable) -> st.SearchStrategy[str]:
         return st.just(APP_MODULES[0])
     if var.secret:
         return st.sampled_from([SECRET, f" {SECRET} ", SECRET + "%"])
+    if name in CLASSES:  # rq's own, which import without RQ_APP_PATH
+        return st.sampled_from([value for value in CLASSES[name] if not value.startswith(CORPUS_APP)])
 
     def accepted(value: str) -> bool:
         try:

@@ -240,7 +240,7 @@ def test_bad_config_fails_once_with_one_line_reason(box):
         props = box.show("rq-worker@1", "ActiveState", "NRestarts", "ExecMainStatus")
         assert props == {"ActiveState": "failed", "NRestarts": "0", "ExecMainStatus": "78"}
         log = box.run(["journalctl", "-u", "rq-worker@1", "--no-pager", "-o", "cat", "-p", "err"]).stdout
-        assert "RQ_WORKER_CLASS='threads' is invalid: expected one of fork, simple, spawn" in log
+        assert "RQ_WORKER_CLASS='threads' is invalid: expected fork, simple, spawn, or a dotted import path" in log
         assert "Traceback" not in log
     finally:
         box.run(["rm", "-f", "/etc/rq-worker/worker-1.env"])

@@ -248,6 +248,9 @@ INTERNALS: list[Internal] = [
              ("test_dump_worker_config_is_what_our_spawn_horse_unpacks",)),
     Internal(("rq's spawn horse source and environment",), "horse.py repeats its steps",
              ("test_rqs_spawn_horse_does_what_ours_does",)),
+    Internal(("rq.serializers.resolve_serializer", "rq.serializers.Serializer"),
+             "classes.py: RQ_SERIALIZER resolved as `rq worker --serializer` resolves it",
+             ("test_serializer_names_resolve_as_rqs_serializer_option_resolves_them",)),
     Internal(("rq.executions.Execution._job",), "horse.py",
              ("test_an_execution_given_its_job_does_not_fetch_it_again",)),
     # rq: records, fields and keys

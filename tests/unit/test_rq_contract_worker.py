@@ -555,6 +555,22 @@ def test_dump_worker_config_is_what_our_spawn_horse_unpacks(connection):
     assert found is not None and found.queue_names() == horse.queue_names(), "horse.py builds it as find_by_key"
 
 
+def test_serializer_names_resolve_as_rqs_serializer_option_resolves_them(connection):
+    """classes.py resolves RQ_SERIALIZER with rq's ``resolve_serializer`` (as ``rq worker -S`` does) and
+    hands the worker the name, which rq keeps as ``_serializer_arg`` for its spawned horse; an object
+    without dumps and loads is refused with NotImplementedError, which classes.py turns into our line."""
+    from rq.serializers import DefaultSerializer, JSONSerializer, Serializer, resolve_serializer
+
+    assert resolve_serializer("json") is JSONSerializer and resolve_serializer("pickle") is DefaultSerializer
+    assert resolve_serializer("rq.serializers.JSONSerializer") is JSONSerializer
+    assert isinstance(JSONSerializer, Serializer) and not isinstance(object(), Serializer)
+    with pytest.raises(NotImplementedError):
+        resolve_serializer("rq.job.JobStatus")
+    for name in ("json", "rq.serializers.JSONSerializer"):
+        worker = SpawnWorker(["q"], connection=connection, serializer=name)
+        assert worker._serializer_arg == name and worker.serializer is JSONSerializer
+
+
 def test_rqs_spawn_horse_does_what_ours_does(connection, monkeypatch):
     """horse.py repeats the steps of the source rq's SpawnWorker hands its horse (``-c``), which we
     replace: if rq adds a step, or an environment variable for its horse, port it to horse.py.
