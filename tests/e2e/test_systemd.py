@@ -188,6 +188,30 @@ def test_rq_suspend_longer_than_the_watchdog_neither_restarts_nor_runs_a_job_unt
     assert "Watchdog timeout" not in box.run(["journalctl", "-u", "rq-worker@1", "--no-pager", "-o", "cat"]).stdout
 
 
+def test_a_json_app_with_its_own_worker_class_runs_and_recycles_in_place(box):
+    """The installed 0.2.0 failed every job an app enqueued with rq's JSONSerializer. With RQ_SERIALIZER=json
+    and the app's own worker class (RQ_WORKER_CLASS=e2ejobs.AppWorker), jobs finish, the app's override
+    runs, and RQ_MAX_JOBS=2 recycles the instance in place: the same MainPID, no restart, no failure."""
+    reset(box, "WatchdogSec=4s")
+    box.write("/etc/rq-worker/worker-1.env", "RQ_SERIALIZER=json\nRQ_WORKER_CLASS=e2ejobs.AppWorker\nRQ_MAX_JOBS=2\n")
+    try:
+        systemctl(box, "start", "rq-worker@1")
+        pid = main_pid(box, "rq-worker@1")
+        ids = ctl(box, "--serializer", "json", "enqueue", "quick_job", "7", "--id", "json", "--count", "5")
+        statuses = lambda: [j["status"] for j in ctl(box, "--serializer", "json", "jobs", *ids).values()]  # noqa: E731
+        wait_for(lambda: statuses() == ["finished"] * 5, 40, "the JSON jobs to finish")
+        done = ctl(box, "--serializer", "json", "jobs", *ids)
+        assert [done[i]["executions"] for i in ids] == [1] * 5, done
+        assert int(box.run(["redis-cli", "-a", PASSWORD, "--no-auth-warning", "get", "app-worker:jobs"]).stdout) == 5
+        shown = box.show("rq-worker@1", "NRestarts", "MainPID", "ActiveState", "Result")
+        assert (shown["NRestarts"], int(shown["MainPID"]), shown["ActiveState"], shown["Result"]) == (
+            "0", pid, "active", "success"), shown
+        log = box.run(["journalctl", "-u", "rq-worker@1", "--no-pager", "-o", "cat"]).stdout
+        assert log.count("Recycling in place") == 2, log
+    finally:
+        box.run(["rm", "-f", "/etc/rq-worker/worker-1.env"])
+
+
 def test_a_spawn_horse_keeps_its_lease_under_the_units_hardening(box):
     """The spawn horse opens its worker's lease by /proc/<pid>/fd/<n>, under ProtectProc=invisible,
     PrivateUsers= and the system-call filter: with the worker frozen mid-job the horse ends itself
