@@ -290,6 +290,20 @@ def _settings(args: argparse.Namespace):
     return settings
 
 
+def _classes(settings):
+    """The app's serializer and job and queue classes (RQ_SERIALIZER, …), imported from the app as the
+    worker imports them, so that the commands read its jobs as it does; CommandError (78) if they do not."""
+    from .appimport import extend_import_path
+    from .classes import app_classes
+    from .config import ConfigError
+
+    try:
+        extend_import_path(settings)
+        return app_classes(settings)
+    except ConfigError as exc:
+        raise CommandError(f"configuration error: {exc}", exits.CONFIG) from None
+
+
 def _connect(args: argparse.Namespace, settings=None):
     """A Redis client that answered PING, or CommandError with a one-line reason."""
     from .connection import REDIS_ERRORS, RedisAuthError, RedisNoSuchDatabase, make_connection, ping, unreachable
@@ -408,7 +422,7 @@ def _status(args: argparse.Namespace) -> int:
             connection, settings = _connect(args, settings)
             from .status.collect import collect
 
-            report = collect(connection, settings.redis.display, args.queues)
+            report = collect(connection, settings.redis.display, args.queues, classes=_classes(settings))
     except (CommandError, redis.exceptions.RedisError) as exc:
         from .status.render import render_prometheus
 
@@ -441,11 +455,11 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _job(args: argparse.Namespace) -> int:
-    connection, _ = _connect(args)
+    connection, settings = _connect(args)
     from .jobs import JobsError, describe, render_job
 
     try:
-        info = describe(connection, args.job_id)
+        info = describe(connection, args.job_id, classes=_classes(settings))
     except JobsError as exc:
         raise CommandError(str(exc), exits.LOOP_ERROR) from None
     sys.stdout.write(json.dumps(info, indent=2, default=str) + "\n" if args.json else render_job(info))
@@ -455,11 +469,11 @@ def _job(args: argparse.Namespace) -> int:
 def _requeue(args: argparse.Namespace) -> int:
     if bool(args.job_ids) == bool(args.queue):
         raise CommandError("give either job ids or --queue NAME (every failed job of that queue)", exits.USAGE)
-    connection, _ = _connect(args)
+    connection, settings = _connect(args)
     from .jobs import JobsError, requeue
 
     try:
-        done = requeue(connection, args.job_ids, args.queue, args.dry_run)
+        done = requeue(connection, args.job_ids, args.queue, args.dry_run, classes=_classes(settings))
     except JobsError as exc:
         raise CommandError(str(exc), exits.LOOP_ERROR) from None
     if args.json:
@@ -473,10 +487,10 @@ def _requeue(args: argparse.Namespace) -> int:
 
 
 def _cleanup(args: argparse.Namespace) -> int:
-    connection, _ = _connect(args)
+    connection, settings = _connect(args)
     from .jobs import cleanup
 
-    report = cleanup(connection)
+    report = cleanup(connection, classes=_classes(settings))
     if args.json:
         print(json.dumps(report))
     else:

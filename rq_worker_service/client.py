@@ -22,6 +22,7 @@ from rq.job import Job, JobStatus
 from rq.utils import as_text
 
 from . import keys
+from .classes import AppClasses, app_classes, connection_class
 from .config import Settings, load_settings
 from .connection import make_connection, refresh_primary
 from .secret_env import environment
@@ -82,21 +83,23 @@ def enqueue(func: Callable[..., Any] | str, *args: Any, queue: str = "default", 
     """
     settings = settings_from_env(env)
     keys.check_imported(settings.key_prefix)  # rq read its prefix when the app imported it
-    conn = connection if connection is not None else make_connection(settings.redis, settings.key_prefix)
+    classes = app_classes(settings)  # RQ_SERIALIZER, RQ_JOB_CLASS, RQ_QUEUE_CLASS: as the workers read them
+    conn = connection if connection is not None else make_connection(settings.redis, settings.key_prefix,
+                                                                     redis_class=connection_class(settings))
     if retry is _UNSET:
         retry = Retry(max=settings.retry_max, interval=settings.retry_delay) if settings.retry_max > 0 else None
     if settings.job_timeout is not None:
         kwargs.setdefault("job_timeout", settings.job_timeout)
     refresh_primary(conn)  # under Sentinel: not to a primary the sentinels have just replaced
-    q = Queue(queue, connection=conn)
-    job = _enqueue_once(q, conn, func, args, job_id, retry, kwargs)
+    q = classes.queue(queue, conn)
+    job = _enqueue_once(q, classes, conn, func, args, job_id, retry, kwargs)
     if settings.enqueue_wait_replicas:
         wait_for_replicas(conn, job, settings)
     return job
 
 
-def _enqueue_once(q: Queue, conn: redis.Redis, func: Callable[..., Any] | str, args: tuple, job_id: str | None,
-                  retry: Retry | None, kwargs: dict[str, Any]) -> Job:
+def _enqueue_once(q: Queue, classes: AppClasses, conn: redis.Redis, func: Callable[..., Any] | str, args: tuple,
+                  job_id: str | None, retry: Retry | None, kwargs: dict[str, Any]) -> Job:
     """The job, enqueued; with ``job_id``, the pending one of that id if there is one."""
     if job_id is None:
         return q.enqueue(func, *args, retry=retry, **kwargs)  # type: ignore[type-var]
@@ -108,7 +111,7 @@ def _enqueue_once(q: Queue, conn: redis.Redis, func: Callable[..., Any] | str, a
                 status = pipe.hget(key, "status")  # immediate while WATCHing: bytes, not the pipeline
                 if status is not None and as_text(status) in PENDING:
                     pipe.unwatch()
-                    return Job.fetch(job_id, connection=conn)
+                    return classes.fetch(job_id, conn)
                 pipe.multi()
                 job = q.enqueue(func, *args, job_id=job_id, retry=retry, pipeline=pipe,  # type: ignore[type-var]
                                 **kwargs)

@@ -115,12 +115,21 @@ class Settings:
     app_path: tuple[str, ...]
     app_virtualenv: str | None
     worker_class: str
+    """fork, simple, spawn, or a dotted path to the app's own worker class (``worker_classes.service_class``)."""
+    serializer: str
+    """pickle, json or a dotted path; these four are imported from the app by ``classes``."""
+    job_class: str | None
+    queue_class: str | None
+    connection_class: str | None
     job_timeout: int | None
     result_ttl: int
     failure_ttl: int | None
     with_scheduler: bool
     log_level: str
     disable_job_desc_logging: bool
+    exception_handlers: tuple[str, ...]
+    disable_default_exception_handler: bool
+    settings_module: str | None
     shutdown_timeout: float
     max_jobs: int | None
     max_memory: int | None
@@ -134,6 +143,7 @@ class Settings:
     key_prefix: str
     enqueue_wait_replicas: int
     enqueue_wait_timeout: float
+    dequeue_strategy: str = "default"
     warnings: tuple[str, ...] = ()
 
 
@@ -186,6 +196,24 @@ def mask_url(url: str) -> str:
                      for (key, sep, value), secret in zip(pairs, secret_pairs, strict=True))
     fragment = f"#{MASK}" if parts.fragment else ""
     return _compose(parts.scheme, login + at, host, parts.path, query) + fragment
+
+
+def mask_webhook_url(url: str) -> str:
+    """Return a job's webhook URL with all but its scheme and host replaced by ``***``: such URLs carry
+    their secret anywhere (a token in the query, a key in the path as chat services' incoming webhooks
+    do, a login in the userinfo), so nothing past the host is shown."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return MASK
+    if not parts.scheme or not host:
+        return MASK
+    login = f"{MASK}@" if "@" in parts.netloc else ""
+    host = f"[{host}]" if ":" in host else host
+    rest = f"/{MASK}" if parts.path.strip("/") or parts.query or parts.fragment else parts.path
+    return f"{parts.scheme}://{login}{host}{port}{rest}"
 
 
 def _login_from_query(query: str) -> tuple[dict[str, str], str]:

@@ -95,7 +95,7 @@ def _driver_info() -> dict[str, Any]:
 
 
 def make_connection(target: RedisTarget, key_prefix: str = "rq", client_name: str | None = None, *,
-                    offline: bool = False) -> redis.Redis:
+                    offline: bool = False, redis_class: type[redis.Redis] = redis.Redis) -> redis.Redis:
     """A client for ``target``; timeouts so that no call can hang the main loop for long.
 
     ``client_name``: every connection of a worker carries its name (CLIENT SETNAME on connect), so
@@ -108,17 +108,19 @@ def make_connection(target: RedisTarget, key_prefix: str = "rq", client_name: st
     command (or the retry of the failed one) reaches the new primary with no restart.
     ``offline``: connect to nothing (``run --check``); a cluster's client is then its seed node's,
     which differs from the slot owner's only in host and port.
+    ``redis_class``: the app's subclass of redis.Redis (RQ_CONNECTION_CLASS, ``classes.connection_class``),
+    which every kind of client here is made of (Sentinel's ``master_for`` takes it too).
     """
     options: dict = dict(socket_connect_timeout=CONNECT_TIMEOUT, health_check_interval=30, client_name=client_name)
     options.update(_driver_info())
     if target.sentinels:
-        return _sentinel_client(target, dict(options, **TCP_OPTIONS))
+        return _sentinel_client(target, dict(options, **TCP_OPTIONS), redis_class)
     url = _slot_owner_url(target, key_prefix) if target.cluster and not offline else target.url
     if urlsplit(url).scheme != "unix":  # redis-py's socket connection refuses them (a TypeError at connect)
         options.update(TCP_OPTIONS)
     if urlsplit(url).scheme == "rediss":
         options.update(target.tls)
-    return redis.Redis.from_url(url, **options)
+    return redis_class.from_url(url, **options)
 
 
 class SentinelConnection(SentinelManagedConnection):
@@ -154,7 +156,7 @@ class SentinelManager(Sentinel):
             raise MasterNotFoundError(message) from None
 
 
-def _sentinel_client(target: RedisTarget, options: dict) -> redis.Redis:
+def _sentinel_client(target: RedisTarget, options: dict, redis_class: type[redis.Redis]) -> redis.Redis:
     """A client of the primary the sentinels name (redis-py's Sentinel connection pool)."""
     assert target.sentinels is not None
     sentinels = target.sentinels
@@ -174,7 +176,7 @@ def _sentinel_client(target: RedisTarget, options: dict) -> redis.Redis:
         options.update(connection_class=SentinelSSLConnection, **dict(target.tls))
     manager = SentinelManager(list(sentinels.addresses), sentinel_kwargs=sentinel_options)
     return manager.master_for(sentinels.master, db=int(parts.path.lstrip("/") or 0), username=target.username,
-                              password=target.password, **options)
+                              password=target.password, redis_class=redis_class, **options)
 
 
 def refresh_primary(connection: redis.Redis) -> str | None:

@@ -14,7 +14,9 @@ worker's own list (``keys.held(name)``):
   does; several, Redis cannot block inside a script nor wait on several lists without taking from
   one, so the worker blocks on the first queue for ``POLL`` seconds (a job arriving there is taken
   at once) and runs the script again: a job arriving on another queue of an idle worker waits up to
-  ``POLL`` seconds more than with BLPOP.
+  ``POLL`` seconds more than with BLPOP;
+* while ``rq suspend`` holds, nothing is taken: the script looks at rq's flag, and a job a blocking
+  BLMOVE returns then goes back to the head of its queue in one step (``_UNLESS_SUSPENDED``).
 
 The registration (rq's ``prepare_execution`` pipeline, which adds the StartedJobRegistry entry)
 removes the id in the same MULTI/EXEC, so a popped job is at every moment in its queue, in a held
@@ -59,6 +61,7 @@ from redis.exceptions import NoScriptError
 from rq.defaults import DEFAULT_FAILURE_TTL
 from rq.job import Job
 from rq.queue import Queue
+from rq.suspension import WORKERS_SUSPENDED
 from rq.utils import as_text, current_timestamp, get_version, now, utcformat
 
 from . import faults, keys
@@ -80,7 +83,8 @@ if ARGV[1] == '1' then
   local held = redis.call('LINDEX', KEYS[1], 0)
   if held then return {'', held} end
 end
-for i = 3, #KEYS do
+if redis.call('EXISTS', KEYS[3]) == 1 then return -2 end
+for i = 4, #KEYS do
   local id = redis.call('LPOP', KEYS[i])
   if id then
     redis.call('RPUSH', KEYS[1], id)
@@ -92,6 +96,24 @@ return false
 
 _TAKE_FENCED = -1
 """The take script's answer when this worker is marked fenced (KEYS[2], ARGV[2]): nothing was moved."""
+_TAKE_SUSPENDED = -2
+"""Its answer while the workers are suspended (``rq suspend``, KEYS[3]): nothing was moved. An id held
+already (a retake) is still served: it was taken before, and left held it would wait for the worker's exit."""
+
+_UNLESS_SUSPENDED = """
+if redis.call('EXISTS', KEYS[3]) == 0 then return 0 end
+if redis.call('LREM', KEYS[1], -1, ARGV[1]) == 0 then return -1 end
+if redis.call('HGET', KEYS[4], 'status') == 'queued' then
+  redis.call('LPUSH', KEYS[2], ARGV[1])
+  return 1
+end
+return 2
+"""
+"""After a blocking pop that returned ARGV[1] (moved from queue KEYS[2] to the held list KEYS[1]): while the
+workers are suspended (KEYS[3] exists), the id goes back to the head of its queue in the same step that takes
+it from the held list, as the other put-backs (``_PUT_BACK``). KEYS[4]: the job's hash. 0: not suspended, the
+job is this worker's; 1: put back; 2: dropped (deleted or cancelled meanwhile: nothing to run); -1: not
+held any more (a fencer put it back)."""
 
 _HOLDS = """
 if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return -1 end
@@ -151,6 +173,11 @@ class Held:
         first. Only then: an id handed to rq that stays held without an error (an app's execute_job
         that returns without starting it) is put back when the worker leaves, not served again in a loop."""
         self._quarantine = connection.register_script(_QUARANTINE)
+        self._unless_suspended = connection.register_script(_UNLESS_SUSPENDED)
+        self.suspended_key = WORKERS_SUSPENDED
+        """rq's suspension flag (``rq suspend``), under the prefix rq was imported with."""
+        self.suspended = False
+        """The last pop came back empty because the workers are suspended (``rq suspend``)."""
 
     def pop(self, queue_keys: list[str], timeout: float | None, clock: Callable[[], float] = time.monotonic
             ) -> tuple[str | None, str] | None:
@@ -158,10 +185,19 @@ class Held:
         (None: do not wait). The queue key is None for an id that was held already (its job's origin
         says which queue). The take script (several queues, or a retake) raises ``Fenced`` once this
         worker is marked fenced, having moved nothing: its membership was revoked while it was silent.
-        A one-queue pop (LMOVE, BLMOVE) does not read the marks: the registration does (``holds``)."""
+        A one-queue pop (LMOVE, BLMOVE) does not read the marks: the registration does (``holds``).
+
+        Nothing is taken while the workers are suspended (``rq suspend``): None at once, ``suspended``
+        set. Stock rq looks at the suspension only between pops, so a worker already blocked in its pop
+        when ``rq suspend`` runs takes the next job enqueued; here the take script looks first, and a
+        job a blocking pop (BLMOVE) returns goes back to the head of its queue in one step if the
+        workers were suspended meanwhile (``_UNLESS_SUSPENDED``). The one-queue LMOVE that is tried
+        first does not look: it goes out right after the worker's own look (``check_for_suspension``),
+        as rq's pop does."""
+        self.suspended = False
         reply = self._take_one(queue_keys, retake=self.retake)
         self.retake = False
-        if reply:
+        if reply or self.suspended:
             return reply
         if timeout is None:
             return None
@@ -172,12 +208,12 @@ class Held:
         while (left := deadline - clock()) > 0:
             if blocking:
                 taken = self._blmove(queue_keys[0], min(POLL, left))
-                if taken is not None:
+                if taken is not None or self.suspended:
                     return taken
             else:
                 time.sleep(min(POLL, left))
             reply = self._take_one(queue_keys, retake=False)
-            if reply:
+            if reply or self.suspended:
                 return reply
         return None
 
@@ -188,9 +224,13 @@ class Held:
             # worker's held id is put back as it exits (``Fencer.exit_fenced``) or by the sweep.
             job_id = self.connection.lmove(queue_keys[0], self.key, "LEFT", "RIGHT")
             return None if job_id is None else (queue_keys[0], as_text(job_id))
-        reply = self._take(keys=[self.key, self.fenced_key, *queue_keys], args=[int(retake), self.name])
+        reply = self._take(keys=[self.key, self.fenced_key, self.suspended_key, *queue_keys],
+                           args=[int(retake), self.name])
         if reply == _TAKE_FENCED:
             raise Fenced(self.name)
+        if reply == _TAKE_SUSPENDED:
+            self.suspended = True
+            return None
         return (as_text(reply[0]) or None, as_text(reply[1])) if reply else None
 
     def holds(self, job_id: str, pipeline) -> bool:
@@ -212,7 +252,19 @@ class Held:
     def _blmove(self, queue_key: str, timeout: float) -> tuple[str, str] | None:
         # (Redis takes a fractional timeout since 6.0; redis-py's hint says int)
         job_id = self.connection.blmove(queue_key, self.key, timeout, "LEFT", "RIGHT")  # type: ignore[arg-type]
-        return None if job_id is None else (queue_key, as_text(job_id))
+        if job_id is None:
+            return None
+        job_id = as_text(job_id)
+        back = self._unless_suspended(keys=[self.key, queue_key, self.suspended_key, Job.key_for(job_id)],
+                                      args=[job_id])
+        if back:  # blocked since before ``rq suspend``: it takes nothing
+            self.suspended = True
+            if back == 1:
+                queue = queue_key.removeprefix(Queue.redis_queue_namespace_prefix)
+                log.info("Job %s came to this worker's pop after `rq suspend`: put back at the head of queue %s, "
+                         "for after `rq resume`", job_id, queue, extra={"RQ_JOB_ID": job_id, "RQ_QUEUE": queue})
+            return None
+        return queue_key, job_id
 
     def ids(self, connection=None) -> list[str]:
         """What is held; ``connection``: read through it (a pipeline watching the list, before its MULTI)."""

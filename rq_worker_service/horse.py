@@ -7,7 +7,8 @@ line, visible in ``ps``. This horse instead reads the same configuration as its 
 environment it inherits and the secrets from a descriptor it inherits (``secret_env``: never from
 its environment, which every subprocess of the job would inherit), gets the worker's own
 configuration (its class, job and queue classes, exception handlers: what rq 3 hands its horse) from
-that environment too, and only ids on its command line.
+that environment too, and only ids on its command line. It imports the app's settings module
+(RQ_SETTINGS_MODULE) as the worker did: what ``sentry_sdk.init()`` sets up does not cross an exec.
 """
 
 from __future__ import annotations
@@ -20,15 +21,16 @@ import sys
 
 from rq.executions import Execution
 
-from . import journal
-from .config import load_settings
+from . import exits, journal
+from .appimport import extend_import_path, import_settings_module
+from .classes import connection_class
+from .config import ConfigError, load_settings
 from .connection import make_connection
 from .lease import LEASE_VAR, HorseLease
 from .notify import Notifier
 from .process import die_with_parent
 from .rqcompat import job_func
 from .secret_env import environment
-from .service import extend_import_path
 from .worker import ServiceWorkerMixin
 from .worker_classes import HORSE_CONFIG_VAR
 
@@ -42,9 +44,14 @@ def main(argv: list[str]) -> None:
     settings = load_settings(environment)
     journal.setup_logging(settings.log_level)
     extend_import_path(settings)  # before unpickling: the classes may be the app's
+    try:
+        import_settings_module(settings)  # a fresh interpreter: the app's sentry_sdk.init() must run here too
+    except ConfigError as exc:  # (it imported in the worker: changed on disk since, or failing only now)
+        log.error("configuration error: %s", exc)
+        sys.exit(exits.CONFIG)
     worker_class, attributes = pickle.loads(base64.b64decode(os.environ.pop(HORSE_CONFIG_VAR)))
     name = worker_key[len(worker_class.redis_worker_namespace_prefix):]
-    connection = make_connection(settings.redis, settings.key_prefix, name)
+    connection = make_connection(settings.redis, settings.key_prefix, name, redis_class=connection_class(settings))
     if not connection.exists(worker_key):
         sys.exit(1)  # the worker is gone: nobody would record this job's outcome
     # Our classes take the service's settings; a class resolved to plain rq's here takes rq's arguments only.

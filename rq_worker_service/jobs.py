@@ -14,9 +14,11 @@ from datetime import datetime
 from redis import Redis
 from rq import Queue
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
-from rq.job import Job, JobStatus
+from rq.job import JobStatus
 from rq.registry import FailedJobRegistry, clean_registries
 from rq.worker_registration import clean_worker_registry
+
+from .classes import RQ_DEFAULTS, AppClasses
 
 ARG_REPR = reprlib.Repr()
 ARG_REPR.maxstring = 60
@@ -51,9 +53,11 @@ def failure_in_journal(job_id: str) -> str | None:
 
 
 def describe(connection: Redis, job_id: str,
-             journal_lookup: Callable[[str], str | None] = failure_in_journal) -> dict:
+             journal_lookup: Callable[[str], str | None] = failure_in_journal, *,
+             classes: AppClasses = RQ_DEFAULTS) -> dict:
+    """``classes``: the app's serializer and job class, which its jobs are read with (RQ_SERIALIZER, …)."""
     try:
-        job = Job.fetch(job_id, connection=connection)
+        job = classes.fetch(job_id, connection)
     except NoSuchJobError:
         raise JobsError(f"no job with id {job_id!r} (it never existed, or its result TTL has expired)") from None
     try:
@@ -95,21 +99,27 @@ class Requeued:
     queue: str
 
 
-def requeue(connection: Redis, job_ids: list[str], queue_name: str | None, dry_run: bool) -> list[Requeued]:
-    """Send failed jobs back to their queue: the given ids, or every failed job of ``queue_name``."""
+def requeue(connection: Redis, job_ids: list[str], queue_name: str | None, dry_run: bool, *,
+            classes: AppClasses = RQ_DEFAULTS) -> list[Requeued]:
+    """Send failed jobs back to their queue: the given ids, or every failed job of ``queue_name``; the
+    jobs read and written with the app's serializer and job class (``classes``)."""
+    def failed(name: str) -> FailedJobRegistry:
+        return FailedJobRegistry(name, connection=connection, job_class=classes.job_class,
+                                 serializer=classes.serializer)
+
     if queue_name is not None:
         if queue_name not in {q.name for q in Queue.all(connection=connection)}:
             raise JobsError(f"no queue named {queue_name!r} in this Redis")
-        registry = FailedJobRegistry(queue_name, connection=connection)
+        registry = failed(queue_name)
         targets = [(job_id, registry) for job_id in registry.get_job_ids()]
     else:
         targets = []
         for job_id in job_ids:
             try:
-                job = Job.fetch(job_id, connection=connection)
+                job = classes.fetch(job_id, connection)
             except NoSuchJobError:
                 raise JobsError(f"no job with id {job_id!r}") from None
-            registry = FailedJobRegistry(job.origin, connection=connection)
+            registry = failed(job.origin)
             if job_id not in registry:
                 raise JobsError(f"job {job_id} is {job.get_status().value}, not failed: only failed jobs are requeued")
             targets.append((job_id, registry))
@@ -124,13 +134,15 @@ def requeue(connection: Redis, job_ids: list[str], queue_name: str | None, dry_r
     return done
 
 
-def cleanup(connection: Redis) -> dict[str, dict[str, int]]:
+def cleanup(connection: Redis, *, classes: AppClasses = RQ_DEFAULTS) -> dict[str, dict[str, int]]:
     """What a worker's maintenance does, now: expire registries, fail abandoned jobs, drop dead workers.
+    The jobs it fails are read with the app's serializer and job class (``classes``).
 
     Returns, per queue, how many entries the started and failed registries held before and after.
     """
     report = {}
-    for queue in Queue.all(connection=connection):
+    for queue in classes.queue_class.all(connection=connection, job_class=classes.job_class,
+                                         serializer=classes.serializer):
         keys = (queue.started_job_registry.key, queue.failed_job_registry.key)
         before = [connection.zcard(k) for k in keys]  # not registry.count: that cleans up first
         clean_registries(queue)

@@ -12,6 +12,9 @@ import logging
 import os
 import re
 import sys
+from urllib.parse import urlsplit
+
+from .config import mask_webhook_url
 
 IDENTIFIER = "rq-worker-service"
 
@@ -54,6 +57,46 @@ class ContextFilter(logging.Filter):
         if record.msg in PICKED_UP and isinstance(record.args, tuple) and not hasattr(record, "RQ_JOB_ID"):
             record.RQ_JOB_ID = str(record.args[-1])  # rq's "picked up" line, before execute_job sets the job
             record.RQ_QUEUE = _ANSI.sub("", str(record.args[1]))
+        return True
+
+
+WEBHOOK_LINES = {"Failed to send webhook to %s for job %s": 0, "Job %s: sending %s webhook to %s": 2}
+"""rq's log lines that name a job's webhook URL (rq.webhook's failed send, with its traceback, and
+rq.job's debug line before each send), and which argument is the URL (``tests/unit/test_rq_contract.py``
+checks rq still logs them so)."""
+
+
+def _url_pieces(url: str) -> list[str]:
+    """The parts of a URL that may hold a secret: itself, its login, its path and its query."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return [url]
+    login = parts.netloc.rpartition("@")[0]
+    return [url] + [piece for piece in (login, parts.path, parts.query, parts.fragment) if len(piece) > 1]
+
+
+class WebhookUrlFilter(logging.Filter):
+    """Masks the webhook URL on rq's lines that show it (``config.mask_webhook_url``): such URLs carry
+    secrets (a token in the query or the path). A failed send's traceback becomes one line, its
+    exception's type and text, the text left out when it repeats any part of the URL."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        index = WEBHOOK_LINES.get(record.msg) if isinstance(record.msg, str) else None
+        if index is None or not isinstance(record.args, tuple) or len(record.args) <= index:
+            return True
+        url = str(record.args[index])
+        args = list(record.args)
+        args[index] = mask_webhook_url(url)
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            text = str(exc)
+            shown = type(exc).__name__ + ("" if any(piece in text for piece in _url_pieces(url)) else f": {text}")
+            record.msg = f"{record.msg}: %s"
+            args.append(shown)
+            record.exc_info = None
+            record.exc_text = None
+        record.args = tuple(args)
         return True
 
 
@@ -125,6 +168,7 @@ def setup_logging(level: str = "INFO") -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(TerminalFormatter())
     handler.addFilter(ContextFilter())
+    handler.addFilter(WebhookUrlFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

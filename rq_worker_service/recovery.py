@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,12 +30,15 @@ from rq import Queue
 from rq.callbacks import execute_failure_callback
 from rq.exceptions import AbandonedJobError, NoSuchJobError
 from rq.job import Job, JobStatus
+from rq.job_lifecycle import call_exception_handlers
 from rq.rate_limit import release_slot
 from rq.registry import StartedJobRegistry
 from rq.results import Result
 from rq.utils import as_text, current_timestamp, parse_composite_key
 
-from . import faults, host
+from . import faults, host, webhooks
+from .appimport import exception_handlers
+from .classes import app_classes
 from .config import Settings
 from .rqcompat import (
     REDIS_WORKER_KEYS,
@@ -158,6 +161,8 @@ class Claimed:
     retried: bool
     started: bool = True
     """False: registered but never started (put back at the front, untouched: no attempt, no callback)."""
+    failure: str = ""
+    """The failure recorded for the interrupted execution (its Result, and the FailedJobRegistry's when failed)."""
 
 
 CLAIM_ATTEMPTS = 20
@@ -186,10 +191,10 @@ def claim(queue: Queue, composite: str, owner: str | None, reason: str, settings
     with connection.pipeline() as pipe:
         for _ in range(CLAIM_ATTEMPTS):
             try:
-                pipe.watch(Job.key_for(job_id), execution_key(composite))
+                pipe.watch(queue.job_class.key_for(job_id), execution_key(composite))
                 if pipe.zscore(registry_key, composite) is None or execution_owner(pipe, composite) != owner:
                     return None  # ended, claimed by another rescuer, or another worker's
-                job, status = registered_job(connection, job_id)
+                job, status = registered_job(queue, job_id)
                 if unstarted_only and status != JobStatus.QUEUED:
                     return None
                 pipe.multi()
@@ -202,11 +207,12 @@ def claim(queue: Queue, composite: str, owner: str | None, reason: str, settings
                     pipe.lpush(queue.key, job_id)
                     pipe.execute()
                     return Claimed(job, retried=True, started=False)
+                failure = f"{AbandonedJobError.__name__}: {reason}"
                 retried = job is not None and status == JobStatus.STARTED and settle_interrupted(
-                    job, queue, f"{AbandonedJobError.__name__}: {reason}", settings.name, settings, pipe,
-                    at_once=at_once)
+                    job, queue, failure, settings.name, settings, pipe, at_once=at_once)
                 pipe.execute()
-                return Claimed(job, retried) if job is not None and status == JobStatus.STARTED else None
+                return Claimed(job, retried, failure=failure) if job is not None and status == JobStatus.STARTED \
+                    else None
             except WatchError:
                 continue
     log.warning("Left job %s of worker %s in the started registry: %d attempts to claim it met other writes; the "
@@ -232,7 +238,7 @@ def put_back_unstarted(queue: Queue, settings: Settings) -> list[str]:
     for entry in connection.zrangebyscore(queue.started_job_registry.key, 0, cutoff):
         composite = as_text(entry)  # type: ignore[arg-type]
         job_id = parse_composite_key(composite)[0]
-        if as_text(connection.hget(Job.key_for(job_id), "status") or b"") != JobStatus.QUEUED.value:
+        if as_text(connection.hget(queue.job_class.key_for(job_id), "status") or b"") != JobStatus.QUEUED.value:
             continue
         owner = execution_owner(connection, composite)
         claimed = claim(queue, composite, owner, "its registration expired", settings, at_once=True,
@@ -245,23 +251,29 @@ def put_back_unstarted(queue: Queue, settings: Settings) -> list[str]:
     return done
 
 
-def registered_job(connection: Redis, job_id: str) -> tuple[Job | None, JobStatus | None]:
+def registered_job(queue: Queue, job_id: str) -> tuple[Job | None, JobStatus | None]:
     """The job and its status, if it still exists. STARTED: it was running; QUEUED: registered but not
-    started yet (the horse sets STARTED); any other: its registry entry is a leftover."""
+    started yet (the horse sets STARTED); any other: its registry entry is a leftover. Read with the
+    queue's job class and serializer (the app's, ``classes``): a JSON job read with pickle was failed."""
     try:
-        job = Job.fetch(job_id, connection=connection)
+        job = queue.job_class.fetch(job_id, connection=queue.connection, serializer=queue.serializer)
     except NoSuchJobError:
         return None, None
     return job, job.get_status(refresh=False)
 
 
-def after_claim(job: Job, queue: Queue, retried: bool) -> None:
+def after_claim(job: Job, queue: Queue, retried: bool, failure: str,
+                handlers: Sequence[Callable[..., object]] = ()) -> None:
     """What follows a committed rescue, as rq's worker does after it records a failure.
 
     Dependents and the rate-limit slot first: they are quick, and a rescuer that dies later would
-    otherwise leave a dependent deferred for good. The app's failure callback (up to 60 s) last, at
-    most once: a rescuer that dies after the commit skips it. rq's own ``StartedJobRegistry.cleanup``
-    runs it before its commit instead, so a cleanup that dies in between runs it again next time.
+    otherwise leave a dependent deferred for good. The app's failure callback (up to 60 s) and its
+    exception handlers (RQ_EXCEPTION_HANDLERS, with AbandonedJobError, retried or not, as rq's cleanup
+    of an abandoned job calls the cleaning worker's) next, at most once: a rescuer that dies after the
+    commit skips them. rq's own ``StartedJobRegistry.cleanup`` runs them before its commit instead, so a
+    cleanup that dies in between runs them again next time. Last, a failed job's ``failed`` webhooks
+    (``webhooks``), with the ``failure`` recorded, as rq's cleanup sends them after its commit: at most
+    once, none for a job re-queued.
     """
     if not retried:
         queue.enqueue_dependents(job)
@@ -270,7 +282,14 @@ def after_claim(job: Job, queue: Queue, retried: bool) -> None:
         execute_failure_callback(job, queue.death_penalty_class, AbandonedJobError, AbandonedJobError(), None)
     except Exception:  # the app's callback must not stop recovery
         log.exception("failure callback of job %s raised during recovery", job.id)
+    if handlers:
+        try:
+            call_exception_handlers(handlers, job, AbandonedJobError, AbandonedJobError(), None)
+        except Exception:  # nor its handlers
+            log.exception("an exception handler raised for job %s during recovery", job.id)
     faults.reached("rescue.callback")
+    if not retried:
+        webhooks.send_failed(job, failure)
 
 
 def rescue_executions(connection: Redis, owner: str, queue_names: list[str], settings: Settings, reason: str, *,
@@ -280,8 +299,10 @@ def rescue_executions(connection: Redis, owner: str, queue_names: list[str], set
     Every rescue goes through here: the restarted instance's, a fencer's, a worker's of its own jobs.
     """
     recovered: list[Recovered] = []
+    handlers = exception_handlers(settings)  # (imported at the start: ``prepare``)
+    classes = app_classes(settings)
     for name in queue_names:
-        queue = Queue(name, connection=connection)
+        queue = classes.queue(name, connection)
         for job_id, composite, job_owner in started_executions(connection, name):
             if job_owner != owner:
                 continue
@@ -300,7 +321,7 @@ def rescue_executions(connection: Redis, owner: str, queue_names: list[str], set
                         else "failed, no retries left",
                         extra={"RQ_JOB_ID": job_id, "RQ_QUEUE": name, "RQ_JOB_FUNC": job_func(claimed.job)})
             recovered.append(Recovered(job_id, claimed.retried))
-            after_claim(claimed.job, queue, claimed.retried)
+            after_claim(claimed.job, queue, claimed.retried, claimed.failure, handlers)
     return recovered
 
 

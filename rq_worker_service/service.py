@@ -16,10 +16,11 @@ from pathlib import Path
 
 import redis
 from rq.exceptions import StopRequested
+from rq.worker import DequeueStrategy
 
-from . import exits, faults, journal, keys, startup
+from . import exits, faults, journal, keys, startup, webhooks
 from .acl import denied
-from .config import ConfigError, Settings, load_settings, virtualenv_site_packages
+from .config import ConfigError, load_settings
 from .connection import (
     REDIS_ERRORS,
     RedisAuthError,
@@ -50,21 +51,14 @@ RECYCLED = "recycle"
 """REEXEC_VAR's value after a recycle (``parts.recycling``), rather than a reload."""
 
 
-def extend_import_path(settings: Settings) -> None:
-    """RQ_APP_PATH first (the app's own modules win), the app's virtualenv after our packages."""
-    for path in reversed(settings.app_path):
-        if path not in sys.path:
-            sys.path.insert(0, path)
-    if settings.app_virtualenv:
-        site = str(virtualenv_site_packages(settings.app_virtualenv))
-        if site not in sys.path:
-            sys.path.append(site)
-
-
 def build_worker(prepared: Prepared, connection, notifier: Notifier) -> ServiceWorkerMixin:
-    settings = prepared.settings
+    settings, classes = prepared.settings, prepared.classes
+    # The serializer by its name: rq hands that to a spawned horse (``_serializer_arg``).
     return prepared.worker_class(list(settings.queues), name=settings.name, connection=connection,
-                                 default_result_ttl=settings.result_ttl, settings=settings, notifier=notifier)
+                                 default_result_ttl=settings.result_ttl, serializer=classes.serializer_name,
+                                 job_class=classes.job_class, queue_class=classes.queue_class, settings=settings,
+                                 notifier=notifier, exception_handlers=list(prepared.exception_handlers) or None,
+                                 disable_default_exception_handler=settings.disable_default_exception_handler)
 
 
 def config_problem(overrides: dict, env_files: Sequence[str], dotenv: Path) -> str | None:
@@ -83,8 +77,9 @@ def config_problem(overrides: dict, env_files: Sequence[str], dotenv: Path) -> s
 
 
 def configure(overrides: dict, env_files: Sequence[str]) -> Prepared:
-    """Apply the env files, validate, build what is built before connecting (``prepare``: the same
-    for ``run --check``), and enter RQ_APP_DIR; raises ConfigError.
+    """Apply the env files, validate, enter RQ_APP_DIR (the app's settings module and classes may read
+    relative paths as they are imported) and build what is built before connecting (``prepare``: the
+    same for ``run --check``); raises ConfigError.
 
     A password in ``--url`` is refused: ``ps`` shows a command line to every user of the host, and
     the unit's stays in ``systemctl show`` too."""
@@ -94,15 +89,14 @@ def configure(overrides: dict, env_files: Sequence[str]) -> Prepared:
                           "--url without it and the password in REDIS_PASSWORD_FILE, the credential "
                           "redis-password (LoadCredential=) or REDIS_PASSWORD in the env file")
     refresh_environment(env_files, Path.cwd() / ".env", environment)
-    prepared = prepare(load_settings(environment, overrides))
-    settings = prepared.settings
+    settings = load_settings(environment, overrides)
     if settings.app_dir:
         try:
-            os.chdir(settings.app_dir)  # the app's relative paths, as under its old supervisor
+            os.chdir(settings.app_dir)  # the app's relative paths, as under its old supervisor (and its imports)
         except OSError as exc:
             raise ConfigError("RQ_APP_DIR", None, f"cannot enter {settings.app_dir} ({exc.strerror}); give the "
                               "service's user access to it (e.g. SupplementaryGroups= with its group)") from None
-    return prepared
+    return prepare(settings)
 
 
 def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False) -> int:
@@ -144,7 +138,6 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
     journal.set_worker(settings.name)
     for warning in settings.warnings:
         log.warning("%s", warning)
-    extend_import_path(settings)
 
     reexec_why = os.environ.pop(REEXEC_VAR, None)
     started = {None: "Starting", RECYCLED: "Recycled"}.get(reexec_why, "Reloaded")
@@ -152,7 +145,8 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
              settings.worker_class, ", ".join(settings.queues), settings.redis.display)
     try:
         with early.wait():  # nothing is held yet: a stop ends it at once
-            connection = wait_for_redis(lambda: make_connection(settings.redis, settings.key_prefix, settings.name),
+            connection = wait_for_redis(lambda: make_connection(settings.redis, settings.key_prefix, settings.name,
+                                                                redis_class=prepared.redis_class),
                                         settings.redis, notifier, settings.redis_startup_wait)
         warn_if_not_persistent(connection, settings.redis)
         for message in mixed_rq_workers(connection, list(settings.queues)):
@@ -165,8 +159,9 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
         worker.parts.recycler.check = lambda: config_problem(overrides, env_files, dotenv)
         if early.stop_requested:  # its started jobs are re-queued; what it held, any worker puts back (its key is gone)
             return stopped_during_startup()
-        worker.work(with_scheduler=settings.with_scheduler, logging_level=settings.log_level,
-                    max_idle_time=settings.max_idle_time)  # hands over the rest (RQ_MAX_JOBS: parts.recycling)
+        worker.work(with_scheduler=settings.with_scheduler, logging_level=settings.log_level,  # hands over the rest
+                    dequeue_strategy=DequeueStrategy(settings.dequeue_strategy),
+                    max_idle_time=settings.max_idle_time)  # (RQ_MAX_JOBS, RQ_MAX_MEMORY: parts.recycling)
     except StartupStopped:
         return stopped_during_startup()
     except RedisUnavailable as exc:
@@ -211,6 +206,7 @@ def reexec(marker: str = REEXEC_VAR, why: str | None = None) -> None:
     ``marker`` tells the new process why (a reload, or rq's key prefix to import anew); ``why``: a
     recycle (RQ_MAX_JOBS, RQ_MAX_MEMORY), which the new process says it is."""
     log.info("Re-executing in place%s", f": {why}" if why else " to apply new configuration and code")
+    webhooks.drain()  # the exec would end their threads
     os.environ[marker] = RECYCLED if why else "1"
     for handler in logging.getLogger().handlers:
         handler.flush()

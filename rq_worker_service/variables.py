@@ -221,6 +221,45 @@ def text(raw: str) -> str:
     return raw
 
 
+_DOTTED_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
+_MODULE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")  # a top-level module too
+
+
+def dotted(what: str, example: str) -> Parser:
+    """A dotted import path (``myapp.jobs.MyJob``) to ``what``, checked for its form only: it is imported
+    from the app once the app's directories are on the import path (``classes``, ``prepare``)."""
+
+    def parse(raw: str) -> str:
+        if not _DOTTED_RE.fullmatch(raw):
+            raise Invalid(f"a dotted import path to {what}, e.g. {example}")
+        return raw
+
+    return parse
+
+
+SERIALIZERS = ("pickle", "json")
+
+
+def serializer(raw: str) -> str:
+    """rq's ``--serializer``: its names pickle and json, or a dotted path to the app's own."""
+    if raw.lower() in SERIALIZERS:
+        return raw.lower()
+    if not _DOTTED_RE.fullmatch(raw):
+        raise Invalid("pickle, json, or a dotted import path to the app's serializer (a class or module with "
+                      "dumps and loads, as rq's --serializer takes), e.g. myapp.rq.MsgpackSerializer")
+    return raw
+
+
+def worker_class(raw: str) -> str:
+    """fork, simple, spawn, or a dotted path to the app's own subclass of one of rq's three."""
+    if raw.lower() in WORKER_CLASSES:
+        return raw.lower()
+    if not _DOTTED_RE.fullmatch(raw):
+        raise Invalid("fork, simple, spawn, or a dotted import path to the app's subclass of rq's Worker, "
+                      "SimpleWorker or SpawnWorker, e.g. myapp.rq.MyWorker")
+    return raw
+
+
 def sentinel_addresses(raw: str) -> tuple[tuple[str, int], ...]:
     """``host:port,host:port`` (port 26379 when left out): the sentinels to ask for the primary."""
     expected = "a comma-separated list of sentinels as host:port, e.g. 10.0.0.1:26379,10.0.0.2:26379"
@@ -232,6 +271,26 @@ def sentinel_addresses(raw: str) -> tuple[tuple[str, int], ...]:
             raise Invalid(expected)
         found.append((name[1:-1] if name.startswith("[") and name.endswith("]") else name, int(port)))
     return tuple(found)
+
+
+def dotted_module(raw: str) -> str:
+    """A module's dotted name (``myapp.rq_settings``), imported from the app by ``prepare``."""
+    if not _MODULE_RE.fullmatch(raw) or not raw.isascii():
+        raise Invalid("a module's dotted name, as in myapp.rq_settings")
+    return raw
+
+
+def dotted_paths(raw: str) -> tuple[str, ...]:
+    """Dotted paths to objects (``myapp.errors.report``), separated by commas or blanks, each once: the
+    order is the order rq calls them in. Checked for their form here; imported from the app by
+    ``prepare``."""
+    paths = tuple(item for item in re.split(r"[\s,]+", raw) if item)
+    expected = "dotted paths to the app's handlers (module.function), separated by commas, as in myapp.errors.report"
+    if not paths or not all(_DOTTED_RE.fullmatch(p) and p.isascii() for p in paths):
+        raise Invalid(expected)
+    if len(set(paths)) != len(paths):
+        raise Invalid("each handler once")
+    return paths
 
 
 def readable_file(raw: str) -> str:
@@ -294,6 +353,8 @@ MIN_WORKER_TTL = 3 * LONGEST_TICK - 60
 
 WORKER_CLASSES = ("fork", "simple", "spawn")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DEQUEUE_STRATEGIES = ("default", "round_robin", "random")
+"""rq's ``DequeueStrategy`` values (``rq.worker.DequeueStrategy``; rq is not imported here)."""
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 
 VARIABLES: tuple[Variable, ...] = (
@@ -353,9 +414,26 @@ VARIABLES: tuple[Variable, ...] = (
              "Must be built with the same Python minor version (/usr/bin/python3).", virtualenv,
              field="app_virtualenv"),
     Variable("RQ_WORKER_CLASS", "fork: each job in a forked work horse (rq's Worker); spawn: each job in a "
-             "fresh interpreter; simple: jobs in the worker process itself (no isolation).",
-             choice(*WORKER_CLASSES), default="fork", field="worker_class", flag="--worker-class", short="-w",
-             metavar="CLASS"),
+             "fresh interpreter; simple: jobs in the worker process itself (no isolation). Or a dotted path to the "
+             "app's own subclass of rq's Worker, SpawnWorker or SimpleWorker (rq's -w), imported from the app: the "
+             "service's behaviour is put in front of it, and it runs jobs as fork, spawn or simple by the rq class "
+             "it derives from.", worker_class, default="fork", field="worker_class", flag="--worker-class",
+             short="-w", metavar="CLASS"),
+    Variable("RQ_SERIALIZER", "How jobs are serialized in Redis, as the app enqueues them (rq's --serializer): "
+             "pickle, json (rq's JSONSerializer), or a dotted path to the app's serializer (a class or module with "
+             "dumps and loads). Every part of the service that reads jobs uses it (recovery, status, the enqueue "
+             "helper).", serializer, default="pickle", field="serializer", example="json"),
+    Variable("RQ_JOB_CLASS", "Dotted path to the app's subclass of rq.job.Job (rq's --job-class), imported from "
+             "the app; used wherever the service reads jobs.",
+             dotted("the app's subclass of rq.job.Job", "myapp.rq.MyJob"), field="job_class", example="myapp.rq.MyJob"),
+    Variable("RQ_QUEUE_CLASS", "Dotted path to the app's subclass of rq.queue.Queue (rq's --queue-class), imported "
+             "from the app.", dotted("the app's subclass of rq.queue.Queue", "myapp.rq.MyQueue"), field="queue_class",
+             example="myapp.rq.MyQueue"),
+    Variable("RQ_CONNECTION_CLASS", "Dotted path to the app's subclass of redis.Redis (rq's --connection-class), "
+             "imported from the app: the worker's Redis clients (its horses' and the enqueue helper's too) are made of "
+             "it, plain, TLS, Cluster (the slot owner's client) and Sentinel alike.",
+             dotted("the app's subclass of redis.Redis", "myapp.rq.MyRedis"),
+             field="connection_class", example="myapp.rq.MyRedis"),
     Variable("RQ_JOB_TIMEOUT", "Timeout in seconds for jobs that carry none (-1: no limit). Jobs enqueued with "
              "plain rq already carry their queue's default; the enqueue helper uses this too.",
              whole(1, "seconds, a whole number above 0, or -1 for no limit", also=(-1,)),
@@ -375,6 +453,24 @@ VARIABLES: tuple[Variable, ...] = (
              "as in send_mail('a@example.com', token='…'), when it takes the job and when the job succeeds: turn "
              "this on when jobs get secrets as arguments (rq's --disable-job-desc-logging).", boolean, default=False,
              field="disable_job_desc_logging", flag="--disable-job-desc-logging"),
+    Variable("RQ_EXCEPTION_HANDLERS", "The app's exception handlers, handler(job, exc_type, exc_value, traceback), "
+             "as dotted paths separated by commas, called in this order when a job raises (rq's --exception-handler, "
+             "once per handler); a handler returning False stops the chain. Imported from the app (RQ_APP_DIR, "
+             "RQ_APP_PATH, RQ_APP_VIRTUALENV).", dotted_paths, default=(), shown_default="(none)",
+             field="exception_handlers", example="myapp.errors.report"),
+    Variable("RQ_DISABLE_DEFAULT_EXCEPTION_HANDLER", "Leave out rq's own handler, which moves a failed job to the "
+             "FailedJobRegistry (rq's --disable-default-exception-handler, -d): the job is still marked FAILED.",
+             boolean, default=False, field="disable_default_exception_handler"),
+    Variable("RQ_SETTINGS_MODULE", "The app's rq settings module, imported from the app before the worker takes "
+             "a job, and in every spawned horse (rq's --config, -c): where an app calls sentry_sdk.init() (README: "
+             "Sentry). The worker's settings are this table's: the module's REDIS_URL, QUEUES, NAME … are not "
+             "read (a warning names those rq would have used).", dotted_module, field="settings_module",
+             example="myapp.rq_settings"),
+    Variable("RQ_DEQUEUE_STRATEGY", "The order in which the queues of RQ_QUEUES are served, as rq's "
+             "--dequeue-strategy: default (in the order given, each job from the first non-empty queue), "
+             "round_robin (after taking a job from a queue, that queue goes last) or random (the order shuffled "
+             "after each job).", choice(*DEQUEUE_STRATEGIES), default="default", field="dequeue_strategy",
+             flag="--dequeue-strategy", metavar="STRATEGY"),
     Variable("RQ_SHUTDOWN_TIMEOUT", "Seconds a stop waits for the running job. Past it the job is cut, recorded "
              "as interrupted and retried (cold shutdown).", seconds(), default=600.0, field="shutdown_timeout",
              flag="--shutdown-timeout", metavar="SECONDS"),

@@ -29,11 +29,13 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 from rq import Worker
+from rq.callbacks import execute_failure_callback
 from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
-from rq.exceptions import NoSuchJobError, StopRequested
+from rq.exceptions import AbandonedJobError, NoSuchJobError, StopRequested
 from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
+from rq.suspension import is_suspended
 from rq.utils import as_text, now
 from rq.worker import SHUTDOWN_SIGNAL, WorkerStatus
 
@@ -48,6 +50,9 @@ from .process import die_with_parent
 from .recovery import apply_job_defaults, put_back_unstarted, record_interruption
 from .rqcompat import HORSE_DIED, STUCK_IN_INTERMEDIATE, job_func
 from .scheduling import start_scheduler
+
+SUSPENSION_POLL = 1.0
+"""Seconds between two looks at ``rq suspend``'s flag while suspended (rq's own: 1 s)."""
 
 PREPARE_RETRIES = (0.5, 1.0, 2.0)
 """Seconds waited before each retry of the STARTED mark after a Redis error (``prepare_job_execution``)."""
@@ -153,8 +158,42 @@ class ServiceWorkerMixin(_Base):
         self.parts.guard.call(super().maintain_heartbeats, job, execution)  # the job goes on meanwhile
 
     def check_for_suspension(self, burst: bool) -> None:
-        """rq ends the worker when this GET fails; the pop that follows waits for Redis instead."""
-        self.parts.guard.call(super().check_for_suspension, burst)
+        """rq's wait while the workers are suspended (``rq suspend``), with the tick going on.
+
+        rq's own sleeps in a loop of its own, one second at a time, with no tick: systemd's watchdog
+        restarted a suspended instance every WatchdogSec. Here the loop ticks (watchdog pings, fencing
+        beats, STATUS=Suspended), sets the worker's rq state to suspended as rq does (``rq info``), and
+        a stop or reload ends it at once. rq ends the worker when its look fails; here the pop that
+        follows waits for Redis instead. Burst mode leaves at once, as rq does."""
+        if burst:
+            self.parts.guard.call(super().check_for_suspension, burst)
+        else:
+            self._wait_while_suspended()
+
+    def _wait_while_suspended(self) -> bool:
+        """Wait while ``rq suspend`` holds (rq's look, which beats too, once a second); whether it did."""
+        if not self.parts.guard.call(is_suspended, self.connection, self):
+            return False
+        self.log.info("Worker %s: suspended, run `rq resume` to resume", self.name)  # rq's line
+        before = self.parts.guard.call(self.get_state)
+        self.parts.suspended = True
+        try:
+            self.parts.guard.call(self.set_state, WorkerStatus.SUSPENDED)
+            self.procline("Suspended (rq suspend)")
+            self.parts.status.send()
+            while not self._stop_requested:
+                self.heartbeat()  # the tick when due: watchdog, fencing beat, STATUS=
+                self.parts.woken.wait(SUSPENSION_POLL)  # a stop or reload wakes it (``_shutdown``)
+                if self._stop_requested or self.parts.guard.call(is_suspended, self.connection, self) == 0:
+                    break  # (None: Redis did not answer; the wait goes on, the tick reports the outage)
+        finally:
+            self.parts.suspended = False
+        if before and not self._stop_requested:
+            self.parts.guard.call(self.set_state, before)
+        if not self._stop_requested:
+            log.info("Worker %s: resumed (rq resume, or the suspension's --duration ended)", self.name)
+            self.parts.status.send()
+        return True
 
     def run_maintenance_tasks(self) -> None:
         self.parts.guard.call(super().run_maintenance_tasks)  # tried again on the next pass of the loop
@@ -181,10 +220,14 @@ class ServiceWorkerMixin(_Base):
         self.procline("Listening on " + ",".join(self.queue_names()))
         idle_since = now()
         wait = 1.0
+        looked = True  # rq's loop looked at the suspension just before
         try:
             while True:
                 self.parts.popping = True  # nothing in hand (an id held after an error is put back on a stop)
                 try:
+                    if not looked and self._wait_while_suspended():
+                        idle_since = now()  # as in rq, whose pop starts after its wait
+                    looked = False
                     if self.should_run_maintenance_tasks:
                         self.run_maintenance_tasks()
                     self.heartbeat()  # last before the pop: a pop goes out at most a tick after a beat (``fencing``)
@@ -520,6 +563,9 @@ class ServiceWorkerMixin(_Base):
                 reason = f"the work horse died under the job ({exc_string.strip().rstrip(';')})"
             elif reason is None and exc_string.startswith(STUCK_IN_INTERMEDIATE):
                 reason = "its worker died after taking it from the queue, before starting it"
+        if reason is not None and reason == self.parts.lifecycle.cut_reason and self.parts.horse_killed \
+                and exc_string.startswith(HORSE_DIED):
+            self._run_failure_callback_of_a_cut(job, reason)
         if reason is not None:
             exc_string = f"JobInterrupted: {reason}"
             retry = record_interruption(job, exc_string, self.name, self.settings)
@@ -527,6 +573,18 @@ class ServiceWorkerMixin(_Base):
                         "it will be retried" if retry else "no retries left, it is failed")
         super().handle_job_failure(job, queue, started_job_registry=started_job_registry, exc_string=exc_string,
                                    execution=execution)
+
+    def _run_failure_callback_of_a_cut(self, job: Job, reason: str) -> None:
+        """The app's failure callback of a job whose fork or spawn horse this worker killed for a cold
+        stop: the job never saw the cut, so its horse ran none. Stock rq's cold stop leaves such a job
+        to its abandoned-job cleanup, which runs the callback with ``AbandonedJobError`` (a simple
+        worker's job has ``JobInterrupted`` raised inside it, and rq's worker runs the callback with
+        that). Before the end is written, as rq does; a callback that raises changes nothing."""
+        try:
+            execute_failure_callback(job, self.death_penalty_class, AbandonedJobError, AbandonedJobError(reason),
+                                     None)
+        except Exception:
+            log.exception("The failure callback of job %s raised after the cut", job.id)
 
     def _claimed_by_a_rescue(self, queue: Queue, execution: Execution) -> bool:
         """Whether a rescue took this execution's StartedJobRegistry entry (its claim removes it; the

@@ -1,8 +1,11 @@
-"""The three worker classes an operator picks with RQ_WORKER_CLASS: rq's own, with our mixin in front."""
+"""The three worker classes an operator picks with RQ_WORKER_CLASS: rq's own, with our mixin in front;
+and the app's own subclass of one of rq's three, with the matching one of ours in front (``service_class``)."""
 
 from __future__ import annotations
 
 import base64
+import copyreg
+import functools
 import os
 import signal
 import sys
@@ -17,6 +20,8 @@ from rq.job import Job
 from rq.queue import Queue
 
 from . import faults
+from .classes import imported
+from .config import ConfigError
 from .handoff import Handoff
 from .lease import LEASE_VAR
 from .parts.jobwatch import JobWatch
@@ -161,3 +166,82 @@ WORKER_CLASSES: dict[str, type[ServiceWorkerMixin]] = {
     "spawn": ServiceSpawnWorker,
     "simple": ServiceSimpleWorker,
 }
+
+
+class ComposedType(type):
+    """The metaclass of a class made by ``compose``. pickle names a class by its module and name, and a
+    class made at run time has neither: the spawn horse gets the worker's class pickled (rq's
+    ``_dump_worker_config``), so a class of this kind pickles as ``compose(app_class)`` instead
+    (``copyreg``: looked up by the exact metaclass, before pickle's by-name rule for classes)."""
+
+    app_class: type
+
+
+def _reduce(cls: ComposedType) -> tuple[Any, tuple[type]]:
+    return compose, (cls.app_class,)
+
+
+copyreg.pickle(ComposedType, _reduce)
+
+_MIXIN_REPLACES = frozenset({"dequeue_timeout", "dequeue_job_and_maintain_ttl", "prepare_job_execution",
+                             "request_stop", "request_force_stop", "_shutdown"})
+REPLACED: dict[type[ServiceWorkerMixin], frozenset[str]] = {
+    ServiceWorker: _MIXIN_REPLACES,
+    ServiceSpawnWorker: _MIXIN_REPLACES | {"fork_work_horse"},
+    ServiceSimpleWorker: _MIXIN_REPLACES,
+}
+"""rq's methods each of our classes replaces rather than extends (ours never calls rq's): the pop, the
+STARTED mark, the stop handlers, our spawn horse. An app's override of one would never run behind ours,
+so ``service_class`` refuses such a class (tests/unit/test_app_classes.py keeps this list complete)."""
+
+_OURS: tuple[tuple[type, type[ServiceWorkerMixin]], ...] = (
+    (SpawnWorker, ServiceSpawnWorker),  # (before Worker: a SpawnWorker is a Worker)
+    (SimpleWorker, ServiceSimpleWorker),
+    (Worker, ServiceWorker),
+)
+
+
+def _ours(app_class: type) -> type[ServiceWorkerMixin]:
+    return next(service for rq_class, service in _OURS if issubclass(app_class, rq_class))
+
+
+@functools.cache
+def compose(app_class: type) -> type[ServiceWorkerMixin]:
+    """The app's worker class with ours in front: ``ServiceSpawnWorker``, ``ServiceSimpleWorker`` or
+    ``ServiceWorker`` by the rq class it derives from. Our overrides then call the app's, which call
+    rq's: the app's hooks run, and every guarantee of the service holds around them. The same class
+    object for the same app class, in the worker and (unpickled) in its spawned horse."""
+    ours = _ours(app_class)
+    meta: type = ComposedType
+    if type(app_class) is not type:  # the app's class has a metaclass of its own (abc.ABCMeta, say)
+        meta = type(f"Composed{type(app_class).__name__}", (ComposedType, type(app_class)), {})
+        copyreg.pickle(meta, _reduce)
+    return meta(f"Service{app_class.__name__}", (ours, app_class),
+                {"app_class": app_class, "__module__": app_class.__module__, "__doc__": app_class.__doc__})
+
+
+def service_class(setting: str) -> type[ServiceWorkerMixin]:
+    """The class RQ_WORKER_CLASS names: fork, simple, spawn, or the app's own class composed with ours
+    (imported from the app: ``prepare`` put its directories on the import path); raises ConfigError."""
+    if setting in WORKER_CLASSES:
+        return WORKER_CLASSES[setting]
+    kind = "a subclass of rq's Worker, SpawnWorker or SimpleWorker"
+    app_class = imported("RQ_WORKER_CLASS", setting, kind)
+    if not (isinstance(app_class, type) and issubclass(app_class, (Worker, SimpleWorker))):
+        raise ConfigError("RQ_WORKER_CLASS", setting, f"fork, simple, spawn, or a dotted path to {kind} importable "
+                          f"from the app; it names {app_class!r}")
+    if issubclass(app_class, ServiceWorkerMixin):
+        return app_class  # ours already
+    ours = _ours(app_class)
+    apps = {name for cls in app_class.__mro__ if cls.__module__.partition(".")[0] != "rq" for name in vars(cls)}
+    overridden = sorted(REPLACED[ours] & apps)
+    if overridden:
+        raise ConfigError("RQ_WORKER_CLASS", setting, f"{kind} that does not override {', '.join(overridden)}: the "
+                          "service replaces these with its own (its pop, stop handlers, spawn horse), so the app's "
+                          "would never run; move that code to a method the service extends (execute_job, "
+                          "perform_job, handle_job_success, …)")
+    try:
+        return compose(app_class)  # type: ignore[arg-type]  # (a class is hashable)
+    except TypeError as exc:  # its bases cannot be put behind ours (no consistent method order)
+        raise ConfigError("RQ_WORKER_CLASS", setting, f"{kind} that the service's class can be put in front of "
+                          f"({exc})") from None

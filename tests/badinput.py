@@ -47,8 +47,61 @@ atexit.register(shutil.rmtree, _DIRS, True)
 (_DIRS / "not-utf8").write_bytes(SECRET.encode() + b"\xff\n")
 (_DIRS / "password").write_text(SECRET + "\n")
 (_DIRS / "not-pem").write_text("not a certificate\n")
+(_DIRS / "rqws_corpus_app.py").write_text("""
+import rq, redis
+from rq.job import Job
+from rq.queue import Queue
+class MyJob(Job): pass
+class MyQueue(Queue): pass
+class MyRedis(redis.Redis): pass
+class MyWorker(rq.Worker): pass
+class MySimpleWorker(rq.SimpleWorker): pass
+class MySerializer:
+    dumps = staticmethod(rq.serializers.JSONSerializer.dumps)
+    loads = staticmethod(rq.serializers.JSONSerializer.loads)
+NOT_A_CLASS = 1
+""")
+(_DIRS / "rqws_corpus_broken.py").write_text("raise RuntimeError('the app module fails at import')\n")
+CORPUS_APP = "rqws_corpus_app"
+"""A module of the app's classes (RQ_JOB_CLASS …), importable when RQ_APP_PATH names ``_DIRS``."""
+CLASSES = {
+    "RQ_JOB_CLASS": ["rq.job.Job", f"{CORPUS_APP}.MyJob"],
+    "RQ_QUEUE_CLASS": ["rq.queue.Queue", f"{CORPUS_APP}.MyQueue"],
+    "RQ_CONNECTION_CLASS": ["redis.Redis", "redis.client.Redis", f"{CORPUS_APP}.MyRedis"],
+    "RQ_WORKER_CLASS": ["fork", "simple", "spawn", "SPAWN", "rq.worker.SimpleWorker", "rq.worker.SpawnWorker",
+                        "rq.worker.RoundRobinWorker", f"{CORPUS_APP}.MyWorker", f"{CORPUS_APP}.MySimpleWorker"],
+    "RQ_SERIALIZER": ["pickle", "json", "JSON", "rq.serializers.JSONSerializer", "rq.serializers.DefaultSerializer",
+                      f"{CORPUS_APP}.MySerializer"],
+}
+"""Values of the app-class variables: the first of each always imports (rq's own), the rest with RQ_APP_PATH."""
+WRONG_CLASSES = ["rq.queue.Queue", "rq.job.Job", "redis.Redis", "rq.worker.BaseWorker", "rq.worker.HerokuWorker",
+                 "rq.serializers", "rq.Worker.work", f"{CORPUS_APP}.NOT_A_CLASS", f"{CORPUS_APP}.Absent",
+                 "rqws_corpus_broken.X", "nomodule.X", "os.path.join", "x..y", ".x", "x.", "1a.b", "thread",
+                 "a.b-c", "é.x"]
 PATHS = [str(_DIRS), str(_DIRS / "not-utf8"), str(_DIRS / "password"), str(_DIRS / "not-pem"),
          str(_DIRS / "absent"), "/nonexistent", "relative", "/", f"{_DIRS}:{_DIRS}", f"{_DIRS}::"]
+
+APP = "rqws_corpus_app"
+"""A package of the app's, in ``_DIRS`` (on RQ_APP_PATH), for the dotted paths that import from the app."""
+(_DIRS / APP).mkdir()
+(_DIRS / APP / "__init__.py").write_text("")
+(_DIRS / APP / "handlers.py").write_text(
+    "def report(job, exc_type, exc_value, traceback):\n    return None\n\n\n"
+    "class Reporter:\n    @staticmethod\n    def report(job, *exc_info):\n        return False\n\n\n"
+    "NOT_CALLABLE = 3\nlam = lambda job, *exc_info: None  # noqa: E731\n")
+(_DIRS / APP / "rq_settings.py").write_text("QUEUES = ['elsewhere']\nREDIS_URL = 'redis://127.0.0.1:1/0'\n")
+(_DIRS / APP / "broken.py").write_text("raise RuntimeError('the app cannot start here')\n")
+(_DIRS / APP / "missing_dep.py").write_text("import rqws_corpus_no_such_dependency  # noqa: F401\n")
+(_DIRS / APP / "exits.py").write_text("import sys\nsys.exit('no settings')\n")
+(_DIRS / APP / "syntax.py").write_text("def (:\n")
+APP_OBJECTS = [f"{APP}.handlers.report", f"{APP}.handlers.Reporter.report", f"{APP}.handlers.NOT_CALLABLE",
+               f"{APP}.handlers.lam", f"{APP}.handlers.nope", f"{APP}.nope.report", "rqws_corpus_nope.report",
+               f"{APP}.broken.report", f"{APP}.missing_dep.report", f"{APP}.exits.report", f"{APP}.syntax.report",
+               f"{APP}.handlers.report,{APP}.handlers.Reporter.report", f"{APP}.handlers.report {APP}.handlers.report",
+               f"{APP}.handlers", APP, "report", f"{APP}.handlers.report,", f"{APP}..report", f"{APP}.handlers.ré"]
+APP_MODULES = [f"{APP}.rq_settings", f"{APP}.broken", f"{APP}.missing_dep", f"{APP}.exits", f"{APP}.syntax",
+               f"{APP}.nope", "rqws_corpus_nope", f"{APP}.handlers.report", f"{APP}.", f"{APP}/rq_settings.py"]
+APP_VARIABLES = ("RQ_EXCEPTION_HANDLERS", "RQ_SETTINGS_MODULE")
 
 GOOD_HOSTS = ["127.0.0.1", "localhost", "[::1]"]
 BAD_HOSTS = ["", "a" * 64, "h\udcff", "a..b", "é", "h h", "h%20"]
@@ -106,6 +159,8 @@ def _own_kind(var: Variable) -> st.SearchStrategy[str]:
         return st.sampled_from([str(UNUSED_PORT), "0", "65536", "-1", "abc", "²", " 1 "])
     if name == "REDIS_HOST":
         return st.sampled_from(["127.0.0.1", "localhost", "a" * 64, "h:1", "é", "a..b"])
+    if name in CLASSES:
+        return st.sampled_from(CLASSES[name] + WRONG_CLASSES)
     if var.parse is boolean:
         return st.sampled_from(["yes", "no", "1", "0", "on", "TRUE", "maybe"])
     if name == "RQ_MAX_MEMORY":
@@ -115,8 +170,15 @@ def _own_kind(var: Variable) -> st.SearchStrategy[str]:
             "job_timeout", "failure_ttl", "max_jobs", "max_idle_time", "job_monitoring_interval"):
         numbers = st.one_of(st.integers(-2, 10**20), st.floats(allow_nan=True, allow_infinity=True))
         return st.one_of(numbers.map(str), st.sampled_from([str(MAX_SECONDS), str(MAX_SECONDS + 1), "-1", "1"]))
+    if name == "RQ_EXCEPTION_HANDLERS":
+        return st.sampled_from(APP_OBJECTS)
+    if name == "RQ_SETTINGS_MODULE":
+        return st.sampled_from(APP_MODULES)
     if name == "RQ_QUEUES" or name == "RQ_AUTOSCALE_QUEUES":
         return st.sampled_from(["default", "high,default,low", "a,a", "caf\udcc3", "é,ü", "a\x07", "a b", " a , b "])
+    if name == "RQ_DEQUEUE_STRATEGY":  # rq's three, and near misses of them
+        return st.sampled_from(["default", "round_robin", "random", "ROUND_ROBIN", "round-robin", "roundrobin",
+                                "rr", "random,default"])
     examples = [value for value in (var.example, var.default if isinstance(var.default, str) else None) if value]
     return st.one_of(st.sampled_from(examples or ["x"]), st.text(max_size=12))
 
@@ -140,6 +202,8 @@ def environments(draw: st.DrawFn, max_variables: int = 4) -> dict[str, str]:
         env["REDIS_URL"] = f"redis://127.0.0.1:{UNUSED_PORT}/0"  # nothing drawn reaches a Redis
     if "REDIS_HOST" in env and "REDIS_PORT" not in env:
         env["REDIS_PORT"] = str(UNUSED_PORT)
+    if any(name in env for name in APP_VARIABLES) and "RQ_APP_DIR" not in env:
+        env.setdefault("RQ_APP_PATH", str(_DIRS))  # the app's package (a drawn path may hide it: refused then)
     return env
 
 
@@ -180,8 +244,14 @@ def _valid(var: Variable) -> st.SearchStrategy[str]:
         return st.just(str(_DIRS / "password"))
     if name in ("RQ_APP_DIR", "RQ_APP_PATH"):
         return st.just(str(_DIRS))
+    if name == "RQ_EXCEPTION_HANDLERS":
+        return st.sampled_from(APP_OBJECTS[:2] + APP_OBJECTS[11:12])
+    if name == "RQ_SETTINGS_MODULE":
+        return st.just(APP_MODULES[0])
     if var.secret:
         return st.sampled_from([SECRET, f" {SECRET} ", SECRET + "%"])
+    if name in CLASSES:  # rq's own, which import without RQ_APP_PATH
+        return st.sampled_from([value for value in CLASSES[name] if not value.startswith(CORPUS_APP)])
 
     def accepted(value: str) -> bool:
         try:
@@ -206,6 +276,8 @@ def valid_environments(draw: st.DrawFn) -> dict[str, str]:
     chosen = draw(st.lists(st.sampled_from(VALID_DRAWN), min_size=1, max_size=5, unique_by=lambda v: v.name))
     env = {var.name: draw(_valid(var)) for var in chosen}
     env.setdefault("REDIS_URL", f"redis://127.0.0.1:{UNUSED_PORT}/0")
+    if any(name in env for name in APP_VARIABLES):
+        env.setdefault("RQ_APP_PATH", str(_DIRS))
     if "REDIS_HOST" in env:
         env["REDIS_PORT"] = str(UNUSED_PORT)
     if not env["REDIS_URL"].startswith("unix:") and draw(st.booleans()):

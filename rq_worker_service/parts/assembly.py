@@ -74,6 +74,8 @@ class ServiceParts:
         """A tick off the main loop skipped the sweeps: the main loop owes them before its next pop."""
         self.next_tick = self.next_beat = 0.0
         """time.monotonic() at which the next tick, and the next of rq's heartbeats, are due."""
+        self.suspended = False
+        """Waiting while ``rq suspend`` holds (``worker._wait_while_suspended``): STATUS= says so."""
         self.popping = False
         """In rq's blocking pop with nothing in hand: only there may a stop interrupt the loop."""
         self.in_horse_wait = False
@@ -109,7 +111,7 @@ class ServiceParts:
         self.counters = Counters(connection, lambda: worker.key, self.guard, self.notifier.interval, self.clock)
         self.recycler = Recycler(self.lifecycle, settings.max_jobs, settings.max_memory, worker.stop_loop)
         self.status = StatusReporter(self.notifier, self.lifecycle, self.outage, self.counters, self.follower, name,
-                                     worker.queue_names)
+                                     worker.queue_names, lambda: self.suspended)
         self.order = [HostRecord(connection, lambda: worker.key),  # first: right after rq's registration
                       Watchdog(self.notifier), self.follower, self.rescue, self.fencer,
                       StopAnnouncer(self.lifecycle, self.notifier, self.status.text, worker),

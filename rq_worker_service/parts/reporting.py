@@ -69,11 +69,16 @@ class Counters(Part):
             self.connection.hset(self.key(), mapping={"successful_job_count": done, "failed_job_count": failed})
 
 
+SUSPENDED = "Suspended (rq suspend)"
+"""STATUS= while the workers are suspended: ``rq resume`` (or the end of ``rq suspend --duration``) resumes them."""
+
+
 class StatusReporter(Part):
     """STATUS= (what ``systemctl status`` shows): after each tick, and soon after each job's start and end."""
 
     def __init__(self, notifier: Notifier, lifecycle: Lifecycle, outage: Outage, counters: Counters,
-                 follower: PrimaryFollower, name: str, queue_names: Callable[[], list[str]]) -> None:
+                 follower: PrimaryFollower, name: str, queue_names: Callable[[], list[str]],
+                 suspended: Callable[[], bool] = lambda: False) -> None:
         self.notifier = notifier
         self.lifecycle = lifecycle
         self.outage = outage
@@ -81,10 +86,12 @@ class StatusReporter(Part):
         self.follower = follower
         self.name = name
         self.queue_names = queue_names
+        self.suspended = suspended
+        """Whether the worker waits while ``rq suspend`` holds."""
 
     def text(self) -> str:
         counts = f"{self.counters.done} done, {self.counters.failed} failed"
-        idle = "Idle, listening on " + ", ".join(self.queue_names())
+        idle = SUSPENDED if self.suspended() else "Idle, listening on " + ", ".join(self.queue_names())
         primary = f" · primary {self.follower.primary}" if self.follower.primary else ""
         return f"{self.outage.status() or self.lifecycle.status(idle)}{primary} · {counts}"
 

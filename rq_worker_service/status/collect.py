@@ -12,12 +12,14 @@ from redis import Redis
 from rq import Queue, Worker
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
+from rq.suspension import WORKERS_SUSPENDED
 from rq.utils import as_text, utcparse
 from rq.worker import BaseWorker
 
 from .. import keys
 from ..autoscale import mib
 from ..autoscale_report import AutoscalerReport
+from ..classes import RQ_DEFAULTS, AppClasses
 from ..fencing import recent_fencings
 from ..recovery import started_executions
 from ..rqcompat import job_func
@@ -56,10 +58,10 @@ def _age(now: datetime, then: datetime | None) -> float | None:
     return max(0.0, (now - then).total_seconds()) if then else None
 
 
-def _fetch(connection: Redis, job_id: str) -> Job | None:
+def _fetch(connection: Redis, job_id: str, classes: AppClasses) -> Job | None:
     """The job, or None once it is gone (finished with result_ttl 0, expired): one round trip."""
     try:
-        return Job.fetch(job_id, connection=connection)
+        return classes.fetch(job_id, connection)
     except NoSuchJobError:
         return None
 
@@ -90,7 +92,7 @@ def _queue_info(connection: Redis, queue: Queue, now: datetime) -> QueueInfo:
         finished=connection.zcard(queue.finished_job_registry.key))
 
 
-def _worker_info(connection: Redis, worker: BaseWorker, now: datetime) -> WorkerInfo:
+def _worker_info(connection: Redis, worker: BaseWorker, now: datetime, classes: AppClasses) -> WorkerInfo:
     heartbeat_age = _age(now, worker.last_heartbeat)
     # PTTL, not TTL: Redis rounds TTL to whole seconds, which made ``promised`` wobble by up to a
     # second, so a dead worker with a 1 s tick flipped between stale and live for half a second.
@@ -100,7 +102,7 @@ def _worker_info(connection: Redis, worker: BaseWorker, now: datetime) -> Worker
         promised = heartbeat_age + pttl / 1000 - HEARTBEAT_SLACK  # the interval it promised at its last beat
         stale = heartbeat_age > max(promised, 1)
     job_id = worker.get_current_job_id()
-    job = _fetch(connection, job_id) if job_id else None
+    job = _fetch(connection, job_id, classes) if job_id else None
     return WorkerInfo(
         name=worker.name, host=worker.hostname or "?", unit=unit_of(worker.name), pid=worker.pid,
         state=worker.get_state(), queues=worker.queue_names(), job_id=job_id,
@@ -110,30 +112,36 @@ def _worker_info(connection: Redis, worker: BaseWorker, now: datetime) -> Worker
         successful_jobs=worker.successful_job_count, failed_jobs=worker.failed_job_count, rq_version=worker.version)
 
 
-def _abandoned(connection: Redis, queue: Queue, live: set[str], now: datetime) -> list[AbandonedJob]:
+def _abandoned(connection: Redis, queue: Queue, live: set[str], now: datetime, classes: AppClasses
+               ) -> list[AbandonedJob]:
     """Started jobs whose worker is gone (no record, dead record, or stale)."""
     found = []
     for job_id, _, owner in started_executions(connection, queue.name):
         owner_name = owner or "?"
         if owner_name in live:
             continue
-        job = _fetch(connection, job_id)
+        job = _fetch(connection, job_id, classes)
         since = _age(now, job.last_heartbeat) if job is not None else None
         found.append(AbandonedJob(job_id=job_id, queue=queue.name, func=job_func(job), worker=owner_name, since=since))
     return found
 
 
-def collect(connection: Redis, redis_display: str, queue_names: list[str] | None = None) -> Report:
-    """Read everything the report shows; raises redis errors (the caller maps them to UNKNOWN)."""
+def collect(connection: Redis, redis_display: str, queue_names: list[str] | None = None, *,
+            classes: AppClasses = RQ_DEFAULTS) -> Report:
+    """Read everything the report shows; raises redis errors (the caller maps them to UNKNOWN).
+    ``classes``: the app's serializer and job class (RQ_SERIALIZER, …), to read the jobs shown."""
     now = datetime.now().astimezone()
-    queues = ([Queue(n, connection=connection) for n in queue_names] if queue_names
-              else sorted(Queue.all(connection=connection), key=lambda q: q.name))
-    workers = sorted((_worker_info(connection, w, now) for w in Worker.all(connection=connection)),
+    queues = ([classes.queue(n, connection) for n in queue_names] if queue_names
+              else sorted(classes.queue_class.all(connection=connection, job_class=classes.job_class,
+                                                  serializer=classes.serializer), key=lambda q: q.name))
+    workers = sorted((_worker_info(connection, w, now, classes) for w in Worker.all(connection=connection)),
                      key=lambda w: w.name)
     live = {w.name for w in workers if not w.stale}
-    abandoned = [a for q in queues for a in _abandoned(connection, q, live, now)]
+    abandoned = [a for q in queues for a in _abandoned(connection, q, live, now, classes)]
     fenced = [FencedWorker(worker=f.worker, host=f.host, by=f.by, ago=max(0.0, now.timestamp() - f.at), jobs=f.jobs)
               for f in recent_fencings(connection)]
+    suspension = connection.pttl(WORKERS_SUSPENDED)  # -2: none; -1: until `rq resume`
     return Report(redis=redis_display, queues=[_queue_info(connection, q, now) for q in queues],
                   workers=workers, abandoned=abandoned, fenced=fenced,
-                  autoscalers=_autoscalers(connection, now.timestamp()))
+                  autoscalers=_autoscalers(connection, now.timestamp()), suspended=suspension != -2,
+                  suspension_left=suspension / 1000 if suspension >= 0 else None)

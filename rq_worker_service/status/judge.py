@@ -1,8 +1,9 @@
 """The verdict on one ``status`` report: its level (OK, WARNING, CRITICAL) and the problems, worst first.
 
 The operator's thresholds (``status --max-queued`` …, ``levels.Threshold``) and the built-in checks:
-stale workers, workers on another rq major, abandoned jobs, silent autoscalers, recent fencings,
-jobs queued where no live worker listens, jobs queued and no live worker at all.
+a suspension (``rq suspend``: a warning, as no job runs until ``rq resume``), stale workers, workers on
+another rq major, abandoned jobs, silent autoscalers, recent fencings, jobs queued where no live worker
+listens, jobs queued and no live worker at all.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ def evaluate(report: Report, *, max_queued: Threshold | None = None, max_age: Th
             if w.heartbeat_age is not None:
                 check(max_heartbeat_age.level_above(w.heartbeat_age),
                       f"worker {w.name} last heartbeat {w.heartbeat_age:.0f}s ago")
+    if report.suspended:
+        check(WARNING, f"{report.suspension}: the workers take no job; queued jobs wait")
     for w in report.workers:
         if w.stale:
             check(WARNING, f"worker {w.name} is stale (heartbeat {w.heartbeat_age:.0f}s ago)")

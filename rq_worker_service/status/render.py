@@ -29,6 +29,7 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
 
 def render_text(report: Report) -> str:
     redis = f"Redis {report.redis}" + (f", key prefix {report.key_prefix}" if report.key_prefix != "rq" else "")
+    redis += f"; workers {report.suspension}" if report.suspended else ""
     lines = [report.verdict, redis, ""]
     lines += _table(["QUEUE", "QUEUED", "OLDEST", "STARTED", "SCHEDULED", "DEFERRED", "FAILED", "FINISHED"],
                     [[q.name, str(q.queued), _dur(q.oldest_age), str(q.started), str(q.scheduled), str(q.deferred),
@@ -36,7 +37,7 @@ def render_text(report: Report) -> str:
     lines.append("")
     lines += _table(["WORKER", "HOST", "UNIT", "PID", "QUEUES", "STATE", "JOB", "RUNNING", "HEARTBEAT"],
                     [[w.name, w.host, w.unit or "-", str(w.pid or "-"), ",".join(w.queues),
-                      "stale" if w.stale else w.state,
+                      "stale" if w.stale else "SUSPENDED" if w.state == "suspended" else w.state,
                       f"{w.job_id} ({w.job_func})" if w.job_id else "-", _dur(w.job_running_for),
                       _dur(w.heartbeat_age) + " ago"] for w in report.workers])
     if report.abandoned:
@@ -94,6 +95,8 @@ def render_prometheus(report: Report | None) -> str:
     _metric(lines, "rq_up", "gauge", "1 if Redis answered, 0 if not.", [({}, 0 if report is None else 1)])
     if report is None:
         return "\n".join(lines) + "\n"
+    _metric(lines, "rq_suspended", "gauge", "1 while `rq suspend` holds the workers.",
+            [({}, 1 if report.suspended else 0)])
     states = ("queued", "started", "scheduled", "deferred", "failed", "finished")
     _metric(lines, "rq_queue_jobs", "gauge", "Jobs per queue and state.",
             [({"queue": q.name, "state": s}, getattr(q, s)) for q in report.queues for s in states])
@@ -102,6 +105,8 @@ def render_prometheus(report: Report | None) -> str:
     info = [({"worker": w.name, "host": w.host, "unit": w.unit or ""}, w) for w in report.workers]
     _metric(lines, "rq_worker_busy", "gauge", "1 while the worker runs a job.",
             [(labels, 1 if w.state == "busy" else 0) for labels, w in info])
+    _metric(lines, "rq_worker_suspended", "gauge", "1 while the worker waits for `rq resume` (rq suspend).",
+            [(labels, 1 if w.state == "suspended" else 0) for labels, w in info])
     _metric(lines, "rq_worker_stale", "gauge", "1 if the worker missed its heartbeat deadline.",
             [(labels, 1 if w.stale else 0) for labels, w in info])
     _metric(lines, "rq_worker_heartbeat_age_seconds", "gauge", "Seconds since the worker's last heartbeat.",

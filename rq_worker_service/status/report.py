@@ -101,8 +101,18 @@ class Report:
     key_prefix: str = field(default_factory=keys.imported)
     fenced: list[FencedWorker] = field(default_factory=list)
     autoscalers: list[AutoscalerInfo] = field(default_factory=list)
+    suspended: bool = False
+    """``rq suspend`` holds every worker of this prefix: they take no job until ``rq resume``."""
+    suspension_left: float | None = None
+    """Seconds until the suspension ends by itself (``rq suspend --duration``); None: until ``rq resume``."""
     level: int = OK
     problems: list[str] = field(default_factory=list)
+
+    @property
+    def suspension(self) -> str:
+        """How the report says it: SUSPENDED, and until when."""
+        until = "until `rq resume`" if self.suspension_left is None else f"{self.suspension_left:.0f}s left"
+        return f"SUSPENDED (rq suspend, {until})"
 
     @property
     def verdict(self) -> str:
@@ -127,4 +137,5 @@ def report_from_dict(data: dict) -> Report:
                   abandoned=[AbandonedJob(**a) for a in data["abandoned"]], key_prefix=data["key_prefix"],
                   fenced=[FencedWorker(**f) for f in data.get("fenced", [])],
                   autoscalers=[AutoscalerInfo(**a) for a in data.get("autoscalers", [])],
+                  suspended=data.get("suspended", False), suspension_left=data.get("suspension_left"),
                   level=BY_NAME[data["status"]], problems=data["problems"])

@@ -159,6 +159,59 @@ def test_frozen_main_loop_is_aborted_by_watchdog_and_job_completes(box):
 
 
 
+def rq_cli(box, *args: str) -> str:
+    """rq's own CLI (``rq suspend``, ``rq resume``), from the rq the package bundles, against the box's Redis."""
+    return box.run([PY, "-c", "from rq.cli import main; main()", *args, "--url",
+                    f"redis://:{PASSWORD}@localhost:6379/0"]).stdout
+
+
+@pytest.mark.release_independent
+def test_rq_suspend_longer_than_the_watchdog_neither_restarts_nor_runs_a_job_until_rq_resume(box):
+    """Stock rq's suspension loop does not ping: the installed 0.2.0 was restarted twice in 75 s of it."""
+    reset(box, "WatchdogSec=4s", "TimeoutAbortSec=2s")
+    systemctl(box, "start", "rq-worker@1")
+    wait_for(lambda: box.show("rq-worker@1", "StatusText")["StatusText"].startswith("Idle"), 15, "the worker idle")
+    pid = main_pid(box, "rq-worker@1")
+    rq_cli(box, "suspend")
+    time.sleep(2)  # (a tick, for the worker to look)
+    ctl(box, "enqueue", "quick_job", "5", "--id", "suspended-job")
+    time.sleep(8)  # suspended for 2.5 WatchdogSec
+    shown = box.show("rq-worker@1", "NRestarts", "MainPID", "StatusText", "ActiveState")
+    assert (shown["NRestarts"], int(shown["MainPID"]), shown["ActiveState"]) == ("0", pid, "active"), shown
+    assert shown["StatusText"].startswith("Suspended (rq suspend)")
+    assert status_of(box, "suspended-job")["status"] == "queued"
+    rq_cli(box, "resume")
+    job = wait_status(box, "suspended-job", "finished", 10)
+    assert job["executions"] == 1
+    shown = box.show("rq-worker@1", "NRestarts", "MainPID")
+    assert (shown["NRestarts"], int(shown["MainPID"])) == ("0", pid)
+    assert "Watchdog timeout" not in box.run(["journalctl", "-u", "rq-worker@1", "--no-pager", "-o", "cat"]).stdout
+
+
+def test_a_json_app_with_its_own_worker_class_runs_and_recycles_in_place(box):
+    """The installed 0.2.0 failed every job an app enqueued with rq's JSONSerializer. With RQ_SERIALIZER=json
+    and the app's own worker class (RQ_WORKER_CLASS=e2ejobs.AppWorker), jobs finish, the app's override
+    runs, and RQ_MAX_JOBS=2 recycles the instance in place: the same MainPID, no restart, no failure."""
+    reset(box, "WatchdogSec=4s")
+    box.write("/etc/rq-worker/worker-1.env", "RQ_SERIALIZER=json\nRQ_WORKER_CLASS=e2ejobs.AppWorker\nRQ_MAX_JOBS=2\n")
+    try:
+        systemctl(box, "start", "rq-worker@1")
+        pid = main_pid(box, "rq-worker@1")
+        ids = ctl(box, "--serializer", "json", "enqueue", "quick_job", "7", "--id", "json", "--count", "5")
+        statuses = lambda: [j["status"] for j in ctl(box, "--serializer", "json", "jobs", *ids).values()]  # noqa: E731
+        wait_for(lambda: statuses() == ["finished"] * 5, 40, "the JSON jobs to finish")
+        done = ctl(box, "--serializer", "json", "jobs", *ids)
+        assert [done[i]["executions"] for i in ids] == [1] * 5, done
+        assert int(box.run(["redis-cli", "-a", PASSWORD, "--no-auth-warning", "get", "app-worker:jobs"]).stdout) == 5
+        shown = box.show("rq-worker@1", "NRestarts", "MainPID", "ActiveState", "Result")
+        assert (shown["NRestarts"], int(shown["MainPID"]), shown["ActiveState"], shown["Result"]) == (
+            "0", pid, "active", "success"), shown
+        log = box.run(["journalctl", "-u", "rq-worker@1", "--no-pager", "-o", "cat"]).stdout
+        assert log.count("Recycling in place") == 2, log
+    finally:
+        box.run(["rm", "-f", "/etc/rq-worker/worker-1.env"])
+
+
 def test_a_spawn_horse_keeps_its_lease_under_the_units_hardening(box):
     """The spawn horse opens its worker's lease by /proc/<pid>/fd/<n>, under ProtectProc=invisible,
     PrivateUsers= and the system-call filter: with the worker frozen mid-job the horse ends itself
@@ -211,7 +264,7 @@ def test_bad_config_fails_once_with_one_line_reason(box):
         props = box.show("rq-worker@1", "ActiveState", "NRestarts", "ExecMainStatus")
         assert props == {"ActiveState": "failed", "NRestarts": "0", "ExecMainStatus": "78"}
         log = box.run(["journalctl", "-u", "rq-worker@1", "--no-pager", "-o", "cat", "-p", "err"]).stdout
-        assert "RQ_WORKER_CLASS='threads' is invalid: expected one of fork, simple, spawn" in log
+        assert "RQ_WORKER_CLASS='threads' is invalid: expected fork, simple, spawn, or a dotted import path" in log
         assert "Traceback" not in log
     finally:
         box.run(["rm", "-f", "/etc/rq-worker/worker-1.env"])

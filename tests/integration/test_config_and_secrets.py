@@ -18,7 +18,7 @@ SECRET = "Tr0ub4dor-s3cret"
 
 @pytest.mark.parametrize("env, fragment", [
     ({"RQ_QUEUES": "a,,b"}, "RQ_QUEUES='a,,b' is invalid"),
-    ({"RQ_WORKER_CLASS": "threads"}, "RQ_WORKER_CLASS='threads' is invalid: expected one of fork, simple, spawn"),
+    ({"RQ_WORKER_CLASS": "threads"}, "RQ_WORKER_CLASS='threads' is invalid: expected fork, simple, spawn, or a dotted"),
     ({"RQ_SHUTDOWN_TIMEOUT": "-1"}, "RQ_SHUTDOWN_TIMEOUT='-1' is invalid"),
     ({"RQ_APP_PATH": "/no/such/dir"}, "RQ_APP_PATH='/no/such/dir' is invalid"),
     ({"REDIS_URL": f"http://:{SECRET}@h:1/0"}, "REDIS_URL='http://:***@h:1/0' is invalid"),

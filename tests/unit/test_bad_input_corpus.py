@@ -15,6 +15,7 @@ more examples; a failure prints ``--hypothesis-seed=N`` to replay it).
 from __future__ import annotations
 
 import re
+import sys
 
 import fakeredis
 from badinput import SECRET, environments, loopback, valid_environments
@@ -50,8 +51,14 @@ def assert_one_clean_line(message: str, env: dict[str, str]) -> None:
 
 def passes_and_starts_as_run_would(env: dict[str, str]) -> None:
     """What ``run`` does after the check, short of the loop: connect (nothing listens: an outage, never
-    a TypeError/ValueError/UnicodeError) and build the worker (on fakeredis, a Redis that answers)."""
-    prepared = prepare(load_settings(env))
+    a TypeError/ValueError/UnicodeError) and build the worker (on fakeredis, a Redis that answers).
+    ``prepare`` puts the drawn RQ_APP_PATH on the import path (the app's classes import from there):
+    taken off again, so that no draw changes what this process imports."""
+    import_path = list(sys.path)
+    try:
+        prepared = prepare(load_settings(env))
+    finally:
+        sys.path[:] = import_path
     settings_ = prepared.settings
     if loopback(settings_.redis):  # ("2" is the address 0.0.0.2: a connect there may wait for its timeout)
         try:

@@ -194,3 +194,41 @@ def test_a_job_a_blocking_pop_handed_to_a_fenced_worker_is_not_held_for_a_start(
     with pytest.raises(Fenced):
         held.holds(job.id, conn)
     assert held.ids() == [job.id], "left held: the worker puts it back as it exits"
+
+
+def test_while_suspended_the_take_script_moves_nothing_but_a_held_id_is_still_served(conn):
+    """``rq suspend``: the several-queue pop (the take script) takes nothing, at once; an id held
+    already (a lost reply) was taken before and is served, not left held until the worker's exit."""
+    from rq.suspension import resume, suspend
+
+    q1, q2 = queues(conn, "q1", "q2")
+    job = q2.enqueue(quick_job, 1)
+    held = Held(conn, "w1")
+    suspend(conn)
+    assert held.pop([q1.key, q2.key], 5) is None and held.suspended, "at once, not after the 5 s"
+    assert q2.job_ids == [job.id] and held.ids() == []
+    conn.lmove(q2.key, held.key)
+    held.retake = True
+    assert held.pop([q1.key, q2.key], None) == (None, job.id)
+    conn.delete(held.key)
+    q2.enqueue_job(job)
+    resume(conn)
+    assert held.pop([q1.key, q2.key], None) == (q2.key, job.id) and not held.suspended
+
+
+def test_a_blocking_pop_that_returns_during_a_suspension_puts_the_job_back_at_the_head(conn):
+    """A worker blocked in BLMOVE when ``rq suspend`` ran: the job it receives goes back to the head of
+    its queue in the same step that takes it from the held list (stock rq's worker would run it)."""
+    from rq.suspension import resume, suspend
+
+    (q1,) = queues(conn, "q1")
+    first, second = q1.enqueue(quick_job, 1), q1.enqueue(quick_job, 2)
+    held = Held(conn, "w1")
+    suspend(conn)
+    assert held._blmove(q1.key, 0.1) is None and held.suspended
+    assert q1.job_ids == [first.id, second.id] and held.ids() == []
+    conn.hset(first.key, "status", "canceled")  # (as if cancelled between the BLMOVE and the look)
+    assert held._blmove(q1.key, 0.1) is None, "a job cancelled meanwhile: dropped from the held list, not queued"
+    assert q1.job_ids == [second.id] and held.ids() == []
+    resume(conn)
+    assert held._blmove(q1.key, 0.1) == (q1.key, second.id) and held.ids() == [second.id]

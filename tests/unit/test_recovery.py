@@ -241,3 +241,24 @@ def test_a_job_registered_but_never_started_goes_back_to_the_front_untouched(con
     assert not conn.exists(f"failure-callback:{job.id}")
     assert queue.started_job_registry.get_job_ids(cleanup=False) == []
     assert rescue_executions(conn, s.name, ["default"], s, "again", at_once=True) == []
+
+
+def test_a_rescue_that_fails_the_job_sends_its_failed_webhooks_once_and_one_that_requeues_none(conn, monkeypatch):
+    """As rq's abandoned-job cleanup: the failed webhooks of a job the rescue fails, with the failure it
+    recorded; none for a job it re-queues (not an end), nor for a finished webhook."""
+    from rq import Webhook
+
+    sent: list[tuple[str, str]] = []
+    monkeypatch.setattr(Webhook, "send", lambda self, job, exc_string=None: sent.append((self.url, exc_string)))
+    hooks = [Webhook("http://h/failed", "failed"), Webhook("http://h/finished", "finished")]
+    requeued, _ = predecessor_running(conn, {"retry": Retry(max=1), "webhooks": hooks})
+    recover_predecessor(conn, settings(), HOST)
+    recovery.webhooks.drain()
+    assert sent == [] and Job.fetch(requeued.id, connection=conn).get_status() == JobStatus.QUEUED
+    failed, _ = predecessor_running(conn, {"webhooks": hooks})
+    recover_predecessor(conn, settings(RQ_JOB_RETRY_MAX="0"), HOST)
+    assert recovery.webhooks.drain() == 0
+    failed = Job.fetch(failed.id, connection=conn)
+    assert failed.get_status() == JobStatus.FAILED
+    assert sent == [("http://h/failed", failed.latest_result().exc_string)]
+    assert sent[0][1].startswith("AbandonedJobError: ")

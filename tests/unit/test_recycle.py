@@ -4,6 +4,7 @@ RQ_JOB_MONITORING_INTERVAL: their parsing and bounds, and the recycle's rules ov
 from __future__ import annotations
 
 import logging
+import os
 
 import fakeredis
 import pytest
@@ -61,15 +62,22 @@ def test_the_bounds_themselves_are_taken():
             defaults.max_idle_time, defaults.job_monitoring_interval) == (420, 60, None, None, None, None)
 
 
-@pytest.mark.parametrize("variable", ["RQ_MAX_MEMORY", "RQ_WORKER_TTL", "RQ_JOB_MONITORING_INTERVAL"])
-def test_run_check_refuses_them_with_78(variable, monkeypatch, capfd):
-    for name in ("RQ_MAX_MEMORY", "RQ_WORKER_TTL", "RQ_JOB_MONITORING_INTERVAL"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv(variable, "12X" if variable == "RQ_MAX_MEMORY" else "29" if variable == "RQ_WORKER_TTL"
-                       else "31")
-    assert cli.main(["run", "--check", "--instance", "1"]) == 78
+@pytest.mark.parametrize("variable, value", [("RQ_MAX_MEMORY", "12X"), ("RQ_WORKER_TTL", "29"),
+                                             ("RQ_JOB_MONITORING_INTERVAL", "31")])
+def test_run_check_refuses_them_with_78(variable, value, monkeypatch, capfd, tmp_path):
+    for name in [k for k in os.environ if k.startswith(("RQ_", "REDIS_", "NOTIFY_SOCKET", "CREDENTIALS_"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv(variable, value)
+    monkeypatch.chdir(tmp_path)  # (its .env is read)
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)  # run --check installs its handler on the root logger
+    try:
+        assert cli.main(["run", "--check", "--instance", "1"]) == 78
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
     lines = capfd.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and f"configuration error: {variable}=" in lines[0], lines
+    assert len(lines) == 1 and f"configuration error: {variable}={value!r}" in lines[0], lines
 
 
 def worker_with(env: dict[str, str], watchdog_usec: int | None) -> ServiceWorker:

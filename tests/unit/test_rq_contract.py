@@ -76,7 +76,7 @@ OVERRIDES: dict[type, dict[str, str]] = {
         "_shutdown": "worker.py: only the pop may be interrupted",
         "execute_job": "worker.py / worker_classes.py: job defaults, journal, status",
         "dequeue_timeout": "worker.py: a third of WatchdogSec",
-        "check_for_suspension": "worker.py: a failed GET waits for Redis instead of ending the worker",
+        "check_for_suspension": "worker.py: the wait ticks (watchdog, beats, STATUS=); a failed GET waits for Redis",
         "run_maintenance_tasks": "worker.py: likewise; tried again on the next pass",
         "prepare_job_execution": "worker.py: the STARTED mark, only while our execution exists; again after an error",
         "_finalize_failure": "worker.py: a job taken back before it started here is not failed here",
@@ -196,6 +196,12 @@ INTERNALS: list[Internal] = [
              ("test_each_overridden_method_still_exists_with_the_same_parameters",)),
     Internal(("rq.worker.Worker._shutdown_requested_date", "rq.utils.now"), "worker.py: announcing a warm stop",
              ("test_the_shutdown_date_we_set_is_the_one_rq_records",)),
+    Internal(("rq.suspension.is_suspended", "rq.suspension.WORKERS_SUSPENDED"),
+             "worker.py `check_for_suspension` (rq's look, which beats too), held.py: the take script and the "
+             "put-back after a blocking pop read the flag `rq suspend` sets",
+             ("test_rq_suspend_sets_the_flag_our_pop_reads_and_rqs_look_beats",)),
+    Internal(("rq.worker.DequeueStrategy",), "service.py: RQ_DEQUEUE_STRATEGY given to rq's `work()`, whose "
+             "`reorder_queues` our pop follows", ("test_rqs_dequeue_strategies_reorder_the_queues_our_pop_reads",)),
     Internal(("rq.worker.Worker.max_connection_wait_time",), "worker.py: a failing pop waits at most a tick",
              ("test_a_failing_pop_backs_off_up_to_max_connection_wait_time",)),
     Internal(("`heartbeat()` before the pop, `reorder_queues()` right after it", "rq.worker.Worker._ordered_queues",
@@ -212,6 +218,9 @@ INTERNALS: list[Internal] = [
              ("test_a_failed_registry_entry_is_scored_as_quarantine_scores_it",)),
     Internal(("rq's picked-up log line",), "journal.py `PICKED_UP`: the job's fields on rq's line",
              ("test_the_pop_is_between_a_heartbeat_and_reorder_queues_and_logs_the_job",)),
+    Internal(("rq.job.Job.send_webhooks", "rq's log lines naming a webhook URL"),
+             "webhooks.py `send_failed` (a rescue's failed end), journal.py `WEBHOOK_LINES` (masked)",
+             ("test_send_webhooks_sends_the_matching_ones_never_raises_and_logs_the_url_where_we_mask_it",)),
     Internal(("`job_monitoring_interval`, assigned in `__init__` and read for each wait",),
              "worker.py: a property; the monitor tick lands on the stop deadline",
              ("test_constructor_settings_and_horse_state", "test_an_early_alarm_in_the_horse_wait_is_a_monitor_tick")),
@@ -239,6 +248,9 @@ INTERNALS: list[Internal] = [
              ("test_dump_worker_config_is_what_our_spawn_horse_unpacks",)),
     Internal(("rq's spawn horse source and environment",), "horse.py repeats its steps",
              ("test_rqs_spawn_horse_does_what_ours_does",)),
+    Internal(("rq.serializers.resolve_serializer", "rq.serializers.Serializer"),
+             "classes.py: RQ_SERIALIZER resolved as `rq worker --serializer` resolves it",
+             ("test_serializer_names_resolve_as_rqs_serializer_option_resolves_them",)),
     Internal(("rq.executions.Execution._job",), "horse.py",
              ("test_an_execution_given_its_job_does_not_fetch_it_again",)),
     # rq: records, fields and keys
@@ -300,6 +312,8 @@ INTERNALS: list[Internal] = [
               "test_requeue_now_is_a_retry_without_its_interval")),
     Internal(("rq.callbacks.execute_failure_callback", "rq.rate_limit.release_slot"), "recovery.py `after_claim`",
              ("test_the_helpers_recovery_calls_around_a_rescue",)),
+    Internal(("rq.job_lifecycle.call_exception_handlers",), "recovery.py `after_claim`: RQ_EXCEPTION_HANDLERS",
+             ("test_exception_handlers_are_a_chain_a_false_return_ends",)),
     Internal(("rq.registry.clean_registries", "rq.worker_registration.clean_worker_registry"), "jobs.py `cleanup`",
              ("test_the_cleanup_command_runs_rqs_maintenance_steps",)),
     # rq: the scheduler
@@ -547,3 +561,44 @@ def test_the_end_of_a_job_is_one_transaction_watched_before_move_dependents_to_r
 
 if __name__ == "__main__":
     print(docs_table(), end="")
+
+
+def test_rq_suspend_sets_the_flag_our_pop_reads_and_rqs_look_beats(connection):
+    """``rq suspend`` / ``rq resume`` (rq's ``suspend``/``resume``) set and delete WORKERS_SUSPENDED, under the
+    key prefix, which held.py's scripts read; ``is_suspended`` beats the worker it is given (our suspended
+    wait relies on it for rq's heartbeat). The integration tests run the real ``rq suspend``."""
+    from rq.suspension import WORKERS_SUSPENDED, is_suspended, resume, suspend
+
+    assert WORKERS_SUSPENDED == f"{rq.defaults.RQ_KEY_PREFIX}:suspended"
+    suspend(connection, 60)
+    assert connection.exists(WORKERS_SUSPENDED) and 0 < connection.ttl(WORKERS_SUSPENDED) <= 60
+    worker = rq.Worker(["default"], connection=connection, name="w")
+    worker.register_birth()
+    connection.hdel(worker.key, "last_heartbeat")
+    assert is_suspended(connection, worker) and connection.hget(worker.key, "last_heartbeat")
+    resume(connection)
+    assert not connection.exists(WORKERS_SUSPENDED) and not is_suspended(connection)
+
+
+def test_rqs_dequeue_strategies_reorder_the_queues_our_pop_reads(connection):
+    """RQ_DEQUEUE_STRATEGY's values are rq's; rq's ``reorder_queues`` (called by our pop after each job)
+    rotates ``_ordered_queues`` for round_robin and shuffles them for random."""
+    from rq.worker import DequeueStrategy
+
+    from rq_worker_service.variables import DEQUEUE_STRATEGIES
+
+    assert tuple(s.value for s in DequeueStrategy) == DEQUEUE_STRATEGIES
+    queues = [Queue(n, connection=connection) for n in ("a", "b", "c")]
+    worker = rq.Worker(queues, connection=connection)
+    worker._dequeue_strategy = DequeueStrategy.ROUND_ROBIN
+    worker.reorder_queues(reference_queue=queues[0])
+    assert [q.name for q in worker._ordered_queues] == ["b", "c", "a"]
+    worker._dequeue_strategy = DequeueStrategy.DEFAULT
+    worker.reorder_queues(reference_queue=queues[1])
+    assert [q.name for q in worker._ordered_queues] == ["b", "c", "a"]
+    worker._dequeue_strategy = DequeueStrategy.RANDOM
+    seen = set()
+    for _ in range(50):
+        worker.reorder_queues(reference_queue=queues[0])
+        seen.add(tuple(q.name for q in worker._ordered_queues))
+    assert len(seen) > 1

@@ -555,6 +555,22 @@ def test_dump_worker_config_is_what_our_spawn_horse_unpacks(connection):
     assert found is not None and found.queue_names() == horse.queue_names(), "horse.py builds it as find_by_key"
 
 
+def test_serializer_names_resolve_as_rqs_serializer_option_resolves_them(connection):
+    """classes.py resolves RQ_SERIALIZER with rq's ``resolve_serializer`` (as ``rq worker -S`` does) and
+    hands the worker the name, which rq keeps as ``_serializer_arg`` for its spawned horse; an object
+    without dumps and loads is refused with NotImplementedError, which classes.py turns into our line."""
+    from rq.serializers import DefaultSerializer, JSONSerializer, Serializer, resolve_serializer
+
+    assert resolve_serializer("json") is JSONSerializer and resolve_serializer("pickle") is DefaultSerializer
+    assert resolve_serializer("rq.serializers.JSONSerializer") is JSONSerializer
+    assert isinstance(JSONSerializer, Serializer) and not isinstance(object(), Serializer)
+    with pytest.raises(NotImplementedError):
+        resolve_serializer("rq.job.JobStatus")
+    for name in ("json", "rq.serializers.JSONSerializer"):
+        worker = SpawnWorker(["q"], connection=connection, serializer=name)
+        assert worker._serializer_arg == name and worker.serializer is JSONSerializer
+
+
 def test_rqs_spawn_horse_does_what_ours_does(connection, monkeypatch):
     """horse.py repeats the steps of the source rq's SpawnWorker hands its horse (``-c``), which we
     replace: if rq adds a step, or an environment variable for its horse, port it to horse.py.
@@ -790,6 +806,24 @@ def test_the_helpers_recovery_calls_around_a_rescue(connection):
     assert release_slot(job) == [], "a job without a rate limit frees nothing"
 
 
+def test_exception_handlers_are_a_chain_a_false_return_ends(connection):
+    """recovery.after_claim calls RQ_EXCEPTION_HANDLERS with ``call_exception_handlers(handlers, job,
+    *exc_info)``, as rq's worker and its abandoned-job cleanup do: in order, None goes on, a falsy value
+    other than None ends the chain."""
+    from rq.exceptions import AbandonedJobError
+    from rq.job_lifecycle import call_exception_handlers
+
+    job = Queue("q", connection=connection).enqueue("os.getpid")
+    called: list[str] = []
+
+    def handler(name: str, returns: object):
+        return lambda job, exc_type, exc_value, tb: called.append(f"{name}:{job.id}:{exc_type.__name__}") or returns
+
+    call_exception_handlers([handler("a", None), handler("b", 0), handler("c", None)], job,
+                            AbandonedJobError, AbandonedJobError(), None)
+    assert called == [f"a:{job.id}:AbandonedJobError", f"b:{job.id}:AbandonedJobError"]
+
+
 def test_the_cleanup_command_runs_rqs_maintenance_steps(connection):
     """jobs.cleanup: ``clean_registries(queue)`` fails expired started entries and
     ``clean_worker_registry(queue)`` drops the registrations of workers whose record is gone."""
@@ -884,3 +918,24 @@ def test_a_failed_registry_entry_is_scored_as_quarantine_scores_it(connection):
     assert before + DEFAULT_FAILURE_TTL <= score <= current_timestamp() + DEFAULT_FAILURE_TTL
     stamp = as_text(connection.hget(job.key, "ended_at"))
     assert utcformat(utcparse(stamp)) == stamp
+
+
+def test_send_webhooks_sends_the_matching_ones_never_raises_and_logs_the_url_where_we_mask_it(connection, caplog):
+    """webhooks.send_failed hands a rescued job's end to ``job.send_webhooks(JobStatus.FAILED, exc_string=…)``:
+    it sends only the webhooks of that status, never raises for one that cannot be sent, and logs
+    their URL on the lines (and at the argument) journal.WEBHOOK_LINES masks."""
+    from helpers import free_port
+    from rq import Webhook
+
+    from rq_worker_service import journal
+
+    url = f"http://127.0.0.1:{free_port()}/hook/secret?token=secret"
+    job = Queue("q", connection=connection).enqueue("os.getpid", webhooks=[
+        Webhook(url, "failed", method="POST", timeout=1), Webhook("http://127.0.0.1:9/other", "finished")])
+    with caplog.at_level(logging.DEBUG):
+        job.send_webhooks(JobStatus.FAILED, exc_string="AbandonedJobError: gone")
+    lines = [r for r in caplog.records if r.msg in journal.WEBHOOK_LINES]
+    assert len(lines) == 2, f"rq no longer logs a webhook send as journal.WEBHOOK_LINES expects: {caplog.messages}"
+    for line in lines:
+        assert line.args[journal.WEBHOOK_LINES[line.msg]] == url
+    assert "/other" not in caplog.text, "a webhook of another status was sent"

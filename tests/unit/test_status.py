@@ -183,3 +183,32 @@ def test_several_prefixes_are_one_section_each_under_their_verdicts(conn):
 def test_unit_of():
     assert unit_of("web1.example.rq-worker@3") == "rq-worker@3.service"
     assert unit_of("some-uuid-worker") is None
+
+
+def test_a_suspension_is_shown_in_the_text_the_json_and_prometheus(conn):
+    """``rq suspend``: SUSPENDED (and until when) in the verdict and the Redis line, the worker's rq state
+    shown SUSPENDED, a WARNING; --json carries it, read back; Prometheus has rq_suspended and
+    rq_worker_suspended. ``rq resume``: none of it."""
+    from rq.suspension import resume, suspend
+
+    worker = live_worker(conn, "h.rq-worker@1", Queue("default", connection=conn))
+    suspend(conn, 90)
+    worker.set_state("suspended")
+    report = evaluate(collect(conn, "r"))
+    assert report.level == WARNING and report.verdict.startswith("WARNING: SUSPENDED (rq suspend, ")
+    assert 85 <= report.suspension_left <= 90
+    text = render_text(report)
+    assert "workers SUSPENDED (rq suspend, " in text.splitlines()[1]
+    assert text.splitlines()[-1].split()[5] == "SUSPENDED", text
+    again = report_from_dict(json.loads(render_json(report)))
+    assert again.suspended and again.verdict == report.verdict
+    metrics = {f.name: f for f in text_string_to_metric_families(render_prometheus(report))}
+    assert metrics["rq_suspended"].samples[0].value == 1 and metrics["rq_worker_suspended"].samples[0].value == 1
+    suspend(conn)
+    assert "until `rq resume`" in evaluate(collect(conn, "r")).verdict
+    resume(conn)
+    worker.set_state("idle")
+    report = evaluate(collect(conn, "r"))
+    assert report.level == OK and not report.suspended and "SUSPENDED" not in render_text(report)
+    metrics = {f.name: f for f in text_string_to_metric_families(render_prometheus(report))}
+    assert metrics["rq_suspended"].samples[0].value == 0 and metrics["rq_worker_suspended"].samples[0].value == 0

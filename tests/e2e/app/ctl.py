@@ -36,6 +36,7 @@ def connect():
 
 def main() -> None:
     p = argparse.ArgumentParser()
+    p.add_argument("--serializer", default="pickle", help="the jobs' serializer (rq's name), for enqueue and jobs")
     sub = p.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("enqueue")
     e.add_argument("func")
@@ -86,7 +87,7 @@ def main() -> None:
         print(json.dumps({n.decode(): s for n, s in conn.zrange(BEATS_KEY, 0, -1, withscores=True)}))
         return
     if a.cmd == "enqueue":
-        q = Queue(a.queue, connection=conn)
+        q = Queue(a.queue, connection=conn, serializer=a.serializer)
         retry = Retry(max=a.retry, interval=a.interval) if a.retry else None
         func = getattr(e2ejobs, a.func)
         args = [int(x) if x == int(x) else x for x in a.args]
@@ -103,7 +104,7 @@ def main() -> None:
     if a.cmd == "jobs":
         ids = a.ids or json.load(open(a.file))
         out = {}
-        for job, job_id in zip(Job.fetch_many(ids, connection=conn), ids, strict=True):
+        for job, job_id in zip(Job.fetch_many(ids, connection=conn, serializer=a.serializer), ids, strict=True):
             execs = int(conn.get(f"executions:{job_id}") or 0)
             if job is None:
                 out[job_id] = {"status": None, "executions": execs}

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import time
 
-from rq import get_current_job
+from rq import Worker, get_current_job
 
 log = logging.getLogger("e2ejobs")
 
@@ -83,3 +83,12 @@ def exiting_job() -> str:
     if _count() == 1:
         os._exit(0)
     return "ok"
+
+
+class AppWorker(Worker):
+    """An app's own worker class (RQ_WORKER_CLASS=e2ejobs.AppWorker): counts the jobs it ran in Redis,
+    from the worker process, so a test sees that the app's override ran under the service."""
+
+    def execute_job(self, job, queue):
+        self.connection.incr("app-worker:jobs")
+        return super().execute_job(job, queue)
