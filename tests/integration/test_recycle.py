@@ -210,3 +210,38 @@ def test_a_stop_during_the_job_that_reaches_max_jobs_wins(start_worker, notify, 
     assert Job.fetch(job.id, connection=rconn).get_status() == JobStatus.FINISHED
     assert executions(rconn, job) == 1
     assert not notify.lines("RELOADING=1") and "Recycl" not in worker.output()
+
+
+APP_WORKER = '''
+from rq import Worker
+
+
+class CountingWorker(Worker):
+    """The app's own worker class: counts the jobs its execute_job ran, from the worker process."""
+
+    def execute_job(self, job, queue):
+        self.connection.incr("app-worker:jobs")
+        return super().execute_job(job, queue)
+'''
+
+
+def test_an_app_s_own_worker_class_and_serializer_recycle_too(start_worker, notify, rconn, tmp_path):
+    """RQ_MAX_JOBS=2 over 5 jobs of a JSON app with its own worker class (the e2e test's case, without
+    systemd): its override runs for every job, across two recycles of the same process."""
+    from rq.serializers import JSONSerializer
+
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "recycleapp.py").write_text(APP_WORKER)
+    queue = Queue("app-json", connection=rconn, serializer=JSONSerializer)
+    jobs = [queue.enqueue(birth_job) for _ in range(5)]
+    worker = start_worker("1", notify=notify, env={
+        "RQ_QUEUES": "app-json", "RQ_MAX_JOBS": "2", "RQ_SERIALIZER": "json",
+        "RQ_WORKER_CLASS": "recycleapp.CountingWorker", "RQ_APP_PATH": f"{JOBS_DIR}:{app}"})
+    done = lambda: [Job.fetch(j.id, connection=rconn, serializer=JSONSerializer).get_status() for j in jobs]  # noqa: E731
+    wait_until(lambda: done() == [JobStatus.FINISHED] * 5, 60, what="the JSON jobs finished")
+    assert int(rconn.get("app-worker:jobs")) == 5
+    seen = births(rconn, "app-json")
+    assert seen[0] == seen[1] != seen[2] == seen[3] != seen[4], seen
+    assert worker.proc.poll() is None and len(notify.lines("RELOADING=1")) == 2
+    assert worker.output().count("Recycling in place") == 2
