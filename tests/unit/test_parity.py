@@ -9,7 +9,7 @@ import pytest
 import rq.cli
 
 from rq_worker_service.cli import build_parser
-from rq_worker_service.parity import NOT_YET, OPTIONS, RqOption, readme_table
+from rq_worker_service.parity import OPTIONS, RqOption, readme_table
 from rq_worker_service.variables import BY_NAME
 
 
@@ -40,7 +40,7 @@ def test_rq_worker_has_options_to_check():
 def test_every_rq_worker_option_is_mapped_or_listed():
     missing, stale = unmatched(OPTIONS, rq_worker_options())
     assert not missing, (f"rq worker has options parity.OPTIONS does not name: {missing}; map each to the "
-                         f"variable that serves it, or list it with its reason (or {NOT_YET!r})")
+                         f"variable that serves it, or list it with its reason")
     assert not stale, f"parity.OPTIONS names options rq worker no longer has: {stale}"
     assert len({option.opts for option in OPTIONS}) == len(OPTIONS), "an option is named twice"
 
@@ -66,7 +66,7 @@ def test_each_option_is_served_by_something_that_exists(option: RqOption):
     if option.flag is not None:
         assert option.flag in run_flags(), f"{option.opts[0]}: `run` has no flag {option.flag}"
     if option.reason is not None:
-        assert option.reason == NOT_YET or option.reason.startswith("does not apply: "), option.reason
+        assert option.reason.startswith("does not apply: "), option.reason
 
 
 def test_readme_table_has_a_row_per_option():
