@@ -188,6 +188,7 @@ def test_rq_suspend_longer_than_the_watchdog_neither_restarts_nor_runs_a_job_unt
     assert "Watchdog timeout" not in box.run(["journalctl", "-u", "rq-worker@1", "--no-pager", "-o", "cat"]).stdout
 
 
+@pytest.mark.release_independent
 def test_a_json_app_with_its_own_worker_class_runs_and_recycles_in_place(box):
     """The installed 0.2.0 failed every job an app enqueued with rq's JSONSerializer. With RQ_SERIALIZER=json
     and the app's own worker class (RQ_WORKER_CLASS=e2ejobs.AppWorker), jobs finish, the app's override
