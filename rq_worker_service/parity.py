@@ -3,9 +3,10 @@
 An app that runs under ``rq worker --some-option`` must be able to move onto the package; the README
 promises so. Each option is either served by one of our variables (``variables.VARIABLES``), served by
 a ``run`` flag that has no variable (``--name``), or listed with the reason it does not apply to a
-systemd service. ``tests/unit/test_parity.py`` reads ``rq worker``'s options from rq's click command and fails on one this table does not name, so the next rq release
-cannot add an option silently; ``tests/unit/test_docs.py`` fails when README.md's copy of the table is
-stale (``python -m rq_worker_service.parity readme`` prints the current one).
+systemd service. ``tests/unit/test_parity.py`` reads ``rq worker``'s options from rq's click command
+and fails on one this table does not name, so the next rq release cannot add an option silently;
+``tests/unit/test_docs.py`` fails when README.md's copy of the table is stale (``python -m
+rq_worker_service.parity readme`` prints the current one).
 
 Only the standard library and ``variables`` are imported here, as in ``variables``.
 """

@@ -18,6 +18,8 @@ import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 JOBS_DIR = ROOT / "tests" / "jobs"
+RQ_CLI = str(Path(sys.executable).parent / "rq")
+"""Stock rq's own command, the oracle of the tests that compare our worker with ``rq worker``."""
 ACL_PASSWORD = "acl-test-pw"
 """The password of the ACL users the integration tests make (``acl_user``)."""
 

@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 
 import pytest
-from helpers import ACL_PASSWORD, NotifySocket, RedisServer, WorkerProcess
+from helpers import ACL_PASSWORD, JOBS_DIR, RQ_CLI, NotifySocket, RedisServer, WorkerProcess
 
 from rq_worker_service.acl import rule
 
@@ -46,6 +47,25 @@ def start_worker(redis_server, rconn, tmp_path):
     yield start
     for worker in started:
         worker.kill()
+
+
+@pytest.fixture
+def stock_rq(redis_server, tmp_path):
+    """Start stock ``rq worker --name <name> <args…>`` (rq's documented command, with the test jobs on its
+    path), the oracle the same test compares our worker with; killed at teardown."""
+    started: list[subprocess.Popen] = []
+
+    def start(name: str, *args: str) -> subprocess.Popen:
+        log = open(tmp_path / f"stock-{name}.log", "ab")
+        proc = subprocess.Popen([RQ_CLI, "worker", "--url", redis_server.url, "--path", str(JOBS_DIR), "--name", name,
+                                 *args], stdout=log, stderr=subprocess.STDOUT)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()
+        proc.wait()
 
 
 @pytest.fixture

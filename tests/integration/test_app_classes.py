@@ -12,19 +12,17 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
 
 import pytest
-from helpers import JOBS_DIR, wait_until
+from helpers import JOBS_DIR, RQ_CLI, wait_until
 from rq import Queue, Retry
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 from testjobs import quick_job, sleep_job
 
-RQ_CLI = str(Path(sys.executable).parent / "rq")
 RQ_CLASSES = {"fork": "rq.worker.Worker", "spawn": "rq.worker.SpawnWorker", "simple": "rq.worker.SimpleWorker"}
 APP_WORKERS = {"fork": "rqapp.RecordingWorker", "spawn": "rqapp.RecordingSpawnWorker",
                "simple": "rqapp.RecordingSimpleWorker"}

@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import psutil
 import pytest
-from helpers import WorkerProcess, wait_until
+from helpers import RQ_CLI, WorkerProcess, wait_until
 from rq import Queue
 from rq.job import Job, JobStatus
 
-RQ_CLI = str(Path(sys.executable).parent / "rq")
 STOCK_CLASSES = {"fork": "rq.worker.Worker", "spawn": "rq.worker.SpawnWorker", "simple": "rq.worker.SimpleWorker"}
 
 APP = {

@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import signal
 import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from helpers import JOBS_DIR, wait_until
@@ -24,26 +21,8 @@ from rq.job import Job, JobStatus
 from rq.worker import Worker
 from testjobs import birth_job, sleep_job
 
-RQ_CLI = str(Path(sys.executable).parent / "rq")
 HOST = socket.gethostname()
 
-
-@pytest.fixture
-def stock_rq(redis_server, tmp_path):
-    """Stock ``rq worker`` with the options given; killed at teardown."""
-    started: list[subprocess.Popen] = []
-
-    def start(queue: str, *options: str) -> subprocess.Popen:
-        log = open(tmp_path / f"stock-{queue}.log", "ab")
-        proc = subprocess.Popen([RQ_CLI, "worker", "--url", redis_server.url, "--path", str(JOBS_DIR), "--name",
-                                 f"stock-{queue}", *options, queue], stdout=log, stderr=subprocess.STDOUT)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.kill()
-        proc.wait()
 
 
 def statuses(rconn, jobs: list[Job]) -> list[str]:
@@ -64,7 +43,7 @@ def test_max_jobs_recycles_in_place_where_rq_exits(start_worker, stock_rq, notif
     pid) re-executed twice: jobs 1-3, 4-6 and 7 noted three registrations; each job ran once."""
     stock_queue = Queue("stock-max", connection=rconn)
     stock_jobs = [stock_queue.enqueue(birth_job) for _ in range(7)]
-    stock = stock_rq("stock-max", "--max-jobs", "3")
+    stock = stock_rq("stock-stock-max", "--max-jobs", "3", "stock-max")
     assert stock.wait(30) == 0
     assert statuses(rconn, stock_jobs) == [JobStatus.FINISHED] * 3 + [JobStatus.QUEUED] * 4
 
@@ -107,7 +86,7 @@ def test_max_idle_time_exits_0_as_rq_does(start_worker, stock_rq, notify, rconn)
     """After its job, idle for 2 s: stock rq exits 0, and so does ours (which the unit does not restart)."""
     Queue("idle-stock", connection=rconn).enqueue(birth_job)
     started = time.monotonic()
-    stock = stock_rq("idle-stock", "--max-idle-time", "2")
+    stock = stock_rq("stock-idle-stock", "--max-idle-time", "2", "idle-stock")
     assert stock.wait(30) == 0
     stock_took = time.monotonic() - started
 
@@ -141,7 +120,7 @@ def test_worker_ttl_maintenance_and_monitoring_intervals_as_rq_sets_them(start_w
         return idle_ttl, lock_ttl, busy_ttl
 
     options = {"--worker-ttl": "45", "--maintenance-interval": "40", "--job-monitoring-interval": "5"}
-    stock_proc = stock_rq("ttl-stock", *(word for pair in options.items() for word in pair))
+    stock_proc = stock_rq("stock-ttl-stock", *(word for pair in options.items() for word in pair), "ttl-stock")
     stock = observe("ttl-stock", f"{Worker.redis_worker_namespace_prefix}stock-ttl-stock")
     stock_proc.kill()
     rconn.delete(Group.REDIS_GROUP_CLEANING_KEY)

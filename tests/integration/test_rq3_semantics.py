@@ -9,37 +9,20 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import psutil
 import pytest
-from helpers import JOBS_DIR, wait_until
+from helpers import wait_until
 from rq import Queue
 from rq.job import Dependency, Job, JobStatus
 from rq.rate_limit import RateLimit, RateLimitRegistry
 from testjobs import failing_job, quick_job, timed_job
 
-RQ_CLI = str(Path(sys.executable).parent / "rq")
-
 
 @pytest.fixture
-def stock_worker(redis_server, tmp_path):
-    """Start stock ``rq worker`` processes (rq's documented command); killed at teardown."""
-    started: list[subprocess.Popen] = []
-
-    def start(queue: str, name: str) -> subprocess.Popen:
-        log = open(tmp_path / f"stock-{name}.log", "ab")
-        proc = subprocess.Popen([RQ_CLI, "worker", "--url", redis_server.url, "--path", str(JOBS_DIR), "--name", name,
-                                 queue], stdout=log, stderr=subprocess.STDOUT)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.kill()
-        proc.wait()
+def stock_worker(stock_rq):
+    """``stock_worker(queue, name)``: stock ``rq worker`` on one queue."""
+    return lambda queue, name: stock_rq(name, queue)
 
 
 def start_workers(kind: str, queue: str, count: int, start_worker, stock_worker) -> list:

@@ -23,10 +23,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, wait_until
+from helpers import ROOT, RQ_CLI, wait_until
 from rq import Queue
 
-RQ_CLI = str(Path(sys.executable).parent / "rq")
 SENTRY_SDK = "sentry-sdk==2.75.0"
 """Pinned: the test shows the README's way works; a new release's change shows as a deliberate bump."""
 CACHE = Path(os.environ.get("RQWS_SENTRY_CACHE", "/var/cache/rq-worker-service-sentry" if os.geteuid() == 0

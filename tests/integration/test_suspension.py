@@ -9,39 +9,19 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import pytest
-from helpers import JOBS_DIR, wait_until
+from helpers import RQ_CLI, wait_until
 from rq import Queue, Worker
 from rq.job import JobStatus
 from testjobs import logged_job, sleep_job
 
 from rq_worker_service.keys import held as held_key
 
-RQ_CLI = str(Path(sys.executable).parent / "rq")
 WATCHDOG = 3.0
 """The WatchdogSec given to our worker (WATCHDOG_USEC): a tick a second; a suspension outlasts it."""
 
-
-@pytest.fixture
-def stock(redis_server, tmp_path):
-    """Start stock ``rq worker`` processes with extra options; killed at teardown."""
-    started: list[subprocess.Popen] = []
-
-    def start(name: str, *args: str) -> subprocess.Popen:
-        log = open(tmp_path / f"stock-{name}.log", "ab")
-        proc = subprocess.Popen([RQ_CLI, "worker", "--url", redis_server.url, "--path", str(JOBS_DIR), "--name", name,
-                                 *args], stdout=log, stderr=subprocess.STDOUT)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.kill()
-        proc.wait()
 
 
 def rq(redis_server, *args: str) -> str:
@@ -66,9 +46,9 @@ def our_name(instance: str) -> str:
     return f"{socket.gethostname()}.rq-worker@{instance}"
 
 
-def test_rq_info_shows_our_worker_in_each_state_as_stock_rqs(redis_server, rconn, start_worker, stock, tmp_path):
+def test_rq_info_shows_our_worker_in_each_state_as_stock_rqs(redis_server, rconn, start_worker, stock_rq, tmp_path):
     """idle, busy, suspended and back: ``rq info`` shows the same state for ours as for stock ``rq worker``."""
-    stock("stock-i", "info-stock")
+    stock_rq("stock-i", "info-stock")
     start_worker("i", env={"RQ_QUEUES": "info-ours", "RQ_WITH_SCHEDULER": "no", "WATCHDOG_USEC": "3000000"})
     names = {"stock": "stock-i", "ours": our_name("i")}
     queues = {"stock": Queue("info-stock", connection=rconn), "ours": Queue("info-ours", connection=rconn)}
@@ -134,12 +114,12 @@ def test_a_suspended_worker_keeps_its_watchdog_and_resumes_without_a_restart(red
 
 
 def test_a_job_enqueued_during_a_suspension_waits_for_resume_unlike_under_stock_rq(redis_server, rconn, start_worker,
-                                                                                   stock, tmp_path):
+                                                                                   stock_rq, tmp_path):
     """Both workers blocked in their pop when ``rq suspend`` runs. Stock rq's pop (BLPOP for 405 s) takes
     the next job and runs it while suspended (its look comes between pops); ours puts it back at the head
     of its queue in the step that takes it from its held list, and runs it after ``rq resume``."""
     ran = tmp_path / "ran"
-    stock("stock-p", "pop-stock")
+    stock_rq("stock-p", "pop-stock")
     # WatchdogSec 30 s: a tick, and a blocking pop, of 10 s, so the job arrives during the pop
     worker = start_worker("p", env={"RQ_QUEUES": "pop-ours", "RQ_WITH_SCHEDULER": "no", "WATCHDOG_USEC": "30000000"})
     wait_until(lambda: [info_states(redis_server).get(n) for n in ("stock-p", our_name("p"))] == ["idle", "idle"], 20,
@@ -166,7 +146,7 @@ JOBS_PER_QUEUE = 4
 STRATEGIES = ("default", "round_robin", "random")
 
 
-def start_strategy(kind: str, strategy: str, rconn, start_worker, stock, tmp_path) -> Path:
+def start_strategy(kind: str, strategy: str, rconn, start_worker, stock_rq, tmp_path) -> Path:
     """3 queues of JOBS_PER_QUEUE jobs each, and one worker with ``strategy`` on them; the log of the order."""
     names = [f"{kind}-{strategy}-{q}" for q in ("a", "b", "c")]
     log = tmp_path / f"order-{kind}-{strategy}"
@@ -175,17 +155,17 @@ def start_strategy(kind: str, strategy: str, rconn, start_worker, stock, tmp_pat
         for i in range(JOBS_PER_QUEUE):
             queue.enqueue(logged_job, str(log), f"{name[-1]}{i}")
     if kind == "stock":
-        stock(f"stock-{strategy}", "--burst", "--dequeue-strategy", strategy, *names)
+        stock_rq(f"stock-{strategy}", "--burst", "--dequeue-strategy", strategy, *names)
     else:
         start_worker(f"ds-{strategy.replace('_', '-')}", env={"RQ_QUEUES": ",".join(names), "RQ_WITH_SCHEDULER": "no",
                                                              "RQ_DEQUEUE_STRATEGY": strategy})
     return log
 
 
-def test_dequeue_strategies_order_the_jobs_as_stock_rqs(redis_server, rconn, start_worker, stock, tmp_path):
+def test_dequeue_strategies_order_the_jobs_as_stock_rqs(redis_server, rconn, start_worker, stock_rq, tmp_path):
     """3 queues of 4 jobs each, enqueued before the worker starts: default drains a, then b, then c;
     round_robin takes a, b, c, a, …; random mixes them: the same under ours as under stock."""
-    logs = {(kind, strategy): start_strategy(kind, strategy, rconn, start_worker, stock, tmp_path)
+    logs = {(kind, strategy): start_strategy(kind, strategy, rconn, start_worker, stock_rq, tmp_path)
             for strategy in STRATEGIES for kind in ("stock", "ours")}
     total = 3 * JOBS_PER_QUEUE
     wait_until(lambda: all(log.exists() and len(log.read_text().splitlines()) == total for log in logs.values()),
