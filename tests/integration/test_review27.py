@@ -26,6 +26,9 @@ from rq_worker_service.keys import held as held_key
 APP = textwrap.dedent('''
     """An app that keeps its jobs and queues under key prefixes of its own, as rq lets a Job or Queue
     subclass do (rq refuses only rate limits with them: ``Queue._check_rate_limit_namespace``)."""
+    import time
+
+    from rq import Worker
     from rq.job import Job
     from rq.queue import Queue
 
@@ -36,6 +39,21 @@ APP = textwrap.dedent('''
 
     class PrefixedQueue(Queue):
         redis_queue_namespace_prefix = "app:queue:"
+
+
+    def slow_handler(job, exc_type, exc_value, traceback):
+        """An exception handler with a slow call in it (an error tracker's flush over a slow network)."""
+        job.connection.set(f"r27:handler-started:{job.id}", exc_type.__name__)
+        time.sleep(8)
+        job.connection.set(f"r27:handler-ended:{job.id}", 1)
+
+
+    class SuspensionAwareWorker(Worker):
+        """Overrides a method of rq's that rq's loop calls before each pop (an app that reports its pause)."""
+
+        def check_for_suspension(self, burst):
+            self.connection.incr("r27:check_for_suspension")
+            return super().check_for_suspension(burst)
 ''')
 
 SITECUSTOMIZE = textwrap.dedent('''
@@ -170,3 +188,58 @@ def test_kill_9_right_after_the_blocking_pops_reply_during_suspension(kind, app_
         resume(rconn)
     wait_until(lambda: rconn.hget(job.key, "status") == b"finished", 15, what="the job after rq resume")
     assert rconn.get(f"executions:{job.id}") == b"1"
+
+
+def test_a_slow_exception_handler_in_a_fencers_rescue_stops_the_fencers_watchdog_pings(app_dir, start_worker, rconn,
+                                                                                       tmp_path):
+    """Hang class. A worker killed -9 with its horse is fenced by another, which fails its job (no retry) and
+    calls the app's RQ_EXCEPTION_HANDLERS (``recovery.after_claim``) inline, in its own main loop's tick
+    (``Fencer.fence`` from ``ServiceParts._sweep``). A handler that takes 8 s stops the fencer's WATCHDOG=1
+    pings for 8 s (WatchdogSec 3 s here; 30 s in the unit): systemd aborts the healthy fencer, and cuts the job
+    its own horse runs, for another job's handler. The failed webhooks of the same rescue go out on a thread
+    for exactly this reason (``webhooks``); the handlers do not."""
+    from test_webhooks import kill_with_horse, ready
+
+    env = app_env(app_dir, WATCHDOG_USEC="3000000", RQ_JOB_RETRY_MAX="0",
+                  RQ_EXCEPTION_HANDLERS="r27app.slow_handler")
+    one, two = ready(tmp_path, "one"), ready(tmp_path, "two")
+    try:
+        victim = start_worker("1", notify=one, env=env)
+        one.wait_for("READY=1")
+        job = Queue(connection=rconn).enqueue("testjobs.sleep_job", 60, job_id="r27-fenced")
+        one.wait_for("STATUS=", contains="Running job r27-fenced")
+        start_worker("2", notify=two, env=env)
+        two.wait_for("READY=1")
+        kill_with_horse(victim.pid)
+        wait_until(lambda: rconn.exists(f"r27:handler-started:{job.id}"), 30, what="the fencer's rescue to call "
+                   "the handler")
+        started = time.monotonic()
+        wait_until(lambda: rconn.exists(f"r27:handler-ended:{job.id}"), 20, what="the handler to end")
+        ended = time.monotonic()
+        time.sleep(1)
+        pings = [t for t, line in two.drain() if line == "WATCHDOG=1" and started - 3 <= t <= ended + 1]
+        points = sorted([*pings, ended])  # (pings from 3 s before the handler: the last before it counts)
+        gaps = [b - a for a, b in zip(points, points[1:], strict=False)]
+        assert max(gaps) < 3.0, (f"the fencer sent no WATCHDOG=1 for {max(gaps):.1f}s (WatchdogSec 3s) while the "
+                                 "app's exception handler ran in its rescue")
+    finally:
+        one.close()
+        two.close()
+
+
+def test_an_app_worker_class_overriding_check_for_suspension_is_refused_or_run(app_dir, start_worker, rconn):
+    """Guard class. ``worker_classes.service_class`` refuses an app class that overrides a method ours replaces
+    (its override would never run) and lists those in ``REPLACED``; the unit test keeping that list complete
+    counts a method as extended when its source calls ``super()`` anywhere. Ours calls rq's
+    ``check_for_suspension`` in burst mode only, which a service never runs: an app's override is accepted
+    and silently never called (the same holds for ``prepare_execution``, which calls rq's only for a job it
+    did not pop)."""
+    worker = start_worker("c", env=app_env(app_dir, RQ_WORKER_CLASS="r27app.SuspensionAwareWorker"))
+    wait_until(lambda: worker.proc.poll() is not None or idle(rconn, "c"), 20, what="the worker to start or refuse")
+    if worker.proc.poll() is not None:
+        assert worker.wait(1) == 78 and "check_for_suspension" in worker.output()
+        return
+    job = Queue(connection=rconn).enqueue(quick_job, 1)
+    wait_until(lambda: rconn.hget(job.key, "status") == b"finished", 15, what="the job")
+    assert int(rconn.get("r27:check_for_suspension") or 0) > 0, \
+        "the app's check_for_suspension was accepted and never called"
