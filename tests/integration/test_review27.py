@@ -243,3 +243,19 @@ def test_an_app_worker_class_overriding_check_for_suspension_is_refused_or_run(a
     wait_until(lambda: rconn.hget(job.key, "status") == b"finished", 15, what="the job")
     assert int(rconn.get("r27:check_for_suspension") or 0) > 0, \
         "the app's check_for_suspension was accepted and never called"
+
+
+def test_the_enqueue_helpers_job_id_keeps_one_pending_job_of_the_apps_job_class(app_dir, app_module, redis_server,
+                                                                                  rconn):
+    """Run-twice class. ``client.enqueue(..., job_id=)`` promises no second job while one with that id is pending:
+    its WATCH/HGET reads the status at ``Job.key_for`` (``rq:job:<id>``), while the job is written with the app's
+    RQ_JOB_CLASS (``app:job:<id>``). With a PrefixedJob app the pending job is never seen: the second call
+    enqueues the id again, the queue holds it twice, and a worker runs it twice."""
+    from rq_worker_service.client import enqueue
+
+    env = {"REDIS_URL": redis_server.url, "RQ_APP_PATH": f"{app_dir}:{JOBS_DIR}", "RQ_JOB_CLASS": "r27app.PrefixedJob"}
+    first = enqueue(quick_job, 1, queue="once", job_id="r27-once", retry=None, env=env)
+    assert type(first).__name__ == "PrefixedJob" and rconn.hget("app:job:r27-once", "status") == b"queued"
+    enqueue(quick_job, 1, queue="once", job_id="r27-once", retry=None, env=env)
+    ids = [i.decode() for i in rconn.lrange("rq:queue:once", 0, -1)]
+    assert ids == ["r27-once"], f"queue 'once' holds {ids}: the pending job was enqueued a second time"
