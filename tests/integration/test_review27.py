@@ -8,6 +8,7 @@ as it fires), the one window of the new put-back that no fault point of ``faults
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import textwrap
@@ -46,6 +47,10 @@ APP = textwrap.dedent('''
         job.connection.set(f"r27:handler-started:{job.id}", exc_type.__name__)
         time.sleep(8)
         job.connection.set(f"r27:handler-ended:{job.id}", 1)
+
+
+    class RecycledWorker(Worker):
+        """The app's worker class, which a deploy renames (``test_a_recycle_into_app_code_…``)."""
 
 
     class SuspensionAwareWorker(Worker):
@@ -92,7 +97,8 @@ def app_dir(tmp_path: Path) -> Path:
 
 def app_env(app_dir: Path, **env: str) -> dict[str, str]:
     # WatchdogSec 30 s: a tick, and a blocking pop (BLMOVE), of 10 s, so that jobs arrive during the pop
-    return {"RQ_APP_PATH": f"{app_dir}:{JOBS_DIR}", "PYTHONPATH": str(app_dir), "RQ_WITH_SCHEDULER": "no",
+    path = ":".join(filter(None, [str(app_dir), os.environ.get("PYTHONPATH")]))
+    return {"RQ_APP_PATH": f"{app_dir}:{JOBS_DIR}", "PYTHONPATH": path, "RQ_WITH_SCHEDULER": "no",
             "WATCHDOG_USEC": "30000000", **env}
 
 
@@ -259,3 +265,29 @@ def test_the_enqueue_helpers_job_id_keeps_one_pending_job_of_the_apps_job_class(
     enqueue(quick_job, 1, queue="once", job_id="r27-once", retry=None, env=env)
     ids = [i.decode() for i in rconn.lrange("rq:queue:once", 0, -1)]
     assert ids == ["r27-once"], f"queue 'once' holds {ids}: the pending job was enqueued a second time"
+
+
+def test_a_recycle_after_a_deploy_that_broke_the_apps_classes_does_not_end_the_instance(app_dir, start_worker, rconn):
+    """Wrong-state class (branch i27-recycle: skipped where RQ_MAX_JOBS is not a variable). A recycle first asks
+    whether a start now would fail (``service.config_problem``), so that it never turns into exit 78, which the
+    unit's RestartPreventExitStatus=78 leaves dead. The check runs ``prepare`` in the running process, where the
+    app's modules are imported already: an app deploy that renamed RQ_WORKER_CLASS's class (or broke the module)
+    passes it, the re-executed process exits 78 at its start, and the instance is down for good with jobs queued.
+    (``systemctl reload`` runs ``run --check`` in a fresh process, which sees the new code.)"""
+    from rq_worker_service import variables
+
+    if "RQ_MAX_JOBS" not in {v.name for v in variables.VARIABLES}:
+        pytest.skip("RQ_MAX_JOBS (branch i27-recycle) is not merged here")
+    worker = start_worker("r", env=app_env(app_dir, RQ_QUEUES="recycle", RQ_MAX_JOBS="1",
+                                           RQ_WORKER_CLASS="r27app.RecycledWorker", WATCHDOG_USEC="3000000"))
+    wait_until(lambda: idle(rconn, "r"), 20, what="the worker idle")
+    module = app_dir / "r27app.py"
+    module.write_text(module.read_text().replace("class RecycledWorker(", "class RenamedWorker("))  # the deploy
+    queue = Queue("recycle", connection=rconn)
+    first = queue.enqueue(quick_job, 1)
+    wait_until(lambda: rconn.hget(first.key, "status") == b"finished", 15, what="the first job")
+    second = queue.enqueue(quick_job, 2)
+    wait_until(lambda: worker.proc.poll() is not None or rconn.hget(second.key, "status") == b"finished", 20,
+               what="the second job, or the worker's exit")
+    assert worker.proc.poll() is None, (f"the recycle re-executed into exit {worker.proc.returncode} (systemd does "
+                                        "not restart 78): the instance is down with the second job queued")
