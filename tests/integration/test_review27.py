@@ -291,3 +291,43 @@ def test_a_recycle_after_a_deploy_that_broke_the_apps_classes_does_not_end_the_i
                what="the second job, or the worker's exit")
     assert worker.proc.poll() is None, (f"the recycle re-executed into exit {worker.proc.returncode} (systemd does "
                                         "not restart 78): the instance is down with the second job queued")
+
+
+def test_a_reload_waits_for_slow_webhooks_without_pinging_the_watchdog(app_dir, start_worker, rconn, tmp_path):
+    """Hang class. The restarted instance fails its killed predecessor's job (no retry) and sends its failed
+    webhook on a thread (``webhooks.send_failed``), to an endpoint that does not answer within the webhook's
+    timeout (8 s). A reload right after: ``service.reexec`` first waits for that thread (``webhooks.drain``, up
+    to the sum of the job's webhook timeouts + 1 s, with no limit on that sum), after the loop has ended and
+    before the new process exists: no WATCHDOG=1 for all that time (WatchdogSec 3 s here). systemd's watchdog
+    stays armed during a reload: a job with a few slow webhooks of rq's default 10 s timeout outlasts the
+    unit's 30 s and gets the reloading instance aborted."""
+    from rq import Webhook
+    from test_webhooks import Endpoint, kill_with_horse, ready
+
+    endpoint = Endpoint(slow=20)
+    env = app_env(app_dir, WATCHDOG_USEC="3000000", RQ_JOB_RETRY_MAX="0")
+    notify = ready(tmp_path, "restarted")
+    try:
+        dead = start_worker("w", env=env)
+        job = Queue(connection=rconn).enqueue("testjobs.sleep_job", 60, job_id="r27-hook",
+                                              webhooks=[Webhook(endpoint.url("slow/f"), "failed", method="POST",
+                                                                timeout=8)])
+        wait_until(lambda: rconn.get(f"executions:{job.id}") == b"1", 15, what="the job to start")
+        kill_with_horse(dead.pid)
+        dead.wait(5)
+        worker = start_worker("w", notify=notify, env=env)
+        notify.wait_for("READY=1")
+        assert rconn.hget(job.key, "status") == b"failed"
+        asked = time.monotonic()
+        worker.signal(signal.SIGHUP)
+        notify.wait_for("READY=1", after=1, timeout=20)
+        ready_again = next(t for t, line in notify.drain() if line == "READY=1" and t > asked)
+        pings = [t for t, line in notify.drain() if line == "WATCHDOG=1" and asked - 3 <= t <= ready_again]
+        points = sorted([*pings, ready_again])
+        gaps = [b - a for a, b in zip(points, points[1:], strict=False)]
+        assert worker.proc.poll() is None and "Reloaded" in worker.output()
+        assert max(gaps) < 3.0, (f"no WATCHDOG=1 for {max(gaps):.1f}s (WatchdogSec 3s) during the reload, waiting "
+                                 "for the webhook thread")
+    finally:
+        notify.close()
+        endpoint.close()
