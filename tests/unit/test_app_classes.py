@@ -10,6 +10,7 @@ import logging
 import pickle
 import sys
 import textwrap
+from datetime import datetime
 from pathlib import Path
 
 import fakeredis
@@ -300,3 +301,35 @@ def test_the_connection_class_makes_every_kind_of_client(app):
         settings = prepared.settings
         client = make_connection(settings.redis, settings.key_prefix, offline=True, redis_class=prepared.redis_class)
         assert type(client).__name__ == "AppRedis" and isinstance(client, redis.Redis)
+
+
+class PrefixedJob(Job):
+    redis_job_namespace_prefix = "app:job:"
+
+
+def test_recovery_and_status_read_a_job_at_its_apps_job_class_key(conn):
+    """Review 27: ``recovery.execution_owner`` (once the execution's hash expired) and ``status``'s oldest job's
+    age read the job's hash at rq's ``rq:job:<id>``: for an app job class of its own prefix the entry had no
+    owner (no rescue claims it as the dead worker's) and the queue's head no age. Fails when either reads rq's key."""
+    from rq.executions import Execution
+    from rq.serializers import resolve_serializer
+
+    from rq_worker_service.classes import AppClasses
+    from rq_worker_service.recovery import started_executions
+    from rq_worker_service.status.collect import oldest_age
+
+    classes = AppClasses("pickle", resolve_serializer("pickle"), PrefixedJob, Queue)
+    queue = classes.queue("default", conn)
+    waiting = queue.enqueue(quick_job, 1)
+    assert conn.exists(f"app:job:{waiting.id}") and not conn.exists(f"rq:job:{waiting.id}")
+    age = oldest_age(conn, queue, datetime.now().astimezone())
+    assert age is not None and age < 60
+    started = queue.enqueue(quick_job, 2)
+    queue.remove(started)
+    with conn.pipeline() as pipe:
+        execution = Execution.create(started, 60, pipeline=pipe, worker_name="dead-worker")
+        started.set_status(JobStatus.STARTED, pipeline=pipe)
+        pipe.hset(started.key, "worker_name", "dead-worker")  # (rq's prepare_for_execution writes it too)
+        pipe.execute()
+    conn.delete(execution.key)  # the execution's hash expired: the job's hash says whose it was
+    assert started_executions(conn, queue) == [(started.id, execution.composite_key, "dead-worker")]
