@@ -103,7 +103,7 @@ def _enqueue_once(q: Queue, classes: AppClasses, conn: redis.Redis, func: Callab
     """The job, enqueued; with ``job_id``, the pending one of that id if there is one."""
     if job_id is None:
         return q.enqueue(func, *args, retry=retry, **kwargs)  # type: ignore[type-var]
-    key = Job.key_for(job_id)
+    key = classes.job_class.key_for(job_id)  # (an app job class may keep its hashes under its own prefix)
     with conn.pipeline() as pipe:
         while True:
             try:

@@ -59,12 +59,12 @@ from collections.abc import Callable
 from redis import Redis
 from redis.exceptions import NoScriptError
 from rq.defaults import DEFAULT_FAILURE_TTL
-from rq.job import Job
 from rq.queue import Queue
 from rq.suspension import WORKERS_SUSPENDED
 from rq.utils import as_text, current_timestamp, get_version, now, utcformat
 
 from . import faults, keys
+from .classes import AppClasses
 from .fencing import Fenced
 from .rqcompat import worker_key
 
@@ -156,11 +156,14 @@ return 1
 
 
 class Held:
-    """One worker's held list: its pops, and what becomes of an id it holds."""
+    """One worker's held list: its pops, and what becomes of an id it holds. ``classes``: the app's job and
+    queue classes (RQ_JOB_CLASS, RQ_QUEUE_CLASS), whose keys a job's hash and its queue are at: a class may
+    keep them under a prefix of its own (``redis_job_namespace_prefix``, ``redis_queue_namespace_prefix``)."""
 
-    def __init__(self, connection: Redis, name: str) -> None:
+    def __init__(self, connection: Redis, name: str, classes: AppClasses) -> None:
         self.connection = connection
         self.name = name
+        self.classes = classes
         self.key = keys.held(name)
         self.fenced_key = keys.fencing_fenced()
         """The fencers' marks: a worker marked there moves no job any more (``fencing``)."""
@@ -255,12 +258,12 @@ class Held:
         if job_id is None:
             return None
         job_id = as_text(job_id)
-        back = self._unless_suspended(keys=[self.key, queue_key, self.suspended_key, Job.key_for(job_id)],
-                                      args=[job_id])
+        back = self._unless_suspended(
+            keys=[self.key, queue_key, self.suspended_key, self.classes.job_class.key_for(job_id)], args=[job_id])
         if back:  # blocked since before ``rq suspend``: it takes nothing
             self.suspended = True
             if back == 1:
-                queue = queue_key.removeprefix(Queue.redis_queue_namespace_prefix)
+                queue = queue_key.removeprefix(self.classes.queue_class.redis_queue_namespace_prefix)
                 log.info("Job %s came to this worker's pop after `rq suspend`: put back at the head of queue %s, "
                          "for after `rq resume`", job_id, queue, extra={"RQ_JOB_ID": job_id, "RQ_QUEUE": queue})
             return None
@@ -297,7 +300,7 @@ class Held:
 
     def put_back(self) -> list[str]:
         """Everything this worker holds, back at the front of its queue (it is leaving, or starting anew)."""
-        return put_back(self.connection, self.name, owner_gone=False)
+        return put_back(self.connection, self.name, self.classes, owner_gone=False)
 
     def leave(self) -> None:
         """Put back what is held; the list is then empty and the owner no longer needs to be found."""
@@ -305,18 +308,19 @@ class Held:
         self.connection.srem(keys.holders(), self.name)
 
 
-def put_back(connection: Redis, owner: str, *, owner_gone: bool, reason: str = "") -> list[str]:
+def put_back(connection: Redis, owner: str, classes: AppClasses, *, owner_gone: bool, reason: str = "") -> list[str]:
     """Put ``owner``'s held jobs back at the front of their queues, newest first so that the oldest
     ends first; ``owner_gone``: only while its rq worker key does not exist (checked atomically with
-    each move). Returns the ids put back."""
+    each move). ``classes``: the app's, whose keys the job's hash and its queue are at. Returns the ids
+    put back."""
     key = keys.held(owner)
     script = connection.register_script(_PUT_BACK)
     done: list[str] = []
     for job_id in reversed([as_text(i) for i in connection.lrange(key, 0, -1)]):
-        job_key = Job.key_for(job_id)
+        job_key = classes.job_class.key_for(job_id)
         raw = connection.hget(job_key, "origin")
         origin = as_text(raw) if raw else None
-        queue_key = Queue(origin, connection=connection).key if origin else job_key
+        queue_key = classes.queue(origin, connection).key if origin else job_key
         faults.reached("sweep.requeue")
         result = script(keys=[key, queue_key, job_key, worker_key(owner)],
                         args=[job_id, int(owner_gone), int(origin is not None)])
@@ -330,9 +334,9 @@ def put_back(connection: Redis, owner: str, *, owner_gone: bool, reason: str = "
     return done
 
 
-def put_back_dead(connection: Redis, living: str) -> list[str]:
+def put_back_dead(connection: Redis, living: str, classes: AppClasses) -> list[str]:
     """Every held list whose owner's rq worker key is gone, put back (any worker's sweep; ``living``
-    is the sweeping worker, whose own list is its own business)."""
+    is the sweeping worker, whose own list is its own business; ``classes``: the app's)."""
     done: list[str] = []
     owners = sorted(as_text(n) for n in connection.smembers(keys.holders()) if as_text(n) != living)
     if not owners:
@@ -343,7 +347,7 @@ def put_back_dead(connection: Redis, living: str) -> list[str]:
         alive = pipe.execute()
     forget = connection.register_script(_FORGET_HOLDER)
     for owner in (o for o, up in zip(owners, alive, strict=True) if not up):
-        done += put_back(connection, owner, owner_gone=True, reason="its worker is gone")
+        done += put_back(connection, owner, classes, owner_gone=True, reason="its worker is gone")
         forget(keys=[keys.held(owner), worker_key(owner), keys.holders(), keys.fencing_deadlines(),
                      keys.fencing_fenced()], args=[owner])
     return done

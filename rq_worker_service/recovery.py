@@ -32,7 +32,6 @@ from rq.exceptions import AbandonedJobError, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.job_lifecycle import call_exception_handlers
 from rq.rate_limit import release_slot
-from rq.registry import StartedJobRegistry
 from rq.results import Result
 from rq.utils import as_text, current_timestamp, parse_composite_key
 
@@ -134,22 +133,24 @@ def process_is_worker(pid: int) -> bool:
     return b"rq_worker_service" in cmdline or b"rq-worker-service" in cmdline
 
 
-def execution_owner(connection: Redis, composite: str) -> str | None:
+def execution_owner(connection: Redis, composite: str, job_class: type[Job]) -> str | None:
     """The worker that runs a StartedJobRegistry entry: from the execution's hash, or, once that has
-    expired, from the job's hash. ``connection`` may be a pipeline that watches both (``claim``)."""
+    expired, from the job's hash, at ``job_class``'s key (the app's RQ_JOB_CLASS may keep its hashes
+    under its own prefix). ``connection`` may be a pipeline that watches both (``claim``)."""
     owner = connection.hget(execution_key(composite), "worker_name")
     if owner is None:
-        owner = connection.hget(Job.key_for(parse_composite_key(composite)[0]), "worker_name")
+        owner = connection.hget(job_class.key_for(parse_composite_key(composite)[0]), "worker_name")
     return as_text(owner) if owner is not None else None
 
 
-def started_executions(connection: Redis, queue_name: str) -> list[tuple[str, str, str | None]]:
-    """(job id, execution composite key, owning worker name) of every entry in a StartedJobRegistry."""
-    registry = StartedJobRegistry(queue_name, connection=connection)
+def started_executions(connection: Redis, queue: Queue) -> list[tuple[str, str, str | None]]:
+    """(job id, execution composite key, owning worker name) of every entry in ``queue``'s StartedJobRegistry
+    (``queue``: made with the app's classes, ``classes.AppClasses.queue``)."""
     found = []
-    for entry in connection.zrange(registry.key, 0, -1):
+    for entry in connection.zrange(queue.started_job_registry.key, 0, -1):
         composite = as_text(entry)  # type: ignore[arg-type]
-        found.append((parse_composite_key(composite)[0], composite, execution_owner(connection, composite)))
+        found.append((parse_composite_key(composite)[0], composite,
+                      execution_owner(connection, composite, queue.job_class)))
     return found
 
 
@@ -192,7 +193,8 @@ def claim(queue: Queue, composite: str, owner: str | None, reason: str, settings
         for _ in range(CLAIM_ATTEMPTS):
             try:
                 pipe.watch(queue.job_class.key_for(job_id), execution_key(composite))
-                if pipe.zscore(registry_key, composite) is None or execution_owner(pipe, composite) != owner:
+                if (pipe.zscore(registry_key, composite) is None
+                        or execution_owner(pipe, composite, queue.job_class) != owner):
                     return None  # ended, claimed by another rescuer, or another worker's
                 job, status = registered_job(queue, job_id)
                 if unstarted_only and status != JobStatus.QUEUED:
@@ -240,7 +242,7 @@ def put_back_unstarted(queue: Queue, settings: Settings) -> list[str]:
         job_id = parse_composite_key(composite)[0]
         if as_text(connection.hget(queue.job_class.key_for(job_id), "status") or b"") != JobStatus.QUEUED.value:
             continue
-        owner = execution_owner(connection, composite)
+        owner = execution_owner(connection, composite, queue.job_class)
         claimed = claim(queue, composite, owner, "its registration expired", settings, at_once=True,
                         unstarted_only=True)
         if claimed is not None:
@@ -303,7 +305,7 @@ def rescue_executions(connection: Redis, owner: str, queue_names: list[str], set
     classes = app_classes(settings)
     for name in queue_names:
         queue = classes.queue(name, connection)
-        for job_id, composite, job_owner in started_executions(connection, name):
+        for job_id, composite, job_owner in started_executions(connection, queue):
             if job_owner != owner:
                 continue
             claimed = claim(queue, composite, owner, reason, settings, at_once=at_once)

@@ -184,15 +184,18 @@ def _reduce(cls: ComposedType) -> tuple[Any, tuple[type]]:
 copyreg.pickle(ComposedType, _reduce)
 
 _MIXIN_REPLACES = frozenset({"dequeue_timeout", "dequeue_job_and_maintain_ttl", "prepare_job_execution",
+                             "prepare_execution", "check_for_suspension", "_start_scheduler",
                              "request_stop", "request_force_stop", "_shutdown"})
 REPLACED: dict[type[ServiceWorkerMixin], frozenset[str]] = {
     ServiceWorker: _MIXIN_REPLACES,
     ServiceSpawnWorker: _MIXIN_REPLACES | {"fork_work_horse"},
     ServiceSimpleWorker: _MIXIN_REPLACES,
 }
-"""rq's methods each of our classes replaces rather than extends (ours never calls rq's): the pop, the
-STARTED mark, the stop handlers, our spawn horse. An app's override of one would never run behind ours,
-so ``service_class`` refuses such a class (tests/unit/test_app_classes.py keeps this list complete)."""
+"""rq's methods each of our classes replaces rather than extends (ours never calls rq's, or only in a case a
+service never meets): the pop, the registration of a popped job (``prepare_execution``: rq's only for a job
+the worker did not pop), the STARTED mark, the wait while suspended and the scheduler's start (rq's only in
+burst mode), the stop handlers, our spawn horse. An app's override of one would never run behind ours, so
+``service_class`` refuses such a class (tests/unit/test_app_classes.py keeps this list complete)."""
 
 _OURS: tuple[tuple[type, type[ServiceWorkerMixin]], ...] = (
     (SpawnWorker, ServiceSpawnWorker),  # (before Worker: a SpawnWorker is a Worker)
@@ -237,7 +240,8 @@ def service_class(setting: str) -> type[ServiceWorkerMixin]:
     overridden = sorted(REPLACED[ours] & apps)
     if overridden:
         raise ConfigError("RQ_WORKER_CLASS", setting, f"{kind} that does not override {', '.join(overridden)}: the "
-                          "service replaces these with its own (its pop, stop handlers, spawn horse), so the app's "
+                          "service replaces these with its own (its pop, registration, wait while suspended, "
+                          "scheduler start, stop handlers, spawn horse), so the app's "
                           "would never run; move that code to a method the service extends (execute_job, "
                           "perform_job, handle_job_success, …)")
     try:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .. import journal
+from ..classes import app_classes
 from ..config import Settings
 from ..connection import Outage, primary_address, refresh_primary
 from ..fencing import Membership
@@ -107,7 +108,7 @@ class ServiceParts:
         self.fencer = Fencer(Membership(connection, name, period=3 * self.interval), self.guard, worker.queue_names,
                              settings, lambda: worker.hostname or "?")
         self.orphans = IntermediateWatch(connection, worker.queues)
-        self.held = Held(connection, name)
+        self.held = Held(connection, name, app_classes(settings))  # (imported at the start: ``prepare``)
         self.counters = Counters(connection, lambda: worker.key, self.guard, self.notifier.interval, self.clock)
         self.recycler = Recycler(self.lifecycle, settings.max_jobs, settings.max_memory, worker.stop_loop)
         self.status = StatusReporter(self.notifier, self.lifecycle, self.outage, self.counters, self.follower, name,

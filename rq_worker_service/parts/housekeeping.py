@@ -54,7 +54,7 @@ class HeldJobs(Part):
             log.warning("Put back the job(s) this worker's previous run had popped and not started")
 
     def sweep(self) -> None:
-        put_back_dead(self.held.connection, self.held.name)
+        put_back_dead(self.held.connection, self.held.name, self.held.classes)
 
     def teardown(self) -> None:
         try:

@@ -12,6 +12,7 @@ from typing import NoReturn
 from redis import Redis
 
 from .. import exits, host
+from ..classes import app_classes
 from ..config import RedisTarget, Settings
 from ..fencing import Lost, Membership
 from ..held import put_back
@@ -159,7 +160,8 @@ class Fencer(Part):
         reason = (f"worker {lost.name} on host {lost.host} stopped beating (frozen, cut off or its host lost) and "
                   f"was fenced by {name}")
         rescued = rescue_executions(connection, lost.name, queues, self.settings, reason, at_once=True)
-        put_back(connection, lost.name, owner_gone=True, reason=f"it was fenced by {name}")  # popped, not started
+        put_back(connection, lost.name, app_classes(self.settings), owner_gone=True,  # popped, not started
+                 reason=f"it was fenced by {name}")
         self.membership.record(lost, [r.job_id for r in rescued])
         log.warning("Fenced worker %s on host %s (pid %s): no beat for %.0fs by this worker's clock (period %.0fs); "
                     "closed %d of its Redis connections, rescued %d job(s)%s", lost.name, lost.host, lost.pid or "?",
@@ -174,7 +176,8 @@ class Fencer(Part):
         gone (our own beats may have written it again since), and the restarted instance, which would
         put it back too, may be long in coming (a host that stays down)."""
         connection, name = self.membership.connection, self.membership.name
-        self.guard.call(lambda: put_back(connection, name, owner_gone=False, reason=f"{name} was fenced"))
+        self.guard.call(lambda: put_back(connection, name, app_classes(self.settings), owner_gone=False,
+                                         reason=f"{name} was fenced"))
         self.guard.exit_now(f"worker {self.membership.name} was fenced: it was silent for over "
                             f"{self.membership.period:.0f}s and another worker re-queued its jobs; exiting without "
                             "taking another job so that systemd restarts it", exits.TEMPFAIL, errno.ESTALE)

@@ -78,7 +78,7 @@ def oldest_age(connection: Redis, queue: Queue, now: datetime) -> float | None:
     first = connection.lindex(queue.key, 0)
     if first is None:
         return None
-    enqueued = connection.hget(Job.key_for(as_text(first)), "enqueued_at")
+    enqueued = connection.hget(queue.job_class.key_for(as_text(first)), "enqueued_at")  # (the app's job class)
     return _age(now, utcparse(as_text(enqueued))) if enqueued else None
 
 
@@ -116,7 +116,7 @@ def _abandoned(connection: Redis, queue: Queue, live: set[str], now: datetime, c
                ) -> list[AbandonedJob]:
     """Started jobs whose worker is gone (no record, dead record, or stale)."""
     found = []
-    for job_id, _, owner in started_executions(connection, queue.name):
+    for job_id, _, owner in started_executions(connection, queue):
         owner_name = owner or "?"
         if owner_name in live:
             continue
