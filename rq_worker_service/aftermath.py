@@ -11,7 +11,9 @@ dies before it ends skips the rest: at most once, as rq's own cleanup does for t
 commit); the loop goes on ticking meanwhile.
 
 The failure callback keeps its time limit off the main thread the way rq enforces one there
-(``ThreadDeathPenalty``). An exception of the callback or of a handler is logged and ends that step only.
+(``ThreadDeathPenalty``: it lands between two Python steps, so a callback blocked in one long C call sees
+it when that call returns). An exception of the callback or of a handler is logged and ends that step
+only; the other jobs' rescues never wait for it.
 
 The process waits for the aftermaths still under way as it leaves (``drain``): before a reload or a
 recycle re-executes it (which ends every thread at once, and the new process cannot send what the old
@@ -97,7 +99,13 @@ class Aftermath:
 _pending: list[Aftermath] = []
 """Aftermaths not known to be over."""
 _lock = threading.Lock()
-_keepalive: Callable[[], None] = lambda: None  # noqa: E731 (replaced by ``configure``)
+
+
+def _nothing() -> None:
+    """``drain``'s keep-alive until ``configure`` gives one (outside ``run``: tests, the command line)."""
+
+
+_keepalive: Callable[[], None] = _nothing
 _limit = DEFAULT_LIMIT
 
 
