@@ -15,12 +15,15 @@ The failure callback keeps its time limit off the main thread the way rq enforce
 it when that call returns). An exception of the callback or of a handler is logged and ends that step
 only; the other jobs' rescues never wait for it.
 
-The process waits for the aftermaths still under way as it leaves (``drain``): before a reload or a
-recycle re-executes it (which ends every thread at once, and the new process cannot send what the old
-one had in hand), and at exit. It waits up to RQ_SHUTDOWN_TIMEOUT (``configure``), pinging systemd's
-watchdog (armed during a reload) and extending a stop's timeout every second meanwhile, and gives up on
-a job's webhooks once their own timeouts have passed (an endpoint that trickles its reply). What it gives
-up on is logged, one line per webhook not sent, with the job's id and the webhook's masked URL.
+The restarted instance waits for its start-up rescue's callbacks and handlers (not the webhooks) before
+its first pop (``settle``: pinging, and a stop ends it), so that it runs no job while the app's code still
+handles a rescued one, as before. The process waits for the aftermaths still under way as it leaves
+(``drain``): before a reload or a recycle re-executes it (which ends every thread at once, and the new
+process cannot send what the old one had in hand), and at exit. It waits up to RQ_SHUTDOWN_TIMEOUT
+(``configure``), pinging systemd's watchdog (armed during a reload) and extending a stop's timeout every
+second meanwhile, and gives up on a job's webhooks once their own timeouts have passed (an endpoint that
+trickles its reply). What it gives up on is logged, one line per webhook not sent, with the job's id and
+the webhook's masked URL.
 """
 
 from __future__ import annotations
@@ -73,8 +76,23 @@ class Aftermath:
     deadline: float | None = None
     """``time.monotonic()`` past which ``drain`` gives up: set once the webhooks are under way."""
     thread: threading.Thread | None = None
+    handled: threading.Event = field(default_factory=threading.Event)
+    """The callback and the handlers are over (the webhooks may be under way)."""
 
     def run(self) -> None:
+        try:
+            self.handle()
+        finally:
+            self.handled.set()
+        faults.reached("rescue.callback")
+        if self.failure is not None and self.hooks:
+            self.deadline = time.monotonic() + webhooks.budget(self.hooks)
+            for hook in self.hooks:
+                webhooks.send(self.job, hook, self.failure)
+                self.sent += 1
+
+    def handle(self) -> None:
+        """The app's code: the job's failure callback, then the exception handlers, as rq's cleanup calls them."""
         job = self.job
         try:
             execute_failure_callback(job, ThreadDeathPenalty, AbandonedJobError, AbandonedJobError(), None)
@@ -85,12 +103,6 @@ class Aftermath:
                 call_exception_handlers(self.handlers, job, AbandonedJobError, AbandonedJobError(), None)
             except Exception:  # nor its handlers
                 log.exception("an exception handler raised for job %s during recovery", job.id)
-        faults.reached("rescue.callback")
-        if self.failure is not None and self.hooks:
-            self.deadline = time.monotonic() + webhooks.budget(self.hooks)
-            for hook in self.hooks:
-                webhooks.send(job, hook, self.failure)
-                self.sent += 1
 
     def unsent(self) -> list[Webhook]:
         return self.hooks[self.sent:] if self.failure is not None else []
@@ -128,6 +140,23 @@ def follow(job: Job, handlers: Sequence[Callable[..., object]], failure: str | N
         _pending[:] = [a for a in _pending if a.thread is not None and a.thread.is_alive()] + [aftermath]
     aftermath.thread.start()
     return aftermath.thread
+
+
+def settle() -> None:
+    """At start-up, after the rescue of the predecessor's jobs: wait until their failure callbacks and exception
+    handlers are over (not their webhooks), up to the configured limit and pinging meanwhile, so that this
+    instance takes no job while the app's code still handles a rescued one, as before the loop ran them on
+    threads (a stop ends the wait: ``startup.early``). Past the limit they go on running; ``drain`` takes them."""
+    with _lock:
+        waiting = [a for a in _pending if not a.handled.is_set()]
+    if waiting:
+        log.info("Waiting up to %gs for the failure callbacks and exception handlers of %d rescued job(s)", _limit,
+                 len(waiting))
+    end = time.monotonic() + _limit
+    while waiting and time.monotonic() < end:
+        _keepalive()
+        waiting[0].handled.wait(max(0.0, min(PING_EVERY, end - time.monotonic())))
+        waiting = [a for a in waiting if not a.handled.is_set()]  # (set however the steps ended)
 
 
 def drain() -> int:

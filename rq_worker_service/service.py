@@ -138,6 +138,8 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
                                         went_silent=predecessor_hung(settings.instance, os.environ))
         if recovered:
             log.warning("Recovered %d job(s) from this instance's previous run", len(recovered))
+            with early.wait():  # committed: a stop may end the wait for their callbacks and handlers
+                aftermath.settle()
         worker = build_worker(prepared, connection, notifier)
         if early.stop_requested:  # its started jobs are re-queued; what it held, any worker puts back (its key is gone)
             return stopped_during_startup()

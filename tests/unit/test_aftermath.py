@@ -132,3 +132,18 @@ def test_the_thread_limit_leaves_rqs_job_timeout_message_alone():
     with pytest.raises(JobTimeoutException, match=r"\(1 seconds\)"), aftermath.ThreadDeathPenalty(1):
         time.sleep(3)
     assert str(JobTimeoutException("Task exceeded maximum timeout value (7 seconds)")).endswith("(7 seconds)")
+
+
+def test_settle_waits_for_the_callbacks_and_handlers_pinging_and_not_for_the_webhooks(monkeypatch):
+    """The start-up's wait: the instance takes no job while the app's code handles a rescued one (without
+    ``settle`` the handler has not run yet when it returns); a slow endpoint does not hold the start."""
+    monkeypatch.setattr(Webhook, "send", lambda self, job, exc_string=None: release.wait(10))
+
+    def late_handler(job, exc_type, exc_value, tb):
+        time.sleep(1.5)
+        calls.append("handled")
+
+    aftermath.follow(job_with(webhooks=[Webhook("http://h/f", "failed")]), [late_handler], "x")
+    start = time.monotonic()
+    aftermath.settle()
+    assert calls == ["handled"] and time.monotonic() - start < 2.5 and len(pings) >= 2
