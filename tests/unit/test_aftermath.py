@@ -88,15 +88,15 @@ def test_a_requeued_job_runs_its_callback_and_handlers_and_sends_no_webhook():
 def test_drain_pings_while_it_waits_and_gives_up_at_its_limit_naming_each_unsent_webhook(caplog):
     """Without the keep-alive a reload's wait left systemd's watchdog unpinged; without the limit, a handler
     that never returns kept the process from leaving."""
-    aftermath.configure(lambda: pings.append(time.monotonic()), 2.5)
+    aftermath.configure(lambda: pings.append(time.monotonic()), 1.6)
     url = "https://h.example/hook/s3cr3t?token=s3cr3t"
     job = job_with(webhooks=[Webhook(url, "failed"), Webhook("http://h/second", "failed")])
     aftermath.follow(job, [handler("stuck", waits=True)], "AbandonedJobError: gone")
     start = time.monotonic()
     assert aftermath.drain() == 1
-    assert 2.3 < time.monotonic() - start < 3.5
+    assert 1.4 < time.monotonic() - start < 2.5
     gaps = [b - a for a, b in zip([start, *pings], [*pings, time.monotonic()], strict=False)]
-    assert len(pings) >= 3 and max(gaps) < 1.5, gaps
+    assert len(pings) >= 2 and max(gaps) < 1.5, gaps
     lines = [r.getMessage() for r in caplog.records if "was not sent" in r.getMessage()]
     assert lines == [f"Job {job.id}: its failed webhook to https://h.example/*** was not sent: this process left "
                      "before it (past the webhooks' timeouts or RQ_SHUTDOWN_TIMEOUT)",
@@ -130,7 +130,8 @@ def test_the_thread_limit_leaves_rqs_job_timeout_message_alone():
     """rq's TimerDeathPenalty sets the message of the class it is given, process-wide: given JobTimeoutException
     itself, a later job timeout of the main thread's SIGALRM limit would show the callback's limit instead."""
     with pytest.raises(JobTimeoutException, match=r"\(1 seconds\)"), aftermath.ThreadDeathPenalty(1):
-        time.sleep(3)
+        for _ in range(30):
+            time.sleep(0.1)
     assert str(JobTimeoutException("Task exceeded maximum timeout value (7 seconds)")).endswith("(7 seconds)")
 
 
@@ -140,10 +141,10 @@ def test_settle_waits_for_the_callbacks_and_handlers_pinging_and_not_for_the_web
     monkeypatch.setattr(Webhook, "send", lambda self, job, exc_string=None: release.wait(10))
 
     def late_handler(job, exc_type, exc_value, tb):
-        time.sleep(1.5)
+        time.sleep(1.2)
         calls.append("handled")
 
     aftermath.follow(job_with(webhooks=[Webhook("http://h/f", "failed")]), [late_handler], "x")
     start = time.monotonic()
     aftermath.settle()
-    assert calls == ["handled"] and time.monotonic() - start < 2.5 and len(pings) >= 2
+    assert calls == ["handled"] and time.monotonic() - start < 2.2 and len(pings) >= 2
