@@ -27,15 +27,13 @@ from pathlib import Path
 from redis import Redis
 from redis.exceptions import WatchError
 from rq import Queue
-from rq.callbacks import execute_failure_callback
 from rq.exceptions import AbandonedJobError, NoSuchJobError
 from rq.job import Job, JobStatus
-from rq.job_lifecycle import call_exception_handlers
 from rq.rate_limit import release_slot
 from rq.results import Result
 from rq.utils import as_text, current_timestamp, parse_composite_key
 
-from . import faults, host, webhooks
+from . import aftermath, faults, host
 from .appimport import exception_handlers
 from .classes import app_classes
 from .config import Settings
@@ -268,30 +266,20 @@ def after_claim(job: Job, queue: Queue, retried: bool, failure: str,
                 handlers: Sequence[Callable[..., object]] = ()) -> None:
     """What follows a committed rescue, as rq's worker does after it records a failure.
 
-    Dependents and the rate-limit slot first: they are quick, and a rescuer that dies later would
-    otherwise leave a dependent deferred for good. The app's failure callback (up to 60 s) and its
-    exception handlers (RQ_EXCEPTION_HANDLERS, with AbandonedJobError, retried or not, as rq's cleanup
-    of an abandoned job calls the cleaning worker's) next, at most once: a rescuer that dies after the
-    commit skips them. rq's own ``StartedJobRegistry.cleanup`` runs them before its commit instead, so a
-    cleanup that dies in between runs them again next time. Last, a failed job's ``failed`` webhooks
-    (``webhooks``), with the ``failure`` recorded, as rq's cleanup sends them after its commit: at most
-    once, none for a job re-queued.
+    Dependents and the rate-limit slot first, here: they are quick, and a rescuer that dies later would
+    otherwise leave a dependent deferred for good. Then, on a thread of their own (``aftermath``: the
+    rescuer's loop keeps ticking, pinging the watchdog and beating): the app's failure callback (up to
+    its timeout), its exception handlers (RQ_EXCEPTION_HANDLERS, with AbandonedJobError, retried or not,
+    as rq's cleanup of an abandoned job calls the cleaning worker's) and, for a job failed, its
+    ``failed`` webhooks with the ``failure`` recorded (none for a job re-queued): in that order, at most
+    once (a rescuer that dies after the commit skips what is left). rq's own
+    ``StartedJobRegistry.cleanup`` runs the callback and handlers before its commit instead, so a cleanup
+    that dies in between runs them again next time; it sends the webhooks after its commit, as here.
     """
     if not retried:
         queue.enqueue_dependents(job)
     release_slot(job)  # rq 3 rate limits: the slot goes to a waiting job unless this one was requeued
-    try:
-        execute_failure_callback(job, queue.death_penalty_class, AbandonedJobError, AbandonedJobError(), None)
-    except Exception:  # the app's callback must not stop recovery
-        log.exception("failure callback of job %s raised during recovery", job.id)
-    if handlers:
-        try:
-            call_exception_handlers(handlers, job, AbandonedJobError, AbandonedJobError(), None)
-        except Exception:  # nor its handlers
-            log.exception("an exception handler raised for job %s during recovery", job.id)
-    faults.reached("rescue.callback")
-    if not retried:
-        webhooks.send_failed(job, failure)
+    aftermath.follow(job, handlers, None if retried else failure)
 
 
 def rescue_executions(connection: Redis, owner: str, queue_names: list[str], settings: Settings, reason: str, *,

@@ -18,7 +18,7 @@ import redis
 from rq.exceptions import StopRequested
 from rq.worker import DequeueStrategy
 
-from . import exits, faults, journal, keys, startup, webhooks
+from . import aftermath, exits, faults, journal, keys, startup
 from .acl import denied
 from .config import ConfigError, load_settings
 from .connection import (
@@ -36,6 +36,7 @@ from .envfiles import refresh_environment
 from .lifecycle import Phase
 from .notify import Notifier
 from .parts.reporting import COUNTS_VAR
+from .parts.stops import STOP_GRACE
 from .prepare import Prepared, prepare
 from .recovery import WorkerNameInUse, predecessor_hung, recover_predecessor
 from .rqcompat import mixed_rq_workers
@@ -136,6 +137,7 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
     os.environ.pop(PREFIX_REEXEC_VAR, None)
     journal.setup_logging(settings.log_level)
     journal.set_worker(settings.name)
+    aftermath.configure(lambda: keep_alive(notifier), settings.shutdown_timeout)
     for warning in settings.warnings:
         log.warning("%s", warning)
 
@@ -155,6 +157,8 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
                                         went_silent=predecessor_hung(settings.instance, os.environ))
         if recovered:
             log.warning("Recovered %d job(s) from this instance's previous run", len(recovered))
+            with early.wait():  # committed: a stop may end the wait for their callbacks and handlers
+                aftermath.settle()
         worker = build_worker(prepared, connection, notifier)
         worker.parts.recycler.check = lambda: config_problem(overrides, env_files, dotenv)
         if early.stop_requested:  # its started jobs are re-queued; what it held, any worker puts back (its key is gone)
@@ -196,6 +200,13 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
                          "systemd restarts this instance", exits.LOOP_ERROR, errno.EIO)
 
 
+def keep_alive(notifier: Notifier) -> None:
+    """While the process waits to leave (``aftermath.drain``): systemd's watchdog stays armed during a
+    reload, and a stop's timeout runs; keep both ahead, as the tick does."""
+    notifier.watchdog()
+    notifier.extend_timeout(aftermath.PING_EVERY + STOP_GRACE)
+
+
 def stopped_during_startup() -> int:
     log.info("Stopped during start-up (%s), before taking any job", early.names())
     return exits.OK
@@ -206,7 +217,7 @@ def reexec(marker: str = REEXEC_VAR, why: str | None = None) -> None:
     ``marker`` tells the new process why (a reload, or rq's key prefix to import anew); ``why``: a
     recycle (RQ_MAX_JOBS, RQ_MAX_MEMORY), which the new process says it is."""
     log.info("Re-executing in place%s", f": {why}" if why else " to apply new configuration and code")
-    webhooks.drain()  # the exec would end their threads
+    aftermath.drain()  # the exec would end their threads (it pings the watchdog while it waits)
     os.environ[marker] = RECYCLED if why else "1"
     for handler in logging.getLogger().handlers:
         handler.flush()

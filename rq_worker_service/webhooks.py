@@ -6,69 +6,47 @@ rq sends a job's webhooks from the path that writes its end, once that end is co
 this package ends itself never passes there: one rescued after its worker was killed (the restarted
 instance's recovery), one a fencer rescued from a silent worker, one whose worker could not record
 its end. Each of those that ends failed (no retry left) sends its ``failed`` webhooks here, after
-the rescue's commit (``recovery.after_claim``), with rq's own ``Job.send_webhooks``: the same
-payload (``exc_info`` is the failure the rescue recorded), method, headers and timeout, and a send
-that fails is logged, never raised, and changes nothing about the job. A job the rescue re-queues
-sends nothing now: its final end sends. Cold stops and a horse's death go through rq's worker path,
-which sends them itself.
-
-A rescue runs in the main loop (a fencer's sweep) or before it (start-up), where a slow endpoint
-must not hold the loop past its watchdog: the webhooks are sent on a thread of their own, and the
-process waits for them (each up to its timeout) only as it leaves (``drain``).
+the rescue's commit and the app's callback and handlers (``aftermath``, on a thread of its own), as
+rq's ``Job.send_webhooks`` does: in turn, each with rq's ``Webhook.send`` (the same payload, with
+``exc_info`` the failure the rescue recorded, method, headers and timeout), a send that fails logged,
+never raised, and changing nothing about the job. A job the rescue re-queues sends nothing now: its
+final end sends. Cold stops and a horse's death go through rq's worker path, which sends them itself.
 """
 
 from __future__ import annotations
 
-import atexit
 import logging
-import threading
-import time
 
 from rq.job import Job, JobStatus
+from rq.webhook import Webhook
+
+from .config import mask_webhook_url
 
 log = logging.getLogger(__name__)
 
 MARGIN = 1.0
-"""Seconds ``drain`` waits beyond a send's own timeout, for the reply already on its way."""
-
-_pending: list[tuple[threading.Thread, float]] = []
-"""Sends not known to be done: the thread and its deadline (``time.monotonic``)."""
-_lock = threading.Lock()
+"""Seconds a process waits beyond the sends' own timeouts, for the reply already on its way."""
 
 
-def send_failed(job: Job, exc_string: str) -> threading.Thread | None:
-    """Send ``job``'s ``failed`` webhooks as rq does once it has recorded a failure, on a thread; the
-    thread, or None when the job has none. ``job`` must be the object read for the rescue (the app's
-    job class and serializer: its payload reads the job's function name)."""
-    webhooks = [webhook for webhook in job.webhooks if webhook.job_status == JobStatus.FAILED]
-    if not webhooks:
-        return None
-    deadline = time.monotonic() + sum(webhook.timeout for webhook in webhooks) + MARGIN  # rq sends them in turn
-    thread = threading.Thread(target=job.send_webhooks, args=(JobStatus.FAILED,), kwargs={"exc_string": exc_string},
-                              name=f"webhooks {job.id}", daemon=True)
-    with _lock:
-        if not _pending:
-            atexit.register(drain)  # (once per batch: drain unregisters it)
-        _pending[:] = [(t, d) for t, d in _pending if t.is_alive()] + [(thread, deadline)]
-    thread.start()
-    return thread
+def failed(job: Job) -> list[Webhook]:
+    """The job's ``failed`` webhooks, in the order rq sends them."""
+    return [webhook for webhook in job.webhooks if webhook.job_status == JobStatus.FAILED]
 
 
-def drain() -> int:
-    """Wait for the sends still under way, each until its deadline; returns how many were left unfinished.
+def budget(hooks: list[Webhook]) -> float:
+    """Seconds sending ``hooks`` one after the other takes at most, unless an endpoint trickles its reply."""
+    return sum(webhook.timeout for webhook in hooks) + MARGIN
 
-    Called as the process leaves: at exit, and before a reload re-executes it (which would end the
-    threads at once). The deadline is the sum of the job's timeouts (rq sends its webhooks one after
-    the other, each with its own): a send still going past it is to an endpoint that trickles its
-    reply, which the process does not wait for."""
-    with _lock:
-        pending, _pending[:] = list(_pending), []
-        atexit.unregister(drain)
-    left = 0
-    for thread, deadline in pending:
-        thread.join(max(0.0, deadline - time.monotonic()))
-        if thread.is_alive():
-            left += 1
-    if left:
-        log.warning("Left %d job webhook send(s) unfinished past their timeout as this process exits", left)
-    return left
+
+def send(job: Job, webhook: Webhook, exc_string: str) -> None:
+    """Send one of ``job``'s failed webhooks as rq's ``Job.send_webhooks`` does (its debug line, which
+    ``journal.WEBHOOK_LINES`` masks; ``Webhook.send`` logs a failure and never raises)."""
+    job.log.debug("Job %s: sending %s webhook to %s", job.id, webhook.job_status, webhook.url)
+    webhook.send(job, exc_string=exc_string)
+
+
+def log_unsent(job_id: str, webhook: Webhook) -> None:
+    """One line for a webhook the process leaves without having sent (or while its send was under way)."""
+    log.warning("Job %s: its failed webhook to %s was not sent: this process left before it (past the webhooks' "
+                "timeouts or RQ_SHUTDOWN_TIMEOUT)", job_id, mask_webhook_url(webhook.url),
+                extra={"RQ_JOB_ID": job_id})

@@ -141,10 +141,12 @@ class ServiceParts:
 
         The sweeps (fencing lost members, rescues, orphans) run from the main loop only: in the fork
         and spawn workers that includes the ticks while the horse runs (rq's ``maintain_heartbeats``);
-        the simple worker's job holds the main loop, and a rescue's failure callbacks need the main
-        thread (rq's SIGALRM time limit), so its watch thread leaves them owed, and the main loop
-        does them as soon as the job ends, before its next pop: otherwise, with back-to-back jobs
-        longer than a tick, the watch thread's ticks keep the main loop's from ever being due."""
+        the simple worker's job holds the main loop, and the sweeps stay on it (they once ran a
+        rescue's failure callback under rq's SIGALRM limit, which only the main thread can set; the
+        callbacks now run on threads of their own, ``aftermath``), so its watch thread leaves them
+        owed, and the main loop does them as soon as the job ends, before its next pop: otherwise,
+        with back-to-back jobs longer than a tick, the watch thread's ticks keep the main loop's
+        from ever being due."""
         self.next_tick = self.clock() + self.interval
         if main_loop:
             self.woken.clear()

@@ -8,7 +8,7 @@ from rq import Callback, Queue, Retry, Worker
 from rq.job import Job, JobStatus
 from testjobs import note_failure, note_status_on_failure, quick_job
 
-from rq_worker_service import host, recovery
+from rq_worker_service import aftermath, host, recovery
 from rq_worker_service.config import load_settings
 from rq_worker_service.host import HostIdentity
 from rq_worker_service.recovery import WorkerNameInUse, apply_default_retry, recover_predecessor, rescue_executions
@@ -65,6 +65,7 @@ def test_job_without_retry_gets_the_default_policy(conn):
 def test_recovery_runs_the_jobs_failure_callback_as_rq_does_for_abandoned_jobs(conn):
     job, _ = predecessor_running(conn, {"on_failure": Callback(note_failure)})
     recover_predecessor(conn, settings(RQ_JOB_RETRY_MAX="0"), HOST)
+    assert aftermath.drain() == 0  # (on a thread of its own: ``aftermath``)
     assert conn.get(f"failure-callback:{job.id}") == b"AbandonedJobError"
 
 
@@ -72,6 +73,7 @@ def test_the_callback_runs_after_the_job_is_requeued(conn):
     """The claim and the re-queue commit first: a rescuer killed in a slow callback loses nothing."""
     job, _ = predecessor_running(conn, {"retry": Retry(max=1), "on_failure": Callback(note_status_on_failure)})
     recover_predecessor(conn, settings(), HOST)
+    aftermath.drain()
     assert conn.get(f"status-at-callback:{job.id}") == b"queued"
 
 
@@ -99,7 +101,7 @@ def test_two_rescuers_at_once_requeue_the_job_once(conn, monkeypatch):
 
 @pytest.mark.parametrize("dies_in", ["rq.results.Result.create_failure",  # writing the retry: before the commit
                                      "rq_worker_service.recovery.release_slot",  # after it
-                                     "rq_worker_service.recovery.execute_failure_callback"])
+                                     "rq_worker_service.aftermath.follow"])  # handing over the callback
 def test_a_rescuer_that_dies_anywhere_leaves_the_job_to_the_next(conn, monkeypatch, dies_in):
     """Killed before its commit, a rescue changed nothing and the next one does it; killed after,
     the job is already back in its queue. Either way one attempt is taken, and the job is not lost."""
@@ -238,6 +240,7 @@ def test_a_job_registered_but_never_started_goes_back_to_the_front_untouched(con
     assert queue.job_ids == [job.id, waiting.id]
     job = Job.fetch(job.id, connection=conn)
     assert (job.get_status(), job.retries_left, job.latest_result()) == (JobStatus.QUEUED, 2, None)
+    aftermath.drain()
     assert not conn.exists(f"failure-callback:{job.id}")
     assert queue.started_job_registry.get_job_ids(cleanup=False) == []
     assert rescue_executions(conn, s.name, ["default"], s, "again", at_once=True) == []
@@ -253,11 +256,11 @@ def test_a_rescue_that_fails_the_job_sends_its_failed_webhooks_once_and_one_that
     hooks = [Webhook("http://h/failed", "failed"), Webhook("http://h/finished", "finished")]
     requeued, _ = predecessor_running(conn, {"retry": Retry(max=1), "webhooks": hooks})
     recover_predecessor(conn, settings(), HOST)
-    recovery.webhooks.drain()
+    aftermath.drain()
     assert sent == [] and Job.fetch(requeued.id, connection=conn).get_status() == JobStatus.QUEUED
     failed, _ = predecessor_running(conn, {"webhooks": hooks})
     recover_predecessor(conn, settings(RQ_JOB_RETRY_MAX="0"), HOST)
-    assert recovery.webhooks.drain() == 0
+    assert aftermath.drain() == 0
     failed = Job.fetch(failed.id, connection=conn)
     assert failed.get_status() == JobStatus.FAILED
     assert sent == [("http://h/failed", failed.latest_result().exc_string)]

@@ -9,6 +9,7 @@ internals, with the test that pins each, is ``INTERNALS`` in ``test_rq_contract.
 from __future__ import annotations
 
 import base64
+import inspect
 import logging
 import os
 import pickle
@@ -806,6 +807,34 @@ def test_the_helpers_recovery_calls_around_a_rescue(connection):
     assert release_slot(job) == [], "a job without a rate limit frees nothing"
 
 
+def test_the_timer_death_penalty_raises_in_its_thread_the_class_it_is_given():
+    """aftermath.ThreadDeathPenalty runs a rescue's failure callback under rq's ``TimerDeathPenalty(timeout,
+    exception)`` off the main thread: a timer raises ``exception`` in the thread that entered it, and rq sets
+    that class's message process-wide (hence a class of our own per use, a subclass of JobTimeoutException)."""
+    import threading
+
+    from rq.timeouts import JobTimeoutException, TimerDeathPenalty
+
+    class Own(JobTimeoutException):
+        pass
+
+    caught: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            with TimerDeathPenalty(1, Own):
+                for _ in range(30):
+                    time.sleep(0.1)
+        except Own as exc:
+            caught.append(exc)
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    thread.join(5)
+    assert [str(exc) for exc in caught] == ["Task exceeded maximum timeout value (1 seconds)"]
+    assert str(JobTimeoutException("x")) == "x", "rq's class itself is untouched"
+
+
 def test_exception_handlers_are_a_chain_a_false_return_ends(connection):
     """recovery.after_claim calls RQ_EXCEPTION_HANDLERS with ``call_exception_handlers(handlers, job,
     *exc_info)``, as rq's worker and its abandoned-job cleanup do: in order, None goes on, a falsy value
@@ -921,7 +950,7 @@ def test_a_failed_registry_entry_is_scored_as_quarantine_scores_it(connection):
 
 
 def test_send_webhooks_sends_the_matching_ones_never_raises_and_logs_the_url_where_we_mask_it(connection, caplog):
-    """webhooks.send_failed hands a rescued job's end to ``job.send_webhooks(JobStatus.FAILED, exc_string=…)``:
+    """webhooks.send repeats ``job.send_webhooks(JobStatus.FAILED, exc_string=…)`` one webhook at a time:
     it sends only the webhooks of that status, never raises for one that cannot be sent, and logs
     their URL on the lines (and at the argument) journal.WEBHOOK_LINES masks."""
     from helpers import free_port
@@ -939,3 +968,6 @@ def test_send_webhooks_sends_the_matching_ones_never_raises_and_logs_the_url_whe
     for line in lines:
         assert line.args[journal.WEBHOOK_LINES[line.msg]] == url
     assert "/other" not in caplog.text, "a webhook of another status was sent"
+    source = inspect.getsource(Job.send_webhooks)
+    assert ("for webhook in self.webhooks:" in source and "if webhook.job_status == status:" in source
+            and "webhook.send(self, exc_string=exc_string)" in source), "rq's loop changed: webhooks.send repeats it"

@@ -1,17 +1,14 @@
-"""The package's own webhook sends (``webhooks``) and the masking of webhook URLs in the log
-(``config.mask_webhook_url``, ``journal.WebhookUrlFilter``)."""
+"""The masking of webhook URLs in the log (``config.mask_webhook_url``, ``journal.WebhookUrlFilter``); the
+package's own sends: ``test_aftermath``."""
 
 from __future__ import annotations
 
 import logging
-import threading
-import time
 import urllib.error
 
 import pytest
-from rq import Webhook
 
-from rq_worker_service import journal, webhooks
+from rq_worker_service import journal
 from rq_worker_service.config import mask_webhook_url
 
 
@@ -53,36 +50,3 @@ def test_rqs_debug_line_before_a_send_is_masked_and_other_lines_untouched():
     other = record("Job %s: %s", ("j1", "http://h/s3cr3t"))
     journal.WebhookUrlFilter().filter(other)
     assert other.getMessage() == "Job j1: http://h/s3cr3t"
-
-
-class FakeJob:
-    id = "j1"
-
-    def __init__(self, hooks: list[Webhook], delay: float = 0.0) -> None:
-        self.webhooks = hooks
-        self.delay = delay
-        self.calls: list[tuple[str, str | None]] = []
-
-    def send_webhooks(self, status: str, *, exc_string: str | None = None) -> None:
-        time.sleep(self.delay)
-        self.calls.append((getattr(status, "value", status), exc_string))
-
-
-def test_send_failed_does_not_wait_and_drain_waits_up_to_the_timeouts():
-    job = FakeJob([Webhook("http://h/a", "failed", timeout=1), Webhook("http://h/b", "finished")], delay=0.3)
-    start = time.monotonic()
-    thread = webhooks.send_failed(job, "AbandonedJobError: gone")  # type: ignore[arg-type]
-    assert isinstance(thread, threading.Thread) and time.monotonic() - start < 0.1
-    assert webhooks.drain() == 0
-    assert job.calls == [("failed", "AbandonedJobError: gone")]
-    assert webhooks.send_failed(FakeJob([Webhook("http://h/b", "finished")]), "x") is None  # type: ignore[arg-type]
-
-
-def test_drain_gives_up_on_a_send_past_its_timeout(monkeypatch, caplog):
-    monkeypatch.setattr(webhooks, "MARGIN", 0.0)
-    job = FakeJob([Webhook("http://h/a", "failed", timeout=1)], delay=3)
-    webhooks.send_failed(job, "x")  # type: ignore[arg-type]
-    start = time.monotonic()
-    assert webhooks.drain() == 1
-    assert 0.8 < time.monotonic() - start < 1.5
-    assert "Left 1 job webhook send(s) unfinished" in caplog.text
