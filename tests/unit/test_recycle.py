@@ -215,7 +215,7 @@ def test_no_recycle_into_a_configuration_that_would_fail_the_start(caplog):
     """An env file edited into an invalid state without a reload: the recycle would re-read it and end
     in exit 78. The worker goes on, says so once, and recycles after the first job once it is fixed."""
     part, lifecycle, loop = recycler(max_jobs=1)
-    problems = ["RQ_WORKER_TTL='5' is invalid: expected …"]
+    problems = ["configuration error: RQ_WORKER_TTL='5' is invalid: expected …"]
     part.check = lambda: problems[0]
     with caplog.at_level(logging.ERROR, logger="rq_worker_service.worker"):
         run_job(part, lifecycle)
