@@ -287,6 +287,13 @@ def test_a_recycle_after_a_deploy_that_broke_the_apps_classes_does_not_end_the_i
                what="the second job, or the worker's exit")
     assert worker.proc.poll() is None, (f"the recycle re-executed into exit {worker.proc.returncode} (systemd does "
                                         "not restart 78): the instance is down with the second job queued")
+    assert worker.output().count("Not recycling (1 job done, RQ_MAX_JOBS=1): a start now would fail: configuration "
+                                 "error: RQ_WORKER_CLASS='r27app.RecycledWorker'") == 1, worker.output()
+    module.write_text(module.read_text().replace("class RenamedWorker(", "class RecycledWorker("))  # fixed
+    third = queue.enqueue(quick_job, 3)
+    wait_until(lambda: "Recycled worker" in worker.output(), 20, what="the recycle once the app is fixed")
+    wait_until(lambda: rconn.hget(third.key, "status") == b"finished", 15, what="the third job")
+    assert worker.proc.poll() is None
 
 
 def test_a_reload_waits_for_slow_webhooks_without_pinging_the_watchdog(app_dir, start_worker, rconn, tmp_path):
