@@ -268,12 +268,12 @@ def test_the_enqueue_helpers_job_id_keeps_one_pending_job_of_the_apps_job_class(
 
 
 def test_a_recycle_after_a_deploy_that_broke_the_apps_classes_does_not_end_the_instance(app_dir, start_worker, rconn):
-    """Wrong-state class. A recycle first asks
-    whether a start now would fail (``service.config_problem``), so that it never turns into exit 78, which the
-    unit's RestartPreventExitStatus=78 leaves dead. The check runs ``prepare`` in the running process, where the
-    app's modules are imported already: an app deploy that renamed RQ_WORKER_CLASS's class (or broke the module)
-    passes it, the re-executed process exits 78 at its start, and the instance is down for good with jobs queued.
-    (``systemctl reload`` runs ``run --check`` in a fresh process, which sees the new code.)"""
+    """Wrong-state class. A recycle first asks whether a start now would fail, so that it never turns into exit
+    78, which the unit's RestartPreventExitStatus=78 leaves dead. The check ran ``prepare`` in the running process
+    (``service.config_problem``, since replaced by ``startcheck``), where the app's modules are imported already:
+    an app deploy that renamed RQ_WORKER_CLASS's class (or broke the module) passed it, the re-executed process
+    exited 78 at its start, and the instance was down for good with jobs queued. (``systemctl reload`` runs ``run
+    --check`` in a fresh process, which sees the new code.) Once the app is fixed, the next job's end recycles."""
     worker = start_worker("r", env=app_env(app_dir, RQ_QUEUES="recycle", RQ_MAX_JOBS="1",
                                            RQ_WORKER_CLASS="r27app.RecycledWorker", WATCHDOG_USEC="3000000"))
     wait_until(lambda: idle(rconn, "r"), 20, what="the worker idle")
