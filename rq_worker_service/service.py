@@ -142,9 +142,10 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
         if recovered:
             log.warning("Recovered %d job(s) from this instance's previous run", len(recovered))
         worker = build_worker(prepared, connection, notifier)
-        worker.parts.recycler.check = lambda: start_problem(  # (the re-execution's command line and environment)
+        parts = worker.parts
+        parts.recycler.check = lambda: start_problem(  # (the re-execution's command line and environment)
             check_command(sys.orig_argv, sys.argv), os.environ, environment.private,
-            timeout(notifier.watchdog_seconds), worker.parts.between_jobs, lambda: worker.parts.lifecycle.stopping)
+            timeout(notifier.watchdog_seconds), parts.tick_while_waiting, lambda: parts.lifecycle.stopping)
         if early.stop_requested:  # its started jobs are re-queued; what it held, any worker puts back (its key is gone)
             return stopped_during_startup()
         worker.work(with_scheduler=settings.with_scheduler, logging_level=settings.log_level,  # hands over the rest
