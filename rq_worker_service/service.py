@@ -40,7 +40,7 @@ from .prepare import Prepared, prepare
 from .recovery import WorkerNameInUse, predecessor_hung, recover_predecessor
 from .rqcompat import mixed_rq_workers
 from .secret_env import environment, handover, url_has_secret
-from .startcheck import check_command, start_problem, timeout
+from .startcheck import check_command, start_problem, time_limit
 from .startup import StartupStopped, early
 from .worker import ServiceWorkerMixin
 
@@ -145,7 +145,7 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
         parts = worker.parts
         parts.recycler.check = lambda: start_problem(  # (the re-execution's command line and environment)
             check_command(sys.orig_argv, sys.argv), os.environ, environment.private,
-            timeout(notifier.watchdog_seconds), parts.tick_while_waiting, lambda: parts.lifecycle.stopping)
+            time_limit(notifier.watchdog_seconds), parts.tick_while_waiting, lambda: parts.lifecycle.stopping)
         if early.stop_requested:  # its started jobs are re-queued; what it held, any worker puts back (its key is gone)
             return stopped_during_startup()
         worker.work(with_scheduler=settings.with_scheduler, logging_level=settings.log_level,  # hands over the rest

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from .secret_env import handover
 
 TIMEOUT = 30.0
-"""Seconds a check may take without a watchdog; with one, half its period (``timeout``)."""
+"""Seconds a check may take without a watchdog; with one, half its period (``time_limit``)."""
 SLICE = 0.2
 """Seconds between two looks at the check: the caller's tick and a stop asked meanwhile."""
 CONFIG_ERROR = "configuration error: "
@@ -36,7 +36,7 @@ NOT_INHERITED = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 """Only the worker talks to systemd (the unit's NotifyAccess=main)."""
 
 
-def timeout(watchdog_seconds: float | None) -> float:
+def time_limit(watchdog_seconds: float | None) -> float:
     return min(TIMEOUT, watchdog_seconds / 2) if watchdog_seconds else TIMEOUT
 
 

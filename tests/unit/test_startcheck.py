@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 import time
 
-from rq_worker_service.startcheck import check_command, problem_line, start_problem, timeout
+from rq_worker_service.startcheck import check_command, problem_line, start_problem, time_limit
 
 CHILD = [sys.executable, "-c"]
 
@@ -28,7 +28,7 @@ def test_the_command_is_the_re_execution_s_with_check_after_run():
 
 
 def test_the_bound_is_half_the_watchdog_period():
-    assert (timeout(30.0), timeout(None), timeout(600.0)) == (15.0, 30.0, 30.0)
+    assert (time_limit(30.0), time_limit(None), time_limit(600.0)) == (15.0, 30.0, 30.0)
 
 
 def test_a_passing_check_is_none_and_a_refusal_its_one_line():
