@@ -519,9 +519,11 @@ def _acl(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if not args.check:
-        from .secret_env import scrub
+    from .secret_env import environment, scrub
 
+    if args.check:
+        environment.receive()  # the secrets a recycle's check is handed, as a re-execution is (``startcheck``)
+    else:
         scrub()  # first: a secret in the environment this process was started with must not stay there
         from .startup import early
 

@@ -41,6 +41,7 @@ from .prepare import Prepared, prepare
 from .recovery import WorkerNameInUse, predecessor_hung, recover_predecessor
 from .rqcompat import mixed_rq_workers
 from .secret_env import environment, handover, url_has_secret
+from .startcheck import check_command, start_problem, time_limit
 from .startup import StartupStopped, early
 from .worker import ServiceWorkerMixin
 
@@ -60,21 +61,6 @@ def build_worker(prepared: Prepared, connection, notifier: Notifier) -> ServiceW
                                  job_class=classes.job_class, queue_class=classes.queue_class, settings=settings,
                                  notifier=notifier, exception_handlers=list(prepared.exception_handlers) or None,
                                  disable_default_exception_handler=settings.disable_default_exception_handler)
-
-
-def config_problem(overrides: dict, env_files: Sequence[str], dotenv: Path) -> str | None:
-    """Why a start from the env files as they are now would fail (the one line), or None.
-
-    A recycle (RQ_MAX_JOBS, RQ_MAX_MEMORY) re-reads them, as a reload does; ``systemctl reload`` runs
-    ``run --check`` first, a recycle asks this first, on a copy of the environment: a file edited into
-    an invalid state without a reload must not turn a recycle into a failed instance (exit 78)."""
-    probe = dict(environment)
-    try:
-        refresh_environment(env_files, dotenv, probe)
-        prepare(load_settings(probe, overrides))
-    except ConfigError as exc:
-        return str(exc)
-    return None
 
 
 def configure(overrides: dict, env_files: Sequence[str]) -> Prepared:
@@ -110,7 +96,6 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
     """
     journal.setup_logging("INFO")
     notifier = Notifier()
-    dotenv = Path.cwd() / ".env"  # (before RQ_APP_DIR is entered)
     try:
         prepared = configure(overrides, env_files)
     except ConfigError as exc:
@@ -133,7 +118,8 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
         # rq reads its key prefix once, when it is imported; this one came from a file read since.
         if os.environ.get(PREFIX_REEXEC_VAR):
             return notifier.fail(f"configuration error: {exc}", exits.CONFIG, errno.EINVAL)
-        reexec(PREFIX_REEXEC_VAR)
+        failed = reexec(PREFIX_REEXEC_VAR)
+        return notifier.fail(cannot_reexec(failed), exits.LOOP_ERROR, failed.errno or errno.EIO)
     os.environ.pop(PREFIX_REEXEC_VAR, None)
     journal.setup_logging(settings.log_level)
     journal.set_worker(settings.name)
@@ -160,7 +146,10 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
             with early.wait():  # committed: a stop may end the wait for their callbacks and handlers
                 aftermath.settle()
         worker = build_worker(prepared, connection, notifier)
-        worker.parts.recycler.check = lambda: config_problem(overrides, env_files, dotenv)
+        parts = worker.parts
+        parts.recycler.check = lambda: start_problem(  # (the re-execution's command line and environment)
+            check_command(sys.orig_argv, sys.argv), os.environ, environment.private,
+            time_limit(notifier.watchdog_seconds), parts.tick_while_waiting, lambda: parts.lifecycle.stopping)
         if early.stop_requested:  # its started jobs are re-queued; what it held, any worker puts back (its key is gone)
             return stopped_during_startup()
         worker.work(with_scheduler=settings.with_scheduler, logging_level=settings.log_level,  # hands over the rest
@@ -192,7 +181,8 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
         os.environ[COUNTS_VAR] = "{},{}".format(*worker.parts.counters.job_counts)
         faults.reached("reload.exec")
         recycle = worker.parts.lifecycle.recycle_reason
-        reexec(why=f"recycling ({recycle})" if recycle else None)
+        failed = reexec(why=f"recycling ({recycle})" if recycle else None)
+        return notifier.fail(cannot_reexec(failed), exits.LOOP_ERROR, failed.errno or errno.EIO)
     if worker.parts.lifecycle.phase is Phase.STOPPING:
         log.info("Stopped")
         return exits.OK
@@ -212,10 +202,14 @@ def stopped_during_startup() -> int:
     return exits.OK
 
 
-def reexec(marker: str = REEXEC_VAR, why: str | None = None) -> None:
+def reexec(marker: str = REEXEC_VAR, why: str | None = None) -> OSError:
     """Replace this process with a fresh copy of itself: same pid, new config and app code.
     ``marker`` tells the new process why (a reload, or rq's key prefix to import anew); ``why``: a
-    recycle (RQ_MAX_JOBS, RQ_MAX_MEMORY), which the new process says it is."""
+    recycle (RQ_MAX_JOBS, RQ_MAX_MEMORY), which the new process says it is.
+
+    Returns only when the execution failed (the interpreter removed or replaced by an upgrade, out of
+    memory), with why: the worker has left rq's loop and holds no job; the caller exits with status 1,
+    which systemd restarts (a traceback said no more, and a 78 would have left the instance dead)."""
     log.info("Re-executing in place%s", f": {why}" if why else " to apply new configuration and code")
     aftermath.drain()  # the exec would end their threads (it pings the watchdog while it waits)
     os.environ[marker] = RECYCLED if why else "1"
@@ -223,4 +217,12 @@ def reexec(marker: str = REEXEC_VAR, why: str | None = None) -> None:
         handler.flush()
     handover(environment.private, os.environ)  # the secrets, never in the new process's environment
     startup.block()  # a signal that comes before the new process can record it waits for it
-    os.execv(sys.executable, sys.orig_argv)
+    try:
+        os.execv(sys.executable, sys.orig_argv)
+    except OSError as exc:
+        return exc
+
+
+def cannot_reexec(exc: OSError) -> str:
+    return (f"cannot re-execute in place ({sys.executable}: {exc.strerror}); exiting so that systemd starts this "
+            "instance again")

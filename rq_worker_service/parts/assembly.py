@@ -200,6 +200,13 @@ class ServiceParts:
         if self.tick_due:
             self.tick()
 
+    def tick_while_waiting(self) -> None:
+        """A wait of the main loop right after a job (a recycle's ``startcheck``): the tick when due, unless
+        the simple worker's watch thread still ticks for that job (it stops at the end of ``execute_job``):
+        the two never tick at once."""
+        if self.watch is None or self.watch.watched is None:
+            self.between_jobs()
+
     def rq_beat_due(self, timeout: int | None) -> bool:
         """Whether rq's heartbeat goes out now: always with a timeout of its own, else once per BEAT_INTERVAL."""
         if timeout is None and self.clock() < self.next_beat:

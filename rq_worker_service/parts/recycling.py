@@ -5,8 +5,10 @@ Where rq's worker exits (and systemd would count a restart, or leave the instanc
 asks itself for a reload (``Lifecycle.request_recycle``) once the job is over: rq's loop ends before
 its next pop, and ``run`` re-executes the process in place, as after SIGHUP: same PID (systemd's
 MAINPID), RELOADING=1 then READY=1, no failure and no restart counted. As a reload runs ``run
---check`` first, a recycle first checks the env files as they are now (``check``): one edited into
-an invalid state without a reload would fail the new process (exit 78); the worker goes on instead.
+--check`` first, a recycle first runs it too, in a fresh process (``check``: ``startcheck``): an env
+file edited into an invalid state without a reload, or an app deploy that broke what the worker
+imports from it, would fail the new process (exit 78, which systemd does not restart); the worker
+goes on in this process instead, says why once, and asks again after each job.
 
 Memory: the larger of the worker process's peak resident size (VmHWM; a re-exec starts it afresh)
 and, in fork and spawn mode, the peak of the job's work horse (``ru_maxrss`` from the ``wait4`` rq
@@ -63,7 +65,7 @@ class Recycler(Part):
         self.horse_peak: int | None = None
         """The last job's horse at its peak, in bytes (fork and spawn mode)."""
         self.check: Callable[[], str | None] = lambda: None
-        """Why a start now would fail (``service.config_problem``): then no recycle, until it passes."""
+        """Why a start now would fail, one line (``startcheck.start_problem``): then no recycle, until it passes."""
         self.refused: str | None = None
         """The problem last told, so that it is told once, not after every job."""
 
@@ -82,9 +84,8 @@ class Recycler(Part):
         problem = self.check()
         if problem is not None:
             if problem != self.refused:
-                log.error("Not recycling (%s): a start now would fail: configuration error: %s; fix the file (a "
-                          "reload would refuse it too); the worker goes on and tries again after each job",
-                          reason, problem)
+                log.error("Not recycling (%s): a start now would fail: %s; fix it (a reload would refuse it too); "
+                          "the worker goes on and tries again after each job", reason, problem)
             self.refused = problem
             return
         if self.lifecycle.request_recycle(reason):

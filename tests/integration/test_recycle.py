@@ -224,3 +224,34 @@ def test_an_app_s_own_worker_class_and_serializer_recycle_too(start_worker, noti
     assert seen[0] == seen[1] != seen[2] == seen[3] != seen[4], seen
     assert worker.proc.poll() is None and len(notify.lines("RELOADING=1")) == 2
     assert worker.output().count("Recycling in place") == 2
+
+
+FAILING_EXECV = '''
+import errno
+import os
+
+
+def execv(path, argv):
+    raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+
+
+os.execv = execv  # the interpreter gone by the time the worker re-executes (an upgrade removed it)
+'''
+
+
+def test_a_recycle_whose_re_execution_fails_exits_1_for_systemd_to_restart(start_worker, notify, rconn, tmp_path):
+    """os.execv failing (its interpreter removed or replaced under it): one line and exit 1, which
+    Restart=on-failure restarts, never 78 (left dead) nor a traceback. The job before it finished."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(FAILING_EXECV)
+    job = Queue("no-exec", connection=rconn).enqueue(birth_job)
+    worker = start_worker("1", notify=notify, env={"RQ_QUEUES": "no-exec", "RQ_MAX_JOBS": "1",
+                                                   "PYTHONPATH": str(site)})
+    assert worker.wait(30) == 1
+    assert Job.fetch(job.id, connection=rconn).get_status() == JobStatus.FINISHED
+    output = worker.output()
+    assert "cannot re-execute in place (" in output and "No such file or directory); exiting so that systemd " \
+        "starts this instance again" in output, output
+    assert "Traceback" not in output, output
+    assert any(line.startswith("ERRNO=2") for line in notify.lines("ERRNO=")), notify.lines("ERRNO=")

@@ -268,16 +268,12 @@ def test_the_enqueue_helpers_job_id_keeps_one_pending_job_of_the_apps_job_class(
 
 
 def test_a_recycle_after_a_deploy_that_broke_the_apps_classes_does_not_end_the_instance(app_dir, start_worker, rconn):
-    """Wrong-state class (branch i27-recycle: skipped where RQ_MAX_JOBS is not a variable). A recycle first asks
-    whether a start now would fail (``service.config_problem``), so that it never turns into exit 78, which the
-    unit's RestartPreventExitStatus=78 leaves dead. The check runs ``prepare`` in the running process, where the
-    app's modules are imported already: an app deploy that renamed RQ_WORKER_CLASS's class (or broke the module)
-    passes it, the re-executed process exits 78 at its start, and the instance is down for good with jobs queued.
-    (``systemctl reload`` runs ``run --check`` in a fresh process, which sees the new code.)"""
-    from rq_worker_service import variables
-
-    if "RQ_MAX_JOBS" not in {v.name for v in variables.VARIABLES}:
-        pytest.skip("RQ_MAX_JOBS (branch i27-recycle) is not merged here")
+    """Wrong-state class. A recycle first asks whether a start now would fail, so that it never turns into exit
+    78, which the unit's RestartPreventExitStatus=78 leaves dead. The check ran ``prepare`` in the running process
+    (``service.config_problem``, since replaced by ``startcheck``), where the app's modules are imported already:
+    an app deploy that renamed RQ_WORKER_CLASS's class (or broke the module) passed it, the re-executed process
+    exited 78 at its start, and the instance was down for good with jobs queued. (``systemctl reload`` runs ``run
+    --check`` in a fresh process, which sees the new code.) Once the app is fixed, the next job's end recycles."""
     worker = start_worker("r", env=app_env(app_dir, RQ_QUEUES="recycle", RQ_MAX_JOBS="1",
                                            RQ_WORKER_CLASS="r27app.RecycledWorker", WATCHDOG_USEC="3000000"))
     wait_until(lambda: idle(rconn, "r"), 20, what="the worker idle")
@@ -291,6 +287,13 @@ def test_a_recycle_after_a_deploy_that_broke_the_apps_classes_does_not_end_the_i
                what="the second job, or the worker's exit")
     assert worker.proc.poll() is None, (f"the recycle re-executed into exit {worker.proc.returncode} (systemd does "
                                         "not restart 78): the instance is down with the second job queued")
+    assert worker.output().count("Not recycling (1 job done, RQ_MAX_JOBS=1): a start now would fail: configuration "
+                                 "error: RQ_WORKER_CLASS='r27app.RecycledWorker'") == 1, worker.output()
+    module.write_text(module.read_text().replace("class RenamedWorker(", "class RecycledWorker("))  # fixed
+    third = queue.enqueue(quick_job, 3)
+    wait_until(lambda: "Recycled worker" in worker.output(), 20, what="the recycle once the app is fixed")
+    wait_until(lambda: rconn.hget(third.key, "status") == b"finished", 15, what="the third job")
+    assert worker.proc.poll() is None
 
 
 def test_a_reload_waits_for_slow_webhooks_without_pinging_the_watchdog(app_dir, start_worker, rconn, tmp_path):

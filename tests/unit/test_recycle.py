@@ -3,6 +3,7 @@ RQ_JOB_MONITORING_INTERVAL: their parsing and bounds, and the recycle's rules ov
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
@@ -215,7 +216,7 @@ def test_no_recycle_into_a_configuration_that_would_fail_the_start(caplog):
     """An env file edited into an invalid state without a reload: the recycle would re-read it and end
     in exit 78. The worker goes on, says so once, and recycles after the first job once it is fixed."""
     part, lifecycle, loop = recycler(max_jobs=1)
-    problems = ["RQ_WORKER_TTL='5' is invalid: expected …"]
+    problems = ["configuration error: RQ_WORKER_TTL='5' is invalid: expected …"]
     part.check = lambda: problems[0]
     with caplog.at_level(logging.ERROR, logger="rq_worker_service.worker"):
         run_job(part, lifecycle)
@@ -228,3 +229,21 @@ def test_no_recycle_into_a_configuration_that_would_fail_the_start(caplog):
     problems[0] = None
     run_job(part, lifecycle)
     assert lifecycle.phase is Phase.RELOADING and loop.stops == 1
+
+
+def test_the_check_s_wait_ticks_unless_the_simple_worker_s_watch_still_does():
+    """The recycle's check runs at the end of the job (``job_ended``): the simple worker's watch thread
+    still ticks for that job until ``execute_job`` ends, and the two must never tick at once."""
+    from rq_worker_service.worker_classes import ServiceSimpleWorker
+
+    for make in (ServiceWorker, ServiceSimpleWorker):
+        parts = make(["default"], connection=fakeredis.FakeRedis(), settings=load_settings({}),
+                     notifier=Notifier()).parts
+        ticks: list[int] = []
+        parts.between_jobs = functools.partial(ticks.append, 1)  # type: ignore[method-assign]
+        parts.tick_while_waiting()
+        assert ticks == [1], make
+    assert parts.watch is not None
+    parts.watch.watched = (0.0, None)  # (as ``watch`` sets it, without starting its thread)
+    parts.tick_while_waiting()
+    assert ticks == [1]
