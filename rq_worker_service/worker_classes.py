@@ -195,7 +195,7 @@ REPLACED: dict[type[ServiceWorkerMixin], frozenset[str]] = {
 service never meets): the pop, the registration of a popped job (``prepare_execution``: rq's only for a job
 the worker did not pop), the STARTED mark, the wait while suspended and the scheduler's start (rq's only in
 burst mode), the stop handlers, our spawn horse. An app's override of one would never run behind ours, so
-``service_class`` refuses such a class (tests/unit/test_app_classes.py keeps this list complete)."""
+``service_class`` refuses such a class (tests/unit/test_app_class_rules.py keeps this list complete)."""
 
 _OURS: tuple[tuple[type, type[ServiceWorkerMixin]], ...] = (
     (SpawnWorker, ServiceSpawnWorker),  # (before Worker: a SpawnWorker is a Worker)

@@ -62,7 +62,7 @@ def test_the_rescuer_does_not_wait_and_the_steps_run_in_rqs_order():
                                                              Webhook("http://h/ok", "finished")])
     start = time.monotonic()
     thread = aftermath.follow(job, [handler("slow", waits=True)], "AbandonedJobError: gone")
-    assert time.monotonic() - start < 0.5 and thread.is_alive()
+    assert time.monotonic() - start < 3.0 and thread.is_alive()  # (the handler waits 10 s for release)
     release.set()
     assert aftermath.drain() == 0
     assert calls == ["callback:AbandonedJobError", "slow:AbandonedJobError", "webhook:http://h/f"], calls
@@ -94,9 +94,9 @@ def test_drain_pings_while_it_waits_and_gives_up_at_its_limit_naming_each_unsent
     aftermath.follow(job, [handler("stuck", waits=True)], "AbandonedJobError: gone")
     start = time.monotonic()
     assert aftermath.drain() == 1
-    assert 1.4 < time.monotonic() - start < 2.5
+    assert 1.4 < time.monotonic() - start < 5.0  # (the limit 1.6 s; the stuck handler waits 10 s)
     gaps = [b - a for a, b in zip([start, *pings], [*pings, time.monotonic()], strict=False)]
-    assert len(pings) >= 2 and max(gaps) < 1.5, gaps
+    assert len(pings) >= 2 and max(gaps) < 2.5, gaps
     lines = [r.getMessage() for r in caplog.records if "was not sent" in r.getMessage()]
     assert lines == [f"Job {job.id}: its failed webhook to https://h.example/*** was not sent: this process left "
                      "before it (past the webhooks' timeouts or RQ_SHUTDOWN_TIMEOUT)",
@@ -113,7 +113,7 @@ def test_drain_gives_up_on_webhooks_past_their_own_timeouts(monkeypatch):
     aftermath.follow(job_with(webhooks=[Webhook("http://h/f", "failed", timeout=1)]), [], "x")
     start = time.monotonic()
     assert aftermath.drain() == 1
-    assert 0.8 < time.monotonic() - start < 2.0
+    assert 0.8 < time.monotonic() - start < 6.0  # (the timeout 1 s; the limit 30 s, the send 10 s)
 
 
 def test_the_callback_keeps_its_time_limit_off_the_main_thread():
@@ -123,7 +123,7 @@ def test_the_callback_keeps_its_time_limit_off_the_main_thread():
     start = time.monotonic()
     aftermath.follow(job, [], "x")
     assert aftermath.drain() == 0
-    assert time.monotonic() - start < 2.5 and calls == ["slow callback started"], calls
+    assert time.monotonic() - start < 4.0 and calls == ["slow callback started"], calls  # (5 s unlimited)
 
 
 def test_the_thread_limit_leaves_rqs_job_timeout_message_alone():
@@ -147,4 +147,4 @@ def test_settle_waits_for_the_callbacks_and_handlers_pinging_and_not_for_the_web
     aftermath.follow(job_with(webhooks=[Webhook("http://h/f", "failed")]), [late_handler], "x")
     start = time.monotonic()
     aftermath.settle()
-    assert calls == ["handled"] and time.monotonic() - start < 2.2 and len(pings) >= 2
+    assert calls == ["handled"] and time.monotonic() - start < 6.0 and len(pings) >= 2  # (the send waits 10 s)
