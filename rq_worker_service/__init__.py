@@ -1,3 +1,3 @@
 """rq-worker-service: RQ workers as first-class systemd services."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

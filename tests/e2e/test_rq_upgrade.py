@@ -1,6 +1,6 @@
 """Upgrading from the last package built on rq 2.12 to this one (rq 3) keeps every job.
 
-The old package is built from the last commit on rq 2.12 (cached under the e2e cache, so it is
+The old package is built from the last commit on rq 2.12 (tests/e2e/released.py: cached, so it is
 built once per machine and release). Jobs are left in each state under the old package (a job
 running through the upgrade, queued, scheduled, failed); after ``apt-get install`` of this package
 they run, or stay failed and can be requeued, under rq 3.
@@ -8,43 +8,18 @@ they run, or stay failed and can be requeued, under rq 3.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, ctl, install, jobs, provision, systemctl, wait_for
-from sandbox import CACHE, Sandbox
-
-RQ2_COMMIT = "d2a906e90dd9720f9f51463f91a4c5871ebe496b"
-"""The last commit whose package bundles rq 2.12 (version 0.1.0)."""
+from conftest import ctl, install, jobs, provision, systemctl, wait_for
+from released import released_deb
+from sandbox import Sandbox
 
 
 @pytest.fixture(scope="module")
 def rq2_deb(release) -> Path:
-    """The 0.1.0 package of this release, built from RQ2_COMMIT in a worktree of this clone."""
-    cached = CACHE / "rq2-debs" / f"{RQ2_COMMIT[:12]}-{release}.deb"
-    if cached.exists():
-        return cached
-    if subprocess.run(["git", "cat-file", "-e", f"{RQ2_COMMIT}^{{commit}}"], cwd=ROOT).returncode != 0:
-        raise RuntimeError(f"this clone lacks commit {RQ2_COMMIT} (a shallow clone?): the upgrade test builds "
-                           "the rq 2.12 package from it; clone with full history")
-    work = Path(tempfile.mkdtemp(prefix="rq2-package-"))
-    tree = work / "tree"
-    try:
-        subprocess.run(["git", "worktree", "add", "--detach", str(tree), RQ2_COMMIT], cwd=ROOT, check=True,
-                       capture_output=True)
-        out = subprocess.run(["packaging/build-deb", "--release", release], cwd=tree, capture_output=True, text=True,
-                             timeout=900)
-        if out.returncode != 0:
-            raise RuntimeError(f"building the rq 2.12 package failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(tree / out.stdout.strip().splitlines()[-1], cached)
-    finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
-        shutil.rmtree(work, ignore_errors=True)
-    return cached
+    """The 0.1.0 package of this release: the last one bundling rq 2.12."""
+    return released_deb("0.1.0", release)
 
 
 def ctl_ids(box: Sandbox, *args: str) -> list[str]:
