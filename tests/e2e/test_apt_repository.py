@@ -4,11 +4,12 @@ unattended-upgrades, while a long job runs, neither wait for the job nor ask a q
 One host per release (the suite, Python, apt and unattended-upgrades are the release's): the released
 0.2.0 package installed from the repository, served over HTTP on the host's loopback and verified by
 apt with the repository's keyring (signed-by, never trusted=yes). Then this checkout's package is
-published into the repository and taken with `apt-get update && apt-get upgrade -y`, and a newer one
+published into the repository and taken with `apt-get update && apt-get upgrade -y`, then a newer one
 (the same package repacked) with `unattended-upgrade` and an origins pattern for the repository; both
-without a terminal and without --force-conf* options, while instance 1 runs a long job and instance 2
-is idle and jobs keep being enqueued. apt returns while the job still runs; the job runs exactly once,
-the jobs enqueued meanwhile once each, and systemd restarts no instance (NRestarts unchanged).
+without a terminal and without --force-conf* options, both while instance 1 runs one long job (so the
+second comes while instance 1 still waits to take the first) and instance 2 is idle, and jobs keep
+being enqueued. Each returns while the job still runs; the job runs exactly once, the jobs enqueued
+meanwhile once each, and systemd restarts no instance (NRestarts unchanged).
 
 The figures (apt's wall time with the job running, the jobs enqueued during the upgrade and how many
 of them ran before apt returned, NRestarts) are printed and written to build/e2e-apt-repository-*.txt;
@@ -86,18 +87,13 @@ def settled(box: Sandbox) -> bool:
     return all(box.show(f"rq-worker@{i}", "ActiveState")["ActiveState"] == "active" for i in "12")
 
 
-def through_a_running_job(box: Sandbox, release: str, step: str, command: str, version: str) -> dict:
-    """Run ``command`` (an upgrade to ``version``) while one instance runs a JOB_SECONDS job and jobs keep
-    being enqueued; check what the issue asks and return the figures. ``step`` names the jobs."""
-    job = f"{step}-long"
-    ctl(box, "enqueue", "sleep_job", str(JOB_SECONDS), "--id", job)
-    wait_for(lambda: jobs(box, [job])[job]["status"] == "started", 20, "the long job to start")
-    systemctl(box, "start", "rq-worker@1", "rq-worker@2")  # 1 has the job (started first), 2 is idle
-    wait_for(lambda: settled(box), 30, "both instances to be ready")
-    before = restarts(box)
+def upgrade(box: Sandbox, command: str, version: str, job: str, stream_id: str) -> dict:
+    """Run ``command`` (an upgrade to ``version``) as a timer would while ``job`` runs and jobs keep being
+    enqueued (``stream_id``-0, -1, …): it returns at once, without a question, the package configured.
+    Returns what the figures are made of."""
     streamed: list[list[str]] = []
     stream = threading.Thread(target=lambda: streamed.append(ctl(
-        box, "stream", "0.2", "--every", "0.5", "--for", str(STREAM_SECONDS), "--id", f"{step}-queued")))
+        box, "stream", "0.2", "--every", "0.5", "--for", str(STREAM_SECONDS), "--id", stream_id)))
     stream.start()
     start = time.time()
     out = unattended(box, command, timeout=JOB_SECONDS + 300)
@@ -111,34 +107,29 @@ def through_a_running_job(box: Sandbox, release: str, step: str, command: str, v
     assert long_job["status"] == "started", (
         f"{command} returned {returned - start:.1f} s after it started, when the long job was {long_job['status']}: "
         f"apt waited for the job\n{output[-3000:]}")
+    return {"command": command, "start": start, "returned": returned, "queued": streamed[0]}
 
-    wait_for(lambda: jobs(box, [job])[job]["status"] == "finished", JOB_SECONDS + 60, "the long job to finish")
-    assert jobs(box, [job])[job]["executions"] == 1, jobs(box, [job])
-    queued = streamed[0]
-    wait_for(lambda: all(j["status"] == "finished" for j in jobs(box, queued).values()), 60,
-             "the jobs enqueued during the upgrade to run")
-    states = jobs(box, queued)
-    assert all(j["executions"] == 1 for j in states.values()), states
-    wait_for(lambda: settled(box), 60, "both instances to be on the new code")
-    assert restarts(box) == before, "systemd restarted an instance during the upgrade"
 
+def figures(box: Sandbox, release: str, run: dict, restarts_before: dict[str, str]) -> str:
+    """The closing note's figures for one upgrade: apt's wall time, the jobs enqueued while it ran and how
+    many of them had run (ended) before it returned (Redis server time, the host's clock)."""
+    states = jobs(box, run["queued"])
     ended = {e["id"]: e["t"] for e in ctl(box, "trace") if e["event"] == "end"}
-    during = [i for i in queued if start <= states[i]["enqueued_at"] <= returned]
-    return {"release": release, "command": command, "wall": returned - start, "job": JOB_SECONDS,
-            "queued during": len(during), "ran before return": sum(ended[i] <= returned for i in during),
-            "NRestarts": before}
+    during = [i for i in run["queued"] if run["start"] <= states[i]["enqueued_at"] <= run["returned"]]
+    ran = sum(ended[i] <= run["returned"] for i in during)
+    return (f"{release} `{run['command']}`: returned after {run['returned'] - run['start']:.1f} s, a {JOB_SECONDS} s "
+            f"job running; {len(during)} jobs enqueued meanwhile, {ran} of them ran before it returned; "
+            f"NRestarts {restarts_before} before, unchanged after")
 
 
-def record(figures: dict) -> None:
-    line = (f"{figures['release']} `{figures['command']}`: returned after {figures['wall']:.1f} s with a "
-            f"{figures['job']} s job running; {figures['queued during']} jobs enqueued meanwhile, "
-            f"{figures['ran before return']} of them ran before it returned; NRestarts {figures['NRestarts']} "
-            "before and after")
-    print(line)
-    path = ROOT / "build" / f"e2e-apt-repository-{figures['release']}.txt"
+def record(release: str, lines: list[str]) -> None:
+    """Print the figures (pytest -s) and keep them in build/ for the closing note."""
+    path = ROOT / "build" / f"e2e-apt-repository-{release}.txt"
     path.parent.mkdir(exist_ok=True)
     with path.open("a") as f:
-        f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {line}\n")
+        for line in lines:
+            print(line)
+            f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {line}\n")
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +137,7 @@ def newer_deb(deb) -> Path:
     return repack_deb(deb, NEWER)
 
 
-def test_apt_upgrade_and_unattended_upgrade_from_the_repository_during_a_running_job(
+def test_apt_upgrade_then_unattended_upgrade_from_the_repository_during_a_running_job(
         rootfs, release, deb, newer_deb, tmp_path):
     old = released_deb("0.2.0", release)
     with Sandbox(rootfs) as box:
@@ -164,27 +155,40 @@ def test_apt_upgrade_and_unattended_upgrade_from_the_repository_during_a_running
                                  check=False).returncode == 0, 20, "the repository's web server")
         path, text = SOURCES[release]
         box.write(path, text)
+        box.write("/etc/apt/apt.conf.d/52rq-worker-service", ORIGINS)
         out = unattended(box, "apt-get update && apt-get install -y rq-worker-service", timeout=300)
         assert out.returncode == 0 and "W:" not in out.stdout + out.stderr, out.stdout + out.stderr
         assert package(box) == f"ii {dpkg_version(old)}"
         configure(box)
+
+        # Instance 1 runs the long job, instance 2 is idle, through both upgrades: the second comes while
+        # instance 1 still waits to take the first (a timer's run after an operator's upgrade).
         systemctl(box, "start", "rq-worker@1")
-        ctl(box, "flush")
+        ctl(box, "enqueue", "sleep_job", str(JOB_SECONDS), "--id", "long")
+        wait_for(lambda: jobs(box, ["long"])["long"]["status"] == "started", 20, "the long job to start")
+        systemctl(box, "start", "rq-worker@2")
+        wait_for(lambda: settled(box), 30, "instance 2 to be ready")
+        before = restarts(box)
 
         publish(box, tmp_path, deb)
-        apt = through_a_running_job(box, release, "apt", "apt-get update && apt-get upgrade -y",
-                                    dpkg_version(deb))
-        record(apt)
-
+        apt = upgrade(box, "apt-get update && apt-get upgrade -y", dpkg_version(deb), "long", "apt-queued")
         publish(box, tmp_path, newer_deb)
-        box.write("/etc/apt/apt.conf.d/52rq-worker-service", ORIGINS)
-        update = unattended(box, "apt-get update", timeout=120)
+        update = unattended(box, "apt-get update", timeout=120)  # apt-daily.service's part
         assert update.returncode == 0 and "W:" not in update.stdout + update.stderr, update.stdout + update.stderr
-        systemctl(box, "stop", "rq-worker@2")  # instance 1 takes the long job; 2 is started idle
-        uu = through_a_running_job(box, release, "uu", "unattended-upgrade -v", dpkg_version(newer_deb))
-        record(uu)
+        uu = upgrade(box, "unattended-upgrade -v", dpkg_version(newer_deb), "long", "uu-queued")
         log = box.run(["cat", "/var/log/unattended-upgrades/unattended-upgrades.log"]).stdout
         assert "Packages that will be upgraded: rq-worker-service" in log, log[-3000:]
+
+        wait_for(lambda: jobs(box, ["long"])["long"]["status"] == "finished", JOB_SECONDS + 60,
+                 "the long job to finish")
+        assert jobs(box, ["long"])["long"]["executions"] == 1, jobs(box, ["long"])
+        queued = apt["queued"] + uu["queued"]
+        wait_for(lambda: all(j["status"] == "finished" for j in jobs(box, queued).values()), 60,
+                 "the jobs enqueued during the upgrades to run")
+        assert all(j["executions"] == 1 for j in jobs(box, queued).values()), jobs(box, queued)
+        wait_for(lambda: settled(box), 60, "both instances to be on the new code")
+        assert restarts(box) == before, "systemd restarted an instance during the upgrades"
+        record(release, [figures(box, release, apt, before), figures(box, release, uu, before)])
 
 
 def dpkg_version(deb: Path) -> str:
