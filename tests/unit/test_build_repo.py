@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -113,6 +114,28 @@ def test_the_operators_key_is_taken_from_gnupghome(tmp_path, repo, key):
     assert out.returncode == 0, out.stderr
     assert versions(tmp_path / "other", "trixie") == ["0.3.0+deb13"]
     subprocess.run(["gpgconf", "--kill", "all"], env={"GNUPGHOME": str(key), "PATH": "/usr/bin:/bin"})
+
+
+@needs_tools
+def test_without_packages_it_signs_the_existing_repository_again(tmp_path, key):
+    """In a checkout whose dist/ is empty: refused without a repository, re-signed (a new Date) with one."""
+    checkout = tmp_path / "checkout"
+    for part in ("packaging/build-repo", "scripts/lib/bootstrap.sh"):
+        (checkout / part).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / part, checkout / part)
+    script = str(checkout / "packaging/build-repo")
+    refused = subprocess.run([script, "--test-key", str(key)], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 66 and "no packages in dist/" in refused.stderr, refused.stderr
+    first = subprocess.run([script, "--test-key", str(key), str(fake_deb(tmp_path, "0.3.0+deb13"))],
+                           capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    release = checkout / "build/apt-repo/dists/trixie/Release"
+    dated = fields(release)["Date"]
+    time.sleep(1.1)
+    again = subprocess.run([script, "--test-key", str(key)], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert fields(release)["Date"] != dated
+    assert versions(checkout / "build/apt-repo", "trixie") == ["0.3.0+deb13"]
 
 
 @pytest.mark.parametrize(("args", "status", "names"), [
