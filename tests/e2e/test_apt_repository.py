@@ -90,7 +90,7 @@ def settled(box: Sandbox) -> bool:
 def upgrade(box: Sandbox, command: str, version: str, job: str, stream_id: str) -> dict:
     """Run ``command`` (an upgrade to ``version``) as a timer would while ``job`` runs and jobs keep being
     enqueued (``stream_id``-0, -1, …): it returns at once, without a question, the package configured.
-    Returns what the figures are made of."""
+    Returns what the figures are made of; ``join`` waits for the enqueuing to end and gives the ids."""
     streamed: list[list[str]] = []
     stream = threading.Thread(target=lambda: streamed.append(ctl(
         box, "stream", "0.2", "--every", "0.5", "--for", str(STREAM_SECONDS), "--id", stream_id)))
@@ -99,7 +99,6 @@ def upgrade(box: Sandbox, command: str, version: str, job: str, stream_id: str) 
     out = unattended(box, command, timeout=JOB_SECONDS + 300)
     returned = time.time()
     long_job = jobs(box, [job])[job]
-    stream.join()
     output = out.stdout + out.stderr
     assert out.returncode == 0, f"{command} exited {out.returncode}:\n{output[-4000:]}"
     assert not [p for p in PROMPTS if p in output], f"{command} met a question:\n{output[-4000:]}"
@@ -107,15 +106,21 @@ def upgrade(box: Sandbox, command: str, version: str, job: str, stream_id: str) 
     assert long_job["status"] == "started", (
         f"{command} returned {returned - start:.1f} s after it started, when the long job was {long_job['status']}: "
         f"apt waited for the job\n{output[-3000:]}")
-    return {"command": command, "start": start, "returned": returned, "queued": streamed[0]}
+
+    def join() -> list[str]:
+        stream.join()
+        return streamed[0]
+
+    return {"command": command, "start": start, "returned": returned, "join": join}
 
 
 def figures(box: Sandbox, release: str, run: dict, restarts_before: dict[str, str]) -> str:
     """The closing note's figures for one upgrade: apt's wall time, the jobs enqueued while it ran and how
     many of them had run (ended) before it returned (Redis server time, the host's clock)."""
-    states = jobs(box, run["queued"])
+    queued = run["join"]()
+    states = jobs(box, queued)
     ended = {e["id"]: e["t"] for e in ctl(box, "trace") if e["event"] == "end"}
-    during = [i for i in run["queued"] if run["start"] <= states[i]["enqueued_at"] <= run["returned"]]
+    during = [i for i in queued if run["start"] <= states[i]["enqueued_at"] <= run["returned"]]
     ran = sum(ended[i] <= run["returned"] for i in during)
     return (f"{release} `{run['command']}`: returned after {run['returned'] - run['start']:.1f} s, a {JOB_SECONDS} s "
             f"job running; {len(during)} jobs enqueued meanwhile, {ran} of them ran before it returned; "
@@ -182,7 +187,7 @@ def test_apt_upgrade_then_unattended_upgrade_from_the_repository_during_a_runnin
         wait_for(lambda: jobs(box, ["long"])["long"]["status"] == "finished", JOB_SECONDS + 60,
                  "the long job to finish")
         assert jobs(box, ["long"])["long"]["executions"] == 1, jobs(box, ["long"])
-        queued = apt["queued"] + uu["queued"]
+        queued = apt["join"]() + uu["join"]()
         wait_for(lambda: all(j["status"] == "finished" for j in jobs(box, queued).values()), 60,
                  "the jobs enqueued during the upgrades to run")
         assert all(j["executions"] == 1 for j in jobs(box, queued).values()), jobs(box, queued)
