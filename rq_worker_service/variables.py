@@ -552,7 +552,11 @@ BY_NAME = {var.name: var for var in VARIABLES}
 
 
 def env_file_text() -> str:
-    """The ``/etc/rq-worker/worker.env`` shipped as a conffile: every line a comment.
+    """The template of ``/etc/rq-worker/worker.env``: every line a comment.
+
+    The package ships it as /usr/share/rq-worker-service/worker.env, and the first install copies it to
+    /etc. It is no conffile: each version's new variables changed it, and dpkg asked about the
+    operator's edited copy on upgrade, stopping unattended ones.
 
     The defaults live in the code. An uncommented ``REDIS_URL=redis://localhost:6379/0`` here once
     won over an app's own ``REDIS_DB=1`` from its ``.env`` while its password still applied: the
@@ -561,7 +565,9 @@ def env_file_text() -> str:
         "# /etc/rq-worker/worker.env: settings for every rq-worker@ instance.",
         "# /etc/rq-worker/worker-<instance>.env overrides them for one instance.",
         "# After a change: systemctl reload 'rq-worker@*' (running jobs finish first).",
-        "# See rq-worker-service(8) and /usr/share/doc/rq-worker-service/README.md.",
+        "# See rq-worker-service(8) and /usr/share/doc/rq-worker-service/README.md. Upgrades never change",
+        "# this file: the installed version's template, with every variable, is",
+        "# /usr/share/rq-worker-service/worker.env (diff it against this file to see what is new).",
         "",
     ]
     for var in VARIABLES:

@@ -9,12 +9,28 @@ from pathlib import Path
 
 import pytest
 from helpers import wait_until
-from provision import APP, PASSWORD, PY, ROOT, build_deb, ctl, install, jobs, provision
+from provision import (
+    APP,
+    ENV,
+    PASSWORD,
+    PY,
+    ROOT,
+    TEMPLATE,
+    assert_conffile_retired,
+    build_deb,
+    ctl,
+    install,
+    jobs,
+    leftovers,
+    operator_env,
+    provision,
+)
 from sandbox import RELEASES as BOOTABLE
 from sandbox import Sandbox, ensure_rootfs, missing_prerequisites
 
 # The tests import these from here, beside the fixtures.
-__all__ = ["APP", "PASSWORD", "PY", "ROOT", "build_deb", "ctl", "install", "jobs", "provision"]
+__all__ = ["APP", "ENV", "PASSWORD", "PY", "ROOT", "TEMPLATE", "assert_conffile_retired", "build_deb", "ctl", "install",
+           "jobs", "leftovers", "operator_env", "provision"]
 
 _reason = missing_prerequisites()
 

@@ -3,7 +3,8 @@
 The old package is built from the last commit on rq 2.12 (tests/e2e/released.py: cached, so it is
 built once per machine and release). Jobs are left in each state under the old package (a job
 running through the upgrade, queued, scheduled, failed); after ``apt-get install`` of this package
-they run, or stay failed and can be requeued, under rq 3.
+they run, or stay failed and can be requeued, under rq 3. The operator's edited worker.env, a conffile
+of 0.1.0, passes to this package's keeping with no question: kept byte for byte, mode and owner.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import ctl, install, jobs, provision, systemctl, wait_for
+from conftest import assert_conffile_retired, ctl, install, jobs, operator_env, provision, systemctl, wait_for
 from released import released_deb
 from sandbox import Sandbox
 
@@ -44,13 +45,14 @@ def test_jobs_left_under_the_rq2_package_run_after_upgrading_to_rq3(rootfs, rq2_
         assert {j["status"] for j in jobs(box, queued).values()} == {"queued"}
         assert jobs(box, ["old-scheduled"])["old-scheduled"]["status"] == "scheduled"
 
-        install(box, deb)  # apt-get install ./rq-worker-service_0.2.0…deb while @1 runs a job
+        edited = operator_env(box)
+        assert b"REDIS_PASSWORD=" in edited.data and edited.stat == "640 root:rq-worker", edited
+
+        install(box, deb)  # plain apt-get install -y ./…deb, no terminal, while @1 runs a job: asks nothing
 
         assert bundled_rq(box).startswith("3."), "the new package must bundle rq 3"
-        kept = box.run(["cat", "/etc/rq-worker/worker.env"]).stdout
-        assert "REDIS_PASSWORD=" in kept, "the operator's worker.env must be kept"
-        template = box.run(["cat", "/etc/rq-worker/worker.env.dpkg-dist"]).stdout
-        assert "RQ_KEY_PREFIX" in template, "the new template, with rq 3's variables, lands beside it"
+        assert operator_env(box) == edited, "the operator's worker.env, its bytes, mode and owner, must be kept"
+        assert_conffile_retired(box)
         assert box.show("rq-worker@1", "ActiveState")["ActiveState"] == "active"
         running = jobs(box, ["old-running"])["old-running"]
         assert running["status"] == "finished" and running["executions"] == 1, running
