@@ -35,7 +35,7 @@ from rq_worker_service import __version__
 
 JOB_SECONDS = int(os.environ.get("RQWS_E2E_APT_JOB_SECONDS", "25"))
 """The long job running through both upgrades. It must outlast them, with room for a slow machine: here
-unattended-upgrade returned ≈15 s into it (the records say how far into the job each returned)."""
+unattended-upgrade returned 9-11 s into it (the records say how far into the job each returned)."""
 STREAM_SECONDS = 6
 """Jobs are enqueued every half second for this long from the moment apt starts."""
 REPO_DIR = "/srv/apt-repo"
