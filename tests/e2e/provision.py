@@ -45,6 +45,12 @@ def install(box: Sandbox, deb: Path) -> None:
 def provision(sandbox: Sandbox, deb: Path) -> None:
     """The package installed as an operator would, the e2e app, and Redis with a password."""
     install(sandbox, deb)
+    configure(sandbox)
+
+
+def configure(sandbox: Sandbox) -> None:
+    """On a host with the package installed (from a file or a repository): the e2e app, and Redis with
+    a password in the operator's worker.env."""
     for name in ("e2ejobs.py", "ctl.py"):
         sandbox.copy_in(APP / name, f"/srv/e2e-app/{name}")
     sandbox.run(f"echo 'requirepass {PASSWORD}' >> /etc/redis/redis.conf && systemctl restart redis-server")

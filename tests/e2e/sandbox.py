@@ -26,7 +26,7 @@ RELEASES = {"bookworm": "python3.11", "trixie": "python3.13"}
 """The Debian releases the e2e tests boot (systemd 252 and 257), each with its Python."""
 MIRROR = os.environ.get("RQWS_E2E_MIRROR", "http://deb.debian.org/debian")
 PACKAGES = ("systemd", "systemd-sysv", "dbus", "redis-server", "redis-sentinel", "python3", "libsystemd0", "procps",
-            "iproute2", "man-db", "polkitd", "libpam-systemd")
+            "iproute2", "man-db", "polkitd", "libpam-systemd", "unattended-upgrades")
 CACHE = Path(os.environ.get("RQWS_E2E_CACHE", "/var/cache/rq-worker-service-e2e"))
 HIERARCHIES = ("unified", "systemd", "pids", "devices", "memory")
 """cgroup hierarchies systemd writes to; the sandbox gets a cgroup of its own in each."""
