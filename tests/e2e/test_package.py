@@ -15,8 +15,6 @@ from rq_worker_service import __version__
 LONG_JOB = float(os.environ.get("RQWS_E2E_UPGRADE_JOB", "20"))
 """Seconds of the job that runs through the upgrade: apt must return long before it ends (issue 28
 measured with 60 s: RQWS_E2E_UPGRADE_JOB=60)."""
-APT_LIMIT = 15.0
-"""apt's wall time must stay below this, far from LONG_JOB: it waits for no job."""
 
 
 def main_pid(box, unit):
@@ -71,7 +69,6 @@ def test_upgrade_from_0_2_0_reloads_instances_without_waiting_for_the_job(box, r
     print(f"\n{release}: apt took {apt_seconds:.1f}s with a {LONG_JOB:g}s job running; {ran_before_return} of "
           f"{len(enqueued)} jobs enqueued during the upgrade ran before it returned")
     assert at_return["upgrade-job"]["status"] == "started", at_return["upgrade-job"]  # apt did not wait for it
-    assert apt_seconds < APT_LIMIT, apt_seconds
     assert enqueued, "no job could be enqueued during the upgrade"
     assert box.run(["rq-worker-service", "--version"]).stdout.strip() == f"rq-worker-service {__version__}"
 
