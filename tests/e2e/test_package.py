@@ -82,6 +82,8 @@ def test_upgrade_from_0_2_0_reloads_instances_without_waiting_for_the_job(box, r
     for i in "12":
         shown = box.show(f"rq-worker@{i}", "ActiveState", "MainPID", "NRestarts")
         assert shown == {"ActiveState": "active", **before[i]}, (i, shown)  # same PID, NRestarts unchanged
+        print(f"{release}: rq-worker@{i} NRestarts {before[i]['NRestarts']} → {shown['NRestarts']}, "
+              f"PID {before[i]['MainPID']} → {shown['MainPID']}")
     wait_for(lambda: all(j["status"] == "finished" for j in jobs(box, enqueued).values()), 30, "the queued jobs")
     after = jobs(box, ["upgrade-job", *enqueued])
     assert {i: j["executions"] for i, j in after.items() if j["executions"] != 1} == {}, after
