@@ -94,10 +94,13 @@ def test_upgrade_from_0_2_0_reloads_instances_without_waiting_for_the_job(box, r
 def test_purge_stops_instances_warm_and_leaves_nothing(box):
     reset(box)
     systemctl(box, "enable", "--now", "rq-worker@1")
-    box.write("/etc/rq-worker/worker-1.env", "RQ_QUEUES=default\n")
+    box.write("/etc/rq-worker/worker-1.env", "RQ_QUEUES=default\nRQ_SHUTDOWN_TIMEOUT=45\n")
     ctl(box, "enqueue", "sleep_job", "4", "--id", "purge-job")
     wait_for(lambda: jobs(box, ["purge-job"])["purge-job"]["status"] == "started", 10, "the job to start")
-    box.run(["apt-get", "purge", "-y", "rq-worker-service"], timeout=300)
+    said = box.run(["apt-get", "purge", "-y", "rq-worker-service"], timeout=300).stdout
+    # prerm says how long the warm stop may wait, as the instance's own file sets it
+    line = next((x for x in said.splitlines() if x.strip().startswith("rq-worker@1.service:")), "")
+    assert "a stop waits up to 45s" in line, said
     assert box.show("rq-worker@1", "ActiveState")["ActiveState"] in ("inactive", "")
     # redis-server is still there; the worker finished the job before the package went away.
     cli = f"redis-cli -a '{PASSWORD}' --no-auth-warning"
