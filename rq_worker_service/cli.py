@@ -548,6 +548,9 @@ def _run(args: argparse.Namespace) -> int:
     overrides.update(queues=",".join(queues) or None, url=args.url, name=args.name)
     if args.check:  # (ExecReload='s, beside the running worker: its marks are not this process's)
         return run(overrides, env_files=args.env_file, check_only=True)
+    from .preload import preload
+
+    preload()  # before any job: an upgrade may replace these files under the running worker
     forget_left()
     status = run(overrides, env_files=args.env_file)
     mark_left()  # the unit's ExecStopPost= tells this way out from a job that ended the process

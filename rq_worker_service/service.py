@@ -107,8 +107,10 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
     if check_only:
         for warning in settings.warnings:
             log.warning("%s", warning)
-        log.info("Configuration OK: worker %s (%s) for queues %s on Redis %s", settings.name, settings.worker_class,
-                 ", ".join(settings.queues), settings.redis.display)
+        # (the prerm quotes this line before a removal's warm stop: how long that may wait)
+        log.info("Configuration OK: worker %s (%s) for queues %s on Redis %s; a stop waits up to %gs for its job "
+                 "(RQ_SHUTDOWN_TIMEOUT)", settings.name, settings.worker_class, ", ".join(settings.queues),
+                 settings.redis.display, settings.shutdown_timeout)
         return exits.OK
     if early.stop_requested:
         return stopped_during_startup()

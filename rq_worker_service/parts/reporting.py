@@ -63,9 +63,9 @@ class Counters(Part):
     def carry(self) -> None:
         """Continue the counters of the process this one re-executed from: rq's registration starts
         the worker's hash afresh, and ``systemctl status`` would show "0 done" after every reload."""
-        carried = os.environ.pop(COUNTS_VAR, "")
-        if carried.count(",") == 1:
-            done, failed = carried.split(",")
+        carried = os.environ.pop(COUNTS_VAR, "").split(",")
+        if len(carried) == 2 and all(n.isdigit() for n in carried):  # another version's form: start at 0
+            done, failed = carried
             self.connection.hset(self.key(), mapping={"successful_job_count": done, "failed_job_count": failed})
 
 

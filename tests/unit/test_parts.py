@@ -484,6 +484,16 @@ def test_counters_carry_across_a_reload(conn, clock, guard, monkeypatch):
     assert COUNTS_VAR not in os.environ
 
 
+@pytest.mark.parametrize("handed", ["40,2,7", "40;2", "forty,2", ""])
+def test_counters_start_at_zero_from_a_hand_over_they_do_not_know(conn, clock, guard, monkeypatch, handed):
+    """A re-exec across versions: a form other than "done,failed" of digits is dropped, not written."""
+    monkeypatch.setenv(COUNTS_VAR, handed)
+    counters = Counters(conn, lambda: KEY, guard, every=1.0, clock=clock)
+    counters.started()
+    assert (counters.done, counters.failed) == (0, 0)
+    assert COUNTS_VAR not in os.environ
+
+
 def test_counters_are_read_once_per_status_interval_after_jobs_and_on_main_loop_ticks(conn, clock, guard):
     counters = Counters(conn, lambda: KEY, guard, every=1.0, clock=clock)
     conn.hset(KEY, mapping={"successful_job_count": 1, "failed_job_count": 0})
