@@ -7,6 +7,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from conftest import PASSWORD, PY, ctl, install, jobs, reset, systemctl, wait_for
 from released import released_deb
 
@@ -31,6 +32,7 @@ def journal_of(box, unit: str, since: str) -> str:
     return box.run(["journalctl", "-u", unit, "--since", since, "-o", "cat", "--no-pager"]).stdout
 
 
+@pytest.mark.release_independent  # test_apt_repository.py upgrades from 0.2.0 under a running job on every release
 def test_upgrade_from_0_2_0_reloads_instances_without_waiting_for_the_job(box, release, deb):
     """apt returns while a long job runs; the idle instance re-executes on the new code at once, the
     busy one after its job, both with the same PID and no restart; every job runs once."""
