@@ -37,8 +37,11 @@ def preload() -> list[str]:
 
 
 def _try(name: str) -> list[str]:
+    """A module that fails to import (an optional dependency missing, or an error of its own on this
+    Python) is left to be imported when used, as before: preloading is a guard, never a reason the
+    worker does not start."""
     try:
         importlib.import_module(name)
-    except ImportError:
+    except Exception:
         return [name]
     return []

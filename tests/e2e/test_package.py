@@ -42,6 +42,9 @@ def test_upgrade_from_0_2_0_reloads_instances_without_waiting_for_the_job(box, r
     ctl(box, "enqueue", "sleep_job", str(LONG_JOB), "--id", "upgrade-job")
     wait_for(lambda: jobs(box, ["upgrade-job"])["upgrade-job"]["status"] == "started", 20, "the job to start")
     systemctl(box, "start", "rq-worker@2")  # idle: the long job is instance 1's
+    # A unit installed --no-start (the metrics timer, the autoscaler): debhelper's preinst stopped it on
+    # every upgrade, and nothing started it again, unless --no-stop-on-upgrade.
+    systemctl(box, "start", "rq-worker-metrics.timer")
     before = {i: box.show(f"rq-worker@{i}", "MainPID", "NRestarts") for i in "12"}
     since = box.run(["date", "+%Y-%m-%d %H:%M:%S"]).stdout.strip()
 
@@ -90,6 +93,8 @@ def test_upgrade_from_0_2_0_reloads_instances_without_waiting_for_the_job(box, r
     after = jobs(box, ["upgrade-job", *enqueued])
     assert {i: j["executions"] for i, j in after.items() if j["executions"] != 1} == {}, after
     assert box.show("rq-worker@3", "ActiveState")["ActiveState"] == "inactive"  # not running: not started
+    assert box.show("rq-worker-metrics.timer", "ActiveState")["ActiveState"] == "active", "the upgrade stopped it"
+    systemctl(box, "stop", "rq-worker-metrics.timer")
     assert box.run(["stat", "-c", "%a %U:%G", "/etc/rq-worker/worker.env"]).stdout.strip() == "640 root:rq-worker"
 
 
