@@ -23,25 +23,21 @@ SKIPPED = ("rq_worker_service.__main__", "rq.cli", "rq.contrib", "rq.cron_schedu
 """Entry points and extras no worker path imports: importing them would run or require other things."""
 
 
-def preload() -> list[str]:
-    """Import them all; returns the names that could not be imported (an optional dependency missing)."""
-    missing = []
+def preload() -> None:
+    """Import them all. A module that fails to import (an optional dependency missing, or an error of
+    its own on this Python) is left to be imported when used, as before: preloading is a guard, never
+    a reason the worker does not start."""
     for name in LAZY_ELSEWHERE:
-        missing += _try(name)
+        _try(name)
     for package_name in PACKAGES:
         package = importlib.import_module(package_name)
         for info in pkgutil.walk_packages(package.__path__, package_name + ".", onerror=lambda _name: None):
             if not info.name.startswith(SKIPPED):
-                missing += _try(info.name)
-    return missing
+                _try(info.name)
 
 
-def _try(name: str) -> list[str]:
-    """A module that fails to import (an optional dependency missing, or an error of its own on this
-    Python) is left to be imported when used, as before: preloading is a guard, never a reason the
-    worker does not start."""
+def _try(name: str) -> None:
     try:
         importlib.import_module(name)
     except Exception:
-        return [name]
-    return []
+        pass
