@@ -293,6 +293,26 @@ def dotted_paths(raw: str) -> tuple[str, ...]:
     return paths
 
 
+def cron_config(raw: str) -> str:
+    """rq cron's argument: a file path (``/srv/app/cron_config.py``, relative to the working directory
+    when not absolute) or a module's dotted name (``myapp.cron_config``); imported by the scheduler."""
+    if raw.endswith(".py") or "/" in raw:
+        return raw
+    return dotted_module(raw)
+
+
+def time_zone(raw: str) -> str:
+    """An IANA time zone (``Europe/Berlin``, ``UTC``) that this host's tz database holds: the zone a
+    schedule's cron strings are read in, the same on every host whatever its own zone."""
+    import zoneinfo  # stdlib; only where a zone is read, so the build's bare python3 needs no tzdata
+
+    try:
+        zoneinfo.ZoneInfo(raw)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise Invalid("an IANA time zone name from the tz database (tzdata), e.g. UTC or Europe/Berlin") from None
+    return raw
+
+
 def readable_file(raw: str) -> str:
     """A file the service can read now: a missing certificate must fail the start, not each connect."""
     path = Path(raw)
@@ -546,6 +566,22 @@ VARIABLES: tuple[Variable, ...] = (
              whole(0, "MiB, a whole number, 0 or more"), default=256),
     Variable("RQ_AUTOSCALE_INTERVAL", "Autoscaler: seconds between two looks at the queues and instances.",
              seconds(), default=2.0),
+    # rq-cron.service reads these (from the same files and /etc/rq-worker/cron.env); the workers ignore them.
+    Variable("RQ_CRON_CONFIG", "Periodic jobs: the schedule, in rq cron's own format (a file or module calling "
+             "rq.cron.register), imported with the app's RQ_APP_PATH as the workers import jobs.", cron_config,
+             example="/srv/myapp/cron_config.py"),
+    Variable("RQ_CRON_TIMEZONE", "Periodic jobs: the time zone the schedule's cron strings are read in, the same "
+             "on every host (rq reads them in each host's local time). A job's own timezone= overrides it.",
+             time_zone, default="UTC"),
+    Variable("RQ_CRON_CATCH_UP", "Periodic jobs: what becomes of slots missed while no scheduler ran (longer "
+             "ago than RQ_CRON_MISFIRE_GRACE): skip (rq's behaviour) or once (one job for all of them). A job's "
+             "own catch_up= overrides it.", choice("skip", "once"), default="skip"),
+    Variable("RQ_CRON_LEASE_PERIOD", "Periodic jobs: seconds the scheduler holding the lease keeps it without "
+             "renewing it; it renews every third of it, and another host takes over within two periods of "
+             "its last renewal.", whole(3, "seconds, a whole number, 3 or more"), default=10),
+    Variable("RQ_CRON_MISFIRE_GRACE", "Periodic jobs: seconds a slot may be late and still be enqueued (a "
+             "takeover, a restart); older missed slots follow RQ_CRON_CATCH_UP. At least two lease periods.",
+             whole(1, "seconds, a whole number, 1 or more"), default=60),
 )
 
 BY_NAME = {var.name: var for var in VARIABLES}
