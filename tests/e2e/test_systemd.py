@@ -144,6 +144,7 @@ def test_reload_finishes_job_then_reexecs_with_new_config(box):
         box.run(["rm", "-f", "/etc/rq-worker/worker-1.env"])
 
 
+@pytest.mark.release_independent  # the watchdog abort and our restart's re-queue: alike on systemd 252 and 257
 def test_frozen_main_loop_is_aborted_by_watchdog_and_job_completes(box):
     reset(box, "WatchdogSec=6s", "TimeoutAbortSec=2s")
     systemctl(box, "start", "rq-worker@1")
@@ -561,6 +562,7 @@ def decisions(box, action: str, since: str) -> list[tuple[float, str]]:
     return [(float(line.split()[0]), line) for line in out.splitlines() if f"→ {action}" in line]
 
 
+@pytest.mark.release_independent  # systemd's D-Bus unit API and polkit's JS rules: alike on 12 and 13 (FULL runs both)
 def test_autoscaler_follows_a_burst_up_to_max_and_back_to_min_without_cutting_a_job(box):
     """500 jobs of 0.5 s: instances go up to MAX within the up cool-down, the backlog drains, they
     come back to MIN one per down cool-down, each a warm stop of an idle instance; no job is lost or
