@@ -121,3 +121,33 @@ def held(worker_name: str) -> str:
 def holders() -> str:
     """Set: the workers that may hold popped ids (``held``): what a sweep looks at for a dead owner."""
     return _service("holders")
+
+
+def cron_lease() -> str:
+    """String ``"<token> <holder>"`` with PX = RQ_CRON_LEASE_PERIOD: the scheduler that may enqueue."""
+    return _service("cron:lease")
+
+
+def cron_token() -> str:
+    """Counter INCRed at each lease acquisition: the fencing token, strictly increasing across holders."""
+    return _service("cron:token")
+
+
+def cron_last() -> str:
+    """Hash: cron job name → the last slot handled (epoch seconds), written with the slot's enqueue or skip."""
+    return _service("cron:last")
+
+
+def cron_jobs() -> str:
+    """Hash: cron job name → JSON of its schedule and figures (next run, last slot and job, totals), by the leader."""
+    return _service("cron:jobs")
+
+
+def cron_schedulers() -> str:
+    """Hash: holder (``<host>:<pid>``) → JSON {host, pid, role, since, beat, token, config} of each scheduler."""
+    return _service("cron:schedulers")
+
+
+def cron_handovers() -> str:
+    """List, newest first (20): JSON {at, holder, token, previous} of each lease acquisition."""
+    return _service("cron:handovers")

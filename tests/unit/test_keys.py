@@ -22,6 +22,10 @@ def test_the_service_keys_keep_their_names():
         "rq:service:enqueued", "rq:service:autoscalers", "rq:service:autoscale-step", "rq:service:deadlines",
         "rq:service:members", "rq:service:fenced", "rq:service:fencings", "rq:service:beats",
         "rq:service:held:h.rq-worker@1", "rq:service:holders"]
+    assert [keys.cron_lease(), keys.cron_token(), keys.cron_last(), keys.cron_jobs(), keys.cron_schedulers(),
+            keys.cron_handovers()] == [
+        "rq:service:cron:lease", "rq:service:cron:token", "rq:service:cron:last", "rq:service:cron:jobs",
+        "rq:service:cron:schedulers", "rq:service:cron:handovers"]
 
 
 def test_the_acl_rule_covers_every_key_and_channel_under_the_prefix():

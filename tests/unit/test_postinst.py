@@ -33,7 +33,7 @@ echo "systemctl $*" >> "$CALLS"
 case "$1" in
     list-units) printf '%s' '{UNITS}' ;;
     show) echo rq-worker ;;
-    --quiet) exit 0 ;;
+    --quiet) case " $INACTIVE " in *" $3 "*) exit 3 ;; esac ;;  # is-active: 3 means inactive
 esac
 """,
     "runuser": """#!/bin/sh
@@ -50,7 +50,7 @@ echo "configuration OK"
 }
 
 
-def run_upgrade(tmp_path: Path, old_version: str, policy: int = 0) -> tuple[str, list[str]]:
+def run_upgrade(tmp_path: Path, old_version: str, policy: int = 0, inactive: str = "") -> tuple[str, list[str]]:
     stubs = tmp_path / "bin"
     stubs.mkdir()
     for name, text in STUBS.items():
@@ -61,7 +61,8 @@ def run_upgrade(tmp_path: Path, old_version: str, policy: int = 0) -> tuple[str,
     script.write_text(f'{functions}\nmove_to_new_code "$1"\n')
     calls = tmp_path / "calls"
     calls.touch()
-    env = {**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}", "CALLS": str(calls), "POLICY": str(policy)}
+    env = {**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}", "CALLS": str(calls), "POLICY": str(policy),
+           "INACTIVE": inactive}
     out = subprocess.run(["sh", str(script), old_version], env=env, capture_output=True, text=True, timeout=60,
                          stdin=subprocess.DEVNULL)
     assert out.returncode == 0, out.stderr
@@ -76,7 +77,8 @@ def test_from_020_every_running_instance_gets_a_reload_even_one_the_check_run_he
     said, calls = run_upgrade(tmp_path, "0.2.0+deb12")
     assert queued(calls) == ["reload rq-worker@1.service", "reload rq-worker@2.service",
                              "try-restart rq-worker@3.service", "reload rq-worker@5.service",
-                             "try-restart rq-worker-autoscale.service"]
+                             "try-restart rq-worker-autoscale.service", "try-restart rq-cron.service"]
+    assert "rq-cron: restarting on 0.3.0+deb12" in said
     # The unit's own ExecReload check decides; apt's output says what the check run here found.
     assert "rq-worker@2.service: warning: the new version's check, run from here, says: configuration error: " \
            "RQ_QUEUES" in said
@@ -89,7 +91,8 @@ def test_from_020_every_running_instance_gets_a_reload_even_one_the_check_run_he
 def test_from_01x_a_restart_is_queued_but_never_onto_a_configuration_the_new_version_rejects(tmp_path):
     said, calls = run_upgrade(tmp_path, "0.1.0+deb13")
     assert queued(calls) == ["restart rq-worker@1.service", "try-restart rq-worker@3.service",
-                             "restart rq-worker@5.service", "try-restart rq-worker-autoscale.service"]
+                             "restart rq-worker@5.service", "try-restart rq-worker-autoscale.service",
+                             "try-restart rq-cron.service"]
     assert "rq-worker@2.service: NOT restarted on 0.3.0+deb12, which rejects its configuration" in said
     assert "a re-exec cannot carry over" in said
 
@@ -98,3 +101,10 @@ def test_policy_rc_d_101_queues_nothing_and_says_so(tmp_path):
     said, calls = run_upgrade(tmp_path, "0.2.0+deb12", policy=101)
     assert queued(calls) == []
     assert "rq-worker@1.service: policy-rc.d forbids reload; it keeps running the old code" in said
+
+
+def test_a_scheduler_or_autoscaler_that_is_not_running_is_left_alone(tmp_path):
+    """Off by default: try-restart is queued only for a running one (a stopped one stays stopped)."""
+    said, calls = run_upgrade(tmp_path, "0.2.0+deb12", inactive="rq-cron.service rq-worker-autoscale.service")
+    assert not [call for call in queued(calls) if "rq-cron" in call or "autoscale" in call]
+    assert "rq-cron" not in said and "rq-worker-autoscale" not in said
