@@ -322,8 +322,11 @@ def test_security_exposure_and_verify(box):
     autoscaler = shipped_exposure(box, "rq-worker-autoscale.service", "rq-worker-autoscale.service")
     print(f"systemd-analyze security: shipped rq-worker-autoscale.service {autoscaler}")
     assert autoscaler <= 2
+    cron = shipped_exposure(box, "rq-cron.service", "rq-cron.service")
+    print(f"systemd-analyze security: shipped rq-cron.service {cron}")
+    assert cron <= 1.5
     verify = box.run(["systemd-analyze", "verify", "rq-worker@1.service", "rq-worker.target",
-                      "rq-worker-autoscale.service"], check=False)
+                      "rq-worker-autoscale.service", "rq-cron.service"], check=False)
     assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr
 
 
