@@ -253,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_jobs(sub)
     _add_acl(sub)
     _add_autoscale(sub)
+    _add_cron(sub)
     return parser
 
 
@@ -409,6 +410,21 @@ def _key_prefix(raw: str) -> str:
         raise CommandError(f"configuration error: {exc}", exits.CONFIG) from None
 
 
+def _cron_lease_period(args: argparse.Namespace) -> int:
+    """RQ_CRON_LEASE_PERIOD as rq-cron.service reads it (cron.env beside --env-file wins over it), for the
+    periodic jobs' figures; after ``_settings`` (it imports rq)."""
+    from .config import ConfigError
+    from .envfiles import commands_environment
+    from .secret_env import environment
+    from .status.cron import lease_period
+
+    env_file = Path(args.env_file)
+    try:
+        return lease_period(env_file, commands_environment(env_file, Path.cwd() / ".env", environment))
+    except ConfigError as exc:
+        raise CommandError(f"configuration error: {exc}", exits.CONFIG) from None
+
+
 def _status(args: argparse.Namespace) -> int:
     import redis
 
@@ -422,7 +438,8 @@ def _status(args: argparse.Namespace) -> int:
             connection, settings = _connect(args, settings)
             from .status.collect import collect
 
-            report = collect(connection, settings.redis.display, args.queues, classes=_classes(settings))
+            report = collect(connection, settings.redis.display, args.queues, classes=_classes(settings),
+                             cron_lease_period=_cron_lease_period(args))
     except (CommandError, redis.exceptions.RedisError) as exc:
         from .status.render import render_prometheus
 
@@ -564,8 +581,60 @@ def _autoscale(args: argparse.Namespace) -> int:
     return run(args.env_file)
 
 
+# ---- `cron list` (issue 29, helper ops) ------------------------------------------------------------------
+# The `cron` subparser and command are helper lease's (`_add_cron`, `_cron`): the lead keeps theirs, which
+# call `_add_cron_list(p)` on the `cron` parser and hand `args.cron_command == "list"` to `_cron_list`.
+
+
+def _add_cron_list(cron: argparse.ArgumentParser) -> None:
+    sub = cron.add_subparsers(dest="cron_command", metavar="SUBCOMMAND")
+    p = sub.add_parser("list", help="the periodic jobs: schedule, next run, last slot and job, lease holder",
+                       description="List each cron job of the schedule the lease holder runs: queue, cron string "
+                                   "or interval and time zone, catch-up policy, next run, last slot enqueued and "
+                                   "its job's outcome, totals; who holds the lease, the running schedulers and "
+                                   "the last hand-overs. Read from Redis; options go after `list`.")
+    _connection_options(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _cron_list(args: argparse.Namespace) -> int:
+    import time
+    from dataclasses import asdict
+
+    connection, settings = _connect(args)
+    from .status.cron import collect_cron
+    from .status.render import cron_lines
+    from .status.report import CronInfo
+
+    period = _cron_lease_period(args)
+    now = time.time()
+    info = collect_cron(connection, now, period, classes=_classes(settings)) or CronInfo(
+        lease_period=period, holder=None, token=None, lease_left=None, leaderless_for=None)
+    if args.json:
+        sys.stdout.write(json.dumps(asdict(info), indent=2, sort_keys=True) + "\n")
+        return 0
+    lines = cron_lines(info, now)
+    if not info.jobs:
+        lines.append("no cron jobs registered: rq-cron.service has not run a schedule with this RQ_KEY_PREFIX")
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+def _add_cron(sub: argparse._SubParsersAction) -> None:
+    """Stand-in for helper lease's `cron` parser (the scheduler, --check): only what `cron list` hangs on."""
+    _add_cron_list(sub.add_parser("cron", help="the periodic-job scheduler (rq-cron.service); cron list"))
+
+
+def _cron(args: argparse.Namespace) -> int:
+    """Stand-in for helper lease's `cron` command: only `cron list`."""
+    if getattr(args, "cron_command", None) == "list":
+        return _cron_list(args)
+    raise CommandError("the scheduler is not in this build: only `cron list`", exits.USAGE)
+# ---- end of `cron list` ----------------------------------------------------------------------------------
+
+
 COMMANDS = {"run": _run, "status": _status, "job": _job, "requeue": _requeue, "cleanup": _cleanup, "acl": _acl,
-            "autoscale": _autoscale}
+            "autoscale": _autoscale, "cron": _cron}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

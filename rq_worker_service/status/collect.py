@@ -1,4 +1,4 @@
-"""``status``'s figures, read from Redis: queues, workers, abandoned jobs, fencings, autoscalers.
+"""``status``'s figures, read from Redis: queues, workers, abandoned jobs, fencings, autoscalers, periodic jobs.
 
 Nothing is judged here (``judge``) nor shown (``render``); every read is one that rq's own keys or
 the service's (``keys``) answer, and a redis error goes up to the command (UNKNOWN).
@@ -23,11 +23,14 @@ from ..classes import RQ_DEFAULTS, AppClasses
 from ..fencing import recent_fencings
 from ..recovery import started_executions
 from ..rqcompat import job_func
+from ..variables import BY_NAME
+from .cron import LEASE_PERIOD, collect_cron
 from .report import AbandonedJob, AutoscalerInfo, FencedWorker, QueueInfo, Report, WorkerInfo
 
 HEARTBEAT_SLACK = 60
 """rq sets a worker key to expire (its next heartbeat interval + 60 s): a worker whose heartbeat
 is older than that interval has missed its own deadline and is shown stale."""
+DEFAULT_LEASE_PERIOD = int(BY_NAME[LEASE_PERIOD].default)
 AUTOSCALER_FORGOTTEN = 86400
 """A report older than this is not shown (a clean stop removes its own; a killed one leaves it)."""
 
@@ -127,9 +130,10 @@ def _abandoned(connection: Redis, queue: Queue, live: set[str], now: datetime, c
 
 
 def collect(connection: Redis, redis_display: str, queue_names: list[str] | None = None, *,
-            classes: AppClasses = RQ_DEFAULTS) -> Report:
+            classes: AppClasses = RQ_DEFAULTS, cron_lease_period: int = DEFAULT_LEASE_PERIOD) -> Report:
     """Read everything the report shows; raises redis errors (the caller maps them to UNKNOWN).
-    ``classes``: the app's serializer and job class (RQ_SERIALIZER, …), to read the jobs shown."""
+    ``classes``: the app's serializer and job class (RQ_SERIALIZER, …), to read the jobs shown;
+    ``cron_lease_period``: RQ_CRON_LEASE_PERIOD (``cron.lease_period``), the periodic jobs' time scale."""
     now = datetime.now().astimezone()
     queues = ([classes.queue(n, connection) for n in queue_names] if queue_names
               else sorted(classes.queue_class.all(connection=connection, job_class=classes.job_class,
@@ -144,4 +148,5 @@ def collect(connection: Redis, redis_display: str, queue_names: list[str] | None
     return Report(redis=redis_display, queues=[_queue_info(connection, q, now) for q in queues],
                   workers=workers, abandoned=abandoned, fenced=fenced,
                   autoscalers=_autoscalers(connection, now.timestamp()), suspended=suspension != -2,
-                  suspension_left=suspension / 1000 if suspension >= 0 else None)
+                  suspension_left=suspension / 1000 if suspension >= 0 else None,
+                  cron=collect_cron(connection, now.timestamp(), cron_lease_period, classes=classes))

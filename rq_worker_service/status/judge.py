@@ -2,12 +2,14 @@
 
 The operator's thresholds (``status --max-queued`` …, ``levels.Threshold``) and the built-in checks:
 a suspension (``rq suspend``: a warning, as no job runs until ``rq resume``), stale workers, workers on
-another rq major, abandoned jobs, silent autoscalers, recent fencings, jobs queued where no live worker
-listens, jobs queued and no live worker at all.
+another rq major, abandoned jobs, silent autoscalers, recent fencings, cron jobs no scheduler enqueues
+(no lease holder for longer than the takeover bound), jobs queued where no live worker listens, jobs
+queued and no live worker at all.
 """
 
 from __future__ import annotations
 
+from .. import keys
 from ..levels import CRITICAL, OK, WARNING, Threshold
 from ..rqcompat import mixed_rq_message, same_rq_major
 from .report import Report
@@ -62,6 +64,13 @@ def evaluate(report: Report, *, max_queued: Threshold | None = None, max_age: Th
         if f.ago < FENCING_WARNS_FOR:
             check(WARNING, f"worker {f.worker} on host {f.host} was fenced by {f.by} {f.ago:.0f}s ago "
                            f"({len(f.jobs)} jobs re-queued): it went silent (frozen, cut off or host lost)")
+    cron = report.cron
+    if cron is not None and cron.leaderless:
+        since = "ever" if cron.leaderless_for is None else f"for {cron.leaderless_for:.0f}s"
+        check(WARNING, f"{len(cron.jobs)} cron jobs registered and no scheduler has held the lease {since} (more "
+                       f"than 2 lease periods of {cron.lease_period}s): their slots are not enqueued; is "
+                       "rq-cron.service running on a host? (a retired schedule: delete "
+                       f"{keys.cron_jobs()})")
     listened = {name for w in alive for name in w.queues}
     for q in report.queues:
         if q.queued and alive and q.name not in listened:

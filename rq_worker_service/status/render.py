@@ -5,9 +5,14 @@ several key prefixes, one section per prefix under their verdicts."""
 from __future__ import annotations
 
 import json
+import time
+from datetime import UTC, datetime
 
 from ..levels import LEVELS
-from .report import Report
+from .report import CronInfo, Report
+
+HANDOVERS_SHOWN = 5
+"""The last hand-overs the text shows (JSON: all the scheduler keeps, 20)."""
 
 
 def _dur(seconds: float | None) -> str:
@@ -25,6 +30,40 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     return [fmt.format(*headers).rstrip()] + [fmt.format(*r).rstrip() for r in rows]
+
+
+def _when(epoch: float | None, now: float) -> str:
+    """An instant as UTC (what the schedule's slots are computed in) and how far from now."""
+    if epoch is None:
+        return "-"
+    at = datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    return f"{at} (in {_dur(epoch - now)})" if epoch >= now else f"{at} ({_dur(now - epoch)} ago)"
+
+
+def cron_lines(cron: CronInfo, now: float | None = None) -> list[str]:
+    """The periodic-job section: the lease, each cron job, the live schedulers, the last hand-overs."""
+    now = time.time() if now is None else now
+    if cron.holder:
+        left = "" if cron.lease_left is None else f", {cron.lease_left:.1f}s left"
+        lease = f"lease held by {cron.holder} (token {cron.token}{left})"
+    elif cron.leaderless_for is not None:
+        lease = f"NO scheduler holds the lease (none seen for {_dur(cron.leaderless_for)})"
+    else:
+        lease = "NO scheduler holds the lease"
+    lines = [f"Periodic jobs (rq-cron): {lease}; lease period {cron.lease_period}s"]
+    if cron.jobs:
+        lines += _table(["CRON JOB", "QUEUE", "SCHEDULE", "ZONE", "CATCH-UP", "NEXT RUN", "LAST SLOT", "LAST JOB",
+                         "ENQUEUED", "SKIPPED"],
+                        [[j.name, j.queue, j.schedule, j.zone, j.catch_up, _when(j.next_run, now),
+                          _when(j.last_slot, now), f"{j.last_job_id} ({j.last_outcome})" if j.last_job_id else "-",
+                          str(j.enqueued_total), str(j.skipped_total)] for j in cron.jobs])
+    if cron.schedulers:
+        lines.append("  schedulers: " + ", ".join(
+            f"{s.holder} {s.role}" + (f" (token {s.token})" if s.token is not None else "") for s in cron.schedulers))
+    for h in cron.handovers[:HANDOVERS_SHOWN]:
+        lines.append(f"  {_when(h.at, now)}: {h.holder} took the lease (token {h.token}) from "
+                     f"{h.previous or 'nobody'}")
+    return lines
 
 
 def render_text(report: Report) -> str:
@@ -58,6 +97,8 @@ def render_text(report: Report) -> str:
             lines.append(f"  last decision, {_dur(a.last_decision_age)} ago: {a.last_decision}")
         if a.holding:
             lines.append(f"  now: {a.holding}")
+    if report.cron is not None:
+        lines += ["", *cron_lines(report.cron)]
     return "\n".join(lines) + "\n"
 
 
@@ -123,6 +164,31 @@ def render_prometheus(report: Report | None) -> str:
             [({"host": a.host}, a.running) for a in report.autoscalers])
     _metric(lines, "rq_autoscaler_max_instances", "gauge", "The host's RQ_AUTOSCALE_MAX.",
             [({"host": a.host}, a.maximum) for a in report.autoscalers])
+    if report.cron is not None:
+        _cron_metrics(lines, report.cron)
     _metric(lines, "rq_health_status", "gauge", "0 OK, 1 WARNING, 2 CRITICAL (the --check verdict).",
             [({}, report.level)])
     return "\n".join(lines) + "\n"
+
+
+def _cron_metrics(lines: list[str], cron: CronInfo) -> None:
+    _metric(lines, "rq_cron_leader", "gauge", "1 while a periodic-job scheduler holds the lease.",
+            [({}, 1 if cron.holder else 0)])
+    _metric(lines, "rq_cron_lease_token", "gauge", "The lease holder's fencing token: it grows by one at each "
+            "acquisition (its increase counts hand-overs).", [({}, cron.token)] if cron.token is not None else [])
+    _metric(lines, "rq_cron_leaderless_seconds", "gauge", "Seconds since a lease holder was last seen, while "
+            "none holds it (0 while one does).", [({}, cron.leaderless_for or 0)])
+    _metric(lines, "rq_cron_schedulers", "gauge", "Live periodic-job schedulers, by role.",
+            [({"role": role}, sum(1 for s in cron.schedulers if s.role == role)) for role in ("leader", "standby")])
+    info = [({"cron_job": j.name, "queue": j.queue}, j) for j in cron.jobs]
+    _metric(lines, "rq_cron_job_next_run_timestamp_seconds", "gauge", "When the cron job's next slot is due.",
+            [(labels, j.next_run) for labels, j in info if j.next_run is not None])
+    _metric(lines, "rq_cron_job_last_slot_timestamp_seconds", "gauge", "The cron job's last slot enqueued or "
+            "skipped.", [(labels, j.last_slot) for labels, j in info if j.last_slot is not None])
+    _metric(lines, "rq_cron_job_enqueued_total", "counter", "Slots of the cron job enqueued.",
+            [(labels, j.enqueued_total) for labels, j in info])
+    _metric(lines, "rq_cron_job_skipped_total", "counter", "Missed slots of the cron job skipped (catch-up policy).",
+            [(labels, j.skipped_total) for labels, j in info])
+    _metric(lines, "rq_cron_job_last_outcome", "gauge", "1 for the rq status of the cron job's last job "
+            "(queued, started, finished, failed, …; gone once rq dropped it).",
+            [({**labels, "outcome": j.last_outcome}, 1) for labels, j in info if j.last_outcome])

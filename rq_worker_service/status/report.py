@@ -93,6 +93,91 @@ class AutoscalerInfo:
 
 
 @dataclass
+class CronJobInfo:
+    """One periodic job as the lease holder last wrote it (``keys.cron_jobs()``), and its last job's outcome."""
+
+    name: str
+    func_name: str
+    queue: str
+    cron: str | None
+    interval: int | None
+    zone: str
+    catch_up: str
+    next_run: float | None
+    """Epoch seconds of its next slot."""
+    last_slot: float | None
+    """Epoch seconds of the last slot enqueued (or skipped)."""
+    last_job_id: str | None
+    last_outcome: str | None
+    """rq's status of ``last_job_id`` (queued, started, finished, failed, …), ``gone`` once rq has dropped it
+    (its result_ttl passed), None when nothing was enqueued yet."""
+    enqueued_total: int
+    skipped_total: int
+    updated_age: float
+    """Seconds since the leader last wrote the entry."""
+
+    @property
+    def schedule(self) -> str:
+        return f"cron {self.cron}" if self.cron else f"every {self.interval}s"
+
+
+@dataclass
+class CronSchedulerInfo:
+    """A running ``rq-cron.service`` (``keys.cron_schedulers()``), live: it beat within 3 lease periods."""
+
+    holder: str
+    host: str
+    pid: int
+    role: str
+    """leader or standby."""
+    since_age: float
+    beat_age: float
+    token: int | None
+    config: str
+
+
+@dataclass
+class CronHandover:
+    """One acquisition of the lease (``keys.cron_handovers()``), newest first."""
+
+    at: float
+    holder: str
+    token: int
+    previous: str | None
+
+
+@dataclass
+class CronInfo:
+    """The periodic-job scheduler: who holds the lease, the cron jobs, the running schedulers, the hand-overs."""
+
+    lease_period: int
+    """RQ_CRON_LEASE_PERIOD as ``status`` reads it (worker.env, then cron.env beside it, the environment)."""
+    holder: str | None
+    token: int | None
+    lease_left: float | None
+    leaderless_for: float | None
+    """Seconds since a lease holder was last seen (its last beat, enqueue or acquisition) while none holds it;
+    None while one does, or when none ever did."""
+    jobs: list[CronJobInfo] = field(default_factory=list)
+    schedulers: list[CronSchedulerInfo] = field(default_factory=list)
+    handovers: list[CronHandover] = field(default_factory=list)
+
+    @property
+    def leaderless(self) -> bool:
+        """Cron jobs registered, and no lease holder for longer than the takeover bound (2 lease periods)."""
+        return bool(self.jobs) and self.holder is None and (self.leaderless_for is None
+                                                            or self.leaderless_for > 2 * self.lease_period)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CronInfo:
+        return cls(lease_period=data["lease_period"], holder=data["holder"], token=data["token"],
+                   lease_left=data["lease_left"], leaderless_for=data["leaderless_for"],
+                   jobs=[CronJobInfo(**j) for j in data["jobs"]],
+                   schedulers=[CronSchedulerInfo(**s) for s in data["schedulers"]],
+                   handovers=[CronHandover(**h) for h in data["handovers"]])
+
+
+@dataclass
 class Report:
     redis: str
     queues: list[QueueInfo]
@@ -105,6 +190,8 @@ class Report:
     """``rq suspend`` holds every worker of this prefix: they take no job until ``rq resume``."""
     suspension_left: float | None = None
     """Seconds until the suspension ends by itself (``rq suspend --duration``); None: until ``rq resume``."""
+    cron: CronInfo | None = None
+    """The periodic-job scheduler; None when Redis holds nothing of it (rq-cron.service never ran)."""
     level: int = OK
     problems: list[str] = field(default_factory=list)
 
@@ -138,4 +225,5 @@ def report_from_dict(data: dict) -> Report:
                   fenced=[FencedWorker(**f) for f in data.get("fenced", [])],
                   autoscalers=[AutoscalerInfo(**a) for a in data.get("autoscalers", [])],
                   suspended=data.get("suspended", False), suspension_left=data.get("suspension_left"),
+                  cron=CronInfo.from_dict(data["cron"]) if data.get("cron") else None,
                   level=BY_NAME[data["status"]], problems=data["problems"])
