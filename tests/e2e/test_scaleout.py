@@ -11,12 +11,19 @@ in a drop-in (a member is lost 7 s after its last beat; systemd's abort 2 s late
 are the shipped ones scaled down alike: a frozen busy worker's job re-run within WatchdogSec +
 TimeoutAbortSec + RestartSec + 10 s (+ its duration), a lost host's jobs re-run within two periods
 + 10 s; always none lost, and duplicates only of jobs that were running on the lost host.
+
+The cron scenario (issue 29) runs rq-cron.service on both hosts with a 3 s lease period: its holder frozen,
+then killed, taken over each time within two lease periods, and every slot enqueued exactly once.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 import time
+from collections import Counter
+from datetime import UTC, datetime
 
 import pytest
 from conftest import APP, PASSWORD, ctl, install, jobs, provision, systemctl, wait_for
@@ -226,6 +233,141 @@ def test_link_cut(hosts):
     finally:
         b.run(["ip", "link", "set", end_b, "up"])
     rejoined(a, b, "the link is back", since)
+
+
+CRON_PERIOD = 3
+"""RQ_CRON_LEASE_PERIOD of the cron scenario (cron.env): a takeover within 2 × 3 s."""
+TAKEOVER_SLACK = 1.0
+"""Seconds the measured takeover may exceed 2 lease periods: the test polls the lease every 0.2 s, each
+poll a redis-cli started in the sandbox (≈ 50 ms), and reads the fault's time just after the signal."""
+CRON_QUEUE = "cron-e2e"
+CRON_ENTRIES = {"every-10s": 10, "every-minute": 60}
+"""The e2e app's schedule (app/cron_schedule.py): name → seconds between slots (the 10 s interval's slots
+lie on the epoch's 10 s grid, the minute cron string's on whole UTC minutes)."""
+ENQUEUE_LAG = 2.0
+"""Seconds after a slot by which its job is enqueued while a scheduler holds the lease."""
+
+
+def cron_job_id(name: str, slot: int) -> str:
+    """The CONTRACT's deterministic job id, computed here independently of the package's code."""
+    stamp = datetime.fromtimestamp(slot, UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"cron-{hashlib.sha256(name.encode()).hexdigest()[:12]}-{stamp}"
+
+
+def lease(a: Sandbox) -> tuple[int, str] | None:
+    raw = redis_cli(a, "GET", "rq:service:cron:lease").strip()
+    if not raw:
+        return None
+    token, holder = raw.split(" ", 1)
+    return int(token), holder
+
+
+def host_of(holder: str, a: Sandbox, b: Sandbox) -> Sandbox:
+    return {A: a, B: b}[holder.rsplit(":", 1)[0]]
+
+
+def taken_over(a: Sandbox, token: int) -> tuple[int, str]:
+    """Polls until a holder with a newer token than ``token`` holds the lease (raises after 30 s)."""
+    return wait_for(lambda: (lambda held: held if held and held[0] > token else None)(lease(a)), 30,
+                    f"a scheduler to take the lease over from token {token}", interval=0.2)
+
+
+def slots_between(every: int, after: float, until: float) -> list[int]:
+    """The slots of a schedule with ``every`` s between them (on the epoch grid) in (after, until]."""
+    return list(range(int(after) // every * every + every, int(until) + 1, every))
+
+
+def test_cron_each_slot_once_through_a_freeze_and_a_kill(hosts):
+    """rq-cron.service enabled on both hosts (lease period 3 s): a 10 s interval job and a per-minute cron
+    job into a queue no worker listens to, so the queue holds every enqueue. The lease holder frozen: the
+    other host takes over within two lease periods; thawed, the ex-holder enqueues nothing. The new holder
+    killed (SIGKILL): taken over again. At the end every slot of the ~100 s window is in the queue exactly
+    once (by its deterministic id), and nothing else; the journal and ``status`` show the hand-overs."""
+    a, b = hosts
+    t_start = time.monotonic()
+    for box in (a, b):
+        box.copy_in(APP / "cron_schedule.py", "/srv/e2e-app/cron_schedule.py")
+        box.write("/etc/rq-worker/cron.env", f"RQ_CRON_CONFIG=/srv/e2e-app/cron_schedule.py\n"
+                                             f"RQ_CRON_LEASE_PERIOD={CRON_PERIOD}\n", mode=0o640)
+        box.run(["chown", "root:rq-worker", "/etc/rq-worker/cron.env"])
+    redis_cli(a, "DEL", f"rq:queue:{CRON_QUEUE}")
+    since = int(time.time())
+    started_at = ctl(a, "now")
+    try:
+        systemctl(a, "enable", "--now", "rq-cron")  # Type=notify: returns once its first lease attempt is done
+        systemctl(b, "enable", "--now", "rq-cron")
+        ready_at = ctl(a, "now")
+        token1, first = lease(a)
+        assert first == f"{A}:{main_pid(a, 'rq-cron')}", "A started first: it holds the lease"
+        assert "leader (token" in a.show("rq-cron", "StatusText")["StatusText"]
+        assert "standby" in b.show("rq-cron", "StatusText")["StatusText"]
+
+        # 1. The holder's main process frozen (Redis, on the same host, is not).
+        time.sleep(12)
+        frozen_pid = main_pid(a, "rq-cron")
+        a.run(["kill", "-STOP", str(frozen_pid)])
+        frozen_at = ctl(a, "now")
+        token2, second = taken_over(a, token1)
+        took = ctl(a, "now") - frozen_at
+        print(f"\nfrozen holder {first}: {second} took over (token {token2}) {took:.1f}s after the freeze")
+        assert second.startswith(f"{B}:")
+        assert took <= 2 * CRON_PERIOD + TAKEOVER_SLACK
+        time.sleep(8)
+        thawed_at = int(time.time())
+        a.run(["kill", "-CONT", str(frozen_pid)])
+        time.sleep(2 * CRON_PERIOD)
+        assert lease(a) == (token2, second), "the thawed ex-holder took the lease back"
+        log = a.run(f"journalctl -u rq-cron -S @{thawed_at} -o json _PID={frozen_pid}", check=False).stdout
+        enqueues = [r for r in map(json.loads, log.splitlines()) if "RQ_JOB_ID" in r]
+        assert not enqueues, f"the thawed ex-holder enqueued: {[r['RQ_JOB_ID'] for r in enqueues]}"
+
+        # 2. The new holder killed outright: the thawed one, standby now, takes over.
+        time.sleep(4)
+        systemctl(b, "kill", "--signal=SIGKILL", "rq-cron")
+        killed_at = ctl(a, "now")
+        token3, third = taken_over(a, token2)
+        took_again = ctl(a, "now") - killed_at
+        print(f"killed holder {second}: {third} took over (token {token3}) {took_again:.1f}s after the kill")
+        assert took_again <= 2 * CRON_PERIOD + TAKEOVER_SLACK
+
+        # 3. The window runs on to ~100 s; then every slot in it is in the queue once, and nothing else.
+        time.sleep(max(0.0, started_at + 100 - ctl(a, "now")))
+        end_at = ctl(a, "now")
+        time.sleep(ENQUEUE_LAG)
+        counts = Counter(redis_cli(a, "LRANGE", f"rq:queue:{CRON_QUEUE}", "0", "-1").split())
+        checked_at = ctl(a, "now")
+        twice = {job: n for job, n in counts.items() if n > 1}
+        assert not twice, f"enqueued more than once: {twice}"
+        allowed = set()
+        for name, every in CRON_ENTRIES.items():
+            # A never-seen interval entry fires its latest grid slot at once (between the first start and its
+            # READY); a never-seen cron entry waits for its next slot.
+            fresh = every if name == "every-10s" else 0
+            must = [cron_job_id(name, s) for s in slots_between(every, ready_at - fresh, end_at)]
+            may = {cron_job_id(name, s) for s in slots_between(every, started_at - fresh, checked_at)}
+            missing = [job for job in must if job not in counts]
+            assert not missing, f"{name}: slots never enqueued: {missing}"
+            allowed |= may
+            print(f"{name}: {sum(1 for job in counts if job in may)} slots enqueued, once each")
+        assert set(counts) <= allowed, f"enqueued though no slot of the window: {sorted(set(counts) - allowed)}"
+
+        # 4. The hand-overs, in the journal of the host that took over and in status.
+        for box, token in ((b, token2), (a, token3)):
+            log = box.run(f"journalctl -u rq-cron -S @{since} -o cat", check=False).stdout
+            assert "took over the lease" in log and f"token {token}" in log, log[-3000:]
+        status = a.run(["rq-worker-service", "status"], check=False).stdout
+        assert f"lease held by {third} (token {token3}" in status, status
+        assert f"{third} took the lease (token {token3}) from {second}" in status, status
+        assert f"{second} took the lease (token {token2}) from {first}" in status, status
+        listed = json.loads(a.run(["rq-worker-service", "cron", "list", "--json"]).stdout)
+        assert sorted(j["name"] for j in listed["jobs"]) == sorted(CRON_ENTRIES) and listed["holder"] == third
+        print(f"cron scenario: {time.monotonic() - t_start:.0f}s")
+    finally:
+        for box in (a, b):
+            systemctl(box, "disable", "--now", "rq-cron", check=False)
+            systemctl(box, "reset-failed", "rq-cron", check=False)
+        redis_cli(a, "DEL", f"rq:queue:{CRON_QUEUE}", "rq:service:cron:jobs", "rq:service:cron:schedulers",
+                  "rq:service:cron:lease")
 
 
 def test_host_killed(hosts):
