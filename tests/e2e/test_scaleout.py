@@ -294,8 +294,9 @@ def test_cron_each_slot_once_through_a_freeze_and_a_kill(hosts):
     since = int(time.time())
     started_at = ctl(a, "now")
     try:
-        systemctl(a, "enable", "--now", "rq-cron")  # Type=notify: returns once its first lease attempt is done
-        systemctl(b, "enable", "--now", "rq-cron")
+        for box in (a, b):  # Type=notify: returns once its first lease attempt is done (A's first: it leads)
+            started = systemctl(box, "enable", "--now", "rq-cron", check=False)
+            assert started.returncode == 0, box.run("journalctl -u rq-cron -o cat -n 40", check=False).stdout
         ready_at = ctl(a, "now")
         token1, first = lease(a)
         assert first == f"{A}:{main_pid(a, 'rq-cron')}", "A started first: it holds the lease"
