@@ -127,7 +127,8 @@ def _metric(lines: list[str], name: str, kind: str, help_text: str,
     lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
     for labels, value in samples:
         rendered = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
-        lines.append(f"{name}{{{rendered}}} {value:g}" if rendered else f"{name} {value:g}")
+        # 15 significant digits: a timestamp keeps its seconds (``:g`` made 1796080520 into 1.79608e+09)
+        lines.append(f"{name}{{{rendered}}} {value:.15g}" if rendered else f"{name} {value:.15g}")
 
 
 def render_prometheus(report: Report | None) -> str:

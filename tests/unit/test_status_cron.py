@@ -117,7 +117,8 @@ def test_text_json_and_prometheus_carry_the_section(conn):
     [enqueued] = families["rq_cron_job_enqueued"].samples
     assert enqueued.labels == {"cron_job": "every10", "queue": "cron-q"} and enqueued.value == 9
     assert families["rq_cron_job_skipped"].samples[0].value == 2
-    assert families["rq_cron_job_next_run_timestamp_seconds"].samples[0].value == pytest.approx(NOW + 40)
+    assert families["rq_cron_job_next_run_timestamp_seconds"].samples[0].value == pytest.approx(NOW + 40, abs=0.01)
+    assert families["rq_cron_job_last_slot_timestamp_seconds"].samples[0].value == pytest.approx(NOW - 20, abs=0.01)
     assert families["rq_cron_job_last_outcome"].samples[0].labels["outcome"] == "gone"
 
 
