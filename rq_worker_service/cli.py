@@ -587,7 +587,7 @@ def _autoscale(args: argparse.Namespace) -> int:
 
 
 def _add_cron_list(cron: argparse.ArgumentParser) -> None:
-    sub = cron.add_subparsers(dest="cron_command", metavar="SUBCOMMAND")
+    sub = cron.add_subparsers(dest="cron_command", metavar="[list]")  # optional: without it, the scheduler runs
     p = sub.add_parser("list", help="the periodic jobs: schedule, next run, last slot and job, lease holder",
                        description="List each cron job of the schedule the lease holder runs: queue, cron string "
                                    "or interval and time zone, catch-up policy, next run, last slot enqueued and "
