@@ -282,7 +282,8 @@ def test_cron_each_slot_once_through_a_freeze_and_a_kill(hosts):
     job into a queue no worker listens to, so the queue holds every enqueue. The lease holder frozen: the
     other host takes over within two lease periods; thawed, the ex-holder enqueues nothing. The new holder
     killed (SIGKILL): taken over again. At the end every slot of the ~100 s window is in the queue exactly
-    once (by its deterministic id), and nothing else; the journal and ``status`` show the hand-overs."""
+    once (by its deterministic id), and nothing else; the journal and ``status`` show the hand-overs; with
+    both schedulers stopped, ``status --check`` warns after two lease periods."""
     a, b = hosts
     t_start = time.monotonic()
     for box in (a, b):
@@ -369,6 +370,15 @@ def test_cron_each_slot_once_through_a_freeze_and_a_kill(hosts):
         assert f"{second} took the lease (token {token2}) from {first}" in status, status
         listed = json.loads(a.run(["rq-worker-service", "cron", "list", "--json"]).stdout)
         assert sorted(j["name"] for j in listed["jobs"]) == sorted(CRON_ENTRIES) and listed["holder"] == third
+
+        # 5. Every scheduler stopped: past two lease periods (cron.env's, as status reads it), --check warns.
+        leaderless = "cron jobs registered and no scheduler has held the lease"
+        assert leaderless not in status
+        for box in (a, b):
+            systemctl(box, "stop", "rq-cron")
+        time.sleep(2 * CRON_PERIOD + 1)
+        check = a.run(["rq-worker-service", "status", "--check"], check=False)
+        assert check.returncode >= 1 and leaderless in check.stdout.splitlines()[0], check.stdout
         print(f"cron scenario: {time.monotonic() - t_start:.0f}s")
     finally:
         for box in (a, b):
