@@ -55,7 +55,8 @@ def lease(conn):
 
 def test_a_slot_is_rq_s_ordinary_job_with_rq_s_cron_records_and_its_mark(conn, lease):
     e = entry(result_ttl=77, meta={"k": "v"})
-    outcome = enqueue_slot(conn, Queue("default", connection=conn), e, T0, lease.value, lambda enq: json.dumps({"e": enq}))
+    queue = Queue("default", connection=conn)
+    outcome = enqueue_slot(conn, queue, e, T0, lease.value, lambda enq: json.dumps({"e": enq}))
     assert outcome is Outcome.ENQUEUED
     jid = job_id(e, T0)
     job = Job.fetch(jid, connection=conn)
@@ -157,7 +158,8 @@ def scheduler(conn, clock: Clock, pid: int, *entries: Entry) -> CronScheduler:
                          lambda name: Queue(name, connection=conn), CRON, "host", pid, clock=clock, now=clock.now)
 
 
-def test_of_two_schedulers_one_enqueues_each_slot_once(conn):
+def test_of_two_schedulers_one_enqueues_each_slot_once(conn, caplog):
+    caplog.set_level("INFO", "rq_worker_service.cron")
     clock = Clock()
     a, b = scheduler(conn, clock, 1), scheduler(conn, clock, 2)
     for _ in range(10):
@@ -174,6 +176,11 @@ def test_of_two_schedulers_one_enqueues_each_slot_once(conn):
     assert roles == {"host:1": "leader", "host:2": "standby"}
     assert b.summary() == "standby: lease held by host:1"
     assert a.summary().startswith("leader (token 1): next report at 2026-11-30 12:05:00 UTC")
+    lines = [r for r in caplog.records if r.getMessage().startswith("Enqueued report")]
+    assert [(r.RQ_CRON_JOB, r.RQ_CRON_SLOT, r.RQ_JOB_ID) for r in lines] == [  # type: ignore[attr-defined]
+        ("report", s.isoformat(), job_id(entry(), s)) for s in slots]
+    took = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Took over")]
+    assert took == ["Took over the cron lease (token 1) from nobody"]
 
 
 def test_a_restart_does_not_fire_an_interval_job_again(conn):
