@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from helpers import JOBS_DIR, RQ_CLI, wait_until
+from helpers import ACL_PASSWORD, JOBS_DIR, RQ_CLI, wait_until
 from rq import Queue
 from rq.job import Job
 
@@ -83,9 +83,9 @@ def schedulers(redis_server, rconn, tmp_path):
 
     class Start:
         @staticmethod
-        def ours(config: Path, notify=None) -> Scheduler:
-            cron_env = tmp_path / f"cron-{len(started)}.env"
-            cron_env.write_text(f"RQ_CRON_CONFIG={config}\n")
+        def ours(config: Path, notify=None, url: str | None = None) -> Scheduler:
+            cron_env = tmp_path / f"cron-{len(started)}.env"  # (read after worker.env: its values win)
+            cron_env.write_text(f"RQ_CRON_CONFIG={config}\n" + (f"REDIS_URL={url}\n" if url else ""))
             env = dict(base, NOTIFY_SOCKET=notify.path) if notify else base
             proc = Scheduler([sys.executable, "-m", "rq_worker_service", "cron", "--env-file", str(env_file),
                               "--env-file", str(cron_env)], env, tmp_path / f"ours-{len(started)}.log")
@@ -237,3 +237,18 @@ def test_a_frozen_or_killed_leader_is_replaced_within_two_lease_periods(schedule
     assert enqueued == len(slots)
     print(f"takeover after SIGSTOP {frozen_takeover:.2f}s, after SIGKILL {killed_takeover:.2f}s "
           f"(bound {2 * PERIOD}s)")
+
+
+def test_under_the_acl_rule_it_enqueues_and_refused_credentials_are_77(schedulers, rconn, tmp_path, acl_user):
+    """The least-privilege rule (``rq-worker-service acl``) covers the scheduler's keys, scripts and rq's cron
+    records; a wrong password is one line and exit 77, never shown."""
+    url = acl_user("cron")
+    ours = schedulers.ours(write_config(tmp_path, interval=3600, name="hourly"), url=url)
+    wait_until(lambda: jobs(rconn), 20, what="the job enqueued under the ACL user")
+    assert ours.stop() == 0, ours.output()
+    assert rconn.acl_log() == [], "the rule refused the scheduler something"
+    refused = schedulers.ours(write_config(tmp_path, interval=60), url=url.replace(f":{ACL_PASSWORD}@", ":wr0ng-pw@"))
+    assert refused.proc.wait(20) == 77
+    errors = [line for line in refused.output().splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "refused the login" in errors[0], refused.output()
+    assert "wr0ng-pw" not in refused.output()
