@@ -50,7 +50,7 @@ from ..envfiles import refresh_environment
 from ..notify import Notifier
 from ..secret_env import environment
 from .enqueue import MAX_ATTEMPTS, Contended, LeaseLost, Outcome, enqueue_slot, last_marks, mark
-from .lease import Acquired, Lease
+from .lease import Acquired, Lease, parse_value
 from .records import JobRecord, publish_jobs, scheduler_record, stale_schedulers
 from .schedule import Entry, Schedule, load
 from .settings import CronSettings, cron_settings
@@ -82,7 +82,8 @@ class CronScheduler:
                  now: Callable[[], datetime] = utc_now) -> None:
         self.connection = connection
         self.schedule = schedule
-        self.queue = queue
+        self.make_queue = queue
+        self.queues: dict[str, Queue] = {}
         self.cron = cron
         self.host, self.pid = host, pid
         self.target = target
@@ -126,8 +127,6 @@ class CronScheduler:
                     token, self._holder_now() or "nobody")
 
     def _holder_now(self) -> str | None:
-        from .lease import parse_value
-
         seen = parse_value(self.connection.get(keys.cron_lease()))
         return seen[1] if seen else None
 
@@ -224,7 +223,8 @@ class CronScheduler:
         skipped = plan.skipped
         value = self.lease.value
         assert value is not None
-        queue = self.queue(entry.queue_name)
+        queue = self.queues.get(entry.queue_name) or self.queues.setdefault(entry.queue_name,
+                                                                            self.make_queue(entry.queue_name))
         handled = last
         for slot in plan.enqueue:
             if not self.lease.acting():
