@@ -234,7 +234,7 @@ def test_a_frozen_or_killed_leader_is_replaced_within_two_lease_periods(schedule
     slots = assert_each_slot_once(rconn, interval=1)
     assert slots[-1] - slots[0] >= 10
     enqueued = sum(p.output().count("Enqueued tick") for p in procs.values())
-    assert enqueued == len(slots)
+    assert enqueued <= len(slots)  # (a line may die with the killed one after its EXEC, never one too many)
     print(f"takeover after SIGSTOP {frozen_takeover:.2f}s, after SIGKILL {killed_takeover:.2f}s "
           f"(bound {2 * PERIOD}s)")
 
