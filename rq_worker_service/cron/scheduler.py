@@ -94,6 +94,8 @@ class CronScheduler:
         self.lease = Lease(connection, self.holder, cron.lease_period, clock)
         self.since = now().timestamp()
         self.records: dict[str, JobRecord] = {}
+        self.published = False
+        """Whether this leader wrote every cron job's record since it took over or reloaded (``_publish``)."""
         self.next_at: dict[str, datetime] = {}
         self.failing: dict[str, str] = {}
         """Per cron job, the last error its enqueue met (said once, until it changes or goes)."""
@@ -111,6 +113,8 @@ class CronScheduler:
             if acquired is not None:
                 self._took_over(acquired)
         if self.lease.acting():
+            if not self.published:
+                self._publish()
             self._enqueue_due()
         self._beat()
 
@@ -118,7 +122,7 @@ class CronScheduler:
         self.since = self.now().timestamp()
         log.info("Took over the cron lease (token %d) from %s", acquired.token, acquired.previous or "nobody",
                  extra={"RQ_CRON_TOKEN": str(acquired.token)})
-        self._publish()
+        self.published = False  # (written next, before its first enqueue; again after an outage cut it short)
 
     def _lost(self, token: int | None) -> None:
         self.since = self.now().timestamp()
@@ -156,8 +160,7 @@ class CronScheduler:
         self.cron = replace(cron, lease_period=self.cron.lease_period)
         self.next_at.clear()
         self.failing.clear()
-        if self.lease.acting():
-            self._publish()
+        self.published = False
 
     def _publish(self) -> None:
         """The leader's records of every cron job (the totals a former leader left carried over)."""
@@ -171,6 +174,7 @@ class CronScheduler:
             record.updated = now.timestamp()
             self.records[entry.name] = record
         publish_jobs(self.connection, self.records)
+        self.published = True
 
     @staticmethod
     def _next(entry: Entry, last: datetime | None, now: datetime) -> datetime:
@@ -423,9 +427,12 @@ def loop(scheduler: CronScheduler, signals: Signals, notifier: Notifier, env_fil
         except redis.exceptions.NoPermissionError as exc:
             return notifier.fail(f"{denied(exc) or exc}; exiting", exits.NOPERM, errno.EACCES)
         except redis.exceptions.ResponseError as exc:
-            if scheduler.target is None or not slot_moved(scheduler.target, exc):
-                raise
-            return notifier.fail(slot_moved_message(keys.imported(), exc), exits.UNAVAILABLE, errno.ECONNRESET)
+            if scheduler.target is not None and slot_moved(scheduler.target, exc):
+                return notifier.fail(slot_moved_message(keys.imported(), exc), exits.UNAVAILABLE, errno.ECONNRESET)
+            if not trouble:  # (a read-only replica, out of memory …): held as an outage, not a crash loop
+                log.warning("Redis at %s refused a command (%s): enqueueing nothing until it takes them again",
+                            scheduler.target.display if scheduler.target else "?", exc)
+            trouble = f"holding: Redis refuses ({exc})"
         if not ready:
             notifier.ready(trouble or scheduler.summary())  # leader or standby: either is a running scheduler
             ready = True

@@ -159,3 +159,36 @@ def test_the_loop_reloads_on_sighup_keeps_the_old_schedule_on_a_bad_one_and_rele
     assert all(wait <= 3 for wait in signals.waits), "the watchdog (9 s) is pinged at least every third of it"
     assert any("Reload refused, the schedule of" in r.getMessage() for r in caplog.records)
     assert json.loads(conn.lindex(keys.cron_handovers(), 0))["token"] == 1
+
+
+def test_a_redis_outage_is_said_once_waited_out_and_the_leader_goes_on(caplog):
+    caplog.set_level("INFO", "rq_worker_service.cron")
+    from rq import Queue
+    from testjobs import quick_job
+
+    from rq_worker_service.cron.schedule import Entry, Schedule
+    from rq_worker_service.cron.scheduler import CronScheduler, loop
+    from rq_worker_service.cron.settings import CronSettings
+
+    server = fakeredis.FakeServer()
+    conn = fakeredis.FakeRedis(server=server)
+    entry = Entry(name="tick", func=quick_job, func_name="testjobs.quick_job", queue_name="default", args=(1,),
+                  kwargs={}, interval=3600, cron=None, zone="UTC", catch_up="skip", job_options={})
+    settings = CronSettings(config="c.py", zone="UTC", catch_up="skip", lease_period=3, grace=6)
+    scheduler = CronScheduler(conn, Schedule(source="c.py", entries=(entry,)),
+                              lambda name: Queue(name, connection=conn), settings, "h", 1)
+
+    def then(signals: Signals, look: int) -> None:
+        server.connected = look not in (1, 2, 3)  # down for three looks
+        signals.stop = look == 5
+
+    notes = Notes()
+    assert loop(scheduler, Signals(then), notes, []) == exits.OK  # type: ignore[arg-type]
+    said = [r.getMessage() for r in caplog.records if r.name == "rq_worker_service.cron"]
+    assert sum("cannot reach Redis" in line for line in said) == 1, said
+    assert sum(line == "Redis answers again" for line in said) == 1, said
+    statuses = [n for n in notes.said if n.startswith("status:")]
+    assert any(n.startswith("status:holding: Redis does not answer") for n in statuses), statuses
+    assert statuses[-1].startswith("status:leader (token 1): next tick at "), "the same lease, renewed after it"
+    assert scheduler.lease.held is False and conn.get(keys.cron_lease()) is None
+    assert Queue("default", connection=conn).count == 1
