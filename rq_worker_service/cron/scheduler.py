@@ -299,6 +299,10 @@ class CronScheduler:
         return max(0.0, until)
 
 
+class StoppedStarting(Exception):
+    """A stop came while the start waited for Redis."""
+
+
 class Signals:
     """SIGTERM/SIGINT (stop) and SIGHUP (reload): recorded, and the loop's wait woken through a pipe."""
 
@@ -387,11 +391,21 @@ def run(env_files: Sequence[str], check_only: bool = False) -> int:
     log.info("Starting the cron scheduler %s:%d: %d cron job(s) from %s (lease %ds, misfire grace %ds) on Redis %s",
              host, pid, len(schedule.entries), schedule.source, cron.lease_period, cron.grace,
              settings.redis.display)
+
+    def pause(seconds: float) -> None:
+        """wait_for_redis's wait between two attempts, ended by a stop (which then ends the start)."""
+        signals.wait(seconds)
+        if signals.stop:
+            raise StoppedStarting
+
     try:
         connection = wait_for_redis(lambda: make_connection(settings.redis, settings.key_prefix,
                                                             f"{host}:{pid}.rq-cron",
                                                             redis_class=prepared.redis_class),
-                                    settings.redis, notifier, settings.redis_startup_wait)
+                                    settings.redis, notifier, settings.redis_startup_wait, sleep=pause)
+    except StoppedStarting:
+        log.info("Stopped while waiting for Redis, holding nothing")
+        return exits.OK
     except RedisUnavailable as exc:
         return notifier.fail(str(exc), exits.UNAVAILABLE, errno.ECONNREFUSED)
     except RedisAuthError as exc:

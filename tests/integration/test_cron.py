@@ -252,3 +252,16 @@ def test_under_the_acl_rule_it_enqueues_and_refused_credentials_are_77(scheduler
     errors = [line for line in refused.output().splitlines() if " ERROR " in line]
     assert len(errors) == 1 and "refused the login" in errors[0], refused.output()
     assert "wr0ng-pw" not in refused.output()
+
+
+def test_a_stop_while_waiting_for_redis_ends_the_start_at_once(schedulers, tmp_path):
+    """Not after RQ_REDIS_STARTUP_WAIT (30 s): systemd's stop would wait that long for nothing."""
+    from helpers import free_port
+
+    ours = schedulers.ours(write_config(tmp_path, interval=60), url=f"redis://127.0.0.1:{free_port()}/0")
+    wait_until(lambda: "waiting for Redis" in ours.output(), 20, what="the start to wait for Redis")
+    stopped = time.monotonic()
+    ours.signal(signal.SIGTERM)
+    assert ours.proc.wait(10) == 0, ours.output()
+    assert time.monotonic() - stopped < 3
+    assert "Stopped while waiting for Redis" in ours.output()
