@@ -342,7 +342,14 @@ def configure(env_files: Sequence[str]):
 
     prepared = configure_worker({}, env_files)
     cron = cron_settings(environment)
-    return prepared, cron, load(cron.config, zone=cron.zone, catch_up=cron.catch_up)
+    return prepared, cron, load(cron.config, zone=cron.zone, catch_up=cron.catch_up,
+                                secrets=secrets(prepared.settings.redis))
+
+
+def secrets(target: RedisTarget) -> tuple[str, ...]:
+    """The passwords a schedule's failure to import must not quote (its app may have been handed them)."""
+    sentinels = target.sentinels
+    return tuple(p for p in (target.password, sentinels.password if sentinels else None) if p)
 
 
 def _reload(scheduler: CronScheduler, env_files: Sequence[str], notifier: Notifier) -> None:
@@ -352,7 +359,8 @@ def _reload(scheduler: CronScheduler, env_files: Sequence[str], notifier: Notifi
     try:
         refresh_environment(env_files, Path.cwd() / ".env", environment)
         cron = cron_settings(environment)
-        schedule = load(cron.config, zone=cron.zone, catch_up=cron.catch_up)
+        schedule = load(cron.config, zone=cron.zone, catch_up=cron.catch_up,
+                        secrets=secrets(scheduler.target) if scheduler.target else ())
     except ConfigError as exc:
         log.error("Reload refused, the schedule of %s runs on: configuration error: %s", scheduler.schedule.source,
                   exc)

@@ -192,3 +192,10 @@ def test_a_redis_outage_is_said_once_waited_out_and_the_leader_goes_on(caplog):
     assert statuses[-1].startswith("status:leader (token 1): next tick at "), "the same lease, renewed after it"
     assert scheduler.lease.held is False and conn.get(keys.cron_lease()) is None
     assert Queue("default", connection=conn).count == 1
+
+
+def test_a_schedule_that_fails_quoting_the_redis_password_does_not_show_it(shell):
+    (shell / "cron_config.py").write_text(f"raise RuntimeError('cannot connect with {SECRET}')\n")
+    outcome = cron(shell, "--check")
+    refused(outcome, exits.CONFIG, "RuntimeError: cannot connect with ***")
+    assert SECRET not in outcome.stderr
