@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 from ..config import MASK, ConfigError
 from ..variables import Invalid, time_zone
@@ -96,8 +96,8 @@ def load(config: str, *, zone: str, catch_up: str, secrets: Collection[str] = ()
     seen: set[str] = set()
     for entry in entries:
         if entry.name in seen:
-            raise ConfigError(VARIABLE, config, f"one job per name (two jobs are named {entry.name!r}: each "
-                              "job's slots and state are kept by name; give one of them name=...)")
+            raise ConfigError(VARIABLE, None, f"{config}: job {entry.name!r}: registered twice: expected one job "
+                              "per name (its slots and state are kept by name): give one of them name=...")
         seen.add(entry.name)
     return Schedule(source=config, entries=entries)
 
@@ -106,11 +106,12 @@ def _execute(config: str, secrets: Collection[str]) -> ModuleType:
     """Run the config's current source as rq cron would import it: an absolute path as a file (rq's
     module name for it), anything else as a dotted module (a relative file path converted as rq's
     ``normalize_config_path`` does, found from the working directory as ``rq cron`` finds it)."""
-    from rq.utils import normalize_config_path
+    from rq.utils import normalize_config_path, validate_absolute_path
 
     importlib.invalidate_caches()  # a file created since the last load
     try:
         if os.path.isabs(config):
+            validate_absolute_path(config)
             name = f"rq_cron_config_{os.path.basename(config).replace('.', '_')}"
             spec = importlib.util.spec_from_file_location(name, config)
         else:
@@ -164,28 +165,28 @@ def _entry(config: str, data: dict[str, Any], default_zone: str, default_catch_u
     func_name = f"{getattr(func, '__module__', None)}.{getattr(func, '__name__', None)}"
     name = data.get("name") or func_name
 
-    def refuse(expected: str) -> ConfigError:
-        return ConfigError(VARIABLE, config, f"{expected} (job {name!r})")
+    def refuse(problem: str) -> ConfigError:
+        return ConfigError(VARIABLE, None, f"{config}: job {name!r}: {problem}")
 
     if not callable(func):
-        raise refuse(f"a function to run (register's first argument is a {type(func).__name__})")
+        raise refuse(f"register's first argument is a {type(func).__name__}: expected the function to run")
     interval, cron = data.get("interval"), data.get("cron")
     if (interval is None) == (cron is None):
-        raise refuse("either interval= (seconds) or cron= (a cron string), not both nor neither")
+        raise refuse("give either interval= (seconds) or cron= (a cron string), not both nor neither")
     if interval is not None and (isinstance(interval, bool) or not isinstance(interval, int) or interval < 1):
-        raise refuse(f"interval= a whole number of seconds, 1 or more (not {interval!r})")
+        raise refuse(f"interval={interval!r} is invalid: expected a whole number of seconds, 1 or more")
     zone = data.get("timezone", default_zone)
     try:
         if not isinstance(zone, str):
             raise Invalid("a time zone's name as a string, e.g. 'Europe/Berlin'")
         time_zone(zone)
     except Invalid as exc:
-        raise refuse(f"timezone={zone!r}: {exc}") from None
+        raise refuse(f"timezone={zone!r} is invalid: expected {exc}") from None
     if cron is not None:
         _check_cron(cron, refuse)
     catch_up = data.get("catch_up", default_catch_up)
     if catch_up not in CATCH_UP:
-        raise refuse(f"catch_up= one of {', '.join(CATCH_UP)} (not {catch_up!r})")
+        raise refuse(f"catch_up={catch_up!r} is invalid: expected one of {', '.join(CATCH_UP)}")
     return Entry(name=name, func=func, func_name=func_name, queue_name=data["queue_name"],
                  args=tuple(data.get("args") or ()), kwargs=dict(data.get("kwargs") or {}), interval=interval,
                  cron=cron, zone=zone, catch_up=catch_up,
@@ -196,8 +197,10 @@ def _check_cron(cron: object, refuse: Callable[[str], ConfigError]) -> None:
     """croniter's own validation (rq's parser), and a string that matches some time at all: one that
     never does (``0 0 30 2 *``) would make every look-up search fifty years and fail."""
     if not isinstance(cron, str):
-        raise refuse(f"cron= a cron string such as '0 3 * * *' (not {cron!r})")
+        raise refuse(f"cron={cron!r} is invalid: expected a cron string such as '0 3 * * *'")
     try:
         croniter(cron).get_next()
+    except CroniterBadDateError:
+        raise refuse(f"cron={cron!r} never matches a date: expected one that does, such as '0 3 * * *'") from None
     except (ValueError, KeyError, TypeError) as exc:  # croniter's errors are ValueErrors; a few slip out raw
-        raise refuse(f"cron= a valid cron string such as '0 3 * * *' ({cron!r}: {exc})") from None
+        raise refuse(f"cron={cron!r} is invalid ({exc}): expected a cron string such as '0 3 * * *'") from None
