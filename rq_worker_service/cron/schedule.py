@@ -14,6 +14,8 @@ rq is imported inside the functions only: ``keys`` settles RQ_KEY_PREFIX before 
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import os
 import sys
@@ -29,8 +31,6 @@ from ..variables import Invalid, time_zone
 
 VARIABLE = "RQ_CRON_CONFIG"
 CATCH_UP = ("skip", "once")
-JOB_OPTIONS = ("job_timeout", "result_ttl", "ttl", "failure_ttl", "meta", "webhooks")
-"""What rq's CronJob passes on to Queue.enqueue (its ``job_options``), None values left out as it does."""
 
 
 @dataclass(frozen=True)
@@ -161,6 +161,8 @@ def _last_line(exc: BaseException, secrets: Collection[str]) -> str:
 
 def _entry(config: str, data: dict[str, Any], default_zone: str, default_catch_up: str) -> Entry:
     """One of rq's registry records as an Entry, or the ConfigError naming the job and its mistake."""
+    from rq.cron import CronJob
+
     func = data["func"]
     func_name = f"{getattr(func, '__module__', None)}.{getattr(func, '__name__', None)}"
     name = data.get("name") or func_name
@@ -168,8 +170,15 @@ def _entry(config: str, data: dict[str, Any], default_zone: str, default_catch_u
     def refuse(problem: str) -> ConfigError:
         return ConfigError(VARIABLE, None, f"{config}: job {name!r}: {problem}")
 
+    if not isinstance(name, str):
+        raise refuse("name= is not a string: expected the job's name, e.g. name='nightly-report'")
     if not callable(func):
         raise refuse(f"register's first argument is a {type(func).__name__}: expected the function to run")
+    if func_name.startswith("rq_cron_config_") or "<" in getattr(func, "__qualname__", ""):
+        raise refuse(f"{func_name} is defined in the schedule itself or inside a function, where no worker can "
+                     "import it by name: expected a function of the app's modules")
+    if not isinstance(data["queue_name"], str) or not data["queue_name"]:
+        raise refuse(f"queue {data['queue_name']!r} is invalid: expected a queue's name, e.g. 'default'")
     interval, cron = data.get("interval"), data.get("cron")
     if (interval is None) == (cron is None):
         raise refuse("give either interval= (seconds) or cron= (a cron string), not both nor neither")
@@ -187,10 +196,14 @@ def _entry(config: str, data: dict[str, Any], default_zone: str, default_catch_u
     catch_up = data.get("catch_up", default_catch_up)
     if catch_up not in CATCH_UP:
         raise refuse(f"catch_up={catch_up!r} is invalid: expected one of {', '.join(CATCH_UP)}")
+    rq_fields = {key: value for key, value in data.items() if key not in ("timezone", "catch_up")}
+    try:  # rq's own checks (webhooks) and its job_options, exactly as its scheduler would enqueue them
+        job_options = CronJob(**rq_fields).job_options
+    except (ValueError, TypeError) as exc:
+        raise refuse(f"{exc}: expected what rq.cron.register takes") from None
     return Entry(name=name, func=func, func_name=func_name, queue_name=data["queue_name"],
                  args=tuple(data.get("args") or ()), kwargs=dict(data.get("kwargs") or {}), interval=interval,
-                 cron=cron, zone=zone, catch_up=catch_up,
-                 job_options={key: data[key] for key in JOB_OPTIONS if data.get(key) is not None})
+                 cron=cron, zone=zone, catch_up=catch_up, job_options=job_options)
 
 
 def _check_cron(cron: object, refuse: Callable[[str], ConfigError]) -> None:

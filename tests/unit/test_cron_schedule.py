@@ -173,6 +173,17 @@ def test_a_bad_registration_is_refused_in_one_line_naming_the_job(tmp_path, regi
     assert message.startswith(f"RQ_CRON_CONFIG: {config}: job 'testjobs.quick_job': ") or not register_call
 
 
+@pytest.mark.parametrize(("body", "expected"), [
+    ("def local():\n    pass\ncron.register(local, 'q', interval=9)\n", "defined in the schedule itself"),
+    ("cron.register(lambda: 1, 'q', interval=9, name='l')\n", "defined in the schedule itself"),
+    ("cron.register(tasks.quick_job, '', interval=9)\n", "queue '' is invalid"),
+    ("cron.register(tasks.quick_job, 'q', interval=9, name=7)\n", "name= is not a string"),
+    ("cron.register(tasks.quick_job, 'q', interval=9, webhooks=['http://x'])\n", "webhooks must be a sequence"),
+])
+def test_what_would_fail_every_enqueue_is_refused_at_load(tmp_path, body, expected):
+    assert expected in refusal(write(tmp_path / "late.py", body))
+
+
 def test_interval_zero_is_refused_though_rq_reads_it_as_no_interval(tmp_path):
     config = write(tmp_path / "zero.py", "cron.register(tasks.quick_job, 'q', interval=0)\n")
     assert "interval=0 is invalid" in refusal(config)
