@@ -22,11 +22,14 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 from .schedule import Entry
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+NEVER = datetime.max.replace(tzinfo=UTC)
+"""``next_slot`` of a cron string whose last match is past (croniter's seventh field, the year, can end
+one): a time that never comes, so a loop sleeping until the next slot needs no special case."""
 _MICRO = timedelta(microseconds=1)
 _AROUND = tuple(timedelta(hours=6 * k) for k in range(-12, 13))
 """Where a zone's offsets are sampled around an instant (three days either way): wider than any
@@ -54,14 +57,14 @@ def job_id(entry: Entry, slot: datetime) -> str:
 
 
 def next_slot(entry: Entry, after: datetime) -> datetime:
-    """The entry's first slot strictly after ``after`` (aware)."""
+    """The entry's first slot strictly after ``after`` (aware); ``NEVER`` when none is left."""
     if entry.interval is not None:
         return _grid_floor(entry.interval, after) + timedelta(seconds=entry.interval)
     return _cron_next(_cron(entry), ZoneInfo(entry.zone), after)
 
 
 def latest_slot(entry: Entry, at: datetime) -> datetime:
-    """The entry's last slot at or before ``at`` (aware)."""
+    """The entry's last slot at or before ``at`` (aware); ``EPOCH`` when none was yet (a year to come)."""
     if entry.interval is not None:
         return _grid_floor(entry.interval, at)
     return _cron_latest(_cron(entry), ZoneInfo(entry.zone), at)
@@ -165,7 +168,10 @@ def _cron_next(cron: str, zone: ZoneInfo, after: datetime) -> datetime:
     matches = _matches(cron, _wall(after + low))
     best: datetime | None = None
     while True:
-        wall = matches.get_next(datetime).replace(tzinfo=None)
+        try:
+            wall = matches.get_next(datetime).replace(tzinfo=None)
+        except CroniterBadDateError:
+            return best or NEVER
         moment = _instant(wall, zone)
         if moment > after and (best is None or moment < best):
             best = moment
@@ -179,7 +185,10 @@ def _cron_latest(cron: str, zone: ZoneInfo, at: datetime) -> datetime:
     matches = _matches(cron, _wall(at + high + timedelta(seconds=1)))
     best: datetime | None = None
     while True:
-        wall = matches.get_prev(datetime).replace(tzinfo=None)
+        try:
+            wall = matches.get_prev(datetime).replace(tzinfo=None)
+        except CroniterBadDateError:
+            return best or EPOCH
         moment = _instant(wall, zone)
         if moment <= at and (best is None or moment > best):
             best = moment
@@ -195,7 +204,10 @@ def _between(cron: str, zone: ZoneInfo, start: datetime, end: datetime) -> list[
     matches = _matches(cron, _wall(start + low))
     found: set[datetime] = set()
     while True:
-        wall = matches.get_next(datetime).replace(tzinfo=None)
+        try:
+            wall = matches.get_next(datetime).replace(tzinfo=None)
+        except CroniterBadDateError:
+            return sorted(found)
         if wall.replace(tzinfo=UTC) - high > end:
             return sorted(found)
         moment = _instant(wall, zone)
@@ -214,7 +226,10 @@ def _count_days(cron: str, zone: ZoneInfo, first: date, stop: date) -> int:
     per_day = _slots_per_day(cron)
     found, day = 0, first
     while day < stop:
-        wall = _matches(cron, datetime.combine(day, time()) - _MICRO).get_next(datetime).replace(tzinfo=None)
+        try:
+            wall = _matches(cron, datetime.combine(day, time()) - _MICRO).get_next(datetime).replace(tzinfo=None)
+        except CroniterBadDateError:
+            break
         day = wall.date()
         if day >= stop:
             break
