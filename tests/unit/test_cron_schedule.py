@@ -110,6 +110,11 @@ def test_stock_rq_cron_loads_a_file_written_with_our_register_without_the_extras
     scheduler = CronScheduler(connection=None)  # type: ignore[arg-type]  # loading connects to nothing
     scheduler.load_config_from_file(config)
     assert [(job.name, job.interval) for job in scheduler.get_jobs()] == [("hi", 60)]
+    zoned = write(tmp_path / "zoned.py", "ours.register(tasks.quick_job, 'default', cron='0 3 * * *', "
+                                         "timezone='Europe/Berlin')\n")
+    scheduler = CronScheduler(connection=None)  # type: ignore[arg-type]
+    scheduler.load_config_from_file(zoned)
+    assert scheduler.get_jobs() == []  # refused (rq logs it), never run in the host's zone instead
 
 
 def test_our_register_returns_rq_s_record_with_the_two_keywords_only_when_given():
