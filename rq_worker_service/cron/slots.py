@@ -77,7 +77,8 @@ def due(entry: Entry, last: datetime | None, now: datetime, grace: float) -> Due
     were missed while no scheduler ran: ``skip`` drops them (counted), ``once`` enqueues the latest of
     them unless a slot within the grace is enqueued anyway. An entry never handled (``last`` None):
     an interval job is due at once (its latest slot, as rq runs one at its start), a cron job at its
-    next slot (as rq), so its mark is ``now``.
+    next slot (as rq), so its mark is ``now``. No slot since ``last`` (or a clock behind it): nothing to
+    enqueue and ``mark`` is ``last``.
     """
     if last is None:
         if entry.interval is None:
