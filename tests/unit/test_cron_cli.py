@@ -8,15 +8,12 @@ import io
 import json
 from pathlib import Path
 
-import cron_standin
 import fakeredis
 import pytest
 from helpers import JOBS_DIR
 from test_cli_arguments import Outcome, invoke, isolated, refused
 
 from rq_worker_service import cli, exits, keys
-
-cron_standin.install()
 
 SECRET = "Cr0n-s3cret"
 
@@ -115,9 +112,6 @@ class Notes:
 
 def test_the_loop_reloads_on_sighup_keeps_the_old_schedule_on_a_bad_one_and_releases_at_the_stop(shell, monkeypatch,
                                                                                                  caplog):
-    pytest.importorskip("rq_worker_service.cron.schedule").load  # noqa: B018 (sched's; the stand-in loads nothing)
-    if "stand-in" in (pytest.importorskip("rq_worker_service.cron.slots").__doc__ or "stand-in"):
-        pytest.skip("needs helper sched's schedule.py and slots.py")
     from rq import Queue
 
     from rq_worker_service.cron.schedule import load

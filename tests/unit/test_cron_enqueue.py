@@ -7,22 +7,19 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
-import cron_standin
 import fakeredis
 import pytest
 from rq import Queue, cron_job_registry
 from rq.cron import get_cron_job_ids
 from rq.job import Job
 
-cron_standin.install()
-
-from rq_worker_service import keys  # noqa: E402
-from rq_worker_service.cron.enqueue import LeaseLost, Outcome, enqueue_slot, last_marks, mark  # noqa: E402
-from rq_worker_service.cron.lease import Lease  # noqa: E402
-from rq_worker_service.cron.schedule import Entry, Schedule  # noqa: E402
-from rq_worker_service.cron.scheduler import CronScheduler  # noqa: E402
-from rq_worker_service.cron.settings import CronSettings  # noqa: E402
-from rq_worker_service.cron.slots import job_id  # noqa: E402
+from rq_worker_service import keys
+from rq_worker_service.cron.enqueue import LeaseLost, Outcome, enqueue_slot, last_marks, mark
+from rq_worker_service.cron.lease import Lease
+from rq_worker_service.cron.schedule import Entry, Schedule
+from rq_worker_service.cron.scheduler import CronScheduler
+from rq_worker_service.cron.settings import CronSettings
+from rq_worker_service.cron.slots import job_id
 
 T0 = datetime(2026, 11, 30, 12, 0, 0, tzinfo=UTC)
 
