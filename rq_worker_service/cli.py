@@ -146,6 +146,23 @@ def _add_autoscale(sub: argparse._SubParsersAction) -> None:
                         f"{DEFAULT_ENV_FILE})")
 
 
+def _add_cron(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "cron", help="run the periodic jobs of RQ_CRON_CONFIG, once across hosts (what rq-cron.service runs)",
+        description="Run the cron scheduler: the schedule named by RQ_CRON_CONFIG (rq cron's own format), imported "
+                    "as the workers import jobs. On every host one scheduler holds a lease in Redis and enqueues "
+                    "each slot exactly once; the others stand by and take over within two RQ_CRON_LEASE_PERIODs. "
+                    "Runs until SIGTERM (which releases the lease); SIGHUP reloads the schedule.")
+    p.add_argument("--env-file", action="append", default=[], metavar="PATH", type=path,
+                   help="environment file to apply at start and on every reload, later ones winning; the unit passes "
+                        f"{DEFAULT_ENV_FILE} and /etc/rq-worker/cron.env (default: {DEFAULT_ENV_FILE})")
+    p.add_argument("--check", action="store_true",
+                   help="only read and validate the configuration and import the schedule, print one line and exit "
+                        "0, or 78 with the error; connects to nothing. The unit's ExecReload= runs it first, so a "
+                        "schedule that does not load fails the reload and the running one goes on (default: off)")
+    _add_cron_list(p)
+
+
 def _connection_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-u", "--url", help="Redis URL (default: REDIS_URL, as the workers use it)")
     p.add_argument("--env-file", default=DEFAULT_ENV_FILE, metavar="PATH", type=path,
@@ -581,9 +598,41 @@ def _autoscale(args: argparse.Namespace) -> int:
     return run(args.env_file)
 
 
-# ---- `cron list` (issue 29, helper ops) ------------------------------------------------------------------
-# The `cron` subparser and command are helper lease's (`_add_cron`, `_cron`): the lead keeps theirs, which
-# call `_add_cron_list(p)` on the `cron` parser and hand `args.cron_command == "list"` to `_cron_list`.
+def _cron(args: argparse.Namespace) -> int:
+    """The scheduler (``cron.scheduler``); rq's key prefix settled from the env files before rq's import."""
+    from .config import ConfigError
+    from .envfiles import refresh_environment
+    from .secret_env import environment, scrub
+
+    if getattr(args, "cron_command", None) == "list":
+        return _cron_list(args)
+    if args.check:
+        environment.receive()  # as ``run --check``: the secrets a caller hands over this way
+    else:
+        scrub()  # first: a secret in the environment this process was started with must not stay there
+    env_files = args.env_file or [DEFAULT_ENV_FILE]
+    try:
+        keys.prepare_environment(environment)
+        refresh_environment(env_files, Path.cwd() / ".env", environment)
+        keys.export(keys.from_environment(environment))  # rq reads it at its first import, just below
+    except ConfigError as exc:
+        import errno
+        import logging
+
+        from . import journal
+        from .notify import Notifier
+
+        journal.setup_logging("INFO")
+        if args.check:
+            logging.getLogger("rq_worker_service.cron").error("configuration error: %s", exc)
+            return exits.CONFIG
+        return Notifier().fail(f"configuration error: {exc}", exits.CONFIG, errno.EINVAL)
+    from .cron.scheduler import run
+
+    return run(env_files, check_only=args.check)
+
+
+# ---- `cron list`: a subcommand of `cron` (``_add_cron`` adds it, ``_cron`` hands it here) ------------------
 
 
 def _add_cron_list(cron: argparse.ArgumentParser) -> None:
@@ -620,16 +669,6 @@ def _cron_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_cron(sub: argparse._SubParsersAction) -> None:
-    """Stand-in for helper lease's `cron` parser (the scheduler, --check): only what `cron list` hangs on."""
-    _add_cron_list(sub.add_parser("cron", help="the periodic-job scheduler (rq-cron.service); cron list"))
-
-
-def _cron(args: argparse.Namespace) -> int:
-    """Stand-in for helper lease's `cron` command: only `cron list`."""
-    if getattr(args, "cron_command", None) == "list":
-        return _cron_list(args)
-    raise CommandError("the scheduler is not in this build: only `cron list`", exits.USAGE)
 # ---- end of `cron list` ----------------------------------------------------------------------------------
 
 

@@ -124,30 +124,32 @@ def holders() -> str:
 
 
 def cron_lease() -> str:
-    """String ``"<token> <holder>"`` with PX = RQ_CRON_LEASE_PERIOD: the scheduler that may enqueue."""
+    """String ``"<token> <holder>"`` with a PX of the lease period: which scheduler may enqueue cron jobs
+    (``cron.lease``); holder is ``<hostname>:<pid>``."""
     return _service("cron:lease")
 
 
 def cron_token() -> str:
-    """Counter INCRed at each lease acquisition: the fencing token, strictly increasing across holders."""
+    """Counter INCRed at each acquisition of the cron lease: its fencing token, strictly increasing across
+    holders."""
     return _service("cron:token")
 
 
 def cron_last() -> str:
-    """Hash: cron job name → the last slot handled (epoch seconds), written with the slot's enqueue or skip."""
+    """Hash: cron job name → the last slot handled (epoch seconds), written in the slot's own MULTI/EXEC."""
     return _service("cron:last")
 
 
 def cron_jobs() -> str:
-    """Hash: cron job name → JSON of its schedule and figures (next run, last slot and job, totals), by the leader."""
+    """Hash: cron job name → JSON of its schedule and record (next, last slot, totals), kept by the leader."""
     return _service("cron:jobs")
 
 
 def cron_schedulers() -> str:
-    """Hash: holder (``<host>:<pid>``) → JSON {host, pid, role, since, beat, token, config} of each scheduler."""
+    """Hash: holder → JSON of each running cron scheduler (role, since, beat, token, config)."""
     return _service("cron:schedulers")
 
 
 def cron_handovers() -> str:
-    """List, newest first (20): JSON {at, holder, token, previous} of each lease acquisition."""
+    """List, newest first (the last 20): JSON of each acquisition of the cron lease (at, holder, token, previous)."""
     return _service("cron:handovers")

@@ -308,7 +308,7 @@ def time_zone(raw: str) -> str:
 
     try:
         zoneinfo.ZoneInfo(raw)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # 'Europe' is a directory, a long name ENAMETOOLONG
         raise Invalid("an IANA time zone name from the tz database (tzdata), e.g. UTC or Europe/Berlin") from None
     return raw
 

@@ -65,9 +65,9 @@ def fake_connection(target, key_prefix: str = "rq", client_name: str | None = No
 def invoke(argv: Sequence[str], cwd: Path, env: Mapping[str, str] | None = None, *, fake: bool = True) -> Outcome:
     """``rq-worker-service ARGV`` in this process: its exit status, stdout and stderr. An exception
     other than SystemExit is not caught: it is the traceback an operator would have seen."""
-    if argv and argv[0] == "run":
+    if argv and argv[0] in ("run", "cron"):
         with contextlib.suppress(SystemExit), contextlib.redirect_stderr(io.StringIO()):  # a usage error starts nothing
-            assert cli.build_parser().parse_args(argv).check, f"{argv} would start a worker in the test process"
+            assert cli.build_parser().parse_args(argv).check, f"{argv} would start a {argv[0]} in the test process"
     out, err = io.StringIO(), io.StringIO()
     real = connection.make_connection
     if fake:

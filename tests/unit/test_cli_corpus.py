@@ -111,6 +111,7 @@ ALLOWED = {
     "acl": {exits.OK, 2, exits.CONFIG},
     "run": {exits.OK, 2, exits.CONFIG},  # always with --check: connects to nothing
     "autoscale": {2, exits.CONFIG},  # RQ_AUTOSCALE_MAX=0 below: it stops before systemd and Redis
+    "cron": {exits.OK, 2, exits.CONFIG},  # always with --check: connects to nothing
 }
 """The documented statuses (README, docs/operations.md) each command may end with."""
 ENV = {"autoscale": {"RQ_AUTOSCALE_MAX": "0"}}
@@ -144,7 +145,7 @@ def command_lines(draw, command: str, places: dict[str, Path]) -> tuple[list[str
             argv.append(f"{flag}={value}")
         else:
             argv += [flag, value]
-    if command == "run":
+    if command in ("run", "cron"):
         argv.insert(1, "--check")
     if command == "job" and not positionals:
         positionals.append("x")  # required: a sound one, so that what fails is the option drawn
@@ -170,8 +171,8 @@ def check(command: str, argv: list[str], given: list[tuple[argparse.Action, str]
     assert "Traceback" not in outcome.stderr + outcome.stdout, where
     assert SECRET not in outcome.stderr + outcome.stdout, where
     lines = outcome.stderr.splitlines()
-    if command == "run" and outcome.status == exits.OK:
-        return  # run --check's log: the OK line and warnings
+    if command in ("run", "cron") and outcome.status == exits.OK:
+        return  # run --check's (cron --check's) log: the OK line and warnings
     if outcome.status in (exits.OK, 1, 2, 3) and command == "status" and not lines:
         return  # a verdict (--check) or a report
     if outcome.status == exits.OK and command != "status":
@@ -233,7 +234,7 @@ def test_every_flag_takes_every_odd_value(command, places):
             continue
         for i, value in enumerate(ODD):
             flag = action.option_strings[i % len(action.option_strings)] if action.option_strings else None
-            argv = [command, "--check"] if command == "run" else [command]
+            argv = [command, "--check"] if command in ("run", "cron") else [command]
             if flag is None:
                 argv += ["--", value]
             else:

@@ -14,18 +14,17 @@ from rq_worker_service.config import ConfigError
 
 
 def test_the_service_keys_keep_their_names():
-    """Stored data: a renamed key would hide every worker's and autoscaler's entries from the others."""
+    """Stored data: a renamed key would hide every worker's, autoscaler's and cron scheduler's entries from the
+    others (two cron schedulers of two versions would each take their own lease and enqueue every slot twice)."""
     assert keys.imported() == "rq"  # the test process imported rq without RQ_KEY_PREFIX
     assert [keys.enqueued(), keys.autoscalers(), keys.autoscale_step(), keys.fencing_deadlines(),
             keys.fencing_members(), keys.fencing_fenced(), keys.fencing_history(), keys.fencing_beats(),
-            keys.held("h.rq-worker@1"), keys.holders()] == [
+            keys.held("h.rq-worker@1"), keys.holders(), keys.cron_lease(), keys.cron_token(), keys.cron_last(),
+            keys.cron_jobs(), keys.cron_schedulers(), keys.cron_handovers()] == [
         "rq:service:enqueued", "rq:service:autoscalers", "rq:service:autoscale-step", "rq:service:deadlines",
         "rq:service:members", "rq:service:fenced", "rq:service:fencings", "rq:service:beats",
-        "rq:service:held:h.rq-worker@1", "rq:service:holders"]
-    assert [keys.cron_lease(), keys.cron_token(), keys.cron_last(), keys.cron_jobs(), keys.cron_schedulers(),
-            keys.cron_handovers()] == [
-        "rq:service:cron:lease", "rq:service:cron:token", "rq:service:cron:last", "rq:service:cron:jobs",
-        "rq:service:cron:schedulers", "rq:service:cron:handovers"]
+        "rq:service:held:h.rq-worker@1", "rq:service:holders", "rq:service:cron:lease", "rq:service:cron:token",
+        "rq:service:cron:last", "rq:service:cron:jobs", "rq:service:cron:schedulers", "rq:service:cron:handovers"]
 
 
 def test_the_acl_rule_covers_every_key_and_channel_under_the_prefix():
