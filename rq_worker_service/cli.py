@@ -647,16 +647,15 @@ def _add_cron_list(cron: argparse.ArgumentParser) -> None:
 
 
 def _cron_list(args: argparse.Namespace) -> int:
-    import time
     from dataclasses import asdict
 
     connection, settings = _connect(args)
-    from .status.cron import collect_cron
+    from .status.cron import collect_cron, server_time
     from .status.render import cron_lines
     from .status.report import CronInfo
 
     period = _cron_lease_period(args)
-    now = time.time()
+    now = server_time(connection)
     info = collect_cron(connection, now, period, classes=_classes(settings)) or CronInfo(
         lease_period=period, holder=None, token=None, lease_left=None, leaderless_for=None)
     if args.json:

@@ -69,6 +69,12 @@ return 0
 """
 
 
+def boottime() -> float:
+    """Seconds on CLOCK_BOOTTIME: monotonic, and it goes on while the host is suspended, where
+    CLOCK_MONOTONIC stops. A leader suspended past its lease must wake up knowing it may have lost it."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
 @dataclass(frozen=True)
 class Acquired:
     """A successful acquisition: our fencing token, and who acquired before us (None: nobody yet)."""
@@ -89,14 +95,14 @@ def parse_value(value: bytes | str | None) -> tuple[int, str] | None:
 class Lease:
     """One scheduler's view of the lease: whether it holds it, with which token, since when renewed."""
 
-    def __init__(self, connection, holder: str, period: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, connection, holder: str, period: float, clock: Callable[[], float] = boottime) -> None:
         self.connection = connection
         self.holder = holder
         self.period = period
         self.clock = clock
         self.token: int | None = None
         self.renewed_at: float | None = None
-        """The monotonic time read just before the command that last set or extended our lease."""
+        """The ``clock`` time read just before the command that last set or extended our lease."""
         self.other: str | None = None
         """The holder seen the last time another held the lease (for STATUS= and the log)."""
         self._acquire = connection.register_script(_ACQUIRE)
@@ -136,6 +142,15 @@ class Lease:
                                      args=[self.holder, int(self.period * 1000), time.time() if now is None else now])
         if not token:
             seen = parse_value(found)
+            if seen is not None and seen[1] == self.holder:
+                # Ours already: an acquisition whose reply was lost (a timeout, a reset connection), or a
+                # predecessor with our host and PID, which is gone. Waiting for it to expire would stretch the
+                # takeover past its bound; adopt it, if it is still there to renew.
+                self.token, self.renewed_at = seen[0], None
+                if self.renew():
+                    self.other = None
+                    return Acquired(seen[0], None)
+                return None
             self.other = seen[1] if seen else None
             return None
         self.token, self.renewed_at, self.other = int(token), sent, None

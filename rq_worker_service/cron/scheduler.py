@@ -23,7 +23,6 @@ import os
 import select
 import signal
 import socket
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -50,7 +49,7 @@ from ..envfiles import refresh_environment
 from ..notify import Notifier
 from ..secret_env import environment
 from .enqueue import MAX_ATTEMPTS, Contended, LeaseLost, Outcome, enqueue_slot, last_marks, mark
-from .lease import Acquired, Lease, parse_value
+from .lease import Acquired, Lease, boottime, parse_value
 from .records import JobRecord, publish_jobs, scheduler_record, stale_schedulers
 from .schedule import Entry, Schedule, load
 from .settings import CronSettings, cron_settings
@@ -61,8 +60,31 @@ log = logging.getLogger("rq_worker_service.cron")
 MAX_SLEEP = 60.0
 
 
-def utc_now() -> datetime:
-    return datetime.now(UTC)
+class RedisTime:
+    """The time of the Redis server, read at each look: one clock for every host's scheduler.
+
+    Slots, the grace, the marks and the beats are all judged by it. A host's own wall clock would not
+    do: a host 5 minutes ahead taking over counts slots still to come as missed and skips them, and its
+    mark in the future holds every other host back until then; one stepped by NTP does the same.
+    Between two looks the time read is carried on by the boot clock, so that a wait computed from it
+    does not ask Redis (nor fail during an outage)."""
+
+    def __init__(self, connection, clock: Callable[[], float]) -> None:
+        self.connection = connection
+        self.clock = clock
+        self.read_at: float | None = None
+        self.server = 0.0
+
+    def refresh(self) -> None:
+        """Read the server's time (Redis errors pass through: the look is then an outage's)."""
+        seconds, micros = self.connection.time()
+        self.server, self.read_at = seconds + micros / 1e6, self.clock()
+
+    def __call__(self) -> datetime:
+        if self.read_at is None:
+            self.refresh()
+        assert self.read_at is not None
+        return datetime.fromtimestamp(self.server + (self.clock() - self.read_at), UTC)
 
 
 def _when(moment: datetime) -> str:
@@ -78,8 +100,8 @@ class CronScheduler:
     """One scheduler: leader or standby, with the schedule it runs."""
 
     def __init__(self, connection, schedule: Schedule, queue: Callable[[str], Queue], cron: CronSettings,
-                 host: str, pid: int, target: RedisTarget | None = None, clock: Callable[[], float] = time.monotonic,
-                 now: Callable[[], datetime] = utc_now) -> None:
+                 host: str, pid: int, target: RedisTarget | None = None, clock: Callable[[], float] = boottime,
+                 now: Callable[[], datetime] | None = None) -> None:
         self.connection = connection
         self.schedule = schedule
         self.make_queue = queue
@@ -90,9 +112,9 @@ class CronScheduler:
         """Where Redis is: to tell a moved cluster slot from another refusal."""
         self.holder = f"{host}:{pid}"
         self.clock = clock
-        self.now = now
+        self.now: Callable[[], datetime] = RedisTime(connection, clock) if now is None else now
         self.lease = Lease(connection, self.holder, cron.lease_period, clock)
-        self.since = now().timestamp()
+        self.since = self.now().timestamp()
         self.records: dict[str, JobRecord] = {}
         self.published = False
         """Whether this leader wrote every cron job's record since it took over or reloaded (``_publish``)."""
@@ -104,6 +126,8 @@ class CronScheduler:
 
     def step(self) -> None:
         """One look: keep or take the lease, enqueue what is due if ours, beat. Redis errors pass through."""
+        if isinstance(self.now, RedisTime):
+            self.now.refresh()
         if self.lease.held and (self.lease.renewal_due() or not self.lease.acting()):
             token = self.lease.token
             if not self.lease.renew():

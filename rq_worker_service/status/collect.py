@@ -24,7 +24,7 @@ from ..fencing import recent_fencings
 from ..recovery import started_executions
 from ..rqcompat import job_func
 from ..variables import BY_NAME
-from .cron import LEASE_PERIOD, collect_cron
+from .cron import LEASE_PERIOD, collect_cron, server_time
 from .report import AbandonedJob, AutoscalerInfo, FencedWorker, QueueInfo, Report, WorkerInfo
 
 HEARTBEAT_SLACK = 60
@@ -149,4 +149,4 @@ def collect(connection: Redis, redis_display: str, queue_names: list[str] | None
                   workers=workers, abandoned=abandoned, fenced=fenced,
                   autoscalers=_autoscalers(connection, now.timestamp()), suspended=suspension != -2,
                   suspension_left=suspension / 1000 if suspension >= 0 else None,
-                  cron=collect_cron(connection, now.timestamp(), cron_lease_period, classes=classes))
+                  cron=collect_cron(connection, server_time(connection), cron_lease_period, classes=classes))

@@ -133,6 +133,13 @@ def _lease(connection: Redis) -> tuple[str | None, int | None, float | None]:
     return holder or None, int(token) if token.isdigit() else None, pttl / 1000 if pttl >= 0 else None
 
 
+def server_time(connection: Redis) -> float:
+    """The Redis server's time (epoch seconds): the schedulers write their beats, marks and records in it
+    (``cron.scheduler.RedisTime``), so their ages are judged by it too, not by this host's clock."""
+    seconds, micros = connection.time()
+    return seconds + micros / 1e6
+
+
 def collect_cron(connection: Redis, now: float, period: int, *, classes: AppClasses = RQ_DEFAULTS
                  ) -> CronInfo | None:
     """The periodic-job section at ``now`` (epoch seconds); None when Redis holds nothing of a scheduler."""

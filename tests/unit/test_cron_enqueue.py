@@ -236,3 +236,24 @@ def test_the_leader_drops_what_the_schedule_no_longer_has_and_schedulers_gone_si
     a.release()
     assert sorted(conn.hkeys(keys.cron_schedulers())) == [b"slow:8"]
     assert conn.get(keys.cron_lease()) is None
+
+
+def test_slots_are_judged_by_the_redis_servers_clock_not_the_hosts(server, conn, monkeypatch):
+    """Two hosts whose clocks disagree by five minutes compute the same slots: both read Redis's TIME. With
+    the host's wall clock a host ahead taking over skipped the slots still to come as missed and left a mark
+    in the future that held the others back (the review's finding)."""
+    redis_now = [T0.timestamp() + 5]
+    monkeypatch.setattr(type(conn), "time", lambda self: (int(redis_now[0]), int(redis_now[0] % 1 * 1e6)),
+                        raising=False)
+    boot = [1000.0]
+    s = CronScheduler(conn, Schedule(source="cron_config.py", entries=(entry(),)),
+                      lambda name: Queue(name, connection=conn), CRON, "host", 1, clock=lambda: boot[0])
+    s.step()
+    assert Queue("default", connection=conn).job_ids == [job_id(entry(), T0)]
+    assert last_marks(conn) == {"report": T0}
+    redis_now[0] += 60
+    boot[0] += 60
+    s.step()
+    slots = [T0, T0 + timedelta(minutes=1)]
+    assert Queue("default", connection=conn).job_ids == [job_id(entry(), slot) for slot in slots]
+    assert s.now() == datetime.fromtimestamp(redis_now[0], UTC)  # carried on by the boot clock between looks

@@ -119,3 +119,24 @@ def test_a_real_expiry_lets_the_standby_take_over(conn):
                                          (b"x host", None), (b"7", None), (b"", None)])
 def test_lease_values_are_read_as_written(raw, parsed):
     assert parse_value(raw) == parsed
+
+
+def test_an_acquisition_whose_reply_was_lost_is_adopted_at_once(conn):
+    """The acquire script ran but its answer never came back (timeout, reset): the next look finds our own
+    holder in the lease and takes it up at once (the takeover bound), instead of waiting a whole period for
+    it to expire as if another held it. Without the adoption ``acquire`` returns None here."""
+    clock = Clock()
+    a = Lease(conn, "a:1", 10, clock)
+    assert a.acquire(now=100.0).token == 1
+    lost = Lease(conn, "a:1", 10, clock)  # the same holder, that never heard the reply
+    got = lost.acquire(now=101.0)
+    assert got is not None and got.token == 1 and lost.acting()
+    assert conn.get(keys.cron_lease()) == b"1 a:1"
+    assert conn.llen(keys.cron_handovers()) == 1  # one hand-over, the one whose reply was lost
+
+
+def test_the_lease_clock_is_the_boot_clock_which_counts_a_suspend():
+    """CLOCK_MONOTONIC stops while the host is suspended; a leader suspended past its lease would wake up
+    believing it still acts. The default clock is CLOCK_BOOTTIME."""
+    lease = Lease(fakeredis.FakeRedis(), "a:1", 10)
+    assert abs(lease.clock() - time.clock_gettime(time.CLOCK_BOOTTIME)) < 1
