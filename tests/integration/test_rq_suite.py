@@ -1,7 +1,7 @@
 """rq's own test suite against our worker classes shows only the documented differences.
 
-The run (``tests/rq_suite/run_suite.py``, ≈2.5 min: the whole suite, slow and TLS tests included,
-with our classes and with rq's own, each in two halves, all four side by side) needs root: rq's
+The run (``tests/rq_suite/run_suite.py``, ≈1.5 min: the whole suite, slow and TLS tests included,
+with our classes and with rq's own, each in five parts, all ten side by side) needs root: rq's
 tests use Redis on localhost:6379, which it gives them in network namespaces of their own.
 """
 

@@ -78,6 +78,24 @@ def pytest_runtest_logreport(report: Any) -> None:
             f.write(json.dumps(entry) + "\n")
 
 
+def pytest_deselected(items: list[Any]) -> None:
+    """Record what the ``--deselect`` options left to the other parts (``<RQ_SUITE_REPORT>.collected``),
+    so that ``run_suite.py`` sees a test that no part ran."""
+    _record_collected(items)
+
+
+def pytest_collection_finish(session: Any) -> None:
+    """Record every test this part runs (``<RQ_SUITE_REPORT>.collected``), beside those it deselected."""
+    _record_collected(session.items)
+
+
+def _record_collected(items: list[Any]) -> None:
+    path = os.environ.get("RQ_SUITE_REPORT")
+    if path:
+        with open(f"{path}.collected", "a") as f:
+            f.writelines(f"{item.nodeid}\n" for item in items)
+
+
 def pytest_sessionfinish(session: Any, exitstatus: int) -> None:
     """End the processes a failed test left behind (a worker pool's workers, a worker blocked in its
     pop for minutes): Python's exit joins every multiprocessing child, so the run would wait for them."""

@@ -15,8 +15,8 @@ also listens with TLS on port 9736, where rq's CI puts stunnel in front of the s
 throwaway certificate made by openssl for the run (rq's tests do not verify it). The namespace has
 a /tmp of its own as well, since rq's tests leave sentinel files at fixed paths there.
 
-It runs twice at once: with our classes, and with rq's own (``RQ_SUITE_STOCK``), each in two
-halves (``FIRST_HALF``), each half in a namespace of its own. The verdict: a test that fails with
+It runs twice at once: with our classes, and with rq's own (``RQ_SUITE_STOCK``), each in parts
+(``PARTS``), each part in a namespace of its own. The verdict: a test that fails with
 our classes and is not in ``expected.txt`` is a new difference, unless it passes on a second run
 (flaky here) or fails with rq's own classes too in either run (this machine's); both are reported
 as such. A test listed in ``expected.txt`` that passes (twice) means a difference has gone and the
@@ -49,13 +49,16 @@ PORT = 6379
 TLS_PORT = 9736
 """rq's TLS tests connect here (``tests.find_empty_redis_database(ssl=True)``), to the same server."""
 SUITE_TIMEOUT = 600
-"""Seconds for a run of the suite (≈2.5 min here in halves, a minute of it one test waiting out rq's
+"""Seconds for a run of the suite (≈1.5 min here in parts, a minute of it one test waiting out rq's
 60 s hard-kill grace); past it the namespaces and all in them are killed."""
-FIRST_HALF = ["tests/test_worker.py::WorkerShutdownTestCase", "tests/test_cli.py", "tests/test_scheduler.py",
-              "tests/test_job_dependency.py", "tests/test_spawn_worker.py", "tests/test_commands.py"]
-"""rq's suite sleeps far more than it computes (≈25 s of CPU in ≈290 s), so each run is split in two
-halves, each in a namespace of its own, all four at once: this half (≈140 s here, 73 s of it rq's
-shutdown tests) and the rest of the suite (``--deselect`` of these)."""
+PARTS = [["tests/test_worker.py::WorkerShutdownTestCase"],
+         ["tests/test_cli.py", "tests/test_scheduler.py"],
+         ["tests/test_job_dependency.py", "tests/test_spawn_worker.py", "tests/test_commands.py"],
+         ["tests/test_worker.py::TestWorker"]]
+"""rq's suite sleeps far more than it computes (≈25 s of CPU in ≈290 s), so each run is split in
+parts, each in a namespace of its own, all at once (both runs side by side): these groups, and the
+rest of the suite (``--deselect`` of them). The longest part bounds the run: rq's shutdown tests
+(≈75 s here, a minute of it one test waiting out rq's 60 s hard-kill grace) go alone."""
 MUST_RUN = ("slow", "ssl_test")
 """rq's markers of the tests it skips unless asked: a skip of one of these means the run lost them."""
 
@@ -129,9 +132,10 @@ def start_pytest(suite: Path, tests: list[str], stock: bool, report: Path) -> su
     return subprocess.Popen(cmd, env=env)
 
 
-def run_pytest(suite: Path, runs: dict[str, tuple[list[str], bool]]) -> dict[str, dict[str, dict]]:
+def run_pytest(suite: Path, runs: dict[str, tuple[list[str], bool]]) -> tuple[dict[str, dict[str, dict]], set[str]]:
     """Run each of ``runs`` (name → tests, stock) at the same time; returns name → node id → outcome
-    record (``outcome``, ``markers``, ``reason`` of a skip)."""
+    record (``outcome``, ``markers``, ``reason`` of a skip), and every test id the runs collected
+    (deselected ones included)."""
     with tempfile.TemporaryDirectory(dir=CACHE) as reports:  # not in /tmp: each namespace has its own
         started = {name: start_pytest(suite, tests, stock, Path(reports) / f"{name}.jsonl")
                    for name, (tests, stock) in runs.items()}
@@ -145,7 +149,10 @@ def run_pytest(suite: Path, runs: dict[str, tuple[list[str], bool]]) -> dict[str
                 print(f"rq's suite ({name}) did not finish within {SUITE_TIMEOUT}s (a test hung); its processes "
                       f"were killed")
         results: dict[str, dict[str, dict]] = {}
+        seen: set[str] = set()
         for name in runs:
+            listed = Path(reports) / f"{name}.jsonl.collected"
+            seen.update(listed.read_text().splitlines() if listed.exists() else ())
             outcomes: dict[str, dict] = {}
             report = Path(reports) / f"{name}.jsonl"
             for line in report.read_text().splitlines() if report.exists() else []:
@@ -153,23 +160,31 @@ def run_pytest(suite: Path, runs: dict[str, tuple[list[str], bool]]) -> dict[str
                 if outcomes.get(entry["test"], {}).get("outcome") != "failed":
                     outcomes[entry["test"]] = entry
             results[name] = outcomes
-    return results
+    return results, seen
 
 
-def halves(suite: Path) -> list[list[str]]:
-    """pytest's arguments for the two halves of the suite: together every test, each test once."""
-    first = [part for part in FIRST_HALF if (suite / part.split("::")[0]).is_file()]
-    return [first, ["tests", *(f"--deselect={part}" for part in first)]]
+def parts(suite: Path) -> list[list[str]]:
+    """pytest's arguments for the parts of the suite: together every test, each test once."""
+    groups = [[part for part in group if (suite / part.split("::")[0]).is_file()] for group in PARTS]
+    groups = [group for group in groups if group]
+    # --deselect matches prefixes: a class's "::" keeps TestWorker from taking TestWorkerSubprocess along.
+    return [*groups, ["tests", *(f"--deselect={part}{'::' if '::' in part else ''}" for group in groups
+                                 for part in group)]]
+
 
 
 def run_whole_suite(suite: Path) -> tuple[dict[str, dict[str, dict]], list[str]]:
-    """Both halves with our classes and with rq's, all at once; returns ``ours`` and ``stock``
-    records, and a problem for each half that ran no test (a part of FIRST_HALF rq renamed)."""
-    parts = halves(suite)
-    runs = {f"{side}-{n}": (args, side == "stock") for side in ("ours", "stock") for n, args in enumerate(parts, 1)}
-    results = run_pytest(suite, runs)
-    problems = [f"{name} ran no test (was {FIRST_HALF} renamed in rq {version('rq')}?)"
+    """Every part with our classes and with rq's, all at once; returns ``ours`` and ``stock``
+    records, and a problem for each part that ran no test (a part of PARTS rq renamed) and for each
+    test that the parts together left out (the rest part collects the whole suite)."""
+    runs = {f"{side}-{n}": (args, side == "stock") for side in ("ours", "stock")
+            for n, args in enumerate(parts(suite), 1)}
+    results, seen = run_pytest(suite, runs)
+    problems = [f"{name} ran no test (was a part of {PARTS} renamed in rq {version('rq')}?)"
                 for name, records in results.items() if not records]
+    for side in ("ours", "stock"):
+        ran = {test for name, records in results.items() if name.startswith(side) for test in records}
+        problems += [f"collected but run in no part ({side}): {test}" for test in sorted(seen - ran)]
     merged: dict[str, dict[str, dict]] = {"ours": {}, "stock": {}}
     for name, records in results.items():
         merged[name.split("-")[0]].update(records)
@@ -277,7 +292,7 @@ def main() -> int:
     # Again, with rq's own classes beside: rq's tests with tight timing margins (its worker pool's) fail
     # now and then under load with either classes, and a failure of rq's in either run clears ours.
     reruns = {"ours": (new + gone, False), **({"stock": (new, True)} if new else {})}
-    second = run_pytest(suite, reruns) if new or gone else {}
+    second = run_pytest(suite, reruns)[0] if new or gone else {}
     again, stock_again = outcomes_of(second.get("ours", {})), outcomes_of(second.get("stock", {}))
     for test in new:  # ours failed again and rq's own classes pass: a real new difference
         if again.get(test) != "failed":
@@ -296,7 +311,7 @@ def main() -> int:
         of_them = f" ({len(failed & listed)} of them expected)" if name == "our" else ""
         print(f"rq {version('rq')}'s own suite with {name} classes: {counts['passed']} passed, {counts['failed']} "
               f"failed{of_them}, {counts['skipped']} skipped")
-    print(f"rq {version('rq')}'s own suite: both runs, in halves side by side, took {took:.0f}s")
+    print(f"rq {version('rq')}'s own suite: both runs, in parts side by side, took {took:.0f}s")
     for e in expected:
         if e.test in failed:
             print(f"  expected: {e.test}: {e.reason}")
