@@ -142,6 +142,11 @@
         return Array.from(names).sort();
     }
 
+    /** "1 job", "3 jobs". */
+    function count(n, noun) {
+        return n + " " + noun + (n === 1 ? "" : "s");
+    }
+
     /** The last non-empty line of a traceback (the exception and its message), or null. */
     function excLastLine(traceback) {
         const lines = String(traceback || "").split(/\r?\n/).map(l => l.trim()).filter(l => l);
@@ -223,7 +228,7 @@
     const RqData = {
         duration, timestamp, ago, levelName, levelClass, instanceOf, unitName, compareInstances, sortWorkers,
         sortQueues, parseStatus, parseFailed, failedQueues, excLastLine, nextFreeInstance, instances, isLive,
-        takeLines, journalText, journalRecord, errorLine,
+        takeLines, journalText, journalRecord, errorLine, count,
     };
     if (typeof module === "object" && module.exports)
         module.exports = RqData;

@@ -379,11 +379,11 @@
             return Promise.resolve();
         const counted = ownQueues().find(q => q.name === queue);
         const count = counted ? counted.failed : state.failedRows.filter(r => r.queue === queue).length;
-        return confirmAction("Requeue all " + count + " failed jobs of queue " + queue + "? They go back to the queue " +
+        return confirmAction("Requeue all " + D.count(count, "failed job") + " of queue " + queue + "? They go back to the queue " +
                              "and run again.", "Requeue all")
                 .then(ok => ok && run([CLI, "requeue", "--json", "--queue=" + queue]).then(out => {
                     const done = JSON.parse(out);
-                    notice("Requeued " + done.length + " jobs of queue " + queue + ".");
+                    notice("Requeued " + D.count(done.length, "job") + " of queue " + queue + ".");
                     setError("action", null);
                 }))
                 .catch(ex => setError("action", "requeue --queue " + queue + ": " + ex.message))
@@ -420,8 +420,9 @@
         });
     }
 
+    /** The job's ``job --json``; null (its error shown) when it failed or another job was opened meanwhile. */
     function fetchJob(jobId) {
-        return once("job", () => run([CLI, "job", "--json", "--", jobId])
+        return run([CLI, "job", "--json", "--", jobId])
                 .then(out => {
                     if (state.jobId !== jobId)
                         return null;
@@ -431,7 +432,11 @@
                     setError("job", null);
                     return info;
                 })
-                .catch(ex => { setError("job", ex.message); return null }));
+                .catch(ex => {
+                    if (state.jobId === jobId)
+                        setError("job", ex.message);
+                    return null;
+                });
     }
 
     function renderJob(info) {
@@ -506,8 +511,8 @@
             className: "record" + (record.priority !== null && record.priority <= 3 ? " err" : ""),
             "data-unit": record.unit, "data-priority": record.priority,
         }, [
-            el("span", { className: "time", text: D.timestamp(record.time) }),
-            el("span", { className: "unit", text: record.unit || "-" }),
+            el("span", { className: "time", text: D.timestamp(record.time) }), " ",
+            el("span", { className: "unit", text: record.unit || "-" }), " ",
             el("span", { className: "message", text: record.message }),
         ]));
         if (atBottom)
@@ -532,10 +537,10 @@
         const jobId = state.jobId;
         if (!jobId || !state.journal || !state.journal.follow)
             return Promise.resolve();
-        return fetchJob(jobId).then(info => {
+        return once("job", () => fetchJob(jobId).then(info => {
             if (info && state.jobId === jobId && !D.isLive(info.status))
                 startJournal(jobId, false);
-        });
+        }));
     }
 
     /* ---- tabs, location, refresh ---- */

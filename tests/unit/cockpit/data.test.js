@@ -73,6 +73,12 @@ test("workers sort by host, then instance number (2 before 10), then name", () =
     assert.equal(workers[0].name, "b.rq-worker@1", "the input is left as it was");
 });
 
+test("counts say job or jobs", () => {
+    assert.equal(D.count(1, "job"), "1 job");
+    assert.equal(D.count(0, "failed job"), "0 failed jobs");
+    assert.equal(D.count(3, "job"), "3 jobs");
+});
+
 test("queues sort by name", () => {
     assert.deepEqual(D.sortQueues([{ name: "low" }, { name: "default" }, { name: "high" }]).map(q => q.name),
                      ["default", "high", "low"]);
