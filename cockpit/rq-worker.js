@@ -24,7 +24,7 @@
         status: null,
         refreshed: 0,
         failedRows: [],
-        instances: [],
+        instances: null, // this host's rq-worker@ units, once systemd listed them
         jobId: null,
         job: null,
         journal: null, // the running journalctl: { proc, follow, rest }
@@ -96,10 +96,13 @@
 
     /** A method of systemd's Manager over D-Bus, as the logged-in user (polkit decides). */
     function manager(method, args) {
-        if (!systemd)
-            systemd = cockpit.dbus(SYSTEMD, { superuser: "try" });
         return new Promise((resolve, reject) => {
             try {
+                if (!systemd) {
+                    const client = cockpit.dbus(SYSTEMD, { superuser: "try" });
+                    client.addEventListener("close", () => { if (systemd === client) systemd = null }); // anew next call
+                    systemd = client;
+                }
                 systemd.call(MANAGER_PATH, MANAGER, method, args)
                         .then(reply => resolve(reply), ex => reject(new Error(D.errorLine(ex))));
             } catch (ex) {
@@ -303,6 +306,10 @@
     }
 
     function addInstance() {
+        if (!state.instances) {
+            setError("action", "add an instance: systemd has not listed this host's instances yet; try again in a moment");
+            return Promise.resolve();
+        }
         const unit = "rq-worker@" + D.nextFreeInstance(state.instances.map(r => r.unit)) + ".service";
         const button = $("add-instance");
         button.disabled = true;
