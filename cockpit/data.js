@@ -165,13 +165,14 @@
     /**
      * This host's instances from systemd's ListUnitsByPatterns (name, description, load, active, sub, ...)
      * and ListUnitFilesByPatterns (path, state) replies, with each instance's UnitFileState in ``fileStates``
-     * (name → state): [{unit, instance, active, enabled}] in instance order, the template left out.
+     * (name → state): [{unit, instance, active, enabled}] in instance order, the template left out. systemd
+     * lists loaded units only, and instances not at all as files: the ``known`` names (seen before on the
+     * page) stay listed, inactive, once systemd has unloaded them.
      */
-    function instances(units, files, fileStates) {
+    function instances(units, files, fileStates, known) {
         const active = {};
         units.forEach(u => { active[u[0]] = u[3] });
-        files.forEach(f => {
-            const name = String(f[0]).split("/").pop();
+        files.map(f => String(f[0]).split("/").pop()).concat(known || []).forEach(name => {
             if (!(name in active))
                 active[name] = "inactive";
         });

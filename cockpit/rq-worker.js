@@ -245,7 +245,7 @@
             manager("ListUnitsByPatterns", [[], [PATTERN]]),
             manager("ListUnitFilesByPatterns", [[], [PATTERN]]),
         ]).then(([units, files]) => {
-            const rows = D.instances(units[0], files[0], {});
+            const rows = D.instances(units[0], files[0], {}, (state.instances || []).map(r => r.unit));
             return Promise.all(rows.map(r => manager("GetUnitFileState", [r.unit])
                     .then(reply => reply[0], () => "unknown")))
                     .then(fileStates => {

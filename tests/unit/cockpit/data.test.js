@@ -161,6 +161,13 @@ test("instances merge systemd's loaded units and unit files, in number order, wi
     ]);
 });
 
+test("an instance seen before stays listed, inactive, once systemd unloaded it", () => {
+    const units = [["rq-worker@1.service", "d", "loaded", "active", "running"]];
+    assert.deepEqual(D.instances(units, [], {}, ["rq-worker@1.service", "rq-worker@5.service"]).map(r => [r.unit, r.active]),
+                     [["rq-worker@1.service", "active"], ["rq-worker@5.service", "inactive"]]);
+    assert.deepEqual(D.instances(units, [], {}).map(r => r.unit), ["rq-worker@1.service"]);
+});
+
 test("failed queues: from the counts and from the rows, by name", () => {
     assert.deepEqual(D.failedQueues([{ name: "b", failed: 2 }, { name: "a", failed: 0 }], [{ queue: "c" }, { queue: "b" }]),
                      ["b", "c"]);
