@@ -219,6 +219,18 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("job_id", metavar="JOB_ID", type=job_id)
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
+    p = sub.add_parser("failed", help="the failed jobs: when, queue, function, the exception's last line",
+                       description="List the failed jobs of every queue (or of the --queue ones), newest first: "
+                                   "when each failed, its queue, id and function, the last line of its "
+                                   "traceback and its worker. `job ID` shows one whole; `requeue` sends them "
+                                   "back.")
+    _connection_options(p)
+    p.add_argument("-q", "--queue", action="append", dest="queues", metavar="NAME", type=queue_name,
+                   help="only this queue (repeatable; default: every queue in Redis)")
+    p.add_argument("--limit", type=_positive_int, default=100, metavar="N",
+                   help="at most N jobs, the newest (default: 100)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
     p = sub.add_parser("requeue", help="send failed jobs back to their queue",
                        description="Requeue failed jobs: the given ids, or with --queue every failed job of a "
                                    "queue. --dry-run lists what would be requeued.")
@@ -233,6 +245,16 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
                                    "retry started jobs whose worker is gone, drop dead workers.")
     _connection_options(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number of 1 or more, e.g. 100")
+    return value
 
 
 def _add_acl(sub: argparse._SubParsersAction) -> None:
@@ -500,6 +522,18 @@ def _job(args: argparse.Namespace) -> int:
     return 0
 
 
+def _failed(args: argparse.Namespace) -> int:
+    connection, settings = _connect(args)
+    from .jobs import JobsError, failed_jobs, render_failed
+
+    try:
+        rows = failed_jobs(connection, args.queues, args.limit, classes=_classes(settings))
+    except JobsError as exc:
+        raise CommandError(str(exc), exits.LOOP_ERROR) from None
+    sys.stdout.write(json.dumps(rows) + "\n" if args.json else render_failed(rows))
+    return 0
+
+
 def _requeue(args: argparse.Namespace) -> int:
     if bool(args.job_ids) == bool(args.queue):
         raise CommandError("give either job ids or --queue NAME (every failed job of that queue)", exits.USAGE)
@@ -671,8 +705,8 @@ def _cron_list(args: argparse.Namespace) -> int:
 # ---- end of `cron list` ----------------------------------------------------------------------------------
 
 
-COMMANDS = {"run": _run, "status": _status, "job": _job, "requeue": _requeue, "cleanup": _cleanup, "acl": _acl,
-            "autoscale": _autoscale, "cron": _cron}
+COMMANDS = {"run": _run, "status": _status, "job": _job, "failed": _failed, "requeue": _requeue, "cleanup": _cleanup,
+            "acl": _acl, "autoscale": _autoscale, "cron": _cron}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""``rq-worker-service job / requeue / cleanup``: look at one job, send failed jobs back, tidy up.
+"""``rq-worker-service job / failed / requeue / cleanup``: look at one job, list the failed ones, send them
+back, tidy up.
 
 Each function returns plain data (for ``--json``) and raises ``JobsError`` with a one-line message
 for an operator mistake (an unknown id, a queue that does not exist).
@@ -16,6 +17,7 @@ from rq import Queue
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import JobStatus
 from rq.registry import FailedJobRegistry, clean_registries
+from rq.results import Result
 from rq.worker_registration import clean_worker_registry
 
 from .classes import RQ_DEFAULTS, AppClasses
@@ -91,6 +93,70 @@ def render_job(info: dict) -> str:
             lines += ["", "Last failure, from the journal (rq keeps none for a job it retries):"]
         lines += ["", info["traceback"].rstrip()]
     return "\n".join(lines) + "\n"
+
+
+def last_line(text: str | None) -> str | None:
+    """The last non-empty line of a traceback (the exception and its message), or None: rq's strings
+    end in a newline, and a job's own output may add blank lines after it."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    return lines[-1] if lines else None
+
+
+def failed_jobs(connection: Redis, queue_names: list[str] | None, limit: int, *,
+                classes: AppClasses = RQ_DEFAULTS) -> list[dict]:
+    """The failed registry of each queue (``queue_names``, or every queue), newest failure first, at most
+    ``limit`` jobs: what the web console lists and ``requeue`` takes back.
+
+    A registry is scored by expiry (failure + the job's failure TTL), so each queue's ``limit`` highest
+    scores hold its newest failures; only those are fetched, then ordered by ``ended_at`` across queues.
+    A job whose hash expired before its registry entry is left out, as rq's own listing does.
+    """
+    known = sorted(q.name for q in Queue.all(connection=connection))
+    for name in queue_names or []:
+        if name not in known:
+            raise JobsError(f"no queue named {name!r} in this Redis")
+    rows = []
+    for name in queue_names or known:
+        registry = FailedJobRegistry(name, connection=connection, job_class=classes.job_class,
+                                     serializer=classes.serializer)
+        ids = _newest(connection, registry.key, limit)
+        for job in classes.job_class.fetch_many(ids, connection=connection, serializer=classes.serializer):
+            if job is None:
+                continue
+            rows.append({"job_id": job.id, "queue": name, "func": _func(job), "ended_at": _iso(job.ended_at),
+                         "exc_last_line": last_line(_failure(job)),
+                         "worker": job.worker_name or None})
+    rows.sort(key=lambda row: row["ended_at"] or "", reverse=True)  # rq's times are UTC: text order is time order
+    return rows[:limit]
+
+
+def _newest(connection: Redis, key: str, limit: int) -> list[str]:
+    """The ``limit`` highest-scored ids of a registry, and every one tied with the last (jobs that failed in
+    the same second score alike: which of them is newest only their ``ended_at`` tells)."""
+    top: list[tuple[bytes, float]] = connection.zrevrange(key, 0, limit - 1, withscores=True)  # type: ignore[assignment]
+    if len(top) == limit:
+        top = connection.zrevrangebyscore(key, "+inf", top[-1][1], withscores=True)  # type: ignore[assignment]
+    return [member.decode() for member, _ in top]
+
+
+def _failure(job) -> str | None:
+    """The latest failure's traceback: rq 3 keeps it in the job's latest Result (``Result.create_failure``)."""
+    latest = job.latest_result()
+    return latest.exc_string if latest is not None and latest.type == Result.Type.FAILED else None
+
+
+def _func(job) -> str:
+    """rq's ``func_name``; its description when the job's data cannot be read here (a missing app module)."""
+    try:
+        return job.func_name or job.description or "?"
+    except Exception:
+        return job.description or "?"
+
+
+def render_failed(rows: list[dict]) -> str:
+    """One line per job: when, queue, id, function and the exception's last line."""
+    return "".join(f"{row['ended_at'] or '-'}  {row['queue']}  {row['job_id']}  {row['func']}  "
+                   f"{row['exc_last_line'] or '-'}\n" for row in rows)
 
 
 @dataclass

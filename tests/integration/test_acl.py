@@ -47,8 +47,8 @@ def test_the_printed_rule_is_enough_for_workers_commands_and_the_helper(acl_user
     wait_until(lambda: status(rconn, done.id) == "finished" and status(rconn, failed.id) == "failed", 15,
                what="the jobs to run under the ACL user")
 
-    for args in (["status", "--check"], ["status", "--prometheus"], ["job", "acl-failed"], ["cleanup"],
-                 ["requeue", "--queue", "default"]):
+    for args in (["status", "--check"], ["status", "--prometheus"], ["job", "acl-failed"], ["failed", "--json"],
+                 ["cleanup"], ["requeue", "--queue", "default"]):
         out = cli(url, *args)
         assert out.returncode == 0, (args, out.stderr)
     wait_until(lambda: status(rconn, failed.id) == "finished", 15, what="the requeued job to run again")
@@ -128,7 +128,7 @@ def test_a_missing_permission_is_one_line_and_exit_77(acl_user, start_worker, no
     assert "ERRNO=13" in notify.lines("ERRNO=")  # EACCES, for systemctl status
 
     url = acl_user("noreads", "-@read")
-    for args in (["status"], ["job", "x"], ["requeue", "x"], ["cleanup"]):
+    for args in (["status"], ["job", "x"], ["failed"], ["requeue", "x"], ["cleanup"]):
         out = cli(url, *args)
         assert out.returncode == exits.NOPERM, (args, out.stdout, out.stderr)
         assert out.stderr.count("\n") == 1 and "rq-worker-service acl" in out.stderr, (args, out.stderr)

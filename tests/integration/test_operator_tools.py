@@ -1,4 +1,4 @@
-"""status / job / requeue / cleanup as an operator runs them, and the enqueue helper's race."""
+"""status / job / failed / requeue / cleanup as an operator runs them, and the enqueue helper's race."""
 
 from __future__ import annotations
 
@@ -103,6 +103,12 @@ def test_job_requeue_cleanup_commands(redis_server, rconn, start_worker, notify)
     assert "status       failed" in shown.stdout and "RuntimeError: planned failure 1 of 99" in shown.stdout
     assert json.loads(cli(redis_server.url, "job", "broken", "--json").stdout)["call"] == "testjobs.failing_job(99)"
 
+    [row] = json.loads(cli(redis_server.url, "failed", "--json").stdout)
+    assert (row["job_id"], row["queue"], row["func"], row["exc_last_line"], row["worker"]) == (
+        "broken", "default", "testjobs.failing_job", "RuntimeError: planned failure 1 of 99",
+        Job.fetch("broken", connection=rconn).worker_name)
+    assert cli(redis_server.url, "failed").stdout.split("  ")[1:3] == ["default", "broken"]
+
     dry = cli(redis_server.url, "requeue", "--queue", "default", "--dry-run")
     assert "would requeue broken on default" in dry.stdout
     assert Job.fetch("broken", connection=rconn).get_status() == JobStatus.FAILED
@@ -111,7 +117,11 @@ def test_job_requeue_cleanup_commands(redis_server, rconn, start_worker, notify)
     wait_until(lambda: int(rconn.get("executions:broken") or 0) == 2, 10, what="the requeued job to run")
 
     assert cli(redis_server.url, "cleanup").stdout.startswith("default: started")
+    wait_until(lambda: Job.fetch("broken", connection=rconn).get_status() == JobStatus.FAILED, 10, what="failure")
+    [row] = json.loads(cli(redis_server.url, "failed", "--json").stdout)
+    assert row["exc_last_line"] == "RuntimeError: planned failure 2 of 99"  # the latest failure's
     for args, fragment in [(("job", "ghost"), "no job with id 'ghost'"),
+                           (("failed", "--queue", "ghost"), "no queue named 'ghost'"),
                            (("requeue",), "give either job ids or --queue"),
                            (("requeue", "ghost"), "no job with id 'ghost'")]:
         out = cli(redis_server.url, *args)

@@ -106,6 +106,7 @@ COMMANDS = next(a for a in PARSER._actions if isinstance(a, argparse._SubParsers
 ALLOWED = {
     "status": {exits.OK, 1, 2, 3, exits.UNAVAILABLE, exits.CANT_CREATE, exits.NOPERM, exits.CONFIG},
     "job": {exits.OK, exits.LOOP_ERROR, 2, exits.UNAVAILABLE, exits.NOPERM, exits.CONFIG},
+    "failed": {exits.OK, exits.LOOP_ERROR, 2, exits.UNAVAILABLE, exits.NOPERM, exits.CONFIG},
     "requeue": {exits.OK, exits.LOOP_ERROR, 2, exits.USAGE, exits.UNAVAILABLE, exits.NOPERM, exits.CONFIG},
     "cleanup": {exits.OK, 2, exits.UNAVAILABLE, exits.NOPERM, exits.CONFIG},
     "acl": {exits.OK, 2, exits.CONFIG},
