@@ -31,7 +31,8 @@ def bundled_rq(box: Sandbox) -> str:
     return box.run(["/usr/lib/rq-worker-service/bin/python3", "-c", "import rq; print(rq.__version__)"]).stdout.strip()
 
 
-@pytest.mark.release_independent  # rq 2 → 3 data is rq's and ours; test_apt_repository upgrades a conffile package on each release
+# rq 2 → 3 data is rq's and ours; test_apt_repository upgrades a conffile package on each release.
+@pytest.mark.release_independent
 def test_jobs_left_under_the_rq2_package_run_after_upgrading_to_rq3(rootfs, rq2_deb, deb):
     with Sandbox(rootfs) as box:
         provision(box, rq2_deb)
