@@ -173,7 +173,8 @@ def _wait_port(port: int, timeout: float) -> None:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1):
                 return
-        except OSError:
+        except OSError as exc:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"nothing listens on 127.0.0.1:{port} in the sandbox (cockpit-ws, unit {UNIT})")
+                raise RuntimeError(f"nothing listens on 127.0.0.1:{port} in the sandbox (cockpit-ws, unit {UNIT})"
+                                   ) from exc
             time.sleep(0.1)

@@ -115,7 +115,8 @@ def cockpit_deb(deb, release) -> Path:
     named = os.environ.get(f"RQWS_E2E_COCKPIT_DEB_{release.upper()}")
     path = Path(named) if named else page_deb_beside(deb)
     if not path.is_file():
-        raise RuntimeError(f"no cockpit-rq-worker-service package at {path} (packaging/build-deb makes it beside {deb})")
+        raise RuntimeError(f"no cockpit-rq-worker-service package at {path}: packaging/build-deb makes it beside "
+                           f"{deb}, or name one with RQWS_E2E_COCKPIT_DEB_{release.upper()}")
     return path
 
 

@@ -79,7 +79,7 @@ def test_the_page_loads_and_shows_the_running_instances_and_the_queued_count(hos
     queued = f'#queues tbody tr[data-queue="{PARKED}"] td[data-field="queued"]'
     browser.wait_js("document.querySelector(arguments[0])?.textContent.trim() === '3'", 10,
                     "the parked queue's count of 3", queued)
-    assert cell(browser, f'#queues tbody tr[data-queue="default"] td[data-field="failed"]') == "1"
+    assert cell(browser, '#queues tbody tr[data-queue="default"] td[data-field="failed"]') == "1"
     verdict = box.run(["rq-worker-service", "status", "--check"], check=False)
     assert browser.js("return document.getElementById('verdict').dataset.level") == LEVELS[verdict.returncode], \
         verdict.stdout
