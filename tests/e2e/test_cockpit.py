@@ -14,7 +14,7 @@ import json
 import time
 
 import pytest
-from browser import PAGE, Browser, missing_browser, start_cockpit_ws
+from browser import PAGE, PORT, Browser, missing_browser, start_cockpit_ws
 from conftest import ctl, jobs, systemctl, wait_for
 from provision import configure
 from sandbox import Sandbox
@@ -40,6 +40,11 @@ def install_pair(box: Sandbox, *debs) -> None:
         assert status == "ii ", f"{package} {status!r} after apt-get install, not configured (ii)"
 
 
+def listening(box: Sandbox) -> list[str]:
+    """The host's listening TCP sockets (address:port), sorted."""
+    return sorted(line.split()[3] for line in box.run(["ss", "-Hltn"]).stdout.splitlines() if line.strip())
+
+
 def job(box: Sandbox, job_id: str) -> dict:
     return jobs(box, [job_id])[job_id]
 
@@ -49,9 +54,12 @@ def host(rootfs, deb, cockpit_deb, release):
     """The booted host, set up for every step, and the browser on it."""
     t0 = time.monotonic()
     with Sandbox(rootfs) as box:
+        before = listening(box)
+        assert f":{PORT}" not in " ".join(before), f"something listens on {PORT} in every sandbox: {before}"
         install_pair(box, deb, cockpit_deb)
         configure(box)
         systemctl(box, "enable", "--now", "rq-worker@1", "rq-worker@2")
+        assert listening(box) == before, "the packages or their workers opened a port"
         ctl(box, "enqueue", "quick_job", "1", "--queue", PARKED, "--id", "parked", "--count", "3")
         ctl(box, "enqueue", "failing_job", "--id", FAILED)
         wait_for(lambda: job(box, FAILED)["status"] == "failed", 15, "the failing job to fail")
