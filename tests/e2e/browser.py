@@ -30,6 +30,9 @@ from sandbox import Sandbox
 PORT = 9090
 BASE = f"http://127.0.0.1:{PORT}"
 PAGE = f"{BASE}/cockpit/@localhost/rq-worker-service/index.html"
+"""The page alone, without Cockpit's shell around it (what the tests drive)."""
+SHELL = f"{BASE}/rq-worker-service"
+"""The page in Cockpit's shell, as an operator opens it (the README's screenshot)."""
 UNIT = "e2e-cockpit-ws"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 CHROMIUM = "/usr/bin/chromium"

@@ -14,7 +14,7 @@ import json
 import time
 
 import pytest
-from browser import PAGE, PORT, Browser, missing_browser, start_cockpit_ws
+from browser import PAGE, PORT, SHELL, Browser, missing_browser, start_cockpit_ws
 from conftest import ctl, jobs, systemctl, wait_for
 from provision import configure
 from sandbox import Sandbox
@@ -183,3 +183,27 @@ def test_the_job_view_shows_the_jobs_journal_records_across_its_runs(host):
         "a failed job's records are followed live"
     browser.screenshot("job")
     no_console_errors(browser)
+
+
+def test_the_page_in_cockpits_shell_for_the_readme(host):
+    """What an operator sees after logging in: the page inside Cockpit's shell, with its menu entry
+    (manifest.json). The screenshot <release>-shell.png is the README's. The shell's own console entries
+    are Cockpit's; those of our page (its frame) fail the step."""
+    box, browser = host
+    systemctl(box, "start", "rq-worker@1", "rq-worker@2")  # both running again, as the overview should look
+    browser.console_errors()  # what came before is checked by the steps above
+    seen = len(browser.console)
+    browser.open(SHELL)
+    frame = 'iframe[name$="rq-worker-service"]'
+    browser.wait_js("document.querySelector(arguments[0])", 30, "the page's frame in the shell", frame)
+    browser.call(lambda d: d.switch_to.frame(d.find_element("css selector", frame)))
+    try:
+        browser.wait_js("document.body && document.body.dataset.ready === '1'", 30, "the page in the shell")
+    finally:
+        browser.call(lambda d: d.switch_to.default_content())
+    time.sleep(0.5)  # the shell's menu settles
+    browser.screenshot("shell")
+    browser.console_errors()
+    ours = [f"{e.get('source', '')}: {e['message']}" for e in browser.console[seen:]
+            if e.get("level") == "SEVERE" and "rq-worker-service" in e["message"]]
+    assert not ours, "the page has console errors in the shell:\n" + "\n".join(ours)
