@@ -146,11 +146,21 @@ class Browser:
                 raise AssertionError(f"timed out after {timeout}s waiting for {what} ({expression})")
             time.sleep(0.2)
 
-    def click(self, css: str) -> None:
-        """A real click (Selenium's, as a user's) on the element ``css`` selects."""
+    def click(self, css: str, attempts: int = 5) -> None:
+        """A real click (Selenium's, as a user's) on the element ``css`` selects. The page redraws its tables
+        on every refresh: an element replaced between finding and clicking it is found again, as a user's
+        next click would hit the new one."""
+        from selenium.common.exceptions import StaleElementReferenceException
         from selenium.webdriver.common.by import By
 
-        self.call(lambda d: d.find_element(By.CSS_SELECTOR, css).click())
+        for attempt in range(attempts):
+            try:
+                self.call(lambda d: d.find_element(By.CSS_SELECTOR, css).click())
+                return
+            except StaleElementReferenceException:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.1)
 
     def tab(self, name: str) -> None:
         self.click(f'nav button[data-tab="{name}"]')
