@@ -182,6 +182,13 @@ def test_the_job_view_shows_the_jobs_journal_records_across_its_runs(host):
     assert browser.js("return document.getElementById('job-log').dataset.following") != "1", \
         "a failed job's records are followed live"
     browser.screenshot("job")
+
+    # Its address opens it too (cockpit.location /job/<id>: the URL's fragment when the page is loaded alone).
+    browser.open(f"{PAGE}#/job/cockpit-stop")
+    browser.wait_js("document.body.dataset.ready === '1' && !document.getElementById('tab-job').hidden && "
+                    "document.querySelector('#job-detail [data-field=status]')?.textContent.includes('finished')", 15,
+                    "the job tab opened by its address")
+    browser.wait_js("document.querySelectorAll('#job-log li.record').length > 0", 10, "the stopped job's records")
     no_console_errors(browser)
 
 
