@@ -127,7 +127,7 @@ def test_requeue_moves_a_failed_job_back_to_its_queue(host):
 
 def test_stop_asks_then_stops_the_instance_warm_after_its_running_job(host):
     box, browser = host
-    ctl(box, "enqueue", "sleep_job", "4", "--id", "cockpit-stop")
+    ctl(box, "enqueue", "sleep_job", "5", "--id", "cockpit-stop")
     running = wait_for(lambda: (lambda j: j if j["status"] == "started" else None)(job(box, "cockpit-stop")), 10,
                        "the job to start")
     instance = running["worker"].rsplit("@", 1)[1]
