@@ -1,7 +1,8 @@
 # Sourced by scripts/test: build the packages the e2e layer installs in the background, while lint,
 # unit and integration run on the other core, and hand them over through RQWS_E2E_DEB_<RELEASE>.
 # tests/e2e/conftest.py waits while <deb>.building exists; a failed build leaves <deb>.log, which
-# the test's error and finish_e2e_debs both show.
+# the test's error and finish_e2e_debs both show. The Cockpit page's package is linked beside each as
+# cockpit-rq-worker-service_<release>.deb (tests/e2e/conftest.py's cockpit_deb finds it there).
 
 E2E_DEBS_DIR=build/e2e-debs
 E2E_DEBS_PID=""
@@ -45,6 +46,9 @@ start_e2e_debs() {
             target='"$PWD/$E2E_DEBS_DIR"'/rq-worker-service_$release.deb
             if packaging/build-deb --release "$release" >"$target.log" 2>&1 \
                 && built=$(tail -n 1 "$target.log") && [ -f "$built" ]; then
+                # The Cockpit page, the line before: beside the main one under the same pattern.
+                page=$(tail -n 2 "$target.log" | head -n 1)
+                [ ! -f "$page" ] || ln -f "$page" "$(dirname "$target")/cockpit-$(basename "$target")"
                 ln -f "$built" "$target"
             fi
             rm -f "$target.building"

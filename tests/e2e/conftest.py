@@ -99,6 +99,27 @@ def deb(release) -> Path:
     return prebuilt_deb(Path(prebuilt), release) if prebuilt else build_deb(release)
 
 
+def page_deb_beside(deb: Path) -> Path:
+    """Where the Cockpit page's package lies beside ``deb``: build-deb writes
+    cockpit-rq-worker-service_<version>_all.deb next to rq-worker-service_<version>_<arch>.deb, and
+    scripts/lib/e2e_debs.sh links cockpit-rq-worker-service_<release>.deb next to rq-worker-service_<release>.deb."""
+    parts = deb.name.removesuffix(".deb").split("_")
+    if len(parts) == 3:
+        parts[2] = "all"
+    return deb.with_name("cockpit-" + "_".join(parts) + ".deb")
+
+
+@pytest.fixture(scope="session")
+def cockpit_deb(deb, release) -> Path:
+    """The Cockpit page's package built with ``deb`` (RQWS_E2E_COCKPIT_DEB_<RELEASE> names another one)."""
+    named = os.environ.get(f"RQWS_E2E_COCKPIT_DEB_{release.upper()}")
+    path = Path(named) if named else page_deb_beside(deb)
+    if not path.is_file():
+        raise RuntimeError(f"no cockpit-rq-worker-service package at {path}: packaging/build-deb makes it beside "
+                           f"{deb}, or name one with RQWS_E2E_COCKPIT_DEB_{release.upper()}")
+    return path
+
+
 def repack_deb(deb: Path, version: str) -> Path:
     """``deb`` as version ``version`` (packaging/repack-deb): the same files, maintainer scripts and
     units, for tests that need a newer package (an upgrade) without building one again."""

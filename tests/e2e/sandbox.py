@@ -26,7 +26,14 @@ RELEASES = {"bookworm": "python3.11", "trixie": "python3.13"}
 """The Debian releases the e2e tests boot (systemd 252 and 257), each with its Python."""
 MIRROR = os.environ.get("RQWS_E2E_MIRROR", "http://deb.debian.org/debian")
 PACKAGES = ("systemd", "systemd-sysv", "dbus", "redis-server", "redis-sentinel", "python3", "libsystemd0", "procps",
-            "iproute2", "man-db", "polkitd", "libpam-systemd", "unattended-upgrades")
+            "iproute2", "man-db", "polkitd", "libpam-systemd", "unattended-upgrades",
+            "cockpit-ws", "cockpit-bridge", "cockpit-system", "dbus-user-session")
+"""cockpit-*: the browser tests of the Cockpit page (tests/e2e/test_cockpit.py) start cockpit-ws themselves;
+dbus-user-session: what apt picks for their dconf-service's ``default-dbus-session-bus | dbus-session-bus``,
+an alternative debootstrap does not resolve by itself."""
+MASKED = ("cockpit.socket",)
+"""Units masked in the rootfs: nothing listens on a port in a sandbox unless its test starts it (cockpit-ws's
+postinst enables its socket on 9090)."""
 CACHE = Path(os.environ.get("RQWS_E2E_CACHE", "/var/cache/rq-worker-service-e2e"))
 HIERARCHIES = ("unified", "systemd", "pids", "devices", "memory")
 """cgroup hierarchies systemd writes to; the sandbox gets a cgroup of its own in each."""
@@ -73,7 +80,7 @@ def packages(release: str) -> tuple[str, ...]:
 
 def rootfs_key(release: str) -> str:
     recipe = "\n".join([release, MIRROR, *packages(release),
-                        *(f"{k}={v}" for k, v in sorted(SANDBOX_FILES.items()))])
+                        *(f"{k}={v}" for k, v in sorted(SANDBOX_FILES.items())), *(f"mask {u}" for u in MASKED)])
     return hashlib.sha256(recipe.encode()).hexdigest()[:16]
 
 
@@ -91,6 +98,9 @@ def ensure_rootfs(release: str) -> Path:
             path = tmp / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
+        for unit in MASKED:
+            (tmp / "etc/systemd/system" / unit).unlink(missing_ok=True)
+            (tmp / "etc/systemd/system" / unit).symlink_to("/dev/null")
         (tmp / ".complete").write_text(rootfs_key(release))
         if root.exists():
             shutil.rmtree(root)

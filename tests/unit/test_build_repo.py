@@ -20,16 +20,16 @@ needs_tools = pytest.mark.skipif(any(shutil.which(t) is None for t in TOOLS),
                                  reason=f"build-repo needs {', '.join(TOOLS)} (scripts/test installs them)")
 
 
-def fake_deb(where: Path, version: str, arch: str = "amd64") -> Path:
+def fake_deb(where: Path, version: str, arch: str = "amd64", package: str = "rq-worker-service") -> Path:
     """A package named like build-deb's, with one file and the fields build-repo reads."""
-    tree = where / f"tree-{version}-{arch}"
+    tree = where / f"tree-{package}-{version}-{arch}"
     (tree / "DEBIAN").mkdir(parents=True)
-    (tree / "usr/share/doc/rq-worker-service").mkdir(parents=True)
-    (tree / "usr/share/doc/rq-worker-service/version").write_text(version + "\n")
+    (tree / f"usr/share/doc/{package}").mkdir(parents=True)
+    (tree / f"usr/share/doc/{package}/version").write_text(version + "\n")
     (tree / "DEBIAN/control").write_text(
-        f"Package: rq-worker-service\nVersion: {version}\nArchitecture: {arch}\n"
+        f"Package: {package}\nVersion: {version}\nArchitecture: {arch}\n"
         "Maintainer: tests <tests@rq-worker-service.invalid>\nDescription: stand-in\n stand-in for build-repo's test\n")
-    out = where / f"rq-worker-service_{version}_{arch}.deb"
+    out = where / f"{package}_{version}_{arch}.deb"
     subprocess.run(["dpkg-deb", "--root-owner-group", "-b", str(tree), str(out)], check=True, capture_output=True)
     return out
 
@@ -80,6 +80,19 @@ def test_each_package_goes_to_its_releases_suite_signed_with_the_exported_key(tm
             assert check.returncode == 0, check.stderr
         stanza = fields(repo / "dists" / suite / "main/binary-amd64/Packages")
         assert (repo / stanza["Filename"]).is_file()
+
+
+@needs_tools
+def test_the_arch_all_cockpit_page_is_indexed_beside_the_main_package(tmp_path, repo, key):
+    """build-deb makes two packages per release; the Cockpit page's (Architecture: all) must be in the
+    binary-amd64 index apt reads, beside the main one, and not make an architecture of its own."""
+    debs = [fake_deb(tmp_path, "0.3.0+deb13"), fake_deb(tmp_path, "0.3.0+deb13", "all", "cockpit-rq-worker-service")]
+    out = build_repo("--repo", repo, "--test-key", key, *debs)
+    assert out.returncode == 0, out.stderr
+    text = (repo / "dists/trixie/main/binary-amd64/Packages").read_text()
+    assert sorted(line for line in text.splitlines() if line.startswith("Package: ")) == [
+        "Package: cockpit-rq-worker-service", "Package: rq-worker-service"]
+    assert fields(repo / "dists/trixie/Release")["Architectures"] == "amd64"
 
 
 @needs_tools
