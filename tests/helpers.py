@@ -248,6 +248,18 @@ class NotifySocket:
         self.sock.close()
 
 
+class WorkerHung(subprocess.TimeoutExpired):
+    """A worker that did not exit in time (still a ``TimeoutExpired`` for callers that kill it then), with
+    its threads' stacks and output in the message."""
+
+    def __init__(self, cmd: list[str], timeout: float, report: str) -> None:
+        super().__init__(cmd, timeout)
+        self.report = report
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}; its stacks (faulthandler, on SIGABRT) and output:\n{self.report}"
+
+
 class WorkerProcess:
     """``python -m rq_worker_service run`` as systemd would start it, output captured to a file."""
 
@@ -256,7 +268,8 @@ class WorkerProcess:
         self.instance = instance
         self.log_path = workdir / f"worker-{instance}.log"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("RQ_", "REDIS_", "NOTIFY_", "WATCHDOG_"))}
-        full_env.update({"REDIS_URL": redis_url, "RQ_APP_PATH": str(JOBS_DIR), "PYTHONUNBUFFERED": "1"})
+        full_env.update({"REDIS_URL": redis_url, "RQ_APP_PATH": str(JOBS_DIR), "PYTHONUNBUFFERED": "1",
+                         "PYTHONFAULTHANDLER": "1"})  # SIGABRT dumps every thread's stack: ``wait``'s report
         if notify is not None:
             full_env["NOTIFY_SOCKET"] = notify.path
         full_env.update(env or {})
@@ -281,8 +294,18 @@ class WorkerProcess:
         os.kill(self.proc.pid, sig)
 
     def wait(self, timeout: float) -> int:
+        """Its exit status. A worker still running after ``timeout`` fails the test with where each of its
+        threads was (faulthandler's dump on SIGABRT) and its output: a hang is then told from slowness."""
         assert self.proc is not None
-        return self.proc.wait(timeout)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(self.proc.pid, signal.SIGABRT)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+            raise WorkerHung(self.cmd, timeout, self.output()[-6000:]) from None
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
