@@ -272,7 +272,13 @@ class ServiceWorkerMixin(_Base):
 
     def _pop(self, timeout: int | None) -> tuple[str | None, str] | None:
         """(queue key, job id) of the job now in hand (held), or None when none came in time. The
-        queue key is None for an id that was held already (a reply lost on the way)."""
+        queue key is None for an id that was held already (a reply lost on the way).
+
+        A stop is looked at once more right before the pop blocks: its handler's StopRequested is lost
+        when it lands inside a library that catches every Exception (sdnotify's send, logging's emit)
+        after the heartbeat's look, and the pop then waited out its timeout (a tick) before the stop."""
+        if self._stop_requested:
+            raise StopRequested()
         reply = self.parts.held.pop([queue.key for queue in self._ordered_queues], timeout)
         if reply is not None:
             self.parts.popping = False  # in hand: from here on the job is started, whatever comes

@@ -1,5 +1,6 @@
-"""The worker's wait while ``rq suspend`` holds (``worker._wait_while_suspended``), on fakeredis with rq's
-look replaced: what it shows, when it ends, and that an outage does not end it."""
+"""The worker's idle waits, on fakeredis: the wait while ``rq suspend`` holds (``worker._wait_while_suspended``,
+rq's look replaced: what it shows, when it ends, and that an outage does not end it), and the pop, which a
+stop keeps from blocking."""
 
 from __future__ import annotations
 
@@ -66,3 +67,26 @@ def test_burst_leaves_as_rq_does(worker, monkeypatch):
     suspend(worker.connection)
     with pytest.raises(StopRequested):
         worker.check_for_suspension(True)
+
+
+def test_a_stop_whose_raise_a_library_swallowed_before_the_pop_pops_nothing(worker, monkeypatch):
+    """sdnotify's send and logging's emit catch every Exception: a SIGTERM landing in one of them after the
+    heartbeat's look at the stop flag lost its StopRequested, and the pop then blocked for its whole timeout
+    (a tick: 10 s under the shipped WatchdogSec) before the stop was seen. The pop looks at the flag too."""
+    from rq.exceptions import StopRequested
+
+    original = worker.parts.between_jobs
+
+    def between_jobs() -> None:  # inside the heartbeat, after its look: the stop comes, and is swallowed
+        try:
+            worker.request_stop(signal.SIGTERM, None)
+        except StopRequested:
+            pass
+        original()
+
+    popped: list = []
+    monkeypatch.setattr(worker.parts, "between_jobs", between_jobs)
+    monkeypatch.setattr(worker.parts.held, "pop", lambda keys, timeout: popped.append(timeout))
+    with pytest.raises(StopRequested):
+        worker.dequeue_job_and_maintain_ttl(timeout=10)
+    assert popped == [], "the pop blocked although a stop was requested"
