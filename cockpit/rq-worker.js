@@ -64,14 +64,15 @@
     /* ---- errors and notices: one line each ---- */
 
     /** The error of one source (status, failed, an action …), or null when it went well again; #error
-     *  shows the latest that is still standing. */
+     *  shows every one still standing, a line each, newest last: a refused action stays in view while
+     *  the 5 s refresh reports its own error again. */
     function setError(source, message) {
         state.errors.delete(source);
         if (message)
             state.errors.set(source, message);
         const all = Array.from(state.errors.values());
         const box = $("error");
-        box.textContent = all.length ? all[all.length - 1] : "";
+        box.replaceChildren(...all.map(line => el("div", { text: line })));
         box.hidden = all.length === 0;
     }
 

@@ -53,12 +53,14 @@ def missing_browser() -> str | None:
     return None
 
 
-def start_cockpit_ws(box: Sandbox) -> None:
-    """cockpit-ws inside the sandbox, as a transient unit (systemd stops it with the sandbox)."""
+def start_cockpit_ws(box: Sandbox, port: int = PORT, user: str | None = None) -> None:
+    """cockpit-ws inside the sandbox, as a transient unit (systemd stops it with the sandbox). Its local
+    session's bridge runs as the user cockpit-ws runs as: root, or ``user`` (a login without admin rights)."""
     ws = box.run("ls /usr/lib/cockpit/cockpit-ws /usr/libexec/cockpit-ws 2>/dev/null", check=False).stdout.split()
     assert ws, "cockpit-ws is not installed in the sandbox (tests/e2e/sandbox.py PACKAGES)"
-    box.run(["systemd-run", f"--unit={UNIT}", ws[0], "--no-tls", "--local-session=cockpit-bridge",
-             "--address", "127.0.0.1", "--port", str(PORT)])
+    unit = UNIT if port == PORT else f"{UNIT}-{port}"
+    box.run(["systemd-run", f"--unit={unit}", *([f"--uid={user}"] if user else []), ws[0], "--no-tls",
+             "--local-session=cockpit-bridge", "--address", "127.0.0.1", "--port", str(port)])
 
 
 def _enter_netns(pid: int) -> None:
@@ -166,6 +168,10 @@ class Browser:
         self.click(f'nav button[data-tab="{name}"]')
         self.wait_js("document.querySelector(arguments[0]) && !document.querySelector(arguments[0]).hidden", 5,
                      f"the {name} tab to show", f"section#tab-{name}")
+
+    def wait_port(self, port: int, timeout: float = 20) -> None:
+        """Until something accepts on the sandbox's 127.0.0.1:``port``."""
+        self.call(lambda _d: _wait_port(port, timeout))
 
     def screenshot(self, name: str) -> Path:
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
