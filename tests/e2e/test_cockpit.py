@@ -25,6 +25,8 @@ HOST = "rqws-e2e"
 PARKED = "parked"
 """A queue no instance listens on (they take RQ_QUEUES' default, ``default``): its count stays put."""
 FAILED = "cockpit-failed"
+VIEWER_PORT = PORT + 1
+"""A second cockpit-ws, run as a user without administrative access."""
 LEVELS = {0: "OK", 1: "WARNING", 2: "CRITICAL", 3: "UNKNOWN"}
 """``status --check``'s exit codes (monitoring plugins' convention)."""
 
@@ -189,6 +191,60 @@ def test_the_job_view_shows_the_jobs_journal_records_across_its_runs(host):
                     "document.querySelector('#job-detail [data-field=status]')?.textContent.includes('finished')", 15,
                     "the job tab opened by its address")
     browser.wait_js("document.querySelectorAll('#job-log li.record').length > 0", 10, "the stopped job's records")
+    no_console_errors(browser)
+
+
+def test_the_job_view_follows_a_running_jobs_records_live(host):
+    """Opened while the job runs, the view follows its journal: the job's last record (logged as it
+    ends) is added to the page while it is still following, then the follow ends with the job. A
+    MutationObserver in the page notes each record as it is added, with whether the view was following
+    then, so a record that came only from the re-read after the job ended does not count."""
+    box, browser = host
+    ctl(box, "enqueue", "sleep_job", "6", "--id", "cockpit-live")
+    wait_for(lambda: job(box, "cockpit-live")["status"] == "started", 10, "the job to start")
+    browser.open(f"{PAGE}#/job/cockpit-live")
+    browser.wait_js("document.getElementById('job-log').dataset.following === '1'", 10, "the view to follow the job")
+    browser.js("""
+        window.rqwsLive = [];
+        const log = document.getElementById('job-log');
+        new MutationObserver(changes => changes.forEach(change => change.addedNodes.forEach(node =>
+            window.rqwsLive.push([log.dataset.following, node.textContent])))).observe(log, {childList: true});""")
+    wait_for(lambda: job(box, "cockpit-live")["status"] == "finished", 15, "the job to finish")
+    browser.wait_js("document.getElementById('job-log').dataset.following === '0'", 15,
+                    "the follow to end with the job")
+    live = browser.js("return window.rqwsLive")
+    assert any(following == "1" and "e2e job done" in text for following, text in live), \
+        f"the job's last record did not arrive while following: {live}"
+    assert any("e2e job done" in text for text in browser.js(
+        "return [...document.querySelectorAll('#job-log li.record')].map(li => li.textContent)"))
+    no_console_errors(browser)
+
+
+def test_a_user_without_administrative_access_sees_one_line_errors_and_changes_nothing(host):
+    """Every action is the logged-in user's. A login that is neither root nor in group rq-worker (the
+    local session's bridge runs as the user cockpit-ws runs as): the overview shows the status command's
+    one-line error (worker.env is 0640) and no figure, and a restart from the page is refused by systemd
+    (polkit asks for an administrator, and no one can answer): the instance keeps its process."""
+    box, browser = host
+    box.run("id viewer >/dev/null 2>&1 || useradd --create-home viewer")
+    start_cockpit_ws(box, VIEWER_PORT, user="viewer")
+    browser.wait_port(VIEWER_PORT)
+    before = box.show("rq-worker@1.service", "MainPID", "NRestarts")
+    browser.open(PAGE.replace(f":{PORT}/", f":{VIEWER_PORT}/"))
+    browser.wait_js("document.body.dataset.ready === '1'", 30, "the first status load as viewer")
+    error = cell(browser, "#error") or ""
+    assert "/etc/rq-worker/worker.env" in error and "Traceback" not in error and "\n" not in error, error
+    assert browser.js("return document.getElementById('verdict').dataset.level") == "UNKNOWN"
+    assert browser.js("return document.querySelectorAll('#queues tbody tr').length") == 0
+    browser.tab("instances")
+    restart = '#instances tbody tr[data-unit="rq-worker@1.service"] button[data-action="restart"]'
+    browser.wait_js("document.querySelector(arguments[0])", 10, "the instances, listed for anyone", restart)
+    browser.click(restart)
+    browser.wait_js("document.getElementById('error').textContent.includes('restart rq-worker@1.service')", 15,
+                    "the refusal of the restart")
+    browser.screenshot("viewer-refused")
+    assert box.show("rq-worker@1.service", "MainPID", "NRestarts") == before, "a refused restart restarted"
+    assert box.show("rq-worker@1.service", "ActiveState")["ActiveState"] == "active"
     no_console_errors(browser)
 
 
