@@ -353,12 +353,21 @@ def _connect(args: argparse.Namespace, settings=None):
         connection = make_connection(settings.redis, settings.key_prefix)
         ping(connection, settings.redis)
     except RedisAuthError as exc:
-        raise CommandError(str(exc), exits.NOPERM) from None
+        raise CommandError(f"{exc}{_unread(args)}", exits.NOPERM) from None
     except RedisNoSuchDatabase as exc:
         raise CommandError(f"configuration error: {exc}", exits.CONFIG) from None
     except REDIS_ERRORS as exc:
-        raise CommandError(unreachable(settings.redis, exc), exits.UNAVAILABLE) from None
+        raise CommandError(f"{unreachable(settings.redis, exc)}{_unread(args)}", exits.UNAVAILABLE) from None
     return connection, settings
+
+
+def _unread(args: argparse.Namespace) -> str:
+    """Why Redis may have refused or not been found: the default env file, which ``check_env_file`` lets
+    pass unread when this user may not read it, holds the workers' URL and password. "" when it was read."""
+    name = getattr(args, "env_file", None)
+    if name != DEFAULT_ENV_FILE or not os.path.exists(name) or os.access(name, os.R_OK):
+        return ""
+    return f"; {name} was not read (this user may not: run as root or as a member of group rq-worker)"
 
 
 def write_output(text: str, path: str | None) -> None:

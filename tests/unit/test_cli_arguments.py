@@ -299,3 +299,21 @@ def test_a_configuration_error_stays_one_line_for_monitoring_too(shell, mode):
     assert outcome.status in (0, 3), outcome
     message = outcome.stdout if mode == "--check" else outcome.stderr
     assert "etc\\nx" in message and len(message.strip().splitlines()) == 1, outcome
+
+
+def test_a_refusal_or_no_redis_names_the_default_env_file_this_user_could_not_read(tmp_path, monkeypatch):
+    """A user outside group rq-worker runs ``status``: the default worker.env (0640) is passed over unread, and
+    Redis refused the login with no word of why; the one line now says the file was not read and how to."""
+    import argparse
+
+    env_file = tmp_path / "worker.env"
+    env_file.write_text("REDIS_PASSWORD=secret\n")
+    monkeypatch.setattr(cli, "DEFAULT_ENV_FILE", str(env_file))
+    args = argparse.Namespace(env_file=str(env_file))
+    monkeypatch.setattr(cli.os, "access", lambda path, mode: False)
+    assert cli._unread(args) == (f"; {env_file} was not read (this user may not: run as root or as a member of "
+                                 "group rq-worker)")
+    monkeypatch.undo()
+    monkeypatch.setattr(cli, "DEFAULT_ENV_FILE", str(env_file))
+    assert cli._unread(args) == "", "read: nothing to add"
+    assert cli._unread(argparse.Namespace(env_file=str(tmp_path / "other.env"))) == "", "a file given by hand"
