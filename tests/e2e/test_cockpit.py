@@ -226,6 +226,7 @@ def test_a_user_without_administrative_access_sees_one_line_errors_and_changes_n
     one-line error (worker.env is 0640) and no figure, and a restart from the page is refused by systemd
     (polkit asks for an administrator, and no one can answer): the instance keeps its process."""
     box, browser = host
+    systemctl(box, "start", "rq-worker@1", "rq-worker@2")  # the stop step stopped one of them
     box.run("id viewer >/dev/null 2>&1 || useradd --create-home viewer")
     start_cockpit_ws(box, VIEWER_PORT, user="viewer")
     browser.wait_port(VIEWER_PORT)
@@ -253,7 +254,7 @@ def test_the_page_in_cockpits_shell_for_the_readme(host):
     (manifest.json). The screenshot <release>-shell.png is the README's. The shell's own console entries
     are Cockpit's; those of our page (its frame) fail the step."""
     box, browser = host
-    systemctl(box, "start", "rq-worker@1", "rq-worker@2")  # both running again, as the overview should look
+    systemctl(box, "start", "rq-worker@1", "rq-worker@2")  # both running, as the overview should look
     browser.console_errors()  # what came before is checked by the steps above
     seen = len(browser.console)
     browser.open(SHELL)
