@@ -594,17 +594,17 @@
             refreshJob();
     }
 
-    /** Cockpit's own light/dark choice (the shell keeps it in localStorage "shell:style"), else the system's. */
+    /** Cockpit's own light/dark choice (the shell keeps it in localStorage "shell:style"), else the system's:
+     *  one class, ``theme-dark``, so that the stylesheet states the dark palette once. */
     function applyTheme() {
         let style = "auto";
         try {
             style = window.localStorage.getItem("shell:style") || "auto";
         } catch (ex) {
-            // no storage (a locked-down browser): the system's preference, through CSS alone
+            // no storage (a locked-down browser): the system's preference
         }
-        const root = document.documentElement;
-        root.classList.toggle("theme-dark", style === "dark");
-        root.classList.toggle("theme-light", style === "light");
+        const system = window.matchMedia && window.matchMedia("(prefers-color-scheme: dark)").matches;
+        document.documentElement.classList.toggle("theme-dark", style === "dark" || (style !== "light" && system));
     }
 
     function wire() {
@@ -646,6 +646,8 @@
         });
         cockpit.addEventListener("locationchanged", () => route());
         window.addEventListener("storage", event => { if (event.key === "shell:style") applyTheme() });
+        if (window.matchMedia)
+            window.matchMedia("(prefers-color-scheme: dark)").addEventListener("change", applyTheme);
         document.addEventListener("visibilitychange", () => { if (document.visibilityState === "visible") tick() });
     }
 
