@@ -137,7 +137,7 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
         with early.wait():  # nothing is held yet: a stop ends it at once
             connection = wait_for_redis(lambda: make_connection(settings.redis, settings.key_prefix, settings.name,
                                                                 redis_class=prepared.redis_class),
-                                        settings.redis, notifier, settings.redis_startup_wait)
+                                        settings.redis, notifier, settings.redis_startup_wait, sleep=early.sleep)
         warn_if_not_persistent(connection, settings.redis)
         for message in mixed_rq_workers(connection, list(settings.queues)):
             log.warning("%s", message)

@@ -17,6 +17,7 @@ nothing restarted it. Like the worker's own handlers (gunicorn's arbiter), these
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -68,6 +69,13 @@ class EarlySignals:
             yield
         finally:
             self.waiting = False
+
+    def sleep(self, seconds: float) -> None:
+        """A pause of a wait (``wait``): ended at once by a stop, also one whose StartupStopped a library
+        swallowed (sdnotify's send, logging's emit: the wait's status and log line come just before)."""
+        if self.stop_requested:
+            raise StartupStopped(self.names())
+        time.sleep(seconds)
 
     def hand_over(self) -> None:
         """The worker's own handlers are installed: each signal that came meanwhile goes to its

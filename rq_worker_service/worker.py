@@ -248,6 +248,7 @@ class ServiceWorkerMixin(_Base):
                     self.parts.held.retake = True
                     self.parts.outage.failed(exc)
                     self.heartbeat()  # the tick (watchdog, STATUS=); a stop that came meanwhile ends here
+                    self._raise_if_stopping()
                     time.sleep(wait)
                     wait = min(wait * self.exponential_backoff_factor, self.max_connection_wait_time)
         except redis.exceptions.ResponseError as exc:
@@ -270,15 +271,20 @@ class ServiceWorkerMixin(_Base):
             self.parts.guard.call(super().heartbeat)  # rq's beat after the pop, without the tick
         return result
 
+    def _raise_if_stopping(self) -> None:
+        """Before a wait of the idle loop (the pop, the backoff after a Redis error): a stop's handler
+        raises StopRequested where it lands, and that is lost inside a library that catches every
+        Exception (sdnotify's send, logging's emit: the tick does both) after the heartbeat's look at the
+        flag; the wait then ran its whole length (a tick) before the stop was seen. The flag stays."""
+        if self._stop_requested:
+            raise StopRequested()
+
     def _pop(self, timeout: int | None) -> tuple[str | None, str] | None:
         """(queue key, job id) of the job now in hand (held), or None when none came in time. The
         queue key is None for an id that was held already (a reply lost on the way).
 
-        A stop is looked at once more right before the pop blocks: its handler's StopRequested is lost
-        when it lands inside a library that catches every Exception (sdnotify's send, logging's emit)
-        after the heartbeat's look, and the pop then waited out its timeout (a tick) before the stop."""
-        if self._stop_requested:
-            raise StopRequested()
+        A stop is looked at once more right before the pop blocks (``_raise_if_stopping``)."""
+        self._raise_if_stopping()
         reply = self.parts.held.pop([queue.key for queue in self._ordered_queues], timeout)
         if reply is not None:
             self.parts.popping = False  # in hand: from here on the job is started, whatever comes

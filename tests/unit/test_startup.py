@@ -42,6 +42,25 @@ def test_a_stop_ends_a_wait_at_once_and_a_reload_does_not(early):
     assert early.names() == "SIGHUP, SIGTERM, SIGINT"
 
 
+def test_a_stop_swallowed_inside_a_wait_still_ends_its_next_pause(early, monkeypatch):
+    """The wait for Redis logs a line and sends STATUS= before each pause; a stop landing in either (logging's
+    emit, sdnotify's send: both catch every Exception) lost its StartupStopped, and the worker waited out
+    RQ_REDIS_STARTUP_WAIT, then exited 69 instead of 0. The pause looks at what was recorded."""
+    import time
+
+    slept: list[float] = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    with pytest.raises(StartupStopped), early.wait():
+        early.sleep(1.0)
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+        except StartupStopped:
+            pass  # what sdnotify and logging do with it
+        early.sleep(2.0)
+        pytest.fail("the wait went on after the stop")
+    assert slept == [1.0]
+
+
 def test_hand_over_gives_each_signal_to_the_handler_installed_since_in_order_once(early):
     os.kill(os.getpid(), signal.SIGHUP)
     os.kill(os.getpid(), signal.SIGTERM)

@@ -1,6 +1,6 @@
 """The worker's idle waits, on fakeredis: the wait while ``rq suspend`` holds (``worker._wait_while_suspended``,
-rq's look replaced: what it shows, when it ends, and that an outage does not end it), and the pop, which a
-stop keeps from blocking."""
+rq's look replaced: what it shows, when it ends, and that an outage does not end it), and the pop and the
+backoff after a failed one, which a stop keeps from blocking."""
 
 from __future__ import annotations
 
@@ -90,3 +90,35 @@ def test_a_stop_whose_raise_a_library_swallowed_before_the_pop_pops_nothing(work
     with pytest.raises(StopRequested):
         worker.dequeue_job_and_maintain_ttl(timeout=10)
     assert popped == [], "the pop blocked although a stop was requested"
+
+
+def test_a_stop_swallowed_in_an_outage_s_heartbeat_ends_the_backoff(worker, monkeypatch):
+    """The same stop, swallowed in the heartbeat after a failed pop: the backoff (up to a tick) was slept out
+    before the stop was seen."""
+    from rq.exceptions import StopRequested
+
+    pops: list = []
+
+    def pop(keys, timeout):
+        pops.append(timeout)
+        raise redis.exceptions.ConnectionError("down")
+
+    beats = []
+    original = worker.parts.between_jobs
+
+    def between_jobs() -> None:
+        beats.append(1)
+        if len(beats) == 2:  # the heartbeat after the failed pop
+            try:
+                worker.request_stop(signal.SIGTERM, None)
+            except StopRequested:
+                pass
+        original()
+
+    slept: list[float] = []
+    monkeypatch.setattr(worker.parts.held, "pop", pop)
+    monkeypatch.setattr(worker.parts, "between_jobs", between_jobs)
+    monkeypatch.setattr(worker_module.time, "sleep", slept.append)
+    with pytest.raises(StopRequested):
+        worker.dequeue_job_and_maintain_ttl(timeout=10)
+    assert (pops, slept) == ([10], []), "the backoff was slept out although a stop was requested"
