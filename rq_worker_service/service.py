@@ -133,6 +133,7 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
     started = {None: "Starting", RECYCLED: "Recycled"}.get(reexec_why, "Reloaded")
     log.info("%s worker %s (%s) for queues %s on Redis %s", started, settings.name,
              settings.worker_class, ", ".join(settings.queues), settings.redis.display)
+    worker: ServiceWorkerMixin | None = None
     try:
         with early.wait():  # nothing is held yet: a stop ends it at once
             connection = wait_for_redis(lambda: make_connection(settings.redis, settings.key_prefix, settings.name,
@@ -170,6 +171,10 @@ def run(overrides: dict, env_files: Sequence[str] = (), check_only: bool = False
     except StopRequested:
         return exits.OK  # stopped during start-up, before the loop began
     except REDIS_ERRORS as exc:
+        if worker is not None and worker.parts.lifecycle.phase is Phase.STOPPING:  # rq's teardown met the outage
+            log.warning("Stopped with Redis at %s unreachable (%s): this worker's registration and any id it held "
+                        "stay in Redis, for its next start or another worker to clear", settings.redis.display, exc)
+            return exits.OK  # what was asked: a stop (69 left the unit failed after systemctl stop)
         return notifier.fail(f"lost Redis at {settings.redis.display}: {exc}; exiting so that systemd restarts "
                              "this instance", exits.UNAVAILABLE, errno.ECONNRESET)
     except redis.exceptions.NoPermissionError as exc:  # at registration, before the loop

@@ -209,6 +209,24 @@ def test_redis_outage_keeps_pinging_and_recovers(start_worker, notify, redis_ser
                what="a job after the outage")
 
 
+def test_a_stop_during_a_redis_outage_is_a_clean_stop(start_worker, notify):
+    """systemctl stop while Redis is down: rq's teardown (its death record) met the outage and the worker
+    exited 69 "so that systemd restarts it", which left a stopped unit failed. A stop exits 0, saying what
+    it left in Redis."""
+    server = RedisServer().start()
+    try:
+        worker = start_worker("1", notify=notify, url=server.url)
+        notify.wait_for("READY=1")
+        server.stop()
+        notify.wait_for("STATUS=", contains="Redis unreachable", timeout=10)
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(10) == 0
+        out = worker.output()
+        assert "Stopped with Redis at" in out and "so that systemd restarts" not in out, out[-3000:]
+    finally:
+        server.cleanup()
+
+
 def test_unreachable_redis_at_start_waits_then_exits_69(start_worker, notify):
     port_url = "redis://127.0.0.1:1/0"
     worker = start_worker("1", notify=notify, url=port_url, env={"RQ_REDIS_STARTUP_WAIT": "2"})
