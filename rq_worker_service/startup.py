@@ -62,8 +62,7 @@ class EarlySignals:
     @contextmanager
     def wait(self) -> Iterator[None]:
         """A wait that a stop ends at once (``StartupStopped``): nothing may be held in it."""
-        if self.stop_requested:
-            raise StartupStopped(self.names())
+        self._raise_if_stopped()
         self.waiting = True
         try:
             yield
@@ -73,9 +72,12 @@ class EarlySignals:
     def sleep(self, seconds: float) -> None:
         """A pause of a wait (``wait``): ended at once by a stop, also one whose StartupStopped a library
         swallowed (sdnotify's send, logging's emit: the wait's status and log line come just before)."""
+        self._raise_if_stopped()
+        time.sleep(seconds)
+
+    def _raise_if_stopped(self) -> None:
         if self.stop_requested:
             raise StartupStopped(self.names())
-        time.sleep(seconds)
 
     def hand_over(self) -> None:
         """The worker's own handlers are installed: each signal that came meanwhile goes to its
