@@ -465,19 +465,36 @@
         detail.hidden = false;
     }
 
-    /** journalctl for the job's RQ_JOB_ID=: all its records, then (``follow``) the new ones as they come. */
+    /** journalctl for the job's RQ_JOB_ID=: all its records, then (``follow``) the new ones as they come.
+     *  A whole read (no follow) replaces the list only once journalctl has ended, so the re-read after a
+     *  followed job ends does not blank the records the operator is looking at. */
     function startJournal(jobId, follow) {
         stopJournal();
         const log = $("job-log");
-        log.replaceChildren();
+        if (follow)
+            log.replaceChildren();
         const args = ["journalctl", "-o", "json", "--no-pager", "--quiet", "--lines=all"];
         if (follow)
             args.push("--follow");
         args.push("RQ_JOB_ID=" + jobId);
-        const journal = { follow, rest: "", proc: null, closed: false };
+        const journal = { follow, rest: "", proc: null, closed: false, read: [] };
         state.journal = journal;
         log.dataset.following = follow ? "1" : "0";
+        log.dataset.read = "0"; // "1" once journalctl has ended and every record it printed is shown
         $("job-log-state").textContent = follow ? "(following live)" : "";
+        const take = line => {
+            const item = recordItem(line);
+            if (!item)
+                return;
+            if (!follow) {
+                journal.read.push(item);
+                return;
+            }
+            const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+            log.append(item);
+            if (atBottom)
+                log.scrollTop = log.scrollHeight;
+        };
         try {
             journal.proc = cockpit.spawn(args, SPAWN);
         } catch (ex) {
@@ -489,12 +506,15 @@
                 return;
             const { lines, rest } = D.takeLines(journal.rest, chunk);
             journal.rest = rest;
-            lines.forEach(line => appendRecord(log, line));
+            lines.forEach(take);
         });
         journal.proc.then(() => {
             if (journal.closed)
                 return;
-            D.takeLines(journal.rest, "\n").lines.forEach(line => appendRecord(log, line));
+            D.takeLines(journal.rest, "\n").lines.forEach(take);
+            if (!follow)
+                log.replaceChildren(...journal.read);
+            log.dataset.read = "1";
             setError("journal", null);
         }, ex => {
             if (!journal.closed)
@@ -507,24 +527,23 @@
         });
     }
 
-    function appendRecord(log, line) {
+    /** One journal record as a list item; null for a line that is not one (a partial write cut by a
+     *  closed follow): there is nothing to show of it. */
+    function recordItem(line) {
         let record;
         try {
             record = D.journalRecord(line);
         } catch (ex) {
-            return; // not a record (a partial write cut by a closed follow): nothing to show
+            return null;
         }
-        const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
-        log.append(el("li", {
+        return el("li", {
             className: "record" + (record.priority !== null && record.priority <= 3 ? " err" : ""),
             "data-unit": record.unit, "data-priority": record.priority,
         }, [
             el("span", { className: "time", text: D.timestamp(record.time) }), " ",
             el("span", { className: "unit", text: record.unit || "-" }), " ",
             el("span", { className: "message", text: record.message }),
-        ]));
-        if (atBottom)
-            log.scrollTop = log.scrollHeight;
+        ]);
     }
 
     function stopJournal() {
