@@ -44,7 +44,10 @@ class Handoff:
         """Open the next horse's connection (in the worker, while the current horse runs)."""
         if not self.enabled or self.spare is not None:
             return
-        spare = self.pool.connection_class(**self.pool.connection_kwargs)
+        # Without the driver's CLIENT SETINFO ×2 (LIB-NAME, LIB-VER): two round trips per job, counted
+        # as commands by Redis ≥ 7.2 and refused by older ones; CLIENT LIST names the horse's connection
+        # by its worker all the same (CLIENT SETNAME, which fencing needs).
+        spare = self.pool.connection_class(**dict(self.pool.connection_kwargs, driver_info=None))
         # redis-py checks a connection's health (a PING) before its first command once it is older than
         # health_check_interval, and a new one counts as old: a PING before HELLO, one more command per
         # job. A new socket's HELLO answers for its health.

@@ -19,10 +19,10 @@ worker's own list (``keys.held(name)``):
   BLMOVE returns then goes back to the head of its queue in one step (``_UNLESS_SUSPENDED``).
 
 The registration (rq's ``prepare_execution`` pipeline, which adds the StartedJobRegistry entry)
-removes the id in the same MULTI/EXEC, so a popped job is at every moment in its queue, in a held
-list or in the StartedJobRegistry. What a held list holds belongs to its owner alone; it is put
-back at the front of its queue, status untouched (it never ran: no retry attempt is taken), one
-atomic step per job, by:
+removes the id in the same script that runs it (``Held.register``), so a popped job is at every
+moment in its queue, in a held list or in the StartedJobRegistry. What a held list holds belongs to
+its owner alone; it is put back at the front of its queue, status untouched (it never ran: no retry
+attempt is taken), one atomic step per job, by:
 
 * the owner itself when it leaves (a stop or reload that came with a reply in hand) and when it
   starts (what its previous run held when it died);
@@ -55,15 +55,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from redis import Redis
-from redis.exceptions import NoScriptError
 from rq.defaults import DEFAULT_FAILURE_TTL
 from rq.queue import Queue
 from rq.suspension import WORKERS_SUSPENDED
 from rq.utils import as_text, current_timestamp, get_version, now, utcformat
 
-from . import faults, keys
+from . import faults, keys, queued
 from .classes import AppClasses
 from .fencing import Fenced
 from .rqcompat import worker_key
@@ -115,14 +115,19 @@ it from the held list, as the other put-backs (``_PUT_BACK``). KEYS[4]: the job'
 job is this worker's; 1: put back; 2: dropped (deleted or cancelled meanwhile: nothing to run); -1: not
 held any more (a fencer put it back)."""
 
-_HOLDS = """
+_REGISTER = """
 if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return -1 end
+local held = false
 for _, id in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
-  if id == ARGV[1] then return 1 end
+  if id == ARGV[1] then held = true break end
 end
-return 0
+if not held then return 0 end
+""" + queued.run_flattened(3) + """
+return 1
 """
-"""KEYS: held list, fenced marks; ARGV: id, worker name. -1: this worker is fenced; 1: the id is held; 0: not."""
+"""KEYS: held list, fenced marks; ARGV: id, worker name, then the registration's commands (each: its
+length, then its words). Runs them only while the id is held and the worker is not marked fenced, at once.
+-1: this worker is fenced; 1: registered; 0: not held (nothing written)."""
 
 _PUT_BACK = """
 if ARGV[2] == '1' and redis.call('EXISTS', KEYS[4]) == 1 then return -1 end
@@ -168,7 +173,7 @@ class Held:
         self.fenced_key = keys.fencing_fenced()
         """The fencers' marks: a worker marked there moves no job any more (``fencing``)."""
         self._take = connection.register_script(_TAKE)
-        self._holds = connection.register_script(_HOLDS)
+        self._register = connection.register_script(_REGISTER)
         self.retake = False
         self.in_hand: str | None = None
         """The id the last pop returned, until its registration (``worker.prepare_execution``)."""
@@ -236,18 +241,13 @@ class Held:
             return None
         return (as_text(reply[0]) or None, as_text(reply[1])) if reply else None
 
-    def holds(self, job_id: str, pipeline) -> bool:
-        """Whether ``job_id`` is in this worker's held list, read through ``pipeline`` (watching the list
-        and the fenced marks, before its MULTI). Raises ``Fenced`` once this worker is marked fenced:
-        a pop served after its fencing (a blocking pop that outlived it, or one sent after it) is not
-        started; the id stays held, for the worker to put back as it exits (``Fencer.exit_fenced``)."""
-        # EVALSHA on the watching pipeline itself: the Script object would have the pipeline send
-        # SCRIPT EXISTS at its execute, one more command per job.
-        try:
-            found = pipeline.evalsha(self._holds.sha, 2, self.key, self.fenced_key, job_id, self.name)
-        except NoScriptError:  # (a restarted or flushed Redis)
-            self._holds.sha = self.connection.script_load(_HOLDS)
-            found = pipeline.evalsha(self._holds.sha, 2, self.key, self.fenced_key, job_id, self.name)
+    def register(self, job_id: str, commands: list[Any]) -> bool:
+        """Run ``commands`` (rq's registration, ``queued.flatten``) if ``job_id`` is still in this
+        worker's held list, in one step with that look; whether it was. Raises ``Fenced`` once this worker is
+        marked fenced, writing nothing: a pop served after its fencing (a blocking pop that outlived it, or
+        one sent after it) is not started; the id stays held, for the worker to put back as it exits
+        (``Fencer.exit_fenced``). The registration's commands include the id's removal (``release``)."""
+        found = self._register(keys=[self.key, self.fenced_key], args=[job_id, self.name, *commands])
         if found == _TAKE_FENCED:
             raise Fenced(self.name)
         return bool(found)

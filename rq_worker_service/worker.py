@@ -35,11 +35,11 @@ from rq.exceptions import AbandonedJobError, NoSuchJobError, StopRequested
 from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
-from rq.suspension import is_suspended
+from rq.suspension import WORKERS_SUSPENDED, is_suspended
 from rq.utils import as_text, now
-from rq.worker import SHUTDOWN_SIGNAL, WorkerStatus
+from rq.worker import SHUTDOWN_SIGNAL, BaseWorker, WorkerStatus
 
-from . import faults, journal, keys, startup
+from . import faults, journal, keys, queued, startup
 from .config import Settings
 from .connection import REDIS_ERRORS
 from .fencing import Fenced
@@ -70,12 +70,7 @@ class NotHeld(Exception):
 _IF_EXISTS = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return -1 end
-local i = 2
-while i <= #ARGV do
-  local n = tonumber(ARGV[i])
-  redis.call(unpack(ARGV, i + 1, i + n))
-  i = i + n + 1
-end
+""" + queued.run_flattened(2) + """
 return 1
 """
 """Run the commands in ARGV[2…] (each: its length, then its words) only while KEYS[1] exists and the worker
@@ -172,7 +167,7 @@ class ServiceWorkerMixin(_Base):
 
     def _wait_while_suspended(self) -> bool:
         """Wait while ``rq suspend`` holds (rq's look, which beats too, once a second); whether it did."""
-        if not self.parts.guard.call(is_suspended, self.connection, self):
+        if not self._suspended():
             return False
         self.log.info("Worker %s: suspended, run `rq resume` to resume", self.name)  # rq's line
         before = self.parts.guard.call(self.get_state)
@@ -195,6 +190,23 @@ class ServiceWorkerMixin(_Base):
             self.parts.status.send()
         return True
 
+    def _suspended(self) -> int | None:
+        """rq's look at ``rq suspend``'s flag before each pop (None: Redis did not answer). rq's look
+        sends its worker heartbeat along, in a transaction: MULTI, HSET, EXPIRE ×2, EXISTS, EXEC, six
+        commands per job; the beat goes with it only when due (``rq_beat_due``), else the flag's
+        EXISTS is the one command."""
+        if self.parts.rq_beat_due(None):
+            return self.parts.guard.call(is_suspended, self.connection, self)
+        return self.parts.guard.call(self.connection.exists, WORKERS_SUSPENDED)
+
+    def set_state(self, state: str, pipeline: Any = None) -> None:
+        """rq's, noting which state Redis acknowledged (``parts.state_written``): the loop's IDLE before
+        each pop is not sent again right after rq's own at the end of the job (one command per job)."""
+        self.parts.state_written = None
+        super().set_state(state, pipeline)
+        if pipeline is None:
+            self.parts.state_written = state
+
     def run_maintenance_tasks(self) -> None:
         self.parts.guard.call(super().run_maintenance_tasks)  # tried again on the next pass of the loop
 
@@ -216,7 +228,8 @@ class ServiceWorkerMixin(_Base):
         After a Redis error the id of a reply that was lost on the way may be held already: it is
         taken from the held list first (``held``). No tick runs between the pop and the registration.
         A worker marked fenced (woken after another revoked its membership) pops nothing and exits."""
-        self.parts.guard.call(self.set_state, WorkerStatus.IDLE)
+        if self.parts.state_written != WorkerStatus.IDLE:
+            self.parts.guard.call(self.set_state, WorkerStatus.IDLE)
         self.procline("Listening on " + ",".join(self.queue_names()))
         idle_since = now()
         wait = 1.0
@@ -329,40 +342,33 @@ class ServiceWorkerMixin(_Base):
 
     def prepare_execution(self, job: Job) -> Execution:
         """rq's registration (the execution, the StartedJobRegistry entry, BUSY), and the id leaves the
-        held list in the same transaction: a popped job is never in neither.
+        held list in the same step: a popped job is never in neither.
 
-        Only while the id is still held (watched): a worker frozen with the id in hand past its
-        fencing deadline, or whose rq worker key expired meanwhile, had its held list put back by
-        another (``held.put_back``); that job is queued or running elsewhere now, and starting it
-        here too would run it twice at once (``NotHeld``). An id gone because an earlier attempt's
-        ``EXEC`` was applied and its reply lost with the link (redis-py then raises WatchError, as
-        the watch died with the connection) is registered: that execution exists. A job this worker
-        did not pop (rq's API called directly, as rq's own tests do) is registered as rq does.
+        One script (``Held.register``) runs rq's writes only while the id is still held: a worker frozen
+        with the id in hand past its fencing deadline, or whose rq worker key expired meanwhile, had its
+        held list put back by another (``held.put_back``); that job is queued or running elsewhere now,
+        and starting it here too would run it twice at once (``NotHeld``). Nor once this worker is marked
+        fenced (``Fenced``: a pop served to it after its fencing; its caller exits, putting the id back).
+        A WATCH, a read, MULTI and EXEC did the same at three more commands per job.
 
-        Nor once this worker is marked fenced (the marks are watched too): a pop served to it after
-        its fencing (``Fenced``; its caller exits, putting the id back)."""
+        A reply lost with the link is sent again once (redis-py may resend it too): an id no longer held
+        then is registered if the execution this call created exists (its id is new, so only an applied
+        earlier attempt wrote it). A job this worker did not pop (rq's API called directly, as rq's own
+        tests do) is registered as rq does."""
         if job.id != self.parts.held.in_hand:
             return super().prepare_execution(job)
         self.parts.held.in_hand = None
-        execution: Execution | None = None
-        with self.connection.pipeline() as pipeline:
-            while True:
-                try:
-                    pipeline.watch(self.parts.held.key, self.parts.held.fenced_key)
-                    if not self.parts.held.holds(job.id, pipeline):
-                        if execution is not None and pipeline.exists(execution.key):
-                            break
-                        raise NotHeld(job.id)
-                    pipeline.multi()
-                    heartbeat_ttl = self.get_heartbeat_ttl(job)
-                    execution = Execution.create(job, heartbeat_ttl, pipeline=pipeline, worker_name=self.name)
-                    self.set_state(WorkerStatus.BUSY, pipeline=pipeline)
-                    self.parts.held.release(job.id, pipeline)
-                    pipeline.execute()
-                    break
-                except redis.exceptions.WatchError:
-                    continue  # the list changed, or the link dropped: read it again
-        assert execution is not None
+        with self.connection.pipeline(transaction=False) as pipeline:
+            execution = Execution.create(job, self.get_heartbeat_ttl(job), pipeline=pipeline, worker_name=self.name)
+            self.set_state(WorkerStatus.BUSY, pipeline=pipeline)
+            self.parts.held.release(job.id, pipeline)
+            commands = queued.flatten(pipeline)
+        try:
+            registered = self.parts.held.register(job.id, commands)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            registered = self.parts.held.register(job.id, commands)  # (a second error goes to execute_job)
+        if not registered and not self.connection.exists(execution.key):
+            raise NotHeld(job.id)
         self.executions[execution.id] = execution
         faults.reached("job.registered")
         return execution
@@ -399,9 +405,8 @@ class ServiceWorkerMixin(_Base):
         if execution is not None and execution.job_id != job.id:
             execution = None  # rq's API called directly, for a job this worker is not executing
         with self.connection.pipeline() as pipeline:
-            heartbeat_ttl = self.get_heartbeat_ttl(job)
-            self.heartbeat(heartbeat_ttl, pipeline=pipeline)
-            job.heartbeat(now(), heartbeat_ttl, pipeline=pipeline)
+            self.heartbeat(self.get_heartbeat_ttl(job), pipeline=pipeline)
+            # (rq's job.heartbeat here is left out: prepare_for_execution writes last_heartbeat too)
             job.prepare_for_execution(self.name, pipeline=pipeline)
             pipeline.persist(job.key)
             if remove_from_intermediate_queue:  # (rq's API; our pop never uses rq's intermediate list)
@@ -410,11 +415,7 @@ class ServiceWorkerMixin(_Base):
             if execution is None:
                 pipeline.execute()
                 return
-            encode = self.connection.get_encoder().encode
-            flat: list[Any] = []
-            for args, _options in pipeline.command_stack:
-                flat += [len(args), *(encode(arg) for arg in args)]
-            pipeline.reset()
+            flat = queued.flatten(pipeline)
         if self._if_exists(keys=[execution.key, keys.fencing_fenced()], args=[self.name, *flat]) != 1:
             raise TakenBack(job.id)
 
@@ -515,11 +516,19 @@ class ServiceWorkerMixin(_Base):
         the job was re-queued (perhaps run elsewhere) and its end is not this worker's to write. So
         when its last beat that went through is older than half a period (only then may a fencer
         have claimed it) it beats first, and exits there if fenced (``Fencer.exit_fenced``); otherwise
-        no Redis call is added. A horse's end needs no check: its lease ends it before any fencing."""
+        no Redis call is added. A horse's end needs no check: its lease ends it before any fencing.
+
+        rq's own step writes the job's ``last_heartbeat`` alone (one HSET, a round trip per job); every
+        end that follows (finished, failed, retried, scheduled, stopped) saves the whole job hash, which
+        carries it, so it is only set here. An app's worker class that overrides the step gets rq's."""
         faults.reached("job.performed")
         if not self.is_horse and self.parts.fencer.membership.may_be_fenced():
             self.parts.fencer.beat()
-        super().handle_execution_ended(job, queue, heartbeat_ttl)
+        rqs = super().handle_execution_ended
+        if getattr(rqs, "__func__", None) is not BaseWorker.handle_execution_ended:
+            rqs(job, queue, heartbeat_ttl)
+            return
+        job.ended_at = job.last_heartbeat = now()
 
     def handle_job_success(self, job: Job, queue: Queue, started_job_registry: Any, execution: Execution) -> None:
         """rq's end of a job that returned, written by a simple worker only while it is not marked fenced.

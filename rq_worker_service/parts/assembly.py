@@ -79,6 +79,9 @@ class ServiceParts:
         """Waiting while ``rq suspend`` holds (``worker._wait_while_suspended``): STATUS= says so."""
         self.popping = False
         """In rq's blocking pop with nothing in hand: only there may a stop interrupt the loop."""
+        self.state_written: str | None = None
+        """The worker state (rq's ``set_state``) Redis acknowledged last; None once one is queued on a
+        pipeline or failed, as it is then not known (``worker.set_state``)."""
         self.in_horse_wait = False
         """In rq's wait for the horse, inside its SIGALRM-based monitor timeout."""
         self.horse_killed = False

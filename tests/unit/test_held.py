@@ -183,20 +183,32 @@ def test_a_fenced_worker_s_pop_moves_nothing_and_says_so(conn):
     assert other.pop([q1.key, q2.key], None) == (q2.key, waiting.id), "only the marked worker is refused"
 
 
-def test_a_job_a_blocking_pop_handed_to_a_fenced_worker_is_not_held_for_a_start(conn):
-    """``holds`` (the registration's watched read) refuses once the worker is marked fenced, though the
-    id is in its list: a blocking pop served after the fencing; else it says whether the id is held."""
+def test_the_registration_runs_only_while_the_id_is_held_and_never_once_fenced(conn):
+    """``register`` (the registration's script) writes its commands only while the id is held, in one
+    step with that look; it refuses once the worker is marked fenced, though the id is in its list (a
+    blocking pop served after the fencing), writing nothing."""
+    from rq_worker_service import queued
     from rq_worker_service.fencing import FENCED_KEY, Fenced
 
     (q1,) = queues(conn, "q1")
     job = q1.enqueue(quick_job, 1)
     held = Held(conn, "w1", RQ_DEFAULTS)
     conn.lmove(q1.key, held.key)
-    assert held.holds(job.id, conn) and not held.holds("other", conn)
+
+    def writes(mark: str) -> list:
+        with conn.pipeline(transaction=False) as pipe:
+            pipe.hset("registered", mark, 1)
+            pipe.expire("registered", 60)
+            return queued.flatten(pipe)
+
+    assert not held.register("other", writes("other")) and not conn.exists("registered")
     conn.hset(FENCED_KEY, "w1", '{"by": "w2"}')
     with pytest.raises(Fenced):
-        held.holds(job.id, conn)
-    assert held.ids() == [job.id], "left held: the worker puts it back as it exits"
+        held.register(job.id, writes("fenced"))
+    assert held.ids() == [job.id] and not conn.exists("registered"), "left held: the worker puts it back as it exits"
+    conn.hdel(FENCED_KEY, "w1")
+    assert held.register(job.id, writes("held"))
+    assert conn.hgetall("registered") == {b"held": b"1"} and 0 < conn.ttl("registered") <= 60
 
 
 def test_while_suspended_the_take_script_moves_nothing_but_a_held_id_is_still_served(conn):
