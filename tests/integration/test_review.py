@@ -81,33 +81,32 @@ def test_a_worker_frozen_after_the_registration_does_not_start_the_job_its_fence
     assert executions(rconn, "registered-frozen") == 1, rconn.lrange("ran:default", 0, -1)
 
 
-DROP_EXEC_REPLY = '''
+DROP_REGISTRATION_REPLY = '''
 import os
 import redis
-from redis.client import Pipeline
-_run = Pipeline._execute_transaction
+_run = redis.Redis.execute_command
 
-def _dropped(self, connection, commands, raise_on_error):
-    watching = self.watching
-    reply = _run(self, connection, commands, raise_on_error)
-    held = any(args[0] == "LREM" and ":service:held:" in str(args[1]) for args, _ in commands)
+def _dropped(self, *args, **options):
+    reply = _run(self, *args, **options)
+    # The registration's script: EVALSHA with the held list among its keys and rq's writes, its LREM of
+    # the held id among them, in its arguments (held.Held.register).
+    registration = args and args[0] == "EVALSHA" and b"LREM" in args and any(":service:held:" in str(a) for a in args)
     mark = os.environ["DROP_MARK"]
-    if held and not os.path.exists(mark):  # applied by Redis; the reply (EXEC's) never read
+    if registration and not os.path.exists(mark):  # applied by Redis; its reply never read
         open(mark, "w").close()
-        self.watching = watching
-        raise redis.exceptions.ConnectionError("Connection closed by server (EXEC reply dropped by the test)")
+        raise redis.exceptions.ConnectionError("Connection closed by server (reply dropped by the test)")
     return reply
 
-Pipeline._execute_transaction = _dropped
+redis.Redis.execute_command = _dropped
 '''
 
 
 @pytest.mark.parametrize("queues", ["one", "three"])
 def test_a_registration_whose_reply_is_lost_runs_the_job_once(queues, start_worker, rconn, tmp_path):
-    """The registration's EXEC is applied and its reply lost with the link: the job runs, once."""
+    """The registration's script is applied and its reply lost with the link: the job runs, once."""
     site = tmp_path / "dropsite"
     site.mkdir()
-    (site / "sitecustomize.py").write_text(DROP_EXEC_REPLY)
+    (site / "sitecustomize.py").write_text(DROP_REGISTRATION_REPLY)
     env = QUEUES if queues == "three" else {"WATCHDOG_USEC": "3000000", "RQ_WITH_SCHEDULER": "no"}
     start_worker("1", env={**env, "PYTHONPATH": str(site), "DROP_MARK": str(tmp_path / "dropped")})
     Queue("q1" if queues == "three" else "default", connection=rconn).enqueue(quick_job, 1, job_id="exec-lost")
