@@ -61,10 +61,16 @@ CLUSTER_MOVED_ERRORS = (redis.exceptions.AskError, redis.exceptions.TryAgainErro
 message, so only a plain ResponseError still starts with it."""
 
 
+SCRIPT_NON_LOCAL_KEY = "Script attempted to access a non local key in a cluster node"
+"""Redis Cluster's refusal of a write inside a script (ours replay rq's writes, ``queued``) to a key of a
+slot being migrated away: the same news as an ASK for a command of its own."""
+
+
 def slot_moved(target: RedisTarget, exc: BaseException) -> bool:
     """Whether ``exc`` says that the cluster node we use no longer serves our keys' slot."""
     return bool(target.cluster) and (isinstance(exc, CLUSTER_MOVED_ERRORS) or (
-        isinstance(exc, redis.exceptions.ResponseError) and str(exc).startswith(CLUSTER_MOVED)))
+        isinstance(exc, redis.exceptions.ResponseError)
+        and (str(exc).startswith(CLUSTER_MOVED) or SCRIPT_NON_LOCAL_KEY in str(exc))))
 
 
 def slot_moved_message(key_prefix: str, exc: BaseException) -> str:

@@ -77,6 +77,10 @@ return 1
 ARGV[1] is not marked fenced in KEYS[2], at once. 0: the execution is gone; -1: the worker is fenced."""
 
 
+class EndNotWritten(Exception):
+    """Redis failed while the end of a job that returned was written (its ``__cause__``)."""
+
+
 class TakenBack(Exception):
     """This worker's execution of a job is gone: a rescue claimed it while the worker was silent
     (frozen, cut off) and the job is queued, failed or running elsewhere now."""
@@ -423,9 +427,31 @@ class ServiceWorkerMixin(_Base):
     def _if_exists(self) -> Any:
         return self.connection.register_script(_IF_EXISTS)
 
+    def _finalize_success(self, job: Job, queue: Queue, execution: Execution, return_value: Any) -> None:
+        """rq's end of a job that returned; a Redis error while it is written is not the job's failure
+        (``EndNotWritten``, handled in ``_finalize_failure``)."""
+        try:
+            super()._finalize_success(job, queue, execution, return_value)
+        except REDIS_ERRORS as exc:
+            raise EndNotWritten(exc) from exc
+
     def _finalize_failure(self, job: Job, queue: Queue, execution: Execution, exc_info: Any) -> None:
         """A job taken back before it started here (``TakenBack``) is not this worker's to fail: nothing
-        is written; a horse then exits 0, and its worker leaves the job to where it is now."""
+        is written; a horse then exits 0, and its worker leaves the job to where it is now.
+
+        Nor is a job whose end could not be written because Redis failed after it returned (a failover,
+        a dropped link: ``EndNotWritten``). rq took that for the job's exception: it logged the Redis
+        error's traceback as the job's, ran the job's failure callback and the exception handlers (Sentry)
+        for a job that succeeded, then met the outage again. Here one warning, and the Redis error goes
+        on: a horse exits 1 and its worker records it as a horse lost under the job, a simple worker's
+        loop meets it as a lost Redis around the job (``parts.job_lost``); either way the job is
+        re-queued once Redis answers unless its end was recorded after all (a reply lost with the link)."""
+        if isinstance(exc_info[1], EndNotWritten):
+            cause = exc_info[1].__cause__
+            log.warning("Lost Redis while recording the end of job %s (%s), which returned: %s; it is re-queued "
+                        "once Redis answers unless its end was recorded", job.id, job_func(job), cause,
+                        extra={"RQ_JOB_ID": job.id, "RQ_QUEUE": queue.name})
+            raise cause  # type: ignore[misc]
         if isinstance(exc_info[1], TakenBack):
             log.warning("Job %s was put back on its queue while this worker was silent (frozen or cut off) between "
                         "registering it and starting it: not running it here", job.id,
@@ -520,12 +546,16 @@ class ServiceWorkerMixin(_Base):
 
         rq's own step writes the job's ``last_heartbeat`` alone (one HSET, a round trip per job); every
         end that follows (finished, failed, retried, scheduled, stopped) saves the whole job hash, which
-        carries it, so it is only set here. An app's worker class that overrides the step gets rq's."""
+        carries it, so it is only set here. An app's worker class that overrides the step gets rq's, and so
+        does a worker without rq's default exception handler (RQ_DISABLE_DEFAULT_EXCEPTION_HANDLER, rq's
+        -d), whose failed job's end writes its status alone."""
         faults.reached("job.performed")
         if not self.is_horse and self.parts.fencer.membership.may_be_fenced():
             self.parts.fencer.beat()
         rqs = super().handle_execution_ended
-        if getattr(rqs, "__func__", None) is not BaseWorker.handle_execution_ended:
+        # (rq -d: a failed job's end writes its status alone, not the hash; rq's HSET then stays)
+        if getattr(rqs, "__func__", None) is not BaseWorker.handle_execution_ended \
+                or self.disable_default_exception_handler:
             rqs(job, queue, heartbeat_ttl)
             return
         job.ended_at = job.last_heartbeat = now()

@@ -215,3 +215,48 @@ def test_a_link_drop_as_the_job_is_marked_started_does_not_fail_it(kind, start_w
         time.sleep(0.2)
     assert (tmp_path / "cut").exists()
     assert status(rconn, "cut-at-started") == "finished" and executions(rconn, "cut-at-started") == 1
+
+
+CUT_AT_THE_END = '''
+import os
+import redis
+from redis.client import Pipeline
+_watch = Pipeline.watch
+
+def _cut(self, *names):
+    mark = os.environ["END_MARK"]
+    if any(str(n).endswith(":dependents") for n in names) and not os.path.exists(mark):  # rq's end of a job
+        open(mark, "w").close()
+        self.reset()
+        raise redis.exceptions.ConnectionError("Connection closed by server (cut by the test)")
+    return _watch(self, *names)
+
+Pipeline.watch = _cut
+'''
+
+
+@pytest.mark.parametrize("kind", ["fork", "simple"])
+def test_a_link_drop_as_a_returned_jobs_end_is_written_is_not_its_failure(kind, start_worker, rconn, tmp_path):
+    """rq's perform_job took a Redis error in the end of a job that returned for the job's own: the
+    traceback logged as the job's, its failure callback and exception handlers run with the Redis error.
+    Here one warning, and the job goes where a job lost with its worker goes: re-queued by the rescue
+    (simple; rq's abandoned-job callback), or retried as interrupted (fork: its horse exits 1)."""
+    from testjobs import note_failure
+
+    site = tmp_path / "endsite"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(CUT_AT_THE_END)
+    worker = start_worker("1", env={"WATCHDOG_USEC": "3000000", "RQ_WITH_SCHEDULER": "no", "RQ_WORKER_CLASS": kind,
+                                    "PYTHONPATH": str(site), "END_MARK": str(tmp_path / "cut")})
+    Queue(connection=rconn).enqueue(quick_job, 1, job_id="cut-at-end", on_failure=note_failure)
+    wanted = "finished" if kind == "simple" else "scheduled"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and status(rconn, "cut-at-end") != wanted:
+        time.sleep(0.2)
+    output = worker.output()
+    assert status(rconn, "cut-at-end") == wanted, (where(rconn, "cut-at-end"), output[-4000:])
+    assert (tmp_path / "cut").exists()
+    assert "Lost Redis while recording the end of job cut-at-end" in output, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    assert rconn.get("failure-callback:cut-at-end") in (None, b"AbandonedJobError"), \
+        "the failure callback ran with the Redis error as the job's"

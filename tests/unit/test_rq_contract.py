@@ -81,6 +81,7 @@ OVERRIDES: dict[type, dict[str, str]] = {
         "run_maintenance_tasks": "worker.py: likewise; tried again on the next pass",
         "prepare_job_execution": "worker.py: the STARTED mark, only while our execution exists; again after an error",
         "_finalize_failure": "worker.py: a job taken back before it started here is not failed here",
+        "_finalize_success": "worker.py: a Redis error while the end is written is not the job's failure",
         "clean_registries": "worker.py: registered, never started, expired: put back before rq's cleanup drops it",
         "wait_for_horse": "worker.py: a stop wakes the monitor at once",
         "kill_horse": "worker.py: a deliberate kill is not a crash",
@@ -175,6 +176,9 @@ class Internal(NamedTuple):
 
 INTERNALS: list[Internal] = [
     # rq: the worker
+    Internal(("rq.worker.BaseWorker._finalize_success",),
+             "worker.py: a Redis error while a returned job's end is written is not the job's failure",
+             ("test_a_returned_jobs_end_goes_through_finalize_success_inside_perform_jobs_try",)),
     Internal(("rq.worker.BaseWorker._finalize_failure",),
              "worker.py: a job taken back (its execution claimed) before its STARTED mark is not failed here",
              ("test_a_failure_rq_finalizes_goes_through_finalize_failure",)),
@@ -552,6 +556,15 @@ def test_a_failure_rq_finalizes_goes_through_finalize_failure():
     source = inspect.getsource(BaseWorker.perform_job)
     assert source.find("self.prepare_job_execution(") < source.find("self._finalize_failure(job, queue, execution, "
                                                                      "sys.exc_info())")
+
+
+def test_a_returned_jobs_end_goes_through_finalize_success_inside_perform_jobs_try():
+    """worker.py's ``_finalize_success`` writes a returned job's end inside perform_job's try, whose except
+    hands what it raises (``EndNotWritten``) to ``_finalize_failure``; the end's writes are in it."""
+    source = inspect.getsource(BaseWorker.perform_job)
+    assert source.find("job.perform()") < source.find("self._finalize_success(job, queue, execution, return_value)") \
+        < source.find("except:") < source.find("self._finalize_failure(job, queue, execution, sys.exc_info())")
+    assert "self.handle_job_success(" in inspect.getsource(BaseWorker._finalize_success)
 
 
 def test_the_end_of_a_job_is_one_transaction_watched_before_move_dependents_to_ready():
