@@ -373,6 +373,7 @@ class ServiceWorkerMixin(_Base):
             registered = self.parts.held.register(job.id, commands)  # (a second error goes to execute_job)
         if not registered and not self.connection.exists(execution.key):
             raise NotHeld(job.id)
+        self.parts.held.registered = execution.id
         self.executions[execution.id] = execution
         faults.reached("job.registered")
         return execution
@@ -413,7 +414,8 @@ class ServiceWorkerMixin(_Base):
             # (rq's job.heartbeat here is left out: prepare_for_execution writes last_heartbeat too)
             job.prepare_for_execution(self.name, pipeline=pipeline)
             pipeline.persist(job.key)
-            if remove_from_intermediate_queue:  # (rq's API; our pop never uses rq's intermediate list)
+            ours = execution is not None and execution.id == self.parts.held.registered
+            if remove_from_intermediate_queue and not ours:  # (rq's API: our pop never uses rq's intermediate list)
                 pipeline.lrem(self.queue_class(job.origin, connection=self.connection).intermediate_queue_key,
                               1, job.id)
             if execution is None:
