@@ -15,47 +15,16 @@ steady drain and excludes start-up and this script's polling.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
 
-from redis import Redis
+from probes import commands, connection, cpu, cpu_by_process
 from rq import Queue, Worker
 from rq.job import Job, JobStatus
 
 TIMEOUT = 600.0
 POLL = 0.05
-
-
-def connection() -> Redis:
-    return Redis(host="127.0.0.1", port=6379, db=0)
-
-
-def commands(conn: Redis) -> int:
-    return sum(v["calls"] for v in conn.info("commandstats").values())
-
-
-def cpu(conn: Redis) -> float:
-    info = conn.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-
-
-def cpu_by_process() -> dict[str, float]:
-    """CPU seconds so far of every process, by name (systemd-journal, redis-server, rq, python3 …),
-    and of the children each reaped, as "<name> children": a fork worker's work horses."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    totals: dict[str, float] = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        name, fields = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
-        for key, used in ((name, fields[11:13]), (f"{name} children", fields[13:15])):
-            totals[key] = totals.get(key, 0.0) + sum(int(t) for t in used) / ticks
-    return totals
 
 
 def measure(jobs: int) -> dict:

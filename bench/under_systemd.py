@@ -36,6 +36,9 @@ import stock_rq  # noqa: E402
 from provision import build_deb  # noqa: E402
 from sandbox import Sandbox, ensure_rootfs  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "bench"))
+import celery_side  # noqa: E402
+
 PY = stock_rq.PY  # the package's interpreter: the in-sandbox scripts need its rq
 INBOX = "/srv/bench/inbox.py"
 SIDES = ("stock", "ours")
@@ -117,28 +120,43 @@ def start_stop(box: Sandbox, side: str) -> dict:
     return started | inbox(box, "stop", *units(side, 1))
 
 
-def run(box: Sandbox, cells: list[tuple[str, int]], jobs: int, rounds: int) -> dict[tuple[str, int, str], Series]:
+ACKS = ("early", "late")
+"""Celery's two settings measured: task_acks_late off (its default: a task is acknowledged as it is
+received, and lost with its worker) and on (acknowledged after it ran)."""
+
+
+def run(box: Sandbox, cells: list[tuple[str, int]], jobs: int, rounds: int,
+        celery: bool = False) -> dict[tuple[str, int, str], Series]:
+    """Every cell's sides, and (``celery``) Celery's prefork pool at each instance count, per round."""
     results: dict[tuple[str, int, str], Series] = {}
+
+    def note(key: tuple[str, int, str], m: dict, r: int) -> None:
+        s = results.setdefault(key, Series())
+        s.rates.append(jobs / m["window"])
+        s.commands.append(m["commands_per_job"])
+        s.redis_cpu.append(m["redis_cpu_per_job"])
+        s.cpu.append(cpu_groups(m["cpu_per_job"]))
+        print(f"  round {r + 1}: {key[0]}×{key[1]} {key[2]:5}: {jobs / m['window']:7.1f} jobs/s, "
+              f"{m['commands_per_job']:.1f} Redis commands/job", flush=True)
+
     for r in range(rounds):
         for worker_class, instances in cells:
-            order = SIDES if r % 2 == 0 else SIDES[::-1]
-            for side in order:
-                m = measure(box, side, worker_class, instances, jobs)
-                s = results.setdefault((worker_class, instances, side), Series())
-                s.rates.append(jobs / m["window"])
-                s.commands.append(m["commands_per_job"])
-                s.redis_cpu.append(m["redis_cpu_per_job"])
-                s.cpu.append(cpu_groups(m["cpu_per_job"]))
-                print(f"  round {r + 1}: {worker_class}×{instances} {side:5}: {jobs / m['window']:7.1f} jobs/s, "
-                      f"{m['commands_per_job']:.1f} Redis commands/job", flush=True)
+            for side in SIDES if r % 2 == 0 else SIDES[::-1]:
+                note((worker_class, instances, side), measure(box, side, worker_class, instances, jobs), r)
+        if celery:
+            stop_all(box)
+            for processes in sorted({n for _, n in cells}):
+                for acks in ACKS if r % 2 == 0 else ACKS[::-1]:
+                    note(("celery", processes, acks), celery_side.measure(box, processes, acks == "late", jobs), r)
     return results
 
 
-GROUPS = {"worker": ("rq", "python3"), "work horses": ("rq children", "python3 children"),
+GROUPS = {"worker": ("rq", "python3", "celery", "celery-python"), "work horses": ("rq children", "python3 children"),
           "redis-server": ("redis-server",), "journald": ("systemd-journal",),
           "PID 1, dbus, logind": ("systemd", "dbus-daemon", "systemd-logind")}
 """Where a job's CPU goes. "python3" is the package's interpreter (ours) and the bench's own
-in-box script (≈0.1 ms per job, on both sides); "rq" is stock rq's console script."""
+in-box script (≈0.1 ms per job, on both sides); "rq" is stock rq's console script; "celery" is
+Celery's worker and its prefork pool's processes (their CPU is their own: they are not reaped)."""
 
 
 def cpu_groups(per_process: dict[str, float]) -> dict[str, float]:
@@ -148,12 +166,35 @@ def cpu_groups(per_process: dict[str, float]) -> dict[str, float]:
 def cpu_table(results: dict[tuple[str, int, str], Series], cells: list[tuple[str, int]]) -> str:
     lines = ["| CPU ms per job (median) | " + " | ".join(GROUPS) + " | total |",
              "|---|" + "---|" * (len(GROUPS) + 1)]
-    for worker_class, instances in cells:
-        for side in SIDES:
-            s = results[(worker_class, instances, side)]
-            medians = {g: statistics.median(c[g] for c in s.cpu) * 1000 for g in GROUPS}
-            lines.append(f"| {worker_class}×{instances} {side} | " + " | ".join(f"{v:.2f}" for v in medians.values())
-                         + f" | {sum(medians.values()):.2f} |")
+    rows = [(worker_class, instances, side) for worker_class, instances in cells for side in SIDES]
+    rows += sorted(key for key in results if key[0] == "celery")
+    for worker_class, instances, side in rows:
+        s = results[(worker_class, instances, side)]
+        medians = {g: statistics.median(c[g] for c in s.cpu) * 1000 for g in GROUPS}
+        lines.append(f"| {worker_class}×{instances} {side} | " + " | ".join(f"{v:.2f}" for v in medians.values())
+                     + f" | {sum(medians.values()):.2f} |")
+    return "\n".join(lines)
+
+
+def celery_table(results: dict[tuple[str, int, str], Series], cells: list[tuple[str, int]]) -> str:
+    """Celery's prefork pool at each instance count, and ours (fork, simple) ÷ Celery with the same
+    number of processes."""
+    lines = ["| processes | Celery prefork, acks early (jobs/s, median; spread) | acks late | ours fork ÷ Celery "
+             "(early / late) | ours simple ÷ Celery (early / late) | Redis commands/job early / late "
+             "| Redis CPU µs/job early / late |",
+             "|---|---|---|---|---|---|---|"]
+    def ratios(worker_class: str, processes: int, early: Series, late: Series) -> str:
+        ours = results.get((worker_class, processes, "ours"))
+        return "–" if ours is None else \
+            f"**{ours.median() / early.median():.2f}** / **{ours.median() / late.median():.2f}**"
+
+    for processes in sorted({n for _, n in cells}):
+        early, late = (results[("celery", processes, acks)] for acks in ACKS)
+        lines.append(
+            f"| {processes} | {early.median():.0f} ({early.spread()}) | {late.median():.0f} ({late.spread()}) | "
+            f"{ratios('fork', processes, early, late)} | {ratios('simple', processes, early, late)} | "
+            f"{statistics.median(early.commands):.1f} / {statistics.median(late.commands):.1f} | "
+            f"{statistics.median(early.redis_cpu) * 1e6:.0f} / {statistics.median(late.redis_cpu) * 1e6:.0f} |")
     return "\n".join(lines)
 
 
@@ -189,13 +230,16 @@ def start_stop_table(box: Sandbox, rounds: int) -> str:
         f"| idle `systemctl stop` | {med('stock', 'stop')} | {med('ours', 'stop')} |"])
 
 
-def versions(box: Sandbox) -> str:
+def versions(box: Sandbox, celery: bool = False) -> str:
     out = box.run([PY, "-c", "import rq, redis, sys, platform; print(rq.__version__, redis.__version__, "
                    "platform.python_version())"]).stdout.split()
     system = box.run(["systemctl", "--version"]).stdout.split()[1]
     server = box.run(["redis-server", "--version"]).stdout.split()[2].removeprefix("v=")
     release = box.run(["cat", "/etc/debian_version"]).stdout.strip()
-    return f"Debian {release}, systemd {system}, Python {out[2]}, rq {out[0]}, redis-py {out[1]}, Redis {server}"
+    line = f"Debian {release}, systemd {system}, Python {out[2]}, rq {out[0]}, redis-py {out[1]}, Redis {server}"
+    if celery:
+        line += f", Celery {celery_side.CELERY.split('==')[1]} on Debian's python3"
+    return line
 
 
 def main() -> None:
@@ -208,6 +252,9 @@ def main() -> None:
     parser.add_argument("--instances", default="1,2,4", help="instance counts (default: 1,2,4)")
     parser.add_argument("--scaling", default="8", help="further fork instance counts for the scaling line "
                         "(default: 8; '' for none)")
+    parser.add_argument("--celery", action=argparse.BooleanOptionalAction, default=True,
+                        help="Celery's prefork pool at each instance count, under Celery's documented unit "
+                        "(default: on)")
     parser.add_argument("--smoke", action="store_true", help="check that it works: 20 jobs, 1 round, "
                         "one instance of each class, no scaling line (what CI runs)")
     args = parser.parse_args()
@@ -217,15 +264,20 @@ def main() -> None:
     cells += [("fork", int(n)) for n in args.scaling.split(",") if n]
     deb = Path(args.deb) if args.deb else build_deb(args.release)
     with Sandbox(ensure_rootfs(args.release)) as box:
-        print(report(box, deb, cells, args.jobs, args.rounds))
+        print(report(box, deb, cells, args.jobs, args.rounds, celery=args.celery))
 
 
-def report(box: Sandbox, deb: Path, cells: list[tuple[str, int]], jobs: int, rounds: int) -> str:
-    """Install, measure every cell ``rounds`` times interleaved, and return the tables."""
+def report(box: Sandbox, deb: Path, cells: list[tuple[str, int]], jobs: int, rounds: int,
+           celery: bool = False) -> str:
+    """Install, measure every cell ``rounds`` times interleaved (with Celery: its pool at each
+    instance count too), and return the tables."""
     set_up(box, deb)
-    print(f"{versions(box)}; {jobs} no-op jobs per measurement, {rounds} round(s)", flush=True)
-    results = run(box, cells, jobs, rounds)
-    return "\n\n".join([table(results, cells), cpu_table(results, cells), start_stop_table(box, rounds)])
+    if celery:
+        celery_side.install(box)
+    print(f"{versions(box, celery)}; {jobs} no-op jobs per measurement, {rounds} round(s)", flush=True)
+    results = run(box, cells, jobs, rounds, celery)
+    tables = [table(results, cells), *([celery_table(results, cells)] if celery else []), cpu_table(results, cells)]
+    return "\n\n".join([*tables, start_stop_table(box, rounds)])
 
 
 if __name__ == "__main__":
