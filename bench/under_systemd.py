@@ -70,7 +70,7 @@ def set_up(box: Sandbox, deb: Path) -> None:
     """The package as an operator installs it, stock rq beside it, Redis without snapshots."""
     box.copy_in(deb, f"/root/{deb.name}")
     box.run(["apt-get", "install", "-y", f"/root/{deb.name}"], timeout=300)
-    for name in ("benchjobs.py", "inbox.py"):
+    for name in ("benchjobs.py", "inbox.py", "probes.py"):
         box.copy_in(ROOT / "bench" / name, f"/srv/bench/{name}")
     box.run("chmod -R a+rX /srv/bench")
     box.run(["redis-cli", "config", "set", "save", ""])

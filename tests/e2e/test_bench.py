@@ -4,7 +4,7 @@ stock rq under rq's documented unit, and bench/fork_cost.py in the same booted s
 No timing threshold (the machines are shared and noisy; the figures live in docs/benchmarks.md).
 What is checked: every job of every measurement finished (the bench raises otherwise), the tables
 have a row per cell with a ratio, and Redis commands per job, which do not depend on timing, stay
-below stock rq's for both worker classes.
+below stock rq's and within ``COMMANDS_PER_JOB`` for both worker classes.
 """
 
 from __future__ import annotations
@@ -21,6 +21,11 @@ import under_systemd  # noqa: E402
 
 CELLS = [("fork", 1), ("simple", 1)]
 
+COMMANDS_PER_JOB = 48.0
+"""Ours at most, in the smoke's 20 jobs: 45.0 (fork) and 44.2 (simple) here, whose fixed share (the
+first beats and ticks) is larger than in docs/benchmarks.md's 1000 (44.4); 56.5 just before issue 31.
+A step of rq's lifecycle sent twice, or a beat per job (six commands), goes over it."""
+
 pytestmark = pytest.mark.release_independent  # the smoke run checks that the benchmarks work
 
 
@@ -36,6 +41,7 @@ def test_the_systemd_benchmark_and_the_fork_cost_run(rootfs, deb):
         assert row, f"no {worker_class}×{instances} row in:\n{text}"
         stock, ours = float(row[2]), float(row[3])
         assert ours < stock, f"{worker_class}: {ours} Redis commands per job, stock rq {stock}"
+        assert ours <= COMMANDS_PER_JOB, f"{worker_class}: {ours} Redis commands per job, more than {COMMANDS_PER_JOB}"
     assert "idle `systemctl stop`" in text and f"{worker_class}×1 ours" in text
     assert len(re.findall(r"ms CPU, +[\d.]+ ms wall per fork", fork_cost)) == 5, fork_cost
 
