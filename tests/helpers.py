@@ -39,6 +39,23 @@ class FakeClock:
         self.now += seconds
 
 
+def app_package(tmp_path: Path, module: str, app: str, sitecustomize: str) -> Path:
+    """A throwaway app directory: ``module``.py with ``app``, and a sitecustomize.py (the worker's
+    Python runs it at start when the directory is on PYTHONPATH: a test's fault injection)."""
+    directory = tmp_path / "app"
+    directory.mkdir()
+    (directory / f"{module}.py").write_text(app)
+    (directory / "sitecustomize.py").write_text(sitecustomize)
+    return directory
+
+
+def app_package_env(app_dir: Path, **env: str) -> dict[str, str]:
+    """A worker's environment for ``app_package``'s directory: the app's and the test jobs' path, its
+    sitecustomize on PYTHONPATH, no scheduler; ``env`` on top."""
+    path = ":".join(filter(None, [str(app_dir), os.environ.get("PYTHONPATH")]))
+    return {"RQ_APP_PATH": f"{app_dir}:{JOBS_DIR}", "PYTHONPATH": path, "RQ_WITH_SCHEDULER": "no", **env}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -8,7 +8,6 @@ as it fires), the one window of the new put-back that no fault point of ``faults
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import textwrap
@@ -16,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import JOBS_DIR, wait_until
+from helpers import JOBS_DIR, app_package, app_package_env, wait_until
 from rq import Queue
 from rq.job import Job
 from rq.suspension import resume, suspend
@@ -88,18 +87,12 @@ CLASSES = {"rq": {}, "job-prefix": {"RQ_JOB_CLASS": "r27app.PrefixedJob"},
 
 @pytest.fixture
 def app_dir(tmp_path: Path) -> Path:
-    app = tmp_path / "app"
-    app.mkdir()
-    (app / "r27app.py").write_text(APP)
-    (app / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    return app
+    return app_package(tmp_path, "r27app", APP, SITECUSTOMIZE)
 
 
 def app_env(app_dir: Path, **env: str) -> dict[str, str]:
     # WatchdogSec 30 s: a tick, and a blocking pop (BLMOVE), of 10 s, so that jobs arrive during the pop
-    path = ":".join(filter(None, [str(app_dir), os.environ.get("PYTHONPATH")]))
-    return {"RQ_APP_PATH": f"{app_dir}:{JOBS_DIR}", "PYTHONPATH": path, "RQ_WITH_SCHEDULER": "no",
-            "WATCHDOG_USEC": "30000000", **env}
+    return app_package_env(app_dir, **{"WATCHDOG_USEC": "30000000", **env})
 
 
 def app_queue(module, rconn, name: str, kind: str) -> Queue:

@@ -26,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from helpers import JOBS_DIR, wait_until
+from helpers import app_package, app_package_env, wait_until
 from rq import Queue
 from rq.registry import StartedJobRegistry
 from testjobs import quick_job
@@ -154,17 +154,11 @@ def our_name(instance: str) -> str:
 
 @pytest.fixture
 def app_dir(tmp_path: Path) -> Path:
-    app = tmp_path / "app"
-    app.mkdir()
-    (app / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    (app / "r31app.py").write_text(APP)
-    return app
+    return app_package(tmp_path, "r31app", APP, SITECUSTOMIZE)
 
 
 def env_for(app_dir: Path, **env: str) -> dict[str, str]:
-    path = ":".join(filter(None, [str(app_dir), os.environ.get("PYTHONPATH")]))
-    return {"RQ_APP_PATH": f"{app_dir}:{JOBS_DIR}", "PYTHONPATH": path, "RQ_WITH_SCHEDULER": "no",
-            "RQ_JOB_RETRY_DELAY": "0", **env}
+    return app_package_env(app_dir, **{"RQ_JOB_RETRY_DELAY": "0", **env})
 
 
 def state(rconn, instance: str) -> bytes | None:
