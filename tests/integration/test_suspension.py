@@ -95,7 +95,7 @@ def test_a_suspended_worker_keeps_its_watchdog_and_resumes_without_a_restart(red
     wait_until(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 10, what="the job after rq resume")
     notify.wait_for("STATUS=", contains="Idle", after=len(notify.lines("STATUS=")) - 1)
 
-    rq(redis_server, "suspend", "--duration", "1")
+    rq(redis_server, "suspend", "--duration", "2")  # (a second outlived a loaded CI's pop and first look)
     seen = len(notify.lines("STATUS="))
     notify.wait_for("STATUS=", contains="Suspended (rq suspend)", after=seen, timeout=2 * WATCHDOG)
     later = queue.enqueue(logged_job, str(tmp_path / "ran"), "after-duration")
