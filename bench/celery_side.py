@@ -85,6 +85,7 @@ def install(box: Sandbox) -> None:
     box.run(["systemd-tmpfiles", "--create", "/etc/tmpfiles.d/celery.conf"])
     box.write("/etc/systemd/system/celery.service", UNIT)
     configure(box, 1, acks_late=False)
+    box.run(["systemctl", "daemon-reload"])
 
 
 def configure(box: Sandbox, processes: int, acks_late: bool) -> None:
@@ -102,8 +103,7 @@ def measure(box: Sandbox, processes: int, acks_late: bool, jobs: int) -> dict:
     """One drain of ``jobs`` no-op tasks by a prefork pool of ``processes`` (celery.service stopped first)."""
     box.run("systemctl stop celery.service; systemctl reset-failed celery.service", check=False)
     box.run(["redis-cli", "flushall"])
-    configure(box, processes, acks_late)
-    box.run(["systemctl", "daemon-reload"])
+    configure(box, processes, acks_late)  # (an EnvironmentFile= is read at each start)
     out = box.run(["env", f"PYTHONPATH={PYTHONPATH}", "python3", "/srv/bench/celery_inbox.py", "measure", str(jobs)],
                   timeout=700).stdout
     result = json.loads(out)

@@ -175,14 +175,14 @@ class Held:
         self._take = connection.register_script(_TAKE)
         self._register = connection.register_script(_REGISTER)
         self.retake = False
+        """A Redis error may have lost a pop's reply or a registration: the next pop takes what is held
+        first. Only then: an id handed to rq that stays held without an error (an app's execute_job
+        that returns without starting it) is put back when the worker leaves, not served again in a loop."""
         self.in_hand: str | None = None
         """The id the last pop returned, until its registration (``worker.prepare_execution``)."""
         self.registered: str | None = None
         """The execution id of the last job this pop took and registered: its id never was in rq's
         intermediate list, so its STARTED mark sends no LREM there (``worker._mark_started``)."""
-        """A Redis error may have lost a pop's reply or a registration: the next pop takes what is held
-        first. Only then: an id handed to rq that stays held without an error (an app's execute_job
-        that returns without starting it) is put back when the worker leaves, not served again in a loop."""
         self._quarantine = connection.register_script(_QUARANTINE)
         self._unless_suspended = connection.register_script(_UNLESS_SUSPENDED)
         self.suspended_key = WORKERS_SUSPENDED

@@ -4,7 +4,7 @@ rq's methods queue a step's writes on a pipeline (``Execution.create``, ``prepar
 worker's state and heartbeat); where the service must commit them only under a condition (the id still
 held, the execution still there, the worker not fenced) a WATCH, a read, MULTI and EXEC did it at three
 or four commands more per job than a script that looks and writes at once. The pipeline is flattened
-(``flatten``) and never executed; the script ends with ``RUN_FLATTENED``, which replays the commands.
+(``flatten``) and never executed; the script ends with ``run_flattened``'s Lua, which replays the commands.
 """
 
 from __future__ import annotations

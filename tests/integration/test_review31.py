@@ -8,16 +8,13 @@ EVALSHA at the connection level, below redis-py's own retry (``Redis._send_comma
 * ``R31_LOSE=<file>``: the file holds a count; while it is > 0, each EVALSHA of the registration script is
   sent and its reply read (Redis has run it), then the connection is closed and ConnectionError raised (a
   reply lost with the link), the count decremented; the service resends it once;
-* ``R31_KILL_BEFORE=<file>``: once (the file removed), the worker's connection is closed with CLIENT KILL
-  from another client just before the EVALSHA goes out;
-* ``R31_FLUSH=<file>``: once, SCRIPT FLUSH just before (as a restarted Redis: NOSCRIPT);
-* ``R31_FENCE_AFTER=<file>``: once, the script runs, then the worker is marked fenced and its reply lost.
+* ``R31_FREEZE=<file>``: once (the file removed), the worker stops itself (SIGSTOP) just before the
+  registration's EVALSHA goes out.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import textwrap
@@ -36,16 +33,14 @@ from rq_worker_service.keys import held as held_key
 SITECUSTOMIZE = textwrap.dedent('''
     import os
 
-    if any(os.environ.get(v) for v in ("R31_LOSE", "R31_KILL_BEFORE", "R31_FLUSH", "R31_FENCE_AFTER",
-                                       "R31_FAIL_IDLE", "R31_FREEZE", "R31_SIGNAL")):
-        import json
+    if any(os.environ.get(v) for v in ("R31_LOSE", "R31_FREEZE")):
+        import hashlib
+        import signal
 
         import redis
         from redis.client import Redis
 
         from rq_worker_service import held as held_module
-
-        import hashlib
 
         _SHA = hashlib.sha1(getattr(held_module, "_REGISTER", "").encode()).hexdigest()
         original = Redis._send_command_parse_response
@@ -56,78 +51,25 @@ SITECUSTOMIZE = textwrap.dedent('''
                 return False
             return path
 
-        def _other():
-            return redis.Redis.from_url(os.environ["REDIS_URL"])
-
         def patched(self, conn, command_name, *args, **options):
             sha = args[1] if command_name == "EVALSHA" and len(args) > 1 else None
             sha = sha.decode() if isinstance(sha, bytes) else sha
-            path = _take("R31_SIGNAL") if sha == _SHA else False
-            if path:  # signals to itself while the registration's reply is on its way
-                import signal
+            if sha != _SHA:
+                return original(self, conn, command_name, *args, **options)
+            path = _take("R31_FREEZE")
+            if path:  # SIGSTOP right before the registration goes out
                 os.remove(path)
-                conn.send_command(*args, **options)
-                for name in os.environ["R31_SIGNALS"].split(","):
-                    os.kill(os.getpid(), getattr(signal, "SIG" + name))
-                return self.parse_response(conn, command_name, **options)
-            on_watch = os.environ.get("R31_FREEZE_AT") == "watch" and command_name == "WATCH"  # (before the change)
-            path = _take("R31_FREEZE") if sha == _SHA or on_watch else False
-            if path:  # SIGSTOP right before the registration goes out, or right after (Redis runs it)
-                import signal
-                os.remove(path)
-                if os.environ.get("R31_FREEZE_AT") == "after-send":
-                    conn.send_command(*args, **options)
-                    os.kill(os.getpid(), signal.SIGSTOP)
-                    return self.parse_response(conn, command_name, **options)
                 os.kill(os.getpid(), signal.SIGSTOP)
-            if command_name == "HSET" and len(args) == 4 and args[2] == "state" and args[3] == "idle":
-                path = _take("R31_FAIL_IDLE")
-                if path:
-                    left = int(open(path).read() or 0)
-                    if left > 0:
-                        with open(path, "w") as f:
-                            f.write(str(left - 1))
-                        conn.disconnect()
-                        raise redis.exceptions.ConnectionError("r31: the IDLE state not written")
-            sha = args[1] if len(args) > 1 else None  # (args: the command's name, then its words)
-            sha = sha.decode() if isinstance(sha, bytes) else sha
-            if command_name == "EVALSHA" and sha == _SHA:
-                path = _take("R31_FLUSH")
-                if path:
-                    os.remove(path)
-                    _other().script_flush()
-                path = _take("R31_KILL_BEFORE")
-                if path:
-                    os.remove(path)
-                    other = _other()
-                    me = other.client_list()
-                    name = conn.client_name
-                    for c in me:
-                        if c.get("name") == name:
-                            other.client_kill_filter(_id=c["id"])
-                path = _take("R31_LOSE")
-                if path:
-                    left = int(open(path).read() or 0)
-                    if left > 0:
-                        with open(path, "w") as f:
-                            f.write(str(left - 1))
-                        conn.send_command(*args)
-                        reply = conn.read_response()  # Redis ran it
-                        with open(path + ".replies", "a") as f:
-                            f.write(repr(reply) + "\\n")
-                        conn.disconnect()
-                        raise redis.exceptions.ConnectionError("r31: reply lost with the link")
-                path = _take("R31_FENCE_AFTER")
-                if path:
-                    os.remove(path)
+            path = _take("R31_LOSE")
+            if path:
+                left = int(open(path).read() or 0)
+                if left > 0:
+                    with open(path, "w") as f:
+                        f.write(str(left - 1))
                     conn.send_command(*args)
-                    reply = conn.read_response()
-                    with open(path + ".replies", "a") as f:
-                        f.write(repr(reply) + "\\n")
-                    _other().hset(os.environ["R31_FENCED_KEY"], os.environ["R31_NAME"],
-                                  json.dumps({"by": "r31", "at": 0}))
+                    conn.read_response()  # Redis ran it
                     conn.disconnect()
-                    raise redis.exceptions.ConnectionError("r31: reply lost, and fenced meanwhile")
+                    raise redis.exceptions.ConnectionError("r31: reply lost with the link")
             return original(self, conn, command_name, *args, **options)
 
         Redis._send_command_parse_response = patched
@@ -174,7 +116,7 @@ def assert_ran_once_and_clean(rconn, queue: Queue, job_id: str, instance: str) -
     assert job_id not in queue.get_job_ids()
 
 
-# -- point 1: the registration script under lost replies, a killed link, NOSCRIPT, a fencing ----------------------
+# -- point 1: the registration script under lost replies ------------------------------------------------------------
 
 @pytest.mark.parametrize("cls", ["fork", "simple"])
 @pytest.mark.parametrize("lost", [2, 5], ids=["resend-lost-too", "lost-over-cycles"])
@@ -309,8 +251,7 @@ def test_a_reshard_beginning_between_the_pop_and_the_registration_ends_the_worke
         # the fencing marks exist (some worker of this prefix was fenced once): both declared keys are local
         owner.client().hset(f"{prefix}:service:fenced", "r31-some-old-worker", json.dumps({"by": "r31", "at": 0}))
         arm = tmp_path / "freeze"
-        at = os.environ.get("R31_FREEZE_AT_OVERRIDE", "before-send")  # "watch" for the code before the change
-        env = {**cluster_env(prefix, owner.port, "mig"), **env_for(app_dir, R31_FREEZE=str(arm), R31_FREEZE_AT=at)}
+        env = {**cluster_env(prefix, owner.port, "mig"), **env_for(app_dir, R31_FREEZE=str(arm))}
         env.pop("RQ_JOB_RETRY_DELAY", None)
         worker = start_worker("mig", url=f"redis://127.0.0.1:{owner.port}/0", env=env)
         wait_until(lambda: "Ready: worker" in worker.output(), 20, what="the worker ready")
