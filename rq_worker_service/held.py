@@ -117,17 +117,30 @@ held any more (a fencer put it back)."""
 
 _REGISTER = """
 if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return -1 end
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+""" + queued.run_flattened(3) + """
+return 1
+"""
+"""KEYS: held list, fenced marks; ARGV: id, worker name, then the registration's commands (each: its
+length, then its words). Takes the id out of the held list and runs them, only while the id is held and
+the worker is not marked fenced, at once (the removal is the look: one command, where a read and then
+the removal were two). -1: this worker is fenced; 1: registered; 0: not held (nothing written)."""
+
+_REGISTER_READ_FIRST = """
+if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return -1 end
 local held = false
 for _, id in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
   if id == ARGV[1] then held = true break end
 end
 if not held then return 0 end
 """ + queued.run_flattened(3) + """
+redis.call('LREM', KEYS[1], 1, ARGV[1])
 return 1
 """
-"""KEYS: held list, fenced marks; ARGV: id, worker name, then the registration's commands (each: its
-length, then its words). Runs them only while the id is held and the worker is not marked fenced, at once.
--1: this worker is fenced; 1: registered; 0: not held (nothing written)."""
+"""``_REGISTER`` for Redis Cluster, where a script is not all or nothing: a key of rq's writes refused
+mid-way (its slot migrating: "non local key") ends the script with what it wrote so far kept. Here the
+look reads and the id leaves the held list last, so a refusal at the first write (the new execution's
+key) leaves the id held, as it left it before the script existed."""
 
 _PUT_BACK = """
 if ARGV[2] == '1' and redis.call('EXISTS', KEYS[4]) == 1 then return -1 end
@@ -165,7 +178,8 @@ class Held:
     queue classes (RQ_JOB_CLASS, RQ_QUEUE_CLASS), whose keys a job's hash and its queue are at: a class may
     keep them under a prefix of its own (``redis_job_namespace_prefix``, ``redis_queue_namespace_prefix``)."""
 
-    def __init__(self, connection: Redis, name: str, classes: AppClasses) -> None:
+    def __init__(self, connection: Redis, name: str, classes: AppClasses, cluster: bool = False) -> None:
+        """``cluster``: Redis Cluster (REDIS_CLUSTER), where the registration reads before it writes."""
         self.connection = connection
         self.name = name
         self.classes = classes
@@ -173,7 +187,7 @@ class Held:
         self.fenced_key = keys.fencing_fenced()
         """The fencers' marks: a worker marked there moves no job any more (``fencing``)."""
         self._take = connection.register_script(_TAKE)
-        self._register = connection.register_script(_REGISTER)
+        self._register = connection.register_script(_REGISTER_READ_FIRST if cluster else _REGISTER)
         self.retake = False
         """A Redis error may have lost a pop's reply or a registration: the next pop takes what is held
         first. Only then: an id handed to rq that stays held without an error (an app's execute_job
@@ -249,7 +263,7 @@ class Held:
         worker's held list, in one step with that look; whether it was. Raises ``Fenced`` once this worker is
         marked fenced, writing nothing: a pop served after its fencing (a blocking pop that outlived it, or
         one sent after it) is not started; the id stays held, for the worker to put back as it exits
-        (``Fencer.exit_fenced``). The registration's commands include the id's removal (``release``)."""
+        (``Fencer.exit_fenced``). The script takes the id out of the held list itself."""
         found = self._register(keys=[self.key, self.fenced_key], args=[job_id, self.name, *commands])
         if found == _TAKE_FENCED:
             raise Fenced(self.name)
@@ -279,10 +293,6 @@ class Held:
     def join(self) -> None:
         """Be found by the sweep of dead owners' lists (``put_back_dead``)."""
         self.connection.sadd(keys.holders(), self.name)
-
-    def release(self, job_id: str, pipeline) -> None:
-        """The job is registered as started in ``pipeline``'s transaction: not held any more."""
-        pipeline.lrem(self.key, 1, job_id)
 
     def drop(self, job_id: str) -> None:
         """The job's hash is gone (rq skips such an id): nothing to run, nothing to keep."""

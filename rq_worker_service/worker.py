@@ -39,7 +39,7 @@ from rq.suspension import WORKERS_SUSPENDED, is_suspended
 from rq.utils import as_text, now
 from rq.worker import SHUTDOWN_SIGNAL, BaseWorker, WorkerStatus
 
-from . import faults, journal, keys, queued, startup
+from . import ending, faults, journal, keys, queued, startup
 from .config import Settings
 from .connection import REDIS_ERRORS
 from .fencing import Fenced
@@ -69,12 +69,13 @@ class NotHeld(Exception):
 
 _IF_EXISTS = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return -1 end
+if ARGV[1] ~= '' and redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return -1 end
 """ + queued.run_flattened(2) + """
 return 1
 """
 """Run the commands in ARGV[2…] (each: its length, then its words) only while KEYS[1] exists and the worker
-ARGV[1] is not marked fenced in KEYS[2], at once. 0: the execution is gone; -1: the worker is fenced."""
+ARGV[1] is not marked fenced in KEYS[2] (not looked at for ''), at once. 0: the execution is gone; -1: the
+worker is fenced."""
 
 
 class EndNotWritten(Exception):
@@ -204,8 +205,16 @@ class ServiceWorkerMixin(_Base):
         return self.parts.guard.call(self.connection.exists, WORKERS_SUSPENDED)
 
     def set_state(self, state: str, pipeline: Any = None) -> None:
-        """rq's, noting which state Redis acknowledged (``parts.state_written``): the loop's IDLE before
-        each pop is not sent again right after rq's own at the end of the job (one command per job)."""
+        """rq's, noting which state Redis acknowledged (``parts.state_written``).
+
+        rq's IDLE at the end of each job is kept in this process only (``get_state`` says it): Redis is told
+        by the next pop, once it finds the queues empty (``_pop``). A worker that takes one job after
+        another stays BUSY in Redis (``rq info``) in between, one command per job less; an idle one shows
+        IDLE as soon as it waits."""
+        if state == WorkerStatus.IDLE and pipeline is None and self.parts.lifecycle.job is not None \
+                and not self.is_horse:
+            self._state = state  # (rq's own step, without its HSET)
+            return
         self.parts.state_written = None
         super().set_state(state, pipeline)
         if pipeline is None:
@@ -232,8 +241,6 @@ class ServiceWorkerMixin(_Base):
         After a Redis error the id of a reply that was lost on the way may be held already: it is
         taken from the held list first (``held``). No tick runs between the pop and the registration.
         A worker marked fenced (woken after another revoked its membership) pops nothing and exits."""
-        if self.parts.state_written != WorkerStatus.IDLE:
-            self.parts.guard.call(self.set_state, WorkerStatus.IDLE)
         self.procline("Listening on " + ",".join(self.queue_names()))
         idle_since = now()
         wait = 1.0
@@ -300,9 +307,19 @@ class ServiceWorkerMixin(_Base):
         """(queue key, job id) of the job now in hand (held), or None when none came in time. The
         queue key is None for an id that was held already (a reply lost on the way).
 
-        A stop is looked at once more right before the pop blocks (``_raise_if_stopping``)."""
+        A stop is looked at once more right before the pop blocks (``_raise_if_stopping``). Unless Redis
+        says IDLE already, a first look takes a waiting job without a wait, and IDLE is written only when
+        it finds none (``set_state``), before the wait."""
         self._raise_if_stopping()
-        reply = self.parts.held.pop([queue.key for queue in self._ordered_queues], timeout)
+        held, queue_keys = self.parts.held, [queue.key for queue in self._ordered_queues]
+        if self.parts.state_written == WorkerStatus.IDLE:
+            reply = held.pop(queue_keys, timeout)
+        else:
+            reply = held.pop(queue_keys, None)
+            if reply is None:
+                self.parts.guard.call(self.set_state, WorkerStatus.IDLE)
+                if timeout is not None and not held.suspended:
+                    reply = held.pop(queue_keys, timeout)
         if reply is not None:
             self.parts.popping = False  # in hand: from here on the job is started, whatever comes
             self.parts.held.in_hand = reply[1]
@@ -348,7 +365,8 @@ class ServiceWorkerMixin(_Base):
         """rq's registration (the execution, the StartedJobRegistry entry, BUSY), and the id leaves the
         held list in the same step: a popped job is never in neither.
 
-        One script (``Held.register``) runs rq's writes only while the id is still held: a worker frozen
+        One script (``Held.register``) takes the id out of the held list and runs rq's writes, only while
+        the id is still held: a worker frozen
         with the id in hand past its fencing deadline, or whose rq worker key expired meanwhile, had its
         held list put back by another (``held.put_back``); that job is queued or running elsewhere now,
         and starting it here too would run it twice at once (``NotHeld``). Nor once this worker is marked
@@ -363,9 +381,12 @@ class ServiceWorkerMixin(_Base):
             return super().prepare_execution(job)
         self.parts.held.in_hand = None
         with self.connection.pipeline(transaction=False) as pipeline:
-            execution = Execution.create(job, self.get_heartbeat_ttl(job), pipeline=pipeline, worker_name=self.name)
+            heartbeat_ttl = self.get_heartbeat_ttl(job)
+            execution = Execution.create(job, heartbeat_ttl, pipeline=pipeline, worker_name=self.name)
             self.set_state(WorkerStatus.BUSY, pipeline=pipeline)
-            self.parts.held.release(job.id, pipeline)
+            # rq's worker heartbeat of the STARTED mark, sent here (``_mark_started``): its HSET joins BUSY's
+            # and its EXPIRE of the worker's executions replaces the one just before (``queued.compact``)
+            self.heartbeat(heartbeat_ttl, pipeline=pipeline)
             commands = queued.flatten(pipeline)
         try:
             registered = self.parts.held.register(job.id, commands)
@@ -405,16 +426,19 @@ class ServiceWorkerMixin(_Base):
         rq's own methods queue the writes on a pipeline that is never executed; its commands go to
         Redis in one script that runs them only if the execution's hash exists and this worker is not
         marked fenced (``_IF_EXISTS``). A
-        WATCH, EXISTS, MULTI and EXEC around them did the same at two more commands per job."""
+        WATCH, EXISTS, MULTI and EXEC around them did the same at two more commands per job. A horse does
+        not look at the mark: its lease ends it before anyone may fence its worker (``lease``), and a worker
+        fenced before the horse started exits at its tick in ``horse_starting`` or at its registration."""
         execution = getattr(self, "execution", None)
         if execution is not None and execution.job_id != job.id:
             execution = None  # rq's API called directly, for a job this worker is not executing
+        ours = execution is not None and execution.id == self.parts.held.registered
         with self.connection.pipeline() as pipeline:
-            self.heartbeat(self.get_heartbeat_ttl(job), pipeline=pipeline)
+            if not ours:  # (our registration sent rq's worker heartbeat of this step: ``prepare_execution``)
+                self.heartbeat(self.get_heartbeat_ttl(job), pipeline=pipeline)
             # (rq's job.heartbeat here is left out: prepare_for_execution writes last_heartbeat too)
             job.prepare_for_execution(self.name, pipeline=pipeline)
             pipeline.persist(job.key)
-            ours = execution is not None and execution.id == self.parts.held.registered
             if remove_from_intermediate_queue and not ours:  # (rq's API: our pop never uses rq's intermediate list)
                 pipeline.lrem(self.queue_class(job.origin, connection=self.connection).intermediate_queue_key,
                               1, job.id)
@@ -422,7 +446,8 @@ class ServiceWorkerMixin(_Base):
                 pipeline.execute()
                 return
             flat = queued.flatten(pipeline)
-        if self._if_exists(keys=[execution.key, keys.fencing_fenced()], args=[self.name, *flat]) != 1:
+        looker = "" if self.is_horse else self.name
+        if self._if_exists(keys=[execution.key, keys.fencing_fenced()], args=[looker, *flat]) != 1:
             raise TakenBack(job.id)
 
     @property
@@ -572,7 +597,17 @@ class ServiceWorkerMixin(_Base):
         watch (rq's ``move_dependents_to_ready``, before its ``MULTI``) this worker watches the
         fencing marks too and reads its own: marked, it exits there (``Fencer.exit_fenced``), writing
         nothing; a fencing after the read fails rq's ``EXEC``, and rq's retry reads the mark again.
-        Two round trips per job. A horse needs none: its lease ends it before any fencing."""
+        Two round trips per job. A horse needs none: its lease ends it before any fencing.
+
+        A job this worker popped, without dependents, ends by one script instead (``ending``), with the
+        same look at the fencing mark for a simple worker."""
+        rqs = super().handle_job_success
+        if ending.applies(self, job, execution, rqs):
+            done = ending.write_success(self, job, queue, execution)
+            if done == ending.FENCED:
+                self.parts.fencer.exit_fenced()
+            if done != ending.DEPENDENTS:
+                return
         if self.is_horse:
             super().handle_job_success(job, queue, started_job_registry, execution)
             return

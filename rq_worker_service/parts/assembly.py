@@ -111,7 +111,8 @@ class ServiceParts:
         self.fencer = Fencer(Membership(connection, name, period=3 * self.interval), self.guard, worker.queue_names,
                              settings, lambda: worker.hostname or "?")
         self.orphans = IntermediateWatch(connection, worker.queues)
-        self.held = Held(connection, name, app_classes(settings))  # (imported at the start: ``prepare``)
+        self.held = Held(connection, name, app_classes(settings),  # (imported at the start: ``prepare``)
+                         cluster=settings.redis.cluster)
         self.counters = Counters(connection, lambda: worker.key, self.guard, self.notifier.interval, self.clock)
         self.recycler = Recycler(self.lifecycle, settings.max_jobs, settings.max_memory, worker.stop_loop)
         self.status = StatusReporter(self.notifier, self.lifecycle, self.outage, self.counters, self.follower, name,

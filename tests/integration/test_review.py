@@ -90,7 +90,7 @@ def _dropped(self, *args, **options):
     reply = _run(self, *args, **options)
     # The registration's script: EVALSHA with the held list among its keys and rq's writes, its LREM of
     # the held id among them, in its arguments (held.Held.register).
-    registration = args and args[0] == "EVALSHA" and b"LREM" in args and any(":service:held:" in str(a) for a in args)
+    registration = args and args[0] == "EVALSHA" and b"ZADD" in args and any(":service:held:" in str(a) for a in args)
     mark = os.environ["DROP_MARK"]
     if registration and not os.path.exists(mark):  # applied by Redis; its reply never read
         open(mark, "w").close()
@@ -222,16 +222,29 @@ import os
 import redis
 from redis.client import Pipeline
 _watch = Pipeline.watch
+_execute = redis.Redis.execute_command
+
+def _first_time():
+    mark = os.environ["END_MARK"]
+    if os.path.exists(mark):
+        return False
+    open(mark, "w").close()
+    return True
 
 def _cut(self, *names):
-    mark = os.environ["END_MARK"]
-    if any(str(n).endswith(":dependents") for n in names) and not os.path.exists(mark):  # rq's end of a job
-        open(mark, "w").close()
+    if any(str(n).endswith(":dependents") for n in names) and _first_time():  # rq's end of a job
         self.reset()
         raise redis.exceptions.ConnectionError("Connection closed by server (cut by the test)")
     return _watch(self, *names)
 
+def _cut_script(self, *args, **options):
+    # our end of a job without dependents: one script whose first key is the dependents key
+    if args[0] == "EVALSHA" and str(args[3]).endswith(":dependents") and _first_time():
+        raise redis.exceptions.ConnectionError("Connection closed by server (cut by the test)")
+    return _execute(self, *args, **options)
+
 Pipeline.watch = _cut
+redis.Redis.execute_command = _cut_script
 '''
 
 

@@ -9,7 +9,10 @@ EVALSHA at the connection level, below redis-py's own retry (``Redis._send_comma
   sent and its reply read (Redis has run it), then the connection is closed and ConnectionError raised (a
   reply lost with the link), the count decremented; the service resends it once;
 * ``R31_FREEZE=<file>``: once (the file removed), the worker stops itself (SIGSTOP) just before the
-  registration's EVALSHA goes out.
+  registration's EVALSHA goes out;
+* ``R31_SCRIPT=end``: the same faults on the script that writes a returned job's end (``ending``) instead;
+* ``R31_RESEND=<file>``: while the count in the file is > 0, the script is run and its reply read, then sent
+  again and the second reply returned (a driver that resends after a lost reply), the count decremented.
 """
 
 from __future__ import annotations
@@ -33,16 +36,19 @@ from rq_worker_service.keys import held as held_key
 SITECUSTOMIZE = textwrap.dedent('''
     import os
 
-    if any(os.environ.get(v) for v in ("R31_LOSE", "R31_FREEZE")):
+    if any(os.environ.get(v) for v in ("R31_LOSE", "R31_FREEZE", "R31_RESEND")):
         import hashlib
         import signal
 
         import redis
         from redis.client import Redis
 
+        from rq_worker_service import ending
         from rq_worker_service import held as held_module
 
-        _SHA = hashlib.sha1(getattr(held_module, "_REGISTER", "").encode()).hexdigest()
+        _SOURCES = ((ending._END,) if os.environ.get("R31_SCRIPT") == "end"
+                    else (held_module._REGISTER, held_module._REGISTER_READ_FIRST))
+        _SHAS = {hashlib.sha1(source.encode()).hexdigest() for source in _SOURCES}
         original = Redis._send_command_parse_response
 
         def _take(var):
@@ -54,7 +60,7 @@ SITECUSTOMIZE = textwrap.dedent('''
         def patched(self, conn, command_name, *args, **options):
             sha = args[1] if command_name == "EVALSHA" and len(args) > 1 else None
             sha = sha.decode() if isinstance(sha, bytes) else sha
-            if sha != _SHA:
+            if sha not in _SHAS:
                 return original(self, conn, command_name, *args, **options)
             path = _take("R31_FREEZE")
             if path:  # SIGSTOP right before the registration goes out
@@ -70,6 +76,14 @@ SITECUSTOMIZE = textwrap.dedent('''
                     conn.read_response()  # Redis ran it
                     conn.disconnect()
                     raise redis.exceptions.ConnectionError("r31: reply lost with the link")
+            path = _take("R31_RESEND")
+            if path:
+                left = int(open(path).read() or 0)
+                if left > 0:
+                    with open(path, "w") as f:
+                        f.write(str(left - 1))
+                    conn.send_command(*args)
+                    conn.read_response()  # Redis ran it; the driver sends it again
             return original(self, conn, command_name, *args, **options)
 
         Redis._send_command_parse_response = patched
@@ -138,6 +152,37 @@ def test_registration_reply_lost(cls, lost, app_dir, start_worker, rconn, tmp_pa
     wait_until(lambda: state(rconn, "l") == b"idle", 10, what="rq's worker state idle again")
     after = queue.enqueue(quick_job, 2)  # the worker goes on
     assert_ran_once_and_clean(rconn, queue, after.id, "l")
+    assert worker.proc.poll() is None
+
+
+@pytest.mark.parametrize("cls", ["fork", "simple"])
+@pytest.mark.parametrize("fault", ["lost", "resent"])
+def test_the_end_is_written_once_when_its_scripts_reply_is_lost_or_it_is_sent_again(cls, fault, app_dir,
+                                                                                     start_worker, rconn, tmp_path):
+    """The end of a job that returned is one script (``ending``). Its reply lost: the horse exits 1 and its
+    worker finds the job finished (fork), or the rescue finds the end recorded (simple). Sent again by the
+    driver after it ran: the StartedJobRegistry entry it removed first stops the second run. Either way
+    the job ran once and has one result, the worker counted it once, and the worker goes on."""
+    queue = Queue(f"end-{cls}-{fault}", connection=rconn)
+    arm = tmp_path / f"end-{cls}-{fault}"
+    arm.write_text("0")
+    variable = "R31_LOSE" if fault == "lost" else "R31_RESEND"
+    worker = start_worker("e", env=env_for(app_dir, RQ_QUEUES=queue.name, RQ_WORKER_CLASS=cls, R31_SCRIPT="end",
+                                           **{variable: str(arm)}))
+    warm = queue.enqueue(quick_job, 0)
+    wait_until(lambda: rconn.hget(warm.key, "status") == b"finished", 20, what="the worker up")
+    arm.write_text("1")
+    job = queue.enqueue(quick_job, 1)
+    assert_ran_once_and_clean(rconn, queue, job.id, "e")
+    assert arm.read_text() == "0", "the fault did not fire"
+    assert rconn.xlen(f"rq:results:{job.id}") == 1, "a second result"
+    wait_until(lambda: rconn.hget(f"rq:worker:{our_name('e')}", "successful_job_count") == b"2", 10,
+               what="the worker's count of successful jobs: 2")
+    after = queue.enqueue(quick_job, 2)
+    assert_ran_once_and_clean(rconn, queue, after.id, "e")
+    assert rconn.hget(f"rq:worker:{our_name('e')}", "successful_job_count") == b"3"
+    output = worker.output()
+    assert "Traceback" not in output, output[-3000:]
     assert worker.proc.poll() is None
 
 

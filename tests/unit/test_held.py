@@ -77,17 +77,6 @@ def test_an_empty_wait_ends_after_its_timeout(conn, monkeypatch):
     assert now[0] == pytest.approx(2.0), "one queue: one BLMOVE for the whole timeout"
 
 
-def test_the_registration_releases_the_id(conn):
-    (q1,) = queues(conn, "q1")
-    job = q1.enqueue(quick_job, 1)
-    held = Held(conn, "w1", RQ_DEFAULTS)
-    held.pop([q1.key], None)
-    with conn.pipeline() as pipe:
-        held.release(job.id, pipe)
-        pipe.execute()
-    assert held.ids() == []
-
-
 def test_put_back_goes_to_the_front_in_the_order_taken_and_drops_what_is_no_longer_queued(conn):
     (q1,) = queues(conn, "q1")
     a, b, cancelled, later = (q1.enqueue(quick_job, i) for i in range(4))
@@ -183,7 +172,8 @@ def test_a_fenced_worker_s_pop_moves_nothing_and_says_so(conn):
     assert other.pop([q1.key, q2.key], None) == (q2.key, waiting.id), "only the marked worker is refused"
 
 
-def test_the_registration_runs_only_while_the_id_is_held_and_never_once_fenced(conn):
+@pytest.mark.parametrize("cluster", [False, True], ids=["removal-as-look", "cluster-read-first"])
+def test_the_registration_runs_only_while_the_id_is_held_and_never_once_fenced(conn, cluster):
     """``register`` (the registration's script) writes its commands only while the id is held, in one
     step with that look; it refuses once the worker is marked fenced, though the id is in its list (a
     blocking pop served after the fencing), writing nothing."""
@@ -192,7 +182,7 @@ def test_the_registration_runs_only_while_the_id_is_held_and_never_once_fenced(c
 
     (q1,) = queues(conn, "q1")
     job = q1.enqueue(quick_job, 1)
-    held = Held(conn, "w1", RQ_DEFAULTS)
+    held = Held(conn, "w1", RQ_DEFAULTS, cluster=cluster)
     conn.lmove(q1.key, held.key)
 
     def writes(mark: str) -> list:
@@ -209,6 +199,9 @@ def test_the_registration_runs_only_while_the_id_is_held_and_never_once_fenced(c
     conn.hdel(FENCED_KEY, "w1")
     assert held.register(job.id, writes("held"))
     assert conn.hgetall("registered") == {b"held": b"1"} and 0 < conn.ttl("registered") <= 60
+    assert held.ids() == [], "the registration takes the id out of the held list in the same step"
+    assert not held.register(job.id, writes("again")), "registered once: a resend finds it no longer held"
+    assert conn.hgetall("registered") == {b"held": b"1"}
 
 
 def test_while_suspended_the_take_script_moves_nothing_but_a_held_id_is_still_served(conn):

@@ -184,9 +184,19 @@ INTERNALS: list[Internal] = [
              ("test_a_failure_rq_finalizes_goes_through_finalize_failure",)),
     Internal(("`handle_job_success()`: `WATCH` of the dependents, `move_dependents_to_ready()`, then `MULTI`, "
               "retried on `WatchError`",),
-             "worker.py `handle_job_success`: a simple worker watches the fencing marks and reads its own on rq's "
-             "watched pipeline before its `MULTI`",
+             "worker.py `handle_job_success`: where rq's step writes the end (a job with dependents), a simple "
+             "worker watches the fencing marks and reads its own on rq's watched pipeline before its `MULTI`",
              ("test_the_end_of_a_job_is_one_transaction_watched_before_move_dependents_to_ready",)),
+    Internal(("`handle_job_success()`'s writes, in order", "rq.job.Job._handle_success", "rq.rate_limit.release_slot"),
+             "ending.py `write_success` repeats them for a job without dependents, in one script",
+             ("test_the_end_we_repeat_is_still_rqs",)),
+    Internal(("rq.job.Job._dependency_ids", "`Job.dependencies_key` written only for a job with `depends_on`",
+              "`Job._handle_success`: the status HSET, then the whole hash with it"),
+             "ending.py: the EXPIRE of a dependencies key that does not exist is left out; the status HSET joins "
+             "the hash's (`queued.compact`)",
+             ("test_a_job_without_depends_on_has_no_dependencies_key_and_its_hash_carries_its_status",)),
+    Internal(("rq.worker.BaseWorker._state",), "worker.py `set_state`: rq's IDLE after a job kept in the process "
+             "until the next pop finds the queues empty", ("test_rqs_get_state_reads_what_set_state_keeps",)),
     Internal(("rq.worker.Worker._stop_requested",),
              "worker.py `_shutdown`: take no new job; cleared when a stop ends the pop, as rq leaves it",
              ("test_rqs_loop_pops_with_dequeue_timeout_and_ends_on_a_stop",)),
@@ -214,7 +224,8 @@ INTERNALS: list[Internal] = [
              "worker.py `dequeue_job_and_maintain_ttl` repeats rq's loop around the pop, in rq's queue order",
              ("test_the_pop_is_between_a_heartbeat_and_reorder_queues_and_logs_the_job",
               "test_the_pop_loop_we_repeat_is_still_rqs")),
-    Internal(("`prepare_execution`'s steps",), "worker.py `prepare_execution` repeats them, and releases the held id",
+    Internal(("`prepare_execution`'s steps",), "worker.py `prepare_execution` repeats them, with the STARTED "
+             "mark's worker heartbeat, in the script that takes the held id out",
              ("test_the_registration_we_repeat_is_still_rqs",)),
     Internal(("rq.utils.get_version",), "held.py: BLMOVE where rq's pop would use it (Redis 6.2+)",
              ("test_get_version_is_a_cached_triple",)),
@@ -577,6 +588,50 @@ def test_the_end_of_a_job_is_one_transaction_watched_before_move_dependents_to_r
     at = [source.find(step) for step in steps]
     assert -1 not in at and at == sorted(at), dict(zip(steps, at, strict=True))
     assert "while True:" in source
+
+def test_the_end_we_repeat_is_still_rqs():
+    """ending.py repeats rq's handle_job_success writes (no dependents, no repeat) in rq's order, then
+    rq's steps after its EXEC: the slot's release and the log line."""
+    source = inspect.getsource(BaseWorker.handle_job_success)
+    steps = ("self.increment_successful_job_count(pipeline=pipeline)",
+             "self.increment_total_working_time(job.ended_at - job.started_at, pipeline)",
+             "result_ttl = job.get_result_ttl(self.default_result_ttl)", "if result_ttl != 0:",
+             "job._handle_success(", "execution_id=execution.id,", "execution_started_at=execution.created_at,",
+             "execution_ended_at=job.ended_at,", "Repeat.schedule(job, queue, pipeline=pipeline)",
+             "job.cleanup(result_ttl, pipeline=pipeline, remove_from_queue=False)",
+             "job._status = JobStatus.FINISHED",
+             "self.cleanup_execution(job, pipeline=pipeline, execution=execution)", "pipeline.execute()",
+             "queue.enqueue_ready_jobs_by_queue(dependent_job_ids_by_queue)", "release_slot(job)",
+             "'Successfully completed %s job in %ss on worker %s'",
+             "'Successfully completed job %s in %ss on worker %s'")
+    at = [source.find(step) for step in steps]
+    assert -1 not in at and at == sorted(at), dict(zip(steps, at, strict=True))
+    assert source.count("pipeline=pipeline") + source.count(", pipeline)") == 7, (
+        f"rq {rq.__version__}'s handle_job_success writes more: port ending.py's")
+
+
+def test_a_job_without_depends_on_has_no_dependencies_key_and_its_hash_carries_its_status(connection):
+    queue = Queue("contract", connection=connection)
+    parent = queue.enqueue("builtins.len", "x")
+    child = queue.enqueue("builtins.len", "y", depends_on=parent)
+    assert parent._dependency_ids == [] and not connection.exists(parent.dependencies_key)
+    assert Job.fetch(child.id, connection=connection)._dependency_ids == [parent.id]
+    assert connection.exists(child.dependencies_key)
+    with connection.pipeline(transaction=False) as pipeline:
+        parent._handle_success(60, pipeline=pipeline, worker_name="w")
+        hsets = [args for args, _ in pipeline.command_stack if args[0] == "HSET" and args[1] == parent.key]
+    assert hsets[0][2:] == ("status", "finished"), hsets
+    whole = dict(zip(hsets[1][2::2], hsets[1][3::2], strict=True))
+    assert whole["status"] == "finished", "the whole hash carries the status written alone before it"
+
+
+def test_rqs_get_state_reads_what_set_state_keeps(connection):
+    worker = Worker(["contract"], connection=connection)
+    worker._state = "idle"
+    assert worker.get_state() == "idle"
+    worker.set_state("busy")
+    assert worker._state == "busy" and connection.hget(worker.key, "state") == b"busy"
+
 
 if __name__ == "__main__":
     print(docs_table(), end="")

@@ -26,7 +26,7 @@ from rq_worker_service.worker_classes import ServiceSimpleWorker, ServiceSpawnWo
 OUR_ATTRIBUTES = {"settings", "parts"}
 """The attributes our classes add to a worker."""
 RQ_STATE_WE_SET = {"_stop_requested", "_shutdown_requested_date", "_horse_pid", "_is_horse", "execution", "scheduler",
-                   "max_connection_wait_time"}
+                   "max_connection_wait_time", "_state"}
 """rq's own attributes we write, as rq itself would (docs/operations.md lists them)."""
 CLASSES = {ServiceWorker: Worker, ServiceSimpleWorker: SimpleWorker, ServiceSpawnWorker: SpawnWorker}
 PACKAGE = Path(rq_worker_service.__file__).parent
