@@ -5,9 +5,10 @@ between MULTI and EXEC (and starts again on a WatchError), so that a dependent a
 left waiting for a parent that has ended. Most jobs have no dependents. For a job this worker popped and
 registered, the look and the writes go in one script: EXISTS of the dependents key, then rq's writes.
 WATCH, SMEMBERS, MULTI and EXEC go; EVALSHA and EXISTS come (issue 31: Redis commands per job). A job
-with dependents, one with a repeat to schedule, and an app's worker class with a ``handle_job_success`` of
-its own get rq's step, whole: the script writes nothing when the dependents key exists, so a dependent
-added after its look finds its parent ended and is enqueued by rq's step as before.
+with dependents, one with a repeat to schedule, an app's worker class with a ``handle_job_success`` of its
+own, an app's queue class with a ``move_dependents_to_ready`` of its own, and Redis Cluster get rq's step,
+whole: the script writes nothing when the dependents key exists, so a dependent added after its look
+finds its parent ended and is enqueued by rq's step as before.
 
 The writes are rq's own, queued by rq's methods on a pipeline that is never executed (``queued``), with
 three left out as they change nothing here:
@@ -58,23 +59,32 @@ dependents (nothing written); -1: this worker is marked fenced (nothing written)
 WRITTEN, DEPENDENTS, FENCED, GONE = 1, 0, -1, 2
 
 
-def applies(worker: ServiceWorkerMixin, job: Job, execution: Execution | None, rqs_step: Any) -> bool:
+class RecordedElsewhere(Exception):
+    """The end was not written here (``GONE``): rq's steps after it (the FINISHED webhook, "Job OK") are
+    skipped (``ServiceWorkerMixin._finalize_success``)."""
+
+
+def applies(worker: ServiceWorkerMixin, job: Job, queue: Queue, execution: Execution | None, rqs_step: Any
+            ) -> bool:
     """Whether the end of ``job`` goes by the script: an execution this worker's pop registered, no
     repeat to schedule, rq's own ``handle_job_success`` behind ours (``rqs_step``: the bound method
-    ``super()`` finds), not an app's; and not under Redis Cluster, where a script is not all or nothing
-    (a key refused mid-way while its slot migrates ends it with its first writes kept) and rq's transaction,
+    ``super()`` finds) and rq's own ``move_dependents_to_ready`` in the queue's class, not an app's (the
+    script calls neither); and not under Redis Cluster, where a script is not all or nothing (a key
+    refused mid-way while its slot migrates ends it with its first writes kept) and rq's transaction,
     refused whole, is."""
     from rq.worker import BaseWorker
 
     return (not worker.settings.redis.cluster and execution is not None
             and execution.id == worker.parts.held.registered
             and getattr(rqs_step, "__func__", None) is BaseWorker.handle_job_success
+            and type(queue).move_dependents_to_ready is Queue.move_dependents_to_ready
             and not (job.repeats_left is not None and job.repeats_left > 0))
 
 
 def write_success(worker: ServiceWorkerMixin, job: Job, queue: Queue, execution: Execution) -> int:
     """rq's end of a job that returned, by the script (module docstring): ``WRITTEN``, or what kept it
-    from being written (``DEPENDENTS``: rq's step must write it; ``FENCED``; ``GONE``)."""
+    from being written (``DEPENDENTS``: rq's step must write it; ``FENCED``); ``RecordedElsewhere`` when
+    the registry entry was gone (``GONE``)."""
     registry = queue.started_job_registry
     with worker.connection.pipeline(transaction=False) as pipeline:
         # rq's writes, in rq's order (BaseWorker.handle_job_success, without the dependents and the repeat)
@@ -103,6 +113,7 @@ def write_success(worker: ServiceWorkerMixin, job: Job, queue: Queue, execution:
         log.warning("Job %s returned, but its execution was no longer in the StartedJobRegistry: its end was "
                     "recorded already (a resent write) or another worker's cleanup took it; not recorded again",
                     job.id, extra={"RQ_JOB_ID": job.id, "RQ_QUEUE": queue.name})
+        raise RecordedElsewhere(job.id)
     if done != WRITTEN:
         return done
     job._status = JobStatus.FINISHED  # (as rq's step sets it after its cleanup)

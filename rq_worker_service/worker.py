@@ -39,7 +39,7 @@ from rq.suspension import WORKERS_SUSPENDED, is_suspended
 from rq.utils import as_text, now
 from rq.worker import SHUTDOWN_SIGNAL, BaseWorker, WorkerStatus
 
-from . import ending, faults, journal, keys, queued, startup
+from . import ending, faults, journal, keys, persisted, queued, startup
 from .config import Settings
 from .connection import REDIS_ERRORS
 from .fencing import Fenced
@@ -69,13 +69,12 @@ class NotHeld(Exception):
 
 _IF_EXISTS = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if ARGV[1] ~= '' and redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return -1 end
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return -1 end
 """ + queued.run_flattened(2) + """
 return 1
 """
 """Run the commands in ARGV[2…] (each: its length, then its words) only while KEYS[1] exists and the worker
-ARGV[1] is not marked fenced in KEYS[2] (not looked at for ''), at once. 0: the execution is gone; -1: the
-worker is fenced."""
+ARGV[1] is not marked fenced in KEYS[2], at once. 0: the execution is gone; -1: the worker is fenced."""
 
 
 class EndNotWritten(Exception):
@@ -196,10 +195,15 @@ class ServiceWorkerMixin(_Base):
         return True
 
     def _suspended(self) -> int | None:
-        """rq's look at ``rq suspend``'s flag before each pop (None: Redis did not answer). rq's look
-        sends its worker heartbeat along, in a transaction: MULTI, HSET, EXPIRE ×2, EXISTS, EXEC, six
-        commands per job; the beat goes with it only when due (``rq_beat_due``), else the flag's
-        EXISTS is the one command."""
+        """rq's look at ``rq suspend``'s flag before each pop (None: Redis did not answer), at most once
+        per SUSPENSION_POLL (0: not looked at, as the last look found it). rq's look sends its worker
+        heartbeat along, in a transaction: MULTI, HSET, EXPIRE ×2, EXISTS, EXEC, six commands per job;
+        the beat goes with it only when due (``rq_beat_due``), else the flag's EXISTS is the one command.
+        A worker taking one job after another sees a suspension within a second, one command per job
+        less; a worker waiting in its pop sees it as the pop returns a job (``held``)."""
+        if self.parts.clock() < self.parts.next_suspension_look:
+            return 0
+        self.parts.next_suspension_look = self.parts.clock() + SUSPENSION_POLL
         if self.parts.rq_beat_due(None):
             return self.parts.guard.call(is_suspended, self.connection, self)
         return self.parts.guard.call(self.connection.exists, WORKERS_SUSPENDED)
@@ -426,9 +430,10 @@ class ServiceWorkerMixin(_Base):
         rq's own methods queue the writes on a pipeline that is never executed; its commands go to
         Redis in one script that runs them only if the execution's hash exists and this worker is not
         marked fenced (``_IF_EXISTS``). A
-        WATCH, EXISTS, MULTI and EXEC around them did the same at two more commands per job. A horse does
-        not look at the mark: its lease ends it before anyone may fence its worker (``lease``), and a worker
-        fenced before the horse started exits at its tick in ``horse_starting`` or at its registration."""
+        WATCH, EXISTS, MULTI and EXEC around them did the same at two more commands per job. A horse looks
+        at the mark too: its lease ends it before its worker may be fenced, but a whole process group frozen
+        and thawed after a fencing runs the horse's main thread beside the lease's thread until that one
+        ends it, and the fencer's rescue may not have taken the execution yet (review of issue 31)."""
         execution = getattr(self, "execution", None)
         if execution is not None and execution.job_id != job.id:
             execution = None  # rq's API called directly, for a job this worker is not executing
@@ -446,8 +451,7 @@ class ServiceWorkerMixin(_Base):
                 pipeline.execute()
                 return
             flat = queued.flatten(pipeline)
-        looker = "" if self.is_horse else self.name
-        if self._if_exists(keys=[execution.key, keys.fencing_fenced()], args=[looker, *flat]) != 1:
+        if self._if_exists(keys=[execution.key, keys.fencing_fenced()], args=[self.name, *flat]) != 1:
             raise TakenBack(job.id)
 
     @property
@@ -459,6 +463,8 @@ class ServiceWorkerMixin(_Base):
         (``EndNotWritten``, handled in ``_finalize_failure``)."""
         try:
             super()._finalize_success(job, queue, execution, return_value)
+        except ending.RecordedElsewhere:
+            return  # (no FINISHED webhook, no "Job OK": its end is not this run's)
         except REDIS_ERRORS as exc:
             raise EndNotWritten(exc) from exc
 
@@ -602,7 +608,7 @@ class ServiceWorkerMixin(_Base):
         A job this worker popped, without dependents, ends by one script instead (``ending``), with the
         same look at the fencing mark for a simple worker."""
         rqs = super().handle_job_success
-        if ending.applies(self, job, execution, rqs):
+        if ending.applies(self, job, queue, execution, rqs):
             done = ending.write_success(self, job, queue, execution)
             if done == ending.FENCED:
                 self.parts.fencer.exit_fenced()
@@ -659,8 +665,9 @@ class ServiceWorkerMixin(_Base):
             retry = record_interruption(job, exc_string, self.name, self.settings)
             log.warning("Job %s (%s) %s; %s", job.id, job_func(job), reason,
                         "it will be retried" if retry else "no retries left, it is failed")
-        super().handle_job_failure(job, queue, started_job_registry=started_job_registry, exc_string=exc_string,
-                                   execution=execution)
+        with persisted.watching(self, job.id):  # rq swallows a Redis error here; it is raised again
+            super().handle_job_failure(job, queue, started_job_registry=started_job_registry, exc_string=exc_string,
+                                       execution=execution)
 
     def _run_failure_callback_of_a_cut(self, job: Job, reason: str) -> None:
         """The app's failure callback of a job whose fork or spawn horse this worker killed for a cold

@@ -73,8 +73,9 @@ class ServiceParts:
         """A signal asked for a tick now."""
         self.sweeps_owed = False
         """A tick off the main loop skipped the sweeps: the main loop owes them before its next pop."""
-        self.next_tick = self.next_beat = 0.0
-        """time.monotonic() at which the next tick, and the next of rq's heartbeats, are due."""
+        self.next_tick = self.next_beat = self.next_suspension_look = 0.0
+        """time.monotonic() at which the next tick, the next of rq's heartbeats and the next look at
+        ``rq suspend``'s flag between jobs are due."""
         self.suspended = False
         """Waiting while ``rq suspend`` holds (``worker._wait_while_suspended``): STATUS= says so."""
         self.popping = False

@@ -82,6 +82,18 @@ if arm:
         return original(self, *args, **kwargs)
 
     base.BaseWorker.handle_job_success = paused_first
+
+    from rq_worker_service import ending  # a job without dependents ends by our script, rq's step unused
+
+    scripted = ending.write_success
+
+    def scripted_paused_first(worker, *args, **kwargs):
+        if os.path.exists(arm):
+            os.remove(arm)
+            os.kill(os.getpid(), signal.SIGSTOP)
+        return scripted(worker, *args, **kwargs)
+
+    ending.write_success = scripted_paused_first
 '''
 
 

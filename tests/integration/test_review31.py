@@ -12,7 +12,9 @@ EVALSHA at the connection level, below redis-py's own retry (``Redis._send_comma
   registration's EVALSHA goes out;
 * ``R31_SCRIPT=end``: the same faults on the script that writes a returned job's end (``ending``) instead;
 * ``R31_RESEND=<file>``: while the count in the file is > 0, the script is run and its reply read, then sent
-  again and the second reply returned (a driver that resends after a lost reply), the count decremented.
+  again and the second reply returned (a driver that resends after a lost reply), the count decremented;
+* ``R31_CUT_FAILURE=<file>``: once (the file removed), the transaction that records a job's failure (rq's
+  ``handle_job_failure``: its status ``failed``) meets a dropped link instead of being sent.
 """
 
 from __future__ import annotations
@@ -35,6 +37,23 @@ from rq_worker_service.keys import held as held_key
 
 SITECUSTOMIZE = textwrap.dedent('''
     import os
+
+    if os.environ.get("R31_CUT_FAILURE"):
+        import redis
+        from redis.client import Pipeline
+
+        _execute = Pipeline.execute
+
+        def _cut_failure(self, *args, **kwargs):
+            path = os.environ["R31_CUT_FAILURE"]
+            failing = any(a[:1] == ("HSET",) and "failed" in a for a, _ in self.command_stack)
+            if failing and os.path.exists(path):
+                os.remove(path)
+                self.reset()
+                raise redis.exceptions.ConnectionError("r31: link dropped as the failure is recorded")
+            return _execute(self, *args, **kwargs)
+
+        Pipeline.execute = _cut_failure
 
     if any(os.environ.get(v) for v in ("R31_LOSE", "R31_FREEZE", "R31_RESEND")):
         import hashlib
@@ -183,6 +202,30 @@ def test_the_end_is_written_once_when_its_scripts_reply_is_lost_or_it_is_sent_ag
     assert rconn.hget(f"rq:worker:{our_name('e')}", "successful_job_count") == b"3"
     output = worker.output()
     assert "Traceback" not in output, output[-3000:]
+    assert worker.proc.poll() is None
+
+
+@pytest.mark.parametrize("cls", ["fork", "simple"])
+def test_a_failure_that_could_not_be_recorded_is_not_left_started(cls, app_dir, start_worker, rconn, tmp_path):
+    """rq logs "failed to persist failure of job" with a traceback and goes on, leaving the job STARTED in
+    its StartedJobRegistry for its abandoned-job cleanup. The IDLE write that came next used to meet the
+    outage and report it; it now waits for an empty pop. The Redis error is raised again after rq's step
+    (``persisted``): one warning, and the job is retried as interrupted (a horse that exits 1; a simple
+    worker's rescue), then fails as it does every time, with no traceback of the Redis error logged."""
+    queue = Queue(f"failcut-{cls}", connection=rconn)
+    arm = tmp_path / f"failcut-{cls}"
+    worker = start_worker("f", env=env_for(app_dir, RQ_QUEUES=queue.name, RQ_WORKER_CLASS=cls,
+                                           RQ_JOB_RETRY_MAX="1", R31_CUT_FAILURE=str(arm)))
+    warm = queue.enqueue(quick_job, 0)
+    wait_until(lambda: rconn.hget(warm.key, "status") == b"finished", 20, what="the worker up")
+    arm.touch()
+    job = queue.enqueue("r31app.slow_fail", 0.1)
+    wait_until(lambda: rconn.hget(job.key, "status") == b"failed", 40, what="the job failed in the end")
+    assert not arm.exists(), "the fault did not fire"
+    output = worker.output()
+    assert "Lost Redis while recording the failure of job" in output, output[-3000:]
+    assert "failed to persist" not in output and "redis.exceptions" not in output, output[-3000:]
+    assert StartedJobRegistry(queue.name, connection=rconn).get_job_ids() == []
     assert worker.proc.poll() is None
 
 
