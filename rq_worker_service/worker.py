@@ -201,8 +201,8 @@ class ServiceWorkerMixin(_Base):
         the beat goes with it only when due (``rq_beat_due``), else the flag's EXISTS is the one command.
         A worker taking one job after another sees a suspension within a second, one command per job
         less; a worker waiting in its pop sees it as the pop returns a job (``held``)."""
-        if self.parts.clock() < self.parts.next_suspension_look:
-            return 0
+        if self.parts.clock() < self.parts.next_suspension_look and not self.parts.held.suspended:
+            return 0  # (a pop that came back empty for the flag: looked at now, else the next LMOVE takes)
         self.parts.next_suspension_look = self.parts.clock() + SUSPENSION_POLL
         if self.parts.rq_beat_due(None):
             return self.parts.guard.call(is_suspended, self.connection, self)
@@ -668,6 +668,13 @@ class ServiceWorkerMixin(_Base):
         with persisted.watching(self, job.id):  # rq swallows a Redis error here; it is raised again
             super().handle_job_failure(job, queue, started_job_registry=started_job_registry, exc_string=exc_string,
                                        execution=execution)
+
+    def handle_job_retry(self, job: Job, queue: Queue, retry: Any, started_job_registry: Any,
+                         execution: Execution) -> None:
+        """rq's step for a job that returned ``Retry``: its FAILED end, once ``max`` is used up, swallows
+        a Redis error as ``handle_job_failure`` does; it is raised again (``persisted``)."""
+        with persisted.watching(self, job.id):
+            super().handle_job_retry(job, queue, retry, started_job_registry, execution)
 
     def _run_failure_callback_of_a_cut(self, job: Job, reason: str) -> None:
         """The app's failure callback of a job whose fork or spawn horse this worker killed for a cold

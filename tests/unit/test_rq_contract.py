@@ -67,6 +67,8 @@ OVERRIDES: dict[type, dict[str, str]] = {
         "_start_scheduler": "worker.py/scheduling.py: the named scheduler",
         "main_work_horse": "worker.py: the horse dies with the worker",
         "handle_job_failure": "worker.py: interrupted jobs get the default retry",
+        "handle_job_retry": "worker.py: a Redis error rq swallows as it records a Retry result's failure is raised "
+                            "again (persisted)",
         "handle_job_success": "worker.py: a simple worker writes a job's end only while it is not marked fenced",
         "handle_execution_ended": "worker.py: the fault point job.performed; last_heartbeat left to the end's save",
         "set_state": "worker.py: notes the state Redis acknowledged (IDLE is not sent twice between jobs)",
