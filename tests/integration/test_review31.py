@@ -85,24 +85,18 @@ SITECUSTOMIZE = textwrap.dedent('''
             if path:  # SIGSTOP right before the registration goes out
                 os.remove(path)
                 os.kill(os.getpid(), signal.SIGSTOP)
-            path = _take("R31_LOSE")
-            if path:
-                left = int(open(path).read() or 0)
+            for var in ("R31_LOSE", "R31_RESEND"):
+                path = _take(var)
+                left = int(open(path).read() or 0) if path else 0
                 if left > 0:
                     with open(path, "w") as f:
                         f.write(str(left - 1))
                     conn.send_command(*args)
                     conn.read_response()  # Redis ran it
-                    conn.disconnect()
-                    raise redis.exceptions.ConnectionError("r31: reply lost with the link")
-            path = _take("R31_RESEND")
-            if path:
-                left = int(open(path).read() or 0)
-                if left > 0:
-                    with open(path, "w") as f:
-                        f.write(str(left - 1))
-                    conn.send_command(*args)
-                    conn.read_response()  # Redis ran it; the driver sends it again
+                    if var == "R31_LOSE":
+                        conn.disconnect()
+                        raise redis.exceptions.ConnectionError("r31: reply lost with the link")
+                    # R31_RESEND: the driver sends it again, below
             return original(self, conn, command_name, *args, **options)
 
         Redis._send_command_parse_response = patched
