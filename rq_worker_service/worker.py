@@ -200,9 +200,12 @@ class ServiceWorkerMixin(_Base):
         heartbeat along, in a transaction: MULTI, HSET, EXPIRE ×2, EXISTS, EXEC, six commands per job;
         the beat goes with it only when due (``rq_beat_due``), else the flag's EXISTS is the one command.
         A worker taking one job after another sees a suspension within a second, one command per job
-        less; a worker waiting in its pop sees it as the pop returns a job (``held``)."""
-        if self.parts.clock() < self.parts.next_suspension_look and not self.parts.held.suspended:
-            return 0  # (a pop that came back empty for the flag: looked at now, else the next LMOVE takes)
+        less; a worker waiting in its pop sees it as the pop returns a job (``held``). After a pop that
+        took nothing (its wait timed out, or it came back empty for the flag) the look is made at once:
+        an idle worker's pop lasts about SUSPENSION_POLL, and skipping a look there could let a short
+        ``rq suspend --duration`` pass unseen (and the one-queue LMOVE that follows does not look)."""
+        if self.parts.clock() < self.parts.next_suspension_look and self.parts.last_pop_took:
+            return 0
         self.parts.next_suspension_look = self.parts.clock() + SUSPENSION_POLL
         if self.parts.rq_beat_due(None):
             return self.parts.guard.call(is_suspended, self.connection, self)
@@ -324,6 +327,7 @@ class ServiceWorkerMixin(_Base):
                 self.parts.guard.call(self.set_state, WorkerStatus.IDLE)
                 if timeout is not None and not held.suspended:
                     reply = held.pop(queue_keys, timeout)
+        self.parts.last_pop_took = reply is not None
         if reply is not None:
             self.parts.popping = False  # in hand: from here on the job is started, whatever comes
             self.parts.held.in_hand = reply[1]

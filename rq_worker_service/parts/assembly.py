@@ -80,6 +80,8 @@ class ServiceParts:
         """Waiting while ``rq suspend`` holds (``worker._wait_while_suspended``): STATUS= says so."""
         self.popping = False
         """In rq's blocking pop with nothing in hand: only there may a stop interrupt the loop."""
+        self.last_pop_took = False
+        """The last pop took a job: the next look at ``rq suspend``'s flag may wait (``worker._suspended``)."""
         self.state_written: str | None = None
         """The worker state (rq's ``set_state``) Redis acknowledged last; None once one is queued on a
         pipeline or failed, as it is then not known (``worker.set_state``)."""
