@@ -23,8 +23,11 @@ the end was written by an earlier send of this script (a reply lost with the lin
 or by us) or another worker's cleanup took the execution (it found the entry expired: the job is failed or
 re-queued there). Either way nothing is written twice: no second result, no counter counted twice, no
 FINISHED over the outcome another worker recorded. A simple worker also looks at its fencing mark in the
-same step (the WATCH and HEXISTS of ``ServiceWorkerMixin._watch_the_fencing``, one command here); a horse
-needs no look, its lease ends it before any fencing.
+same step (the WATCH and HEXISTS of ``ServiceWorkerMixin._watch_the_fencing``, one command here). A horse
+does not look: the guard covers it. Its lease ends it before its worker may be fenced, and a horse thawed
+with its whole process group after a fencing (which the lease cannot stop at once: review of issue 31)
+finds the entry gone once the fencer's rescue claimed it, or writes the job's only end before that claim,
+which then finds the entry gone and leaves the job alone.
 """
 
 from __future__ import annotations
@@ -86,11 +89,12 @@ def write_success(worker: ServiceWorkerMixin, job: Job, queue: Queue, execution:
     from being written (``DEPENDENTS``: rq's step must write it; ``FENCED``); ``RecordedElsewhere`` when
     the registry entry was gone (``GONE``)."""
     registry = queue.started_job_registry
+    assert job.ended_at is not None and job.started_at is not None  # (set by the end's first step)
+    time_taken = job.ended_at - job.started_at
     with worker.connection.pipeline(transaction=False) as pipeline:
         # rq's writes, in rq's order (BaseWorker.handle_job_success, without the dependents and the repeat)
         worker.increment_successful_job_count(pipeline=pipeline)
-        assert job.ended_at is not None and job.started_at is not None  # (set by the end's first step)
-        worker.increment_total_working_time(job.ended_at - job.started_at, pipeline)
+        worker.increment_total_working_time(time_taken, pipeline)
         result_ttl = job.get_result_ttl(worker.default_result_ttl)
         if result_ttl != 0:
             job._handle_success(result_ttl, pipeline=pipeline, worker_name=worker.name, execution_id=execution.id,
@@ -118,8 +122,6 @@ def write_success(worker: ServiceWorkerMixin, job: Job, queue: Queue, execution:
         return done
     job._status = JobStatus.FINISHED  # (as rq's step sets it after its cleanup)
     release_slot(job)
-    assert job.ended_at is not None and job.started_at is not None
-    time_taken = job.ended_at - job.started_at
     if worker.log_job_description:  # rq's line
         worker.log.info("Successfully completed %s job in %ss on worker %s", job.description, time_taken,
                         worker.name)
