@@ -20,10 +20,12 @@ import time
 
 import redis
 from redis.connection import AbstractConnection, Connection, ConnectionPool, UnixDomainSocketConnection
+from redis.maint_notifications import MaintNotificationsConfig
 
 from .connection import REDIS_ERRORS
 
 PLAIN = (Connection, UnixDomainSocketConnection)
+NO_MAINT_NOTIFICATIONS = MaintNotificationsConfig(enabled=False)
 
 
 def applies(pool: object) -> bool:
@@ -47,7 +49,11 @@ class Handoff:
         # Without the driver's CLIENT SETINFO ×2 (LIB-NAME, LIB-VER): two round trips per job, counted
         # as commands by Redis ≥ 7.2 and refused by older ones; CLIENT LIST names the horse's connection
         # by its worker all the same (CLIENT SETNAME, which fencing needs).
-        spare = self.pool.connection_class(**dict(self.pool.connection_kwargs, driver_info=None))
+        # Nor redis-py's maintenance-notification handshake (CLIENT MAINT_NOTIFICATIONS ON, RESP3): a round
+        # trip per job that Redis answers with an error unless it is Redis Enterprise or Cloud, for a
+        # connection that lives one job (``INFO errorstats``: one ERR per job).
+        spare = self.pool.connection_class(**dict(self.pool.connection_kwargs, driver_info=None,
+                                                  maint_notifications_config=NO_MAINT_NOTIFICATIONS))
         # redis-py checks a connection's health (a PING) before its first command once it is older than
         # health_check_interval, and a new one counts as old: a PING before HELLO, one more command per
         # job. A new socket's HELLO answers for its health.

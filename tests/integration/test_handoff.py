@@ -44,3 +44,16 @@ def test_a_spare_connection_that_died_meanwhile_is_replaced_in_the_horse(start_w
         rconn.client_kill_filter(_id=client)
     for i in range(3):
         assert finished(rconn, queue.enqueue(quick_job, i, job_id=f"after-kill-{i}").id).return_value() == 2 * i
+
+
+def test_the_horses_connection_sends_no_handshake_redis_refuses(start_worker, notify, rconn):
+    """redis-py 7+ sends CLIENT MAINT_NOTIFICATIONS ON on each new RESP3 connection, which Redis other than
+    Enterprise or Cloud answers with an error: one wasted round trip per job on the horse's connection."""
+    start_worker("1", notify=notify)
+    notify.wait_for("READY=1")
+    queue = Queue(connection=rconn)
+    finished(rconn, queue.enqueue(quick_job, 1).id)
+    errors_before = sum(e["count"] for e in rconn.info("errorstats").values())
+    for i in range(5):
+        finished(rconn, queue.enqueue(quick_job, i, job_id=f"no-handshake-{i}").id)
+    assert sum(e["count"] for e in rconn.info("errorstats").values()) - errors_before < 5
