@@ -116,6 +116,8 @@ class Settings:
     app_virtualenv: str | None
     worker_class: str
     """fork, simple, spawn, or a dotted path to the app's own worker class (``worker_classes.service_class``)."""
+    prefork: bool | None
+    """Fork the next horse while a job runs (``prefork``; None: auto); our fork class only."""
     serializer: str
     """pickle, json or a dotted path; these four are imported from the app by ``classes``."""
     job_class: str | None

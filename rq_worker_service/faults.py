@@ -14,6 +14,7 @@ POINTS: dict[str, str] = {
     "pop.reply": "a pop's reply is in hand: the job id is in a list the worker owns",
     "pop.fetched": "the popped job's hash was loaded",
     "job.registered": "the job is registered as started (StartedJobRegistry, execution)",
+    "spare.ready": "a spare horse rebuilt the job handed to it and answered ready; the worker has not said go",
     "horse.started": "the horse (fork or spawn) runs the job, or the simple worker is about to",
     "job.performed": "the job's function returned or raised, its end not yet written",
     "job.ended": "the job's end (result, status, registries) is written",

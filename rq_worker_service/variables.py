@@ -86,6 +86,16 @@ def boolean(raw: str) -> bool:
     raise Invalid("one of 1/0, true/false, yes/no, on/off")
 
 
+def boolean_or_auto(raw: str) -> bool | None:
+    """yes, no (as ``boolean``) or auto (None: the service decides as it goes)."""
+    if raw.lower() == "auto":
+        return None
+    try:
+        return boolean(raw)
+    except Invalid:
+        raise Invalid("auto, or one of 1/0, true/false, yes/no, on/off") from None
+
+
 def choice(*values: str, normalise: Callable[[str], str] = str.lower) -> Parser:
     def parse(raw: str) -> str:
         value = normalise(raw)
@@ -439,6 +449,11 @@ VARIABLES: tuple[Variable, ...] = (
              "service's behaviour is put in front of it, and it runs jobs as fork, spawn or simple by the rq class "
              "it derives from.", worker_class, default="fork", field="worker_class", flag="--worker-class",
              short="-w", metavar="CLASS"),
+    Variable("RQ_PREFORK", "With RQ_WORKER_CLASS=fork: fork each job's horse while the previous job runs and "
+             "hand it the job over a pipe, so that the fork is not on the job's path (still one fresh process per "
+             "job; one more, idle, process per instance). auto: only while this worker does not wait for a CPU "
+             "(a spare horse costs CPU, which busy CPUs lack); no: fork the horse when the job is taken, as rq does.",
+             boolean_or_auto, default=None, shown_default="auto", field="prefork"),
     Variable("RQ_SERIALIZER", "How jobs are serialized in Redis, as the app enqueues them (rq's --serializer): "
              "pickle, json (rq's JSONSerializer), or a dotted path to the app's serializer (a class or module with "
              "dumps and loads). Every part of the service that reads jobs uses it (recovery, status, the enqueue "

@@ -25,6 +25,7 @@ from .config import ConfigError
 from .handoff import Handoff
 from .lease import LEASE_VAR
 from .parts.jobwatch import JobWatch
+from .prefork import Prefork
 from .secret_env import SecretEnvironment, handover
 from .worker import ServiceWorkerMixin
 
@@ -40,11 +41,16 @@ class JobInterrupted(BaseException):
 
 class ServiceWorker(ServiceWorkerMixin, Worker):
     """``RQ_WORKER_CLASS=fork`` (default): each job in a forked work horse, which uses a Redis
-    connection this process opened for it beforehand (``handoff``)."""
+    connection this process opened for it beforehand (``handoff``); with RQ_PREFORK, a horse forked
+    while the previous job ran and handed its job over a pipe (``prefork``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.parts.handoff = Handoff(self.connection)
+        # Only our own class: an app's subclass may keep state between its pop and its fork that a
+        # spare forked a job earlier would not have (``prefork``).
+        if self.settings.prefork is not False and type(self) is ServiceWorker:
+            self.parts.prefork = Prefork(self, auto=self.settings.prefork is None)
 
     @property
     def _handoff(self) -> Handoff:
@@ -53,11 +59,28 @@ class ServiceWorker(ServiceWorkerMixin, Worker):
 
     def fork_work_horse(self, job: Job, queue: Queue) -> None:
         self.parts.horse_starting()  # a fresh lease for the horse (``ServiceParts.horse_starting``)
-        self._handoff.prepare()  # opened while the previous horse ran; the first job's, now
-        super().fork_work_horse(job, queue)  # (the horse never returns from here)
-        self._handoff.forked(self._horse_pid)
+        prefork = self.parts.prefork
+        pid = prefork.take(job, queue) if prefork is not None else None
+        if pid is not None:  # rq's parent side of its fork, for a horse that was forked already
+            os.environ["RQ_WORKER_ID"] = self.name
+            os.environ["RQ_JOB_ID"] = job.id
+            self._horse_pid = pid
+            self.procline(f"Handed to {pid} at {time.time()}")
+        else:
+            self._handoff.prepare()  # opened while the previous horse ran; the first job's, now
+            super().fork_work_horse(job, queue)  # (the horse never returns from here)
+            self._handoff.forked(self._horse_pid)
         faults.reached("horse.started")
         self._handoff.prepare()  # the next horse's, while this one runs
+        if prefork is not None:
+            spare = prefork.prepare()  # (the spare never returns from here)
+            if spare is not None:
+                self._handoff.forked(spare)  # the connection is the spare's now
+
+    def teardown(self) -> None:
+        if self.parts.prefork is not None and not self.is_horse:
+            self.parts.prefork.retire()
+        super().teardown()
 
     def main_work_horse(self, job: Job, queue: Queue) -> None:
         self._handoff.adopt()

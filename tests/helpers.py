@@ -56,6 +56,18 @@ def app_package_env(app_dir: Path, **env: str) -> dict[str, str]:
     return {"RQ_APP_PATH": f"{app_dir}:{JOBS_DIR}", "PYTHONPATH": path, "RQ_WITH_SCHEDULER": "no", **env}
 
 
+def horse_of(worker_pid: int) -> int:
+    """The work horse of a fork worker without a scheduler process: its oldest live child. With
+    RQ_PREFORK the worker's other child is the spare horse, forked after the horse it will follow
+    and waiting for the next job (``prefork``)."""
+    def started(pid: int) -> tuple[int, int]:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]), pid
+
+    children = [int(p) for p in Path(f"/proc/{worker_pid}/task/{worker_pid}/children").read_text().split()]
+    assert children, f"worker {worker_pid} has no child"
+    return min(children, key=started)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -41,6 +41,7 @@ from .reporting import Counters, StatusReporter
 from .stops import Cutter, StopAnnouncer
 
 if TYPE_CHECKING:
+    from ..prefork import Prefork
     from ..worker import ServiceWorkerMixin
 
 BEAT_INTERVAL = 1.0
@@ -94,6 +95,8 @@ class ServiceParts:
         self.main_pid = os.getpid()
         """The worker's process, which its horse dies with."""
         self.handoff: Handoff | None = None
+        self.prefork: Prefork | None = None
+        """The fork worker's spare horse (``prefork``), with RQ_PREFORK."""
         """The fork worker's: the next horse's Redis connection."""
         self.watch: JobWatch | None = None
         """The simple worker's: the thread that ticks while a job runs."""

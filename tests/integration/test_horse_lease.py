@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import NotifySocket, wait_until
+from helpers import NotifySocket, horse_of, wait_until
 from rq import Queue
 from rq.job import Job
 from testjobs import alive_job
@@ -30,12 +30,6 @@ def ready(tmp_path: Path, label: str) -> NotifySocket:
     directory = tmp_path / label
     directory.mkdir()
     return NotifySocket(directory)
-
-
-def horse_of(pid: int) -> int:
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    assert len(children) == 1, children
-    return int(children[0])
 
 
 def running(pid: int) -> bool:

@@ -6,12 +6,12 @@ an app's custom classes and serializer stay in force, and burst mode still runs 
 
 from __future__ import annotations
 
+import os
 import signal
 from datetime import UTC, datetime, timedelta
 
-import psutil
 import pytest
-from helpers import JOBS_DIR, wait_until
+from helpers import JOBS_DIR, horse_of, wait_until
 from rq import Queue
 from rq.command import send_kill_horse_command, send_stop_job_command
 from rq.job import Job, JobStatus
@@ -54,8 +54,7 @@ def test_stop_job_command_leaves_the_job_stopped(start_worker, notify, rconn):
 def test_horse_killed_from_outside_is_a_crash_and_gets_the_default_retry(start_worker, notify, rconn):
     """The documented difference (OOM killer, kill -9 of the horse): retried, with the execution recorded."""
     worker, job = started_worker(start_worker, notify, rconn, "oom")
-    (horse,) = psutil.Process(worker.pid).children()
-    horse.send_signal(signal.SIGKILL)
+    os.kill(horse_of(worker.pid), signal.SIGKILL)
     wait_until(lambda: job.get_status(refresh=True) == JobStatus.SCHEDULED, 15, what="the retry to be scheduled")
     job.refresh()
     assert job.retries_left == 2  # RQ_JOB_RETRY_MAX=3, one used

@@ -271,8 +271,11 @@ INTERNALS: list[Internal] = [
     Internal(("rq.serializers.resolve_serializer", "rq.serializers.Serializer"),
              "classes.py: RQ_SERIALIZER resolved as `rq worker --serializer` resolves it",
              ("test_serializer_names_resolve_as_rqs_serializer_option_resolves_them",)),
-    Internal(("rq.executions.Execution._job",), "horse.py",
+    Internal(("rq.executions.Execution._job",), "horse.py, prefork.py",
              ("test_an_execution_given_its_job_does_not_fetch_it_again",)),
+    Internal(("rq.job.UNEVALUATED", "a job's call serialized in `_data`, read into `_func_name`, `_instance`, "
+              "`_args`, `_kwargs` when first used"), "prefork.py `pack`, `restore`: the job handed to a spare horse",
+             ("test_a_fetched_jobs_call_waits_in_its_data_until_read",)),
     # rq: records, fields and keys
     Internal(("worker hash fields `pid`, `hostname`, `queues`, `death`",), "recovery.py: the predecessor's record",
              ("test_the_worker_record_has_the_fields_recovery_status_and_the_autoscaler_read",)),

@@ -650,6 +650,22 @@ def test_an_execution_given_its_job_does_not_fetch_it_again(connection):
         "and serializer) would be fetched again")
 
 
+def test_a_fetched_jobs_call_waits_in_its_data_until_read(connection):
+    """prefork.py hands a spare horse the job's attributes: its call as the serialized ``_data`` and the
+    four attributes rq fills from it, left as ``UNEVALUATED`` (read again from ``_data`` in the horse, as
+    rq's do from a fetch). If rq kept the call elsewhere, or another marker, the handed job would lose it."""
+    queue = Queue("q", connection=connection)
+    job = Job.fetch(queue.enqueue("builtins.max", 3, 4, key=None).id, connection=connection)
+    deserialized = ("_func_name", "_instance", "_args", "_kwargs")
+    assert isinstance(job._data, bytes), "rq's fetched job no longer keeps its serialized call in _data"
+    assert all(getattr(job, name) is rq.job.UNEVALUATED for name in deserialized), (
+        "rq's fetched job no longer leaves its call's attributes UNEVALUATED until read")
+    assert (job.func_name, job.args, job.kwargs) == ("builtins.max", (3, 4), {"key": None})
+    assert not any(getattr(job, name) is rq.job.UNEVALUATED for name in deserialized), (
+        "rq reads the call into other attributes than _func_name, _instance, _args, _kwargs")
+    assert set(vars(job)) >= set(deserialized) | {"_data", "connection"}
+
+
 # -- failing, retrying and requeueing a job from outside a worker --------------------------------
 
 

@@ -33,7 +33,11 @@ ACTIONS = (*ACT, "clock-step")
 HERE = Path(__file__).resolve().parent
 PACKAGE = HERE.parents[2] / "rq_worker_service"
 QUEUE_SETS = {1: ("q1",), 3: ("q1", "q2", "q3")}
-WORKER_CLASSES = ("fork", "spawn", "simple")
+WORKER_CLASSES = ("fork", "prefork", "spawn", "simple")
+CLASS_ENV = {"fork": {"RQ_WORKER_CLASS": "fork", "RQ_PREFORK": "no"},
+             "prefork": {"RQ_WORKER_CLASS": "fork", "RQ_PREFORK": "yes"},
+             "spawn": {"RQ_WORKER_CLASS": "spawn"}, "simple": {"RQ_WORKER_CLASS": "simple"}}
+"""What each class of the matrix sets: prefork is the fork worker with its spare horse (``prefork``)."""
 CELL_BOUND = 40.0
 """Seconds a cell may take from the first start to every job done."""
 INSTANCE = "f1"
@@ -122,9 +126,11 @@ class Outcome:
 
 
 def all_cells() -> list[Cell]:
-    """The whole matrix: point × action × {one queue, three} × {fork, spawn, simple}; no horse in simple mode."""
+    """The whole matrix: point × action × {one queue, three} × {fork, prefork, spawn, simple}; no horse in simple
+    mode."""
     return [Cell(point, action, queues, cls) for point in POINTS for action in ACTIONS for queues in QUEUE_SETS
-            for cls in WORKER_CLASSES if not (cls == "simple" and action == "kill-horse")]
+            for cls in WORKER_CLASSES if not (cls == "simple" and action == "kill-horse")
+            and not (point == "spare.ready" and cls != "prefork")]
 
 
 def placed_points() -> set[str]:
@@ -191,7 +197,7 @@ def run_cell(server: RestartableRedis, cell: Cell, seed: int, workdir: Path) -> 
     jobs = job_specs(cell, rng)
     enqueue(conn, jobs)
     notify = NotifySocket(workdir)
-    env = {"RQ_QUEUES": ",".join(QUEUE_SETS[cell.queues]), "RQ_WORKER_CLASS": cell.worker_class,
+    env = {"RQ_QUEUES": ",".join(QUEUE_SETS[cell.queues]), **CLASS_ENV[cell.worker_class],
            "WATCHDOG_USEC": "3000000", "RQ_JOB_RETRY_DELAY": "0", "RQ_APP_PATH": str(HERE),
            "PYTHONPATH": str(HERE), "RQWS_FAULT_DIR": str(workdir)}
     instances = _instances(cell)

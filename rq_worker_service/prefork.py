@@ -1,0 +1,387 @@
+"""The next work horse, forked while the current job runs, handed its job over a pipe (``RQ_PREFORK``).
+
+A fork worker's job waited for its horse's start: the ``fork()`` of a 35 MB process and the child's
+first steps (copy-on-write faults of its stack and of what it touches first, its process group, its
+signals) took 2.5 ms of wall time between the worker's fork and the horse's first line of rq, a
+fifth of a no-op job's cycle (bench, one instance). A spare horse is forked right after the current
+horse (the core that runs the job is not the one that forks) and waits on a pipe; the next job is
+written to it, and it runs that job as a freshly forked horse would.
+
+Still one process per job: a spare runs at most one job and exits; it imports no job code before
+its job (it is a copy of the worker, which does not either). What it is handed is what a fork
+would have copied and that changed since the spare was forked: the job (its attributes as the
+worker has them after the pop and ``apply_job_defaults``; the arguments as their serialized bytes,
+deserialized in the horse as in rq's), the execution the registration created, the held list's
+registration (``Held.registered``: the end script reads it), the lifecycle's cut reason, and the
+journal fields. The queue is rebuilt from its name with the worker's classes, as the pop built it.
+
+The hand-over is a handshake, so that a job is never left with a spare that cannot run it: the
+worker writes the message (its length first); the spare reads it, rebuilds the job, the execution and
+the queue, and answers "ready"; only then does the worker say "go", and only "go" starts the job. A
+spare that does not answer within ``HANDOVER_WITHIN`` (frozen: SIGSTOP, a debugger; or too slow) or
+answers that it could not rebuild the job is killed and reaped before anything else happens, and the
+job's horse is forked as before: the spare never runs a job the worker did not hand it, and a job the
+worker handed is run by nobody else. A worker frozen between "ready" and "go" leaves the spare
+waiting with the job not started; a fencer's rescue then takes the execution (``TakenBack`` in the
+horse when the "go" comes after all).
+
+The job's horse is also forked as before when the job cannot be pickled (an app's job class with
+something unpicklable on it), when the spare is gone (an operator's kill, the OOM killer: its pipe
+refuses the write), or when what the spare copied is not what the worker uses now (a new Redis client
+or connection settings: a Sentinel failover; the settings object). A spare that cannot be forked
+(EAGAIN at the unit's TasksMax=, ENOMEM) is skipped: the next job's horse is forked as before. A spare
+is killed and reaped when the worker leaves (stop, reload, recycle: ``retire``); the kernel kills it
+with its worker otherwise (``die_with_parent``). It has its own process group from its fork on, set by
+both processes (the usual fork-and-setpgid race: rq's ``kill_horse`` kills the horse's group).
+
+Where this costs: a second process per instance (its own memory is the pages it and the worker
+write after the fork: docs/benchmarks.md), and the worker's own writes between jobs now copy pages,
+as they did only while a horse ran. Only our own fork worker class (an app's subclass may keep
+state of its own between the pop and the fork that a spare would not see).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import select
+import signal
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from rq.executions import Execution
+from rq.job import UNEVALUATED, Job
+from rq.queue import Queue
+
+from . import faults, journal
+from .process import die_with_parent
+from .rqcompat import job_func
+
+if TYPE_CHECKING:
+    from .worker_classes import ServiceWorker
+
+log = logging.getLogger("rq_worker_service.worker")
+
+_DESERIALIZED = ("_func_name", "_instance", "_args", "_kwargs")
+"""What rq's job holds once it deserialized its data (its ``func_name``, ``args``, ``kwargs`` read them):
+sent as the data's bytes instead, so that the horse deserializes them with the job's own serializer,
+as rq's horse does with the job it was forked with."""
+
+_CHUNK = 65536
+_HEADER = struct.Struct("=Q")
+"""The message's length, ahead of it."""
+
+HANDOVER_WITHIN = 2.0
+"""Seconds the worker gives a spare to read its message and answer "ready": a spare frozen (SIGSTOP) or
+starved past it is killed and the job's horse forked as before, rather than waited for."""
+
+REAP_WITHIN = 1.0
+"""Seconds the worker waits for a killed spare to be reaped; one that takes longer (in uninterruptible
+sleep) is reaped later, between jobs, rather than holding the worker's loop."""
+
+READY, NOT_READY, GO = b"+", b"-", b"g"
+
+
+@dataclass
+class Spare:
+    """A forked horse waiting for its job, as the worker sees it."""
+
+    pid: int
+    pipe: int
+    """The write end of the pipe to the spare."""
+    answers: int
+    """The read end of the pipe from the spare."""
+    born_with: tuple[Any, dict[str, Any], Any]
+    """The worker's Redis client, its connection settings and its settings object at the fork."""
+
+
+class Prefork:
+    """The worker's spare horse: forked after each horse, handed the next job."""
+
+    def __init__(self, worker: ServiceWorker, auto: bool = False) -> None:
+        self.worker = worker
+        self.contention = Contention() if auto else None
+        """RQ_PREFORK=auto: a spare only while this worker does not wait for a CPU."""
+        self.spare: Spare | None = None
+        self.unreaped: list[int] = []
+        """Killed spares not reaped yet (``REAP_WITHIN``)."""
+        self.cannot_fork: str | None = None
+        """Why the last spare could not be forked, told once until one can."""
+
+    def _now(self) -> tuple[Any, dict[str, Any], Any]:
+        connection = self.worker.connection
+        return connection, dict(connection.connection_pool.connection_kwargs), self.worker.settings
+
+    def prepare(self) -> int | None:
+        """Fork the spare (in the worker, right after the current horse's fork, while it runs); its pid.
+        None when there is none to fork now, or it could not be forked (the job's horse is then forked)."""
+        self._reap()
+        parts = self.worker.parts
+        if self.spare is not None or parts.lease is None or parts.lifecycle.stopping:
+            return None  # (the lease exists from the first tick on: a spare forked before it would run without)
+        if self.contention is not None and self.contention.busy():
+            return None
+        fds: list[int] = []
+        try:
+            to_spare, from_spare = os.pipe(), os.pipe()
+            fds = [*to_spare, *from_spare]
+            pid = os.fork()
+        except OSError as exc:  # EAGAIN (TasksMax=, a pids limit), ENOMEM, EMFILE: the job's horse is forked
+            for fd in fds:
+                os.close(fd)
+            if self.cannot_fork != exc.strerror:
+                log.warning("Cannot fork a spare horse (%s): each job's horse is forked as the job is taken until "
+                            "one can be", exc.strerror)
+            self.cannot_fork = exc.strerror
+            return None
+        if pid == 0:
+            os.close(to_spare[1])
+            os.close(from_spare[0])
+            self._wait_and_run(to_spare[0], from_spare[1])
+        os.close(to_spare[0])
+        os.close(from_spare[1])
+        os.set_blocking(to_spare[1], False)
+        try:
+            os.setpgid(pid, pid)  # (the child does the same: whichever comes first)
+        except OSError:
+            pass  # it exited already
+        self.spare = Spare(pid, to_spare[1], from_spare[0], self._now())
+        self.cannot_fork = None
+        return pid
+
+    def take(self, job: Job, queue: Queue) -> int | None:
+        """Hand ``job`` to the spare; its pid, or None when the caller forks a horse as before."""
+        spare, self.spare = self.spare, None
+        if spare is None:
+            return None
+        if not self._same(spare.born_with):
+            self._end(spare)
+            return None
+        try:
+            message = pickle.dumps(self._message(job, queue), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # noqa: BLE001  (anything a pickle of an app's objects may raise)
+            log.debug("Job %s cannot be handed to a spare horse (%s): forking its horse", job.id, exc)
+            self._end(spare)
+            return None
+        deadline = time.monotonic() + HANDOVER_WITHIN
+        if not _send(spare.pipe, _HEADER.pack(len(message)) + message, deadline) \
+                or _answer(spare.answers, deadline) != READY:
+            # Gone (killed, OOM), frozen, too slow, or it could not rebuild the job: it has not started
+            # it (only "go" starts it), and it is dead before the job's horse is forked.
+            log.info("The spare horse %d did not take job %s: forking its horse", spare.pid, job.id)
+            self._end(spare)
+            return None
+        faults.reached("spare.ready")
+        try:
+            os.write(spare.pipe, GO)  # (a byte in an empty pipe: never blocks)
+        except OSError:  # it died just now: rq's monitor finds it dead, as any horse that died at its start
+            pass
+        os.close(spare.pipe)
+        os.close(spare.answers)
+        return spare.pid
+
+    def retire(self) -> None:
+        """The worker leaves (stop, reload, recycle): the spare is killed and reaped."""
+        spare, self.spare = self.spare, None
+        if spare is not None:
+            self._end(spare)
+
+    def _same(self, born_with: tuple[Any, dict[str, Any], Any]) -> bool:
+        connection, kwargs, settings = self._now()
+        return connection is born_with[0] and kwargs == born_with[1] and settings is born_with[2]
+
+    def _end(self, spare: Spare) -> None:
+        """Kill a spare that has no job, and reap it (within ``REAP_WITHIN``, else later)."""
+        os.close(spare.pipe)
+        os.close(spare.answers)
+        try:
+            os.kill(spare.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.unreaped.append(spare.pid)
+        deadline = time.monotonic() + REAP_WITHIN
+        while self.unreaped and time.monotonic() < deadline:
+            self._reap()
+            if spare.pid in self.unreaped:
+                time.sleep(0.005)
+
+    def _reap(self) -> None:
+        for pid in list(self.unreaped):
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                    continue
+            except ChildProcessError:
+                pass
+            self.unreaped.remove(pid)
+
+    def _message(self, job: Job, queue: Queue) -> dict[str, Any]:
+        execution = self.worker.execution
+        if execution is None or execution.job_id != job.id:
+            raise ValueError("no execution of this job")  # (rq's API called directly: never our pop's)
+        return pack(job, execution) | {
+            "queue": queue.name,
+            "registered": self.worker.parts.held.registered,
+            "cut_reason": self.worker.parts.lifecycle.cut_reason,
+            "func": job_func(job),
+        }
+
+    # -- in the spare ---------------------------------------------------------------------------
+
+    def _wait_and_run(self, read: int, answer: int) -> NoReturn:
+        """The spare's life; never back into the worker's code (rq's horse ends with os._exit too)."""
+        code = 1
+        try:
+            code = self._life(read, answer)
+        except BaseException:  # noqa: BLE001
+            log.exception("A spare horse failed before its job began")
+        finally:
+            os._exit(code)
+
+    def _life(self, read: int, answer: int) -> int:
+        """Set up as a horse, wait for the job, run it (``main_work_horse`` exits); 0 without a job."""
+        worker = self.worker
+        os.setpgrp()
+        worker.setup_work_horse_signals()
+        die_with_parent(worker.parts.main_pid)
+        worker._handoff.adopt()  # the connection the worker opened for its next horse, now this one's
+        data = _receive(read)
+        if not data:
+            return 0  # retired before it had a job
+        try:
+            message = pickle.loads(data)
+            handed = self._rebuilt(message)
+        except Exception:
+            os.write(answer, NOT_READY)  # the worker forks the job's horse instead
+            raise
+        os.write(answer, READY)
+        if os.read(read, 1) != GO:
+            return 0  # the worker gave up on this spare (too slow to answer): the job's horse is forked
+        self._run(message, *handed)
+        return 1  # (main_work_horse exits: never here)
+
+    def _rebuilt(self, message: dict[str, Any]) -> tuple[Job, Execution, Queue]:
+        job, execution = restore(message, self.worker.connection)
+        return job, execution, self.worker._queue(name=message["queue"])
+
+    def _run(self, message: dict[str, Any], job: Job, execution: Execution, queue: Queue) -> None:
+        worker = self.worker
+        worker.executions.clear()  # (the job running when the spare was forked)
+        worker.execution = execution
+        worker.parts.held.registered = message["registered"]
+        worker.parts.lifecycle.cut_reason = message["cut_reason"]
+        os.environ["RQ_WORKER_ID"] = worker.name
+        os.environ["RQ_JOB_ID"] = job.id
+        journal.set_job(job.id, message["func"], queue.name)
+        worker.main_work_horse(job, queue)
+
+
+class Contention:
+    """RQ_PREFORK=auto: whether the CPUs are too busy for a spare horse, from how long this process waited
+    for a CPU (the run queue's wait in ``/proc/self/schedstat``) over the last ``WINDOW`` seconds or more.
+
+    A spare costs CPU (its fork while the job runs, and the worker's writes between jobs then copy
+    pages: ≈1 ms of a no-op job's 9–10 ms here) and takes the fork off the job's path, which pays only
+    where a CPU is free to fork. Measured with no-op fork jobs on two cores (``bench/under_systemd.py``):
+    one instance waited 1–6 % of its time (the spare: 1.15–1.25× the jobs/s without), two instances
+    17–25 % (the spare: 0.8–0.9×). Over ``BUSY`` the next horse is forked as the job is taken, as rq does."""
+
+    WINDOW = 1.0
+    BUSY = 0.1
+    PATH = "/proc/self/schedstat"
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.since: tuple[float, float] | None = None
+        self.answer = False
+
+    def busy(self) -> bool:
+        """True while the last window's run-queue wait was over BUSY of its time (or it cannot be read)."""
+        try:
+            with open(self.PATH) as stat:
+                waited = int(stat.read().split()[1]) / 1e9
+        except (OSError, ValueError, IndexError):  # (a kernel without schedstats: rq's way)
+            return True
+        now = self.clock()
+        if self.since is None:
+            self.since = (now, waited)
+            return self.answer
+        began, waited_before = self.since
+        if now - began >= self.WINDOW:
+            self.answer = (waited - waited_before) / (now - began) > self.BUSY
+            self.since = (now, waited)
+        return self.answer
+
+
+def pack(job: Job, execution: Execution) -> dict[str, Any]:
+    """The job and its execution as the worker has them, without their connection (``restore``)."""
+    state = {name: value for name, value in vars(job).items() if name != "connection"}
+    unevaluated = {name for name, value in state.items() if value is UNEVALUATED}
+    if isinstance(state.get("_data"), bytes):
+        unevaluated.update(_DESERIALIZED)  # deserialized in the horse from the bytes, as a fetch would
+    for name in unevaluated:
+        state.pop(name, None)
+    return {"job_class": type(job), "job": state, "unevaluated": sorted(unevaluated),
+            "execution": {name: value for name, value in vars(execution).items() if name not in ("connection", "_job")}}
+
+
+def restore(message: dict[str, Any], connection: Any) -> tuple[Job, Execution]:
+    """The job and the execution a message carries, on the horse's ``connection``."""
+    job_class = message["job_class"]
+    job = job_class.__new__(job_class)
+    vars(job).update(message["job"])
+    for name in message["unevaluated"]:
+        setattr(job, name, UNEVALUATED)
+    job.connection = connection
+    execution = Execution.__new__(Execution)
+    vars(execution).update(message["execution"])
+    execution.connection = connection
+    execution._job = job
+    return job, execution
+
+
+def _send(fd: int, data: bytes, deadline: float) -> bool:
+    """Write all of ``data`` to the spare's pipe by ``deadline``; False if it could not."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view):]
+        except BlockingIOError:  # a message larger than the pipe's buffer, read as the spare goes
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([], [fd], [], left)[1]:
+                return False
+        except OSError:  # EPIPE: the spare is gone
+            return False
+    return True
+
+
+def _answer(fd: int, deadline: float) -> bytes:
+    """The spare's answer, or b"" if none came by ``deadline`` (or it is gone)."""
+    while (left := deadline - time.monotonic()) > 0:
+        if select.select([fd], [], [], left)[0]:
+            return os.read(fd, 1)
+    return b""
+
+
+def _receive(fd: int) -> bytes:
+    """The worker's message (its length first), or b"" once the pipe is closed without one."""
+    header = _read_exactly(fd, _HEADER.size)
+    return _read_exactly(fd, _HEADER.unpack(header)[0]) if header else b""
+
+
+def _read_exactly(fd: int, size: int) -> bytes:
+    """``size`` bytes, or b"" at the end of the pipe before any (another process forked from the worker,
+    its scheduler, may hold a copy of the write end: the length, not the end of the pipe, ends a message)."""
+    chunks, got = [], 0
+    while got < size:
+        chunk = os.read(fd, min(size - got, _CHUNK))
+        if not chunk:
+            if got:
+                raise EOFError(f"the worker's message ended after {got} of {size} bytes")
+            return b""
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,229 @@
+"""RQ_PREFORK: the fork worker forks the next horse while a job runs and hands it its job (``prefork``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from helpers import JOBS_DIR, wait_until
+from rq import Queue
+from rq.command import send_kill_horse_command
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+from testjobs import environ_job, quick_job, sleep_job
+
+PREFORK = {"RQ_PREFORK": "yes", "RQ_WITH_SCHEDULER": "no"}  # (no scheduler: the worker's only child is a horse)
+
+APP = textwrap.dedent('''
+    """An app job class that carries something no pickle takes (a lock), and a job that says its process."""
+    import os
+    import threading
+    import time
+
+    from rq.job import Job
+
+    IMPORTED_AT = time.time()
+
+
+    class LockedJob(Job):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._lock = threading.Lock()
+
+
+    def explode():
+        raise RuntimeError("this cannot be loaded here")
+
+
+    class Bomb:
+        """Pickles, and cannot be unpickled."""
+        def __reduce__(self):
+            return explode, ()
+
+
+    class BombJob(Job):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.bomb = Bomb()
+
+
+    SEEN = []
+
+
+    def whoami(tag):
+        """This process's pid, its parent's, the tags of the jobs this module saw in this process before,
+        and when this module was imported."""
+        before = list(SEEN)
+        SEEN.append(tag)
+        return [os.getpid(), os.getppid(), before, IMPORTED_AT]
+''')
+
+
+def children(pid: int) -> set[int]:
+    """The live (not zombie) children of ``pid``."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.add(int(entry.name))
+    return found
+
+
+def exists(pid: int) -> bool:
+    """Alive or a zombie: a spare killed but never reaped still shows here."""
+    return Path(f"/proc/{pid}").exists()
+
+
+def finished(rconn, job_id: str, timeout: float = 20) -> Job:
+    wait_until(lambda: Job.fetch(job_id, connection=rconn).get_status() in (JobStatus.FINISHED, JobStatus.FAILED),
+               timeout, what=f"job {job_id} to end")
+    return Job.fetch(job_id, connection=rconn)
+
+
+@pytest.fixture
+def app_dir(tmp_path):
+    path = tmp_path / "pfapp"
+    path.mkdir()
+    (path / "pfapp.py").write_text(APP)
+    return path
+
+
+def start(start_worker, notify, app_dir, **env: str):
+    worker = start_worker("1", notify=notify, env={**PREFORK, "RQ_APP_PATH": f"{app_dir}:{JOBS_DIR}", **env})
+    notify.wait_for("READY=1")
+    return worker
+
+
+def spare_of(worker, rconn) -> int:
+    """The idle worker's spare horse, once there is one (forked with the first job's horse)."""
+    wait_until(lambda: len(children(worker.pid)) == 1, 10, what="the spare horse")
+    (spare,) = children(worker.pid)
+    return spare
+
+
+def test_each_job_runs_in_a_horse_forked_before_it_was_taken_and_used_once(start_worker, notify, rconn, app_dir):
+    worker = start(start_worker, notify, app_dir)
+    queue = Queue(connection=rconn)
+    assert finished(rconn, queue.enqueue(quick_job, 1).id).return_value() == 2
+    seen = []
+    for i in range(3):
+        spare = spare_of(worker, rconn)
+        pid, parent, before, _ = finished(rconn, queue.enqueue("pfapp.whoami", i).id).return_value()
+        assert (pid, parent) == (spare, worker.pid)  # the spare that waited took the job
+        assert before == []  # a process of its own: no earlier job's state in its module
+        seen.append(pid)
+    assert len(set(seen)) == 3
+    assert "Traceback" not in worker.output()
+
+
+def test_the_job_module_is_not_imported_before_the_job(start_worker, notify, rconn, app_dir):
+    """The spare is a copy of the worker, which imports no job code: only the job imports its module."""
+    worker = start(start_worker, notify, app_dir)
+    queue = Queue(connection=rconn)
+    finished(rconn, queue.enqueue("pfapp.whoami", "first").id)
+    spare_of(worker, rconn)
+    time.sleep(0.5)
+    enqueued = time.time()
+    pid, _, before, imported_at = finished(rconn, queue.enqueue("pfapp.whoami", "second").id).return_value()
+    assert before == []
+    assert imported_at >= enqueued  # imported by the job, in its horse: not in the spare as it waited
+
+
+def test_the_horse_has_its_job_id_in_its_environment(start_worker, notify, rconn, app_dir):
+    start(start_worker, notify, app_dir)
+    queue = Queue(connection=rconn)
+    finished(rconn, queue.enqueue(quick_job, 1).id)
+    job = finished(rconn, queue.enqueue(environ_job).id)
+    assert f"RQ_JOB_ID={job.id}" in job.return_value()
+
+
+def test_a_job_of_another_serializer_is_deserialized_in_its_horse(start_worker, notify, rconn, app_dir):
+    start(start_worker, notify, app_dir, RQ_SERIALIZER="json")
+    queue = Queue(connection=rconn, serializer=JSONSerializer)
+    for i in range(3):
+        job_id = finished(rconn, queue.enqueue(quick_job, i).id).id
+        assert Job.fetch(job_id, connection=rconn, serializer=JSONSerializer).return_value() == 2 * i
+
+
+def test_a_killed_spare_is_not_used_and_the_job_runs_in_a_horse_forked_for_it(start_worker, notify, rconn, app_dir):
+    worker = start(start_worker, notify, app_dir)
+    queue = Queue(connection=rconn)
+    finished(rconn, queue.enqueue(quick_job, 1).id)
+    spare = spare_of(worker, rconn)
+    os.kill(spare, signal.SIGKILL)
+    wait_until(lambda: spare not in children(worker.pid), 5, what="the spare to die")
+    job = finished(rconn, queue.enqueue("pfapp.whoami", "after").id)
+    assert job.get_status() == JobStatus.FINISHED
+    assert job.return_value()[0] != spare
+    assert not exists(spare)  # reaped, not left a zombie
+    assert finished(rconn, queue.enqueue(quick_job, 3).id).get_status() == JobStatus.FINISHED
+
+
+def test_a_job_that_cannot_be_pickled_gets_a_horse_forked_for_it(start_worker, notify, rconn, app_dir):
+    worker = start(start_worker, notify, app_dir, RQ_JOB_CLASS="pfapp.LockedJob")
+    queue = Queue(connection=rconn)
+    finished(rconn, queue.enqueue(quick_job, 1).id)
+    for i in range(2):
+        spare = spare_of(worker, rconn)
+        job = finished(rconn, queue.enqueue("pfapp.whoami", i).id)
+        assert job.get_status() == JobStatus.FINISHED
+        assert job.return_value()[0] != spare
+        assert not exists(spare)
+
+
+def test_a_job_the_spare_cannot_rebuild_gets_a_horse_forked_for_it_and_no_retry_spent(start_worker, notify, rconn,
+                                                                                      app_dir):
+    """The spare answers that it could not rebuild the job (its unpickling failed): the worker kills it and
+    forks the job's horse, which runs it once; no horse died under the job, so no retry is taken."""
+    worker = start(start_worker, notify, app_dir, RQ_JOB_CLASS="pfapp.BombJob")
+    queue = Queue(connection=rconn)
+    finished(rconn, queue.enqueue(quick_job, 1).id)
+    spare = spare_of(worker, rconn)
+    job = finished(rconn, queue.enqueue("pfapp.whoami", "bomb").id)
+    assert job.get_status() == JobStatus.FINISHED
+    assert job.return_value()[0] != spare and not exists(spare)
+    assert job.retries_left is None and "this cannot be loaded here" in worker.output()
+
+
+def test_a_timeout_and_a_kill_of_a_handed_horse_are_recorded_as_under_a_fork(start_worker, notify, rconn, app_dir):
+    worker = start(start_worker, notify, app_dir)
+    queue = Queue(connection=rconn)
+    finished(rconn, queue.enqueue(quick_job, 1).id)
+    spare_of(worker, rconn)
+    timed_out = finished(rconn, queue.enqueue(sleep_job, 30, job_timeout=1).id)
+    assert timed_out.get_status() == JobStatus.FAILED
+    assert "JobTimeoutException" in (timed_out.latest_result().exc_string or "")
+    spare = spare_of(worker, rconn)
+    job = queue.enqueue(sleep_job, 30)
+    wait_until(lambda: Job.fetch(job.id, connection=rconn).get_status() == JobStatus.STARTED, 10, what="the start")
+    send_kill_horse_command(rconn, Job.fetch(job.id, connection=rconn).worker_name)
+    killed = finished(rconn, job.id)
+    assert killed.get_status() == JobStatus.FAILED
+    assert not exists(spare)
+    assert finished(rconn, queue.enqueue(quick_job, 4).id).return_value() == 8
+
+
+@pytest.mark.parametrize("how", ["stop", "reload"])
+def test_a_stop_or_a_reload_leaves_no_spare_behind(start_worker, notify, rconn, app_dir, how):
+    worker = start(start_worker, notify, app_dir)
+    queue = Queue(connection=rconn)
+    finished(rconn, queue.enqueue(quick_job, 1).id)
+    spare = spare_of(worker, rconn)
+    if how == "stop":
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(20) == 0
+    else:
+        readies = len(notify.lines("READY=1"))
+        worker.signal(signal.SIGHUP)
+        notify.wait_for("READY=1", after=readies)
+        assert finished(rconn, queue.enqueue("pfapp.whoami", "after").id).return_value()[1] == worker.pid
+    assert not exists(spare)

@@ -1,0 +1,84 @@
+"""``prefork.pack`` / ``restore``: the job a spare horse is handed is the job the worker had."""
+
+from __future__ import annotations
+
+import pickle
+
+import fakeredis
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rq import Queue
+from rq.executions import Execution
+from rq.job import Job
+from rq.serializers import DefaultSerializer, JSONSerializer
+
+from rq_worker_service import prefork
+
+SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-2**40, 2**40), st.text(max_size=20))
+VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
+                                                                                           max_size=3), max_leaves=8)
+
+
+def handed(job: Job, execution: Execution, connection) -> tuple[Job, Execution]:
+    """Through the pipe: a pickle of ``pack`` and back, on the horse's connection."""
+    return prefork.restore(pickle.loads(pickle.dumps(prefork.pack(job, execution))), connection)
+
+
+@settings(max_examples=60, deadline=None)
+@given(args=st.lists(VALUES, max_size=3), kwargs=st.dictionaries(st.text(min_size=1, max_size=5), VALUES, max_size=3),
+       meta=st.dictionaries(st.text(min_size=1, max_size=5), VALUES, max_size=3),
+       serializer=st.sampled_from([DefaultSerializer, JSONSerializer]), looked=st.booleans(),
+       timeout=st.one_of(st.none(), st.integers(1, 10_000)))
+def test_the_handed_job_is_the_fetched_job(args, kwargs, meta, serializer, looked, timeout):
+    connection = fakeredis.FakeRedis()
+    queue = Queue("q", connection=connection, serializer=serializer)
+    enqueued = queue.enqueue("testjobs.quick_job", *args, meta=meta, job_timeout=timeout, result_ttl=77, **kwargs)
+    job = Job.fetch(enqueued.id, connection=connection, serializer=serializer)
+    if looked:  # the worker logged the job's call: its arguments are deserialized in the worker
+        assert job.func_name == "testjobs.quick_job"
+    job.timeout = timeout or 180  # (``apply_job_defaults``: changed in the worker, after the fetch)
+    execution = Execution.create(job, 60, pipeline=connection.pipeline())
+    horse_connection = fakeredis.FakeRedis()
+    got, got_execution = handed(job, execution, horse_connection)
+    assert type(got) is Job and got.connection is horse_connection and got_execution.connection is horse_connection
+    assert (got.id, got.func_name, got.args, got.kwargs, got.meta) == (job.id, job.func_name, job.args, job.kwargs,
+                                                                      job.meta)
+    assert (got.timeout, got.result_ttl, got.origin, got.serializer) == (job.timeout, 77, "q", job.serializer)
+    assert got.to_dict() == job.to_dict()
+    assert (got_execution.id, got_execution.job_id, got_execution.created_at, got_execution.composite_key) == (
+        execution.id, job.id, execution.created_at, execution.composite_key)
+    assert got_execution.job is got
+
+
+def test_a_job_holding_what_no_pickle_takes_is_not_handed():
+    """The worker forks the job's horse instead (``Prefork.take``)."""
+    import threading
+
+    connection = fakeredis.FakeRedis()
+    job = Job.fetch(Queue("q", connection=connection).enqueue("testjobs.quick_job", 1).id, connection=connection)
+    job.lock = threading.Lock()  # as an app's job class might hold
+    with pytest.raises(TypeError):
+        pickle.dumps(prefork.pack(job, Execution.create(job, 60, pipeline=connection.pipeline())))
+
+
+def test_auto_forks_a_spare_only_while_the_worker_does_not_wait_for_a_cpu(tmp_path, monkeypatch):
+    """``Contention``: the run queue's wait over each window of a second or more, against BUSY (a tenth)."""
+    stat = tmp_path / "schedstat"
+    monkeypatch.setattr(prefork.Contention, "PATH", str(stat))
+    now = [100.0]
+    contention = prefork.Contention(clock=lambda: now[0])
+
+    def after(seconds: float, waited_ns: int) -> bool:
+        now[0] += seconds
+        stat.write_text(f"123456 {waited_ns} 42\n")
+        return contention.busy()
+
+    assert after(0, 0) is False  # nothing measured yet: a spare
+    assert after(0.5, 400_000_000) is False  # half a window: the answer stands
+    assert after(0.6, 400_000_000) is True  # 0.4 s of 1.1 s waiting for a CPU
+    assert after(0.5, 500_000_000) is True
+    assert after(0.6, 450_000_000) is False  # 0.05 s of 1.1 s
+    assert after(2.0, 900_000_000) is True  # 0.45 s of 2 s
+    stat.unlink()
+    assert contention.busy() is True  # no schedstats: rq's way
