@@ -280,40 +280,56 @@ class Prefork:
 
 
 class Contention:
-    """RQ_PREFORK=auto: whether the CPUs are too busy for a spare horse, from how long this process waited
-    for a CPU (the run queue's wait in ``/proc/self/schedstat``) over the last ``WINDOW`` seconds or more.
+    """RQ_PREFORK=auto: whether the CPUs are too busy for a spare horse: less than ``SPARE_CPU`` of the
+    CPUs this process may run on (its affinity: a unit's AllowedCPUs=) was idle over the last
+    ``WINDOW`` seconds or more (``/proc/stat``, I/O wait counted as idle).
 
     A spare costs CPU (its fork while the job runs, and the worker's writes between jobs then copy
-    pages: ≈1 ms of a no-op job's 9–10 ms here) and takes the fork off the job's path, which pays only
-    where a CPU is free to fork. Measured with no-op fork jobs on two cores (``bench/under_systemd.py``):
-    one instance waited 1–6 % of its time (the spare: 1.15–1.25× the jobs/s without), two instances
-    17–25 % (the spare: 0.8–0.9×). Over ``BUSY`` the next horse is forked as the job is taken, as rq does."""
+    pages it shares with the spare: ≈1 ms of a no-op job's 9–11 ms here) and takes the fork off the
+    job's path, which pays only where a CPU is free to fork. Measured with no-op fork jobs on two
+    cores (plain processes, docs/benchmarks.md for the same under systemd): one worker with its spare
+    left 0.6 of a CPU idle (0.9 without) and ran 1.3× the jobs/s without; two workers left 0.13–0.15,
+    and with spares ran 0.7×. Below it the next horse is forked as the job is taken, as rq does;
+    other programs keeping the CPUs busy count the same."""
 
     WINDOW = 1.0
-    BUSY = 0.1
-    PATH = "/proc/self/schedstat"
+    SPARE_CPU = 0.3
+    PATH = "/proc/stat"
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
+                 cpus: Callable[[], set[int]] = lambda: os.sched_getaffinity(0)) -> None:
         self.clock = clock
+        self.cpus = cpus
+        self.ticks = os.sysconf("SC_CLK_TCK")
         self.since: tuple[float, float] | None = None
         self.answer = False
 
     def busy(self) -> bool:
-        """True while the last window's run-queue wait was over BUSY of its time (or it cannot be read)."""
-        try:
-            with open(self.PATH) as stat:
-                waited = int(stat.read().split()[1]) / 1e9
-        except (OSError, ValueError, IndexError):  # (a kernel without schedstats: rq's way)
-            return True
+        """The last window's answer (False until one was measured; True if /proc/stat cannot be read)."""
         now = self.clock()
-        if self.since is None:
-            self.since = (now, waited)
+        if self.since is not None and now - self.since[0] < self.WINDOW:
             return self.answer
-        began, waited_before = self.since
-        if now - began >= self.WINDOW:
-            self.answer = (waited - waited_before) / (now - began) > self.BUSY
-            self.since = (now, waited)
+        try:
+            idle = self._idle_seconds()
+        except (OSError, ValueError, IndexError):  # (no /proc: rq's way)
+            self.answer = True
+            return True
+        if self.since is not None:
+            self.answer = (idle - self.since[1]) / (now - self.since[0]) < self.SPARE_CPU
+        self.since = (now, idle)
         return self.answer
+
+    def _idle_seconds(self) -> float:
+        """Idle and I/O-wait time of the CPUs this process may use, since boot, in seconds."""
+        mine = self.cpus()
+        total = 0
+        with open(self.PATH) as stat:
+            for line in stat:
+                name, _, values = line.partition(" ")
+                if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in mine:
+                    fields = values.split()
+                    total += int(fields[3]) + int(fields[4])
+        return total / self.ticks
 
 
 def pack(job: Job, execution: Execution) -> dict[str, Any]:

@@ -62,23 +62,32 @@ def test_a_job_holding_what_no_pickle_takes_is_not_handed():
         pickle.dumps(prefork.pack(job, Execution.create(job, 60, pipeline=connection.pipeline())))
 
 
-def test_auto_forks_a_spare_only_while_the_worker_does_not_wait_for_a_cpu(tmp_path, monkeypatch):
-    """``Contention``: the run queue's wait over each window of a second or more, against BUSY (a tenth)."""
-    stat = tmp_path / "schedstat"
+def test_auto_forks_a_spare_only_while_a_third_of_a_cpu_of_its_own_is_idle(tmp_path, monkeypatch):
+    """``Contention``: idle time of the CPUs this process may use (/proc/stat) over each window of a
+    second or more, against SPARE_CPU (0.3 of a CPU); other CPUs do not count."""
+    stat = tmp_path / "stat"
     monkeypatch.setattr(prefork.Contention, "PATH", str(stat))
     now = [100.0]
-    contention = prefork.Contention(clock=lambda: now[0])
+    contention = prefork.Contention(clock=lambda: now[0], cpus=lambda: {0, 2})
+    hz = contention.ticks
 
-    def after(seconds: float, waited_ns: int) -> bool:
+    def after(seconds: float, idle0: float, idle2: float, elsewhere: float = 0.0) -> bool:
         now[0] += seconds
-        stat.write_text(f"123456 {waited_ns} 42\n")
+        stat.write_text(f"cpu  1 2 3 {int((idle0 + idle2 + elsewhere) * hz)} 0 0 0\n"
+                        f"cpu0 10 0 10 {int(idle0 * hz)} 0 0 0 0 0 0\n"
+                        f"cpu1 10 0 10 {int(elsewhere * hz)} 0 0 0 0 0 0\n"
+                        f"cpu2 10 0 10 0 {int(idle2 * hz)} 0 0 0 0 0\n"  # (I/O wait counts as idle)
+                        "intr 12345\n")
         return contention.busy()
 
-    assert after(0, 0) is False  # nothing measured yet: a spare
-    assert after(0.5, 400_000_000) is False  # half a window: the answer stands
-    assert after(0.6, 400_000_000) is True  # 0.4 s of 1.1 s waiting for a CPU
-    assert after(0.5, 500_000_000) is True
-    assert after(0.6, 450_000_000) is False  # 0.05 s of 1.1 s
-    assert after(2.0, 900_000_000) is True  # 0.45 s of 2 s
+    assert after(0, 10, 10) is False  # nothing measured yet: a spare
+    assert after(0.5, 10, 10) is False  # half a window: not looked at
+    assert after(0.5, 10, 10.2, elsewhere=50) is True  # 0.2 s of CPU idle in 1 s (another CPU's idle: not ours)
+    assert after(1.0, 10.5, 10.5) is False  # 0.8
+    assert after(2.0, 10.6, 10.8) is True  # 0.2 of a CPU over 2 s
+    assert after(1.0, 10.85, 10.9) is False  # 0.35
     stat.unlink()
-    assert contention.busy() is True  # no schedstats: rq's way
+    now[0] += 0.5
+    assert contention.busy() is False  # half a window: the last answer stands, unread
+    now[0] += 1.0
+    assert contention.busy() is True  # no /proc/stat: rq's way
