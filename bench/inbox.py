@@ -7,6 +7,8 @@ sandbox, next to Redis, so that measuring adds no nsenter or network hop to what
     inbox.py started UNIT...         seconds from `systemctl start` to each unit's worker registered
                                      (and to READY for a Type=notify unit: systemctl returns then)
     inbox.py stop UNIT...            seconds `systemctl stop` takes for idle workers
+    inbox.py memory UNIT             an idle unit's processes: their count, summed PSS and RSS (KiB,
+                                     from smaps_rollup) and its MemoryCurrent
 
 Time comes from the jobs themselves (rq's started_at and ended_at), so the window is the workers'
 steady drain and excludes start-up and this script's polling.
@@ -15,6 +17,7 @@ steady drain and excludes start-up and this script's polling.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -77,6 +80,28 @@ def stop(units: list[str]) -> dict:
     return {"stop": time.monotonic() - t0}
 
 
+def memory(unit: str) -> dict:
+    """What an idle unit holds: PSS counts a page shared by the worker and its forked children once in
+    all (split between them), RSS once per process; MemoryCurrent is what systemd's MemoryMax= sees."""
+    shown = dict(line.split("=", 1) for line in subprocess.run(
+        ["systemctl", "show", "-p", "MainPID", "-p", "MemoryCurrent", unit], capture_output=True, text=True,
+        check=True).stdout.split())
+    pids, todo = [], [int(shown["MainPID"])]
+    while todo:  # the main process and its descendants
+        pid = todo.pop()
+        pids.append(pid)
+        for task in os.listdir(f"/proc/{pid}/task"):
+            todo += [int(child) for child in open(f"/proc/{pid}/task/{task}/children").read().split()]
+    totals = {"Pss": 0, "Rss": 0}
+    for pid in pids:
+        for line in open(f"/proc/{pid}/smaps_rollup"):
+            name, _, value = line.partition(":")
+            if name in totals:
+                totals[name] += int(value.split()[0])
+    return {"processes": len(pids), "pss_kib": totals["Pss"], "rss_kib": totals["Rss"],
+            "current_kib": int(shown["MemoryCurrent"]) // 1024 if shown["MemoryCurrent"].isdigit() else 0}
+
+
 def main() -> None:
     command, args = sys.argv[1], sys.argv[2:]
     if command == "measure":
@@ -87,6 +112,8 @@ def main() -> None:
         print(json.dumps(started(args)))
     elif command == "stop":
         print(json.dumps(stop(args)))
+    elif command == "memory":
+        print(json.dumps(memory(args[0])))
     else:
         sys.exit(f"unknown command {command}")
 

@@ -43,7 +43,14 @@ PY = stock_rq.PY  # the package's interpreter: the in-sandbox scripts need its r
 INBOX = "/srv/bench/inbox.py"
 SIDES = ("stock", "ours")
 UNITS = {"stock": "rqworker@{}", "ours": "rq-worker@{}"}
-STOCK_CLASS = {"fork": "", "simple": "--worker-class rq.worker.SimpleWorker"}
+STOCK_CLASS = {"fork": "", "fork-prefork": "", "fork-noprefork": "", "simple": "--worker-class rq.worker.SimpleWorker"}
+"""Stock rq's arguments per class measured."""
+OUR_CLASS = {"fork": "RQ_WORKER_CLASS=fork\n", "simple": "RQ_WORKER_CLASS=simple\n",
+             "fork-prefork": "RQ_WORKER_CLASS=fork\nRQ_PREFORK=yes\n",
+             "fork-noprefork": "RQ_WORKER_CLASS=fork\nRQ_PREFORK=no\n"}
+"""Ours per class measured: ``fork`` as shipped (RQ_PREFORK=auto: a spare horse forked while each job runs
+while the worker does not wait for a CPU, ``prefork``); ``fork-prefork`` with a spare always,
+``fork-noprefork`` never (each job's horse forked as the job is taken, as rq does)."""
 STOCK_UNIT = stock_rq.documented_unit(
     "/srv/bench", "/usr/local/bin/rq worker --with-scheduler --url redis://127.0.0.1:6379/0 $STOCK_ARGS bench",
     "EnvironmentFile=/etc/rq-bench/stock.env")
@@ -83,7 +90,7 @@ def choose_class(box: Sandbox, worker_class: str) -> None:
     """Both sides' configuration for ``worker_class``: stock's unit arguments, ours in worker.env."""
     box.write("/etc/rq-bench/stock.env", f"STOCK_ARGS={STOCK_CLASS[worker_class]}\n")
     box.write("/etc/rq-worker/worker.env", "REDIS_URL=redis://127.0.0.1:6379/0\nRQ_QUEUES=bench\n"
-              f"RQ_APP_PATH=/srv/bench\nRQ_WORKER_CLASS={worker_class}\n", mode=0o640)
+              f"RQ_APP_PATH=/srv/bench\n{OUR_CLASS[worker_class]}", mode=0o640)
     box.run("chgrp rq-worker /etc/rq-worker/worker.env")
 
 
@@ -111,13 +118,15 @@ def measure(box: Sandbox, side: str, worker_class: str, instances: int, jobs: in
     return result
 
 
-def start_stop(box: Sandbox, side: str) -> dict:
-    """systemctl start → READY and → registered, then an idle systemctl stop (scheduler on, as deployed)."""
+def start_stop(box: Sandbox, side: str, worker_class: str = "fork") -> dict:
+    """systemctl start → READY and → registered, its memory once idle after a few jobs (ours: with the
+    spare horse those forked), then an idle systemctl stop (scheduler on, as deployed)."""
     stop_all(box)
-    choose_class(box, "fork")
+    choose_class(box, worker_class)
     started = inbox(box, "started", *units(side, 1))
+    inbox(box, "measure", "5")
     box.run("sleep 2")
-    return started | inbox(box, "stop", *units(side, 1))
+    return started | inbox(box, "memory", units(side, 1)[0]) | inbox(box, "stop", *units(side, 1))
 
 
 ACKS = ("early", "late")
@@ -213,21 +222,29 @@ def table(results: dict[tuple[str, int, str], Series], cells: list[tuple[str, in
 
 
 def start_stop_table(box: Sandbox, rounds: int) -> str:
-    figures: dict[str, list[dict]] = {side: [] for side in SIDES}
+    columns = {"stock": ("stock", "fork"), "ours": ("ours", "fork-prefork"),
+               "ours-noprefork": ("ours", "fork-noprefork")}
+    figures: dict[str, list[dict]] = {column: [] for column in columns}
     for _ in range(rounds):
-        for side in SIDES:
-            figures[side].append(start_stop(box, side))
+        for column, (side, worker_class) in columns.items():
+            figures[column].append(start_stop(box, side, worker_class))
 
-    def med(side: str, key: str) -> str:
-        return f"{statistics.median(f[key] for f in figures[side]):.2f} s"
+    def row(label: str, key: str, scale: float = 1.0, unit: str = " s", digits: int = 2) -> str:
+        medians = (statistics.median(f[key] for f in figures[column]) * scale for column in columns)
+        return f"| {label} | " + " | ".join(f"{m:.{digits}f}{unit}" for m in medians) + " |"
 
+    mib = (1 / 1024, " MiB", 1)
     return "\n".join([
-        "| one idle instance (fork, scheduler on) | stock rq | rq-worker-service |",
-        "|---|---|---|",
-        f"| `systemctl start` returns | {med('stock', 'ready')} (Type=simple: at once) | {med('ours', 'ready')} "
-        "(Type=notify: at READY) |",
-        f"| start → registered in Redis | {med('stock', 'registered')} | {med('ours', 'registered')} |",
-        f"| idle `systemctl stop` | {med('stock', 'stop')} | {med('ours', 'stop')} |"])
+        "| one idle instance (fork, scheduler on) | stock rq | rq-worker-service, RQ_PREFORK=yes (its spare horse) "
+        "| rq-worker-service, RQ_PREFORK=no |",
+        "|---|---|---|---|",
+        row("`systemctl start` returns (stock: Type=simple, at once; ours: Type=notify, at READY)", "ready"),
+        row("start → registered in Redis", "registered"),
+        row("processes, idle after 5 jobs (worker, scheduler, spare horse)", "processes", unit="", digits=0),
+        row("their memory, PSS (a page shared by forked processes counted once)", "pss_kib", *mib),
+        row("their memory, RSS summed (shared pages counted in each)", "rss_kib", *mib),
+        row("the unit's `MemoryCurrent` (what MemoryMax= limits; page cache included)", "current_kib", *mib),
+        row("idle `systemctl stop`", "stop")])
 
 
 def versions(box: Sandbox, celery: bool = False) -> str:

@@ -43,5 +43,9 @@ def test_the_systemd_benchmark_and_the_fork_cost_run(rootfs, deb):
         assert ours < stock, f"{worker_class}: {ours} Redis commands per job, stock rq {stock}"
         assert ours <= COMMANDS_PER_JOB, f"{worker_class}: {ours} Redis commands per job, more than {COMMANDS_PER_JOB}"
     assert "idle `systemctl stop`" in text and f"{worker_class}×1 ours" in text
+    processes = re.search(r"^\| processes, idle [^|]* \| (\d+) \| (\d+) \| (\d+) \|$", text, re.M)
+    assert processes, text
+    assert int(processes[2]) == int(processes[3]) + 1, f"the spare horse is not the one process more: {processes[0]}"
+    assert re.search(r"^\| their memory, PSS [^|]* \| [\d.]+ MiB \| [\d.]+ MiB \| [\d.]+ MiB \|$", text, re.M), text
     assert len(re.findall(r"ms CPU, +[\d.]+ ms wall per fork", fork_cost)) == 5, fork_cost
 
