@@ -75,11 +75,12 @@ _CHUNK = 65536
 _HEADER = struct.Struct("=Q")
 """The message's length, ahead of it."""
 
-HANDOVER_WITHIN = 2.0
+HANDOVER_WITHIN = 1.0
 """Seconds the worker gives a spare to read its message and answer "ready": a spare frozen (SIGSTOP) or
-starved past it is killed and the job's horse forked as before, rather than waited for."""
+starved past it is killed and the job's horse forked as before, rather than waited for. The main loop
+does not tick meanwhile: well within a fencing period (3 s at the shortest watchdog)."""
 
-REAP_WITHIN = 1.0
+REAP_WITHIN = 0.5
 """Seconds the worker waits for a killed spare to be reaped; one that takes longer (in uninterruptible
 sleep) is reaped later, between jobs, rather than holding the worker's loop."""
 
@@ -176,10 +177,16 @@ class Prefork:
             self._end(spare)
             return None
         faults.reached("spare.ready")
+        # The hand-over held the main loop (up to HANDOVER_WITHIN, a freeze here): the tick, when due,
+        # renews the horse's lease before the job may start, or ends a worker fenced meanwhile (its
+        # spare dies with it). A stale lease ended the horse at its start, a run that never happened
+        # taken for a horse that died under its job (second review).
+        self.worker.parts.horse_starting()
         try:
             os.write(spare.pipe, GO)  # (a byte in an empty pipe: never blocks)
-        except OSError:  # it died just now: rq's monitor finds it dead, as any horse that died at its start
-            pass
+        except OSError:  # gone since its "ready": it never had "go", the job's horse is forked
+            self._end(spare)
+            return None
         os.close(spare.pipe)
         os.close(spare.answers)
         return spare.pid
@@ -204,10 +211,9 @@ class Prefork:
             pass
         self.unreaped.append(spare.pid)
         deadline = time.monotonic() + REAP_WITHIN
-        while self.unreaped and time.monotonic() < deadline:
+        while spare.pid in self.unreaped and time.monotonic() < deadline:
+            time.sleep(0.005)
             self._reap()
-            if spare.pid in self.unreaped:
-                time.sleep(0.005)
 
     def _reap(self) -> None:
         for pid in list(self.unreaped):
@@ -255,8 +261,9 @@ class Prefork:
             message = pickle.loads(data)
             handed = self._rebuilt(message)
         except Exception:
-            os.write(answer, NOT_READY)  # the worker forks the job's horse instead
-            raise
+            log.exception("A spare horse could not rebuild the job handed to it: its horse is forked instead")
+            os.write(answer, NOT_READY)  # (then the worker kills this process)
+            return 1
         os.write(answer, READY)
         if os.read(read, 1) != GO:
             return 0  # the worker gave up on this spare (too slow to answer): the job's horse is forked

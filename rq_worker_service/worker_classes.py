@@ -61,6 +61,8 @@ class ServiceWorker(ServiceWorkerMixin, Worker):
         self.parts.horse_starting()  # a fresh lease for the horse (``ServiceParts.horse_starting``)
         prefork = self.parts.prefork
         pid = prefork.take(job, queue) if prefork is not None else None
+        if pid is None and prefork is not None:
+            self.parts.horse_starting()  # a spare given up on held the loop: the lease, renewed when due
         if pid is not None:  # rq's parent side of its fork, for a horse that was forked already
             os.environ["RQ_WORKER_ID"] = self.name
             os.environ["RQ_JOB_ID"] = job.id

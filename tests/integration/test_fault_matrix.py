@@ -28,12 +28,15 @@ FULL = os.environ.get("RQWS_FAULTS_FULL") == "1"
 PINNED = [
     (81794, Cell("pop.reply", "pause", 1, "spawn", nth=2)),
     (81794, Cell("job.performed", "redis-restart", 1, "simple")),
+    (880611, Cell("spare.ready", "pause", 3, "prefork")),
 ]
 """Cells that failed once, with the seed they failed with, run beside the sample every time (10.5 s
 and 5 s measured): a main loop paused between the pop and the horse handed the horse a stale lease,
 and the horse ended a job that never ran, one of its retries used (``ServiceParts.horse_starting``);
 a simple worker that lost Redis as a job ended kept that execution and refused the job's re-run
-as taken back, leaving it queued in no list (``ServiceSimpleWorker.execute_job``)."""
+as taken back, leaving it queued in no list (``ServiceSimpleWorker.execute_job``); a worker paused
+between its spare horse's "ready" and "go" handed it the job with a stale lease, and the job ran
+three times where its policy gave one (``Prefork.take`` ticks before "go")."""
 
 
 def _cells() -> list[tuple[int, Cell]]:

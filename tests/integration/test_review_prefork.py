@@ -127,7 +127,7 @@ def test_a_frozen_spare_does_not_hold_the_next_job(app_dir, start_worker, notify
     message into its pipe's buffer all the same: the worker took the frozen spare for the job's horse, and the
     job sat registered, never STARTED, until rq's monitor killed the "horse" at its timeout + 60 s, then failed
     it without a retry (a horse killed from this side). A forked horse cannot be frozen before it exists. Now
-    the spare must answer "ready" within HANDOVER_WITHIN (2 s), else it is killed and the job's horse forked."""
+    the spare must answer "ready" within HANDOVER_WITHIN (1 s), else it is killed and the job's horse forked."""
     worker = start_worker("1", notify=notify, env=env_for(app_dir, "yes"))
     notify.wait_for("READY=1")
     queue = Queue(connection=rconn)
