@@ -287,20 +287,23 @@ class Prefork:
 
 
 class Contention:
-    """RQ_PREFORK=auto: whether the CPUs are too busy for a spare horse: less than ``SPARE_CPU`` of the
-    CPUs this process may run on (its affinity: a unit's AllowedCPUs=) was idle over the last
-    ``WINDOW`` seconds or more (``/proc/stat``, I/O wait counted as idle).
+    """RQ_PREFORK=auto: whether the CPUs are too busy for a spare horse, from the idle time of the CPUs
+    this process may run on (its affinity: a unit's AllowedCPUs=) over each ``WINDOW`` seconds or more
+    (``/proc/stat``, I/O wait counted as idle): busy below ``BUSY_BELOW`` of a CPU idle, free again
+    above ``FREE_ABOVE`` (between the two the last answer stands, so that a spare's own CPU or a
+    neighbour's burst does not flip it each window).
 
     A spare costs CPU (its fork while the job runs, and the worker's writes between jobs then copy
     pages it shares with the spare: ≈1 ms of a no-op job's 9–11 ms here) and takes the fork off the
     job's path, which pays only where a CPU is free to fork. Measured with no-op fork jobs on two
-    cores (plain processes, docs/benchmarks.md for the same under systemd): one worker with its spare
+    cores (plain processes; docs/benchmarks.md for the same under systemd): one worker with its spare
     left 0.6 of a CPU idle (0.9 without) and ran 1.3× the jobs/s without; two workers left 0.13–0.15,
-    and with spares ran 0.7×. Below it the next horse is forked as the job is taken, as rq does;
+    and with spares ran 0.7×. When busy, the next horse is forked as the job is taken, as rq does;
     other programs keeping the CPUs busy count the same."""
 
     WINDOW = 1.0
-    SPARE_CPU = 0.3
+    BUSY_BELOW = 0.2
+    FREE_ABOVE = 0.4
     PATH = "/proc/stat"
 
     def __init__(self, clock: Callable[[], float] = time.monotonic,
@@ -322,7 +325,11 @@ class Contention:
             self.answer = True
             return True
         if self.since is not None:
-            self.answer = (idle - self.since[1]) / (now - self.since[0]) < self.SPARE_CPU
+            idle_cpus = (idle - self.since[1]) / (now - self.since[0])
+            if idle_cpus < self.BUSY_BELOW:
+                self.answer = True
+            elif idle_cpus > self.FREE_ABOVE:
+                self.answer = False
         self.since = (now, idle)
         return self.answer
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import redis
+from rq.job import Job, JobStatus
 
 ROOT = Path(__file__).resolve().parent.parent
 JOBS_DIR = ROOT / "tests" / "jobs"
@@ -54,6 +55,40 @@ def app_package_env(app_dir: Path, **env: str) -> dict[str, str]:
     sitecustomize on PYTHONPATH, no scheduler; ``env`` on top."""
     path = ":".join(filter(None, [str(app_dir), os.environ.get("PYTHONPATH")]))
     return {"RQ_APP_PATH": f"{app_dir}:{JOBS_DIR}", "PYTHONPATH": path, "RQ_WITH_SCHEDULER": "no", **env}
+
+
+def children_of(pid: int, zombies: bool = False) -> list[int]:
+    """The children of ``pid`` (from each process's parent in /proc), live ones only unless ``zombies``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and (zombies or fields[0] != "Z"):
+            found.append(int(entry.name))
+    return found
+
+
+def spare_of(worker_pid: int) -> int:
+    """The idle fork worker's spare horse (RQ_PREFORK; no scheduler process), once there is one."""
+    wait_until(lambda: len(children_of(worker_pid)) == 1, 10, what="the spare horse")
+    (spare,) = children_of(worker_pid)
+    return spare
+
+
+def job_ended(rconn: redis.Redis, job_id: str, timeout: float = 30) -> Job:
+    """The job once FINISHED or FAILED."""
+    wait_until(lambda: Job.fetch(job_id, connection=rconn).get_status() in (JobStatus.FINISHED, JobStatus.FAILED),
+               timeout, what=f"job {job_id} to end")
+    return Job.fetch(job_id, connection=rconn)
+
+
+def runs(rconn: redis.Redis, job_id: str) -> int:
+    """How many times the job ran (``testjobs`` count their runs; a cluster prefix not supported here)."""
+    return int(rconn.get(f"executions:{job_id}") or 0)
 
 
 def horse_of(worker_pid: int) -> int:

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import JOBS_DIR, wait_until
+from helpers import JOBS_DIR, children_of, job_ended, spare_of, wait_until
 from rq import Queue
 from rq.command import send_kill_horse_command
 from rq.job import Job, JobStatus
@@ -63,30 +63,9 @@ APP = textwrap.dedent('''
 ''')
 
 
-def children(pid: int) -> set[int]:
-    """The live (not zombie) children of ``pid``."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.add(int(entry.name))
-    return found
-
-
 def exists(pid: int) -> bool:
     """Alive or a zombie: a spare killed but never reaped still shows here."""
     return Path(f"/proc/{pid}").exists()
-
-
-def finished(rconn, job_id: str, timeout: float = 20) -> Job:
-    wait_until(lambda: Job.fetch(job_id, connection=rconn).get_status() in (JobStatus.FINISHED, JobStatus.FAILED),
-               timeout, what=f"job {job_id} to end")
-    return Job.fetch(job_id, connection=rconn)
 
 
 @pytest.fixture
@@ -103,21 +82,14 @@ def start(start_worker, notify, app_dir, **env: str):
     return worker
 
 
-def spare_of(worker, rconn) -> int:
-    """The idle worker's spare horse, once there is one (forked with the first job's horse)."""
-    wait_until(lambda: len(children(worker.pid)) == 1, 10, what="the spare horse")
-    (spare,) = children(worker.pid)
-    return spare
-
-
 def test_each_job_runs_in_a_horse_forked_before_it_was_taken_and_used_once(start_worker, notify, rconn, app_dir):
     worker = start(start_worker, notify, app_dir)
     queue = Queue(connection=rconn)
-    assert finished(rconn, queue.enqueue(quick_job, 1).id).return_value() == 2
+    assert job_ended(rconn, queue.enqueue(quick_job, 1).id).return_value() == 2
     seen = []
     for i in range(3):
-        spare = spare_of(worker, rconn)
-        pid, parent, before, _ = finished(rconn, queue.enqueue("pfapp.whoami", i).id).return_value()
+        spare = spare_of(worker.pid)
+        pid, parent, before, _ = job_ended(rconn, queue.enqueue("pfapp.whoami", i).id).return_value()
         assert (pid, parent) == (spare, worker.pid)  # the spare that waited took the job
         assert before == []  # a process of its own: no earlier job's state in its module
         seen.append(pid)
@@ -129,11 +101,11 @@ def test_the_job_module_is_not_imported_before_the_job(start_worker, notify, rco
     """The spare is a copy of the worker, which imports no job code: only the job imports its module."""
     worker = start(start_worker, notify, app_dir)
     queue = Queue(connection=rconn)
-    finished(rconn, queue.enqueue("pfapp.whoami", "first").id)
-    spare_of(worker, rconn)
+    job_ended(rconn, queue.enqueue("pfapp.whoami", "first").id)
+    spare_of(worker.pid)
     time.sleep(0.5)
     enqueued = time.time()
-    pid, _, before, imported_at = finished(rconn, queue.enqueue("pfapp.whoami", "second").id).return_value()
+    pid, _, before, imported_at = job_ended(rconn, queue.enqueue("pfapp.whoami", "second").id).return_value()
     assert before == []
     assert imported_at >= enqueued  # imported by the job, in its horse: not in the spare as it waited
 
@@ -141,8 +113,8 @@ def test_the_job_module_is_not_imported_before_the_job(start_worker, notify, rco
 def test_the_horse_has_its_job_id_in_its_environment(start_worker, notify, rconn, app_dir):
     start(start_worker, notify, app_dir)
     queue = Queue(connection=rconn)
-    finished(rconn, queue.enqueue(quick_job, 1).id)
-    job = finished(rconn, queue.enqueue(environ_job).id)
+    job_ended(rconn, queue.enqueue(quick_job, 1).id)
+    job = job_ended(rconn, queue.enqueue(environ_job).id)
     assert f"RQ_JOB_ID={job.id}" in job.return_value()
 
 
@@ -150,31 +122,31 @@ def test_a_job_of_another_serializer_is_deserialized_in_its_horse(start_worker, 
     start(start_worker, notify, app_dir, RQ_SERIALIZER="json")
     queue = Queue(connection=rconn, serializer=JSONSerializer)
     for i in range(3):
-        job_id = finished(rconn, queue.enqueue(quick_job, i).id).id
+        job_id = job_ended(rconn, queue.enqueue(quick_job, i).id).id
         assert Job.fetch(job_id, connection=rconn, serializer=JSONSerializer).return_value() == 2 * i
 
 
 def test_a_killed_spare_is_not_used_and_the_job_runs_in_a_horse_forked_for_it(start_worker, notify, rconn, app_dir):
     worker = start(start_worker, notify, app_dir)
     queue = Queue(connection=rconn)
-    finished(rconn, queue.enqueue(quick_job, 1).id)
-    spare = spare_of(worker, rconn)
+    job_ended(rconn, queue.enqueue(quick_job, 1).id)
+    spare = spare_of(worker.pid)
     os.kill(spare, signal.SIGKILL)
-    wait_until(lambda: spare not in children(worker.pid), 5, what="the spare to die")
-    job = finished(rconn, queue.enqueue("pfapp.whoami", "after").id)
+    wait_until(lambda: spare not in children_of(worker.pid), 5, what="the spare to die")
+    job = job_ended(rconn, queue.enqueue("pfapp.whoami", "after").id)
     assert job.get_status() == JobStatus.FINISHED
     assert job.return_value()[0] != spare
     assert not exists(spare)  # reaped, not left a zombie
-    assert finished(rconn, queue.enqueue(quick_job, 3).id).get_status() == JobStatus.FINISHED
+    assert job_ended(rconn, queue.enqueue(quick_job, 3).id).get_status() == JobStatus.FINISHED
 
 
 def test_a_job_that_cannot_be_pickled_gets_a_horse_forked_for_it(start_worker, notify, rconn, app_dir):
     worker = start(start_worker, notify, app_dir, RQ_JOB_CLASS="pfapp.LockedJob")
     queue = Queue(connection=rconn)
-    finished(rconn, queue.enqueue(quick_job, 1).id)
+    job_ended(rconn, queue.enqueue(quick_job, 1).id)
     for i in range(2):
-        spare = spare_of(worker, rconn)
-        job = finished(rconn, queue.enqueue("pfapp.whoami", i).id)
+        spare = spare_of(worker.pid)
+        job = job_ended(rconn, queue.enqueue("pfapp.whoami", i).id)
         assert job.get_status() == JobStatus.FINISHED
         assert job.return_value()[0] != spare
         assert not exists(spare)
@@ -186,9 +158,9 @@ def test_a_job_the_spare_cannot_rebuild_gets_a_horse_forked_for_it_and_no_retry_
     forks the job's horse, which runs it once; no horse died under the job, so no retry is taken."""
     worker = start(start_worker, notify, app_dir, RQ_JOB_CLASS="pfapp.BombJob")
     queue = Queue(connection=rconn)
-    finished(rconn, queue.enqueue(quick_job, 1).id)
-    spare = spare_of(worker, rconn)
-    job = finished(rconn, queue.enqueue("pfapp.whoami", "bomb").id)
+    job_ended(rconn, queue.enqueue(quick_job, 1).id)
+    spare = spare_of(worker.pid)
+    job = job_ended(rconn, queue.enqueue("pfapp.whoami", "bomb").id)
     assert job.get_status() == JobStatus.FINISHED
     assert job.return_value()[0] != spare and not exists(spare)
     assert job.retries_left is None and "this cannot be loaded here" in worker.output()
@@ -197,27 +169,27 @@ def test_a_job_the_spare_cannot_rebuild_gets_a_horse_forked_for_it_and_no_retry_
 def test_a_timeout_and_a_kill_of_a_handed_horse_are_recorded_as_under_a_fork(start_worker, notify, rconn, app_dir):
     worker = start(start_worker, notify, app_dir)
     queue = Queue(connection=rconn)
-    finished(rconn, queue.enqueue(quick_job, 1).id)
-    spare_of(worker, rconn)
-    timed_out = finished(rconn, queue.enqueue(sleep_job, 30, job_timeout=1).id)
+    job_ended(rconn, queue.enqueue(quick_job, 1).id)
+    spare_of(worker.pid)
+    timed_out = job_ended(rconn, queue.enqueue(sleep_job, 30, job_timeout=1).id)
     assert timed_out.get_status() == JobStatus.FAILED
     assert "JobTimeoutException" in (timed_out.latest_result().exc_string or "")
-    spare = spare_of(worker, rconn)
+    spare = spare_of(worker.pid)
     job = queue.enqueue(sleep_job, 30)
     wait_until(lambda: Job.fetch(job.id, connection=rconn).get_status() == JobStatus.STARTED, 10, what="the start")
     send_kill_horse_command(rconn, Job.fetch(job.id, connection=rconn).worker_name)
-    killed = finished(rconn, job.id)
+    killed = job_ended(rconn, job.id)
     assert killed.get_status() == JobStatus.FAILED
     assert not exists(spare)
-    assert finished(rconn, queue.enqueue(quick_job, 4).id).return_value() == 8
+    assert job_ended(rconn, queue.enqueue(quick_job, 4).id).return_value() == 8
 
 
 @pytest.mark.parametrize("how", ["stop", "reload"])
 def test_a_stop_or_a_reload_leaves_no_spare_behind(start_worker, notify, rconn, app_dir, how):
     worker = start(start_worker, notify, app_dir)
     queue = Queue(connection=rconn)
-    finished(rconn, queue.enqueue(quick_job, 1).id)
-    spare = spare_of(worker, rconn)
+    job_ended(rconn, queue.enqueue(quick_job, 1).id)
+    spare = spare_of(worker.pid)
     if how == "stop":
         worker.signal(signal.SIGTERM)
         assert worker.wait(20) == 0
@@ -225,5 +197,5 @@ def test_a_stop_or_a_reload_leaves_no_spare_behind(start_worker, notify, rconn, 
         readies = len(notify.lines("READY=1"))
         worker.signal(signal.SIGHUP)
         notify.wait_for("READY=1", after=readies)
-        assert finished(rconn, queue.enqueue("pfapp.whoami", "after").id).return_value()[1] == worker.pid
+        assert job_ended(rconn, queue.enqueue("pfapp.whoami", "after").id).return_value()[1] == worker.pid
     assert not exists(spare)

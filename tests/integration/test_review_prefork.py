@@ -13,7 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from helpers import app_package, app_package_env, wait_until
+from helpers import app_package, app_package_env, children_of, job_ended, runs, spare_of
 from rq import Queue
 from rq.job import Job, JobStatus
 from testjobs import quick_job, sleep_job
@@ -61,16 +61,6 @@ def env_for(app_dir: Path, prefork: str, **env: str) -> dict[str, str]:
     return app_package_env(app_dir, **{"RQ_PREFORK": prefork, "RQ_JOB_RETRY_DELAY": "0", **env})
 
 
-def ended(rconn, job_id: str, timeout: float = 30) -> Job:
-    wait_until(lambda: Job.fetch(job_id, connection=rconn).get_status() in (JobStatus.FINISHED, JobStatus.FAILED),
-               timeout, what=f"job {job_id} to end")
-    return Job.fetch(job_id, connection=rconn)
-
-
-def runs(rconn, job_id: str) -> int:
-    return int(rconn.get(f"executions:{job_id}") or 0)
-
-
 # -- 1: the spare's fork fails ----------------------------------------------------------------------------------------
 
 def test_a_failed_fork_of_the_spare_costs_the_running_job_nothing(app_dir, prefork, start_worker, notify, rconn,
@@ -83,11 +73,11 @@ def test_a_failed_fork_of_the_spare_costs_the_running_job_nothing(app_dir, prefo
     worker = start_worker("1", notify=notify, env=env_for(app_dir, prefork, PFR_FAIL_SPARE_FORK=str(flag)))
     notify.wait_for("READY=1")
     queue = Queue(connection=rconn)
-    assert ended(rconn, queue.enqueue(quick_job, 1).id).get_status() == JobStatus.FINISHED
+    assert job_ended(rconn, queue.enqueue(quick_job, 1).id).get_status() == JobStatus.FINISHED
     flag.touch()
     job = queue.enqueue(sleep_job, 2)
     try:
-        done = ended(rconn, job.id, timeout=20)
+        done = job_ended(rconn, job.id, timeout=20)
     except AssertionError:
         raise AssertionError(f"job {job.id} {Job.fetch(job.id, connection=rconn).get_status()} with the worker "
                              f"{'running' if worker.proc.poll() is None else f'gone (exit {worker.proc.poll()})'}:"
@@ -95,32 +85,10 @@ def test_a_failed_fork_of_the_spare_costs_the_running_job_nothing(app_dir, prefo
     assert done.get_status() == JobStatus.FINISHED, worker.output()[-3000:]
     assert runs(rconn, job.id) == 1
     assert worker.proc.poll() is None, "the worker left: " + worker.output()[-3000:]
-    assert ended(rconn, queue.enqueue(quick_job, 2).id).get_status() == JobStatus.FINISHED
+    assert job_ended(rconn, queue.enqueue(quick_job, 2).id).get_status() == JobStatus.FINISHED
 
 
 # -- 2: a frozen spare ---------------------------------------------------------------------------------------------
-
-def live_children(pid: int) -> list[tuple[int, str]]:
-    """(pid, state) of each child of ``pid``, zombies included."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append((int(entry.name), fields[0]))
-    return found
-
-
-def spare_of(worker) -> int:
-    """The idle worker's spare horse, once there is one (forked with the previous job's horse)."""
-    wait_until(lambda: len([p for p, st in live_children(worker.pid) if st != "Z"]) == 1, 10, what="the spare")
-    ((pid, _),) = [c for c in live_children(worker.pid) if c[1] != "Z"]
-    return pid
-
 
 def test_a_frozen_spare_does_not_hold_the_next_job(app_dir, start_worker, notify, rconn, tmp_path):
     """A spare stopped while it waits (SIGSTOP, a debugger, a cgroup freeze of that process) took a small job's
@@ -131,17 +99,17 @@ def test_a_frozen_spare_does_not_hold_the_next_job(app_dir, start_worker, notify
     worker = start_worker("1", notify=notify, env=env_for(app_dir, "yes"))
     notify.wait_for("READY=1")
     queue = Queue(connection=rconn)
-    assert ended(rconn, queue.enqueue(quick_job, 1).id).get_status() == JobStatus.FINISHED
-    spare = spare_of(worker)
+    assert job_ended(rconn, queue.enqueue(quick_job, 1).id).get_status() == JobStatus.FINISHED
+    spare = spare_of(worker.pid)
     os.kill(spare, signal.SIGSTOP)
     try:
         job = queue.enqueue(quick_job, 2)
-        assert ended(rconn, job.id, timeout=10).get_status() == JobStatus.FINISHED
+        assert job_ended(rconn, job.id, timeout=10).get_status() == JobStatus.FINISHED
         assert runs(rconn, job.id) == 1
-        assert not any(pid == spare for pid, _ in live_children(worker.pid)), "the frozen spare was not reaped"
+        assert spare not in children_of(worker.pid, zombies=True), "the frozen spare was not reaped"
     finally:
         try:
             os.kill(spare, signal.SIGCONT)
         except ProcessLookupError:
             pass
-    assert ended(rconn, queue.enqueue(quick_job, 3).id).get_status() == JobStatus.FINISHED
+    assert job_ended(rconn, queue.enqueue(quick_job, 3).id).get_status() == JobStatus.FINISHED

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import app_package, app_package_env, wait_until
+from helpers import app_package, app_package_env, children_of, job_ended, runs, wait_until
 from rq import Queue
 from rq.job import Job, JobStatus
 from testjobs import quick_job
@@ -110,30 +110,6 @@ def app_dir(tmp_path: Path) -> Path:
     return app_package(tmp_path, "pfr2app", APP, SITECUSTOMIZE)
 
 
-def ended(rconn, job_id: str, timeout: float = 30) -> Job:
-    wait_until(lambda: Job.fetch(job_id, connection=rconn).get_status() in (JobStatus.FINISHED, JobStatus.FAILED),
-               timeout, what=f"job {job_id} to end")
-    return Job.fetch(job_id, connection=rconn)
-
-
-def runs(rconn, job_id: str) -> int:
-    return int(rconn.get(f"executions:{job_id}") or 0)
-
-
-def live_children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append(int(entry.name))
-    return found
-
-
 def start(start_worker, notify, app_dir: Path, tmp_path: Path, point: str, action: str, watchdog: bool = True,
           **env: str):
     """A prefork worker with a 3 s watchdog (tick 1 s, fencing period 3 s, horse lease 2.5 s: the fault
@@ -150,8 +126,8 @@ def start(start_worker, notify, app_dir: Path, tmp_path: Path, point: str, actio
 def first_job_then_arm(worker, rconn, tmp_path: Path) -> Queue:
     """The first job (its horse forked as rq does, the spare forked beside it), then the spare, then the fault."""
     queue = Queue(connection=rconn)
-    assert ended(rconn, queue.enqueue(quick_job, 1).id).get_status() == JobStatus.FINISHED
-    wait_until(lambda: len(live_children(worker.pid)) == 1, 10, what="the spare horse")
+    assert job_ended(rconn, queue.enqueue(quick_job, 1).id).get_status() == JobStatus.FINISHED
+    wait_until(lambda: len(children_of(worker.pid)) == 1, 10, what="the spare horse")
     (tmp_path / "armed").touch()
     return queue
 
@@ -182,7 +158,7 @@ def test_a_worker_frozen_mid_hand_over_spends_no_retry(app_dir, start_worker, no
     worker = start(start_worker, notify, app_dir, tmp_path, "spare.ready", "pause:4")
     queue = first_job_then_arm(worker, rconn, tmp_path)
     job = queue.enqueue(quick_job, 2)
-    done = ended(rconn, job.id, timeout=30)
+    done = job_ended(rconn, job.id, timeout=30)
     assert (tmp_path / "fired").exists(), "the fault never fired"
     assert done.get_status() == JobStatus.FINISHED, explain(rconn, worker, done)
     assert runs(rconn, job.id) == 1, explain(rconn, worker, done)
@@ -202,11 +178,11 @@ def test_a_spare_killed_before_its_go_costs_the_job_nothing(app_dir, start_worke
     worker = start(start_worker, notify, app_dir, tmp_path, "spare.ready", "kill-spare")
     queue = first_job_then_arm(worker, rconn, tmp_path)
     job = queue.enqueue(quick_job, 2)
-    done = ended(rconn, job.id, timeout=20)
+    done = job_ended(rconn, job.id, timeout=20)
     assert (tmp_path / "fired").exists(), "the fault never fired"
     assert done.get_status() == JobStatus.FINISHED, explain(rconn, worker, done)
     assert runs(rconn, job.id) == 1, explain(rconn, worker, done)
-    assert ended(rconn, queue.enqueue(quick_job, 3).id).get_status() == JobStatus.FINISHED
+    assert job_ended(rconn, queue.enqueue(quick_job, 3).id).get_status() == JobStatus.FINISHED
 
 
 # -- 3: a spare that answers "ready" late, within HANDOVER_WITHIN --------------------------------------------------
@@ -227,7 +203,7 @@ def test_a_spare_that_answers_late_within_the_deadline_gets_a_live_lease(app_dir
         notify.wait_for("WATCHDOG=1", after=seen, timeout=10)
         time.sleep(0.85)
         job = queue.enqueue(quick_job, 10 + attempt)
-        done = ended(rconn, job.id, timeout=20)
+        done = job_ended(rconn, job.id, timeout=20)
         assert done.get_status() == JobStatus.FINISHED, explain(rconn, worker, done)
         assert runs(rconn, job.id) == 1, explain(rconn, worker, done)
 
@@ -244,14 +220,14 @@ def test_the_horse_forked_after_a_frozen_spare_gets_a_live_lease(app_dir, start_
     watchdog of 4.5 s or less. Fix: tick when due after ``take`` (before the fork) as before the "go"."""
     worker = start(start_worker, notify, app_dir, tmp_path, "none", "none")
     queue = first_job_then_arm(worker, rconn, tmp_path)
-    (spare,) = live_children(worker.pid)
+    (spare,) = children_of(worker.pid)
     os.kill(spare, signal.SIGSTOP)
     try:
         seen = len(notify.lines("WATCHDOG=1"))
         notify.wait_for("WATCHDOG=1", after=seen, timeout=10)
         time.sleep(0.85)
         job = queue.enqueue(quick_job, 2)
-        done = ended(rconn, job.id, timeout=20)
+        done = job_ended(rconn, job.id, timeout=20)
         assert done.get_status() == JobStatus.FINISHED, explain(rconn, worker, done)
         assert runs(rconn, job.id) == 1, explain(rconn, worker, done)
     finally:
@@ -286,18 +262,18 @@ def test_an_unreapable_spare_does_not_make_later_hand_overs_spin(app_dir, start_
     # (no watchdog: the lease is then long, and the frozen spare's 3 s do not end the fallback horse: test 4)
     worker = start(start_worker, notify, app_dir, tmp_path, "none", "none", watchdog=False)
     queue = first_job_then_arm(worker, rconn, tmp_path)
-    (frozen,) = live_children(worker.pid)
+    (frozen,) = children_of(worker.pid)
     try:
         (group / "cgroup.procs").write_text(str(frozen))
         (group / "freezer.state").write_text("FROZEN")
         # The worker gives up on the frozen spare (1 s), kills it, cannot reap it (0.5 s), forks the job's horse.
-        assert ended(rconn, queue.enqueue(quick_job, 2).id).get_status() == JobStatus.FINISHED
-        wait_until(lambda: len([p for p in live_children(worker.pid) if p != frozen]) == 1, 10, what="a new spare")
-        (spare,) = [p for p in live_children(worker.pid) if p != frozen]
+        assert job_ended(rconn, queue.enqueue(quick_job, 2).id).get_status() == JobStatus.FINISHED
+        wait_until(lambda: len([p for p in children_of(worker.pid) if p != frozen]) == 1, 10, what="a new spare")
+        (spare,) = [p for p in children_of(worker.pid) if p != frozen]
         os.kill(spare, signal.SIGKILL)  # the new spare dies idle: the next take() ends it (``_end``)
-        wait_until(lambda: spare not in live_children(worker.pid), 5, what="the new spare to die")
+        wait_until(lambda: spare not in children_of(worker.pid), 5, what="the new spare to die")
         before, began = cpu_seconds(worker.pid), time.monotonic()
-        assert ended(rconn, queue.enqueue(quick_job, 3).id).get_status() == JobStatus.FINISHED
+        assert job_ended(rconn, queue.enqueue(quick_job, 3).id).get_status() == JobStatus.FINISHED
         took, spent = time.monotonic() - began, cpu_seconds(worker.pid) - before
         assert spent < 0.5 and took < 0.9, f"the worker spent {spent:.2f} s of CPU, the job took {took:.2f} s"
     finally:

@@ -62,30 +62,36 @@ def test_a_job_holding_what_no_pickle_takes_is_not_handed():
         pickle.dumps(prefork.pack(job, Execution.create(job, 60, pipeline=connection.pipeline())))
 
 
-def test_auto_forks_a_spare_only_while_a_third_of_a_cpu_of_its_own_is_idle(tmp_path, monkeypatch):
+def test_auto_is_busy_below_a_fifth_of_its_cpus_idle_and_free_again_above_two_fifths(tmp_path, monkeypatch):
     """``Contention``: idle time of the CPUs this process may use (/proc/stat) over each window of a
-    second or more, against SPARE_CPU (0.3 of a CPU); other CPUs do not count."""
+    second or more; busy below BUSY_BELOW (0.2 of a CPU), free above FREE_ABOVE (0.4), and in between
+    the last answer stands; other CPUs do not count."""
     stat = tmp_path / "stat"
     monkeypatch.setattr(prefork.Contention, "PATH", str(stat))
     now = [100.0]
     contention = prefork.Contention(clock=lambda: now[0], cpus=lambda: {0, 2})
     hz = contention.ticks
+    idle = [10.0, 10.0]
 
     def after(seconds: float, idle0: float, idle2: float, elsewhere: float = 0.0) -> bool:
         now[0] += seconds
-        stat.write_text(f"cpu  1 2 3 {int((idle0 + idle2 + elsewhere) * hz)} 0 0 0\n"
-                        f"cpu0 10 0 10 {int(idle0 * hz)} 0 0 0 0 0 0\n"
+        idle[0] += idle0
+        idle[1] += idle2
+        stat.write_text(f"cpu  1 2 3 {int((sum(idle) + elsewhere) * hz)} 0 0 0\n"
+                        f"cpu0 10 0 10 {int(idle[0] * hz)} 0 0 0 0 0 0\n"
                         f"cpu1 10 0 10 {int(elsewhere * hz)} 0 0 0 0 0 0\n"
-                        f"cpu2 10 0 10 0 {int(idle2 * hz)} 0 0 0 0 0\n"  # (I/O wait counts as idle)
+                        f"cpu2 10 0 10 0 {int(idle[1] * hz)} 0 0 0 0 0\n"  # (I/O wait counts as idle)
                         "intr 12345\n")
         return contention.busy()
 
-    assert after(0, 10, 10) is False  # nothing measured yet: a spare
-    assert after(0.5, 10, 10) is False  # half a window: not looked at
-    assert after(0.5, 10, 10.2, elsewhere=50) is True  # 0.2 s of CPU idle in 1 s (another CPU's idle: not ours)
-    assert after(1.0, 10.5, 10.5) is False  # 0.8
-    assert after(2.0, 10.6, 10.8) is True  # 0.2 of a CPU over 2 s
-    assert after(1.0, 10.85, 10.9) is False  # 0.35
+    assert after(0, 0, 0) is False  # nothing measured yet: a spare
+    assert after(0.5, 0, 0) is False  # half a window: not looked at
+    assert after(0.5, 0, 0.1, elsewhere=50) is True  # 0.1 of a CPU idle in 1 s (another CPU's idle: not ours)
+    assert after(1.0, 0.15, 0.15) is True  # 0.3: between the two, busy stands
+    assert after(1.0, 0.25, 0.25) is False  # 0.5
+    assert after(2.0, 0.3, 0.3) is False  # 0.3 a second: free stands
+    assert after(1.0, 0.05, 0.1) is True  # 0.15
+    assert after(1.0, 0.3, 0.2) is False  # 0.5
     stat.unlink()
     now[0] += 0.5
     assert contention.busy() is False  # half a window: the last answer stands, unread
