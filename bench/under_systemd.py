@@ -43,14 +43,14 @@ PY = stock_rq.PY  # the package's interpreter: the in-sandbox scripts need its r
 INBOX = "/srv/bench/inbox.py"
 SIDES = ("stock", "ours")
 UNITS = {"stock": "rqworker@{}", "ours": "rq-worker@{}"}
-STOCK_CLASS = {"fork": "", "fork-prefork": "", "fork-noprefork": "", "simple": "--worker-class rq.worker.SimpleWorker"}
+STOCK_CLASS = {"fork": "", "fork-auto": "", "fork-noprefork": "", "simple": "--worker-class rq.worker.SimpleWorker"}
 """Stock rq's arguments per class measured."""
 OUR_CLASS = {"fork": "RQ_WORKER_CLASS=fork\n", "simple": "RQ_WORKER_CLASS=simple\n",
-             "fork-prefork": "RQ_WORKER_CLASS=fork\nRQ_PREFORK=yes\n",
+             "fork-auto": "RQ_WORKER_CLASS=fork\nRQ_PREFORK=auto\n",
              "fork-noprefork": "RQ_WORKER_CLASS=fork\nRQ_PREFORK=no\n"}
-"""Ours per class measured: ``fork`` as shipped (RQ_PREFORK=auto: a spare horse forked while each job runs
-while the worker does not wait for a CPU, ``prefork``); ``fork-prefork`` with a spare always,
-``fork-noprefork`` never (each job's horse forked as the job is taken, as rq does)."""
+"""Ours per class measured: ``fork`` as shipped (a spare horse forked while each job runs, ``prefork``);
+``fork-auto`` with RQ_PREFORK=auto (no spare while the CPUs are busy), ``fork-noprefork`` with none (each
+job's horse forked as the job is taken, as rq does)."""
 STOCK_UNIT = stock_rq.documented_unit(
     "/srv/bench", "/usr/local/bin/rq worker --with-scheduler --url redis://127.0.0.1:6379/0 $STOCK_ARGS bench",
     "EnvironmentFile=/etc/rq-bench/stock.env")
@@ -222,8 +222,7 @@ def table(results: dict[tuple[str, int, str], Series], cells: list[tuple[str, in
 
 
 def start_stop_table(box: Sandbox, rounds: int) -> str:
-    columns = {"stock": ("stock", "fork"), "ours": ("ours", "fork-prefork"),
-               "ours-noprefork": ("ours", "fork-noprefork")}
+    columns = {"stock": ("stock", "fork"), "ours": ("ours", "fork"), "ours-noprefork": ("ours", "fork-noprefork")}
     figures: dict[str, list[dict]] = {column: [] for column in columns}
     for _ in range(rounds):
         for column, (side, worker_class) in columns.items():
@@ -235,7 +234,7 @@ def start_stop_table(box: Sandbox, rounds: int) -> str:
 
     mib = (1 / 1024, " MiB", 1)
     return "\n".join([
-        "| one idle instance (fork, scheduler on) | stock rq | rq-worker-service, RQ_PREFORK=yes (its spare horse) "
+        "| one idle instance (fork, scheduler on) | stock rq | rq-worker-service (with its spare horse) "
         "| rq-worker-service, RQ_PREFORK=no |",
         "|---|---|---|---|",
         row("`systemctl start` returns (stock: Type=simple, at once; ours: Type=notify, at READY)", "ready"),

@@ -117,7 +117,7 @@ class Settings:
     worker_class: str
     """fork, simple, spawn, or a dotted path to the app's own worker class (``worker_classes.service_class``)."""
     prefork: bool | None
-    """Fork the next horse while a job runs (``prefork``; None: auto); our fork class only."""
+    """Fork the next horse while a job runs (``prefork``; None: auto, only while CPU is idle); our fork class only."""
     serializer: str
     """pickle, json or a dotted path; these four are imported from the app by ``classes``."""
     job_class: str | None

@@ -451,10 +451,10 @@ VARIABLES: tuple[Variable, ...] = (
              short="-w", metavar="CLASS"),
     Variable("RQ_PREFORK", "With RQ_WORKER_CLASS=fork: fork each job's horse while the previous job runs and "
              "hand it the job over a pipe, so that the fork is not on the job's path (still one fresh process per "
-             "job; one more, idle, process per instance). auto: not while less than a fifth of a CPU is idle, until "
-             "two fifths are again (a spare horse costs CPU, which busy CPUs lack); no: fork the horse when the job "
-             "is taken, as rq does.",
-             boolean_or_auto, default=None, shown_default="auto", field="prefork"),
+             "job; one more, idle, process per instance). no: fork the horse when the job is taken, as rq does; "
+             "auto: no spare while less than a fifth of a CPU is idle, until two fifths are again (a spare costs "
+             "some CPU, which busy CPUs shared with other work may lack).",
+             boolean_or_auto, default=True, field="prefork"),
     Variable("RQ_SERIALIZER", "How jobs are serialized in Redis, as the app enqueues them (rq's --serializer): "
              "pickle, json (rq's JSONSerializer), or a dotted path to the app's serializer (a class or module with "
              "dumps and loads). Every part of the service that reads jobs uses it (recovery, status, the enqueue "
