@@ -21,9 +21,9 @@ the queue, and answers "ready"; only then does the worker say "go", and only "go
 spare that does not answer within ``HANDOVER_WITHIN`` (frozen: SIGSTOP, a debugger; or too slow) or
 answers that it could not rebuild the job is killed and reaped before anything else happens, and the
 job's horse is forked as before: the spare never runs a job the worker did not hand it, and a job the
-worker handed is run by nobody else. A worker frozen between "ready" and "go" leaves the spare
-waiting with the job not started; a fencer's rescue then takes the execution (``TakenBack`` in the
-horse when the "go" comes after all).
+worker handed is run by nobody else. Before its "go" the worker ticks when due (the hand-over held
+its loop): the horse's lease is renewed, or a worker fenced meanwhile (frozen between "ready" and
+"go") exits there, its spare dying with it, the job not started.
 
 The job's horse is also forked as before when the job cannot be pickled (an app's job class with
 something unpicklable on it), when the spare is gone (an operator's kill, the OOM killer: its pipe
@@ -36,8 +36,9 @@ both processes (the usual fork-and-setpgid race: rq's ``kill_horse`` kills the h
 
 Where this costs: a second process per instance (its own memory is the pages it and the worker
 write after the fork: docs/benchmarks.md), and the worker's own writes between jobs now copy pages,
-as they did only while a horse ran. Only our own fork worker class (an app's subclass may keep
-state of its own between the pop and the fork that a spare would not see).
+as they did only while a horse ran. ``RQ_PREFORK=auto`` forks no spare while the CPUs are busy
+(``Contention``). Only our own fork worker class (an app's subclass may keep state of its own
+between the pop and the fork that a spare would not see).
 """
 
 from __future__ import annotations
