@@ -107,7 +107,7 @@ class Prefork:
     def __init__(self, worker: ServiceWorker, auto: bool = False) -> None:
         self.worker = worker
         self.contention = Contention() if auto else None
-        """RQ_PREFORK=auto: a spare only while this worker does not wait for a CPU."""
+        """RQ_PREFORK=auto: no spare while the CPUs this worker may use are busy."""
         self.spare: Spare | None = None
         self.unreaped: list[int] = []
         """Killed spares not reaped yet (``REAP_WITHIN``)."""

@@ -61,14 +61,14 @@ class ServiceWorker(ServiceWorkerMixin, Worker):
         self.parts.horse_starting()  # a fresh lease for the horse (``ServiceParts.horse_starting``)
         prefork = self.parts.prefork
         pid = prefork.take(job, queue) if prefork is not None else None
-        if pid is None and prefork is not None:
-            self.parts.horse_starting()  # a spare given up on held the loop: the lease, renewed when due
         if pid is not None:  # rq's parent side of its fork, for a horse that was forked already
             os.environ["RQ_WORKER_ID"] = self.name
             os.environ["RQ_JOB_ID"] = job.id
             self._horse_pid = pid
             self.procline(f"Handed to {pid} at {time.time()}")
         else:
+            if prefork is not None:
+                self.parts.horse_starting()  # a spare given up on held the loop: the lease, renewed when due
             self._handoff.prepare()  # opened while the previous horse ran; the first job's, now
             super().fork_work_horse(job, queue)  # (the horse never returns from here)
             self._handoff.forked(self._horse_pid)

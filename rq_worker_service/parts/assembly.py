@@ -95,9 +95,9 @@ class ServiceParts:
         self.main_pid = os.getpid()
         """The worker's process, which its horse dies with."""
         self.handoff: Handoff | None = None
+        """The fork worker's: the next horse's Redis connection."""
         self.prefork: Prefork | None = None
         """The fork worker's spare horse (``prefork``), with RQ_PREFORK."""
-        """The fork worker's: the next horse's Redis connection."""
         self.watch: JobWatch | None = None
         """The simple worker's: the thread that ticks while a job runs."""
         self.lease: HorseLease | None = None
