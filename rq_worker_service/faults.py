@@ -17,6 +17,7 @@ POINTS: dict[str, str] = {
     "spare.ready": "a spare horse rebuilt the job handed to it and answered ready; the worker has not said go",
     "horse.started": "the horse (fork or spawn) runs the job, or the simple worker is about to",
     "job.performed": "the job's function returned or raised, its end not yet written",
+    "horse.released": "a spare's horse wrote its job's end and told its worker so; it has not exited",
     "job.ended": "the job's end (result, status, registries) is written",
     "rescue.claimed": "a rescue committed: the job is re-queued or failed, callbacks not yet run",
     "rescue.callback": "a rescue ran the job's failure callback",

@@ -34,6 +34,15 @@ is killed and reaped when the worker leaves (stop, reload, recycle: ``retire``);
 with its worker otherwise (``die_with_parent``). It has its own process group from its fork on, set by
 both processes (the usual fork-and-setpgid race: rq's ``kill_horse`` kills the horse's group).
 
+The horse a spare became says "done" on the same pipe once its job's end is written (``done``), the
+last step before its ``os._exit(0)``: the worker takes its next job while that process exits (the exit
+of a 35 MB forked process, and the worker's wake from ``wait4``: ≈1.7 ms of wall time on a no-op
+job's path) and reaps it later (``reap``: before each pop and each spare's fork). "Done" stands for
+the exit status 0 that rq's monitor would have read, and nothing else: a horse that ends any other
+way (its job raised out of rq's ``perform_job``, a kill, the OOM killer, a crash) writes nothing, its
+pipe ends with it, and the worker reads its status from ``wait4`` as rq does. Its peak memory
+(``RQ_MAX_MEMORY``) comes with the "done".
+
 Where this costs: a second process per instance (its own memory is the pages it and the worker
 write after the fork: docs/benchmarks.md), and the worker's own writes between jobs now copy pages,
 as they did only while a horse ran. ``RQ_PREFORK=auto`` forks no spare while the CPUs are busy
@@ -46,6 +55,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import resource
 import select
 import signal
 import struct
@@ -86,6 +96,16 @@ REAP_WITHIN = 0.5
 sleep) is reaped later, between jobs, rather than holding the worker's loop."""
 
 READY, NOT_READY, GO = b"+", b"-", b"g"
+_DONE = struct.Struct("=cQ")
+"""The horse's "done" and its peak memory (``ru_maxrss``, KiB): one write, shorter than a pipe's atomic size."""
+DONE = b"d"
+
+
+@dataclass
+class Released:
+    """What ``wait4`` would have given the worker for a horse that said "done": its peak memory."""
+
+    ru_maxrss: int
 
 
 @dataclass
@@ -96,7 +116,7 @@ class Spare:
     pipe: int
     """The write end of the pipe to the spare."""
     answers: int
-    """The read end of the pipe from the spare."""
+    """The read end of the pipe from the spare: its "ready", then its "done"."""
     born_with: tuple[Any, dict[str, Any], Any]
     """The worker's Redis client, its connection settings and its settings object at the fork."""
 
@@ -109,8 +129,12 @@ class Prefork:
         self.contention = Contention() if auto else None
         """RQ_PREFORK=auto: no spare while the CPUs this worker may use are busy."""
         self.spare: Spare | None = None
+        self.running: Spare | None = None
+        """The spare that took the current job, until it said "done" or ended."""
         self.unreaped: list[int] = []
-        """Killed spares not reaped yet (``REAP_WITHIN``)."""
+        """Killed spares not reaped yet (``REAP_WITHIN``), and horses that said "done" and are exiting."""
+        self.release_to: int | None = None
+        """In a spare's horse: where its "done" goes."""
         self.cannot_fork: str | None = None
         """Why the last spare could not be forked, told once until one can."""
 
@@ -121,7 +145,7 @@ class Prefork:
     def prepare(self) -> int | None:
         """Fork the spare (in the worker, right after the current horse's fork, while it runs); its pid.
         None when there is none to fork now, or it could not be forked (the job's horse is then forked)."""
-        self._reap()
+        self.reap()
         parts = self.worker.parts
         if self.spare is not None or parts.lease is None or parts.lifecycle.stopping:
             return None  # (the lease exists from the first tick on: a spare forked before it would run without)
@@ -189,14 +213,54 @@ class Prefork:
             self._end(spare)
             return None
         os.close(spare.pipe)
-        os.close(spare.answers)
+        self.running = spare
         return spare.pid
 
+    def wait(self, pid: int) -> tuple[int, int, Released] | None:
+        """The end of the horse ``pid`` as rq's ``wait4`` gives it (status 0), once it said "done"; None
+        when it is not a spare's or it ended without saying so (the caller's ``wait4`` then reads how).
+
+        Blocks like ``wait4``, inside rq's monitor: its alarm (the monitor's interval, a wake) raises
+        out of the ``select`` as out of the ``wait4``, and the next call waits again."""
+        running = self.running
+        if running is None or running.pid != pid:
+            return None
+        select.select([running.answers], [], [])
+        said = os.read(running.answers, _DONE.size)
+        self.running = None
+        os.close(running.answers)
+        if len(said) != _DONE.size or said[:1] != DONE:
+            return None  # its pipe ended without a "done": it has exited or is exiting
+        self.unreaped.append(pid)
+        return pid, 0, Released(_DONE.unpack(said)[1])
+
+    def done(self) -> None:
+        """In a spare's horse, its job's end written and rq's ``os._exit(0)`` next: the worker may go on."""
+        if self.release_to is None:
+            return
+        try:
+            os.write(self.release_to, _DONE.pack(DONE, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+        except OSError:  # the worker is gone: this process dies with it
+            return
+        faults.reached("horse.released")
+
+    def reap(self) -> None:
+        """Reap what has ended of the killed spares and the horses that said "done"; never waits."""
+        for pid in list(self.unreaped):
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                    continue
+            except ChildProcessError:
+                pass
+            self.unreaped.remove(pid)
+
     def retire(self) -> None:
-        """The worker leaves (stop, reload, recycle): the spare is killed and reaped."""
+        """The worker leaves (stop, reload, recycle): the spare is killed and reaped; the horses that said
+        "done" are given ``REAP_WITHIN`` to finish exiting (a frozen one dies with the worker)."""
         spare, self.spare = self.spare, None
         if spare is not None:
             self._end(spare)
+        self._reap_within(REAP_WITHIN)
 
     def _same(self, born_with: tuple[Any, dict[str, Any], Any]) -> bool:
         connection, kwargs, settings = self._now()
@@ -211,19 +275,15 @@ class Prefork:
         except ProcessLookupError:
             pass
         self.unreaped.append(spare.pid)
-        deadline = time.monotonic() + REAP_WITHIN
-        while spare.pid in self.unreaped and time.monotonic() < deadline:
-            time.sleep(0.005)
-            self._reap()
+        self._reap_within(REAP_WITHIN, spare.pid)
 
-    def _reap(self) -> None:
-        for pid in list(self.unreaped):
-            try:
-                if os.waitpid(pid, os.WNOHANG)[0] == 0:
-                    continue
-            except ChildProcessError:
-                pass
-            self.unreaped.remove(pid)
+    def _reap_within(self, seconds: float, pid: int | None = None) -> None:
+        """Reap ``pid`` (else all that are unreaped) for up to ``seconds``."""
+        deadline = time.monotonic() + seconds
+        self.reap()
+        while (pid in self.unreaped if pid is not None else self.unreaped) and time.monotonic() < deadline:
+            time.sleep(0.005)
+            self.reap()
 
     def _message(self, job: Job, queue: Queue) -> dict[str, Any]:
         execution = self.worker.execution
@@ -268,6 +328,7 @@ class Prefork:
         os.write(answer, READY)
         if os.read(read, 1) != GO:
             return 0  # the worker gave up on this spare (too slow to answer): the job's horse is forked
+        self.release_to = answer
         self._run(message, *handed)
         return 1  # (main_work_horse exits: never here)
 

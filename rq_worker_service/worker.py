@@ -498,8 +498,10 @@ class ServiceWorkerMixin(_Base):
 
     def wait_for_horse(self) -> Any:
         self.parts.in_horse_wait = True
+        prefork = self.parts.prefork
         try:
-            reaped = super().wait_for_horse()
+            # A spare's horse says "done" as its job's end is written, and is reaped later (``prefork``).
+            reaped = (prefork.wait(self.horse_pid) if prefork is not None else None) or super().wait_for_horse()
         finally:
             self.parts.in_horse_wait = False
         rusage = reaped[2] if reaped else None

@@ -79,6 +79,12 @@ class ServiceWorker(ServiceWorkerMixin, Worker):
             if spare is not None:
                 self._handoff.forked(spare)  # the connection is the spare's now
 
+    def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
+        performed = super().perform_job(job, queue, execution)
+        if self.parts.prefork is not None:  # in a spare's horse: its worker may take the next job now
+            self.parts.prefork.done()
+        return performed
+
     def teardown(self) -> None:
         if self.parts.prefork is not None and not self.is_horse:
             self.parts.prefork.retire()

@@ -205,8 +205,11 @@ class ServiceParts:
             part.sweep()
 
     def between_jobs(self) -> None:
-        """Around each pop: the primary (under Sentinel, after every pop), and the tick when due."""
+        """Around each pop: the primary (under Sentinel, after every pop), the horses that said "done"
+        reaped (``prefork``), and the tick when due."""
         self.follower.look()
+        if self.prefork is not None:
+            self.prefork.reap()
         if self.tick_due:
             self.tick()
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import JOBS_DIR, children_of, job_ended, spare_of, wait_until
+from helpers import JOBS_DIR, app_package, app_package_env, children_of, job_ended, spare_of, wait_until
 from rq import Queue
 from rq.command import send_kill_horse_command
 from rq.job import Job, JobStatus
@@ -199,3 +199,86 @@ def test_a_stop_or_a_reload_leaves_no_spare_behind(start_worker, notify, rconn, 
         notify.wait_for("READY=1", after=readies)
         assert job_ended(rconn, queue.enqueue("pfapp.whoami", "after").id).return_value()[1] == worker.pid
     assert not exists(spare)
+
+
+RELEASED = textwrap.dedent('''
+    import os
+
+    if os.environ.get("PF_STOP_RELEASED"):
+        # The first horse to say "done" once the test made the file PF_STOP_RELEASED stops itself there (SIGSTOP:
+        # a debugger, a frozen exit) and writes its pid to PF_STOPPED.
+        import signal
+        from pathlib import Path
+
+        from rq_worker_service import faults
+
+        _reached = faults.reached
+
+        def reached(point):
+            _reached(point)
+            if point != "horse.released":
+                return
+            try:
+                Path(os.environ["PF_STOP_RELEASED"]).unlink()
+            except FileNotFoundError:
+                return
+            Path(os.environ["PF_STOPPED"]).write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+        faults.reached = reached
+''')
+
+
+def state_of(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.mark.parametrize("then", ["cont", "stop"])
+def test_the_next_job_goes_as_a_horse_says_done_and_that_horse_is_reaped(start_worker, notify, rconn, tmp_path,
+                                                                         then):
+    """A spare's horse says "done" once its job's end is written, before it exits: the worker takes the next
+    job without waiting for the exit. Here that horse is stopped right after its "done" (it never exits until
+    continued): the next jobs run meanwhile; continued, it is reaped; or the worker is stopped while it is
+    still stopped, and leaves at once, that horse gone with it. Without the "done" the worker waited for
+    that horse's exit, as rq's ``wait4`` does, and ran nothing."""
+    app_dir = app_package(tmp_path, "pfdone", "", RELEASED)
+    armed, stopped = tmp_path / "armed", tmp_path / "stopped"
+    worker = start_worker("1", notify=notify, env=app_package_env(
+        app_dir, RQ_PREFORK="yes", PF_STOP_RELEASED=str(armed), PF_STOPPED=str(stopped)))
+    notify.wait_for("READY=1")
+    queue = Queue(connection=rconn)
+    job_ended(rconn, queue.enqueue(quick_job, 1).id)
+    spare_of(worker.pid)
+    armed.touch()
+    assert job_ended(rconn, queue.enqueue(quick_job, 2).id).return_value() == 4
+    wait_until(stopped.exists, 10, what="the horse to stop after its done")
+    horse = int(stopped.read_text())
+    wait_until(lambda: state_of(horse) == "T", 10, what="the horse to be stopped")
+    for i in range(3):
+        assert job_ended(rconn, queue.enqueue(quick_job, i).id, timeout=10).return_value() == 2 * i
+    assert state_of(horse) == "T" and horse in children_of(worker.pid)  # still there, still the worker's
+    if then == "cont":
+        os.kill(horse, signal.SIGCONT)
+        assert job_ended(rconn, queue.enqueue(quick_job, 5).id).return_value() == 10
+        wait_until(lambda: not exists(horse), 10, what="the horse to be reaped")
+    else:
+        started = time.monotonic()
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(20) == 0
+        assert time.monotonic() - started < 5
+        wait_until(lambda: not exists(horse), 5, what="the stopped horse to die with its worker")
+    assert "Traceback" not in worker.output()
+    assert queue.failed_job_registry.count == 0
+
+
+def test_a_horse_that_ends_without_done_is_recorded_as_rq_does(start_worker, notify, rconn, app_dir):
+    """A horse that dies under its job says no "done": its pipe ends, and the worker reads how from ``wait4``
+    (here: a job that kills its own process; no retry for a cut job)."""
+    worker = start(start_worker, notify, app_dir, RQ_JOB_RETRY_MAX="0")
+    queue = Queue(connection=rconn)
+    job_ended(rconn, queue.enqueue(quick_job, 1).id)
+    spare_of(worker.pid)
+    job = job_ended(rconn, queue.enqueue(os.kill, 0, signal.SIGKILL).id)
+    assert job.get_status() == JobStatus.FAILED
+    assert "Work-horse terminated unexpectedly" in (job.latest_result().exc_string or "")
+    assert job_ended(rconn, queue.enqueue(quick_job, 6).id).return_value() == 12

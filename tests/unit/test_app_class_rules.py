@@ -164,6 +164,9 @@ def always_calls_its_super(function) -> bool:
 EXTENDED_ON_A_CONDITION = {
     "heartbeat": "rq's beat goes out at most once a second between jobs (BEAT_INTERVAL) and at every beat inside a "
                  "job's own pipeline: an app's override runs with each of rq's beats that is sent",
+    "wait_for_horse": "a spare horse's \"done\" stands for its exit (RQ_PREFORK), but only in our own fork class: "
+                      "under an app's worker class every horse is forked and awaited by rq's, through the app's "
+                      "override",
 }
 """Methods of ours that call rq's only on a condition and still extend it: the app's override runs whenever
 rq's would in a service. Any other method whose super() call is conditional must be in REPLACED."""

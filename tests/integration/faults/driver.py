@@ -38,6 +38,8 @@ CLASS_ENV = {"fork": {"RQ_WORKER_CLASS": "fork", "RQ_PREFORK": "no"},
              "prefork": {"RQ_WORKER_CLASS": "fork", "RQ_PREFORK": "yes"},
              "spawn": {"RQ_WORKER_CLASS": "spawn"}, "simple": {"RQ_WORKER_CLASS": "simple"}}
 """What each class of the matrix sets: prefork is the fork worker with its spare horse (``prefork``)."""
+PREFORK_ONLY = ("spare.ready", "horse.released")
+"""Points only a spare horse reaches."""
 CELL_BOUND = 40.0
 """Seconds a cell may take from the first start to every job done."""
 INSTANCE = "f1"
@@ -130,7 +132,7 @@ def all_cells() -> list[Cell]:
     mode."""
     return [Cell(point, action, queues, cls) for point in POINTS for action in ACTIONS for queues in QUEUE_SETS
             for cls in WORKER_CLASSES if not (cls == "simple" and action == "kill-horse")
-            and not (point == "spare.ready" and cls != "prefork")]
+            and not (point in PREFORK_ONLY and cls != "prefork")]
 
 
 def placed_points() -> set[str]:
