@@ -37,7 +37,8 @@ both processes (the usual fork-and-setpgid race: rq's ``kill_horse`` kills the h
 The horse a spare became says "done" on the same pipe once its job's end is written (``done``), the
 last step before its ``os._exit(0)``: the worker takes its next job while that process exits (the exit
 of a 35 MB forked process, and the worker's wake from ``wait4``: ≈1.7 ms of wall time on a no-op
-job's path) and reaps it later (``reap``: before each pop and each spare's fork). "Done" stands for
+job's path) and reaps it later (``reap``: around each pop and at each spare's fork; ``settle``: before
+an idle worker's wait, for up to ``REAP_WITHIN``). "Done" stands for
 the exit status 0 that rq's monitor would have read, and nothing else: a horse that ends any other
 way (its job raised out of rq's ``perform_job``, a kill, the OOM killer, a crash) writes nothing, its
 pipe ends with it, and the worker reads its status from ``wait4`` as rq does. Its peak memory
@@ -253,6 +254,11 @@ class Prefork:
             except ChildProcessError:
                 pass
             self.unreaped.remove(pid)
+
+    def settle(self) -> None:
+        """The queues are empty: wait for the horses that said "done" to exit (``REAP_WITHIN`` at most), so
+        that an idle worker does not keep a finished horse as a zombie until its next job."""
+        self._reap_within(REAP_WITHIN)
 
     def retire(self) -> None:
         """The worker leaves (stop, reload, recycle): the spare is killed and reaped; the horses that said

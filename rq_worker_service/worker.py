@@ -324,6 +324,8 @@ class ServiceWorkerMixin(_Base):
         else:
             reply = held.pop(queue_keys, None)
             if reply is None:
+                if self.parts.prefork is not None:
+                    self.parts.prefork.settle()  # the last horse, exiting: reaped before the worker idles
                 self.parts.guard.call(self.set_state, WorkerStatus.IDLE)
                 if timeout is not None and not held.suspended:
                     reply = held.pop(queue_keys, timeout)

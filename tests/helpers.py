@@ -266,6 +266,13 @@ def _pings(client: redis.Redis) -> bool:
         return False
 
 
+def notify_socket(tmp_path: Path, label: str) -> NotifySocket:
+    """A ``NotifySocket`` in a directory of its own under ``tmp_path`` (one per worker of a test)."""
+    directory = tmp_path / label
+    directory.mkdir()
+    return NotifySocket(directory)
+
+
 class NotifySocket:
     """A datagram socket bound where NOTIFY_SOCKET points, recording what the worker tells systemd."""
 

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from helpers import NotifySocket, RedisServer, wait_until
+from helpers import RedisServer, children_of, notify_socket, wait_until
 from rq import Queue
 from rq.job import Job, JobStatus
 from test_pop import fault
@@ -45,19 +45,8 @@ def blocked_in_pop(rconn, worker: str) -> bool:
                for c in rconn.client_list())
 
 
-def horse_pids(pid: int) -> list[int]:
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(p) for p in children.read_text().split()] if children.exists() else []
-
-
-def ready(tmp_path: Path, label: str) -> NotifySocket:
-    directory = tmp_path / label
-    directory.mkdir()
-    return NotifySocket(directory)
-
-
 def test_job_handed_to_a_frozen_pop_runs_elsewhere_and_the_frozen_worker_exits(start_worker, rconn, tmp_path):
-    one = ready(tmp_path, "one")
+    one = notify_socket(tmp_path, "one")
     frozen = start_worker("1", notify=one, env=FAST)
     one.wait_for("READY=1")
     wait_until(lambda: blocked_in_pop(rconn, name("1")), 5, what="worker 1 to block in its pop")
@@ -68,7 +57,7 @@ def test_job_handed_to_a_frozen_pop_runs_elsewhere_and_the_frozen_worker_exits(s
                what="the job to be handed to the frozen pop (its held list)")
     frozen_at = time.monotonic()
 
-    two = ready(tmp_path, "two")
+    two = notify_socket(tmp_path, "two")
     start_worker("2", notify=two, env=FAST)
     wait_until(lambda: status(rconn, job.id) == "finished", 20, what="the job to run on worker 2")
     # Put back by worker 2 when it fences worker 1: start-up (≈2 s) + a period on time before it may fence
@@ -94,14 +83,14 @@ def test_job_handed_to_a_frozen_pop_runs_elsewhere_and_the_frozen_worker_exits(s
 
 
 def test_frozen_busy_worker_loses_its_job_to_a_live_one_at_once(start_worker, rconn, tmp_path):
-    one, two = ready(tmp_path, "one"), ready(tmp_path, "two")
+    one, two = notify_socket(tmp_path, "one"), notify_socket(tmp_path, "two")
     busy = start_worker("1", notify=one, env={**FAST, "RQ_QUEUES": "solo"})
     one.wait_for("READY=1")
     job = Queue("solo", connection=rconn).enqueue(sleep_job, 5, job_id="frozen-mid-job")
     one.wait_for("STATUS=", contains="Running job frozen-mid-job")
     start_worker("2", notify=two, env={**FAST, "RQ_QUEUES": "solo"})
     two.wait_for("READY=1")
-    frozen = [busy.pid, *horse_pids(busy.pid)]
+    frozen = [busy.pid, *children_of(busy.pid, zombies=True)]
     for pid in frozen:
         os.kill(pid, signal.SIGSTOP)
     frozen_at = time.monotonic()
@@ -120,14 +109,14 @@ def test_frozen_busy_worker_loses_its_job_to_a_live_one_at_once(start_worker, rc
 
 
 def test_killed_worker_that_never_restarts_is_fenced_and_its_job_requeued_at_once(start_worker, rconn, tmp_path):
-    one, two = ready(tmp_path, "one"), ready(tmp_path, "two")
+    one, two = notify_socket(tmp_path, "one"), notify_socket(tmp_path, "two")
     dead = start_worker("1", notify=one, env=FAST)
     one.wait_for("READY=1")
     job = Queue(connection=rconn).enqueue(sleep_job, 3, job_id="orphaned-by-kill")
     one.wait_for("STATUS=", contains="Running job orphaned-by-kill")
     start_worker("2", notify=two, env=FAST)
     two.wait_for("READY=1")
-    for pid in [dead.pid, *horse_pids(dead.pid)]:
+    for pid in [dead.pid, *children_of(dead.pid, zombies=True)]:
         os.kill(pid, signal.SIGKILL)
     killed_at = time.monotonic()
     wait_until(lambda: status(rconn, job.id) == "finished" and executions(rconn, job.id) == 2, 20,
@@ -211,7 +200,7 @@ def test_a_worker_woken_after_its_fencing_moves_no_job_without_client_kill(acl_u
     env = {instance: {**FAST, "RQ_QUEUES": queues[instance], "RQ_WORKER_CLASS": kind, "PYTHONPATH": str(site),
                       "FREEZE_ARM": str(tmp_path / f"arm-{instance}"), "FREEZE_AT": at}
            for instance, (kind, at) in cases.items()}
-    notes = {instance: ready(tmp_path, instance) for instance in [*cases, "fencer"]}
+    notes = {instance: notify_socket(tmp_path, instance) for instance in [*cases, "fencer"]}
     workers = {instance: start_worker(instance, notify=notes[instance], url=url, env=env[instance])
                for instance in cases}
     start_worker("fencer", notify=notes["fencer"], url=url, env={**FAST, "RQ_QUEUES": "q-fencer"})
@@ -252,7 +241,7 @@ def test_a_simple_worker_woken_past_its_fencing_as_its_job_returns_does_not_reco
     returned, before rq writes its end, it is fenced and the job runs again on the fencer. Woken, it
     exits 75 without writing that end: the job has the re-run's result only."""
     url = acl_user("rqworker")
-    one, two = ready(tmp_path, "one"), ready(tmp_path, "two")
+    one, two = notify_socket(tmp_path, "one"), notify_socket(tmp_path, "two")
     frozen = start_worker("1", notify=one, url=url,
                           env={**FAST, "RQ_WORKER_CLASS": "simple", **fault(tmp_path, "job.performed:SIGSTOP")})
     one.wait_for("READY=1")

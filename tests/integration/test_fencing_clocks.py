@@ -17,10 +17,9 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-from helpers import ClockShift, NotifySocket, RedisServer, wait_until
+from helpers import ClockShift, RedisServer, children_of, notify_socket, wait_until
 from rq import Queue
 from rq.job import Job
 from testjobs import sleep_job
@@ -49,17 +48,6 @@ def beats(rconn, instance: str) -> int:
     return int(rconn.hget(keys.fencing_beats(), name(instance)) or 0)
 
 
-def horse_pids(pid: int) -> list[int]:
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(p) for p in children.read_text().split()] if children.exists() else []
-
-
-def ready(tmp_path: Path, label: str) -> NotifySocket:
-    directory = tmp_path / label
-    directory.mkdir()
-    return NotifySocket(directory)
-
-
 def no_fencing(rconn) -> bool:
     return rconn.llen(HISTORY_KEY) == 0 and rconn.hlen(FENCED_KEY) == 0
 
@@ -83,7 +71,7 @@ def test_a_step_of_redis_clock_fences_no_healthy_busy_worker(stepped_redis, star
     time the first step made both overdue at once and each fenced the other (kills its horse, runs
     its job again)."""
     client = stepped_redis.client()
-    one, two = ready(tmp_path, "one"), ready(tmp_path, "two")
+    one, two = notify_socket(tmp_path, "one"), notify_socket(tmp_path, "two")
     start_worker("1", notify=one, url=stepped_redis.url, env=FAST)
     start_worker("2", notify=two, url=stepped_redis.url, env=FAST)
     one.wait_for("READY=1")
@@ -113,7 +101,7 @@ def test_a_step_of_redis_clock_fences_no_healthy_busy_worker(stepped_redis, star
 
 def freeze(pid: int) -> list[int]:
     """SIGSTOP a worker and its horse, as a frozen VM or process would be; returns what was stopped."""
-    frozen = [pid, *horse_pids(pid)]
+    frozen = [pid, *children_of(pid, zombies=True)]
     for p in frozen:
         os.kill(p, signal.SIGSTOP)
     return frozen
@@ -131,7 +119,7 @@ def test_a_lost_worker_is_fenced_while_every_live_worker_is_busy(start_worker, r
     thread (where a rescue's callbacks must run), so it fences at the end of the job in hand, before
     taking the next; the watch thread's ticks used to keep the main loop's from ever being due."""
     env = {**FAST, "RQ_WORKER_CLASS": worker_class}
-    one, two = ready(tmp_path, "one"), ready(tmp_path, "two")
+    one, two = notify_socket(tmp_path, "one"), notify_socket(tmp_path, "two")
     lost = start_worker("1", notify=one, env={**env, "RQ_QUEUES": "victim"})
     one.wait_for("READY=1")
     victim = Queue("victim", connection=rconn).enqueue(sleep_job, 60, job_id="on-the-lost-worker")
@@ -166,7 +154,7 @@ def test_a_pause_shorter_than_the_period_fences_no_one(start_worker, rconn, tmp_
     """Period 30 s (the shipped WatchdogSec): worker 2 and its horse stop for 20 s mid-job, then go
     on; worker 1, busy too, must not fence it, and each job runs once."""
     env = {"WATCHDOG_USEC": "30000000", "RQ_WITH_SCHEDULER": "no"}
-    one, two = ready(tmp_path, "one"), ready(tmp_path, "two")
+    one, two = notify_socket(tmp_path, "one"), notify_socket(tmp_path, "two")
     start_worker("1", notify=one, env=env)
     paused = start_worker("2", notify=two, env=env)
     one.wait_for("READY=1")
@@ -197,7 +185,7 @@ def test_a_pause_shorter_than_the_period_fences_no_one(start_worker, rconn, tmp_
 @pytest.mark.skipif(not os.environ.get("RQWS_FAULTS_FULL") == "1", reason="60 s under load: RQWS_FAULTS_FULL=1 runs it")
 def test_saturated_cores_for_a_minute_fence_no_one(start_worker, rconn, tmp_path):
     """A busy loop on every core for 60 s while two workers run 5 s jobs back to back (period 3 s)."""
-    one, two = ready(tmp_path, "one"), ready(tmp_path, "two")
+    one, two = notify_socket(tmp_path, "one"), notify_socket(tmp_path, "two")
     workers = [start_worker("1", notify=one, env=FAST), start_worker("2", notify=two, env=FAST)]
     one.wait_for("READY=1")
     two.wait_for("READY=1")

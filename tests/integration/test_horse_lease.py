@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import NotifySocket, horse_of, wait_until
+from helpers import horse_of, notify_socket, wait_until
 from rq import Queue
 from rq.job import Job
 from testjobs import alive_job
@@ -24,12 +24,6 @@ from rq_worker_service import exits
 HOST = socket.gethostname()
 LEASE = {"WATCHDOG_USEC": "6000000", "RQ_WITH_SCHEDULER": "no", "RQ_QUEUES": "lease"}
 SILENT = "main loop has been silent"
-
-
-def ready(tmp_path: Path, label: str) -> NotifySocket:
-    directory = tmp_path / label
-    directory.mkdir()
-    return NotifySocket(directory)
 
 
 def running(pid: int) -> bool:
@@ -53,7 +47,7 @@ def spans(path: Path) -> dict[int, tuple[float, float, bool]]:
 @pytest.mark.parametrize("worker_class", ["fork", "spawn"])
 def test_horse_of_a_frozen_main_process_ends_before_its_job_runs_again(start_worker, rconn, tmp_path, worker_class):
     env = {**LEASE, "RQ_WORKER_CLASS": worker_class}
-    sockets = {i: ready(tmp_path, i) for i in "12"}
+    sockets = {i: notify_socket(tmp_path, i) for i in "12"}
     workers = {i: start_worker(i, notify=sockets[i], env=env) for i in "12"}
     for sock in sockets.values():
         sock.wait_for("READY=1")
@@ -87,7 +81,7 @@ def test_horse_of_a_frozen_main_process_ends_before_its_job_runs_again(start_wor
 
 
 def test_a_pause_of_the_main_process_shorter_than_the_lease_does_not_cut_the_job(start_worker, rconn, tmp_path):
-    sock = ready(tmp_path, "one")
+    sock = notify_socket(tmp_path, "one")
     worker = start_worker("1", notify=sock, env=LEASE)
     sock.wait_for("READY=1")
     record = tmp_path / "runs.txt"

@@ -271,6 +271,18 @@ def test_the_next_job_goes_as_a_horse_says_done_and_that_horse_is_reaped(start_w
     assert queue.failed_job_registry.count == 0
 
 
+def test_an_idle_worker_keeps_no_finished_horse(start_worker, notify, rconn, app_dir):
+    """The horses that said "done" are reaped once the queues are empty (``Prefork.settle``), not at the
+    next job: an idle worker's children are its spare alone, no zombie among them."""
+    worker = start(start_worker, notify, app_dir)
+    queue = Queue(connection=rconn)
+    jobs = [queue.enqueue(quick_job, i) for i in range(5)]
+    for job in jobs:
+        job_ended(rconn, job.id)
+    spare = spare_of(worker.pid)
+    wait_until(lambda: children_of(worker.pid, zombies=True) == [spare], 2, what="only the spare as the worker's child")
+
+
 def test_a_horse_that_ends_without_done_is_recorded_as_rq_does(start_worker, notify, rconn, app_dir):
     """A horse that dies under its job says no "done": its pipe ends, and the worker reads how from ``wait4``
     (here: a job that kills its own process; no retry for a cut job)."""

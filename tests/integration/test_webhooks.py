@@ -14,10 +14,9 @@ import signal
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
-from helpers import NotifySocket, free_port, wait_until
+from helpers import children_of, free_port, notify_socket, wait_until
 from rq import Callback, Queue, Retry, Webhook
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
@@ -82,20 +81,10 @@ def failed_hook(endpoint: Endpoint, path: str, **kwargs) -> Webhook:
     return Webhook(endpoint.url(path), "failed", method="POST", **kwargs)
 
 
-def horse_pids(pid: int) -> list[int]:
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(p) for p in children.read_text().split()] if children.exists() else []
-
-
 def kill_with_horse(pid: int) -> None:
     """kill -9 a worker and its horse (in its own process group: a killed worker's horse lives on)."""
-    for target in [pid, *horse_pids(pid)]:
+    for target in [pid, *children_of(pid, zombies=True)]:
         os.kill(target, signal.SIGKILL)
-
-
-def ready(tmp_path: Path, label: str) -> NotifySocket:
-    (tmp_path / label).mkdir()
-    return NotifySocket(tmp_path / label)
 
 
 def status(rconn, job_id: str) -> JobStatus:
@@ -157,7 +146,7 @@ def test_a_job_failed_by_fencing_sends_its_failed_webhook(start_worker, rconn, e
     """A worker killed with its horse and never restarted: another worker fences it and, with the
     default retry off, fails its job: one failed webhook, sent by the fencer."""
     env = {**FAST, "RQ_JOB_RETRY_MAX": "0"}
-    one, two = ready(tmp_path, "one"), ready(tmp_path, "two")
+    one, two = notify_socket(tmp_path, "one"), notify_socket(tmp_path, "two")
     dead = start_worker("1", notify=one, env=env)
     one.wait_for("READY=1")
     job = Queue(connection=rconn).enqueue(sleep_job, 60, job_id="fenced-hook", webhooks=[failed_hook(endpoint, "f")])
@@ -226,7 +215,7 @@ def test_an_endpoint_down_or_slow_neither_delays_nor_changes_a_recovered_jobs_en
     wait_until(lambda: runs(rconn, job.id) == 1, 15, what="the job to start")
     kill_with_horse(worker.pid)
     worker.wait(5)
-    notify = ready(tmp_path, "restarted")
+    notify = notify_socket(tmp_path, "restarted")
     restarted = start_worker("1", notify=notify, env=env)
     notify.wait_for("READY=1")
     assert status(rconn, job.id) == JobStatus.FAILED, "failed before the worker was ready"
