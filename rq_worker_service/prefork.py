@@ -40,9 +40,11 @@ of a 35 MB forked process, and the worker's wake from ``wait4``: ≈1.7 ms of wa
 job's path) and reaps it later (``reap``: around each pop and at each spare's fork; ``settle``: before
 an idle worker's wait, for up to ``REAP_WITHIN``). "Done" stands for
 the exit status 0 that rq's monitor would have read, and nothing else: a horse that ends any other
-way (its job raised out of rq's ``perform_job``, a kill, the OOM killer, a crash) writes nothing, its
-pipe ends with it, and the worker reads its status from ``wait4`` as rq does. Its peak memory
-(``RQ_MAX_MEMORY``) comes with the "done".
+way (its job raised out of rq's ``perform_job``, a kill, the OOM killer, a crash) writes nothing, the
+worker sees it end (its pidfd: the pipe may live on in a process the job forked), and reads its
+status from ``wait4`` as rq does. Only the horse itself says it, and only into that pipe (a job may
+fork, or close its inherited descriptors and reuse their numbers). Its peak memory, as ``wait4``
+gives it (``RQ_MAX_MEMORY``), comes with the "done".
 
 Where this costs: a second process per instance (its own memory is the pages it and the worker
 write after the fork: docs/benchmarks.md), and the worker's own writes between jobs now copy pages,
@@ -102,11 +104,26 @@ _DONE = struct.Struct("=cQ")
 DONE = b"d"
 
 
+EXIT_POLL = 0.05
+"""Seconds between looks at whether the running horse has exited, where the kernel gives no pidfd."""
+
+
 @dataclass
 class Released:
     """What ``wait4`` would have given the worker for a horse that said "done": its peak memory."""
 
     ru_maxrss: int
+
+
+@dataclass
+class Release:
+    """In a spare's horse: where its "done" goes, and who may write it."""
+
+    fd: int
+    pid: int
+    """The horse itself: a process the job forked inherits the descriptor, and may return through rq's end."""
+    pipe: tuple[int, int]
+    """The pipe's device and inode: a job that closed its inherited descriptors may have reused the number."""
 
 
 @dataclass
@@ -120,6 +137,8 @@ class Spare:
     """The read end of the pipe from the spare: its "ready", then its "done"."""
     born_with: tuple[Any, dict[str, Any], Any]
     """The worker's Redis client, its connection settings and its settings object at the fork."""
+    exits: int | None = None
+    """Once it runs a job: a pidfd of it, readable when it has exited (None where the kernel has none)."""
 
 
 class Prefork:
@@ -134,7 +153,7 @@ class Prefork:
         """The spare that took the current job, until it said "done" or ended."""
         self.unreaped: list[int] = []
         """Killed spares not reaped yet (``REAP_WITHIN``), and horses that said "done" and are exiting."""
-        self.release_to: int | None = None
+        self.release: Release | None = None
         """In a spare's horse: where its "done" goes."""
         self.cannot_fork: str | None = None
         """Why the last spare could not be forked, told once until one can."""
@@ -214,6 +233,7 @@ class Prefork:
             self._end(spare)
             return None
         os.close(spare.pipe)
+        spare.exits = _pidfd(spare.pid)
         self.running = spare
         return spare.pid
 
@@ -226,22 +246,29 @@ class Prefork:
         running = self.running
         if running is None or running.pid != pid:
             return None
-        select.select([running.answers], [], [])
-        said = os.read(running.answers, _DONE.size)
-        self.running = None
-        os.close(running.answers)
+        said = _said(running)  # (an alarm here leaves it running: the next call waits again)
+        try:
+            self.running = None
+        finally:
+            _close(running)
         if len(said) != _DONE.size or said[:1] != DONE:
-            return None  # its pipe ended without a "done": it has exited or is exiting
+            return None  # it ended without a "done": it has exited or is exiting
         self.unreaped.append(pid)
         return pid, 0, Released(_DONE.unpack(said)[1])
 
     def done(self) -> None:
         """In a spare's horse, its job's end written and rq's ``os._exit(0)`` next: the worker may go on."""
-        if self.release_to is None:
-            return
+        release = self.release
+        if release is None or os.getpid() != release.pid:
+            return  # (a process the job forked, returning through rq's end: its horse is still running)
+        # The peak as wait4 gives it: this process's or that of the largest process of its job it waited for.
+        peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                   resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
         try:
-            os.write(self.release_to, _DONE.pack(DONE, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
-        except OSError:  # the worker is gone: this process dies with it
+            if _identity(release.fd) != release.pipe:
+                return  # the job closed the pipe and the number is one of its files now: the worker waits for the exit
+            os.write(release.fd, _DONE.pack(DONE, peak))
+        except OSError:  # closed by the job, or the worker is gone (this process dies with it)
             return
         faults.reached("horse.released")
 
@@ -261,11 +288,20 @@ class Prefork:
         self._reap_within(REAP_WITHIN)
 
     def retire(self) -> None:
-        """The worker leaves (stop, reload, recycle): the spare is killed and reaped; the horses that said
-        "done" are given ``REAP_WITHIN`` to finish exiting (a frozen one dies with the worker)."""
-        spare, self.spare = self.spare, None
+        """The worker leaves (stop, reload, recycle): the spare is killed and reaped, and so are the horses
+        that said "done" and have not exited yet (their jobs' ends are written). A reload or a recycle
+        re-executes the worker in place, whose new image would never reap them: they would stay zombies,
+        and one frozen in its exit alive (no parent's death to end it)."""
+        spare, running, self.spare, self.running = self.spare, self.running, None, None
+        if running is not None:
+            _close(running)
         if spare is not None:
             self._end(spare)
+        for pid in self.unreaped:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self._reap_within(REAP_WITHIN)
 
     def _same(self, born_with: tuple[Any, dict[str, Any], Any]) -> bool:
@@ -334,7 +370,7 @@ class Prefork:
         os.write(answer, READY)
         if os.read(read, 1) != GO:
             return 0  # the worker gave up on this spare (too slow to answer): the job's horse is forked
-        self.release_to = answer
+        self.release = Release(answer, os.getpid(), _identity(answer))
         self._run(message, *handed)
         return 1  # (main_work_horse exits: never here)
 
@@ -439,6 +475,48 @@ def restore(message: dict[str, Any], connection: Any) -> tuple[Job, Execution]:
     execution.connection = connection
     execution._job = job
     return job, execution
+
+
+def _said(running: Spare) -> bytes:
+    """What the running horse wrote after its "ready": its "done", or b"" once it ended without one.
+
+    Its pipe alone does not say that it ended: a process its job forked (a helper, a multiprocessing
+    child) inherited the write end and may outlive it. So the horse's pidfd is watched too (where
+    there is none, its exit is looked at every ``EXIT_POLL`` seconds, without reaping it)."""
+    watched = [running.answers] if running.exits is None else [running.answers, running.exits]
+    while True:
+        readable = select.select(watched, [], [], EXIT_POLL if running.exits is None else None)[0]
+        if running.answers in readable:
+            return os.read(running.answers, _DONE.size)  # (b"" at the pipe's end)
+        if running.exits in readable or (running.exits is None and _exited(running.pid)):
+            # Ended; a "done" written just before is in the pipe (the pidfd was seen first)
+            return os.read(running.answers, _DONE.size) if select.select([running.answers], [], [], 0)[0] else b""
+
+
+def _pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except (OSError, AttributeError):  # no pidfd (a kernel before 5.3, a seccomp filter): polled instead
+        return None
+
+
+def _exited(pid: int) -> bool:
+    """Whether the child ``pid`` has exited, leaving it to be reaped."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
+def _close(running: Spare) -> None:
+    os.close(running.answers)
+    if running.exits is not None:
+        os.close(running.exits)
+
+
+def _identity(fd: int) -> tuple[int, int]:
+    found = os.fstat(fd)
+    return found.st_dev, found.st_ino
 
 
 def _send(fd: int, data: bytes, deadline: float) -> bool:

@@ -201,7 +201,9 @@ def run_cell(server: RestartableRedis, cell: Cell, seed: int, workdir: Path) -> 
     notify = NotifySocket(workdir)
     env = {"RQ_QUEUES": ",".join(QUEUE_SETS[cell.queues]), **CLASS_ENV[cell.worker_class],
            "WATCHDOG_USEC": "3000000", "RQ_JOB_RETRY_DELAY": "0", "RQ_APP_PATH": str(HERE),
-           "PYTHONPATH": str(HERE), "RQWS_FAULT_DIR": str(workdir)}
+           # (the caller's PYTHONPATH kept: a run from a worktree tests the worktree's code)
+           "PYTHONPATH": ":".join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])),
+           "RQWS_FAULT_DIR": str(workdir)}
     instances = _instances(cell)
     t0 = time.monotonic()
     triggered = False
