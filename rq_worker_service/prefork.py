@@ -250,7 +250,7 @@ class Prefork:
         try:
             self.running = None
         finally:
-            _close(running)
+            _close_fds(running)
         if len(said) != _DONE.size or said[:1] != DONE:
             return None  # it ended without a "done": it has exited or is exiting
         self.unreaped.append(pid)
@@ -294,7 +294,7 @@ class Prefork:
         and one frozen in its exit alive (no parent's death to end it)."""
         spare, running, self.spare, self.running = self.spare, self.running, None, None
         if running is not None:
-            _close(running)
+            _close_fds(running)
         if spare is not None:
             self._end(spare)
         for pid in self.unreaped:
@@ -508,7 +508,7 @@ def _exited(pid: int) -> bool:
         return True
 
 
-def _close(running: Spare) -> None:
+def _close_fds(running: Spare) -> None:
     os.close(running.answers)
     if running.exits is not None:
         os.close(running.exits)
