@@ -74,14 +74,16 @@ def _plain_expire(command: Command) -> bool:
 
 def flatten(pipeline: Any, commands: list[Command] | None = None) -> list[Any]:
     """The commands queued on ``pipeline`` (or ``commands``, taken from it), compacted, each as its length
-    then its words (encoded as redis-py would send them); the pipeline is emptied."""
-    encode = pipeline.get_encoder().encode
+    then its words; the pipeline is emptied. The words are left as rq passed them: the script's call
+    encodes each argument as the pipeline would have (an encoding here too was a third of this
+    function's time, ≈10 µs per step of a job)."""
     if commands is None:
         commands = taken(pipeline)
     pipeline.reset()
     flat: list[Any] = []
     for args in compact(commands):
-        flat += [len(args), *(encode(arg) for arg in args)]
+        flat.append(len(args))
+        flat += args
     return flat
 
 
