@@ -53,6 +53,9 @@ class HorseLease:
     def __init__(self, memory: mmap.mmap, fd: int) -> None:
         self.memory = memory
         self.fd = fd
+        self.job_written = False
+        """In a horse: its job's end is written (a spare's horse that said "done", ``prefork``): a silent
+        main loop still ends it, without reporting a job cut that was not."""
 
     @classmethod
     def create(cls, limit: float) -> HorseLease:
@@ -100,10 +103,12 @@ class HorseLease:
             while True:
                 silent = self.silent_for(clock())
                 if silent is not None:
-                    log.error("The worker's main loop has been silent for %.0fs (frozen or hung): this horse ends its "
-                              "job now so that it never runs beside the re-run another worker may start", silent)
-                    for handler in logging.getLogger().handlers:
-                        handler.flush()
+                    if not self.job_written:
+                        log.error("The worker's main loop has been silent for %.0fs (frozen or hung): this horse ends "
+                                  "its job now so that it never runs beside the re-run another worker may start",
+                                  silent)
+                        for handler in logging.getLogger().handlers:
+                            handler.flush()
                     end()
                     return
                 time.sleep(CHECK_EVERY)

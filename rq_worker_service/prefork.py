@@ -247,10 +247,14 @@ class Prefork:
         if running is None or running.pid != pid:
             return None
         said = _said(running)  # (an alarm here leaves it running: the next call waits again)
+        # The monitor's alarm held back while it is let go: one between its two closes left a pidfd open
+        # (fourth review). One that comes meanwhile raises after, the "done" lost: rq's wait4 reads the exit.
+        held_back = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
         try:
             self.running = None
-        finally:
             _close_fds(running)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held_back)
         if len(said) != _DONE.size or said[:1] != DONE:
             return None  # it ended without a "done": it has exited or is exiting
         self.unreaped.append(pid)
@@ -270,6 +274,9 @@ class Prefork:
             os.write(release.fd, _DONE.pack(DONE, peak))
         except OSError:  # closed by the job, or the worker is gone (this process dies with it)
             return
+        lease = self.worker.parts.lease
+        if lease is not None:
+            lease.job_written = True  # (its lease may still end it, frozen in its exit: no job of its is cut)
         faults.reached("horse.released")
 
     def reap(self) -> None:
@@ -509,9 +516,11 @@ def _exited(pid: int) -> bool:
 
 
 def _close_fds(running: Spare) -> None:
-    os.close(running.answers)
-    if running.exits is not None:
-        os.close(running.exits)
+    try:
+        os.close(running.answers)
+    finally:  # (whatever the first raised)
+        if running.exits is not None:
+            os.close(running.exits)
 
 
 def _identity(fd: int) -> tuple[int, int]:
