@@ -364,6 +364,8 @@ class Prefork:
         worker.setup_work_horse_signals()
         die_with_parent(worker.parts.main_pid)
         worker._handoff.adopt()  # the connection the worker opened for its next horse, now this one's
+        if worker.parts.lease is not None:
+            worker.parts.lease.start_guard()  # (its thread waits; the job's main_work_horse lets it look)
         data = _receive(read)
         if not data:
             return 0  # retired before it had a job

@@ -201,13 +201,14 @@ def test_a_stop_or_a_reload_leaves_no_spare_behind(start_worker, notify, rconn, 
     assert not exists(spare)
 
 
-RELEASED = textwrap.dedent('''
+AFTER_DONE = textwrap.dedent('''
     import os
 
-    if os.environ.get("PF_STOP_RELEASED"):
-        # The first horse to say "done" once the test made the file PF_STOP_RELEASED stops itself there (SIGSTOP:
-        # a debugger, a frozen exit) and writes its pid to PF_STOPPED.
+    if os.environ.get("PF_ACTION"):
+        # In the horse that reaches "horse.released" once the test made the file PF_ARMED (taken: once): act,
+        # then linger PF_LINGER seconds before rq's os._exit(0), as a slow exit of a large process would.
         import signal
+        import time
         from pathlib import Path
 
         from rq_worker_service import faults
@@ -219,11 +220,28 @@ RELEASED = textwrap.dedent('''
             if point != "horse.released":
                 return
             try:
-                Path(os.environ["PF_STOP_RELEASED"]).unlink()
+                Path(os.environ["PF_ARMED"]).unlink()
             except FileNotFoundError:
                 return
-            Path(os.environ["PF_STOPPED"]).write_text(str(os.getpid()))
-            os.kill(os.getpid(), signal.SIGSTOP)
+            action = os.environ["PF_ACTION"]
+            worker = os.getppid()
+            if action in ("term", "hup", "int"):
+                os.kill(worker, {"term": signal.SIGTERM, "hup": signal.SIGHUP, "int": signal.SIGINT}[action])
+            elif action == "freeze":
+                Path(os.environ["PF_ARMED"] + ".pid").write_text(str(os.getpid()))
+                os.kill(os.getpid(), signal.SIGSTOP)
+            elif action in ("stop-job", "kill-horse"):
+                import redis
+                from rq.command import send_kill_horse_command, send_stop_job_command
+                from rq.worker import Worker
+
+                connection = redis.Redis.from_url(os.environ["REDIS_URL"])
+                name = os.environ["RQ_WORKER_ID"]
+                if action == "stop-job":
+                    send_stop_job_command(connection, os.environ["RQ_JOB_ID"])
+                else:
+                    send_kill_horse_command(connection, name)
+            time.sleep(float(os.environ.get("PF_LINGER", "0.5")))
 
         faults.reached = reached
 ''')
@@ -241,10 +259,10 @@ def test_the_next_job_goes_as_a_horse_says_done_and_that_horse_is_reaped(start_w
     continued): the next jobs run meanwhile; continued, it is reaped; or the worker is stopped while it is
     still stopped, and leaves at once, that horse gone with it. Without the "done" the worker waited for
     that horse's exit, as rq's ``wait4`` does, and ran nothing."""
-    app_dir = app_package(tmp_path, "pfdone", "", RELEASED)
-    armed, stopped = tmp_path / "armed", tmp_path / "stopped"
+    app_dir = app_package(tmp_path, "pfdone", "", AFTER_DONE)
+    armed, stopped = tmp_path / "armed", tmp_path / "armed.pid"
     worker = start_worker("1", notify=notify, env=app_package_env(
-        app_dir, RQ_PREFORK="yes", PF_STOP_RELEASED=str(armed), PF_STOPPED=str(stopped)))
+        app_dir, RQ_PREFORK="yes", PF_ACTION="freeze", PF_ARMED=str(armed), PF_LINGER="0"))
     notify.wait_for("READY=1")
     queue = Queue(connection=rconn)
     job_ended(rconn, queue.enqueue(quick_job, 1).id)

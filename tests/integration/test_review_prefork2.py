@@ -27,7 +27,6 @@ SITECUSTOMIZE = textwrap.dedent('''
         # the file PFR2_ARMED (so never for the first job, which the worker's first horse runs).
         import signal
         import subprocess
-        import time
         from pathlib import Path
 
         from rq_worker_service import faults
@@ -46,12 +45,6 @@ SITECUSTOMIZE = textwrap.dedent('''
                     if int(fields[1]) == pid and fields[0] != "Z":
                         found.append(int(entry.name))
             return found
-
-        def _zombie(pid):
-            try:
-                return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-            except OSError:
-                return True
 
         def reached(point):
             _reached(point)
@@ -72,9 +65,9 @@ SITECUSTOMIZE = textwrap.dedent('''
                 # before the worker's "go": it has not started the job, and it is dead before the "go".
                 for pid in _children(_main):
                     os.kill(pid, signal.SIGKILL)
-                    deadline = time.monotonic() + 5
-                    while not _zombie(pid) and time.monotonic() < deadline:
-                        time.sleep(0.01)
+                    # Until it has wholly exited (its descriptors closed), left to be reaped: a process with
+                    # a thread (the spare's lease guard) shows "Z" while that thread still holds them.
+                    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
 
         faults.reached = reached
 ''')

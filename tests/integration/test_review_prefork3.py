@@ -15,6 +15,7 @@ import pytest
 from helpers import app_package, app_package_env, children_of, job_ended, runs, spare_of, wait_until
 from rq import Queue
 from rq.job import Job, JobStatus
+from test_prefork import AFTER_DONE
 from testjobs import quick_job
 
 APP = textwrap.dedent('''
@@ -145,61 +146,15 @@ def test_max_memory_counts_the_horse_s_children_as_wait4_did(start_worker, notif
     wait_until(lambda: "Recycling this worker" in worker.output(), 10, what="the recycle after the big job")
 
 
-RELEASED_ACTION = textwrap.dedent('''
-    import os
-
-    if os.environ.get("PF3_ACTION"):
-        # In the horse that reaches "horse.released" once the test made the file PF3_ARMED (taken: once): act,
-        # then linger PF3_LINGER seconds before rq's os._exit(0), as a slow exit of a large process would.
-        import signal
-        import time
-        from pathlib import Path
-
-        from rq_worker_service import faults
-
-        _reached = faults.reached
-
-        def reached(point):
-            _reached(point)
-            if point != "horse.released":
-                return
-            try:
-                Path(os.environ["PF3_ARMED"]).unlink()
-            except FileNotFoundError:
-                return
-            action = os.environ["PF3_ACTION"]
-            worker = os.getppid()
-            if action in ("term", "hup", "int"):
-                os.kill(worker, {"term": signal.SIGTERM, "hup": signal.SIGHUP, "int": signal.SIGINT}[action])
-            elif action == "freeze":
-                Path(os.environ["PF3_ARMED"] + ".pid").write_text(str(os.getpid()))
-                os.kill(os.getpid(), signal.SIGSTOP)
-            elif action in ("stop-job", "kill-horse"):
-                import redis
-                from rq.command import send_kill_horse_command, send_stop_job_command
-                from rq.worker import Worker
-
-                connection = redis.Redis.from_url(os.environ["REDIS_URL"])
-                name = os.environ["RQ_WORKER_ID"]
-                if action == "stop-job":
-                    send_stop_job_command(connection, os.environ["RQ_JOB_ID"])
-                else:
-                    send_kill_horse_command(connection, name)
-            time.sleep(float(os.environ.get("PF3_LINGER", "0.5")))
-
-        faults.reached = reached
-''')
-
-
 def _start_acting(start_worker, notify, tmp_path, action, linger="0.5", **env):
     from rq_worker_service import faults
 
     if "horse.released" not in faults.POINTS:
         pytest.skip("no horse.released fault point on this branch")
-    app_dir = app_package(tmp_path, "pf3app", APP, RELEASED_ACTION)
+    app_dir = app_package(tmp_path, "pf3app", APP, AFTER_DONE)
     armed = tmp_path / "armed"
     worker = start_worker("1", notify=notify, env=app_package_env(
-        app_dir, RQ_PREFORK="yes", PF3_ACTION=action, PF3_ARMED=str(armed), PF3_LINGER=linger, **env))
+        app_dir, RQ_PREFORK="yes", PF_ACTION=action, PF_ARMED=str(armed), PF_LINGER=linger, **env))
     notify.wait_for("READY=1")
     return worker, armed
 

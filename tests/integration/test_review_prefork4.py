@@ -112,6 +112,17 @@ LINGER = textwrap.dedent('''
 ''')
 
 
+def _kill_listed(pidfiles):
+    """Kill the processes whose pids the jobs wrote (children that outlive their horse), so that none is left
+    to the next test."""
+    for pidfile in pidfiles:
+        if pidfile.exists():
+            try:
+                os.kill(int(pidfile.read_text()), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 def _fds(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -158,12 +169,7 @@ def test_a_setsid_grandchild_outliving_the_horse(start_worker, rconn, tmp_path, 
         assert _fds(worker.pid) <= before + 1, (before, _fds(worker.pid))
         assert worker.proc.poll() is None
     finally:
-        for pidfile in pidfiles:
-            if pidfile.exists():
-                try:
-                    os.kill(int(pidfile.read_text()), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        _kill_listed(pidfiles)
     notify.close()
 
 
@@ -351,10 +357,5 @@ def test_without_pidfd(start_worker, rconn, tmp_path):
         assert _fds(worker.pid) <= before + 1, (before, _fds(worker.pid))
         assert worker.proc.poll() is None
     finally:
-        for pidfile in [*pidfiles, *(Path(str(p) + "g") for p in pidfiles)]:
-            if pidfile.exists():
-                try:
-                    os.kill(int(pidfile.read_text()), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        _kill_listed([*pidfiles, *(Path(str(p) + "g") for p in pidfiles)])
     notify.close()

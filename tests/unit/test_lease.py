@@ -65,6 +65,20 @@ def test_the_horse_ends_itself_once_the_main_loop_is_silent_past_the_limit(caplo
     assert "main loop has been silent for 6s (frozen or hung): this horse ends its job now" in caplog.text
 
 
+def test_a_spare_horses_guard_waits_for_its_job_and_then_looks_as_any_horse_s():
+    """A spare horse starts its guard's thread before its job (``prefork``): it does not look while it waits,
+    silent as the main loop may be, and ``guard_horse`` (the job's start) lets it look, the same thread."""
+    lease = HorseLease.create(limit=5.0)
+    lease.renew(100.0)
+    clock, ended = Clock(200.0), []
+    waiting = lease.start_guard(clock, end=lambda: ended.append(clock.now))
+    waiting.join(0.3)
+    assert waiting.is_alive() and not ended
+    assert lease.guard_horse(clock, end=lambda: ended.append("a second guard")) is waiting
+    waiting.join(2)
+    assert ended == [200.0] and not waiting.is_alive()
+
+
 def test_the_lease_is_renewed_after_the_fencing_beat_dated_before_it():
     """Renewed before the beat, a main process frozen between the two gave its horse a lease no beat
     backed: a fencer could claim the worker before the horse ended (``test_review26``)."""
