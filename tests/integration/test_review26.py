@@ -9,10 +9,10 @@ import signal
 import time
 from pathlib import Path
 
-from helpers import wait_until
+from helpers import notify_socket, wait_until
 from rq import Queue
 from rq.job import Job
-from test_fencing import FAST, executions, ready, status, stopped
+from test_fencing import FAST, executions, status, stopped
 
 JOBS = '''
 import os, time
@@ -107,7 +107,7 @@ def test_a_simple_worker_paused_after_its_end_check_writes_a_second_result(start
     arm = tmp_path / "arm"
     arm.touch()
     env = {**FAST, "RQ_WORKER_CLASS": "simple", "PYTHONPATH": str(site), "R26_ARM": str(arm)}
-    one, two = ready(tmp_path, "one"), ready(tmp_path, "two")
+    one, two = notify_socket(tmp_path, "one"), notify_socket(tmp_path, "two")
     frozen = start_worker("1", notify=one, env=env)
     one.wait_for("READY=1")
     job = Queue(connection=rconn).enqueue("testjobs.sleep_job", 0.2, job_id="end-after-check")
@@ -163,7 +163,7 @@ def test_a_beat_whose_reply_is_read_after_a_freeze_is_not_taken_for_a_fresh_one(
     env = {**FAST, "RQ_WORKER_CLASS": "simple", "R26_BEAT_ARM": str(arm),
            **jobs_env(tmp_path, extra=str(site))}
     url = acl_user("rqworker")  # the default rule: no CLIENT KILL
-    one, two = ready(tmp_path, "one"), ready(tmp_path, "two")
+    one, two = notify_socket(tmp_path, "one"), notify_socket(tmp_path, "two")
     frozen = start_worker("1", notify=one, url=url, env=env)
     one.wait_for("READY=1")
     job = Queue(connection=rconn).enqueue("r26jobs.first_waits", str(release), job_id="beat-in-flight")
@@ -215,7 +215,7 @@ def test_a_worker_frozen_between_renewing_its_lease_and_beating_has_its_horse_ou
     arm, log = tmp_path / "arm", tmp_path / "runs.log"
     url = acl_user("rqworker")
     env = {**FAST, "RQ_QUEUES": "renew", "R26_RENEW_ARM": str(arm), **jobs_env(tmp_path, extra=str(site))}
-    one, two = ready(tmp_path, "one"), ready(tmp_path, "two")
+    one, two = notify_socket(tmp_path, "one"), notify_socket(tmp_path, "two")
     frozen = start_worker("1", notify=one, url=url, env=env)
     one.wait_for("READY=1")
     job = Queue("renew", connection=rconn).enqueue("r26jobs.overlap_probe", str(log), 15, job_id="renewed-lease")

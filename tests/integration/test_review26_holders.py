@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import signal
 
-from helpers import wait_until
+from helpers import notify_socket, wait_until
 from rq import Queue
-from test_fencing import FAST, name, ready, status, stopped
+from test_fencing import FAST, name, status, stopped
 
 from rq_worker_service import keys
 from rq_worker_service.fencing import COUNTS_KEY, FENCED_KEY
@@ -53,7 +53,7 @@ def test_a_job_popped_by_a_woken_fenced_worker_that_then_dies_is_put_back_by_the
     (site / "sitecustomize.py").write_text(FREEZE_THEN_DIE)
     arm = tmp_path / "arm"
     env = {**FAST, "RQ_QUEUES": "q-lost", "PYTHONPATH": str(site), "R26_FREEZE_ARM": str(arm)}
-    one, two = ready(tmp_path, "one"), ready(tmp_path, "two")
+    one, two = notify_socket(tmp_path, "one"), notify_socket(tmp_path, "two")
     frozen = start_worker("1", notify=one, env=env)
     start_worker("2", notify=two, env={**FAST, "RQ_QUEUES": "q-other"})
     one.wait_for("READY=1")

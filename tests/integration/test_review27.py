@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import JOBS_DIR, app_package, app_package_env, wait_until
+from helpers import JOBS_DIR, app_package, app_package_env, notify_socket, wait_until
 from rq import Queue
 from rq.job import Job
 from rq.suspension import resume, suspend
@@ -197,11 +197,11 @@ def test_a_slow_exception_handler_in_a_fencers_rescue_stops_the_fencers_watchdog
     pings for 8 s (WatchdogSec 3 s here; 30 s in the unit): systemd aborts the healthy fencer, and cuts the job
     its own horse runs, for another job's handler. The failed webhooks of the same rescue go out on a thread
     for exactly this reason (``webhooks``); the handlers do not."""
-    from test_webhooks import kill_with_horse, ready
+    from test_webhooks import kill_with_horse
 
     env = app_env(app_dir, WATCHDOG_USEC="3000000", RQ_JOB_RETRY_MAX="0",
                   RQ_EXCEPTION_HANDLERS="r27app.slow_handler")
-    one, two = ready(tmp_path, "one"), ready(tmp_path, "two")
+    one, two = notify_socket(tmp_path, "one"), notify_socket(tmp_path, "two")
     try:
         victim = start_worker("1", notify=one, env=env)
         one.wait_for("READY=1")
@@ -298,11 +298,11 @@ def test_a_reload_waits_for_slow_webhooks_without_pinging_the_watchdog(app_dir, 
     stays armed during a reload: a job with a few slow webhooks of rq's default 10 s timeout outlasts the
     unit's 30 s and gets the reloading instance aborted."""
     from rq import Webhook
-    from test_webhooks import Endpoint, kill_with_horse, ready
+    from test_webhooks import Endpoint, kill_with_horse
 
     endpoint = Endpoint(slow=20)
     env = app_env(app_dir, WATCHDOG_USEC="3000000", RQ_JOB_RETRY_MAX="0")
-    notify = ready(tmp_path, "restarted")
+    notify = notify_socket(tmp_path, "restarted")
     try:
         dead = start_worker("w", env=env)
         job = Queue(connection=rconn).enqueue("testjobs.sleep_job", 60, job_id="r27-hook",
