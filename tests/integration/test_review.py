@@ -89,8 +89,8 @@ _run = redis.Redis.execute_command
 def _dropped(self, *args, **options):
     reply = _run(self, *args, **options)
     # The registration's script: EVALSHA with the held list among its keys and rq's writes, its LREM of
-    # the held id among them, in its arguments (held.Held.register).
-    registration = args and args[0] == "EVALSHA" and b"ZADD" in args and any(":service:held:" in str(a) for a in args)
+    # the held id among them, in its arguments (held.Held.register), the words as rq passed them (queued.flatten).
+    registration = args and args[0] == "EVALSHA" and "ZADD" in args and any(":service:held:" in str(a) for a in args)
     mark = os.environ["DROP_MARK"]
     if registration and not os.path.exists(mark):  # applied by Redis; its reply never read
         open(mark, "w").close()

@@ -18,6 +18,9 @@ from rq.job import Job, JobStatus
 from test_prefork import AFTER_DONE
 from testjobs import quick_job
 
+HELD_UP = ("a check of the review that held up (no finding), ≈20 s in all: RQWS_FAULTS_FULL=1 runs it; CI runs "
+           "the reproducers")
+
 APP = textwrap.dedent('''
     import os
     import signal
@@ -159,6 +162,8 @@ def _start_acting(start_worker, notify, tmp_path, action, linger="0.5", **env):
     return worker, armed
 
 
+@pytest.mark.full_matrix
+@pytest.mark.skipif(os.environ.get("RQWS_FAULTS_FULL") != "1", reason=HELD_UP)
 @pytest.mark.parametrize("action", ["stop-job", "kill-horse"])
 def test_an_operator_s_command_right_after_done_leaves_the_job_finished(start_worker, notify, rconn, tmp_path,
                                                                          action):
@@ -228,6 +233,8 @@ def _fds(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+@pytest.mark.full_matrix
+@pytest.mark.skipif(os.environ.get("RQWS_FAULTS_FULL") != "1", reason=HELD_UP)
 def test_no_leak_over_many_jobs(start_worker, notify, rconn, tmp_path):
     worker = _start(start_worker, notify, tmp_path)
     queue = Queue(connection=rconn)
@@ -284,6 +291,8 @@ def test_the_next_horse_killed_while_the_released_one_is_frozen(start_worker, no
     wait_until(lambda: not Path(f"/proc/{frozen}").exists(), 10, what="the thawed horse reaped")
 
 
+@pytest.mark.full_matrix
+@pytest.mark.skipif(os.environ.get("RQWS_FAULTS_FULL") != "1", reason=HELD_UP)
 def test_monitor_alarms_around_done(start_worker, notify, rconn, tmp_path):
     """RQ_JOB_MONITORING_INTERVAL=1 and jobs of 0.9–1.1 s: rq's SIGALRM lands in ``Prefork.wait`` (its select,
     around its read) again and again. Every job FINISHED once, no fd or child left over. (The review ran 21

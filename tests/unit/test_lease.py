@@ -65,6 +65,20 @@ def test_the_horse_ends_itself_once_the_main_loop_is_silent_past_the_limit(caplo
     assert "main loop has been silent for 6s (frozen or hung): this horse ends its job now" in caplog.text
 
 
+def test_a_horse_whose_job_is_written_is_ended_without_reporting_a_cut(caplog):
+    """A spare's horse that said "done" (``prefork``) and is still there when the main loop goes silent is
+    ended all the same, without the ERROR that it cuts its job (the fourth review found that line, with the
+    finished job's id, in the journal)."""
+    lease = HorseLease.create(limit=5.0)
+    lease.renew(100.0)
+    lease.job_written = True
+    clock, ended = Clock(106.0), []
+    with caplog.at_level(logging.ERROR):
+        lease.guard_horse(clock, end=lambda: ended.append(clock.now)).join(2)
+    assert ended == [106.0]
+    assert "this horse ends its job now" not in caplog.text
+
+
 def test_a_spare_horses_guard_waits_for_its_job_and_then_looks_as_any_horse_s():
     """A spare horse starts its guard's thread before its job (``prefork``): it does not look while it waits,
     silent as the main loop may be, and ``guard_horse`` (the job's start) lets it look, the same thread."""
