@@ -31,18 +31,6 @@ APP = textwrap.dedent('''
     from pathlib import Path
 
 
-    def killed_leaving_a_child(seconds, pidfile):
-        """The horse dies under its job (the OOM killer, a crash: here its own SIGKILL) while a process the
-        job forked (a multiprocessing worker, a helper) lives on: it inherited every descriptor of the horse."""
-        child = os.fork()
-        if child == 0:
-            time.sleep(seconds)
-            os._exit(0)
-        Path(pidfile).write_text(str(child))
-        time.sleep(0.2)
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
     def forks_and_the_child_returns(marker, seconds):
         """A job whose forked child returns from the job function (no os._exit: a common mistake) while the
         horse goes on with the job for ``seconds``, and writes ``marker`` at its end."""
@@ -103,7 +91,7 @@ def test_a_horse_killed_under_its_job_while_its_child_lives_is_recorded_at_once(
     job_ended(rconn, queue.enqueue(quick_job, 1).id)
     spare_of(worker.pid)
     pidfile = tmp_path / "child"
-    job = queue.enqueue("pf3app.killed_leaving_a_child", 25, str(pidfile))
+    job = queue.enqueue("testjobs.killed_leaving_a_child", 25, str(pidfile))
     started = time.monotonic()
     try:
         job = job_ended(rconn, job.id, timeout=15)

@@ -50,17 +50,6 @@ APP = textwrap.dedent('''
         return "worked"
 
 
-    def killed_leaving_a_child(seconds, pidfile):
-        _count()
-        child = os.fork()
-        if child == 0:
-            time.sleep(seconds)
-            os._exit(0)
-        Path(pidfile).write_text(str(child))
-        time.sleep(0.2)
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
     def kill_self():
         _count()
         os.kill(os.getpid(), signal.SIGKILL)
@@ -346,7 +335,8 @@ def test_without_pidfd(start_worker, rconn, tmp_path):
     try:
         for i in range(3):
             started = time.monotonic()
-            job = job_ended(rconn, queue.enqueue("pf4app.killed_leaving_a_child", 20, str(pidfiles[i])).id, timeout=15)
+            job_id = queue.enqueue("testjobs.killed_leaving_a_child", 20, str(pidfiles[i])).id
+            job = job_ended(rconn, job_id, timeout=15)
             assert time.monotonic() - started < 5
             assert job.get_status() == JobStatus.FAILED
             job = job_ended(rconn, queue.enqueue("pf4app.setsid_grandchild", str(pidfiles[i]) + "g", 20, 0).id,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -151,3 +152,17 @@ def birth_job(mib: int = 0) -> int:
     _count()
     del held
     return mib
+
+
+def killed_leaving_a_child(seconds: float, pidfile: str) -> None:
+    """The horse dies under its job (the OOM killer, a crash: here its own SIGKILL) while a process the job
+    forked (a multiprocessing worker, a helper) lives on ``seconds``, with every descriptor of the horse; its
+    pid goes to ``pidfile``."""
+    _count()
+    child = os.fork()
+    if child == 0:
+        time.sleep(seconds)
+        os._exit(0)
+    Path(pidfile).write_text(str(child))
+    time.sleep(0.2)
+    os.kill(os.getpid(), signal.SIGKILL)
