@@ -70,11 +70,11 @@ def measure(jobs: int) -> dict:
                 sys.exit(f"{UNIT} failed:\n{log}")
         done = count()
         if first is None and done:
-            first = (done, snapshot(conn))
+            first = (done, snapshot(conn), time.monotonic())
         if done >= jobs:
             break
         time.sleep(POLL)
-    last = snapshot(conn)
+    last, ended = snapshot(conn), time.monotonic()
     times = noted()
     if first is None or len(times) < jobs:
         return {"jobs": jobs, "finished": len(times), "window": 0.0, "commands_per_job": 0.0,
@@ -84,6 +84,7 @@ def measure(jobs: int) -> dict:
     processes = {name: used - processes0.get(name, 0.0) for name, used in last[2].items()}
     return {"jobs": jobs, "finished": len(times),
             "window": max(end for _, end in times) - min(start for start, _ in times),
+            "span": [first[2], ended], "span_jobs": ran,  # (the host's monotonic clock: bench/perf_split.py)
             # (not Celery's: the two INFO calls after the first snapshot's commandstats)
             "commands_per_job": (last[0] - commands0 - 2) / ran, "redis_cpu_per_job": (last[1] - redis_cpu0) / ran,
             "cpu_per_job": {name: used / ran for name, used in processes.items() if used / ran >= 1e-5}}

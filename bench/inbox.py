@@ -38,12 +38,14 @@ def measure(jobs: int) -> dict:
         pipe.execute()
     processes_before = cpu_by_process()
     commands_before, cpu_before, checks = commands(conn), cpu(conn), 0
-    deadline = time.monotonic() + TIMEOUT
+    began = time.monotonic()
+    deadline = began + TIMEOUT
     while time.monotonic() < deadline:
         checks += 1
         if queue.finished_job_registry.count + queue.failed_job_registry.count >= jobs:
             break
         time.sleep(POLL)
+    span = [began, time.monotonic()]
     # Not the workers': the two INFO calls after the first snapshot and each check's two ZCARDs.
     worker_commands = commands(conn) - commands_before - 2 - 2 * checks
     redis_cpu = cpu(conn) - cpu_before
@@ -52,6 +54,7 @@ def measure(jobs: int) -> dict:
     done = [j for j in fetched if j.get_status(refresh=False) == JobStatus.FINISHED]
     window = (max(j.ended_at for j in done) - min(j.started_at for j in done)).total_seconds() if done else 0.0
     return {"jobs": jobs, "finished": len(done), "window": window, "commands_per_job": worker_commands / jobs,
+            "span": span, "span_jobs": jobs,  # (the host's monotonic clock: bench/perf_split.py)
             "redis_cpu_per_job": redis_cpu / jobs,
             "cpu_per_job": {name: used / jobs for name, used in processes.items() if used / jobs >= 1e-5}}
 

@@ -18,15 +18,24 @@ Start-up (``systemctl start`` to READY and to registered) and an idle ``systemct
 measured the same way. The numbers describe this machine; compare the ratios.
 
     .venv/bin/python bench/under_systemd.py [--release bookworm] [--deb dist/…deb] [--jobs 1000]
-        [--rounds 3] [--classes fork,simple] [--instances 1,2,4] [--scaling 8] [--smoke]
+        [--rounds 3] [--classes fork,simple] [--instances 1,2,4] [--scaling 8] [--perf FILE] [--smoke]
+
+``--perf FILE`` records every CPU with ``perf`` (Debian's linux-perf) while it measures and adds a
+table of where each measurement's CPU went: the kernel's work for a fresh process per job (fork,
+page faults, exit) against the code's (``bench/perf_split.py``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import shutil
+import signal
 import statistics
+import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +47,7 @@ from sandbox import Sandbox, ensure_rootfs  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 import celery_side  # noqa: E402
+import perf_split  # noqa: E402
 
 PY = stock_rq.PY  # the package's interpreter: the in-sandbox scripts need its rq
 INBOX = "/srv/bench/inbox.py"
@@ -135,8 +145,9 @@ received, and lost with its worker) and on (acknowledged after it ran)."""
 
 
 def run(box: Sandbox, cells: list[tuple[str, int]], jobs: int, rounds: int,
-        celery: bool = False) -> dict[tuple[str, int, str], Series]:
-    """Every cell's sides, and (``celery``) Celery's prefork pool at each instance count, per round."""
+        celery: bool = False, spans: list[dict] | None = None) -> dict[tuple[str, int, str], Series]:
+    """Every cell's sides, and (``celery``) Celery's prefork pool at each instance count, per round;
+    each measurement's time span appended to ``spans`` (``--perf``)."""
     results: dict[tuple[str, int, str], Series] = {}
 
     def note(key: tuple[str, int, str], m: dict, r: int) -> None:
@@ -145,6 +156,9 @@ def run(box: Sandbox, cells: list[tuple[str, int]], jobs: int, rounds: int,
         s.commands.append(m["commands_per_job"])
         s.redis_cpu.append(m["redis_cpu_per_job"])
         s.cpu.append(cpu_groups(m["cpu_per_job"]))
+        if spans is not None:
+            spans.append({"label": f"{key[0]}×{key[1]} {key[2]}", "span": m["span"],
+                          "jobs": m["span_jobs"]})
         print(f"  round {r + 1}: {key[0]}×{key[1]} {key[2]:5}: {jobs / m['window']:7.1f} jobs/s, "
               f"{m['commands_per_job']:.1f} Redis commands/job", flush=True)
 
@@ -271,6 +285,9 @@ def main() -> None:
     parser.add_argument("--celery", action=argparse.BooleanOptionalAction, default=True,
                         help="Celery's prefork pool at each instance count, under Celery's documented unit "
                         "(default: on)")
+    parser.add_argument("--perf", type=Path, metavar="FILE",
+                        help="record every CPU with perf while measuring, into FILE, and print where each "
+                        "measurement's CPU went (bench/perf_split.py; default: off)")
     parser.add_argument("--smoke", action="store_true", help="check that it works: 20 jobs, 1 round, "
                         "one instance of each class, no scaling line (what CI runs)")
     args = parser.parse_args()
@@ -279,19 +296,39 @@ def main() -> None:
     cells = [(c, int(n)) for c in args.classes.split(",") for n in args.instances.split(",")]
     cells += [("fork", int(n)) for n in args.scaling.split(",") if n]
     deb = Path(args.deb) if args.deb else build_deb(args.release)
-    with Sandbox(ensure_rootfs(args.release)) as box:
-        print(report(box, deb, cells, args.jobs, args.rounds, celery=args.celery))
+    if args.perf and shutil.which("perf") is None:
+        sys.exit("--perf needs perf: apt-get install linux-perf")
+    spans: list[dict] | None = [] if args.perf else None
+    with Sandbox(ensure_rootfs(args.release)) as box, recording(args.perf):
+        print(report(box, deb, cells, args.jobs, args.rounds, celery=args.celery, spans=spans))
+    if args.perf:
+        perf_split.spans_path(args.perf).write_text(json.dumps(spans))
+        print("\n" + perf_split.report(args.perf))
+
+
+@contextlib.contextmanager
+def recording(path: Path | None) -> Iterator[None]:
+    """``perf record`` of every CPU while the block runs (nothing without ``path``)."""
+    if path is None:
+        yield
+        return
+    perf = subprocess.Popen(perf_split.record_command(path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        perf.send_signal(signal.SIGINT)
+        perf.wait(120)
 
 
 def report(box: Sandbox, deb: Path, cells: list[tuple[str, int]], jobs: int, rounds: int,
-           celery: bool = False) -> str:
+           celery: bool = False, spans: list[dict] | None = None) -> str:
     """Install, measure every cell ``rounds`` times interleaved (with Celery: its pool at each
     instance count too), and return the tables."""
     set_up(box, deb)
     if celery:
         celery_side.install(box)
     print(f"{versions(box, celery)}; {jobs} no-op jobs per measurement, {rounds} round(s)", flush=True)
-    results = run(box, cells, jobs, rounds, celery)
+    results = run(box, cells, jobs, rounds, celery, spans)
     tables = [table(results, cells), *([celery_table(results, cells)] if celery else []), cpu_table(results, cells)]
     return "\n\n".join([*tables, start_stop_table(box, rounds)])
 

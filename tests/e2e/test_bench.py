@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import sys
+import time
 
 import pytest
 from conftest import ROOT
@@ -31,7 +32,8 @@ pytestmark = pytest.mark.release_independent  # the smoke run checks that the be
 
 def test_the_systemd_benchmark_and_the_fork_cost_run(rootfs, deb):
     with Sandbox(rootfs) as box:
-        text = under_systemd.report(box, deb, CELLS, jobs=20, rounds=1)
+        spans: list[dict] = []
+        text = under_systemd.report(box, deb, CELLS, jobs=20, rounds=1, spans=spans)
         box.copy_in(ROOT / "bench" / "fork_cost.py", "/srv/bench/fork_cost.py")
         fork_cost = box.run([under_systemd.PY, "/srv/bench/fork_cost.py", "--rounds", "5"], timeout=300).stdout
     print(text + "\n\n" + fork_cost)
@@ -48,4 +50,7 @@ def test_the_systemd_benchmark_and_the_fork_cost_run(rootfs, deb):
     assert int(processes[2]) == int(processes[3]) + 1, f"the spare horse is not the one process more: {processes[0]}"
     assert re.search(r"^\| their memory, PSS [^|]* \| [\d.]+ MiB \| [\d.]+ MiB \| [\d.]+ MiB \|$", text, re.M), text
     assert len(re.findall(r"ms CPU, +[\d.]+ ms wall per fork", fork_cost)) == 5, fork_cost
+    # --perf's spans (bench/perf_split.py): one per measurement, on the host's monotonic clock
+    assert [s["label"] for s in spans] == ["fork×1 stock", "fork×1 ours", "simple×1 stock", "simple×1 ours"], spans
+    assert all(s["span"][0] < s["span"][1] <= time.monotonic() and s["jobs"] == 20 for s in spans), spans
 
