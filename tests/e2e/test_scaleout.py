@@ -244,6 +244,9 @@ CRON_QUEUE = "cron-e2e"
 CRON_ENTRIES = {"every-10s": 10, "every-minute": 60}
 """The e2e app's schedule (app/cron_schedule.py): name → seconds between slots (the 10 s interval's slots
 lie on the epoch's 10 s grid, the minute cron string's on whole UTC minutes)."""
+CRON_WINDOW = 66
+"""Seconds from the schedulers' start to the count: past the freeze and the kill (≈50 s), and over a
+minute, so that the per-minute entry has a slot in it however the window falls on the clock."""
 ENQUEUE_LAG = 2.0
 """Seconds after a slot by which its job is enqueued while a scheduler holds the lease."""
 
@@ -281,7 +284,7 @@ def test_cron_each_slot_once_through_a_freeze_and_a_kill(hosts):
     """rq-cron.service enabled on both hosts (lease period 3 s): a 10 s interval job and a per-minute cron
     job into a queue no worker listens to, so the queue holds every enqueue. The lease holder frozen: the
     other host takes over within two lease periods; thawed, the ex-holder enqueues nothing. The new holder
-    killed (SIGKILL): taken over again. At the end every slot of the ~100 s window is in the queue exactly
+    killed (SIGKILL): taken over again. At the end every slot of the ``CRON_WINDOW`` is in the queue exactly
     once (by its deterministic id), and nothing else; the journal and ``status`` show the hand-overs; with
     both schedulers stopped, ``status --check`` warns after two lease periods."""
     a, b = hosts
@@ -337,8 +340,8 @@ def test_cron_each_slot_once_through_a_freeze_and_a_kill(hosts):
         print(f"killed holder {second}: {third} took over (token {token3}) {took_again:.1f}s after the kill")
         assert took_again <= 2 * CRON_PERIOD + TAKEOVER_SLACK
 
-        # 3. The window runs on to ~100 s; then every slot in it is in the queue once, and nothing else.
-        time.sleep(max(0.0, started_at + 100 - ctl(a, "now")))
+        # 3. The window runs on to CRON_WINDOW; then every slot in it is in the queue once, and nothing else.
+        time.sleep(max(0.0, started_at + CRON_WINDOW - ctl(a, "now")))
         end_at = ctl(a, "now")
         time.sleep(ENQUEUE_LAG)
         counts = Counter(redis_cli(a, "LRANGE", f"rq:queue:{CRON_QUEUE}", "0", "-1").split())
