@@ -35,7 +35,7 @@ FREQUENCY = 199
 
 COMMS = {"stock": {"rq"}, "ours": {"python3"}, "early": {"celery", "celery-python"},
          "late": {"celery", "celery-python"}}
-"""Process names of each side's processes (the third part of a span's label)."""
+"""Process names of each side's processes (the last word of a span's label, "fork×2 ours")."""
 
 KINDS = ("user", "faults", "fork", "exit", "kernel")
 PARTS = ("worker", "children")
